@@ -1,0 +1,41 @@
+"""The only module that imports fhir.resources: the FHIR release (R4B models for R4 JSON) is chosen here.
+
+R4B is wire-compatible with R4 for every resource type this service handles (Patient, ResearchStudy,
+ResearchSubject, Observation, AdverseEvent, Bundle, OperationOutcome, CapabilityStatement, CodeSystem,
+Group, SearchParameter, MeasureReport).
+"""
+
+from fhir.resources.R4B.adverseevent import AdverseEvent, AdverseEventSuspectEntity, AdverseEventSuspectEntityCausality
+from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryRequest, BundleEntryResponse, BundleEntrySearch, BundleLink
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.codesystem import CodeSystem
+from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.extension import Extension
+from fhir.resources.R4B.group import Group
+from fhir.resources.R4B.humanname import HumanName
+from fhir.resources.R4B.identifier import Identifier
+from fhir.resources.R4B.measurereport import MeasureReport
+from fhir.resources.R4B.observation import Observation, ObservationComponent
+from fhir.resources.R4B.operationoutcome import OperationOutcome, OperationOutcomeIssue
+from fhir.resources.R4B.patient import Patient
+from fhir.resources.R4B.period import Period
+from fhir.resources.R4B.quantity import Quantity
+from fhir.resources.R4B.reference import Reference
+from fhir.resources.R4B.researchstudy import ResearchStudy, ResearchStudyArm
+from fhir.resources.R4B.researchsubject import ResearchSubject
+from fhir.resources.R4B.searchparameter import SearchParameter
+from fhir.resources.R4B.resource import Resource
+
+FHIR_VERSION = "4.0.1"
+
+#: resource types this service stores, with their fhir.resources model
+RESOURCE_MODELS: dict[str, type[Resource]] = {
+    "Patient": Patient,
+    "ResearchStudy": ResearchStudy,
+    "ResearchSubject": ResearchSubject,
+    "Observation": Observation,
+    "AdverseEvent": AdverseEvent,
+}
+
+__all__ = [name for name in dir() if name[0].isupper()]

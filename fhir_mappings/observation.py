@@ -1,0 +1,240 @@
+"""Observation <-> MeasurementRecord: one result of a catalogue measure for an enrolled subject.
+
+| domain field (`measurement`) | FHIR path                                    | code system / notes                         |
+|------------------------------|----------------------------------------------|---------------------------------------------|
+| `id`                         | `Observation.id`                             |                                             |
+| `patient_id`                 | `Observation.subject`                        | Reference(Patient): literal, conditional or by identifier |
+| `study_id`, `subject_id`     | extension `workflow-researchStudy`, else the patient's enrolment | R4 core extension http://hl7.org/fhir/StructureDefinition/workflow-researchStudy |
+| `measure`                    | `Observation.code.coding[]`                  | catalogue: ad-scores#EASI/SCORAD/IGA/PRURITUS-NRS, LOINC 19113-0, 711-2/26449-9, 713-8/26450-7 |
+| `code_system`, `code`        | the matching `Observation.code.coding`       |                                             |
+| `category`                   | `Observation.category[0].coding[0].code`     | observation-category (survey, laboratory)   |
+| `status`                     | `Observation.status`                         | http://hl7.org/fhir/observation-status (required) |
+| `value`, `unit`              | `Observation.valueQuantity.value` / `.code`  | converted to the measure's UCUM unit         |
+| `original_value`, `original_unit` | `Observation.valueQuantity.value` / `.code` (or `.unit`) | as sent                     |
+| `effective`, `local_date`    | `Observation.effectiveDateTime` or `effectivePeriod.start` | instant in UTC; date as written |
+| `study_day`, `visit`         | derived: local date − day 0 (`ResearchSubject.period.start`) | baseline / week-4 / week-12 / unscheduled |
+| EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
+"""
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal, InvalidOperation
+
+from fhir_mappings import fhir
+from fhir_mappings.dates import parse_datetime
+from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.terminology import (AD_SCORES, OBSERVATION_STATUS, RESEARCH_STUDY_EXT, UCUM, Catalogue, Measure)
+from service.observation.models import MeasurementRecord
+
+EASI_REGIONS = {"HN": Decimal("0.1"), "UL": Decimal("0.2"), "TR": Decimal("0.3"), "LL": Decimal("0.4")}
+EASI_SIGNS = ("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION")
+SCORAD_PARTS = {"SCORAD-A": Decimal(100), "SCORAD-B": Decimal(18), "SCORAD-C": Decimal(20)}
+TOLERANCE = Decimal("0.05")
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """What an Observation or AdverseEvent needs to know of the subject it belongs to."""
+
+    study_id: str
+    subject_id: str
+    patient_id: str
+    day0: date | None
+    catalogue: Catalogue
+    arm: str | None = None
+    status: str | None = None
+
+
+def study_extension_reference(payload: dict) -> dict | None:
+    for ext in payload.get("extension") or []:
+        if ext.get("url") == RESEARCH_STUDY_EXT:
+            return ext.get("valueReference") or {}
+    return None
+
+
+def find_measure(payload: dict, catalogue: Catalogue) -> tuple[Measure, dict] | None:
+    for coding in (payload.get("code") or {}).get("coding") or []:
+        measure = catalogue.measure_for(coding.get("system"), coding.get("code"))
+        if measure is not None:
+            return measure, coding
+    return None
+
+
+def unknown_code_issue(payload: dict, catalogue: Catalogue) -> Issue:
+    codes = ", ".join(f"{c.get('system')}|{c.get('code')}" for c in (payload.get("code") or {}).get("coding") or [])
+    known = ", ".join(f"{m.key} ({m.codes[0][0]}|{m.codes[0][1]})" for m in catalogue.measures)
+    return issue("code-invalid", f"Observation.code [{codes or 'no coding'}] is not a measure of this study; "
+                 f"known measures: {known}", "Observation.code.coding")
+
+
+def _decimal(value) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        result = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return result if result.is_finite() else None
+
+
+def quantity_unit(quantity: dict) -> str | None:
+    """The unit a quantity is in: its UCUM code, else its human-readable unit."""
+    if quantity.get("code") and quantity.get("system", UCUM) == UCUM:
+        return quantity["code"]
+    return quantity.get("unit") or quantity.get("code")
+
+
+def check_observation(payload: dict, measure: Measure) -> list[Issue]:
+    """Value-set bindings and trial rules for one result of `measure`."""
+    issues = []
+    status = payload.get("status")
+    if status not in OBSERVATION_STATUS:
+        issues.append(issue("code-invalid", f"Unknown Observation status '{status}': use one of "
+                            f"{sorted(OBSERVATION_STATUS)}", "Observation.status"))
+    quantity = payload.get("valueQuantity")
+    if quantity is None:
+        other = next((k for k in payload if k.startswith("value")), None)
+        where = f"Observation.{other}" if other else "Observation.value[x]"
+        return issues + [issue("required", f"{measure.key} needs a valueQuantity in {measure.unit}", where)]
+    value = _decimal(quantity.get("value"))
+    if value is None:
+        return issues + [issue("required", f"{measure.key} needs a numeric value", "Observation.valueQuantity.value")]
+    unit = quantity_unit(quantity)
+    if unit is None:
+        return issues + [issue("required", f"{measure.key} needs a unit ({measure.unit})",
+                               "Observation.valueQuantity.code")]
+    canonical = measure.to_canonical(value, unit)
+    if canonical is None:
+        return issues + [issue("code-invalid", f"Unit '{unit}' is not accepted for {measure.key}: use one of "
+                               f"{sorted(measure.units)}", "Observation.valueQuantity.code")]
+    issues += _check_value(measure, value, canonical, "Observation.valueQuantity.value")
+    if payload.get("component") and measure.parts:
+        issues += _check_parts(measure, canonical, payload["component"])
+    return issues
+
+
+def _check_value(measure: Measure, value: Decimal, canonical: Decimal, where: str) -> list[Issue]:
+    if measure.integer and value != value.to_integral_value():
+        return [issue("value", f"{measure.key} must be a whole number, got {value}", where)]
+    if measure.max_decimals is not None and -value.as_tuple().exponent > measure.max_decimals \
+            and value != value.quantize(Decimal(1).scaleb(-measure.max_decimals)):
+        return [issue("value", f"{measure.key} has at most {measure.max_decimals} decimal(s), got {value}", where)]
+    if (measure.min is not None and canonical < measure.min) or (measure.max is not None and canonical > measure.max):
+        upper = measure.max if measure.max is not None else "∞"
+        return [issue("value", f"{measure.key} {canonical} {measure.unit} is outside {measure.min}…{upper}", where)]
+    return []
+
+
+def _component_values(components: list[dict]) -> tuple[dict[str, tuple[int, Decimal | None]], list[Issue]]:
+    values: dict[str, tuple[int, Decimal | None]] = {}
+    for i, comp in enumerate(components):
+        for coding in (comp.get("code") or {}).get("coding") or []:
+            if coding.get("system") == AD_SCORES and coding.get("code"):
+                raw = (comp.get("valueQuantity") or {}).get("value", comp.get("valueInteger"))
+                values[coding["code"]] = (i, _decimal(raw))
+    missing = [issue("required", f"Component {code} has no value", f"Observation.component[{i}].value[x]")
+               for code, (i, v) in values.items() if v is None]
+    return values, missing
+
+
+def _part(values, code, low, high, issues) -> Decimal:
+    i, v = values[code]
+    if v is not None and not (low <= v <= high):
+        issues.append(issue("value", f"{code} must be within {low}…{high}, got {v}",
+                            f"Observation.component[{i}].valueQuantity.value"))
+    return v or Decimal(0)
+
+
+def _check_parts(measure: Measure, total: Decimal, components: list[dict]) -> list[Issue]:
+    values, issues = _component_values(components)
+    if issues:
+        return issues
+    if measure.parts == "EASI":
+        wanted = [f"EASI-{r}-{p}" for r in EASI_REGIONS for p in ("AREA", *EASI_SIGNS)]
+        if not any(code in values for code in wanted):
+            return []
+        missing = [c for c in wanted if c not in values]
+        if missing:
+            return [issue("required", f"EASI components are incomplete, missing: {', '.join(missing)}",
+                          "Observation.component")]
+        computed = Decimal(0)
+        for region, weight in EASI_REGIONS.items():
+            area = _part(values, f"EASI-{region}-AREA", 0, 6, issues)
+            signs = sum(_part(values, f"EASI-{region}-{s}", 0, 3, issues) for s in EASI_SIGNS)
+            computed += signs * area * weight
+    elif measure.parts == "SCORAD":
+        if not any(code in values for code in SCORAD_PARTS):
+            return []
+        missing = [c for c in SCORAD_PARTS if c not in values]
+        if missing:
+            return [issue("required", f"SCORAD components are incomplete, missing: {', '.join(missing)}",
+                          "Observation.component")]
+        a, b, c = (_part(values, code, 0, high, issues) for code, high in SCORAD_PARTS.items())
+        computed = a / 5 + 7 * b / 2 + c
+    else:
+        return []
+    if not issues and abs(computed - total) > TOLERANCE:
+        issues.append(issue("value", f"{measure.key} total {total} does not match its components ({computed:.2f})",
+                            "Observation.valueQuantity.value"))
+    return issues
+
+
+def effective_of(payload: dict) -> str | None:
+    return payload.get("effectiveDateTime") or (payload.get("effectivePeriod") or {}).get("start") \
+        or payload.get("effectiveInstant")
+
+
+def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogue) -> tuple[int | None, str]:
+    """(study day, visit) of a result dated `local_date` for a subject whose day 0 is `day0`."""
+    if local_date is None or day0 is None:
+        return None, catalogue.visit_for_day(None)
+    day = (local_date - day0).days
+    return day, catalogue.visit_for_day(day)
+
+
+def observation_from_fhir(payload: dict, id: str, enrolment: Enrolment, measure: Measure,
+                          coding: dict) -> MeasurementRecord:
+    """The typed row of an Observation that passed `check_observation`."""
+    quantity = payload["valueQuantity"]
+    unit = quantity_unit(quantity)
+    value = _decimal(quantity["value"])
+    instant, local = parse_datetime(effective_of(payload))
+    day, visit = assign_visit(local, enrolment.day0, enrolment.catalogue)
+    category = None
+    for cat in payload.get("category") or []:
+        codings = cat.get("coding") or []
+        if codings and codings[0].get("code"):
+            category = codings[0]["code"]
+            break
+    return MeasurementRecord(
+        id=id, patient_id=enrolment.patient_id, study_id=enrolment.study_id, subject_id=enrolment.subject_id,
+        measure=measure.key, code_system=coding.get("system") or "", code=coding.get("code") or "",
+        category=category, status=payload["status"], value=float(measure.to_canonical(value, unit)),
+        unit=measure.unit, original_value=str(quantity["value"]), original_unit=unit,
+        effective=instant, local_date=local, study_day=day, visit=visit,
+    )
+
+
+def observation_to_fhir(record: MeasurementRecord, measure: Measure, effective: str | None = None,
+                        components: list[tuple[str, float]] = ()) -> fhir.Observation:
+    """An Observation for a measurement (the demo cohort is built this way)."""
+    system, code = record.code_system or measure.codes[0][0], record.code or measure.codes[0][1]
+    category = "laboratory" if measure.category == "laboratory" else "survey"
+    return fhir.Observation(
+        id=record.id,
+        status=record.status,
+        category=[fhir.CodeableConcept(coding=[fhir.Coding(
+            system="http://terminology.hl7.org/CodeSystem/observation-category", code=category)])],
+        code=fhir.CodeableConcept(coding=[fhir.Coding(system=system, code=code, display=measure.display)],
+                                  text=measure.display),
+        subject=fhir.Reference(reference=f"Patient/{record.patient_id}"),
+        extension=[fhir.Extension(url=RESEARCH_STUDY_EXT,
+                                  valueReference=fhir.Reference(reference=f"ResearchStudy/{record.study_id}"))],
+        effectiveDateTime=effective or (record.effective.isoformat() if record.effective else None),
+        valueQuantity=fhir.Quantity(value=record.original_value, unit=record.original_unit, system=UCUM,
+                                    code=record.original_unit),
+        component=[fhir.ObservationComponent(
+            code=fhir.CodeableConcept(coding=[fhir.Coding(system=AD_SCORES, code=c)]),
+            valueQuantity=fhir.Quantity(value=v, unit="{score}", system=UCUM, code="{score}"))
+            for c, v in components] or None,
+    )

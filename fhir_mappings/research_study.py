@@ -1,0 +1,66 @@
+"""ResearchStudy <-> StudyRecord + ArmRecord.
+
+| domain field               | FHIR path                                   | code system / notes                    |
+|----------------------------|---------------------------------------------|----------------------------------------|
+| `study.id`                 | `ResearchStudy.id`                          |                                        |
+| `study.title`              | `ResearchStudy.title`                       |                                        |
+| `study.status`             | `ResearchStudy.status`                      | http://hl7.org/fhir/research-study-status (required) |
+| `study.catalogue`          | `ResearchStudy.extension[measure-catalogue].valueCode` | trial-fhir catalogue name; default `atopic-dermatitis` |
+| `study_arm.name`           | `ResearchStudy.arm[].name`                  | unique within the study                |
+| `study_arm.description`    | `ResearchStudy.arm[].description`           | the dose, e.g. 2.5 × 10^7 cells        |
+| identifiers                | `ResearchStudy.identifier[]` (e.g. NCT id)  | `resource_identifier`                  |
+| cohort Group               | `ResearchStudy.enrollment[]`                | Group of enrolled patients             |
+"""
+
+from fhir_mappings import fhir
+from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.terminology import DEFAULT_CATALOGUE, RESEARCH_STUDY_STATUS, catalogue_names
+from service.trial.models import ArmRecord, StudyRecord
+
+CATALOGUE_EXT = "https://trial-fhir.org/StructureDefinition/measure-catalogue"
+
+
+def study_catalogue(payload: dict) -> str:
+    for ext in payload.get("extension") or []:
+        if ext.get("url") == CATALOGUE_EXT:
+            return ext.get("valueCode") or ext.get("valueString") or DEFAULT_CATALOGUE
+    return DEFAULT_CATALOGUE
+
+
+def check_research_study(payload: dict) -> list[Issue]:
+    issues = []
+    status = payload.get("status")
+    if status not in RESEARCH_STUDY_STATUS:
+        issues.append(issue("code-invalid", f"Unknown ResearchStudy status '{status}'", "ResearchStudy.status"))
+    seen = set()
+    for i, arm in enumerate(payload.get("arm") or []):
+        name = arm.get("name")
+        if name in seen:
+            issues.append(issue("business-rule", f"Arm name '{name}' is used twice", f"ResearchStudy.arm[{i}].name"))
+        seen.add(name)
+    catalogue = study_catalogue(payload)
+    if catalogue not in catalogue_names():
+        issues.append(issue("code-invalid", f"Unknown measure catalogue '{catalogue}': one of {catalogue_names()}",
+                            "ResearchStudy.extension"))
+    return issues
+
+
+def research_study_from_fhir(payload: dict, id: str) -> tuple[StudyRecord, list[ArmRecord]]:
+    study = StudyRecord(id=id, title=payload.get("title"), status=payload["status"],
+                        catalogue=study_catalogue(payload))
+    arms = [ArmRecord(study_id=id, name=a["name"], description=a.get("description")) for a in payload.get("arm") or []]
+    return study, arms
+
+
+def research_study_to_fhir(study: StudyRecord, arms: list[ArmRecord], identifiers: list[tuple[str, str]] = (),
+                           group_id: str | None = None) -> fhir.ResearchStudy:
+    return fhir.ResearchStudy(
+        id=study.id,
+        identifier=[fhir.Identifier(system=s, value=v) for s, v in identifiers] or None,
+        title=study.title,
+        status=study.status,
+        extension=None if study.catalogue == DEFAULT_CATALOGUE
+        else [fhir.Extension(url=CATALOGUE_EXT, valueCode=study.catalogue)],
+        arm=[fhir.ResearchStudyArm(name=a.name, description=a.description) for a in arms] or None,
+        enrollment=[fhir.Reference(reference=f"Group/{group_id}")] if group_id else None,
+    )

@@ -1,0 +1,166 @@
+"""Code systems, value sets and the measure catalogue: the trial's rules as data.
+
+A catalogue (one JSON file in `catalogue/`) lists a study's measures (codes, canonical UCUM unit, accepted
+units with their conversion, valid range, integer or not), its visit windows and which result statuses
+count. The atopic dermatitis catalogue is the default; another disease is another file, not new code.
+"""
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+UCUM = "http://unitsofmeasure.org"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+MEDDRA = "https://www.meddra.org"
+AD_SCORES = "https://trial-fhir.org/CodeSystem/ad-scores"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+AE_SERIOUSNESS = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
+AE_SEVERITY = "http://terminology.hl7.org/CodeSystem/adverse-event-severity"
+AE_OUTCOME = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+DISCONTINUED_EXT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/caused-subject-to-discontinue-study"
+#: R4 core extension linking an event (here: an Observation) to the research study it belongs to
+RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
+SUBCUTANEOUS_ROUTE = (SNOMED, "263887005")
+
+# Required bindings of the elements the service uses (FHIR R4 value sets).
+OBSERVATION_STATUS = frozenset(
+    {"registered", "preliminary", "final", "amended", "corrected", "cancelled", "entered-in-error", "unknown"}
+)
+ADMINISTRATIVE_GENDER = frozenset({"male", "female", "other", "unknown"})
+RESEARCH_STUDY_STATUS = frozenset({
+    "active", "administratively-completed", "approved", "closed-to-accrual", "closed-to-accrual-and-intervention",
+    "completed", "disapproved", "in-review", "temporarily-closed-to-accrual",
+    "temporarily-closed-to-accrual-and-intervention", "withdrawn",
+})
+RESEARCH_SUBJECT_STATUS = frozenset({
+    "candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study", "on-study",
+    "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate", "screening",
+    "withdrawn",
+})
+AE_ACTUALITY = frozenset({"actual", "potential"})
+AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # lower-cased code -> canonical
+AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})
+AE_OUTCOME_CODES = frozenset({"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"})
+#: NCIt relatedness codes of the AE research IG, and whether each counts as related
+RELATEDNESS = {"C53256": False, "C53257": False, "C53258": True, "C53260": True}
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    name: str
+    target_day: int
+    first_day: int
+    last_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class Measure:
+    key: str
+    display: str
+    codes: tuple[tuple[str, str], ...]
+    unit: str
+    units: dict[str, tuple[Decimal, Decimal]]  # accepted unit -> (multiplier, divisor) to the canonical unit
+    min: Decimal | None
+    max: Decimal | None
+    integer: bool
+    max_decimals: int | None
+    parts: str | None
+    category: str
+
+    def to_canonical(self, value: Decimal, unit: str) -> Decimal | None:
+        """`value` in `unit` converted to the canonical unit; None for a unit this measure does not accept."""
+        factor = self.units.get(unit)
+        if factor is None:
+            return None
+        multiplier, divisor = factor
+        return value if multiplier == divisor else value * multiplier / divisor
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    name: str
+    title: str
+    measures: tuple[Measure, ...]
+    visits: tuple[Visit, ...]
+    counted_statuses: frozenset[str]
+    code_system: dict
+
+    def measure_for(self, system: str | None, code: str | None) -> Measure | None:
+        return self._by_code().get((system or "", code or ""))
+
+    def measure(self, key: str) -> Measure:
+        return next(m for m in self.measures if m.key == key)
+
+    @lru_cache(maxsize=None)
+    def _by_code(self) -> dict[tuple[str, str], Measure]:
+        return {code: m for m in self.measures for code in m.codes}
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def visit_for_day(self, day: int | None) -> str:
+        """The visit whose window holds `day` (days since day 0), else `unscheduled`."""
+        if day is not None:
+            for visit in self.visits:
+                if visit.first_day <= day <= visit.last_day:
+                    return visit.name
+        return UNSCHEDULED
+
+    def target_day(self, visit: str) -> int | None:
+        return next((v.target_day for v in self.visits if v.name == visit), None)
+
+
+UNSCHEDULED = "unscheduled"
+_CATALOGUE_DIR = Path(__file__).parent / "catalogue"
+DEFAULT_CATALOGUE = "atopic-dermatitis"
+
+
+def _decimal(value: float | int | None) -> Decimal | None:
+    return None if value is None else Decimal(str(value))
+
+
+@lru_cache(maxsize=None)
+def load_catalogue(name: str = DEFAULT_CATALOGUE) -> Catalogue:
+    data = json.loads((_CATALOGUE_DIR / f"{name}.json").read_text())
+    measures = tuple(
+        Measure(
+            key=m["key"], display=m["display"], codes=tuple(tuple(c) for c in m["codes"]), unit=m["unit"],
+            units={u: (Decimal(str(f[0])), Decimal(str(f[1]))) for u, f in m["units"].items()},
+            min=_decimal(m.get("min")), max=_decimal(m.get("max")), integer=m.get("integer", False),
+            max_decimals=m.get("max_decimals"), parts=m.get("parts"), category=m.get("category", "survey"),
+        )
+        for m in data["measures"]
+    )
+    visits = tuple(Visit(**v) for v in data["visits"])
+    return Catalogue(
+        name=data["name"], title=data["title"], measures=measures, visits=visits,
+        counted_statuses=frozenset(data["counted_statuses"]), code_system=data["code_system"],
+    )
+
+
+def catalogue_names() -> list[str]:
+    return sorted(p.stem for p in _CATALOGUE_DIR.glob("*.json"))
+
+
+def code_system_resource(catalogue: Catalogue) -> dict:
+    """The catalogue's own CodeSystem as an R4 CodeSystem resource (dict)."""
+    cs = catalogue.code_system
+    return {
+        "resourceType": "CodeSystem",
+        "id": cs["url"].rstrip("/").rsplit("/", 1)[-1],
+        "url": cs["url"],
+        "version": "1.0.0",
+        "name": cs["name"],
+        "title": cs["title"],
+        "status": "active",
+        "experimental": False,
+        "publisher": "trial-fhir",
+        "description": cs["description"],
+        "caseSensitive": True,
+        "content": "complete",
+        "count": len(cs["concept"]),
+        "concept": cs["concept"],
+    }

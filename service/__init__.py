@@ -1,0 +1,1 @@
+"""trial-fhir: a FHIR R4 interoperability service for clinical trials."""

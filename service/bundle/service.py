@@ -1,0 +1,223 @@
+"""`POST /fhir` with a transaction or batch Bundle.
+
+A transaction is one database transaction: ids are given to every POST entry first, so `urn:uuid:`
+fullUrls and the references to them resolve; entries run deletes first, then creates and updates in
+dependency order (patients and studies, enrolments, then results), then reads. Any failure rolls all of
+it back and answers with an OperationOutcome naming the entry. A batch runs each entry on its own.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from sqlmodel import Session
+
+from fhir_mappings.bundle import bundle, entry
+from fhir_mappings.dates import fhir_instant
+from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.references import ID_RE
+from service.errors import BadRequest, FhirError, PayloadTooLarge
+from service.resource import service as resources
+from service.resource.handlers import HANDLERS
+from service.resource.unit_of_work import UnitOfWork, utcnow
+from service.search.service import search
+
+STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
+               404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict", 410: "410 Gone",
+               412: "412 Precondition Failed", 413: "413 Payload Too Large", 422: "422 Unprocessable Entity"}
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 1, "GET": 2, "HEAD": 2}
+
+
+@dataclass
+class Request:
+    """One Bundle entry's request, read and checked."""
+
+    index: int
+    method: str
+    resource_type: str
+    id: str | None
+    query: str
+    full_url: str | None
+    resource: dict | None
+    if_none_exist: str | None
+    if_match: str | None
+
+    @property
+    def prefix(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def read_bundle(body: dict, max_entries: int) -> tuple[str, list[Request]]:
+    if body.get("resourceType") != "Bundle":
+        raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}", expression="Bundle.resourceType")
+    kind = body.get("type")
+    if kind not in ("transaction", "batch"):
+        raise BadRequest(f"Bundle.type must be 'transaction' or 'batch', got '{kind}'", expression="Bundle.type")
+    entries = body.get("entry") or []
+    if not isinstance(entries, list):
+        raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
+    if len(entries) > max_entries:
+        raise PayloadTooLarge(f"Bundle has {len(entries)} entries; the limit is {max_entries}", expression="Bundle.entry")
+    return kind, [_read_entry(i, e) for i, e in enumerate(entries)]
+
+
+def _read_entry(i: int, item: Any) -> Request:
+    where = f"Bundle.entry[{i}]"
+    if not isinstance(item, dict):
+        raise BadRequest("A Bundle entry must be an object", expression=where)
+    req = item.get("request")
+    if not isinstance(req, dict) or not isinstance(req.get("method"), str) or not isinstance(req.get("url"), str):
+        raise BadRequest("Each entry needs request.method and request.url", expression=f"{where}.request")
+    method = req["method"].upper()
+    if method not in METHOD_ORDER:
+        raise BadRequest(f"request.method '{req['method']}' is not supported here (GET, POST, PUT, DELETE)",
+                         expression=f"{where}.request.method")
+    url = req["url"]
+    path = urlsplit(url).path if url.startswith("http") else url.split("?", 1)[0]
+    query = url.split("?", 1)[1] if "?" in url else ""
+    parts = [p for p in path.split("/") if p]
+    if url.startswith("http"):  # absolute: keep what follows the type
+        idx = next((k for k, p in enumerate(parts) if p in HANDLERS), None)
+        parts = parts[idx:] if idx is not None else parts[-2:]
+    resource = item.get("resource")
+    if not parts:
+        raise BadRequest(f"request.url '{url}' names no resource type", expression=f"{where}.request.url")
+    rtype, rid = parts[0], parts[1] if len(parts) > 1 else None
+    if resource is not None and not isinstance(resource, dict):
+        raise BadRequest("entry.resource must be an object", expression=f"{where}.resource")
+    if method in ("POST", "PUT"):
+        if resource is None:
+            raise BadRequest(f"A {method} entry needs a resource", expression=f"{where}.resource")
+        if resource.get("resourceType") != rtype:
+            raise BadRequest(f"request.url is for {rtype} but the resource is a {resource.get('resourceType')}",
+                             expression=f"{where}.resource.resourceType")
+        if method == "PUT" and rid is None and not query:
+            raise BadRequest("A PUT entry needs Type/id or a conditional Type?search url",
+                             expression=f"{where}.request.url")
+        if method == "POST" and len(parts) > 1:
+            raise BadRequest("A POST entry's url is the resource type only", expression=f"{where}.request.url")
+    if method == "DELETE" and rid is None and not query:
+        raise BadRequest("A DELETE entry needs Type/id or Type?search", expression=f"{where}.request.url")
+    if rid is not None and not ID_RE.match(rid):
+        raise BadRequest(f"'{rid}' is not a valid id", expression=f"{where}.request.url")
+    if rtype not in HANDLERS and not (method == "GET" and rtype in ("metadata",)):
+        raise BadRequest(f"Resource type '{rtype}' is not supported by this server",
+                         expression=f"{where}.request.url")
+    return Request(i, method, rtype, rid, query, item.get("fullUrl"), resource, req.get("ifNoneExist"),
+                   req.get("ifMatch"))
+
+
+def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
+    """Run one entry; (status, response entry)."""
+    uow.entry_prefix = f"{req.prefix}.resource"
+    if req.method == "DELETE":
+        if req.id:
+            done = resources.delete(uow, req.resource_type, req.id, if_match=req.if_match)
+        else:
+            done = (resources.conditional_delete(uow, req.resource_type, req.query) or [None])[0]
+        status = 204 if done else 204
+        resp = {"status": STATUS_TEXT[status]}
+        if done:
+            resp["etag"] = done.etag
+        return status, {"response": resp}
+    if req.method == "GET":
+        if req.id:
+            stored = resources.read(uow.session, req.resource_type, req.id)
+            return 200, entry(f"{base}/{req.resource_type}/{req.id}", stored.content,
+                              response={"status": "200 OK", "etag": stored.etag,
+                                        "lastModified": fhir_instant(stored.last_updated)})
+        from urllib.parse import parse_qsl
+        uow.flush()
+        found = search(uow.session, req.resource_type, parse_qsl(req.query), base)
+        return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
+    resource = _rewrite_placeholders(req.resource, uow.placeholders)
+    if req.method == "POST":
+        new_id = uow.placeholders.get(req.full_url, (None, None))[1] if req.full_url else None
+        stored = resources.create(uow, req.resource_type, resource, if_none_exist=req.if_none_exist, new_id=new_id)
+        if req.full_url and req.full_url in uow.placeholders:
+            uow.placeholders[req.full_url] = (req.resource_type, stored.id)
+    elif req.id:
+        stored = resources.update(uow, req.resource_type, req.id, resource, if_match=req.if_match)
+    else:
+        stored = resources.conditional_update(uow, req.resource_type, req.query, resource, if_match=req.if_match)
+        if req.full_url and req.full_url.startswith("urn:"):
+            uow.placeholders[req.full_url] = (req.resource_type, stored.id)
+    response = {"status": STATUS_TEXT[stored.status], "location": f"{base}/{stored.location}",
+                "etag": stored.etag, "lastModified": fhir_instant(stored.last_updated)}
+    return stored.status, entry(f"{base}/{stored.resource_type}/{stored.id}", stored.content, response=response)
+
+
+def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -> Any:
+    """Every `reference` to a urn:uuid fullUrl of this Bundle becomes `Type/id` (in place)."""
+    if not placeholders:
+        return node
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("reference")
+            if isinstance(ref, str) and ref in placeholders:
+                rtype, rid = placeholders[ref]
+                item["reference"] = f"{rtype}/{rid}"
+            stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, (dict, list)))
+    return node
+
+
+def transaction(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
+                representation: bool = False) -> bytes:
+    raw = orjson.dumps(body)
+    _, requests = read_bundle(body, max_entries)
+
+    def work(uow: UnitOfWork) -> bytes:
+        reqs = [Request(**{**r.__dict__, "resource": orjson.loads(orjson.dumps(r.resource)) if r.resource else None})
+                for r in requests]
+        seen_urls = set()
+        for r in reqs:
+            if r.full_url:
+                if r.full_url in seen_urls:
+                    raise BadRequest(f"fullUrl {r.full_url} appears twice", expression=f"{r.prefix}.fullUrl")
+                seen_urls.add(r.full_url)
+            if r.method == "POST" and r.full_url:
+                uow.placeholders[r.full_url] = (r.resource_type, resources.new_resource_id())
+            elif r.method == "PUT" and r.id and r.full_url and r.full_url.startswith("urn:"):
+                uow.placeholders[r.full_url] = (r.resource_type, r.id)
+        order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], HANDLERS[r.resource_type].rank
+                                            if r.resource_type in HANDLERS else 9, r.index))
+        results: dict[int, dict] = {}
+        for r in order:
+            try:
+                _, results[r.index] = _run_entry(uow, r, base)
+            except FhirError as err:
+                raise err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix) from None
+        uow.entry_prefix = ""
+        entries = [results[r.index] if representation else _minimal(results[r.index]) for r in reqs]
+        return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
+
+    del raw
+    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules)
+
+
+def _minimal(item: dict) -> dict:
+    return {k: v for k, v in item.items() if k != "resource"} if "response" in item else item
+
+
+def batch(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
+          representation: bool = False) -> bytes:
+    _, requests = read_bundle(body, max_entries)
+    entries = []
+    for r in requests:
+        try:
+            _, item = resources.run_write(session, lambda uow, r=r: _run_entry(uow, r, base), base_url=base,
+                                          enforce_rules=enforce_rules)
+            entries.append(item if representation else _minimal(item))
+        except FhirError as err:
+            prefixed = err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)
+            entries.append({"response": {"status": STATUS_TEXT.get(err.status_code, str(err.status_code)),
+                                         "outcome": outcome(prefixed.issues)}})
+    return bundle("batch-response", entries, timestamp=fhir_instant(utcnow()))
+
+
+__all__ = ["transaction", "batch", "issue"]

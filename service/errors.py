@@ -1,0 +1,127 @@
+"""Expected failures, each rendered as a FHIR OperationOutcome with its HTTP status."""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhir_mappings.outcome import Issue, fhirpath, issue, outcome
+from service.responses import FhirJSONResponse
+
+log = logging.getLogger("trial_fhir")
+
+
+class FhirError(Exception):
+    """Expected failure; rendered as an OperationOutcome with `status_code`."""
+
+    status_code = 500
+    issue_code = "exception"
+
+    def __init__(self, diagnostics: str, *, issues: list[Issue] | None = None, expression: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(diagnostics)
+        self.issues = issues or [issue(self.issue_code, diagnostics, *([expression] if expression else []))]
+        self.headers = headers
+
+    def prefixed(self, prefix: str) -> "FhirError":
+        """The same error, its expressions located inside a Bundle entry."""
+        err = type(self)(str(self), issues=[i.prefixed(prefix) for i in self.issues], headers=self.headers)
+        return err
+
+
+class ResourceInvalid(FhirError):
+    """Malformed JSON or a structure that is not FHIR R4."""
+
+    status_code, issue_code = 400, "invalid"
+
+
+class BadRequest(FhirError):
+    status_code, issue_code = 400, "invalid"
+
+
+class NotFound(FhirError):
+    status_code, issue_code = 404, "not-found"
+
+
+class MethodNotAllowed(FhirError):
+    status_code, issue_code = 405, "not-supported"
+
+
+class NotAcceptable(FhirError):
+    status_code, issue_code = 406, "not-supported"
+
+
+class Conflict(FhirError):
+    status_code, issue_code = 409, "conflict"
+
+
+class Gone(FhirError):
+    status_code, issue_code = 410, "deleted"
+
+
+class PreconditionFailed(FhirError):
+    status_code, issue_code = 412, "conflict"
+
+
+class PayloadTooLarge(FhirError):
+    status_code, issue_code = 413, "too-costly"
+
+
+class UnsupportedMediaType(FhirError):
+    status_code, issue_code = 415, "not-supported"
+
+
+class RuleViolation(FhirError):
+    """A resource that is valid FHIR but breaks a value-set binding or a trial rule."""
+
+    status_code, issue_code = 422, "business-rule"
+
+
+def raise_for_issues(issues: list[Issue]) -> None:
+    errors = [i for i in issues if i.severity in ("error", "fatal")]
+    if errors:
+        raise RuleViolation(errors[0].diagnostics, issues=errors)
+
+
+_STATUS_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                 406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
+                 415: "not-supported", 422: "processing"}
+
+
+def error_response(status_code: int, issues: list[Issue], headers: dict[str, str] | None = None) -> FhirJSONResponse:
+    return FhirJSONResponse(outcome(issues), status_code=status_code, headers=headers)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError) -> FhirJSONResponse:
+        return error_response(exc.status_code, exc.issues, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_invalid(request: Request, exc: RequestValidationError) -> FhirJSONResponse:
+        issues = []
+        for err in exc.errors():
+            loc = [str(p) for p in err.get("loc", ())]
+            where = loc[0] if loc else "request"
+            name = ".".join(loc[1:]) or where
+            issues.append(issue("invalid", f"{where} parameter '{name}': {err.get('msg', 'invalid')}", name))
+        return error_response(400, issues or [issue("invalid", "Invalid request")])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No such endpoint or resource type: {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not supported on {request.url.path}"
+        code = _STATUS_CODES.get(exc.status_code, "exception")
+        return error_response(exc.status_code, [issue(code, detail)], getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, [issue("exception", "Internal server error; the request was not applied.")])
+
+
+__all__ = ["fhirpath"]

@@ -1,0 +1,110 @@
+"""Example payloads for the OpenAPI document (and a few tests): what an EHR would send."""
+
+AD = "https://trial-fhir.org/CodeSystem/ad-scores"
+MRN = "urn:oid:1.2.410.200001.1"  # a hospital's medical record numbers
+
+PATIENT = {
+    "resourceType": "Patient",
+    "identifier": [{"system": MRN, "value": "MRN-000123"}],
+    "name": [{"family": "Synthetic", "given": ["Ada"]}],
+    "gender": "female",
+    "birthDate": "1990-04-12",
+}
+
+RESEARCH_STUDY = {
+    "resourceType": "ResearchStudy",
+    "identifier": [{"system": "https://clinicaltrials.gov", "value": "NCT01927705"}],
+    "title": "hUCB-MSCs in moderate-to-severe atopic dermatitis (Phase I/IIa)",
+    "status": "completed",
+    "phase": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/research-study-phase",
+                          "code": "phase-1-phase-2"}]},
+    "arm": [
+        {"name": "low-dose", "description": "2.5 × 10^7 hUCB-MSCs, one subcutaneous administration"},
+        {"name": "high-dose", "description": "5.0 × 10^7 hUCB-MSCs, one subcutaneous administration"},
+    ],
+}
+
+RESEARCH_SUBJECT = {
+    "resourceType": "ResearchSubject",
+    "identifier": [{"system": "https://trial-fhir.org/subject", "value": "S-001"}],
+    "status": "on-study",
+    "period": {"start": "2024-03-04"},
+    "study": {"reference": "ResearchStudy/nct01927705"},
+    "individual": {"reference": f"Patient?identifier={MRN}|MRN-000123"},
+    "assignedArm": "high-dose",
+    "actualArm": "high-dose",
+}
+
+OBSERVATION = {
+    "resourceType": "Observation",
+    "identifier": [{"system": "urn:oid:1.2.410.200001.9", "value": "LAB-2024-88812"}],
+    "status": "final",
+    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                              "code": "laboratory"}]}],
+    "code": {"coding": [{"system": "http://loinc.org", "code": "19113-0", "display": "IgE [Units/volume] in Serum or Plasma"}]},
+    "subject": {"identifier": {"system": MRN, "value": "MRN-000123"}},
+    "effectiveDateTime": "2024-04-01T09:30:00+09:00",
+    "valueQuantity": {"value": 1520, "unit": "kU/L", "system": "http://unitsofmeasure.org", "code": "k[IU]/L"},
+}
+
+EASI_OBSERVATION = {
+    "resourceType": "Observation",
+    "status": "final",
+    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                              "code": "survey"}]}],
+    "code": {"coding": [{"system": AD, "code": "EASI", "display": "Eczema Area and Severity Index"}]},
+    "subject": {"reference": "Patient/example"},
+    "effectiveDateTime": "2024-06-01",
+    "valueQuantity": {"value": 12.4, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
+}
+
+ADVERSE_EVENT = {
+    "resourceType": "AdverseEvent",
+    "identifier": {"system": "https://trial-fhir.org/ae", "value": "AE-0007"},
+    "actuality": "actual",
+    "event": {"coding": [{"system": "https://www.meddra.org", "code": "10037087", "display": "Pruritus"}],
+              "text": "Injection-site pruritus"},
+    "subject": {"reference": f"Patient?identifier={MRN}|MRN-000123"},
+    "study": [{"reference": "ResearchStudy/nct01927705"}],
+    "date": "2024-03-05T10:00:00+09:00",
+    "seriousness": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
+                                "code": "non-serious"}]},
+    "severity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+                             "code": "mild"}]},
+    "suspectEntity": [{"instance": {"display": "hUCB-MSC"}, "causality": [{"assessment": {"coding": [
+        {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C53258",
+         "display": "Possibly Related"}]}}]}],
+}
+
+EXAMPLES = {
+    "Patient": PATIENT,
+    "ResearchStudy": RESEARCH_STUDY,
+    "ResearchSubject": RESEARCH_SUBJECT,
+    "Observation": OBSERVATION,
+    "AdverseEvent": ADVERSE_EVENT,
+}
+
+TRANSACTION = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [
+        {"fullUrl": "urn:uuid:9d6b6b8e-0d0c-4c2e-9a55-7f1f4c1b2a01",
+         "resource": {**PATIENT, "identifier": [{"system": MRN, "value": "MRN-000124"}]},
+         "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={MRN}|MRN-000124"}},
+        {"fullUrl": "urn:uuid:9d6b6b8e-0d0c-4c2e-9a55-7f1f4c1b2a02",
+         "resource": {**RESEARCH_SUBJECT, "identifier": [{"system": "https://trial-fhir.org/subject", "value": "S-002"}],
+                      "individual": {"reference": "urn:uuid:9d6b6b8e-0d0c-4c2e-9a55-7f1f4c1b2a01"}},
+         "request": {"method": "POST", "url": "ResearchSubject"}},
+        {"fullUrl": "urn:uuid:9d6b6b8e-0d0c-4c2e-9a55-7f1f4c1b2a03",
+         "resource": {**EASI_OBSERVATION, "subject": {"reference": "urn:uuid:9d6b6b8e-0d0c-4c2e-9a55-7f1f4c1b2a01"},
+                      "effectiveDateTime": "2024-03-04"},
+         "request": {"method": "POST", "url": "Observation"}},
+    ],
+}
+
+
+def stored(example: dict, id: str, version: int = 1) -> dict:
+    """The example as the server returns it: with id and meta."""
+    return {"resourceType": example["resourceType"], "id": id,
+            "meta": {"versionId": str(version), "lastUpdated": "2024-04-01T00:30:00.000Z"},
+            **{k: v for k, v in example.items() if k != "resourceType"}}

@@ -1,0 +1,111 @@
+"""The ASGI application: `create_app(settings)` builds it; `service.main:app` is the default one."""
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from service.conformance.router import router as system_router
+from service.db import make_engine, migrate
+from service.errors import register_error_handlers
+from service.middleware import FhirFormatMiddleware
+from service.resource.router import build_routers
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("trial_fhir")
+
+DESCRIPTION = """
+FHIR R4 (JSON) interoperability service for clinical trials, first for the Phase I/IIa trial of
+hUCB-MSCs in moderate-to-severe atopic dermatitis.
+
+* **Hospital EHRs** push single resources and transaction/batch Bundles to `/fhir`: idempotent with
+  conditional create (`If-None-Exist`) and conditional update (`PUT /fhir/Observation?identifier=…`).
+* **Research portals** pull with FHIR search.
+* Every error is a FHIR `OperationOutcome` naming the element (`expression`).
+
+Media types: `application/fhir+json` (default) and `application/json`; `_format=json` is honoured.
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    tag = route.tags[0] if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if settings.migrate_on_startup:
+            migrate(engine)
+        if settings.load_demo_on_startup:
+            from service.demo.load import load_demo_if_empty
+            load_demo_if_empty(engine)
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="trial-fhir",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+        openapi_tags=[{"name": "System", "description": "CapabilityStatement, transaction and batch Bundles"}],
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    register_error_handlers(app)
+    app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes)
+
+    @app.get("/healthz", tags=["System"], name="healthz", summary="Liveness and database check")
+    def healthz() -> dict:
+        """`{"status": "ok"}` when the service is up and its database answers."""
+        from sqlalchemy import text
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    app.include_router(system_router)
+    for router in build_routers():
+        app.include_router(router)
+    _add_outcome_schema(app)
+    return app
+
+
+def _add_outcome_schema(app: FastAPI) -> None:
+    """Declare the OperationOutcome schema every error response refers to."""
+    original = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["OperationOutcome"] = {
+            "type": "object", "description": "FHIR R4 OperationOutcome (https://hl7.org/fhir/R4/operationoutcome.html)",
+            "required": ["resourceType", "issue"],
+            "properties": {
+                "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+                "issue": {"type": "array", "items": {"type": "object", "required": ["severity", "code"], "properties": {
+                    "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+                    "code": {"type": "string", "description": "IssueType, e.g. invalid, required, value, "
+                             "code-invalid, business-rule, not-found, conflict"},
+                    "diagnostics": {"type": "string"},
+                    "expression": {"type": "array", "items": {"type": "string"},
+                                   "description": "FHIRPath of the element at fault, e.g. "
+                                   "Observation.valueQuantity.value"}}}}}}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def __getattr__(name: str):
+    # `service.main:app` is built on first access, so importing this module creates no engine.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

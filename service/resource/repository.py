@@ -1,0 +1,90 @@
+"""SQL for the resource store: current rows, versions and identifiers. Never commits, never sees HTTP."""
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlmodel import Session
+
+from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
+
+R = ResourceRecord.__table__
+V = ResourceVersion.__table__
+I = IdentifierRecord.__table__  # noqa: E741
+
+
+def get_current(session: Session, resource_type: str, id: str, *, for_update: bool = False):
+    """(version_id, last_updated, deleted, content) of the current version, or None."""
+    stmt = select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content).where(
+        R.c.resource_type == resource_type, R.c.id == id)
+    if for_update and session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).first()
+
+
+def get_version(session: Session, resource_type: str, id: str, version_id: int):
+    stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
+        V.c.resource_type == resource_type, V.c.id == id, V.c.version_id == version_id)
+    return session.execute(stmt).first()
+
+
+def find_history(session: Session, resource_type: str, id: str, *, limit: int, before_version: int | None = None,
+                 since: datetime | None = None):
+    stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
+        V.c.resource_type == resource_type, V.c.id == id)
+    if before_version is not None:
+        stmt = stmt.where(V.c.version_id < before_version)
+    if since is not None:
+        stmt = stmt.where(V.c.last_updated >= since)
+    return session.execute(stmt.order_by(V.c.version_id.desc()).limit(limit)).all()
+
+
+def count_history(session: Session, resource_type: str, id: str) -> int:
+    return session.execute(select(func.count()).select_from(V).where(
+        V.c.resource_type == resource_type, V.c.id == id)).scalar_one()
+
+
+def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:
+    ids = list(ids)
+    if not ids:
+        return set()
+    stmt = select(R.c.id).where(R.c.resource_type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False))
+    return set(session.execute(stmt).scalars())
+
+
+def find_ids_by_identifier(session: Session, resource_type: str, system: str | None, value: str) -> list[str]:
+    stmt = select(I.c.resource_id).where(I.c.resource_type == resource_type, I.c.value == value)
+    if system is not None:
+        stmt = stmt.where(I.c.system == system)
+    return list(session.execute(stmt.limit(2)).scalars())
+
+
+def find_identifier_owners(session: Session, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
+    """{(type, system, value): resource id} for those of `keys` already taken."""
+    found: dict[tuple[str, str, str], str] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        stmt = select(I.c.resource_type, I.c.system, I.c.value, I.c.resource_id).where(
+            tuple_(I.c.resource_type, I.c.system, I.c.value).in_(chunk))
+        for rtype, system, value, rid in session.execute(stmt):
+            found[(rtype, system, value)] = rid
+    return found
+
+
+def add_rows(session: Session, table, rows: list[dict]) -> None:
+    if rows:
+        session.execute(insert(table), rows)
+
+
+def update_current(session: Session, resource_type: str, id: str, expected_version: int, values: dict) -> bool:
+    stmt = update(R).where(R.c.resource_type == resource_type, R.c.id == id,
+                           R.c.version_id == expected_version).values(**values)
+    return session.execute(stmt).rowcount == 1
+
+
+def delete_identifiers(session: Session, resource_type: str, id: str) -> None:
+    session.execute(delete(I).where(I.c.resource_type == resource_type, I.c.resource_id == id))
+
+
+def delete_typed_rows(session: Session, table, id: str) -> None:
+    session.execute(delete(table).where(table.c.id == id))

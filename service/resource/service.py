@@ -1,0 +1,307 @@
+"""The FHIR RESTful interactions on stored resources: one way in (parse → check → map → store) for POST,
+PUT, DELETE and every Bundle entry, and the reads that serve stored JSON as it is."""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
+
+from fhir_mappings.dates import fhir_instant
+from fhir_mappings.references import ID_RE, split_token
+from fhir_mappings.validation import structure_issues
+from service.errors import (BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ResourceInvalid,
+                            RuleViolation)
+from service.resource import repository
+from service.resource.handlers import HANDLERS, TypeHandler
+from service.resource.models import ResourceRecord, ResourceVersion
+from service.resource.unit_of_work import UnitOfWork, utcnow
+
+log = logging.getLogger("trial_fhir")
+R = ResourceRecord.__table__
+V = ResourceVersion.__table__
+T = TypeVar("T")
+
+
+@dataclass
+class Stored:
+    """A resource version as written or read: what the HTTP layer needs for the body and headers."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str | None  # canonical JSON; None for a delete
+    status: int = 200
+    created: bool = False
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
+
+
+def handler_for(resource_type: str) -> TypeHandler:
+    handler = HANDLERS.get(resource_type)
+    if handler is None:
+        raise NotFound(f"Resource type '{resource_type}' is not supported by this server")
+    return handler
+
+
+def parse_version(etag: str | None) -> int | None:
+    """`W/"3"`, `"3"` or `3` -> 3; None when absent."""
+    if etag is None:
+        return None
+    raw = etag.strip()
+    raw = raw[2:] if raw.startswith("W/") else raw
+    raw = raw.strip('"')
+    if not raw.isdigit():
+        raise BadRequest(f"If-Match must be a version ETag like W/\"1\", got '{etag}'", expression="If-Match")
+    return int(raw)
+
+
+def check_structure(resource_type: str, payload) -> dict:
+    """400 unless `payload` is a FHIR R4 resource of `resource_type`."""
+    handler = handler_for(resource_type)
+    problems = structure_issues(payload, resource_type, handler.model)
+    if problems:
+        raise ResourceInvalid(problems[0].diagnostics, issues=problems)
+    return payload
+
+
+# -- writes ----------------------------------------------------------------------------------------------
+
+def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
+              enforce_rules: bool = True, attempts: int = 3) -> T:
+    """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
+    with one identifier) rolls back and runs again, so the second sees the first's resource."""
+    for attempt in range(attempts):
+        uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules)
+        try:
+            result = work(uow)
+            uow.flush()
+            session.commit()
+            return result
+        except (IntegrityError, OperationalError) as exc:
+            session.rollback()
+            if isinstance(exc, OperationalError) and not _is_retryable(exc):
+                raise
+            log.info("write conflict, retrying (%s): %s", attempt + 1, exc.orig)
+        except BaseException:
+            session.rollback()
+            raise
+    raise Conflict("The resource was changed by a concurrent request; retry")
+
+
+def _is_retryable(exc: OperationalError) -> bool:
+    text = str(exc.orig).lower()
+    return "deadlock" in text or "could not serialize" in text or "locked" in text
+
+
+def create(uow: UnitOfWork, resource_type: str, payload: dict, *, if_none_exist: str | None = None,
+           new_id: str | None = None) -> Stored:
+    """POST: a new resource with a server id; with `If-None-Exist`, the match when there is exactly one."""
+    check_structure(resource_type, payload)
+    if if_none_exist:
+        matches = find_matches(uow, resource_type, if_none_exist, "If-None-Exist")
+        if len(matches) > 1:
+            raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources",
+                                     expression="If-None-Exist")
+        if matches:
+            existing = read(uow.session, resource_type, matches[0])
+            existing.status = 200
+            return existing
+    return _store(uow, resource_type, new_id or new_resource_id(), payload, None, "POST")
+
+
+def new_resource_id() -> str:
+    import uuid
+    return str(uuid.uuid4())
+
+
+def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict, *, if_match: str | None = None) -> Stored:
+    """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
+    check_structure(resource_type, payload)
+    if not ID_RE.match(id):
+        raise BadRequest(f"'{id}' is not a valid FHIR id", expression=f"{resource_type}.id")
+    body_id = payload.get("id")
+    if body_id is None:
+        raise BadRequest("The resource in a PUT must carry its id", expression=f"{resource_type}.id")
+    if body_id != id:
+        raise BadRequest(f"Resource id '{body_id}' does not match the id '{id}' in the URL",
+                         expression=f"{resource_type}.id")
+    uow.flush()
+    current = repository.get_current(uow.session, resource_type, id, for_update=True)
+    expected = parse_version(if_match)
+    if expected is not None:
+        if current is None or current.deleted:
+            raise PreconditionFailed(f"{resource_type}/{id} does not exist; If-Match can't hold", expression="If-Match")
+        if current.version_id != expected:
+            raise PreconditionFailed(f"{resource_type}/{id} is at version {current.version_id}, not {expected}",
+                                     expression="If-Match")
+    return _store(uow, resource_type, id, payload, current, "PUT")
+
+
+def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict, *,
+                       if_match: str | None = None) -> Stored:
+    """PUT Type?search: update the one match, create when there is none, 412 when there are several."""
+    check_structure(resource_type, payload)
+    matches = find_matches(uow, resource_type, query, "search")
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional update '{query}' matches {len(matches)} resources")
+    if not matches:
+        body_id = payload.get("id")
+        return _store(uow, resource_type, body_id or new_resource_id(), payload,
+                      repository.get_current(uow.session, resource_type, body_id) if body_id else None, "PUT")
+    if payload.get("id") not in (None, matches[0]):
+        raise BadRequest(f"Resource id '{payload['id']}' does not match the resource found ({matches[0]})",
+                         expression=f"{resource_type}.id")
+    return update(uow, resource_type, matches[0], {**payload, "id": matches[0]}, if_match=if_match)
+
+
+def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:
+    """DELETE: a tombstone version; typed rows and identifiers go. None when there was nothing to delete."""
+    handler = handler_for(resource_type)
+    uow.flush()
+    current = repository.get_current(uow.session, resource_type, id, for_update=True)
+    expected = parse_version(if_match)
+    if expected is not None and (current is None or current.version_id != expected):
+        raise PreconditionFailed(f"{resource_type}/{id} is not at version {expected}", expression="If-Match")
+    if current is None or current.deleted:
+        return None
+    if handler.guard_delete:
+        handler.guard_delete(uow, id)
+    for table in handler.tables:
+        repository.delete_typed_rows(uow.session, table, id)
+    uow.release_identifiers(resource_type, id)
+    version = current.version_id + 1
+    if not repository.update_current(uow.session, resource_type, id, current.version_id,
+                                     {"version_id": version, "last_updated": uow.now, "deleted": True,
+                                      "content": None}):
+        raise Conflict(f"{resource_type}/{id} was changed by a concurrent request; retry")
+    uow.add(V, {"resource_type": resource_type, "id": id, "version_id": version, "last_updated": uow.now,
+                "method": "DELETE", "content": None})
+    uow.mark_written(resource_type, id, alive=False)
+    return Stored(resource_type, id, version, uow.now, None)
+
+
+def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[Stored]:
+    matches = find_matches(uow, resource_type, query, "search")
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional delete '{query}' matches {len(matches)} resources")
+    return [s for s in (delete(uow, resource_type, m) for m in matches) if s]
+
+
+def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) -> list[str]:
+    """Ids matching a conditional-interaction query (`identifier=system|value`, `_id=…`)."""
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise BadRequest(f"{where} needs search parameters, e.g. identifier=system|value", expression=where)
+    ids: list[str] | None = None
+    for name, value in params:
+        if name == "identifier":
+            system, val = split_token(value)
+            found = uow.find_by_identifier(resource_type, system, val)
+        elif name == "_id":
+            found = [value] if uow.exists(resource_type, value) else []
+        else:
+            raise BadRequest(f"{where}: only 'identifier' and '_id' can select a resource here, not '{name}'",
+                             expression=where)
+        ids = found if ids is None else [i for i in ids if i in found]
+    return ids or []
+
+
+def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current, method: str) -> Stored:
+    handler = handler_for(resource_type)
+    previous = orjson.loads(current.content) if current is not None and current.content else None
+    try:
+        handler.index(uow, payload, id, previous)
+    except RuleViolation as violation:
+        if uow.enforce_rules:
+            raise
+        log.warning("trial rule not enforced for %s/%s: %s", resource_type, id, violation)
+    if current is not None:
+        for table in handler.tables:
+            repository.delete_typed_rows(uow.session, table, id)
+        uow.release_identifiers(resource_type, id)
+    identifiers = payload.get("identifier")
+    if isinstance(identifiers, dict):  # AdverseEvent.identifier is 0..1 in R4
+        identifiers = [identifiers]
+    for i, ident in enumerate(identifiers or []):
+        if ident.get("value"):
+            where = f"{resource_type}.identifier" + ("" if isinstance(payload.get("identifier"), dict) else f"[{i}]")
+            uow.claim_identifier(resource_type, id, ident.get("system") or "", str(ident["value"]), where)
+    version = current.version_id + 1 if current is not None else 1
+    meta = {**(payload.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_instant(uow.now)}
+    body = {"resourceType": resource_type, "id": id, "meta": meta}
+    body.update((k, v) for k, v in payload.items() if k not in body)
+    content = orjson.dumps(body).decode()
+    row = {"version_id": version, "last_updated": uow.now, "deleted": False, "content": content}
+    if current is not None:
+        if not repository.update_current(uow.session, resource_type, id, current.version_id, row):
+            raise Conflict(f"{resource_type}/{id} was changed by a concurrent request; retry")
+    else:
+        uow.add(R, {"resource_type": resource_type, "id": id, **row})
+    uow.add(V, {"resource_type": resource_type, "id": id, "version_id": version, "last_updated": uow.now,
+                "method": method, "content": content})
+    uow.mark_written(resource_type, id)
+    created = current is None or current.deleted
+    stored = Stored(resource_type, id, version, uow.now, content, status=201 if created else 200, created=created)
+    _apply_follow_ups(uow)
+    return stored
+
+
+def _apply_follow_ups(uow: UnitOfWork) -> None:
+    while uow.follow_ups:
+        resource_type, id, change = uow.follow_ups.pop(0)
+        uow.flush()
+        current = repository.get_current(uow.session, resource_type, id, for_update=True)
+        if current is None or current.deleted:
+            continue
+        _store(uow, resource_type, id, change(orjson.loads(current.content)), current, "PUT")
+
+
+# -- reads -----------------------------------------------------------------------------------------------
+
+def read(session: Session, resource_type: str, id: str) -> Stored:
+    handler_for(resource_type)
+    row = repository.get_current(session, resource_type, id)
+    if row is None:
+        raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
+    if row.deleted:
+        raise Gone(f"{resource_type}/{id} was deleted (version {row.version_id})",
+                   headers={"ETag": f'W/"{row.version_id}"'})
+    return Stored(resource_type, id, row.version_id, row.last_updated, row.content)
+
+
+def vread(session: Session, resource_type: str, id: str, version_id: str) -> Stored:
+    handler_for(resource_type)
+    if not version_id.isdigit():
+        raise NotFound(f"{resource_type}/{id} has no version '{version_id}'")
+    row = repository.get_version(session, resource_type, id, int(version_id))
+    if row is None:
+        raise NotFound(f"{resource_type}/{id} has no version {version_id}")
+    if row.content is None:
+        raise Gone(f"Version {version_id} of {resource_type}/{id} is its deletion")
+    return Stored(resource_type, id, row.version_id, row.last_updated, row.content)
+
+
+def history(session: Session, resource_type: str, id: str, *, count: int, before_version: int | None = None,
+            since: datetime | None = None):
+    """Newest first; raises 404 for a resource that never existed."""
+    handler_for(resource_type)
+    if repository.get_current(session, resource_type, id) is None:
+        raise NotFound(f"{resource_type}/{id} is not known")
+    return repository.find_history(session, resource_type, id, limit=count, before_version=before_version,
+                                   since=since)
+
+
+__all__ = ["utcnow", "Stored"]

@@ -1,0 +1,162 @@
+"""One write transaction: the rows it will insert, what it has looked up, and how references resolve.
+
+Inserts are gathered and sent as one executemany per table when something needs to read them (or at the
+end), so a transaction Bundle of 100 Observations costs a handful of statements, not hundreds.
+"""
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from fhir_mappings.outcome import issue
+from fhir_mappings.references import ParsedReference, parse_reference, split_token
+from service.errors import Conflict, RuleViolation
+from service.resource import repository
+from service.resource.models import IdentifierRecord
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UnitOfWork:
+    def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True) -> None:
+        self.session = session
+        self.now = utcnow()
+        self.base_url = base_url.rstrip("/")
+        self.enforce_rules = enforce_rules
+        self.placeholders: dict[str, tuple[str, str]] = {}  # urn:uuid:… -> (type, id)
+        self.entry_prefix = ""  # "Bundle.entry[3].resource" while a Bundle entry is processed
+        self._pending: dict[Any, list[dict]] = defaultdict(list)
+        self._pending_identifiers: list[tuple[tuple[str, str, str], str, str]] = []  # key, id, expression
+        self._claimed: dict[tuple[str, str, str], str] = {}
+        self._exists: dict[tuple[str, str], bool] = {}
+        self.cache: dict[Any, Any] = {}  # domain services keep their look-ups here (enrolments, studies)
+        self.follow_ups: list = []  # (type, id, change(payload) -> payload): server-side updates to apply
+
+    # -- inserts -------------------------------------------------------------------------------------
+    def add(self, table, row: dict) -> None:
+        self._pending[table].append(row)
+
+    def claim_identifier(self, resource_type: str, id: str, system: str, value: str, expression: str) -> None:
+        key = (resource_type, system, value)
+        owner = self._claimed.get(key)
+        if owner is not None and owner != id:
+            raise Conflict(f"Another {resource_type} in this request has identifier {system}|{value}",
+                           expression=expression)
+        self._claimed[key] = id
+        self._pending_identifiers.append((key, id, self._where(expression)))
+
+    def release_identifiers(self, resource_type: str, id: str) -> None:
+        for key in [k for k, owner in self._claimed.items() if k[0] == resource_type and owner == id]:
+            del self._claimed[key]
+        repository.delete_identifiers(self.session, resource_type, id)
+
+    def flush(self) -> None:
+        """Send every gathered insert; a taken identifier is a 409 naming the element that holds it."""
+        if self._pending_identifiers:
+            checks, self._pending_identifiers = self._pending_identifiers, []
+            owners = repository.find_identifier_owners(self.session, [c[0] for c in checks])
+            for key, id, expression in checks:
+                owner = owners.get(key)
+                if owner is not None and owner != id:
+                    rtype, system, value = key
+                    raise Conflict(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
+                                   "create (If-None-Exist) or update it instead", expression=expression)
+            seen = set()
+            for key, id, _ in checks:
+                if key not in seen and owners.get(key) != id:
+                    seen.add(key)
+                    self.add(IdentifierRecord.__table__, {"resource_type": key[0], "resource_id": id,
+                                                          "system": key[1], "value": key[2]})
+        pending, self._pending = self._pending, defaultdict(list)
+        for table, rows in pending.items():
+            repository.add_rows(self.session, table, rows)
+
+    # -- references ----------------------------------------------------------------------------------
+    def _where(self, expression: str) -> str:
+        if self.entry_prefix and "." in expression:
+            return self.entry_prefix + expression[expression.index("."):]
+        return expression
+
+    def exists(self, resource_type: str, id: str) -> bool:
+        key = (resource_type, id)
+        if key not in self._exists:
+            self.flush()
+            self._exists[key] = bool(repository.find_existing_ids(self.session, resource_type, [id]))
+        return self._exists[key]
+
+    def mark_written(self, resource_type: str, id: str, alive: bool = True) -> None:
+        self._exists[(resource_type, id)] = alive
+
+    def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]:
+        self.flush()
+        return repository.find_ids_by_identifier(self.session, resource_type, system, value)
+
+    def resolve(self, ref: Any, expected: str, expression: str, *, required: bool = True) -> str | None:
+        """The id of the local `expected` resource that `ref` points at; rewrites conditional and logical
+        references to a literal `Type/id` in place (as FHIR transactions do). 422 when it can't resolve."""
+        parsed = parse_reference(ref, expected)
+        if parsed.kind == "empty":
+            if required:
+                raise RuleViolation(f"{expression} must reference a {expected}", expression=expression)
+            return None
+        if parsed.resource_type and parsed.resource_type != expected:
+            raise RuleViolation(f"{expression} must reference a {expected}, not a {parsed.resource_type}",
+                                expression=expression)
+        if parsed.kind == "literal":
+            if parsed.base and self.base_url and parsed.base.rstrip("/") != self.base_url:
+                return self._external(parsed, expected, expression)
+            if not self.exists(expected, parsed.id):
+                raise RuleViolation(f"{expression} points at {expected}/{parsed.id}, which does not exist",
+                                    expression=expression)
+            if parsed.base:
+                ref["reference"] = f"{expected}/{parsed.id}"
+            return parsed.id
+        if parsed.kind == "placeholder":
+            target = self.placeholders.get(parsed.text)
+            if target is None or target[0] != expected:
+                raise RuleViolation(f"{expression} '{parsed.text}' matches no {expected} entry of this Bundle",
+                                    expression=expression)
+            ref["reference"] = f"{expected}/{target[1]}"
+            return target[1]
+        if parsed.kind == "conditional":
+            ids = self._resolve_query(expected, parsed, expression)
+            ref["reference"] = f"{expected}/{ids}"
+            return ids
+        if parsed.kind == "identifier":
+            system, value = parsed.identifier
+            return self._one_match(expected, self.find_by_identifier(expected, system or None, value),
+                                   f"identifier {system}|{value}", expression, ref)
+        return self._external(parsed, expected, expression)
+
+    def _external(self, parsed: ParsedReference, expected: str, expression: str):
+        raise RuleViolation(f"{expression} '{parsed.text}' is not a {expected} on this server",
+                            expression=expression)
+
+    def _resolve_query(self, expected: str, parsed: ParsedReference, expression: str) -> str:
+        ids: list[str] | None = None
+        for name, value in parsed.query:
+            if name == "identifier":
+                system, val = split_token(value)
+                found = self.find_by_identifier(expected, system, val)
+            elif name == "_id":
+                found = [value] if self.exists(expected, value) else []
+            else:
+                raise RuleViolation(f"{expression}: conditional references support only identifier and _id, "
+                                    f"not '{name}'", expression=expression)
+            ids = found if ids is None else [i for i in ids if i in found]
+        return self._one_match(expected, ids or [], parsed.text, expression, None)
+
+    def _one_match(self, expected: str, ids: list[str], what: str, expression: str, ref: dict | None) -> str:
+        if len(ids) != 1:
+            problem = "no" if not ids else "more than one"
+            raise RuleViolation(f"{expression}: {what} matches {problem} {expected}",
+                                issues=[issue("business-rule" if ids else "not-found",
+                                              f"{expression}: {what} matches {problem} {expected}",
+                                              expression)])
+        if ref is not None:
+            ref.setdefault("reference", f"{expected}/{ids[0]}")
+        return ids[0]

@@ -1,0 +1,50 @@
+"""Settings, read from the environment (`TRIAL_FHIR_*`, plus `DATABASE_URL`)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Request
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIAL_FHIR_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite:///./trial-fhir.db",
+        validation_alias=AliasChoices("DATABASE_URL", "TRIAL_FHIR_DATABASE_URL"),
+        description="SQLAlchemy URL: SQLite (default, embedded) or postgresql+psycopg://…",
+    )
+    host: str = Field("127.0.0.1", description="Interface `python -m service` binds to.")
+    port: int = Field(8000, description="Port `python -m service` listens on.")
+    base_url: str | None = Field(
+        None, description="Public base URL of the FHIR endpoint (e.g. https://fhir.example.org/fhir); "
+        "by default it is taken from each request."
+    )
+    migrate_on_startup: bool = Field(True, description="Bring the schema up to date when the app starts.")
+    load_demo_on_startup: bool = Field(
+        False, description="Load the synthetic demo trial at start-up when the database holds no study."
+    )
+    enforce_trial_rules: bool = Field(
+        True, description="Reject (422) resources that break the trial's rules; when off, violations are logged."
+    )
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted request body (413 above).")
+    max_bundle_entries: int = Field(10_000, description="Largest transaction/batch Bundle accepted (413 above).")
+    default_page_size: int = Field(50, description="Default `_count` of a search.")
+    max_page_size: int = Field(1000, description="Largest `_count` of a search.")
+    export_dir: Path = Field(Path("./export"), description="Shared folder where bulk export files are written.")
+    sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def settings_from_request(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(settings_from_request)]

@@ -1,0 +1,57 @@
+"""Typed rows of the trial: patients, studies, arms and research subjects (enrolments)."""
+
+from datetime import date
+
+from sqlalchemy import Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class PatientRecord(SQLModel, table=True):
+    __tablename__ = "patient"
+    __table_args__ = (Index("ix_patient_birth_date", "birth_date"),)
+
+    id: str = Field(primary_key=True, max_length=64)
+    family: str | None = Field(default=None, max_length=255)
+    given: str | None = Field(default=None, max_length=255)
+    gender: str | None = Field(default=None, max_length=16)
+    birth_date: date | None = None
+
+
+class StudyRecord(SQLModel, table=True):
+    __tablename__ = "study"
+
+    id: str = Field(primary_key=True, max_length=64)
+    title: str | None = Field(default=None, max_length=1000)
+    status: str = Field(max_length=64, index=True)
+    catalogue: str = Field(default="atopic-dermatitis", max_length=64)
+
+
+class ArmRecord(SQLModel, table=True):
+    """One arm of a study (`ResearchStudy.arm`): its name and what it gives (the dose)."""
+
+    __tablename__ = "study_arm"
+
+    study_id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=255)
+    description: str | None = Field(default=None, max_length=1000)
+
+
+class SubjectRecord(SQLModel, table=True):
+    """A patient's enrolment in a study (`ResearchSubject`); `day0` is `period.start`."""
+
+    __tablename__ = "research_subject"
+    __table_args__ = (
+        UniqueConstraint("study_id", "patient_id", name="uq_subject_study_patient"),
+        Index("ix_subject_patient", "patient_id"),
+        Index("ix_subject_study_arm", "study_id", "arm"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    study_id: str = Field(max_length=64)
+    patient_id: str = Field(max_length=64)
+    status: str = Field(max_length=64)
+    assigned_arm: str | None = Field(default=None, max_length=255)
+    actual_arm: str | None = Field(default=None, max_length=255)
+    arm: str | None = Field(default=None, max_length=255)  # actual arm, else assigned arm
+    day0: date | None = None
+    end_date: date | None = None

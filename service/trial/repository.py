@@ -1,0 +1,60 @@
+"""SQL for patients, studies, arms and enrolments."""
+
+from sqlalchemy import exists, select, update
+from sqlmodel import Session
+
+from service.adverse_event.models import AdverseEventRecord
+from service.observation.models import MeasurementRecord
+from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
+
+S = SubjectRecord.__table__
+ST = StudyRecord.__table__
+A = ArmRecord.__table__
+M = MeasurementRecord.__table__
+AE = AdverseEventRecord.__table__
+
+
+def find_enrolments(session: Session, patient_id: str):
+    """(subject id, study id, day0, arm, status, catalogue) of each of the patient's enrolments."""
+    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+            .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id == patient_id).order_by(S.c.study_id))
+    return session.execute(stmt).all()
+
+
+def get_study(session: Session, study_id: str):
+    return session.execute(select(ST.c.id, ST.c.catalogue, ST.c.status).where(ST.c.id == study_id)).first()
+
+
+def find_arm_names(session: Session, study_id: str) -> set[str]:
+    return set(session.execute(select(A.c.name).where(A.c.study_id == study_id)).scalars())
+
+
+def get_subject(session: Session, subject_id: str):
+    return session.execute(select(S).where(S.c.id == subject_id)).first()
+
+
+def find_arms_in_use(session: Session, study_id: str) -> set[str]:
+    stmt = select(S.c.assigned_arm, S.c.actual_arm).where(S.c.study_id == study_id)
+    return {arm for row in session.execute(stmt) for arm in row if arm}
+
+
+def find_measurement_dates(session: Session, subject_id: str):
+    return session.execute(select(M.c.id, M.c.local_date).where(M.c.subject_id == subject_id)).all()
+
+
+def update_measurement_visits(session: Session, rows: list[dict]) -> None:
+    """rows: {"mid": id, "study_day": …, "visit": …}"""
+    if rows:
+        from sqlalchemy import bindparam
+        stmt = update(M).where(M.c.id == bindparam("mid")).values(study_day=bindparam("study_day"),
+                                                                   visit=bindparam("visit"))
+        session.execute(stmt, rows)
+
+
+def is_referenced(session: Session, table, column: str, value: str) -> bool:
+    return session.execute(select(exists().where(table.c[column] == value))).scalar()
+
+
+def delete_arms(session: Session, study_id: str) -> None:
+    from sqlalchemy import delete
+    session.execute(delete(A).where(A.c.study_id == study_id))

@@ -1,0 +1,123 @@
+"""Patients, studies and enrolments: the checks and typed rows behind Patient, ResearchStudy and
+ResearchSubject writes, and the enrolment look-ups that Observations and AdverseEvents need."""
+
+from fhir_mappings.observation import Enrolment, assign_visit
+from fhir_mappings.patient import check_patient, patient_from_fhir
+from fhir_mappings.research_study import check_research_study, research_study_from_fhir
+from fhir_mappings.research_subject import check_research_subject, research_subject_from_fhir
+from fhir_mappings.terminology import load_catalogue
+from service.adverse_event.models import AdverseEventRecord
+from service.errors import Conflict, RuleViolation, raise_for_issues
+from service.observation.models import MeasurementRecord
+from service.resource.unit_of_work import UnitOfWork
+from service.trial import repository
+from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
+
+
+def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
+    key = ("enrolments", patient_id)
+    if key not in uow.cache:
+        uow.flush()
+        uow.cache[key] = [
+            Enrolment(study_id=study_id, subject_id=sid, patient_id=patient_id, day0=day0,
+                      catalogue=load_catalogue(catalogue), arm=arm, status=status)
+            for sid, study_id, day0, arm, status, catalogue in repository.find_enrolments(uow.session, patient_id)
+        ]
+    return uow.cache[key]
+
+
+def enrolment_in(uow: UnitOfWork, patient_id: str, study_id: str | None, what: str, where: str) -> Enrolment:
+    """The patient's enrolment in `study_id` (or in its only study); 422 when there is none or it's ambiguous."""
+    found = enrolments(uow, patient_id)
+    if not found:
+        raise RuleViolation(f"Patient/{patient_id} is not enrolled in any study (no ResearchSubject): "
+                            f"{what} can't be accepted", expression=where)
+    if study_id is not None:
+        match = [e for e in found if e.study_id == study_id]
+        if not match:
+            raise RuleViolation(f"Patient/{patient_id} is not enrolled in ResearchStudy/{study_id}", expression=where)
+        return match[0]
+    if len(found) > 1:
+        raise RuleViolation(f"Patient/{patient_id} is enrolled in several studies: say which one this {what} "
+                            "belongs to", expression=where)
+    return found[0]
+
+
+def index_patient(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+    raise_for_issues(check_patient(payload))
+    uow.add(PatientRecord.__table__, patient_from_fhir(payload, id).model_dump())
+
+
+def index_research_study(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+    raise_for_issues(check_research_study(payload))
+    study, arms = research_study_from_fhir(payload, id)
+    if previous is not None:
+        missing = repository.find_arms_in_use(uow.session, id) - {a.name for a in arms}
+        if missing:
+            raise RuleViolation(f"Arms {sorted(missing)} are still assigned to research subjects",
+                                expression="ResearchStudy.arm")
+        repository.delete_arms(uow.session, id)
+    uow.cache.pop(("study", id), None)
+    uow.add(StudyRecord.__table__, study.model_dump())
+    for arm in arms:
+        uow.add(ArmRecord.__table__, arm.model_dump())
+
+
+def study_arms(uow: UnitOfWork, study_id: str) -> set[str]:
+    key = ("study", study_id)
+    if key not in uow.cache:
+        uow.flush()
+        uow.cache[key] = repository.find_arm_names(uow.session, study_id)
+    return uow.cache[key]
+
+
+def index_research_subject(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+    study_id = uow.resolve(payload.get("study"), "ResearchStudy", "ResearchSubject.study")
+    patient_id = uow.resolve(payload.get("individual"), "Patient", "ResearchSubject.individual")
+    raise_for_issues(check_research_subject(payload, study_arms(uow, study_id)))
+    record = research_subject_from_fhir(payload, id, study_id, patient_id)
+    other = [e for e in enrolments(uow, patient_id) if e.study_id == study_id and e.subject_id != id]
+    if other:
+        raise Conflict(f"Patient/{patient_id} is already enrolled in ResearchStudy/{study_id} as "
+                       f"ResearchSubject/{other[0].subject_id}", expression="ResearchSubject.individual")
+    old = repository.get_subject(uow.session, id) if previous is not None else None
+    if old is not None and (old.study_id, old.patient_id) != (study_id, patient_id) and (
+            repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id)
+            or repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id)):
+        raise RuleViolation("A research subject with results can't move to another study or patient",
+                            expression="ResearchSubject.study")
+    uow.add(SubjectRecord.__table__, record.model_dump())
+    for pid in {patient_id, old.patient_id if old else patient_id}:
+        uow.cache.pop(("enrolments", pid), None)
+    if old is not None and old.day0 != record.day0:
+        reassign_visits(uow, id, record.day0, study_id)
+
+
+def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> None:
+    """Day 0 moved: every result of the subject goes to the visit its date now falls in."""
+    catalogue = load_catalogue(repository.get_study(uow.session, study_id).catalogue)
+    rows = []
+    for mid, local_date in repository.find_measurement_dates(uow.session, subject_id):
+        day, visit = assign_visit(local_date, day0, catalogue)
+        rows.append({"mid": mid, "study_day": day, "visit": visit})
+    repository.update_measurement_visits(uow.session, rows)
+
+
+def guard_patient_delete(uow: UnitOfWork, id: str) -> None:
+    if repository.is_referenced(uow.session, SubjectRecord.__table__, "patient_id", id):
+        raise Conflict(f"Patient/{id} is enrolled in a study: delete its ResearchSubject first")
+
+
+def guard_study_delete(uow: UnitOfWork, id: str) -> None:
+    if repository.is_referenced(uow.session, SubjectRecord.__table__, "study_id", id):
+        raise Conflict(f"ResearchStudy/{id} has research subjects: delete them first")
+    repository.delete_arms(uow.session, id)
+
+
+def guard_subject_delete(uow: UnitOfWork, id: str) -> None:
+    old = repository.get_subject(uow.session, id)
+    if old is not None:
+        if repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id) or \
+                repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id):
+            raise Conflict(f"ResearchSubject/{id} has observations or adverse events: delete them first")
+        uow.cache.pop(("enrolments", old.patient_id), None)

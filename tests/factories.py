@@ -1,0 +1,79 @@
+"""Payload builders and small helpers shared by the tests (plain functions; the HTTP calls stay in tests)."""
+
+import uuid
+
+AD = "https://trial-fhir.org/CodeSystem/ad-scores"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+MRN = "urn:oid:1.2.410.200001.1"
+
+MEASURE_CODES = {
+    "EASI": (AD, "EASI", "{score}"), "SCORAD": (AD, "SCORAD", "{score}"), "IGA": (AD, "IGA", "{score}"),
+    "PRURITUS": (AD, "PRURITUS-NRS", "{score}"), "IGE": (LOINC, "19113-0", "[IU]/mL"),
+    "EOSINOPHILS": (LOINC, "711-2", "10*3/uL"), "EOSINOPHILS-PCT": (LOINC, "713-8", "%"),
+}
+
+
+def patient(mrn: str | None = None, **extra) -> dict:
+    return {"resourceType": "Patient", "identifier": [{"system": MRN, "value": mrn or f"MRN-{uuid.uuid4().hex[:8]}"}],
+            "gender": "female", "birthDate": "1990-01-01", **extra}
+
+
+def study(arms=("low-dose", "high-dose"), **extra) -> dict:
+    return {"resourceType": "ResearchStudy", "status": "active", "title": "Test study",
+            "arm": [{"name": a, "description": f"{a} dose"} for a in arms], **extra}
+
+
+def subject(study_id: str, patient_id: str, arm: str = "high-dose", day0: str | None = "2024-01-10", **extra) -> dict:
+    body = {"resourceType": "ResearchSubject", "status": "on-study",
+            "study": {"reference": f"ResearchStudy/{study_id}"}, "individual": {"reference": f"Patient/{patient_id}"},
+            "assignedArm": arm, "actualArm": arm, **extra}
+    if day0:
+        body["period"] = {"start": day0}
+    return body
+
+
+def observation(patient_id: str, measure: str = "EASI", value=12.3, date: str = "2024-01-10", unit: str | None = None,
+                status: str = "final", **extra) -> dict:
+    system, code, canonical = MEASURE_CODES[measure]
+    unit = unit or canonical
+    return {"resourceType": "Observation", "status": status,
+            "code": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": date,
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}, **extra}
+
+
+def adverse_event(patient_id: str, study_id: str | None = None, *, serious=False, severity="mild",
+                  related: str | None = None, withdrawal=False, date="2024-01-20", **extra) -> dict:
+    body = {"resourceType": "AdverseEvent", "actuality": "actual",
+            "event": {"coding": [{"system": "https://www.meddra.org", "code": "10037087", "display": "Pruritus"}],
+                      "text": "Pruritus"},
+            "subject": {"reference": f"Patient/{patient_id}"}, "date": date,
+            "seriousness": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness",
+                                        "code": "serious" if serious else "non-serious"}]},
+            "severity": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/adverse-event-severity",
+                                     "code": severity}]}, **extra}
+    if study_id:
+        body["study"] = [{"reference": f"ResearchStudy/{study_id}"}]
+    if related:
+        body["suspectEntity"] = [{"instance": {"display": "hUCB-MSC"}, "causality": [{"assessment": {"coding": [
+            {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": related}]}}]}]
+    if withdrawal:
+        body["extension"] = [{"url": "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/"
+                                     "caused-subject-to-discontinue-study", "valueBoolean": True}]
+    return body
+
+
+def created(response) -> dict:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def enrol(client, arm: str = "high-dose", day0: str | None = "2024-01-10", study_id: str | None = None,
+          mrn: str | None = None) -> dict:
+    """Create (or reuse) a study, a patient and their ResearchSubject; return their ids."""
+    if study_id is None:
+        study_id = created(client.post("/fhir/ResearchStudy", json=study()))["id"]
+    patient_id = created(client.post("/fhir/Patient", json=patient(mrn)))["id"]
+    subject_id = created(client.post("/fhir/ResearchSubject", json=subject(study_id, patient_id, arm, day0)))["id"]
+    return {"study": study_id, "patient": patient_id, "subject": subject_id}
