@@ -46,7 +46,7 @@ def _register_subcommands() -> None:
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name == module:
+            if exc.name and module.startswith(exc.name):
                 continue
             raise
         app.add_typer(sub.app, name=name)
