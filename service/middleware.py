@@ -20,7 +20,7 @@ def _choose_output(query: dict[str, str], accept: str) -> str | None:
     """The response Content-Type the client asked for; None when it asked only for what we can't give."""
     fmt = query.get("_format")
     if fmt is not None:
-        fmt = fmt.split(";")[0].strip().lower()
+        fmt = fmt.split(";")[0].strip().lower().replace(" ", "+")  # an unescaped + arrives as a space
         if fmt not in JSON_FORMATS:
             return None
         return "application/json" if fmt == "application/json" else "application/fhir+json"

@@ -1,0 +1,253 @@
+"""FHIR RESTful interactions on every stored type: create, read, vread, update, delete, history, conditional
+writes, version checks, media types and Prefer."""
+
+import copy
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+from fhir.resources.R4B.codesystem import CodeSystem
+
+from fhir_mappings.fhir import RESOURCE_MODELS
+from tests.factories import MRN, adverse_event, created, enrol, observation, patient, study, subject
+
+
+def payloads(client) -> dict[str, dict]:
+    """One valid payload per stored type (the Observation and AdverseEvent need an enrolled patient)."""
+    ids = enrol(client)
+    other = created(client.post("/fhir/Patient", json=patient()))["id"]
+    return {
+        "Patient": patient(),
+        "ResearchStudy": study(),
+        "ResearchSubject": subject(ids["study"], other),
+        "Observation": observation(ids["patient"], "IGA", 3, "2024-01-09"),
+        "AdverseEvent": adverse_event(ids["patient"], ids["study"]),
+    }
+
+
+@pytest.mark.parametrize("resource_type", list(RESOURCE_MODELS))
+def test_create_read_vread_update_delete_history_of_every_type(client, resource_type):
+    body = payloads(client)[resource_type]
+    response = client.post(f"/fhir/{resource_type}", json=body)
+    assert response.status_code == 201, response.text
+    created_ = response.json()
+    rid = created_["id"]
+    assert response.headers["location"].endswith(f"/fhir/{resource_type}/{rid}/_history/1")
+    assert response.headers["etag"] == 'W/"1"'
+    assert response.headers["last-modified"].endswith("GMT")
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    assert created_["meta"]["versionId"] == "1" and created_["meta"]["lastUpdated"].endswith("Z")
+    RESOURCE_MODELS[resource_type].model_validate(created_)
+    sent = {k: v for k, v in body.items()}
+    assert {k: created_[k] for k in sent if k not in ("subject", "individual")} == \
+        {k: v for k, v in sent.items() if k not in ("subject", "individual")}
+
+    read = client.get(f"/fhir/{resource_type}/{rid}")
+    assert read.status_code == 200 and read.json() == created_
+
+    changed = {**copy.deepcopy(created_), "meta": {}, "id": rid}
+    if resource_type == "Patient":
+        changed["gender"] = "male"
+    elif resource_type == "ResearchStudy":
+        changed["title"] = "Renamed"
+    elif resource_type == "ResearchSubject":
+        changed["status"] = "follow-up"
+    elif resource_type == "Observation":
+        changed["status"] = "amended"
+    else:
+        changed["severity"]["coding"][0]["code"] = "moderate"
+    update = client.put(f"/fhir/{resource_type}/{rid}", json=changed)
+    assert update.status_code == 200, update.text
+    assert update.json()["meta"]["versionId"] == "2" and update.headers["etag"] == 'W/"2"'
+
+    v1 = client.get(f"/fhir/{resource_type}/{rid}/_history/1")
+    assert v1.status_code == 200 and v1.json() == created_
+    assert client.get(f"/fhir/{resource_type}/{rid}/_history/2").json()["meta"]["versionId"] == "2"
+    assert client.get(f"/fhir/{resource_type}/{rid}/_history/3").status_code == 404
+
+    deleted = client.delete(f"/fhir/{resource_type}/{rid}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["resourceType"] == "OperationOutcome"
+    gone = client.get(f"/fhir/{resource_type}/{rid}")
+    assert gone.status_code == 410 and gone.json()["resourceType"] == "OperationOutcome"
+    assert client.delete(f"/fhir/{resource_type}/{rid}").status_code == 200  # idempotent
+
+    history = client.get(f"/fhir/{resource_type}/{rid}/_history")
+    assert history.status_code == 200
+    bundle = history.json()
+    Bundle.model_validate(bundle)
+    assert bundle["type"] == "history" and bundle["total"] == 3
+    assert [e["request"]["method"] for e in bundle["entry"]] == ["DELETE", "PUT", "POST"]
+    assert [e["response"]["etag"] for e in bundle["entry"]] == ['W/"3"', 'W/"2"', 'W/"1"']
+    assert "resource" not in bundle["entry"][0]
+
+
+def test_read_unknown_id_and_type_answer_404_outcomes(client):
+    for url in ("/fhir/Patient/nope", "/fhir/Practitioner/1", "/fhir/Patient/nope/_history"):
+        response = client.get(url)
+        assert response.status_code == 404, url
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert response.json()["issue"][0]["code"] == "not-found"
+
+
+def test_history_pages_newest_first(client):
+    rid = created(client.post("/fhir/Patient", json=patient("MRN-HIST")))["id"]
+    for gender in ("male", "other", "unknown", "female"):
+        body = {**patient("MRN-HIST"), "id": rid, "gender": gender}
+        assert client.put(f"/fhir/Patient/{rid}", json=body).status_code == 200
+    first = client.get(f"/fhir/Patient/{rid}/_history?_count=2").json()
+    versions = [e["resource"]["meta"]["versionId"] for e in first["entry"]]
+    assert versions == ["5", "4"]
+    following = next(l["url"] for l in first["link"] if l["relation"] == "next")
+    second = client.get(following.replace("http://testserver", "")).json()
+    assert [e["resource"]["meta"]["versionId"] for e in second["entry"]] == ["3", "2"]
+
+
+def test_put_with_new_id_creates_the_resource(client):
+    body = {**patient("MRN-PUT"), "id": "chosen-by-client"}
+    response = client.put("/fhir/Patient/chosen-by-client", json=body)
+    assert response.status_code == 201
+    assert response.headers["location"].endswith("/fhir/Patient/chosen-by-client/_history/1")
+    assert client.get("/fhir/Patient/chosen-by-client").json()["identifier"][0]["value"] == "MRN-PUT"
+
+
+def test_if_match_with_current_version_updates_and_stale_version_gets_412(client):
+    rid = created(client.post("/fhir/Patient", json=patient("MRN-IFM")))["id"]
+    body = {**patient("MRN-IFM"), "id": rid, "gender": "male"}
+    ok = client.put(f"/fhir/Patient/{rid}", json=body, headers={"If-Match": 'W/"1"'})
+    assert ok.status_code == 200
+    stale = client.put(f"/fhir/Patient/{rid}", json={**body, "gender": "other"}, headers={"If-Match": 'W/"1"'})
+    assert stale.status_code == 412
+    assert stale.json()["issue"][0]["expression"] == ["If-Match"]
+    assert client.get(f"/fhir/Patient/{rid}").json()["gender"] == "male"
+    assert client.delete(f"/fhir/Patient/{rid}", headers={"If-Match": 'W/"1"'}).status_code == 412
+    assert client.delete(f"/fhir/Patient/{rid}", headers={"If-Match": 'W/"2"'}).status_code == 200
+
+
+def test_conditional_create_returns_the_existing_resource_instead_of_a_duplicate(client):
+    headers = {"If-None-Exist": f"identifier={MRN}|MRN-RETRY"}
+    first = client.post("/fhir/Patient", json=patient("MRN-RETRY"), headers=headers)
+    assert first.status_code == 201
+    retry = client.post("/fhir/Patient", json=patient("MRN-RETRY"), headers=headers)
+    assert retry.status_code == 200
+    assert retry.json()["id"] == first.json()["id"]
+    assert retry.json()["meta"]["versionId"] == "1"
+    found = client.get(f"/fhir/Patient?identifier={MRN}|MRN-RETRY").json()
+    assert found["total"] == 1
+
+
+def test_plain_create_with_a_taken_identifier_is_a_409_naming_the_identifier(client):
+    created(client.post("/fhir/Patient", json=patient("MRN-DUP")))
+    again = client.post("/fhir/Patient", json=patient("MRN-DUP"))
+    assert again.status_code == 409
+    assert again.json()["issue"][0]["expression"] == ["Patient.identifier[0]"]
+
+
+def test_conditional_update_creates_then_updates_the_one_match(client):
+    ids = enrol(client)
+    ident = {"system": "urn:oid:1.2.410.200001.9", "value": "LAB-1"}
+    body = {**observation(ids["patient"], "IGE", 100, "2024-01-09"), "identifier": [ident]}
+    url = f"/fhir/Observation?identifier={ident['system']}|{ident['value']}"
+    first = client.put(url, json=body)
+    assert first.status_code == 201, first.text
+    corrected = {**body, "status": "corrected", "valueQuantity": {**body["valueQuantity"], "value": 120}}
+    second = client.put(url, json=corrected)
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] == first.json()["id"]
+    assert second.json()["meta"]["versionId"] == "2"
+    assert client.get(url.replace("PUT", "")).json()["total"] == 1
+
+
+def test_conditional_delete_removes_the_match(client):
+    created(client.post("/fhir/Patient", json=patient("MRN-CDEL")))
+    assert client.delete(f"/fhir/Patient?identifier={MRN}|MRN-CDEL").status_code == 204
+    assert client.get(f"/fhir/Patient?identifier={MRN}|MRN-CDEL").json()["total"] == 0
+
+
+def test_identifier_of_a_deleted_resource_can_be_used_again(client):
+    rid = created(client.post("/fhir/Patient", json=patient("MRN-REUSE")))["id"]
+    client.delete(f"/fhir/Patient/{rid}")
+    assert client.post("/fhir/Patient", json=patient("MRN-REUSE")).status_code == 201
+
+
+def test_reference_by_identifier_and_conditional_reference_resolve_to_the_patient(client):
+    ids = enrol(client, mrn="MRN-REF")
+    by_identifier = observation(ids["patient"], "EASI", 10.0, "2024-01-09")
+    by_identifier["subject"] = {"identifier": {"system": MRN, "value": "MRN-REF"}}
+    one = created(client.post("/fhir/Observation", json=by_identifier))
+    assert one["subject"]["reference"] == f"Patient/{ids['patient']}"
+    assert one["subject"]["identifier"] == {"system": MRN, "value": "MRN-REF"}
+    conditional = observation(ids["patient"], "EASI", 11.0, "2024-01-09")
+    conditional["subject"] = {"reference": f"Patient?identifier={MRN}|MRN-REF"}
+    two = created(client.post("/fhir/Observation", json=conditional))
+    assert two["subject"] == {"reference": f"Patient/{ids['patient']}"}
+    missing = {**conditional, "subject": {"reference": f"Patient?identifier={MRN}|NOBODY"}}
+    response = client.post("/fhir/Observation", json=missing)
+    assert response.status_code == 422
+    assert response.json()["issue"][0]["expression"] == ["Observation.subject"]
+
+
+@pytest.mark.parametrize("accept,fmt,expected", [
+    (None, None, "application/fhir+json"),
+    ("application/fhir+json", None, "application/fhir+json"),
+    ("application/json", None, "application/json"),
+    (None, "json", "application/fhir+json"),
+    (None, "application/json", "application/json"),
+    ("application/json", "application/fhir+json", "application/fhir+json"),
+])
+def test_media_types_are_negotiated(client, accept, fmt, expected):
+    rid = created(client.post("/fhir/Patient", json=patient()))["id"]
+    headers = {"Accept": accept} if accept else {}
+    url = f"/fhir/Patient/{rid}" + (f"?_format={fmt}" if fmt else "")
+    response = client.get(url, headers=headers)
+    assert response.status_code == 200
+    assert response.headers["content-type"].split(";")[0] == expected
+
+
+def test_plain_json_bodies_are_accepted(client):
+    import orjson
+    response = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                           headers={"Content-Type": "application/json; charset=utf-8"})
+    assert response.status_code == 201
+
+
+def test_prefer_return_minimal_and_operation_outcome(client):
+    minimal = client.post("/fhir/Patient", json=patient(), headers={"Prefer": "return=minimal"})
+    assert minimal.status_code == 201 and minimal.content == b"" and minimal.headers["location"]
+    oo = client.post("/fhir/Patient", json=patient(), headers={"Prefer": "return=OperationOutcome"})
+    assert oo.status_code == 201 and oo.json()["resourceType"] == "OperationOutcome"
+
+
+def test_capability_statement_lists_what_the_server_supports(client):
+    response = client.get("/fhir/metadata")
+    assert response.status_code == 200
+    statement = response.json()
+    CapabilityStatement.model_validate(statement)
+    assert statement["fhirVersion"] == "4.0.1" and statement["kind"] == "instance"
+    rest = statement["rest"][0]
+    types = {r["type"] for r in rest["resource"]}
+    assert set(RESOURCE_MODELS) <= types and "CodeSystem" in types
+    assert {"transaction", "batch"} <= {i["code"] for i in rest["interaction"]}
+    patient_entry = next(r for r in rest["resource"] if r["type"] == "Patient")
+    assert {"read", "vread", "update", "delete", "history-instance", "create", "search-type"} == \
+        {i["code"] for i in patient_entry["interaction"]}
+    assert patient_entry["conditionalCreate"] and patient_entry["conditionalUpdate"]
+    assert "identifier" in {p["name"] for p in patient_entry["searchParam"]}
+    # every interaction it claims answers: a type it does not list is a 404
+    assert client.get("/fhir/Encounter").status_code == 404
+
+
+def test_the_trial_code_system_is_readable(client):
+    response = client.get("/fhir/CodeSystem/ad-scores")
+    assert response.status_code == 200
+    cs = response.json()
+    CodeSystem.model_validate(cs)
+    assert cs["url"] == "https://trial-fhir.org/CodeSystem/ad-scores"
+    assert {"EASI", "SCORAD", "IGA", "PRURITUS-NRS"} <= {c["code"] for c in cs["concept"]}
+    found = client.get("/fhir/CodeSystem?url=https://trial-fhir.org/CodeSystem/ad-scores").json()
+    assert found["total"] == 1 and found["entry"][0]["resource"]["id"] == "ad-scores"
+    assert client.get("/fhir/CodeSystem/loinc").status_code == 404
+
+
+def test_healthz(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
