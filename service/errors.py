@@ -56,6 +56,11 @@ class Conflict(FhirError):
     status_code, issue_code = 409, "conflict"
 
 
+class IdentifierTaken(Conflict):
+    """Another resource holds the identifier. Raised before the unique index would be hit, so a conditional
+    create racing a concurrent one is run again (and then finds the winner)."""
+
+
 class Gone(FhirError):
     status_code, issue_code = 410, "deleted"
 

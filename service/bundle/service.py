@@ -193,7 +193,8 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
             except FhirError as err:
                 raise err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix) from None
         uow.entry_prefix = ""
-        entries = [results[r.index] if representation else _minimal(results[r.index]) for r in reqs]
+        entries = [results[r.index] if representation or r.method == "GET" else _minimal(results[r.index])
+                   for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
     del raw
@@ -212,7 +213,7 @@ def batch(session: Session, body: dict, base: str, *, max_entries: int, enforce_
         try:
             _, item = resources.run_write(session, lambda uow, r=r: _run_entry(uow, r, base), base_url=base,
                                           enforce_rules=enforce_rules)
-            entries.append(item if representation else _minimal(item))
+            entries.append(item if representation or r.method == "GET" else _minimal(item))
         except FhirError as err:
             prefixed = err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)
             entries.append({"response": {"status": STATUS_TEXT.get(err.status_code, str(err.status_code)),

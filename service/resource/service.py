@@ -15,8 +15,8 @@ from sqlmodel import Session
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.references import ID_RE, split_token
 from fhir_mappings.validation import structure_issues
-from service.errors import (BadRequest, Conflict, Gone, NotFound, PreconditionFailed, ResourceInvalid,
-                            RuleViolation)
+from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
+                            ResourceInvalid, RuleViolation)
 from service.resource import repository
 from service.resource.handlers import HANDLERS, TypeHandler
 from service.resource.models import ResourceRecord, ResourceVersion
@@ -84,6 +84,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
     with one identifier) rolls back and runs again, so the second sees the first's resource."""
     for attempt in range(attempts):
+        last = attempt == attempts - 1
         uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules)
         try:
             result = work(uow)
@@ -95,6 +96,10 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
             if isinstance(exc, OperationalError) and not _is_retryable(exc):
                 raise
             log.info("write conflict, retrying (%s): %s", attempt + 1, exc.orig)
+        except IdentifierTaken:
+            session.rollback()
+            if last:
+                raise
         except BaseException:
             session.rollback()
             raise

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
-from service.errors import Conflict, RuleViolation
+from service.errors import Conflict, IdentifierTaken, RuleViolation
 from service.resource import repository
 from service.resource.models import IdentifierRecord
 
@@ -63,7 +63,7 @@ class UnitOfWork:
                 owner = owners.get(key)
                 if owner is not None and owner != id:
                     rtype, system, value = key
-                    raise Conflict(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
+                    raise IdentifierTaken(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
                                    "create (If-None-Exist) or update it instead", expression=expression)
             seen = set()
             for key, id, _ in checks:
