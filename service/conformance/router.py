@@ -11,11 +11,11 @@ from service.conformance import service
 from service.db import WriteSessionDep
 from service.examples import TRANSACTION
 from service.http import BaseUrl, FhirBody
-from service.resource.router import body_doc, error_docs, fhir_json
+from service.resource.router import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 
-router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse)
+router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, responses=ANY_ERROR)
 
 TRANSACTION_RESPONSE = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
     {"response": {"status": "201 Created", "location": "Patient/5e0c…/_history/1", "etag": 'W/"1"'}},

@@ -51,6 +51,14 @@ def error_docs(*codes: int) -> dict:
         "schema": OUTCOME_SCHEMA, "example": ERROR_EXAMPLE}}} for c in codes}
 
 
+#: declared on every FHIR router: any 4xx is an OperationOutcome (and FastAPI's own 422 schema, which this
+#: service never returns, is not advertised)
+ANY_ERROR = {"4XX": {"description": "Client error: an OperationOutcome naming the element at fault",
+                     "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA, "example": ERROR_EXAMPLE}}},
+             "5XX": {"description": "Server error: an OperationOutcome; nothing was written",
+                     "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}}}}
+
+
 def body_doc(example: dict, what: str) -> dict:
     return {"requestBody": {"required": True, "description": what, "content": {
         "application/fhir+json": {"schema": {"type": "object"}, "example": example},
@@ -61,7 +69,8 @@ def build_router(resource_type: str) -> APIRouter:
     example = EXAMPLES[resource_type]
     saved = stored(example, "0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10")
     saved_v2 = stored(example, "0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10", 2)
-    router = APIRouter(prefix=f"/fhir/{resource_type}", tags=[resource_type], default_response_class=FhirJSONResponse)
+    router = APIRouter(prefix=f"/fhir/{resource_type}", tags=[resource_type], default_response_class=FhirJSONResponse,
+                       responses=ANY_ERROR)
     link = f"https://hl7.org/fhir/R4/{resource_type.lower()}.html"
     search_example = {"resourceType": "Bundle", "type": "searchset", "total": 1,
                       "link": [{"relation": "self", "url": f"http://127.0.0.1:8000/fhir/{resource_type}?_count=50"}],
