@@ -1,0 +1,120 @@
+"""Trial summaries over HTTP: JSON, tidy CSV, FHIR MeasureReport (`$summary`), SVG charts, an HTML report.
+
+HTTP only: every route calls one function of service/stats/service.py.
+"""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import HTMLResponse, Response
+
+from service.conformance.service import EXTRA_OPERATIONS
+from service.db import ReadSessionDep
+from service.resource.router import error_docs, fhir_json
+from service.responses import FhirJSONResponse
+from service.stats import service
+from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
+
+SUMMARY_OPERATION = {
+    "name": "summary",
+    "definition": "https://trial-fhir.org/OperationDefinition/ResearchStudy-summary",
+    "documentation": "GET [base]/ResearchStudy/{id}/$summary: the study's efficacy and safety summary per arm "
+                     "and visit as a MeasureReport (type summary, one group per arm, stratified by visit).",
+}
+if not any(op["name"] == "summary" for op in EXTRA_OPERATIONS.get("ResearchStudy", [])):
+    EXTRA_OPERATIONS.setdefault("ResearchStudy", []).append(SUMMARY_OPERATION)
+
+StudyId = Annotated[str, Path(description="Logical id of the ResearchStudy", examples=["nct01927705"])]
+CSV_EXAMPLE = ("arm,visit,measure,statistic,value\n"
+               "high-dose,baseline,EASI,n,11\n"
+               "high-dose,baseline,EASI,mean,26.436363636363637\n"
+               "high-dose,week-12,EASI-50,rate,0.6\n"
+               "high-dose,all,AE-SERIOUS,events,0\n")
+MEASURE_REPORT_EXAMPLE = {
+    "resourceType": "MeasureReport", "status": "complete", "type": "summary",
+    "measure": "https://trial-fhir.org/Measure/atopic-dermatitis-summary", "date": "2024-05-01T08:00:00Z",
+    "period": {"start": "2024-01-10", "end": "2024-04-30"},
+    "group": [{"code": {"coding": [{"system": "https://trial-fhir.org/CodeSystem/study-arm", "code": "high-dose"}],
+                        "text": "5.0 × 10^7 hUCB-MSCs"},
+               "population": [{"code": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/"
+                                                              "measure-population", "code": "initial-population"}]},
+                               "count": 11}],
+               "stratifier": [{"code": [{"coding": [{"system": "https://trial-fhir.org/CodeSystem/summary-measure",
+                                                     "code": "EASI"}], "text": "EASI"},
+                                        {"coding": [{"system": "https://trial-fhir.org/CodeSystem/summary-statistic",
+                                                     "code": "mean"}], "text": "mean"}],
+                               "stratum": [{"value": {"coding": [{"system": "https://trial-fhir.org/CodeSystem/visit",
+                                                                  "code": "week-12"}], "text": "week-12"},
+                                            "measureScore": {"value": 12.1, "unit": "{score}",
+                                                             "system": "http://unitsofmeasure.org",
+                                                             "code": "{score}"}}]}]}],
+}
+
+router = APIRouter(tags=["Summary"])
+
+
+@router.get("/studies/{study_id}/summary", name="read_summary", summary="Efficacy and safety summary (JSON)",
+            response_model=StudySummary,
+            responses={200: {"content": {"application/json": {"example": SUMMARY_EXAMPLE}}}, **error_docs(404)})
+def read_summary(study_id: StudyId, session: ReadSessionDep) -> StudySummary:
+    """The trial's numbers, computed live: per arm (name, dose, enrolled, completed, withdrawn), per visit and
+    measure n, mean, SD, median, min, max, change and % change from baseline; responders (EASI-50/75/90,
+    IGA-SUCCESS) with a 95% Wilson interval; the safety table; and the dose comparison between arms (rate
+    difference with Fisher's exact p, % change difference with a Mann–Whitney U p).
+
+    Only results with status final, amended or corrected count, at the visits baseline, week-4 and week-12 (the
+    value closest to the target day; on a tie the later one). A subject belongs to its actualArm, else its
+    assignedArm. Figures are unrounded; a statistic with nothing behind it is `null`, a zero count is `0`.
+    Completed = not withdrawn and either a counted result at the last visit or status off-study / follow-up."""
+    return service.summarize_study(session, study_id)
+
+
+@router.get("/studies/{study_id}/summary.csv", name="read_summary_csv", summary="Summary as tidy CSV",
+            response_class=Response,
+            responses={200: {"description": "One row per figure", "content": {"text/csv": {
+                "schema": {"type": "string"}, "example": CSV_EXAMPLE}}}, **error_docs(404)})
+def read_summary_csv(study_id: StudyId, session: ReadSessionDep) -> Response:
+    """The same figures as `/summary`, one per row, with exactly the columns `arm,visit,measure,statistic,value`.
+
+    `visit` is a visit key (`all` for safety rows); `measure` a measure key (EASI, SCORAD, IGA, PRURITUS, IGE,
+    EOSINOPHILS, EOSINOPHILS-PCT), a responder key (EASI-50, EASI-75, EASI-90, IGA-SUCCESS) or a safety key
+    (AE-ANY, AE-SERIOUS, AE-SEVERE, AE-RELATED, AE-WITHDRAWAL); `statistic` is n, mean, sd, median, min, max,
+    mean_change, mean_pct_change (measures), n, responders, rate, ci_low, ci_high (responders) or subjects,
+    events (safety). Values are unrounded (counts as integers, other figures as the float's repr). A zero count
+    is written; a statistic with nothing behind it (no values, the SD of one value) is left out."""
+    text = service.study_summary_csv(session, study_id)
+    return Response(text, media_type="text/csv; charset=utf-8",
+                    headers={"Content-Disposition": f'inline; filename="summary-{study_id}.csv"'})
+
+
+@router.get("/fhir/ResearchStudy/{study_id}/$summary", name="summary_ResearchStudy", tags=["ResearchStudy"],
+            summary="$summary: the summary as a MeasureReport", response_class=FhirJSONResponse,
+            responses={200: fhir_json(MEASURE_REPORT_EXAMPLE, "A MeasureReport (type summary)"), **error_docs(404)})
+def summary_operation(study_id: StudyId, session: ReadSessionDep) -> FhirJSONResponse:
+    """The figures of `/studies/{id}/summary` as a FHIR R4 MeasureReport, for FHIR-only portals: status
+    `complete`, type `summary`, measure `https://trial-fhir.org/Measure/{catalogue}-summary`, one group per arm
+    (group.code = arm, populations enrolled/completed/withdrawn), one stratifier per figure (code = measure key
+    and statistic) with one stratum per visit (`all` for safety) carrying the value as measureScore."""
+    return FhirJSONResponse(service.study_measure_report(session, study_id))
+
+
+@router.get("/studies/{study_id}/charts/{measure}.svg", name="read_chart", summary="Chart of one measure (SVG)",
+            response_class=Response,
+            responses={200: {"description": "An SVG image", "content": {"image/svg+xml": {
+                "schema": {"type": "string"}, "example": '<svg xmlns="http://www.w3.org/2000/svg" …>…</svg>'}}},
+                **error_docs(404)})
+def read_chart(study_id: StudyId, session: ReadSessionDep,
+               measure: Annotated[str, Path(description="A measure key (EASI, IGE, …) or a responder key "
+                                            "(EASI-50, IGA-SUCCESS, …)", examples=["EASI"])]) -> Response:
+    """For a measure, mean ± SD at each visit with one line per arm; for a responder key, the responder rate
+    per post-baseline visit as bars, one per arm, with the 95% Wilson interval. 404 for an unknown key."""
+    return Response(service.study_chart(session, study_id, measure), media_type="image/svg+xml")
+
+
+@router.get("/studies/{study_id}/report", name="read_report", summary="Human-readable report (HTML)",
+            response_class=HTMLResponse,
+            responses={200: {"description": "An HTML page", "content": {"text/html": {
+                "schema": {"type": "string"}, "example": "<!DOCTYPE html><html>…</html>"}}}, **error_docs(404)})
+def read_report(study_id: StudyId, session: ReadSessionDep) -> HTMLResponse:
+    """One page with the arms, efficacy, responder, safety and dose-comparison tables and their charts."""
+    return HTMLResponse(service.study_report(session, study_id))

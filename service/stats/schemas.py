@@ -1,0 +1,154 @@
+"""The summary document (plain JSON, not FHIR): what `GET /studies/{id}/summary` returns.
+
+Every figure is unrounded. A statistic with nothing behind it (no values at a visit, the SD of one value, a
+rate over nobody) is `null`; a count of zero is `0`.
+"""
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+SUMMARY_EXAMPLE = {
+    "study_id": "nct01927705",
+    "title": "hUCB-MSCs in moderate-to-severe atopic dermatitis (Phase I/IIa)",
+    "catalogue": "atopic-dermatitis",
+    "period_start": "2024-01-10",
+    "period_end": "2024-04-30",
+    "generated": "2024-05-01T08:00:00Z",
+    "counted_statuses": ["amended", "corrected", "final"],
+    "visits": [{"name": "baseline", "target_day": 0, "first_day": -30, "last_day": 0},
+               {"name": "week-4", "target_day": 28, "first_day": 21, "last_day": 35},
+               {"name": "week-12", "target_day": 84, "first_day": 70, "last_day": 98}],
+    "measures": [{"key": "EASI", "display": "EASI", "unit": "{score}"}],
+    "arms": [{
+        "name": "high-dose", "dose": "5.0 × 10^7 hUCB-MSCs, one subcutaneous administration",
+        "enrolled": 11, "completed": 10, "withdrawn": 1,
+        "measures": [
+            {"visit": "baseline", "measure": "EASI", "unit": "{score}", "n": 11, "mean": 26.4, "sd": 7.9,
+             "median": 24.8, "min": 16.2, "max": 41.0, "n_change": 0, "mean_change": None, "n_pct_change": 0,
+             "mean_pct_change": None},
+            {"visit": "week-12", "measure": "EASI", "unit": "{score}", "n": 10, "mean": 12.1, "sd": 6.3,
+             "median": 11.5, "min": 3.2, "max": 24.0, "n_change": 10, "mean_change": -14.6, "n_pct_change": 10,
+             "mean_pct_change": -54.9}],
+        "responders": [{"visit": "week-12", "measure": "EASI-50", "n": 10, "responders": 6, "rate": 0.6,
+                        "ci_low": 0.3127, "ci_high": 0.8318}],
+        "safety": [{"measure": "AE-ANY", "subjects": 4, "events": 6},
+                   {"measure": "AE-SERIOUS", "subjects": 0, "events": 0}],
+    }],
+    "comparisons": [{
+        "arm": "high-dose", "versus": "low-dose",
+        "responders": [{"visit": "week-12", "measure": "EASI-50", "rate_difference": 0.25, "odds_ratio": 2.8,
+                        "p_value": 0.39}],
+        "pct_change": [{"visit": "week-12", "measure": "EASI", "n": 10, "n_versus": 10,
+                        "pct_change_difference": -19.5, "u_statistic": 28.0, "p_value": 0.11}],
+    }],
+}
+
+
+class VisitInfo(BaseModel):
+    name: str = Field(description="Visit key, e.g. `baseline`, `week-4`, `week-12`")
+    target_day: int = Field(description="Target day counted from day 0; the value closest to it counts")
+    first_day: int = Field(description="First day of the window (inclusive)")
+    last_day: int = Field(description="Last day of the window (inclusive)")
+
+
+class MeasureInfo(BaseModel):
+    key: str = Field(description="Measure key of the study's catalogue, e.g. `EASI`")
+    display: str
+    unit: str = Field(description="Canonical UCUM unit every value is converted to, e.g. `[IU]/mL`")
+
+
+class MeasureStats(BaseModel):
+    """Descriptive statistics of one measure at one visit, over the arm's subjects with a value there."""
+
+    visit: str
+    measure: str
+    unit: str
+    n: int = Field(description="Subjects with a counted value at this visit")
+    mean: float | None = None
+    sd: float | None = Field(None, description="Sample standard deviation (n−1); null for fewer than 2 values")
+    median: float | None = None
+    min: float | None = None
+    max: float | None = None
+    n_change: int = Field(0, description="Subjects with both a baseline and a value at this visit (0 at baseline)")
+    mean_change: float | None = Field(None, description="Mean of (visit − baseline) over the n_change subjects")
+    n_pct_change: int = Field(0, description="Those of the n_change subjects whose baseline is > 0")
+    mean_pct_change: float | None = Field(None, description="Mean of 100 × (visit − baseline) / baseline")
+
+
+class ResponderStats(BaseModel):
+    """Responders at one post-baseline visit, with a 95% Wilson score interval for the rate."""
+
+    visit: str
+    measure: str = Field(description="Responder key: `EASI-50`, `EASI-75`, `EASI-90`, `IGA-SUCCESS`")
+    n: int = Field(description="Subjects the response can be judged for (both values; for EASI-x, baseline > 0)")
+    responders: int
+    rate: float | None = Field(None, description="responders / n; null when n = 0")
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+class SafetyStats(BaseModel):
+    """Adverse events of the arm (actuality = actual only), all visits."""
+
+    measure: str = Field(description="`AE-ANY`, `AE-SERIOUS`, `AE-SEVERE`, `AE-RELATED` or `AE-WITHDRAWAL`")
+    subjects: int = Field(description="Subjects with at least one such event")
+    events: int = Field(description="Number of such events")
+
+
+class ArmSummary(BaseModel):
+    name: str = Field(description="Arm name (`ResearchSubject.actualArm`, else `assignedArm`)")
+    dose: str | None = Field(None, description="The arm's description in the ResearchStudy (its dose)")
+    enrolled: int = Field(description="ResearchSubjects of the study in this arm")
+    completed: int = Field(description="Enrolled, not withdrawn, and either with a counted result at the last "
+                                       "visit or with status `off-study` / `follow-up`")
+    withdrawn: int = Field(description="ResearchSubjects with status `withdrawn`")
+    measures: list[MeasureStats] = Field(description="One entry per visit and measure, in catalogue order")
+    responders: list[ResponderStats] = Field(description="One entry per post-baseline visit and responder key")
+    safety: list[SafetyStats]
+
+
+class ResponderComparison(BaseModel):
+    visit: str
+    measure: str = Field(description="Responder key")
+    rate_difference: float | None = Field(None, description="rate(arm) − rate(versus)")
+    odds_ratio: float | None = None
+    p_value: float | None = Field(None, description="Two-sided Fisher's exact test on the 2×2 table")
+
+
+class ChangeComparison(BaseModel):
+    visit: str
+    measure: str
+    n: int = Field(description="Subjects with a % change in `arm`")
+    n_versus: int = Field(description="Subjects with a % change in `versus`")
+    pct_change_difference: float | None = Field(None, description="mean % change(arm) − mean % change(versus)")
+    u_statistic: float | None = Field(None, description="Mann–Whitney U of `arm`")
+    p_value: float | None = Field(None, description="Two-sided Mann–Whitney U test on the % changes")
+
+
+class ArmComparison(BaseModel):
+    """Dose comparison of one pair of arms (every pair when a study has more than two)."""
+
+    arm: str
+    versus: str
+    responders: list[ResponderComparison]
+    pct_change: list[ChangeComparison]
+
+
+class StudySummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": SUMMARY_EXAMPLE})
+
+    study_id: str
+    title: str | None = None
+    catalogue: str = Field(description="The study's measure catalogue, e.g. `atopic-dermatitis`")
+    period_start: date | None = Field(None, description="Earliest day 0 or result date of the study")
+    period_end: date | None = Field(None, description="Latest day 0 or result date of the study")
+    generated: datetime = Field(description="When these figures were computed (UTC)")
+    counted_statuses: list[str] = Field(description="Observation statuses that count")
+    visits: list[VisitInfo]
+    measures: list[MeasureInfo]
+    arms: list[ArmSummary]
+    comparisons: list[ArmComparison]
+
+

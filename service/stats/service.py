@@ -1,0 +1,305 @@
+"""Trial summaries: efficacy per arm, visit and measure, responders, safety, and the dose comparison.
+
+Definitions (../shared/DOMAIN.md, "Summary statistics"):
+- a subject belongs to `ResearchSubject.actualArm`, else `assignedArm` (the `research_subject.arm` column);
+  subjects with neither are in no arm and left out;
+- only results whose status the catalogue counts (final, amended, corrected), only at the catalogue's visits
+  (never `unscheduled`); with several values of one measure in one window, the one closest to the target day,
+  on a tie the later one (chosen in SQL, see repository.find_visit_values);
+- per visit and measure: n, mean, sample SD, median, min, max over subjects with a value; `mean_change` over
+  subjects with both a baseline and a visit value; `mean_pct_change` over those with baseline > 0. Change is
+  not reported at the baseline visit itself (it would be 0 by construction);
+- responders at each post-baseline visit: EASI-50/75/90 = % change ≤ −50/−75/−90, among subjects whose %
+  change exists (both values, baseline > 0); IGA-SUCCESS = IGA 0 or 1 at the visit and at least 2 points
+  below baseline, among subjects with both values. Rate with a 95% Wilson score interval;
+- safety per arm over `actuality = actual` events: subjects with ≥ 1 event and events, for any, serious,
+  severe, related and leading to withdrawal;
+- enrolled = the study's ResearchSubjects in the arm; withdrawn = status `withdrawn`; completed = not
+  withdrawn and either a counted result at the last visit (week-12) or status `off-study` / `follow-up`;
+- dose comparison for every pair of arms (by name): rate difference with Fisher's exact p-value, and the
+  difference of mean % change with a two-sided Mann–Whitney U p-value.
+Nothing is rounded here; rounding is for display only.
+"""
+
+import csv
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from itertools import combinations
+
+import numpy as np
+from sqlmodel import Session
+
+from fhir_mappings.terminology import Catalogue, load_catalogue
+from service.errors import NotFound
+from service.stats import repository
+from service.stats.schemas import (ArmComparison, ArmSummary, ChangeComparison, MeasureInfo, MeasureStats,
+                                   ResponderComparison, ResponderStats, SafetyStats, StudySummary, VisitInfo)
+
+BASELINE = "baseline"
+COMPLETED_STATUSES = ("off-study", "follow-up")
+SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
+WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
+CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value")
+MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change")
+RESPONDER_STATISTICS = ("n", "responders", "rate", "ci_low", "ci_high")
+SAFETY_STATISTICS = ("subjects", "events")
+
+
+@dataclass(frozen=True)
+class Responder:
+    """A responder definition on one catalogue measure; applied when the study's catalogue has the measure."""
+
+    key: str
+    measure: str
+    pct_change_at_most: float | None = None  # responder when % change ≤ this
+    value_at_most: float | None = None  # … or when the visit value ≤ this
+    drop_at_least: float | None = None  # … and baseline − visit ≥ this
+
+
+RESPONDERS = (
+    Responder("EASI-50", "EASI", pct_change_at_most=-50),
+    Responder("EASI-75", "EASI", pct_change_at_most=-75),
+    Responder("EASI-90", "EASI", pct_change_at_most=-90),
+    Responder("IGA-SUCCESS", "IGA", value_at_most=1, drop_at_least=2),
+)
+
+
+def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of the proportion k/n (n > 0)."""
+    p = k / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ordered_visits(catalogue: Catalogue) -> list:
+    """The catalogue's visits with the baseline first (the visit named baseline, else target day 0, else first)."""
+    visits = list(catalogue.visits)
+    base = next((v for v in visits if v.name == BASELINE), None) or next(
+        (v for v in visits if v.target_day == 0), visits[0])
+    return [base] + [v for v in visits if v is not base]
+
+
+def _f(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _describe(visit: str, measure: str, unit: str, values: np.ndarray, base: np.ndarray | None) -> MeasureStats:
+    present = ~np.isnan(values)
+    vals = values[present]
+    n = int(vals.size)
+    stats = MeasureStats(visit=visit, measure=measure, unit=unit, n=n)
+    if n:
+        stats.mean = float(np.mean(vals))
+        stats.median = float(np.median(vals))
+        stats.min = float(np.min(vals))
+        stats.max = float(np.max(vals))
+    if n > 1:
+        stats.sd = float(np.std(vals, ddof=1))
+    if base is not None:
+        both = present & ~np.isnan(base)
+        change = values[both] - base[both]
+        stats.n_change = int(change.size)
+        if change.size:
+            stats.mean_change = float(np.mean(change))
+        positive = both & (base > 0)
+        pct = _pct_change(values[positive], base[positive])
+        stats.n_pct_change = int(pct.size)
+        if pct.size:
+            stats.mean_pct_change = float(np.mean(pct))
+    return stats
+
+
+def _pct_change(values: np.ndarray, base: np.ndarray) -> np.ndarray:
+    return 100.0 * (values - base) / base
+
+
+def _responders(rule: Responder, visit: str, values: np.ndarray, base: np.ndarray) -> ResponderStats:
+    both = ~np.isnan(values) & ~np.isnan(base)
+    if rule.pct_change_at_most is not None:
+        both &= base > 0
+        hit = _pct_change(values[both], base[both]) <= rule.pct_change_at_most
+    else:
+        v, b = values[both], base[both]
+        hit = np.ones(v.size, dtype=bool)
+        if rule.value_at_most is not None:
+            hit &= v <= rule.value_at_most
+        if rule.drop_at_least is not None:
+            hit &= (b - v) >= rule.drop_at_least
+    n, k = int(both.sum()), int(hit.sum())
+    stats = ResponderStats(visit=visit, measure=rule.key, n=n, responders=k)
+    if n:
+        stats.rate = k / n
+        stats.ci_low, stats.ci_high = wilson_interval(k, n)
+    return stats
+
+
+def summarize_study(session: Session, study_id: str) -> StudySummary:
+    """Every figure of the study's summary, from aggregates and one pass over its typed rows."""
+    study = repository.get_study(session, study_id)
+    if study is None:
+        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+    catalogue = load_catalogue(study.catalogue)
+    visits = _ordered_visits(catalogue)
+    visit_names = [v.name for v in visits]
+    counted = sorted(catalogue.counted_statuses)
+    measures = list(catalogue.measures)
+    measure_keys = {m.key for m in measures}
+    responders = [r for r in RESPONDERS if r.measure in measure_keys]
+    last_visit = max(catalogue.visits, key=lambda v: v.target_day).name if catalogue.visits else None
+
+    # arms: the study's own (by name), then any other arm a subject names
+    arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
+    counts = {row[0]: row[1:] for row in repository.count_subjects_by_arm(
+        session, study_id, last_visit, counted, COMPLETED_STATUSES)}
+    for name in sorted(set(counts) - set(arms)):
+        arms[name] = None
+
+    # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
+    grouped: dict[tuple[str, str], list[tuple]] = {}
+    for row in repository.find_visit_values(session, study_id, [(v.name, v.target_day) for v in visits], counted):
+        grouped.setdefault((row[0], row[1]), []).append(tuple(row[2:]))
+    empty = np.empty((0, len(visits)))
+    matrices = {key: np.array(rows, dtype=float).reshape(-1, len(visits)) for key, rows in grouped.items()}
+
+    safety = {row[0]: row[1:] for row in repository.count_adverse_events_by_arm(session, study_id)}
+
+    arm_summaries = []
+    for name, dose in arms.items():
+        enrolled, withdrawn, completed = counts.get(name, (0, 0, 0))
+        measure_stats, responder_stats = [], []
+        for j, visit in enumerate(visit_names):
+            for m in measures:
+                matrix = matrices.get((name, m.key), empty)
+                measure_stats.append(_describe(visit, m.key, m.unit, matrix[:, j], matrix[:, 0] if j else None))
+        for j, visit in enumerate(visit_names[1:], start=1):
+            for rule in responders:
+                matrix = matrices.get((name, rule.measure), empty)
+                responder_stats.append(_responders(rule, visit, matrix[:, j], matrix[:, 0]))
+        figures = safety.get(name, (0,) * (2 * len(SAFETY_KEYS)))
+        safety_stats = [SafetyStats(measure=key, subjects=figures[2 * i], events=figures[2 * i + 1])
+                        for i, key in enumerate(SAFETY_KEYS)]
+        arm_summaries.append(ArmSummary(name=name, dose=dose, enrolled=enrolled, completed=completed,
+                                        withdrawn=withdrawn, measures=measure_stats, responders=responder_stats,
+                                        safety=safety_stats))
+
+    comparisons = [_compare(a, b, matrices, empty, visit_names, measures)
+                   for a, b in combinations(arm_summaries, 2)]
+    start, end = repository.find_period(session, study_id)
+    return StudySummary(
+        study_id=study.id, title=study.title, catalogue=catalogue.name, period_start=start, period_end=end,
+        generated=datetime.now(timezone.utc), counted_statuses=counted,
+        visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
+                for v in visits],
+        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit) for m in measures],
+        arms=arm_summaries, comparisons=comparisons)
+
+
+def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, visit_names: list[str],
+             measures: list) -> ArmComparison:
+    from scipy.stats import fisher_exact, mannwhitneyu  # scipy is slow to import: only when comparing
+
+    responders = []
+    rb = {(r.visit, r.measure): r for r in b.responders}
+    for ra in a.responders:
+        other = rb[(ra.visit, ra.measure)]
+        item = ResponderComparison(visit=ra.visit, measure=ra.measure)
+        if ra.n and other.n:
+            item.rate_difference = ra.rate - other.rate
+            table = [[ra.responders, ra.n - ra.responders], [other.responders, other.n - other.responders]]
+            odds, p = fisher_exact(table, alternative="two-sided")
+            item.odds_ratio = _finite(odds)
+            item.p_value = _finite(p)
+        responders.append(item)
+
+    changes = []
+    for j, visit in enumerate(visit_names[1:], start=1):
+        for m in measures:
+            pa = _pct_changes(matrices.get((a.name, m.key), empty), j)
+            pb = _pct_changes(matrices.get((b.name, m.key), empty), j)
+            item = ChangeComparison(visit=visit, measure=m.key, n=int(pa.size), n_versus=int(pb.size))
+            if pa.size and pb.size:
+                item.pct_change_difference = float(np.mean(pa) - np.mean(pb))
+                result = mannwhitneyu(pa, pb, alternative="two-sided")
+                item.u_statistic = _finite(result.statistic)
+                item.p_value = _finite(result.pvalue)
+            changes.append(item)
+    return ArmComparison(arm=a.name, versus=b.name, responders=responders, pct_change=changes)
+
+
+def _pct_changes(matrix: np.ndarray, j: int) -> np.ndarray:
+    values, base = matrix[:, j], matrix[:, 0]
+    keep = ~np.isnan(values) & ~np.isnan(base) & (base > 0)
+    return _pct_change(values[keep], base[keep])
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# --- tidy form -------------------------------------------------------------------------------------------
+
+def tidy_rows(summary: StudySummary) -> Iterator[tuple[str, str, str, str, int | float]]:
+    """(arm, visit, measure, statistic, value), one per figure; statistics with nothing behind them left out."""
+    for arm in summary.arms:
+        for stats in arm.measures:
+            for name in MEASURE_STATISTICS:
+                value = getattr(stats, name)
+                if value is not None:
+                    yield arm.name, stats.visit, stats.measure, name, value
+        for stats in arm.responders:
+            for name in RESPONDER_STATISTICS:
+                value = getattr(stats, name)
+                if value is not None:
+                    yield arm.name, stats.visit, stats.measure, name, value
+        for stats in arm.safety:
+            for name in SAFETY_STATISTICS:
+                yield arm.name, "all", stats.measure, name, getattr(stats, name)
+
+
+def format_value(value: int | float) -> str:
+    """Counts as integers, everything else as the float's repr (full precision, never rounded)."""
+    return str(value) if isinstance(value, int) else repr(float(value))
+
+
+def write_csv(summary: StudySummary, out: io.TextIOBase) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for arm, visit, measure, statistic, value in tidy_rows(summary):
+        writer.writerow((arm, visit, measure, statistic, format_value(value)))
+
+
+def summary_csv(summary: StudySummary) -> str:
+    out = io.StringIO()
+    write_csv(summary, out)
+    return out.getvalue()
+
+
+# --- the other forms of the same figures -------------------------------------------------------------------
+
+def study_summary_csv(session: Session, study_id: str) -> str:
+    return summary_csv(summarize_study(session, study_id))
+
+
+def study_measure_report(session: Session, study_id: str) -> dict:
+    from service.stats.fhir_report import summary_measure_report
+
+    summary = summarize_study(session, study_id)
+    return summary_measure_report(summary, list(tidy_rows(summary)))
+
+
+def study_chart(session: Session, study_id: str, key: str) -> str:
+    from service.stats.charts import chart_svg
+
+    return chart_svg(summarize_study(session, study_id), key)
+
+
+def study_report(session: Session, study_id: str) -> str:
+    from service.stats.report import report_html
+
+    return report_html(summarize_study(session, study_id))
