@@ -1,0 +1,71 @@
+"""The schema comes from alembic migrations: an empty or older database is brought up to date, keeping its data."""
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from service.db import make_engine, migrate
+from service.main import create_app
+from service.settings import Settings
+from tests.conftest import ON_POSTGRES, TEST_DATABASE_URL
+
+
+@pytest.fixture
+def empty_database_url(tmp_path):
+    """A database with no tables at all."""
+    if not ON_POSTGRES:
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    admin_url = make_url(TEST_DATABASE_URL)
+    name = f"trial_fhir_mig_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_app_started_on_an_empty_database_creates_the_schema(empty_database_url):
+    settings = Settings(database_url=empty_database_url, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"}).status_code == 201
+        engine = client.app.state.engine
+        tables = set(inspect(engine).get_table_names())
+        assert {"resource", "resource_version", "measurement", "adverse_event", "research_subject"} <= tables
+        with engine.connect() as conn:
+            head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        from alembic.script import ScriptDirectory
+        from service.db import alembic_config
+        assert head == ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def test_upgrading_an_older_database_keeps_its_data(empty_database_url):
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0001")
+    now = datetime(2024, 1, 1, tzinfo=UTC)
+    content = '{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00.000Z"},"gender":"female"}'
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) "
+                          "VALUES ('Patient', 'old', 1, :now, :f, :content)"), {"now": now, "f": False, "content": content})
+        conn.execute(text("INSERT INTO resource_version (resource_type, id, version_id, last_updated, method, content) "
+                          "VALUES ('Patient', 'old', 1, :now, 'POST', :content)"), {"now": now, "content": content})
+        conn.execute(text("INSERT INTO patient (id, gender) VALUES ('old', 'female')"))
+    engine.dispose()
+    settings = Settings(database_url=empty_database_url, _env_file=None)
+    with TestClient(create_app(settings)) as client:  # migrates to head at start-up
+        response = client.get("/fhir/Patient/old")
+        assert response.status_code == 200
+        assert response.json()["gender"] == "female"
+        assert client.get("/fhir/Patient/old/_history/1").status_code == 200
+
+
+def test_startup_migration_can_be_disabled(empty_database_url):
+    settings = Settings(database_url=empty_database_url, migrate_on_startup=False, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        assert "resource" not in inspect(client.app.state.engine).get_table_names()
