@@ -1,8 +1,9 @@
 """Structure checks: is this FHIR R4 JSON of the expected type? (Trial rules live beside each mapping.)"""
 
+from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from fhir_mappings.outcome import Issue, issue, issues_from_validation_error
 
@@ -19,12 +20,55 @@ def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issu
     if too_deep(payload, MAX_DEPTH):
         return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
     try:
-        model.model_validate(payload)
+        parsed = model.model_validate(payload)
     except ValidationError as exc:
         return issues_from_validation_error(resource_type, exc)
     except (ValueError, TypeError, RecursionError) as exc:
         return [issue("invalid", f"Invalid {resource_type}: {exc}", resource_type)]
-    return []
+    return json_type_issues(payload, parsed, resource_type)
+
+
+def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> list[Issue]:
+    """FHIR JSON types that pydantic coerced: a decimal/integer must be a JSON number and a boolean a JSON
+    boolean (fhir.resources accepts `"12"` for a decimal and `1` or `"yes"` for a boolean, and the stored JSON
+    would keep the wrong type)."""
+    issues = []
+    stack = [(payload, parsed, resource_type)]
+    while stack:
+        data, model, path = stack.pop()
+        names = _json_names(type(model))
+        for key, sent in data.items():
+            name = names.get(key)
+            if name is None:
+                continue
+            value = getattr(model, name, None)
+            where = f"{path}.{key}"
+            if isinstance(sent, list) and isinstance(value, list):
+                pairs = [(s, v, f"{where}[{i}]") for i, (s, v) in enumerate(zip(sent, value))]
+            else:
+                pairs = [(sent, value, where)]
+            for s, v, at in pairs:
+                if isinstance(v, BaseModel):
+                    if isinstance(s, dict):
+                        stack.append((s, v, at))
+                elif isinstance(v, bool):
+                    if not isinstance(s, bool):
+                        issues.append(issue("invalid", f"Expected a JSON boolean, got {s!r}", at))
+                elif isinstance(v, (int, float, Decimal)):
+                    if isinstance(s, bool) or not isinstance(s, (int, float)):
+                        issues.append(issue("invalid", f"Expected a JSON number, got {s!r}", at))
+    return issues
+
+
+_NAMES: dict[type, dict[str, str]] = {}
+
+
+def _json_names(cls: type) -> dict[str, str]:
+    """JSON property name -> model field name (they differ for e.g. `class` and `_status`)."""
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = {(f.alias or n): n for n, f in cls.model_fields.items()}
+    return names
 
 
 def too_deep(value: Any, limit: int) -> bool:
