@@ -44,7 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.load_demo_on_startup:
             from service.demo.load import load_demo_if_empty
             load_demo_if_empty(engine)
+        from service.export.worker import start_export_worker
+        app.state.export_worker = start_export_worker(engine, settings)  # None when TRIAL_FHIR_EXPORT_WORKER=false
         yield
+        if app.state.export_worker is not None:
+            app.state.export_worker.stop()
         engine.dispose()
 
     app = FastAPI(
@@ -69,6 +73,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(system_router)
+    from service.export.router import router as export_router
+    from service.group.router import router as group_router
+    app.include_router(export_router)
+    app.include_router(group_router)
     for router in build_routers():
         app.include_router(router)
     _add_outcome_schema(app)

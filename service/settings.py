@@ -35,6 +35,15 @@ class Settings(BaseSettings):
     default_page_size: int = Field(50, description="Default `_count` of a search.")
     max_page_size: int = Field(1000, description="Largest `_count` of a search.")
     export_dir: Path = Field(Path("./export"), description="Shared folder where bulk export files are written.")
+    export_worker: bool = Field(
+        True, description="Run a bulk-export worker thread in this process (claims queued $export jobs from the "
+        "database); turn off on API-only replicas.")
+    export_poll_interval_s: float = Field(2.0, description="How often an idle export worker looks for queued jobs.")
+    export_stale_after_s: float = Field(
+        60.0, description="A running export whose worker has not reported for this long (crash, kill) is marked "
+        "failed.")
+    export_retention_hours: float = Field(24.0, description="Finished exports (files and job) are removed after this.")
+    export_batch_rows: int = Field(2000, description="Rows an export fetches per round trip (server-side cursor).")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
 
 

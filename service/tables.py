@@ -1,11 +1,12 @@
 """Imports every table so that `SQLModel.metadata` (and alembic) sees the whole schema."""
 
 from service.adverse_event.models import AdverseEventRecord
+from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
 from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
+    "AdverseEventRecord", "ArmRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
     "ResourceRecord", "ResourceVersion", "StudyRecord", "SubjectRecord",
 ]

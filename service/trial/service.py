@@ -1,6 +1,7 @@
 """Patients, studies and enrolments: the checks and typed rows behind Patient, ResearchStudy and
 ResearchSubject writes, and the enrolment look-ups that Observations and AdverseEvents need."""
 
+from fhir_mappings.group import group_id_for_study
 from fhir_mappings.observation import Enrolment, assign_visit
 from fhir_mappings.patient import check_patient, patient_from_fhir
 from fhir_mappings.research_study import check_research_study, research_study_from_fhir
@@ -50,6 +51,8 @@ def index_patient(uow: UnitOfWork, payload: dict, id: str, previous: dict | None
 
 def index_research_study(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
     raise_for_issues(check_research_study(payload))
+    if not payload.get("enrollment"):  # the study's cohort Group (service/group), unless the client names one
+        payload["enrollment"] = [{"reference": f"Group/{group_id_for_study(id)}"}]
     study, arms = research_study_from_fhir(payload, id)
     if previous is not None:
         missing = repository.find_arms_in_use(uow.session, id) - {a.name for a in arms}

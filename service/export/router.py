@@ -1,0 +1,163 @@
+"""Bulk Data export endpoints (HL7 FHIR Bulk Data Access IG v2): kick-off, status, cancel, files."""
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.responses import FileResponse, Response
+
+from fhir_mappings.outcome import informational
+from service.db import ReadSessionDep, WriteSessionDep
+from service.export import service
+from service.http import BaseUrl
+from service.resource.router import error_docs, fhir_json
+from service.responses import FhirJSONResponse
+from service.settings import SettingsDep
+
+router = APIRouter(tags=["Bulk Data"], default_response_class=FhirJSONResponse)
+
+JOB = "5f3c9a60-2d1e-4c4b-9a51-0c1f7d2e8b11"
+PreferAsync = Annotated[str | None, Header(alias="Prefer", description="Required: `respond-async`")]
+JobId = Annotated[str, Path(description="Export job id (from Content-Location)", examples=[JOB])]
+KICK_OFF_DOCS = {
+    202: {"description": "Accepted: poll the URL in `Content-Location`",
+          "headers": {"Content-Location": {"description": "The status URL", "schema": {"type": "string"},
+                                           "example": f"http://127.0.0.1:8000/fhir/$export-status/{JOB}"}},
+          "content": {"application/fhir+json": {"schema": {"type": "object"}, "example": informational(
+              f"Export job {JOB} queued; poll http://127.0.0.1:8000/fhir/$export-status/{JOB}")}}},
+    **error_docs(400)}
+PARAMS_DOC = """
+
+Parameters (query):
+* `_type`: comma-separated types among Patient, ResearchStudy, ResearchSubject, Observation, AdverseEvent
+  (default: all); another type is a 400.
+* `_since`: an instant; only resources whose `meta.lastUpdated` is after it.
+* `_typeFilter`: FHIR search queries per type, e.g. `Observation?code=https://trial-fhir.org/CodeSystem/ad-scores|EASI&date=ge2024-02-01`;
+  several for one type are OR'd. Supported: Observation `code`, `category`, `status`, `date`, `visit`, `arm`,
+  `patient`/`subject`; AdverseEvent `event`, `seriousness`, `severity`, `date`, `patient`/`subject`;
+  ResearchSubject `status`, `arm`, `patient`/`individual`; Patient `gender`, `birthdate`; ResearchStudy
+  `status`. Anything else is a 400 (the export is never silently wider than asked).
+* `_outputFormat`: `application/fhir+ndjson` (default), `application/ndjson` or `ndjson`; else 400.
+
+Requires `Prefer: respond-async` (400 without it). Answers 202 with `Content-Location`, the status URL."""
+MANIFEST = {"transactionTime": "2024-03-01T09:30:00.000Z",
+            "request": "http://127.0.0.1:8000/fhir/Group/0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10/$export",
+            "requiresAccessToken": False,
+            "output": [{"type": "Patient", "url": f"http://127.0.0.1:8000/export-files/{JOB}/Patient.ndjson",
+                        "count": 24},
+                       {"type": "Observation",
+                        "url": f"http://127.0.0.1:8000/export-files/{JOB}/Observation.ndjson", "count": 1480}],
+            "error": []}
+
+
+def _files_base(base: str) -> str:
+    root = base[:-len("/fhir")] if base.endswith("/fhir") else base
+    return f"{root}/export-files"
+
+
+def _accepted(request: Request, job_id: str, base: str) -> Response:
+    worker = getattr(request.app.state, "export_worker", None)
+    if worker is not None:
+        worker.wake()
+    status_url = f"{base}/$export-status/{job_id}"
+    return FhirJSONResponse(informational(f"Export job {job_id} queued; poll {status_url}"), status_code=202,
+                            headers={"Content-Location": status_url})
+
+
+@router.get("/fhir/$export", name="export_system", summary="Export everything (system-level $export)",
+            responses=KICK_OFF_DOCS)
+def export_system(request: Request, session: WriteSessionDep, base: BaseUrl, prefer: PreferAsync = None) -> Response:
+    job_id = service.kick_off(session, list(request.query_params.multi_items()), prefer, str(request.url))
+    return _accepted(request, job_id, base)
+
+
+export_system.__doc__ = "Start an asynchronous export of every stored resource, one NDJSON file per type." + PARAMS_DOC
+
+
+@router.get("/fhir/Group/{id}/$export", name="export_group", summary="Export one study's data (Group $export)",
+            responses={**KICK_OFF_DOCS, **error_docs(400, 404)})
+def export_group(request: Request, id: Annotated[str, Path(description="Group id = the study's id")],
+                 session: WriteSessionDep, base: BaseUrl, prefer: PreferAsync = None) -> Response:
+    job_id = service.kick_off(session, list(request.query_params.multi_items()), prefer, str(request.url),
+                              group_id=id)
+    return _accepted(request, job_id, base)
+
+
+export_group.__doc__ = (
+    "Start an asynchronous export of exactly one study's data: the Patients of its cohort Group (withdrawn "
+    "members included), their ResearchSubjects in this study, the ResearchStudy, and the Observations and "
+    "AdverseEvents recorded for this study. A patient enrolled in two studies never brings the other study's "
+    "data along." + PARAMS_DOC)
+
+
+@router.get("/fhir/$export-status/{job_id}", name="export_status", summary="Status of an export",
+            responses={200: {"description": "Complete: the manifest", "content": {"application/json": {
+                "schema": {"type": "object"}, "example": MANIFEST}}},
+                       202: {"description": "In progress; `X-Progress` says how far, `Retry-After` when to ask again",
+                             "headers": {"X-Progress": {"schema": {"type": "string"},
+                                                        "example": "running: Observation 40% (4000/10000 resources)"}}},
+                       500: {"description": "The export failed (e.g. its worker crashed): OperationOutcome",
+                             "content": {"application/fhir+json": {"schema": {
+                                 "$ref": "#/components/schemas/OperationOutcome"}}}},
+                       **error_docs(404)})
+def export_status(job_id: JobId, session: ReadSessionDep, base: BaseUrl) -> Response:
+    """Poll an export: 202 with `X-Progress` while it is queued or running, then 200 with the manifest
+    (`transactionTime`, `request`, `requiresAccessToken` false, `output` [{type, url, count}], `error`).
+    A failed export answers 500 with an OperationOutcome saying why; an unknown, expired or cancelled
+    job 404. Any replica can answer."""
+    status = service.job_status(session, job_id, _files_base(base))
+    if status.body is None:
+        return Response(status_code=status.status_code, headers=status.headers)
+    return Response(orjson.dumps(status.body), status_code=status.status_code, headers=status.headers,
+                    media_type="application/json")
+
+
+@router.delete("/fhir/$export-status/{job_id}", status_code=202, name="cancel_export",
+               summary="Cancel an export and delete its files",
+               responses={202: fhir_json(informational(f"Export job {JOB} cancelled; its files are deleted"),
+                                         "Cancelled"), **error_docs(404)})
+def cancel_export(job_id: JobId, session: WriteSessionDep, settings: SettingsDep) -> Response:
+    """Cancel a queued or running export, or delete a finished one: its files are removed and its status
+    URL answers 404 from then on."""
+    service.cancel_job(session, settings.export_dir, job_id)
+    return FhirJSONResponse(informational(f"Export job {job_id} cancelled; its files are deleted"),
+                            status_code=202)
+
+
+@router.get("/export-files/{job_id}/{file_name}", name="download_export_file", summary="Download an export file",
+            responses={200: {"description": "NDJSON: one FHIR resource per line, as stored", "content": {
+                "application/fhir+ndjson": {"schema": {"type": "string"},
+                                            "example": '{"resourceType":"Patient","id":"5e0c…"}\n'}}},
+                       **error_docs(404)})
+def download_export_file(job_id: JobId, file_name: Annotated[str, Path(examples=["Observation.ndjson"])],
+                         session: ReadSessionDep, settings: SettingsDep) -> Response:
+    """One file of a completed export (a URL from the manifest's `output`), streamed from the shared
+    export folder as `application/fhir+ndjson`. No access token is required."""
+    path = service.file_path(session, settings.export_dir, job_id, file_name)
+    return FileResponse(path, media_type="application/fhir+ndjson")
+
+
+def _register_capabilities() -> None:
+    """Group (read, search, $export) and system $export in the CapabilityStatement."""
+    from service.conformance.service import EXTRA_OPERATIONS, EXTRA_RESOURCES
+
+    if any(r.get("type") == "Group" for r in EXTRA_RESOURCES):
+        return
+    EXTRA_OPERATIONS.setdefault("system", []).append(
+        {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+         "documentation": "Bulk Data export of every resource (Prefer: respond-async); _type, _since, "
+                          "_typeFilter, _outputFormat"})
+    EXTRA_RESOURCES.append({
+        "type": "Group",
+        "profile": "http://hl7.org/fhir/StructureDefinition/Group",
+        "documentation": "Each study's cohort (Group/X = enrolled patients of ResearchStudy/X), derived from its "
+                         "research subjects; withdrawn subjects are inactive members.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "searchParam": [{"name": "_id", "type": "token"}],
+        "operation": [{"name": "export",
+                       "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+                       "documentation": "Bulk Data export of exactly this study's data"}],
+    })
+
+
+_register_capabilities()

@@ -1,0 +1,51 @@
+"""Study cohorts as FHIR Groups: read and search (the Group is derived from the research subjects on read)."""
+
+from urllib.parse import urlencode
+
+import orjson
+from sqlmodel import Session
+
+from fhir_mappings.bundle import bundle, entry
+from fhir_mappings.group import cohort_group, group_id_for_study, study_id_for_group
+from fhir_mappings.outcome import issue, outcome
+from service.errors import BadRequest, NotFound
+from service.group import repository
+
+
+def read_group(session: Session, id: str) -> dict:
+    """Group/{id}: the cohort of ResearchStudy/{id}; 404 when there is no such study."""
+    found = repository.find_studies(session, [study_id_for_group(id)])
+    if not found:
+        raise NotFound(f"Group/{id} is not known: a Group is the cohort of a ResearchStudy with the same id",
+                       expression="Group.id")
+    return _group(session, *found[0])
+
+
+def _group(session: Session, study_id: str, title: str | None) -> dict:
+    return cohort_group(study_id, title, repository.find_members(session, study_id),
+                        repository.last_change(session, study_id))
+
+
+def search_groups(session: Session, params: list[tuple[str, str]], base: str, *, strict: bool = False) -> bytes:
+    """`_id` (comma-separated ids OR'd); without it every study's Group."""
+    ids: list[str] | None = None
+    warnings = []
+    for name, value in params:
+        if name == "_id":
+            wanted = [study_id_for_group(v) for v in value.split(",") if v]
+            ids = wanted if ids is None else [i for i in ids if i in wanted]
+        elif name in ("_format", "_pretty", "_count"):
+            continue
+        elif strict:
+            raise BadRequest(f"Unknown search parameter '{name}' for Group (only _id is supported)", expression=name)
+        else:
+            warnings.append(issue("not-supported", f"Search parameter '{name}' is not supported and was ignored",
+                                  name, severity="warning"))
+    studies = repository.find_studies(session, ids)
+    entries = [entry(f"{base}/Group/{group_id_for_study(sid)}", orjson.dumps(_group(session, sid, title)),
+                     search={"mode": "match"}) for sid, title in studies]
+    if warnings:
+        entries.append(entry(None, orjson.dumps(outcome(warnings)), search={"mode": "outcome"}))
+        entries[-1].pop("fullUrl")
+    query = urlencode(params)
+    return bundle("searchset", entries, total=len(studies), links=[("self", f"{base}/Group" + (f"?{query}" if query else ""))])

@@ -1,0 +1,373 @@
+"""Bulk Data export ($export, HL7 Bulk Data Access IG v2) and the study cohort Group, over HTTP, on SQLite
+and PostgreSQL: the async flow, parameters, cross-study isolation, cancel, restart and claiming."""
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlmodel import Session
+
+from fhir_mappings import fhir
+from service.export import repository, service
+from service.main import create_app
+from tests.factories import AD, adverse_event, created, enrol, observation, patient, study, subject
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+def kick_off(client, url: str, **params):
+    response = client.get(url, params=params, headers=ASYNC)
+    assert response.status_code == 202, response.text
+    assert response.json()["resourceType"] == "OperationOutcome"
+    return response.headers["Content-Location"]
+
+
+def wait_for(client, status_url: str, bound_s: float = 20.0):
+    deadline = time.monotonic() + bound_s
+    while True:
+        response = client.get(status_url)
+        if response.status_code != 202:
+            return response
+        assert response.headers["X-Progress"]
+        assert time.monotonic() < deadline, "export did not finish in time"
+        time.sleep(0.05)
+
+
+def download(client, manifest: dict) -> dict[str, list[dict]]:
+    """Every file of the manifest, each line parsed as FHIR of the file's type; {type: [resource, …]}."""
+    found = {}
+    for out in manifest["output"]:
+        response = client.get(out["url"])
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/fhir+ndjson")
+        lines = response.text.splitlines()
+        assert len(lines) == out["count"]
+        model = fhir.RESOURCE_MODELS[out["type"]]
+        for line in lines:
+            resource = model.model_validate_json(line)
+            assert resource.get_resource_type() == out["type"]
+        found[out["type"]] = [orjson.loads(line) for line in lines]
+    return found
+
+
+def export(client, url: str, **params) -> tuple[dict, dict[str, list[dict]]]:
+    response = wait_for(client, kick_off(client, url, **params))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    manifest = response.json()
+    return manifest, download(client, manifest)
+
+
+def ids(found: dict, rtype: str) -> set[str]:
+    return {r["id"] for r in found.get(rtype, [])}
+
+
+@pytest.fixture
+def two_studies(client):
+    """Study A with two patients, study B with one of them plus another; results and events in each."""
+    a = enrol(client)
+    a2 = enrol(client, study_id=a["study"])
+    b = created(client.post("/fhir/ResearchStudy", json=study(title="Study B")))["id"]
+    shared_b = created(client.post("/fhir/ResearchSubject", json=subject(b, a["patient"])))["id"]
+    b2 = enrol(client, study_id=b)
+    ext = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
+
+    def obs(pid, sid, measure="EASI", date="2024-01-10", value=10):
+        body = observation(pid, measure, value=value, date=date)
+        body["extension"] = [{"url": ext, "valueReference": {"reference": f"ResearchStudy/{sid}"}}]
+        return created(client.post("/fhir/Observation", json=body))["id"]
+
+    data = {
+        "A": a["study"], "B": b, "shared": a["patient"], "a_only": a2["patient"], "b_only": b2["patient"],
+        "a_subjects": {a["subject"], a2["subject"]}, "b_subjects": {shared_b, b2["subject"]},
+        "a_obs": {obs(a["patient"], a["study"]), obs(a["patient"], a["study"], "IGE", value=120),
+                  obs(a2["patient"], a["study"], date="2024-03-01")},
+        "b_obs": {obs(a["patient"], b), obs(b2["patient"], b)},
+        "a_ae": {created(client.post("/fhir/AdverseEvent", json=adverse_event(a["patient"], a["study"],
+                                                                              serious=True)))["id"]},
+        "b_ae": {created(client.post("/fhir/AdverseEvent", json=adverse_event(a["patient"], b)))["id"]},
+    }
+    return data
+
+
+# -- Group --------------------------------------------------------------------------------------------------
+
+def test_research_study_gets_its_cohort_group_as_enrollment(client):
+    ids_ = enrol(client)
+    study_ = client.get(f"/fhir/ResearchStudy/{ids_['study']}").json()
+    assert study_["enrollment"] == [{"reference": f"Group/{ids_['study']}"}]
+    group = client.get(f"/fhir/Group/{ids_['study']}")
+    assert group.status_code == 200
+    body = group.json()
+    fhir.Group.model_validate(body)
+    assert body["type"] == "person" and body["actual"] is True and body["quantity"] == 1
+    assert body["member"] == [{"entity": {"reference": f"Patient/{ids_['patient']}"},
+                               "period": {"start": "2024-01-10"}, "inactive": False}]
+
+
+def test_research_study_keeps_the_enrollment_the_client_sent(client):
+    sent = study(enrollment=[{"reference": "Group/elsewhere"}])
+    assert created(client.post("/fhir/ResearchStudy", json=sent))["enrollment"] == [{"reference": "Group/elsewhere"}]
+
+
+def test_group_follows_enrolment_and_withdrawal(client):
+    first = enrol(client)
+    second = enrol(client, study_id=first["study"])
+    withdrawn = subject(first["study"], second["patient"], status="withdrawn", id=second["subject"])
+    withdrawn["period"] = {"start": "2024-01-10", "end": "2024-02-20"}
+    assert client.put(f"/fhir/ResearchSubject/{second['subject']}", json=withdrawn).status_code == 200
+    members = {m["entity"]["reference"]: m for m in client.get(f"/fhir/Group/{first['study']}").json()["member"]}
+    assert members[f"Patient/{first['patient']}"]["inactive"] is False
+    assert members[f"Patient/{second['patient']}"] == {"entity": {"reference": f"Patient/{second['patient']}"},
+                                                        "period": {"start": "2024-01-10", "end": "2024-02-20"},
+                                                        "inactive": True}
+    assert client.delete(f"/fhir/ResearchSubject/{second['subject']}").status_code == 200
+    assert client.get(f"/fhir/Group/{first['study']}").json()["quantity"] == 1
+
+
+def test_unknown_group_is_404_and_search_by_id(client):
+    a = enrol(client)
+    b = enrol(client)
+    missing = client.get("/fhir/Group/nope")
+    assert missing.status_code == 404 and missing.json()["issue"][0]["expression"] == ["Group.id"]
+    bundle = client.get("/fhir/Group", params={"_id": a["study"]}).json()
+    assert bundle["type"] == "searchset" and bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["id"] == a["study"]
+    assert client.get("/fhir/Group").json()["total"] == 2
+    assert {e["resource"]["id"] for e in client.get("/fhir/Group").json()["entry"]} == {a["study"], b["study"]}
+    strict = client.get("/fhir/Group", params={"name": "x"}, headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400
+
+
+def test_capability_statement_lists_group_and_export(client):
+    rest = client.get("/fhir/metadata").json()["rest"][0]
+    assert any(op["name"] == "export" for op in rest["operation"])
+    group = next(r for r in rest["resource"] if r["type"] == "Group")
+    assert group["operation"][0]["name"] == "export"
+
+
+# -- the async flow ---------------------------------------------------------------------------------------
+
+def test_group_export_contains_exactly_that_studys_data(client, two_studies):
+    s = two_studies
+    manifest, found = export(client, f"/fhir/Group/{s['A']}/$export")
+    assert manifest["requiresAccessToken"] is False and manifest["error"] == []
+    assert manifest["request"].endswith(f"/fhir/Group/{s['A']}/$export")
+    assert datetime.fromisoformat(manifest["transactionTime"].replace("Z", "+00:00")) <= datetime.now(UTC)
+    assert ids(found, "Patient") == {s["shared"], s["a_only"]}
+    assert ids(found, "ResearchStudy") == {s["A"]}
+    assert ids(found, "ResearchSubject") == s["a_subjects"]
+    assert ids(found, "Observation") == s["a_obs"]
+    assert ids(found, "AdverseEvent") == s["a_ae"]
+
+    _, other = export(client, f"/fhir/Group/{s['B']}/$export")
+    assert ids(other, "Patient") == {s["shared"], s["b_only"]}
+    assert ids(other, "Observation") == s["b_obs"] and ids(other, "AdverseEvent") == s["b_ae"]
+    assert ids(other, "ResearchSubject") == s["b_subjects"]
+
+
+def test_system_export_contains_everything(client, two_studies):
+    s = two_studies
+    manifest, found = export(client, "/fhir/$export")
+    assert {o["type"]: o["count"] for o in manifest["output"]} == {
+        "Patient": 3, "ResearchStudy": 2, "ResearchSubject": 4, "Observation": 5, "AdverseEvent": 2}
+    assert ids(found, "Observation") == s["a_obs"] | s["b_obs"]
+
+
+def test_deleted_resources_are_not_exported(client):
+    a = enrol(client)
+    gone = created(client.post("/fhir/Observation", json=observation(a["patient"])))["id"]
+    kept = created(client.post("/fhir/Observation", json=observation(a["patient"], "IGA", value=2)))["id"]
+    assert client.delete(f"/fhir/Observation/{gone}").status_code == 200
+    _, found = export(client, f"/fhir/Group/{a['study']}/$export", _type="Observation")
+    assert ids(found, "Observation") == {kept}
+
+
+def test_type_since_and_output_format(client, two_studies):
+    s = two_studies
+    manifest, found = export(client, f"/fhir/Group/{s['A']}/$export", _type="Observation,Patient",
+                             _outputFormat="application/ndjson")
+    assert {o["type"] for o in manifest["output"]} == {"Observation", "Patient"}
+    time.sleep(0.01)
+    since = datetime.now(UTC)
+    time.sleep(0.01)
+    new = created(client.post("/fhir/Observation", json={**observation(s["a_only"], "IGA", value=3,
+                                                                         date="2024-04-01")}))["id"]
+    manifest, found = export(client, f"/fhir/Group/{s['A']}/$export",
+                             _since=since.isoformat().replace("+00:00", "Z"))
+    assert [o["type"] for o in manifest["output"]] == ["Observation"]
+    assert ids(found, "Observation") == {new}
+    # the transactionTime of one export is the _since of the next: nothing new → no files
+    manifest, _ = export(client, f"/fhir/Group/{s['A']}/$export", _since=manifest["transactionTime"])
+    assert manifest["output"] == []
+
+
+def test_type_filter(client, two_studies):
+    s = two_studies
+    _, found = export(client, f"/fhir/Group/{s['A']}/$export", _type="Observation",
+                      _typeFilter=f"Observation?code={AD}|EASI")
+    assert len(found["Observation"]) == 2
+    assert all(o["code"]["coding"][0]["code"] == "EASI" for o in found["Observation"])
+    _, found = export(client, f"/fhir/Group/{s['A']}/$export", _type="Observation",
+                      _typeFilter="Observation?code=EASI&date=ge2024-02")
+    assert [o["effectiveDateTime"] for o in found["Observation"]] == ["2024-03-01"]
+    # two filters for one type are OR'd (the IG's comma form)
+    _, found = export(client, f"/fhir/Group/{s['A']}/$export", _type="Observation",
+                      _typeFilter="Observation?code=19113-0,Observation?date=2024-03-01")
+    assert len(found["Observation"]) == 2
+    # a filter on one type leaves the others whole
+    manifest, found = export(client, "/fhir/$export", _typeFilter="AdverseEvent?seriousness=serious")
+    assert ids(found, "AdverseEvent") == s["a_ae"] and len(found["Observation"]) == 5
+    _, found = export(client, "/fhir/$export", _type="Patient", _typeFilter="Patient?gender=male")
+    assert found == {}
+
+
+@pytest.mark.parametrize("params,headers,where", [
+    ({}, {}, "Prefer"),
+    ({"_outputFormat": "text/csv"}, ASYNC, "_outputFormat"),
+    ({"_type": "Condition"}, ASYNC, "_type"),
+    ({"_since": "yesterday"}, ASYNC, "_since"),
+    ({"_typeFilter": "Observation?valueQuantity=3"}, ASYNC, "_typeFilter"),
+    ({"_typeFilter": "Observation?date=2024-13-45"}, ASYNC, "_typeFilter"),
+    ({"_type": "Patient", "_typeFilter": "Observation?code=EASI"}, ASYNC, "_typeFilter"),
+    ({"_elements": "id"}, ASYNC, "_elements"),
+    ({"colour": "red"}, ASYNC, "colour"),
+])
+def test_kick_off_errors_are_400_outcomes(client, params, headers, where):
+    a = enrol(client)
+    for url in ("/fhir/$export", f"/fhir/Group/{a['study']}/$export"):
+        response = client.get(url, params=params, headers=headers)
+        assert response.status_code == 400, response.text
+        assert response.json()["resourceType"] == "OperationOutcome"
+        assert response.json()["issue"][0]["expression"] == [where]
+
+
+def test_unknown_group_export_and_unknown_job_are_404(client):
+    response = client.get("/fhir/Group/nope/$export", headers=ASYNC)
+    assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
+    assert client.get("/fhir/$export-status/nope").status_code == 404
+    assert client.delete("/fhir/$export-status/nope").status_code == 404
+    assert client.get("/export-files/nope/Patient.ndjson").status_code == 404
+
+
+def test_cancel_removes_files_and_job(client, settings):
+    a = enrol(client)
+    status_url = kick_off(client, f"/fhir/Group/{a['study']}/$export")
+    manifest = wait_for(client, status_url).json()
+    job_id = status_url.rsplit("/", 1)[1]
+    assert (settings.export_dir / job_id).is_dir()
+    deleted = client.delete(status_url)
+    assert deleted.status_code == 202 and deleted.json()["resourceType"] == "OperationOutcome"
+    assert not (settings.export_dir / job_id).exists()
+    assert client.get(status_url).status_code == 404
+    assert client.get(manifest["output"][0]["url"]).status_code == 404
+
+
+# -- jobs: no worker, cancel while running, restart, claims ----------------------------------------------------
+
+@pytest.fixture
+def idle_client(settings):
+    """A replica that runs no export worker: jobs stay queued until someone claims them."""
+    with TestClient(create_app(settings.model_copy(update={"export_worker": False}))) as test_client:
+        yield test_client
+
+
+def test_without_worker_the_job_stays_queued(idle_client):
+    a = enrol(idle_client)
+    status_url = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export")
+    response = idle_client.get(status_url)
+    assert response.status_code == 202 and response.headers["X-Progress"] == "queued"
+
+
+def test_cancel_while_running_stops_the_worker_and_removes_its_files(idle_client, settings):
+    a = enrol(idle_client)
+    status_url = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export")
+    job_id = status_url.rsplit("/", 1)[1]
+    engine = idle_client.app.state.engine
+    with Session(engine) as session:
+        assert repository.claim_job(session, "w1", service.utcnow()) == job_id
+    assert idle_client.get(status_url).headers["X-Progress"] == "started"
+    assert idle_client.delete(status_url).status_code == 202
+    assert service.run_job(engine, settings.export_dir, job_id, "w1") == "cancelled"
+    assert not (settings.export_dir / job_id).exists()
+    assert idle_client.get(status_url).status_code == 404
+    with Session(engine) as session:
+        assert repository.get_job(session, job_id) is None
+
+
+def test_restart_reports_finished_jobs_and_fails_running_ones(settings):
+    with TestClient(create_app(settings)) as first:
+        a = enrol(first)
+        done_url = kick_off(first, f"/fhir/Group/{a['study']}/$export")
+        manifest = wait_for(first, done_url).json()
+        engine = first.app.state.engine
+        # a second job, claimed by a worker that then dies (its heartbeat stops)
+        first.app.state.export_worker.stop()
+        running_url = kick_off(first, "/fhir/$export")
+        with Session(engine) as session:
+            job_id = repository.claim_job(session, "dead-worker", service.utcnow())
+            assert job_id == running_url.rsplit("/", 1)[1]
+            session.execute(update(repository.J).where(repository.J.c.id == job_id).values(
+                heartbeat=service.utcnow() - timedelta(hours=1)))
+            session.commit()
+    with TestClient(create_app(settings)) as second:
+        finished = second.get(done_url)
+        assert finished.status_code == 200 and finished.json()["output"] == manifest["output"]
+        download(second, finished.json())
+        failed = wait_for(second, running_url)
+        assert failed.status_code == 500
+        assert failed.json()["resourceType"] == "OperationOutcome"
+        assert "worker stopped" in failed.json()["issue"][0]["diagnostics"]
+
+
+def test_a_job_is_claimed_by_exactly_one_worker(idle_client):
+    a = enrol(idle_client)
+    urls = [kick_off(idle_client, f"/fhir/Group/{a['study']}/$export") for _ in range(8)]
+    engine = idle_client.app.state.engine
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        with Session(engine.execution_options(write=True)) as session:
+            while (job_id := repository.claim_job(session, name, service.utcnow())) is not None:
+                with lock:
+                    claimed.append(job_id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(u.rsplit("/", 1)[1] for u in urls)
+
+
+def test_claim_skips_a_job_another_worker_holds(idle_client):
+    a = enrol(idle_client)
+    first = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export").rsplit("/", 1)[1]
+    time.sleep(0.01)
+    second = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export").rsplit("/", 1)[1]
+    engine = idle_client.app.state.engine
+    if engine.dialect.name == "postgresql":
+        # worker A has locked the oldest job (mid-claim); worker B passes over it instead of waiting
+        with Session(engine) as a_session, Session(engine) as b_session:
+            held = a_session.execute(repository.select(repository.J.c.id).where(repository.J.c.id == first)
+                                     .with_for_update()).scalar_one()
+            assert held == first
+            assert repository.claim_job(b_session, "B", service.utcnow()) == second
+            a_session.rollback()
+            assert repository.claim_job(a_session, "A", service.utcnow()) == first
+            assert repository.claim_job(b_session, "B", service.utcnow()) is None
+    else:
+        # the claim is a conditional UPDATE: of two workers that saw the same queued job, one wins
+        with Session(engine) as a_session, Session(engine) as b_session:
+            assert repository.claim_job(a_session, "A", service.utcnow()) == first
+            assert repository.claim_job(b_session, "B", service.utcnow()) == second
+            assert repository.claim_job(a_session, "A", service.utcnow()) is None
+            won = a_session.execute(update(repository.J).where(repository.J.c.id == first,
+                                                               repository.J.c.status == "queued")
+                                    .values(worker="late")).rowcount
+            assert won == 0
