@@ -89,6 +89,11 @@ def _legend(names: list[str]) -> list[str]:
     return parts
 
 
+def _no_data() -> str:
+    cx, cy = (LEFT + WIDTH - RIGHT) / 2, (TOP + HEIGHT - BOTTOM) / 2
+    return f'<text x="{cx:.1f}" y="{cy:.1f}" text-anchor="middle" fill="#888" class="no-data">no counted results</text>'
+
+
 def _line_chart(summary: StudySummary, key: str) -> str:
     measure = next(m for m in summary.measures if m.key == key)
     days = {v.name: v.target_day for v in summary.visits}
@@ -138,6 +143,8 @@ def _line_chart(summary: StudySummary, key: str) -> str:
                          f"<title>{escape(name)} {escape(visit)}: mean {mean:.4g} ± {sd:.4g} (n={n})</title>"
                          "</circle>")
         parts.append("</g>")
+    if not any(points for _, points in series):
+        parts.append(_no_data())
     parts += _legend([name for name, _ in series])
     parts.append("</svg>")
     return "\n".join(parts)
@@ -175,8 +182,11 @@ def _bar_chart(summary: StudySummary, key: str) -> str:
             wx = bx + (bar_w - 2) / 2
             parts.append(f'<line x1="{wx:.1f}" x2="{wx:.1f}" y1="{y(100 * r.ci_high):.1f}" '
                          f'y2="{y(100 * r.ci_low):.1f}" stroke="#222"/>')
-            parts.append(f'<text x="{wx:.1f}" y="{top - 4:.1f}" text-anchor="middle" font-size="10" fill="#222">'
+            label_y = min(top, y(100 * r.ci_high)) - 4
+            parts.append(f'<text x="{wx:.1f}" y="{label_y:.1f}" text-anchor="middle" font-size="10" fill="#222">'
                          f"{r.responders}/{r.n}</text>")
+    if not any(r.rate is not None for r in rates.values()):
+        parts.append(_no_data())
     parts += _legend(arms)
     parts.append("</svg>")
     return "\n".join(parts)
