@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.group.router import router as group_router
     app.include_router(export_router)
     app.include_router(group_router)
+    from service.stats.router import router as stats_router  # before the generic FHIR routes
+    app.include_router(stats_router)
     for router in build_routers():
         app.include_router(router)
     _add_outcome_schema(app)
