@@ -73,6 +73,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(system_router)
+    from service.search.router import router as search_parameter_router
+    app.include_router(search_parameter_router)
     from service.export.router import router as export_router
     from service.group.router import router as group_router
     app.include_router(export_router)

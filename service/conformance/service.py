@@ -1,19 +1,20 @@
 """What the server is: its CapabilityStatement and the code systems it publishes."""
 
 from fhir_mappings import fhir
+from fhir_mappings.search import INCLUDES, SEARCH_PARAMS, params_for
 from fhir_mappings.terminology import code_system_resource, catalogue_names, load_catalogue
 from service.errors import NotFound
 from service.resource.handlers import HANDLERS
 
 SERVER_VERSION = "0.1.0"
-_TYPE_SEARCH = {
-    "Patient": ["_id", "identifier"],
-    "ResearchStudy": ["_id", "identifier"],
-    "ResearchSubject": ["_id", "identifier"],
-    "Observation": ["_id", "identifier"],
-    "AdverseEvent": ["_id", "identifier"],
-}
-_PARAM_TYPES = {"_id": "token", "identifier": "token"}
+#: the search parameters of each type (fhir_mappings/search.py defines them; service/search answers them)
+_TYPE_SEARCH = {rtype: list(params_for(rtype)) for rtype in fhir.RESOURCE_MODELS}
+_PARAM_TYPES = {p.name: p.type for rtype in fhir.RESOURCE_MODELS for p in params_for(rtype).values()}
+_RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort (_id, _lastUpdated, and date on "
+                      "Observation and AdverseEvent; '-' for descending), _include, _revinclude, "
+                      "_summary=count|true|data, _elements, _total=accurate|none; paging by opaque _cursor links. "
+                      "Modifiers: :missing, :not (tokens), :exact and :contains (strings). Unknown or malformed "
+                      "parameters are ignored with a warning (Prefer: handling=strict makes them a 400).")
 #: extra search parameters other modules register (name, type, documentation) per resource type
 EXTRA_SEARCH: dict[str, list[dict]] = {}
 #: extra operations other modules register ({"name":…, "definition":…}) at system or type level
@@ -40,7 +41,8 @@ def read_code_system(id: str) -> dict:
 def capability_statement(base: str) -> dict:
     resources = []
     for rtype in HANDLERS:
-        params = [{"name": n, "type": _PARAM_TYPES[n]} for n in _TYPE_SEARCH[rtype]]
+        params = [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.description}
+                  for p in params_for(rtype).values()]
         params += [{k: v for k, v in p.items() if k in ("name", "definition", "type", "documentation")}
                    for p in EXTRA_SEARCH.get(rtype, [])]
         entry = {
@@ -58,12 +60,19 @@ def capability_statement(base: str) -> dict:
             "referencePolicy": ["literal", "logical", "resolves", "local"],
             "searchParam": params,
         }
+        if rtype in SEARCH_PARAMS:
+            entry["searchInclude"] = [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype]
+            entry["searchRevInclude"] = [f"{s}:{p}" for (s, p), t in INCLUDES.items() if t == rtype]
+            entry["documentation"] = _RESULT_PARAMS_DOC
         ops = EXTRA_OPERATIONS.get(rtype)
         if ops:
             entry["operation"] = ops
         resources.append(entry)
     resources.append({"type": "CodeSystem", "interaction": [{"code": "read"}, {"code": "search-type"}],
                       "searchParam": [{"name": "url", "type": "uri"}]})
+    resources.append({"type": "SearchParameter", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                      "searchParam": [{"name": "url", "type": "uri"}, {"name": "name", "type": "string"},
+                                      {"name": "code", "type": "token"}, {"name": "base", "type": "token"}]})
     resources.extend(EXTRA_RESOURCES)
     rest = {
         "mode": "server",

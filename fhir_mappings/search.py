@@ -1,0 +1,723 @@
+"""FHIR search parameters, read without I/O: the parameters each type supports, and the query string parsed
+into typed values (tokens, references, date ranges, quantities, strings), result parameters and cursors.
+
+| parameter (type)                   | resource types                         | typed column / notes                        |
+|------------------------------------|----------------------------------------|---------------------------------------------|
+| `_id` (token)                      | all                                    | `id`                                        |
+| `_lastUpdated` (date)              | all                                    | `resource.last_updated`                     |
+| `identifier` (token)               | all                                    | `resource_identifier` (system, value)       |
+| `subject`, `patient` (reference)   | Observation, AdverseEvent              | `patient_id`                                |
+| `individual`, `patient` (reference)| ResearchSubject                        | `research_subject.patient_id`               |
+| `study` (reference)                | Observation¹, AdverseEvent, ResearchSubject | `study_id`                             |
+| `code` (token)                     | Observation                            | `measurement.code_system`, `code`           |
+| `category`, `status` (token)       | Observation                            | `measurement.category`, `status`            |
+| `date` (date)                      | Observation, AdverseEvent              | `measurement.effective`, `adverse_event.onset` (UTC) |
+| `value-quantity` (quantity)        | Observation                            | `measurement.value` in the canonical unit   |
+| `arm` (token)                      | Observation¹, ResearchSubject¹         | `research_subject.arm` (actual, else assigned) |
+| `visit` (token)                    | Observation¹                           | `measurement.visit`                         |
+| `event`, `seriousness`, `severity` (token) | AdverseEvent                   | `event_system`/`event_code`, `seriousness`, `severity` |
+| `status` (token), `title` (string) | ResearchStudy                          | `study.status`, `study.title`               |
+| `birthdate` (date), `gender` (token) | Patient                              | `patient.birth_date`, `patient.gender`      |
+
+¹ trial parameters, published as SearchParameter resources (`SearchParameter/<Type>-<name>`).
+
+Dates without a time zone are read as UTC; a partial date is the range it covers (`2024-03` = March 2024).
+"""
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from fhir_mappings import fhir
+from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.references import ID_RE
+from fhir_mappings.terminology import (AE_SERIOUSNESS, AE_SEVERITY, UCUM, catalogue_names, load_catalogue)
+
+SEARCH_PARAMETER_BASE = "https://trial-fhir.org/SearchParameter"
+OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
+             "display": "Resource subsetted"}
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+MAX_REVINCLUDE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ParamDef:
+    """One supported search parameter of one resource type."""
+
+    name: str
+    type: str  # SearchParameter.type: token | reference | date | quantity | string
+    expression: str
+    description: str
+    targets: tuple[str, ...] = ()
+    systems: tuple[str, ...] = ()  # token: the code systems its values come from ("" = any system matches)
+    custom: bool = False  # a trial parameter: published as a SearchParameter resource
+
+    @property
+    def definition(self) -> str:
+        """Canonical URL of the parameter's definition (FHIR R4's, or ours for a trial parameter)."""
+        if self.custom:
+            return f"{SEARCH_PARAMETER_BASE}/{self.id_for(self.base)}"
+        if self.name in ("_id", "_lastUpdated"):
+            return f"http://hl7.org/fhir/SearchParameter/{self.id_for('Resource')}"
+        own = _R4_SHARED.get((self.base, self.name), self.id_for(self.base))
+        return f"http://hl7.org/fhir/SearchParameter/{own}"
+
+    @property
+    def base(self) -> str:
+        return self.expression.split(".", 1)[0]
+
+    def id_for(self, resource_type: str) -> str:
+        name = {"_id": "id", "_lastUpdated": "lastUpdated"}.get(self.name, self.name)
+        return f"{resource_type}-{name}"
+
+
+#: R4 parameters defined once for several types (their SearchParameter id is not `<Type>-<code>`)
+_R4_SHARED = {("Observation", "code"): "clinical-code", ("Observation", "date"): "clinical-date",
+              ("Observation", "patient"): "clinical-patient", ("Observation", "identifier"): "clinical-identifier",
+              ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender"}
+
+
+def _common(rtype: str) -> list[ParamDef]:
+    return [
+        ParamDef("_id", "token", f"{rtype}.id", "Logical id of the resource"),
+        ParamDef("_lastUpdated", "date", f"{rtype}.meta.lastUpdated", "When the resource last changed on this server"),
+        ParamDef("identifier", "token", f"{rtype}.identifier", "A business identifier (system|value)"),
+    ]
+
+
+_STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
+SEARCH_PARAMS: dict[str, dict[str, ParamDef]] = {rtype: {p.name: p for p in _common(rtype) + extra} for rtype, extra in {
+    "Observation": [
+        ParamDef("subject", "reference", "Observation.subject", "The patient the result is about", ("Patient",)),
+        ParamDef("patient", "reference", "Observation.subject.where(resolve() is Patient)",
+                 "The patient the result is about", ("Patient",)),
+        ParamDef("code", "token", "Observation.code", "The measure's code (system|code, code or system|)"),
+        ParamDef("category", "token", "Observation.category", "survey or laboratory", systems=(OBSERVATION_CATEGORY,)),
+        ParamDef("status", "token", "Observation.status", "Result status",
+                 systems=("http://hl7.org/fhir/observation-status",)),
+        ParamDef("date", "date", "Observation.effective", "When the result was obtained (UTC)"),
+        ParamDef("value-quantity", "quantity", "Observation.value.as(Quantity)",
+                 "The value, compared in the measure's canonical UCUM unit (a given unit is converted)"),
+        ParamDef("study", "reference", f"Observation.{_STUDY_EXT}",
+                 "The research study the result belongs to (workflow-researchStudy extension, else the "
+                 "subject's enrolment)", ("ResearchStudy",), custom=True),
+        ParamDef("arm", "token", "Observation.subject", "The study arm of the subject (ResearchSubject actualArm, "
+                 "else assignedArm) at the time of the search", custom=True),
+        ParamDef("visit", "token", "Observation.effective",
+                 "The visit the result falls in (baseline, week-4, week-12, unscheduled), from its date and the "
+                 "subject's day 0", custom=True),
+    ],
+    "AdverseEvent": [
+        ParamDef("subject", "reference", "AdverseEvent.subject", "The patient who had the event", ("Patient",)),
+        ParamDef("study", "reference", "AdverseEvent.study", "The research study", ("ResearchStudy",)),
+        ParamDef("date", "date", "AdverseEvent.date", "Onset of the event (UTC)"),
+        ParamDef("event", "token", "AdverseEvent.event", "The event's code (MedDRA or SNOMED CT)"),
+        ParamDef("seriousness", "token", "AdverseEvent.seriousness", "serious or non-serious",
+                 systems=(AE_SERIOUSNESS,)),
+        ParamDef("severity", "token", "AdverseEvent.severity", "mild, moderate or severe", systems=(AE_SEVERITY,)),
+    ],
+    "ResearchSubject": [
+        ParamDef("study", "reference", "ResearchSubject.study", "The research study", ("ResearchStudy",)),
+        ParamDef("individual", "reference", "ResearchSubject.individual", "The enrolled patient", ("Patient",)),
+        ParamDef("patient", "reference", "ResearchSubject.individual", "The enrolled patient", ("Patient",)),
+        ParamDef("status", "token", "ResearchSubject.status", "Enrolment status",
+                 systems=("http://hl7.org/fhir/research-subject-status",)),
+        ParamDef("arm", "token", "ResearchSubject.actualArm | ResearchSubject.assignedArm",
+                 "The study arm: actualArm, else assignedArm", custom=True),
+    ],
+    "ResearchStudy": [
+        ParamDef("status", "token", "ResearchStudy.status", "Study status",
+                 systems=("http://hl7.org/fhir/research-study-status",)),
+        ParamDef("title", "string", "ResearchStudy.title", "Title (starts with; :exact, :contains)"),
+    ],
+    "Patient": [
+        ParamDef("birthdate", "date", "Patient.birthDate", "Date of birth"),
+        ParamDef("gender", "token", "Patient.gender", "male | female | other | unknown",
+                 systems=("http://hl7.org/fhir/administrative-gender",)),
+    ],
+}.items()}
+
+#: (source type, reference parameter) -> target type, for _include and _revinclude
+INCLUDES: dict[tuple[str, str], str] = {
+    ("Observation", "subject"): "Patient", ("Observation", "patient"): "Patient",
+    ("Observation", "study"): "ResearchStudy",
+    ("ResearchSubject", "individual"): "Patient", ("ResearchSubject", "patient"): "Patient",
+    ("ResearchSubject", "study"): "ResearchStudy",
+    ("AdverseEvent", "subject"): "Patient", ("AdverseEvent", "study"): "ResearchStudy",
+}
+#: sort keys per type (besides _id and _lastUpdated, which every type has)
+SORTS = {"Observation": ("date",), "AdverseEvent": ("date",)}
+#: the order of a search without _sort: results and events by date (chronological), the rest by id
+DEFAULT_SORT = {"Observation": "date", "AdverseEvent": "date"}
+MODIFIERS = {"token": ("missing", "not"), "reference": ("missing",), "date": ("missing",),
+             "quantity": ("missing",), "string": ("missing", "exact", "contains")}
+RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_cursor")
+IGNORED_PARAMS = ("_format", "_pretty")
+
+
+def params_for(resource_type: str) -> dict[str, ParamDef]:
+    return SEARCH_PARAMS.get(resource_type) or {p.name: p for p in _common(resource_type)}
+
+
+# -- parsed values ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    system: str | None  # None: any system; "": no system
+    code: str | None  # None: any code of `system`
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    type: str | None
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DateRange:
+    """`prefix` and the range [low, high) the searched (partial) date covers, in UTC."""
+
+    prefix: str
+    low: datetime
+    high: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityBound:
+    """A quantity condition in one measure's canonical unit (measure None: any measure, value as given)."""
+
+    measure: str | None
+    prefix: str
+    number: float
+    low: float  # implicit precision range, for eq / ne
+    high: float
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    prefix: str
+    number: Decimal
+    system: str | None
+    code: str | None
+    bounds: tuple[QuantityBound, ...]  # OR'd; empty: the unit matches no measure
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    """One `name[:modifier]=v1,v2` pair: its values are OR'd; criteria are AND'd."""
+
+    name: str
+    type: str
+    modifier: str | None
+    values: tuple[Any, ...]
+    missing: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sort:
+    key: str  # _id | _lastUpdated | date
+    descending: bool = False
+
+    @property
+    def text(self) -> str:
+        return ("-" if self.descending else "") + self.key
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in the sort order: the (phase, sort value, id) of the last (or first) row served."""
+
+    sort: str
+    before: bool  # True: the page before this position (previous link)
+    phase: int  # 0: rows with a sort value; 1: rows without one (served last)
+    value: datetime | None
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Include:
+    source: str
+    param: str
+    target: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.source}:{self.param}"
+
+
+@dataclass
+class SearchRequest:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = 50
+    sort: Sort = Sort("_id")
+    cursor: Cursor | None = None
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    summary: str | None = None  # count | true | data | false
+    elements: tuple[str, ...] | None = None
+    total: str | None = None  # accurate | none | estimate
+    warnings: list[Issue] = field(default_factory=list)  # unknown or malformed: ignored (400 when strict)
+    errors: list[Issue] = field(default_factory=list)  # always 400 (a cursor that can't be read)
+    params: list[tuple[str, str]] = field(default_factory=list)  # what was asked, minus the cursor
+
+
+class Malformed(ValueError):
+    pass
+
+
+# -- values ----------------------------------------------------------------------------------------------
+
+_DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
+                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and not value[2].isalpha():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def date_range(text: str) -> tuple[datetime, datetime]:
+    """The UTC range [low, high) a FHIR date/dateTime of any precision covers."""
+    m = _DATE_RE.match(text.strip().replace(" ", "+"))
+    if not m:
+        raise Malformed(f"'{text}' is not a FHIR date (YYYY, YYYY-MM, YYYY-MM-DD or YYYY-MM-DDThh:mm[:ss][Z|±hh:mm])")
+    year, month, day, hour, minute, second, fraction, tz = m.groups()
+    try:
+        if month is None:
+            low = datetime(int(year), 1, 1, tzinfo=UTC)
+            high = datetime(int(year) + 1, 1, 1, tzinfo=UTC) if int(year) < 9999 else datetime.max.replace(tzinfo=UTC)
+        elif day is None:
+            low = datetime(int(year), int(month), 1, tzinfo=UTC)
+            nxt = (int(year) + (int(month) == 12), int(month) % 12 + 1)
+            high = datetime(nxt[0], nxt[1], 1, tzinfo=UTC) if nxt[0] <= 9999 else datetime.max.replace(tzinfo=UTC)
+        elif hour is None:
+            low = datetime(int(year), int(month), int(day), tzinfo=UTC)
+            high = low + timedelta(days=1)
+        else:
+            zone = UTC
+            if tz and tz != "Z":
+                sign = 1 if tz[0] == "+" else -1
+                hours, minutes = int(tz[1:3]), int(tz[4:6])
+                if hours > 23 or minutes > 59:
+                    raise Malformed(f"'{text}' has an invalid time zone offset")
+                from datetime import timezone
+                zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+            micro = int((fraction or "0")[:6].ljust(6, "0"))
+            low = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micro,
+                           tzinfo=zone).astimezone(UTC)
+            if second is None:
+                step = timedelta(minutes=1)
+            elif fraction is None:
+                step = timedelta(seconds=1)
+            else:
+                step = timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
+            high = low + step
+    except (ValueError, OverflowError) as exc:
+        raise Malformed(f"'{text}' is not a valid date: {exc}") from None
+    return low, high
+
+
+def parse_date(value: str) -> DateRange:
+    prefix, rest = split_prefix(value)
+    if prefix == "ap":
+        raise Malformed("the 'ap' prefix is not supported on dates")
+    low, high = date_range(rest)
+    return DateRange(prefix, low, high)
+
+
+def parse_token(value: str) -> Token:
+    if "|" in value:
+        system, _, code = value.partition("|")
+        if not system and not code:
+            raise Malformed("'|' alone is not a token")
+        return Token(system, code or None)
+    return Token(None, value)
+
+
+def parse_reference(value: str, modifier_type: str | None, targets: tuple[str, ...]) -> Ref:
+    text = value.strip()
+    if "/" in text:
+        parts = text.rstrip("/").split("/")
+        if "_history" in parts:
+            parts = parts[:parts.index("_history")]
+        if len(parts) < 2 or not ID_RE.match(parts[-1]) or not re.match(r"^[A-Z][A-Za-z]+$", parts[-2]):
+            raise Malformed(f"'{value}' is not a reference (Type/id or id)")
+        rtype, rid = parts[-2], parts[-1]
+        if modifier_type and modifier_type != rtype:
+            raise Malformed(f"'{value}' is not a {modifier_type} reference")
+        return Ref(rtype, rid)
+    if not ID_RE.match(text):
+        raise Malformed(f"'{value}' is not a reference (Type/id or id)")
+    return Ref(modifier_type or (targets[0] if len(targets) == 1 else None), text)
+
+
+def _decimal(text: str) -> Decimal:
+    if not _NUMBER_RE.match(text):
+        raise Malformed(f"'{text}' is not a number")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        raise Malformed(f"'{text}' is not a number") from None
+    if not number.is_finite() or number and abs(number.adjusted()) > 300:
+        raise Malformed(f"'{text}' is not a number this server can compare")
+    return number
+
+
+@lru_cache(maxsize=256)
+def _unit_factors(unit: str) -> tuple[tuple[str, Decimal], ...]:
+    """(measure key, factor to its canonical unit) for each catalogue measure that accepts `unit`."""
+    found: dict[str, Decimal] = {}
+    for name in catalogue_names():
+        for measure in load_catalogue(name).measures:
+            factor = measure.units.get(unit)
+            if factor is not None:
+                found.setdefault(measure.key, factor[0] / factor[1])
+    return tuple(sorted(found.items()))
+
+
+def parse_quantity(value: str) -> Quantity:
+    """`[prefix]number[|system|code]`; with a unit, one bound per catalogue measure accepting that unit,
+    converted to the measure's canonical unit."""
+    text = value.strip()
+    prefix, rest = split_prefix(text)
+    number_text, system, code = rest, None, None
+    if "|" in rest:
+        parts = rest.split("|")
+        if len(parts) != 3:
+            raise Malformed(f"'{value}' is not a quantity: use [prefix]number[|system|code]")
+        number_text, system, code = parts[0], parts[1] or None, parts[2] or None
+    number = _decimal(number_text)
+    exponent = number.as_tuple().exponent
+    half = Decimal(5) * Decimal(10) ** (exponent - 1) if isinstance(exponent, int) else Decimal(0)
+    if prefix == "ap":
+        spread = abs(number) / 10
+        low, high = number - spread, number + spread
+    else:
+        low, high = number - half, number + half
+
+    def bound(measure, factor):
+        return QuantityBound(measure, prefix, float(number * factor), float(low * factor), float(high * factor))
+
+    if code is None:
+        bounds = (bound(None, Decimal(1)),)
+    elif system not in (None, UCUM):
+        bounds = ()
+    else:
+        bounds = tuple(bound(key, factor) for key, factor in _unit_factors(code))
+    return Quantity(prefix, number, system, code, bounds)
+
+
+def parse_string(value: str) -> str:
+    if not value:
+        raise Malformed("an empty string matches nothing useful")
+    return value
+
+
+def parse_id(value: str) -> str:
+    if not ID_RE.match(value):
+        raise Malformed(f"'{value}' is not a valid id")
+    return value
+
+
+def parse_values(param: ParamDef, modifier: str | None, raw: str) -> tuple[Any, ...]:
+    values = [v for v in _split_commas(raw)]
+    if not values or any(v == "" for v in values):
+        raise Malformed("empty value")
+    if param.name == "_id":
+        return tuple(parse_id(v) for v in values)
+    if param.type == "token":
+        return tuple(parse_token(v) for v in values)
+    if param.type == "reference":
+        return tuple(parse_reference(v, modifier, param.targets) for v in values)
+    if param.type == "date":
+        return tuple(parse_date(v) for v in values)
+    if param.type == "quantity":
+        return tuple(parse_quantity(v) for v in values)
+    if param.type == "string":
+        return tuple(parse_string(v) for v in values)
+    raise Malformed(f"parameter type {param.type} is not supported")
+
+
+def _split_commas(raw: str) -> list[str]:
+    """Split on commas not escaped as `\\,`."""
+    parts, current, escaped = [], [], False
+    for ch in raw:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+# -- cursors ---------------------------------------------------------------------------------------------
+
+def encode_cursor(cursor: Cursor) -> str:
+    data = [cursor.sort, int(cursor.before), cursor.phase,
+            cursor.value.isoformat() if cursor.value is not None else None, cursor.id]
+    return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> Cursor:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        sort, before, phase, value, rid = orjson.loads(raw)
+        if not isinstance(sort, str) or phase not in (0, 1) or not isinstance(rid, str) or not ID_RE.match(rid):
+            raise ValueError("bad fields")
+        moment = datetime.fromisoformat(value) if value is not None else None
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError("naive")
+        return Cursor(sort, bool(before), phase, moment, rid)
+    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+        raise Malformed("the paging cursor is not one this server issued; follow the Bundle's next/previous "
+                        "link") from None
+
+
+# -- the whole query -------------------------------------------------------------------------------------
+
+def _warn(req: SearchRequest, name: str, text: str, code: str = "not-supported") -> None:
+    req.warnings.append(issue(code, text, name, severity="warning"))
+
+
+def parse_search(resource_type: str, params: list[tuple[str, str]], *, default_count: int = 50,
+                 max_count: int = 1000) -> SearchRequest:
+    """Read a query string (as (name, value) pairs) into a SearchRequest. Nothing raises: what can't be
+    used is listed in `warnings` (ignored, or 400 with strict handling) or `errors` (always 400)."""
+    req = SearchRequest(resource_type, count=default_count, sort=Sort(DEFAULT_SORT.get(resource_type, "_id")))
+    supported = params_for(resource_type)
+    cursor_text = None
+    for name, value in params:
+        if name == "_cursor":
+            cursor_text = value
+            continue
+        req.params.append((name, value))
+        if name in IGNORED_PARAMS:
+            continue
+        if name in RESULT_PARAMS:
+            _result_param(req, name, value, max_count)
+            continue
+        base, _, modifier = name.partition(":")
+        if "." in name:
+            _warn(req, name, f"Chained parameter '{name}' is not supported; search by reference id instead")
+            continue
+        param = supported.get(base)
+        if param is None:
+            _warn(req, name, f"Unknown search parameter '{base}' for {resource_type}; supported: "
+                  f"{', '.join(sorted(supported))}")
+            continue
+        modifier = modifier or None
+        if modifier == "missing" and param.name not in ("_id", "_lastUpdated"):
+            if value not in ("true", "false"):
+                _warn(req, name, f"{name} must be true or false, got '{value}'", "invalid")
+                continue
+            req.criteria.append(Criterion(param.name, param.type, "missing", (), missing=value == "true"))
+            continue
+        if modifier is not None:
+            type_modifier = param.type == "reference" and modifier in param.targets
+            allowed = () if param.name in ("_id", "_lastUpdated") else MODIFIERS.get(param.type, ())
+            if not type_modifier and modifier not in allowed:
+                _warn(req, name, f"Modifier ':{modifier}' is not supported on '{base}' ({param.type}); "
+                      f"supported: {', '.join(':' + m for m in allowed) or 'none'}")
+                continue
+        try:
+            values = parse_values(param, modifier, value)
+        except (Malformed, ArithmeticError, ValueError, OverflowError) as exc:
+            _warn(req, name, f"Parameter '{name}' was ignored: {exc}", "invalid")
+            continue
+        req.criteria.append(Criterion(param.name, param.type, modifier, values))
+    if cursor_text is not None:
+        try:
+            cursor = decode_cursor(cursor_text)
+            if cursor.sort != req.sort.text:
+                raise Malformed(f"the paging cursor belongs to _sort={cursor.sort}, not _sort={req.sort.text}")
+            req.cursor = cursor
+        except Malformed as exc:
+            req.errors.append(issue("invalid", f"Parameter '_cursor': {exc}", "_cursor"))
+    return req
+
+
+def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> None:
+    rtype = req.resource_type
+    if name == "_count":
+        if not value.strip().isdigit():
+            _warn(req, name, f"_count must be a whole number, got '{value}'; the default {req.count} was used",
+                  "invalid")
+            return
+        count = int(value)
+        req.count = min(count, max_count)
+        if count == 0:
+            req.summary = "count"
+    elif name == "_sort":
+        keys = [k.strip() for k in value.split(",") if k.strip()]
+        allowed = ("_id", "_lastUpdated") + SORTS.get(rtype, ())
+        if not keys:
+            _warn(req, name, "_sort is empty", "invalid")
+            return
+        first = keys[0]
+        key = first.lstrip("-")
+        if key not in allowed:
+            _warn(req, name, f"_sort={first} is not supported for {rtype}; use one of "
+                  f"{', '.join(a for k in allowed for a in (k, '-' + k))}")
+            return
+        req.sort = Sort(key, first.startswith("-"))
+        extra = [k for k in keys[1:] if k.lstrip("-") != "_id"]
+        if extra:
+            _warn(req, name, f"Only one sort key is supported (ties are ordered by _id); ignored: {', '.join(extra)}")
+    elif name in ("_include", "_revinclude"):
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2]):
+            _warn(req, name, f"{name}={value} is not of the form SourceType:parameter[:TargetType]", "invalid")
+            return
+        source, param = parts[0], parts[1]
+        target = INCLUDES.get((source, param))
+        if target is None or (len(parts) == 3 and parts[2] != target):
+            known = ", ".join(f"{s}:{p}" for s, p in INCLUDES)
+            _warn(req, name, f"{name}={value} is not supported; supported: {known}")
+            return
+        include = Include(source, param, target)
+        if name == "_include":
+            if source != rtype:
+                _warn(req, name, f"_include={value} does not apply to a {rtype} search")
+                return
+            if include not in req.includes:
+                req.includes.append(include)
+        else:
+            if target != rtype:
+                _warn(req, name, f"_revinclude={value} does not point at {rtype}")
+                return
+            if include not in req.revincludes:
+                req.revincludes.append(include)
+    elif name == "_summary":
+        if value not in ("count", "true", "false", "data"):
+            _warn(req, name, f"_summary={value} is not supported; use count, true, data or false")
+            return
+        req.summary = None if value == "false" else value
+    elif name == "_elements":
+        names = tuple(e.strip() for e in value.split(",") if e.strip())
+        if not names:
+            _warn(req, name, "_elements is empty", "invalid")
+            return
+        known = element_names(rtype)
+        unknown = [e for e in names if known and e not in known]
+        if unknown:
+            _warn(req, name, f"Unknown element(s) for {rtype} in _elements: {', '.join(unknown)}", "invalid")
+        req.elements = tuple(e for e in names if e not in unknown)
+    elif name == "_total":
+        if value not in ("none", "estimate", "accurate"):
+            _warn(req, name, f"_total={value} is not supported; use none, estimate or accurate", "invalid")
+            return
+        req.total = value
+
+
+# -- subsetting (_summary, _elements) ---------------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def _fields(resource_type: str) -> tuple[frozenset[str], frozenset[str], frozenset[str], dict[str, str]]:
+    """(element names, summary element names, required element names, {choice element: its base name}) of a
+    resource type; choice types are also named by their base name (e.g. `value` for `valueQuantity`)."""
+    model = fhir.RESOURCE_MODELS.get(resource_type)
+    if model is None:
+        return frozenset(), frozenset(), frozenset(), {}
+    names, summary, required = set(), set(), set()
+    choices: dict[str, str] = {}
+    for fname, info in model.model_fields.items():
+        extra = info.json_schema_extra or {}
+        if not isinstance(extra, dict) or not extra.get("element_property"):
+            continue
+        alias = info.alias or fname
+        names.add(alias)
+        base = extra.get("one_of_many")
+        if base:
+            names.add(base)
+            choices[alias] = base
+        if extra.get("summary_element_property"):
+            summary.add(alias)
+        if extra.get("element_required") or info.is_required():
+            required.add(alias)
+    return frozenset(names), frozenset(summary), frozenset(required), choices
+
+
+def element_names(resource_type: str) -> frozenset[str]:
+    return _fields(resource_type)[0]
+
+
+def _keep(key: str, wanted: set[str], choices: dict[str, str]) -> bool:
+    bare = key[1:] if key.startswith("_") else key  # `_status` carries the extensions of `status`
+    return bare in wanted or choices.get(bare) in wanted
+
+
+def subset(content: str | bytes, resource_type: str, *, summary: str | None, elements: tuple[str, ...] | None) -> bytes:
+    """The stored JSON reduced for `_summary=true|data` or `_elements`, tagged SUBSETTED."""
+    resource = orjson.loads(content)
+    names, summary_names, required, choices = _fields(resource_type)
+    if elements is not None:
+        wanted = set(elements) | set(required) | {"resourceType", "id", "meta"}
+        resource = {k: v for k, v in resource.items() if _keep(k, wanted, choices)}
+    elif summary == "true":
+        wanted = set(summary_names) | set(required) | {"resourceType", "id", "meta"}
+        resource = {k: v for k, v in resource.items() if _keep(k, wanted, choices)}
+    elif summary == "data":
+        resource.pop("text", None)
+    meta = dict(resource.get("meta") or {})
+    meta["tag"] = [*(meta.get("tag") or []), SUBSETTED]
+    resource["meta"] = meta
+    return orjson.dumps(resource)
+
+
+# -- SearchParameter resources ----------------------------------------------------------------------------
+
+def custom_parameters() -> list[tuple[str, ParamDef]]:
+    return [(rtype, p) for rtype, params in SEARCH_PARAMS.items() for p in params.values() if p.custom]
+
+
+def search_parameter_resource(resource_type: str, param: ParamDef) -> dict:
+    """An R4 SearchParameter for one of the trial's own parameters (validated with fhir.resources)."""
+    pid = param.id_for(resource_type)
+    data = {
+        "resourceType": "SearchParameter",
+        "id": pid,
+        "url": f"{SEARCH_PARAMETER_BASE}/{pid}",
+        "version": "1.0.0",
+        "name": f"{resource_type}{param.name[0].upper()}{param.name[1:]}",
+        "status": "active",
+        "experimental": False,
+        "publisher": "trial-fhir",
+        "description": param.description,
+        "code": param.name,
+        "base": [resource_type],
+        "type": param.type,
+        "expression": param.expression,
+        "xpathUsage": "normal",
+    }
+    if param.targets:
+        data["target"] = list(param.targets)
+    if param.type in MODIFIERS:
+        data["modifier"] = list(MODIFIERS[param.type])
+    fhir.SearchParameter.model_validate(data)
+    return data
+
+
+@lru_cache(maxsize=1)
+def search_parameters() -> dict[str, dict]:
+    """id -> SearchParameter resource, for every trial parameter."""
+    return {p.id_for(rtype): search_parameter_resource(rtype, p) for rtype, p in custom_parameters()}
+
+
+__all__ = ["date", "SearchRequest", "parse_search"]

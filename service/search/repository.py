@@ -1,0 +1,338 @@
+"""SQL of FHIR search: parsed criteria become conditions on the typed tables, pages are read in key order
+(keyset: `(sort value, id) > cursor`, never OFFSET), joined to `resource.content` for the stored JSON.
+Never commits, never sees HTTP."""
+
+from collections.abc import Sequence
+from datetime import date, datetime, time
+from typing import Any
+
+from sqlalchemy import and_, case, false, func, or_, select, tuple_
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import Session
+
+from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Ref, Sort, Token, params_for
+from service.adverse_event.models import AdverseEventRecord
+from service.observation.models import MeasurementRecord
+from service.resource.models import IdentifierRecord, ResourceRecord
+from service.search.models import INDEXES  # noqa: F401  (the indexes that cover search filters and sorts)
+from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
+
+R = ResourceRecord.__table__
+I = IdentifierRecord.__table__  # noqa: E741
+M = MeasurementRecord.__table__
+A = AdverseEventRecord.__table__
+S = SubjectRecord.__table__
+ST = StudyRecord.__table__
+P = PatientRecord.__table__
+
+#: the typed table each resource type is searched in (one row per current resource, keyed by id)
+TYPED = {"Observation": M, "AdverseEvent": A, "ResearchSubject": S, "ResearchStudy": ST, "Patient": P}
+DATE_SORT = {"Observation": M.c.effective, "AdverseEvent": A.c.onset}
+
+#: (type, parameter) -> (kind, column...)
+COLUMNS: dict[tuple[str, str], tuple] = {
+    ("Observation", "subject"): ("reference", M.c.patient_id),
+    ("Observation", "patient"): ("reference", M.c.patient_id),
+    ("Observation", "study"): ("reference", M.c.study_id),
+    ("Observation", "code"): ("coding", M.c.code_system, M.c.code),
+    ("Observation", "category"): ("code", M.c.category),
+    ("Observation", "status"): ("code", M.c.status),
+    ("Observation", "date"): ("datetime", M.c.effective),
+    ("Observation", "value-quantity"): ("quantity", M.c.value),
+    ("Observation", "arm"): ("arm", M.c.subject_id),
+    ("Observation", "visit"): ("code", M.c.visit),
+    ("AdverseEvent", "subject"): ("reference", A.c.patient_id),
+    ("AdverseEvent", "study"): ("reference", A.c.study_id),
+    ("AdverseEvent", "date"): ("datetime", A.c.onset),
+    ("AdverseEvent", "event"): ("coding", A.c.event_system, A.c.event_code),
+    ("AdverseEvent", "seriousness"): ("code", A.c.seriousness),
+    ("AdverseEvent", "severity"): ("code", A.c.severity),
+    ("ResearchSubject", "study"): ("reference", S.c.study_id),
+    ("ResearchSubject", "individual"): ("reference", S.c.patient_id),
+    ("ResearchSubject", "patient"): ("reference", S.c.patient_id),
+    ("ResearchSubject", "status"): ("code", S.c.status),
+    ("ResearchSubject", "arm"): ("code", S.c.arm),
+    ("ResearchStudy", "status"): ("code", ST.c.status),
+    ("ResearchStudy", "title"): ("string", ST.c.title),
+    ("Patient", "birthdate"): ("date", P.c.birth_date),
+    ("Patient", "gender"): ("code", P.c.gender),
+}
+
+#: (source type, reference parameter) -> the typed column holding the referenced id
+REFERENCE_COLUMNS = {
+    ("Observation", "subject"): M.c.patient_id, ("Observation", "patient"): M.c.patient_id,
+    ("Observation", "study"): M.c.study_id,
+    ("ResearchSubject", "individual"): S.c.patient_id, ("ResearchSubject", "patient"): S.c.patient_id,
+    ("ResearchSubject", "study"): S.c.study_id,
+    ("AdverseEvent", "subject"): A.c.patient_id, ("AdverseEvent", "study"): A.c.study_id,
+}
+
+
+def _table(resource_type: str):
+    return TYPED.get(resource_type, R)
+
+
+def _scope(resource_type: str) -> list[ColumnElement]:
+    """Conditions every query of the type carries (types without a typed table are read from `resource`)."""
+    if resource_type in TYPED:
+        return []
+    return [R.c.resource_type == resource_type, R.c.deleted.is_(False)]
+
+
+def _joined(resource_type: str):
+    table = _table(resource_type)
+    if table is R:
+        return R
+    return table.join(R, and_(R.c.resource_type == resource_type, R.c.id == table.c.id))
+
+
+def uses_resource_table(criteria: Sequence[Criterion]) -> bool:
+    return any(c.name == "_lastUpdated" for c in criteria)
+
+
+# -- conditions ------------------------------------------------------------------------------------------
+
+def conditions(resource_type: str, criteria: Sequence[Criterion]) -> list[ColumnElement]:
+    """SQL conditions (AND'd) for parsed criteria; each criterion's values are OR'd."""
+    table = _table(resource_type)
+    params = params_for(resource_type)
+    where = _scope(resource_type)
+    for crit in criteria:
+        where.append(_criterion(resource_type, table, params[crit.name], crit))
+    return where
+
+
+def _criterion(rtype: str, table, param: ParamDef, crit: Criterion) -> ColumnElement:
+    if crit.name == "_id":
+        return table.c.id.in_(list(crit.values))
+    if crit.name == "_lastUpdated":
+        return or_(*[_date_cmp(R.c.last_updated, v) for v in crit.values])
+    if crit.name == "identifier":
+        return _identifier(rtype, table, crit)
+    kind, *cols = COLUMNS[(rtype, crit.name)]
+    if kind == "arm":
+        return _arm(cols[0], crit)
+    if crit.modifier == "missing":
+        column = cols[-1]
+        return column.is_(None) if crit.missing else column.is_not(None)
+    if kind == "reference":
+        ids = [v.id for v in crit.values if v.type is None or v.type in param.targets]
+        return cols[0].in_(ids) if ids else false()
+    if kind == "datetime":
+        return or_(*[_date_cmp(cols[0], v) for v in crit.values])
+    if kind == "date":
+        return or_(*[_date_cmp(cols[0], _as_dates(v)) for v in crit.values])
+    if kind == "quantity":
+        return or_(*[_quantity(cols[0], v) for v in crit.values])
+    if kind == "string":
+        return or_(*[_string(cols[0], crit.modifier, v) for v in crit.values])
+    if kind == "code":
+        cond = or_(*[_code(cols[0], param, v) for v in crit.values])
+    else:  # coding
+        cond = or_(*[_coding(cols[0], cols[1], v) for v in crit.values])
+    return _negate(cond) if crit.modifier == "not" else cond
+
+
+def _negate(cond: ColumnElement) -> ColumnElement:
+    """`:not`: every row where `cond` is not true, including rows with no value (NULL)."""
+    return case((cond, 1), else_=0) == 0
+
+
+def _code(column, param: ParamDef, token: Token) -> ColumnElement:
+    systems = param.systems or ("",)
+    if token.system is not None and token.system not in systems:
+        return false()
+    if token.code is None:
+        return column.is_not(None)
+    return column == token.code
+
+
+def _coding(system_col, code_col, token: Token) -> ColumnElement:
+    parts = []
+    if token.system == "":
+        parts.append(or_(system_col.is_(None), system_col == ""))
+    elif token.system is not None:
+        parts.append(system_col == token.system)
+    if token.code is not None:
+        parts.append(code_col == token.code)
+    return and_(*parts)
+
+
+def _identifier(rtype: str, table, crit: Criterion) -> ColumnElement:
+    owned = select(I.c.resource_id).where(I.c.resource_type == rtype)
+    if crit.modifier == "missing":
+        return table.c.id.not_in(owned) if crit.missing else table.c.id.in_(owned)
+    ors = []
+    for token in crit.values:
+        parts = []
+        if token.system is not None:
+            parts.append(I.c.system == token.system)
+        if token.code is not None:
+            parts.append(I.c.value == token.code)
+        ors.append(and_(*parts))
+    matching = owned.where(or_(*ors))
+    return table.c.id.not_in(matching) if crit.modifier == "not" else table.c.id.in_(matching)
+
+
+def _arm(subject_col, crit: Criterion) -> ColumnElement:
+    if crit.modifier == "missing":
+        subjects = select(S.c.id).where(S.c.arm.is_(None) if crit.missing else S.c.arm.is_not(None))
+        return subject_col.in_(subjects)
+    names = [t.code for t in crit.values if t.system in (None, "") and t.code is not None]
+    any_arm = any(t.system in (None, "") and t.code is None for t in crit.values)
+    arm_cond = S.c.arm.is_not(None) if any_arm else S.c.arm.in_(names) if names else false()
+    subjects = select(S.c.id).where(arm_cond)
+    return subject_col.not_in(subjects) if crit.modifier == "not" else subject_col.in_(subjects)
+
+
+def _as_dates(rng: DateRange) -> DateRange:
+    """A UTC range of instants as a range of calendar dates (for `date` columns)."""
+    def day(moment: datetime, ceil: bool) -> date:
+        d = moment.date()
+        return d if not ceil or moment.time() == time(0) else date.fromordinal(min(d.toordinal() + 1, date.max.toordinal()))
+    return DateRange(rng.prefix, day(rng.low, False), day(rng.high, True))  # type: ignore[arg-type]
+
+
+def _date_cmp(column, rng: DateRange) -> ColumnElement:
+    """The stored moment `column` (a point) against the searched range [low, high)."""
+    low, high, prefix = rng.low, rng.high, rng.prefix
+    if prefix == "eq":
+        return and_(column >= low, column < high)
+    if prefix == "ne":
+        return or_(column < low, column >= high)
+    if prefix in ("gt", "sa"):
+        return column >= high
+    if prefix in ("lt", "eb"):
+        return column < low
+    if prefix == "ge":
+        return column >= low
+    if prefix == "le":
+        return column < high
+    return false()
+
+
+def _quantity(column, quantity: Quantity) -> ColumnElement:
+    ors = []
+    for b in quantity.bounds:
+        p = b.prefix
+        if p == "eq":
+            cond = and_(column >= b.low, column < b.high)
+        elif p == "ne":
+            cond = or_(column < b.low, column >= b.high)
+        elif p in ("gt", "sa"):
+            cond = column > b.number
+        elif p in ("lt", "eb"):
+            cond = column < b.number
+        elif p == "ge":
+            cond = column >= b.number
+        elif p == "le":
+            cond = column <= b.number
+        else:  # ap: within 10%
+            cond = and_(column >= min(b.low, b.high), column <= max(b.low, b.high))
+        ors.append(cond if b.measure is None else and_(M.c.measure == b.measure, cond))
+    return or_(*ors) if ors else false()
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _string(column, modifier: str | None, value: str) -> ColumnElement:
+    if modifier == "exact":
+        return column == value
+    pattern = _like_escape(value.lower())
+    pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
+    return func.lower(column).like(pattern, escape="\\")
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+
+def _sort_column(resource_type: str, sort: Sort):
+    if sort.key == "_lastUpdated":
+        return R.c.last_updated
+    if sort.key == "date":
+        return DATE_SORT[resource_type]
+    return _table(resource_type).c.id
+
+
+def count_matches(session: Session, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
+    table = _table(resource_type)
+    source = _joined(resource_type) if join_resource else table
+    return session.execute(select(func.count()).select_from(source).where(*where)).scalar_one()
+
+
+def find_page(session: Session, resource_type: str, where: list[ColumnElement], sort: Sort, cursor: Cursor | None,
+              limit: int) -> list[tuple[int, Any, str, str]]:
+    """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
+    `before` cursor, the rows just before it, still returned in sort order).
+
+    The order is total: rows with a sort value by (value, id), then rows without one by id, in the sort's
+    direction; so a page never repeats or skips a row however many rows are written meanwhile."""
+    table = _table(resource_type)
+    key = _sort_column(resource_type, sort)
+    nullable = key.nullable and key is not table.c.id
+    backwards = cursor is not None and cursor.before
+    descending = sort.descending != backwards  # the direction this query walks
+    phases = [0, 1] if nullable else [0]
+    if backwards:
+        phases.reverse()
+    if cursor is not None:
+        phases = phases[phases.index(cursor.phase):] if cursor.phase in phases else phases
+    rows: list[tuple[int, Any, str, str]] = []
+    for phase in phases:
+        stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
+        at_cursor = cursor is not None and phase == cursor.phase
+        if phase == 0:
+            if nullable:
+                stmt = stmt.where(key.is_not(None))
+            if at_cursor:
+                if key is table.c.id:
+                    stmt = stmt.where(table.c.id < cursor.id if descending else table.c.id > cursor.id)
+                else:
+                    pos = tuple_(key, table.c.id)
+                    mark = (cursor.value, cursor.id)
+                    stmt = stmt.where(pos < mark if descending else pos > mark)
+            order = [key.desc(), table.c.id.desc()] if descending else [key, table.c.id]
+            if key is table.c.id:
+                order = order[:1]
+        else:
+            stmt = stmt.where(key.is_(None))
+            if at_cursor:
+                stmt = stmt.where(table.c.id < cursor.id if descending else table.c.id > cursor.id)
+            order = [table.c.id.desc() if descending else table.c.id]
+        found = session.execute(stmt.order_by(*order).limit(limit - len(rows))).all()
+        rows.extend((phase, value, rid, content) for rid, value, content in found)
+        if len(rows) >= limit:
+            break
+    if backwards:
+        rows.reverse()
+    return rows
+
+
+def find_contents(session: Session, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
+    if not ids:
+        return []
+    stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.id.in_(list(ids)),
+                                              R.c.deleted.is_(False)).order_by(R.c.id)
+    return [(rid, content) for rid, content in session.execute(stmt)]
+
+
+def find_included(session: Session, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The resources that the page's `include.source` rows reference through `include.param`."""
+    column = REFERENCE_COLUMNS[(include.source, include.param)]
+    table = column.table
+    referenced = select(column).where(table.c.id.in_(list(source_ids))).distinct()
+    stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
+                                              R.c.deleted.is_(False)).order_by(R.c.id)
+    return [(rid, content) for rid, content in session.execute(stmt)]
+
+
+def find_revincluded(session: Session, include: Include, target_ids: Sequence[str],
+                     limit: int) -> list[tuple[str, str]]:
+    """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param`."""
+    column = REFERENCE_COLUMNS[(include.source, include.param)]
+    table = column.table
+    stmt = (select(table.c.id, R.c.content).select_from(_joined(include.source))
+            .where(column.in_(list(target_ids))).order_by(table.c.id).limit(limit))
+    return [(rid, content) for rid, content in session.execute(stmt)]
+
