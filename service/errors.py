@@ -116,12 +116,13 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> FhirJSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        where = "request"
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"No such endpoint or resource type: {request.url.path}"
+            detail, where = f"No such endpoint or resource type: {request.url.path}", "request.url"
         elif exc.status_code == 405:
-            detail = f"{request.method} is not supported on {request.url.path}"
+            detail, where = f"{request.method} is not supported on {request.url.path}", "request.method"
         code = _STATUS_CODES.get(exc.status_code, "exception")
-        return error_response(exc.status_code, [issue(code, detail)], getattr(exc, "headers", None))
+        return error_response(exc.status_code, [issue(code, detail, where)], getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
