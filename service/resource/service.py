@@ -161,7 +161,8 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
     check_structure(resource_type, payload)
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
-        raise PreconditionFailed(f"Conditional update '{query}' matches {len(matches)} resources")
+        raise PreconditionFailed(f"Conditional update '{query}' matches {len(matches)} resources",
+                                 expression="search")
     if not matches:
         body_id = payload.get("id")
         return _store(uow, resource_type, body_id or new_resource_id(), payload,
@@ -201,7 +202,8 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
 def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[Stored]:
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
-        raise PreconditionFailed(f"Conditional delete '{query}' matches {len(matches)} resources")
+        raise PreconditionFailed(f"Conditional delete '{query}' matches {len(matches)} resources",
+                                 expression="search")
     return [s for s in (delete(uow, resource_type, m) for m in matches) if s]
 
 
