@@ -54,7 +54,8 @@ def read_bundle(body: dict, max_entries: int) -> tuple[str, list[Request]]:
     kind = body.get("type")
     if kind not in ("transaction", "batch"):
         raise BadRequest(f"Bundle.type must be 'transaction' or 'batch', got '{kind}'", expression="Bundle.type")
-    entries = body.get("entry") or []
+    entries = body.get("entry")
+    entries = [] if entries is None else entries
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
     if len(entries) > max_entries:
