@@ -224,6 +224,12 @@ def test_type_filter(client, two_studies):
     assert ids(found, "AdverseEvent") == s["a_ae"] and len(found["Observation"]) == 5
     _, found = export(client, "/fhir/$export", _type="Patient", _typeFilter="Patient?gender=male")
     assert found == {}
+    # filters, the Group and _since together
+    _, found = export(client, f"/fhir/Group/{s['B']}/$export", _type="Patient,AdverseEvent,ResearchSubject",
+                      _typeFilter="Patient?gender=female,AdverseEvent?seriousness=non-serious,"
+                                  "ResearchSubject?status=on-study", _since="2000-01-01T00:00:00Z")
+    assert ids(found, "Patient") == {s["shared"], s["b_only"]} and ids(found, "AdverseEvent") == s["b_ae"]
+    assert ids(found, "ResearchSubject") == s["b_subjects"]
 
 
 @pytest.mark.parametrize("params,headers,where", [
@@ -371,3 +377,24 @@ def test_claim_skips_a_job_another_worker_holds(idle_client):
                                                                repository.J.c.status == "queued")
                                     .values(worker="late")).rowcount
             assert won == 0
+
+
+def test_cli_exports_a_group_to_a_folder(client, settings, tmp_path, monkeypatch, two_studies):
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli
+    from service.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "out"), "--group", two_studies["A"],
+                                          "--type", "Observation,Patient"])
+        assert result.exit_code == 0, result.output
+        lines = (tmp_path / "out" / "Observation.ndjson").read_text().splitlines()
+        assert {orjson.loads(line)["id"] for line in lines} == two_studies["a_obs"]
+        assert not (tmp_path / "out" / "AdverseEvent.ndjson").exists()
+        bad = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "bad"), "--type", "Condition"])
+        assert bad.exit_code == 2
+    finally:
+        get_settings.cache_clear()

@@ -20,7 +20,9 @@ from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, true, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy.sql.selectable import Join
 from sqlmodel import Session
 
 from fhir_mappings.references import split_token
@@ -167,33 +169,64 @@ class Selection:
     filters: tuple[tuple[tuple[str, str], ...], ...] = ()
 
 
+class DrivingJoin(Join):
+    """A join whose left side drives: rendered `CROSS JOIN … ON` on SQLite, which keeps SQLite's planner
+    (without statistics) from scanning every resource of the type and probing the typed table for each;
+    a plain JOIN elsewhere (PostgreSQL plans from its statistics)."""
+
+    inherit_cache = True
+
+
+@compiles(DrivingJoin, "sqlite")
+def _driving_join_sqlite(element, compiler, **kw):
+    kw = {**kw, "asfrom": True}
+    return (f"{compiler.process(element.left, **kw)} CROSS JOIN {compiler.process(element.right, **kw)} "
+            f"ON {compiler.process(element.onclause, **{k: v for k, v in kw.items() if k != 'asfrom'})}")
+
+
 def _select(sel: Selection, columns) -> Select:
+    """The query of one type's resources. With a study or a filter, the typed table (its index on study_id
+    or on the filtered column) picks the rows and the resource is fetched by primary key; with `_since`
+    alone, the (resource_type, last_updated) index does."""
     rtype = sel.resource_type
-    stmt = select(*columns).select_from(R).where(R.c.resource_type == rtype, R.c.deleted.is_(False))
     typed = TYPED[rtype]
-    if sel.study_id is not None:
-        if rtype == "Patient":
-            # one research_subject row per (study, patient): the join never duplicates a patient
-            stmt = stmt.join(S, and_(S.c.patient_id == R.c.id, S.c.study_id == sel.study_id))
-        elif rtype == "ResearchStudy":
-            stmt = stmt.where(R.c.id == sel.study_id)
-        else:
-            stmt = stmt.join(typed, and_(typed.c.id == R.c.id, typed.c.study_id == sel.study_id))
+    on_resource = and_(R.c.resource_type == rtype, R.c.deleted.is_(False))
+    conditions = []
+    if sel.study_id is not None and rtype == "ResearchStudy":
+        conditions.append(R.c.id == sel.study_id)
+    elif sel.study_id is not None:
+        conditions.append((S if rtype == "Patient" else typed).c.study_id == sel.study_id)
     if sel.filters:
-        if not (sel.study_id is not None and rtype in ("ResearchSubject", "Observation", "AdverseEvent")):
-            stmt = stmt.join(typed, typed.c.id == R.c.id)
-        stmt = stmt.where(or_(*(filter_condition(rtype, list(f)) for f in sel.filters)))
+        conditions.append(or_(*(filter_condition(rtype, list(f)) for f in sel.filters)))
     if sel.since is not None:
-        stmt = stmt.where(R.c.last_updated > sel.since)
-    return stmt
+        conditions.append(R.c.last_updated > sel.since)
+    uses_typed = sel.filters or (sel.study_id is not None and rtype != "ResearchStudy")
+    if not uses_typed:
+        source = R
+        conditions.insert(0, on_resource)
+    elif rtype == "Patient" and sel.study_id is not None:
+        # one research_subject row per (study, patient): the join never duplicates a patient
+        link = and_(on_resource, R.c.id == S.c.patient_id)
+        source = S if not sel.filters else DrivingJoin(S, P, P.c.id == S.c.patient_id)
+        source = DrivingJoin(source, R, link) if sel.since is None else R.join(source, link)
+    else:
+        link = and_(on_resource, R.c.id == typed.c.id)
+        source = DrivingJoin(typed, R, link) if sel.since is None else R.join(typed, link)
+    return select(*columns).select_from(source).where(*conditions)
 
 
 def content_query(sel: Selection) -> Select:
     return _select(sel, [R.c.content])
 
 
-def count_query(sel: Selection) -> Select:
-    return _select(sel, [func.count()])
+def estimate_query(sel: Selection) -> Select:
+    """Rows the selection will write, for progress reports: counted on the typed table (its study), before
+    `_since` and filters, so an upper bound that costs an index scan, not a pass over the resources."""
+    typed = S if sel.resource_type == "Patient" and sel.study_id is not None else TYPED[sel.resource_type]
+    stmt = select(func.count()).select_from(typed)
+    if sel.study_id is not None:
+        stmt = stmt.where((typed.c.id if sel.resource_type == "ResearchStudy" else typed.c.study_id) == sel.study_id)
+    return stmt
 
 
 def stream_contents(conn: Connection, sel: Selection, batch: int):

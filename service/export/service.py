@@ -236,7 +236,7 @@ def file_path(session: Session, export_dir: Path, job_id: str, name: str) -> Pat
 
 # -- the export itself -------------------------------------------------------------------------------------
 
-Progress = Callable[[str, int, int], None]  # (type, rows written of that type, rows of that type)
+Progress = Callable[[str, int, int], None]  # (type, rows written of that type, estimated rows of that type)
 
 
 def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int = 2000,
@@ -251,15 +251,17 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
     options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True} \
         if engine.dialect.name == "postgresql" else {}
     with engine.connect().execution_options(**options) as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            # every row will be read: plan the server-side cursors for the whole result (hash joins), not
+            # for the first 10% of it (the default for cursors, which picks nested loops here)
+            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         transaction_time = utcnow()
         selections = spec.selections()
-        totals = {s.resource_type: conn.execute(repository.count_query(s)).scalar_one() for s in selections}
+        totals = {s.resource_type: conn.execute(repository.estimate_query(s)).scalar_one() for s in selections}
         if on_start:
             on_start(totals)
         for sel in selections:
             rtype = sel.resource_type
-            if totals[rtype] == 0:
-                continue
             path = out_dir / f"{rtype}.ndjson"
             count = size = 0
             with open(path, "wb", buffering=1 << 20) as out:
@@ -269,11 +271,13 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
                     count += len(chunk)
                     size += len(data)
                     if progress:
-                        progress(rtype, count, totals[rtype])
+                        progress(rtype, count, max(count, totals[rtype]))
             if count:
                 outputs.append({"type": rtype, "file": path.name, "count": count, "bytes": size})
             else:
                 path.unlink()
+            if progress:
+                progress(rtype, count, count)
     return transaction_time, outputs
 
 
