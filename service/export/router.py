@@ -10,11 +10,13 @@ from fhir_mappings.outcome import informational
 from service.db import ReadSessionDep, WriteSessionDep
 from service.export import service
 from service.http import BaseUrl
-from service.resource.router import error_docs, fhir_json
+from service.resource.router import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 
-router = APIRouter(tags=["Bulk Data"], default_response_class=FhirJSONResponse)
+router = APIRouter(tags=["Bulk Data"], default_response_class=FhirJSONResponse, responses={"4XX": {
+    "description": "OperationOutcome naming the parameter or header at fault",
+    "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}}}})
 
 JOB = "5f3c9a60-2d1e-4c4b-9a51-0c1f7d2e8b11"
 PreferAsync = Annotated[str | None, Header(alias="Prefer", description="Required: `respond-async`")]

@@ -8,10 +8,11 @@ from fastapi.responses import Response
 from service.db import ReadSessionDep
 from service.group import service
 from service.http import BaseUrl
-from service.resource.router import error_docs, fhir_json
+from service.resource.router import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 
-router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse)
+router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse, responses={"4XX": {
+    "description": "OperationOutcome", "content": {"application/fhir+json": {"schema": OUTCOME_SCHEMA}}}})
 
 GROUP_EXAMPLE = {
     "resourceType": "Group", "id": "0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10",
