@@ -142,8 +142,10 @@ class StudySummary(BaseModel):
     study_id: str
     title: str | None = None
     catalogue: str = Field(description="The study's measure catalogue, e.g. `atopic-dermatitis`")
-    period_start: date | None = Field(None, description="Earliest day 0 or result date of the study")
-    period_end: date | None = Field(None, description="Latest day 0 or result date of the study")
+    period_start: date | None = Field(None, description="Opening of the first subject's baseline window "
+                                      "(earliest day 0 − 30 days)")
+    period_end: date | None = Field(None, description="Close of the last subject's last visit window (latest "
+                                    "day 0 + 98 days), never after today")
     generated: datetime = Field(description="When these figures were computed (UTC)")
     counted_statuses: list[str] = Field(description="Observation statuses that count")
     visits: list[VisitInfo]

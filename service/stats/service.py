@@ -26,7 +26,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import combinations
 
 import numpy as np
@@ -154,17 +154,15 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
 
     # arms: the study's own (by name), then any other arm a subject names
     arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
-    counts = {row[0]: row[1:] for row in repository.count_subjects_by_arm(
-        session, study_id, last_visit, counted, COMPLETED_STATUSES)}
+    subject_rows = repository.count_subjects_by_arm(session, study_id, last_visit, counted, COMPLETED_STATUSES)
+    counts = {row[0]: row[1:4] for row in subject_rows}
     for name in sorted(set(counts) - set(arms)):
         arms[name] = None
 
     # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
-    grouped: dict[tuple[str, str], list[tuple]] = {}
-    for row in repository.find_visit_values(session, study_id, [(v.name, v.target_day) for v in visits], counted):
-        grouped.setdefault((row[0], row[1]), []).append(tuple(row[2:]))
+    values = repository.find_visit_values(session, study_id, [(v.name, v.target_day) for v in visits], counted)
     empty = np.empty((0, len(visits)))
-    matrices = {key: np.array(rows, dtype=float).reshape(-1, len(visits)) for key, rows in grouped.items()}
+    matrices = {key: np.array(columns, dtype=float).reshape(len(visits), -1).T for key, columns in values.items()}
 
     safety = {row[0]: row[1:] for row in repository.count_adverse_events_by_arm(session, study_id)}
 
@@ -189,7 +187,7 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
 
     comparisons = [_compare(a, b, matrices, empty, visit_names, measures)
                    for a, b in combinations(arm_summaries, 2)]
-    start, end = repository.find_period(session, study_id)
+    start, end = _period(catalogue, [r[4] for r in subject_rows if r[4]], [r[5] for r in subject_rows if r[5]])
     return StudySummary(
         study_id=study.id, title=study.title, catalogue=catalogue.name, period_start=start, period_end=end,
         generated=datetime.now(timezone.utc), counted_statuses=counted,
@@ -197,6 +195,17 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
                 for v in visits],
         measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
+
+
+def _period(catalogue: Catalogue, first_day0s: list, last_day0s: list) -> tuple:
+    """The study's visit period: from the first subject's baseline window to the last subject's last window
+    (never after today)."""
+    if not first_day0s or not catalogue.visits:
+        return None, None
+    start = min(first_day0s) + timedelta(days=min(v.first_day for v in catalogue.visits))
+    end = max(last_day0s) + timedelta(days=max(v.last_day for v in catalogue.visits))
+    end = max(start, min(end, datetime.now(timezone.utc).date()))
+    return start, end
 
 
 def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, visit_names: list[str],
