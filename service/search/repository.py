@@ -79,15 +79,28 @@ def _scope(resource_type: str) -> list[ColumnElement]:
     return [R.c.resource_type == resource_type, R.c.deleted.is_(False)]
 
 
+_JOINS: dict[str, Any] = {}
+
+
 def _joined(resource_type: str):
-    table = _table(resource_type)
-    if table is R:
-        return R
-    return table.join(R, and_(R.c.resource_type == resource_type, R.c.id == table.c.id))
+    """The typed table joined to its `resource` row (built once per type)."""
+    joined = _JOINS.get(resource_type)
+    if joined is None:
+        table = _table(resource_type)
+        joined = R if table is R else table.join(R, and_(R.c.resource_type == resource_type, R.c.id == table.c.id))
+        _JOINS[resource_type] = joined
+    return joined
 
 
 def uses_resource_table(criteria: Sequence[Criterion]) -> bool:
     return any(c.name == "_lastUpdated" for c in criteria)
+
+
+def excludes_missing(resource_type: str, sort: Sort, criteria: Sequence[Criterion]) -> bool:
+    """True when a criterion on the sort key (a date) can only match rows that have a value."""
+    if sort.key == "date":
+        return any(c.name == "date" and c.modifier != "missing" for c in criteria)
+    return False
 
 
 # -- conditions ------------------------------------------------------------------------------------------
@@ -117,7 +130,9 @@ def _criterion(rtype: str, table, param: ParamDef, crit: Criterion) -> ColumnEle
         return column.is_(None) if crit.missing else column.is_not(None)
     if kind == "reference":
         ids = [v.id for v in crit.values if v.type is None or v.type in param.targets]
-        return cols[0].in_(ids) if ids else false()
+        if not ids:
+            return false()
+        return cols[0] == ids[0] if len(ids) == 1 else cols[0].in_(ids)
     if kind == "datetime":
         return or_(*[_date_cmp(cols[0], v) for v in crit.values])
     if kind == "date":
@@ -258,49 +273,48 @@ def _sort_column(resource_type: str, sort: Sort):
 def count_matches(session: Session, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
     table = _table(resource_type)
     source = _joined(resource_type) if join_resource else table
-    return session.execute(select(func.count()).select_from(source).where(*where)).scalar_one()
+    return session.connection().execute(select(func.count()).select_from(source).where(*where)).scalar_one()
 
 
 def find_page(session: Session, resource_type: str, where: list[ColumnElement], sort: Sort, cursor: Cursor | None,
-              limit: int) -> list[tuple[int, Any, str, str]]:
+              limit: int, *, not_null: bool = False) -> list[tuple[int, Any, str, str]]:
     """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
     `before` cursor, the rows just before it, still returned in sort order).
 
     The order is total: rows with a sort value by (value, id), then rows without one by id, in the sort's
-    direction; so a page never repeats or skips a row however many rows are written meanwhile."""
+    direction; so a page never repeats or skips a row however many rows are written meanwhile. Each phase is
+    one index-ordered SELECT … LIMIT. `not_null`: the criteria only match rows with a sort value."""
     table = _table(resource_type)
     key = _sort_column(resource_type, sort)
-    nullable = key.nullable and key is not table.c.id
+    by_id = key is table.c.id
+    nullable = key.nullable and not by_id
     backwards = cursor is not None and cursor.before
     descending = sort.descending != backwards  # the direction this query walks
     phases = [0, 1] if nullable else [0]
     if backwards:
         phases.reverse()
-    if cursor is not None:
-        phases = phases[phases.index(cursor.phase):] if cursor.phase in phases else phases
+    if cursor is not None and cursor.phase in phases:
+        phases = phases[phases.index(cursor.phase):]
     rows: list[tuple[int, Any, str, str]] = []
-    for phase in phases:
+    for phase in phases:  # usually one query: the next phase is read only when this one runs out
         stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
         at_cursor = cursor is not None and phase == cursor.phase
-        if phase == 0:
+        if phase == 0 and not by_id:
             if nullable:
                 stmt = stmt.where(key.is_not(None))
             if at_cursor:
-                if key is table.c.id:
-                    stmt = stmt.where(table.c.id < cursor.id if descending else table.c.id > cursor.id)
-                else:
-                    pos = tuple_(key, table.c.id)
-                    mark = (cursor.value, cursor.id)
-                    stmt = stmt.where(pos < mark if descending else pos > mark)
+                pos, mark = tuple_(key, table.c.id), (cursor.value, cursor.id)
+                stmt = stmt.where(pos < mark if descending else pos > mark)
             order = [key.desc(), table.c.id.desc()] if descending else [key, table.c.id]
-            if key is table.c.id:
-                order = order[:1]
         else:
-            stmt = stmt.where(key.is_(None))
+            if phase == 1:
+                if not_null:
+                    continue  # a filter on the sort key already excludes rows without a value
+                stmt = stmt.where(key.is_(None))
             if at_cursor:
                 stmt = stmt.where(table.c.id < cursor.id if descending else table.c.id > cursor.id)
             order = [table.c.id.desc() if descending else table.c.id]
-        found = session.execute(stmt.order_by(*order).limit(limit - len(rows))).all()
+        found = session.connection().execute(stmt.order_by(*order).limit(limit - len(rows))).all()
         rows.extend((phase, value, rid, content) for rid, value, content in found)
         if len(rows) >= limit:
             break
@@ -314,7 +328,7 @@ def find_contents(session: Session, resource_type: str, ids: Sequence[str]) -> l
         return []
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.id.in_(list(ids)),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.execute(stmt)]
+    return [(rid, content) for rid, content in session.connection().execute(stmt)]
 
 
 def find_included(session: Session, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
@@ -324,7 +338,7 @@ def find_included(session: Session, include: Include, source_ids: Sequence[str])
     referenced = select(column).where(table.c.id.in_(list(source_ids))).distinct()
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.execute(stmt)]
+    return [(rid, content) for rid, content in session.connection().execute(stmt)]
 
 
 def find_revincluded(session: Session, include: Include, target_ids: Sequence[str],
@@ -334,5 +348,5 @@ def find_revincluded(session: Session, include: Include, target_ids: Sequence[st
     table = column.table
     stmt = (select(table.c.id, R.c.content).select_from(_joined(include.source))
             .where(column.in_(list(target_ids))).order_by(table.c.id).limit(limit))
-    return [(rid, content) for rid, content in session.execute(stmt)]
+    return [(rid, content) for rid, content in session.connection().execute(stmt)]
 

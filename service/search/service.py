@@ -44,7 +44,8 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
         return bundle("searchset", _outcome_entries(warnings), total=total, links=[("self", self_link)],
                       timestamp=timestamp)
 
-    rows = repository.find_page(session, resource_type, where, req.sort, req.cursor, req.count + 1)
+    rows = repository.find_page(session, resource_type, where, req.sort, req.cursor, req.count + 1,
+                                not_null=repository.excludes_missing(resource_type, req.sort, req.criteria))
     backwards = req.cursor is not None and req.cursor.before
     more = len(rows) > req.count
     if more:
