@@ -310,7 +310,7 @@ def write_svg(path: Path, db: str, runs: list[dict]) -> None:
     width, bar_h, gap, left = 760, 34, 18, 190
     top = 50
     height = top + len(runs) * (bar_h + gap) + 40
-    scale = (width - left - 230) / max(r["mb_per_s"] for r in runs)
+    scale = (width - left - 230) / max(100, *(r["mb_per_s"] for r in runs))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="13">', f'<text x="10" y="24" font-size="16">Bulk export on {db}: MB/s (peak RSS '
              f'growth during the run)</text>']
@@ -372,7 +372,8 @@ def bench_database(db: str, args) -> dict:
                   "adverse_events": args.events, "resources": counts, "data_mb": round(data_mb, 1),
                   "batch_rows": args.batch, "repeat_best_of": args.repeat, "target_mb_per_s": 100,
                   "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                              "platform": platform.platform()},
+                              "platform": platform.platform(),
+                              "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]},
                   "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "runs": runs}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"export-{db}.json").write_text(json.dumps(result, indent=2))
