@@ -54,6 +54,10 @@ class UnitOfWork:
             del self._claimed[key]
         repository.delete_identifiers(self.session, resource_type, id)
 
+    def pending(self, *tables) -> bool:
+        """Are inserts into any of `tables` gathered but not sent yet? (Read those tables after a flush.)"""
+        return any(self._pending.get(table) for table in tables)
+
     def flush(self) -> None:
         """Send every gathered insert; a taken identifier is a 409 naming the element that holds it."""
         if self._pending_identifiers:
@@ -83,8 +87,7 @@ class UnitOfWork:
 
     def exists(self, resource_type: str, id: str) -> bool:
         key = (resource_type, id)
-        if key not in self._exists:
-            self.flush()
+        if key not in self._exists:  # no flush needed: what this unit wrote or deleted is in _exists already
             self._exists[key] = bool(repository.find_existing_ids(self.session, resource_type, [id]))
         return self._exists[key]
 

@@ -18,7 +18,8 @@ from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectR
 def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
     key = ("enrolments", patient_id)
     if key not in uow.cache:
-        uow.flush()
+        if uow.pending(SubjectRecord.__table__, StudyRecord.__table__):
+            uow.flush()
         uow.cache[key] = [
             Enrolment(study_id=study_id, subject_id=sid, patient_id=patient_id, day0=day0,
                       catalogue=load_catalogue(catalogue), arm=arm, status=status)
