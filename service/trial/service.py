@@ -109,12 +109,14 @@ def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> No
 
 def guard_patient_delete(uow: UnitOfWork, id: str) -> None:
     if repository.is_referenced(uow.session, SubjectRecord.__table__, "patient_id", id):
-        raise Conflict(f"Patient/{id} is enrolled in a study: delete its ResearchSubject first")
+        raise Conflict(f"Patient/{id} is enrolled in a study: delete its ResearchSubject first",
+                       expression="Patient.id")
 
 
 def guard_study_delete(uow: UnitOfWork, id: str) -> None:
     if repository.is_referenced(uow.session, SubjectRecord.__table__, "study_id", id):
-        raise Conflict(f"ResearchStudy/{id} has research subjects: delete them first")
+        raise Conflict(f"ResearchStudy/{id} has research subjects: delete them first",
+                       expression="ResearchStudy.id")
     repository.delete_arms(uow.session, id)
 
 
@@ -123,5 +125,6 @@ def guard_subject_delete(uow: UnitOfWork, id: str) -> None:
     if old is not None:
         if repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id) or \
                 repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id):
-            raise Conflict(f"ResearchSubject/{id} has observations or adverse events: delete them first")
+            raise Conflict(f"ResearchSubject/{id} has observations or adverse events: delete them first",
+                           expression="ResearchSubject.id")
         uow.cache.pop(("enrolments", old.patient_id), None)
