@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from service.conformance.service import EXTRA_OPERATIONS
 from service.db import ReadSessionDep
-from service.resource.router import error_docs, fhir_json
+from service.resource.router import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.stats import service
 from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
@@ -50,7 +50,7 @@ MEASURE_REPORT_EXAMPLE = {
                                                              "code": "{score}"}}]}]}],
 }
 
-router = APIRouter(tags=["Summary"])
+router = APIRouter(tags=["Summary"], responses=ANY_ERROR)
 
 
 @router.get("/studies/{study_id}/summary", name="read_summary", summary="Efficacy and safety summary (JSON)",
