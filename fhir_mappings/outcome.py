@@ -22,12 +22,19 @@ class Issue:
         return data
 
     def prefixed(self, prefix: str) -> "Issue":
-        """The same issue, located inside a container (e.g. `Bundle.entry[3].resource`)."""
+        """The same issue, located inside a container (e.g. `Bundle.entry[3].resource`). What a single request
+        carries in its headers or URL (If-Match, If-None-Exist, the search) is in the entry's `request`."""
+        entry = prefix.removesuffix(".resource")
         exprs = tuple(
-            e if e.startswith("Bundle.") else prefix + ("." + e.split(".", 1)[1] if "." in e else "")
+            e if e.startswith("Bundle.") else f"{entry}.{_REQUEST_ELEMENTS[e]}" if e in _REQUEST_ELEMENTS
+            else prefix + ("." + e.split(".", 1)[1] if "." in e else "")
             for e in self.expression
         ) or (prefix,)
         return replace(self, expression=exprs)
+
+
+#: expressions of a single HTTP request -> the matching element of a Bundle entry
+_REQUEST_ELEMENTS = {"If-Match": "request.ifMatch", "If-None-Exist": "request.ifNoneExist", "search": "request.url"}
 
 
 def issue(code: str, diagnostics: str, *expression: str, severity: str = "error") -> Issue:
