@@ -262,6 +262,23 @@ CASES = [
     ("transaction-duplicate-identifier", _none,
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1")), post(patient("MRN-TX-1")))),
      409, "conflict", "Bundle.entry[1].resource.identifier[0]"),
+    ("transaction-if-match-stale", existing_patient,
+     lambda c, x: c.post("/fhir", json=transaction(
+         {"resource": x, "request": {"method": "PUT", "url": f"Patient/{x['id']}", "ifMatch": 'W/"9"'}})),
+     412, "conflict", "Bundle.entry[0].request.ifMatch"),
+    ("transaction-delete-if-match-stale", existing_patient,
+     lambda c, x: c.post("/fhir", json=transaction(
+         {"request": {"method": "DELETE", "url": f"Patient/{x['id']}", "ifMatch": 'W/"9"'}})),
+     412, "conflict", "Bundle.entry[0].request.ifMatch"),
+    ("transaction-conditional-create-two-matches", two_patients_with_value,
+     lambda c, x: c.post("/fhir", json=transaction(
+         {"resource": patient(),
+          "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=SHARED-1"}})),
+     412, "conflict", "Bundle.entry[0].request.ifNoneExist"),
+    ("transaction-conditional-update-two-matches", two_patients_with_value,
+     lambda c, x: c.post("/fhir", json=transaction(
+         {"resource": patient(), "request": {"method": "PUT", "url": "Patient?identifier=SHARED-1"}})),
+     412, "conflict", "Bundle.entry[0].request.url"),
     ("transaction-unenrolled-subject", lambda c: created(c.post("/fhir/Patient", json=patient())),
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1")), post(observation(x["id"])))),
      422, "business-rule", "Bundle.entry[1].resource.subject"),

@@ -618,7 +618,8 @@ def test_no_withdrawal_without_a_true_extension_on_an_actual_event(client, ids, 
 
 def test_withdrawal_in_a_transaction(client, ids):
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": adverse_event(ids["patient"], withdrawal=True), "request": {"method": "POST", "url": "AdverseEvent"}}]}
+        {"resource": adverse_event(ids["patient"], withdrawal=True),
+         "request": {"method": "POST", "url": "AdverseEvent"}}]}
     assert client.post("/fhir", json=bundle).status_code == 200
     assert client.get(f"/fhir/ResearchSubject/{ids['subject']}").json()["status"] == "withdrawn"
 
