@@ -1,6 +1,6 @@
 """Observations: which study and measure a result belongs to, its checks and its typed row."""
 
-from fhir_mappings.observation import (check_observation, find_measure, observation_from_fhir,
+from fhir_mappings.observation import (check_observation, find_measure, measurement_row,
                                        study_extension_reference, unknown_code_issue)
 from service.errors import RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
@@ -27,5 +27,4 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, previous: dict | 
         raise RuleViolation("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)])
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
-    record = observation_from_fhir(payload, id, enrolment, measure, coding)
-    uow.add(M, record.model_dump())
+    uow.add(M, measurement_row(payload, id, enrolment, measure, coding))
