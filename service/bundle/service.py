@@ -149,6 +149,18 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
     return stored.status, entry(f"{base}/{stored.resource_type}/{stored.id}", stored.content, response=response)
 
 
+def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
+    """Let each type's handler batch the look-ups its entries will need (one query per Bundle, not per entry)."""
+    payloads: dict[str, list[dict]] = {}
+    for r in reqs:
+        if r.method in ("POST", "PUT") and r.resource is not None:
+            payloads.setdefault(r.resource_type, []).append(r.resource)
+    for rtype, items in payloads.items():
+        hook = HANDLERS[rtype].prefetch
+        if hook is not None:
+            hook(uow, items)
+
+
 def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -> Any:
     """Every `reference` to a urn:uuid fullUrl of this Bundle becomes `Type/id` (in place)."""
     if not placeholders:
@@ -187,6 +199,7 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
                 uow.placeholders[r.full_url] = (r.resource_type, r.id)
         order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], HANDLERS[r.resource_type].rank
                                             if r.resource_type in HANDLERS else 9, r.index))
+        _prefetch(uow, reqs)
         results: dict[int, dict] = {}
         for r in order:
             try:

@@ -23,6 +23,7 @@ class TypeHandler:
     index: IndexFn  # checks the resource (422) and adds its typed rows
     guard_delete: Callable[[UnitOfWork, str], None] | None = None
     rank: int = 0  # order inside a transaction: what others reference comes first
+    prefetch: Callable[[UnitOfWork, list[dict]], None] | None = None  # batch look-ups for a Bundle's entries
 
 
 HANDLERS: dict[str, TypeHandler] = {
@@ -34,7 +35,9 @@ HANDLERS: dict[str, TypeHandler] = {
                     trial.guard_study_delete, rank=0),
         TypeHandler("ResearchSubject", fhir.ResearchSubject, (SubjectRecord.__table__,),
                     trial.index_research_subject, trial.guard_subject_delete, rank=1),
-        TypeHandler("Observation", fhir.Observation, (MeasurementRecord.__table__,), index_observation, rank=2),
-        TypeHandler("AdverseEvent", fhir.AdverseEvent, (AdverseEventRecord.__table__,), index_adverse_event, rank=2),
+        TypeHandler("Observation", fhir.Observation, (MeasurementRecord.__table__,), index_observation, rank=2,
+                    prefetch=trial.prefetch_subjects),
+        TypeHandler("AdverseEvent", fhir.AdverseEvent, (AdverseEventRecord.__table__,), index_adverse_event, rank=2,
+                    prefetch=trial.prefetch_subjects),
     )
 }

@@ -91,6 +91,16 @@ class UnitOfWork:
             self._exists[key] = bool(repository.find_existing_ids(self.session, resource_type, [id]))
         return self._exists[key]
 
+    def prefetch_exists(self, resource_type: str, ids) -> set[str]:
+        """Look up the existence of many ids at once (one query), so `exists()` answers from memory;
+        returns those of `ids` that exist."""
+        missing = list({i for i in ids if (resource_type, i) not in self._exists})
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
+            found = repository.find_existing_ids(self.session, resource_type, chunk)
+            self._exists.update(((resource_type, i), i in found) for i in chunk)
+        return {i for i in ids if self._exists.get((resource_type, i))}
+
     def mark_written(self, resource_type: str, id: str, alive: bool = True) -> None:
         self._exists[(resource_type, id)] = alive
 

@@ -21,6 +21,13 @@ def find_enrolments(session: Session, patient_id: str):
     return session.execute(stmt).all()
 
 
+def find_enrolments_of(session: Session, patient_ids: list[str]):
+    """(patient id, subject id, study id, day0, arm, status, catalogue) of the enrolments of many patients."""
+    stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+            .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
+    return session.execute(stmt).all()
+
+
 def get_study(session: Session, study_id: str):
     return session.execute(select(ST.c.id, ST.c.catalogue, ST.c.status).where(ST.c.id == study_id)).first()
 

@@ -4,6 +4,7 @@ ResearchSubject writes, and the enrolment look-ups that Observations and Adverse
 from fhir_mappings.group import group_id_for_study
 from fhir_mappings.observation import Enrolment, assign_visit
 from fhir_mappings.patient import check_patient, patient_from_fhir
+from fhir_mappings.references import parse_reference
 from fhir_mappings.research_study import check_research_study, research_study_from_fhir
 from fhir_mappings.research_subject import check_research_subject, research_subject_from_fhir
 from fhir_mappings.terminology import load_catalogue
@@ -26,6 +27,29 @@ def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
             for sid, study_id, day0, arm, status, catalogue in repository.find_enrolments(uow.session, patient_id)
         ]
     return uow.cache[key]
+
+
+def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
+    """The enrolments of the patients that a Bundle's Observations or AdverseEvents name by a literal
+    `subject` reference, in two queries, so each entry finds them in the unit of work's cache."""
+    patient_ids = set()
+    for payload in payloads:
+        ref = parse_reference(payload.get("subject"), "Patient")
+        if ref.kind == "literal" and not ref.base and ref.resource_type == "Patient":
+            patient_ids.add(ref.id)
+    wanted = [p for p in uow.prefetch_exists("Patient", patient_ids) if ("enrolments", p) not in uow.cache]
+    if not wanted:
+        return
+    if uow.pending(SubjectRecord.__table__, StudyRecord.__table__):
+        uow.flush()
+    found: dict[str, list[Enrolment]] = {p: [] for p in wanted}
+    for start in range(0, len(wanted), 500):
+        for pid, sid, study_id, day0, arm, status, catalogue in repository.find_enrolments_of(
+                uow.session, wanted[start:start + 500]):
+            found[pid].append(Enrolment(study_id=study_id, subject_id=sid, patient_id=pid, day0=day0,
+                                        catalogue=load_catalogue(catalogue), arm=arm, status=status))
+    for pid, items in found.items():
+        uow.cache[("enrolments", pid)] = items
 
 
 def enrolment_in(uow: UnitOfWork, patient_id: str, study_id: str | None, what: str, where: str) -> Enrolment:
