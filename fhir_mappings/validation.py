@@ -1,5 +1,6 @@
 """Structure checks: is this FHIR R4 JSON of the expected type? (Trial rules live beside each mapping.)"""
 
+from datetime import date, time
 from decimal import Decimal
 from typing import Any
 
@@ -29,9 +30,9 @@ def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issu
 
 
 def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> list[Issue]:
-    """FHIR JSON types that pydantic coerced: a decimal/integer must be a JSON number and a boolean a JSON
-    boolean (fhir.resources accepts `"12"` for a decimal and `1` or `"yes"` for a boolean, and the stored JSON
-    would keep the wrong type)."""
+    """FHIR JSON types that pydantic coerced: a decimal/integer must be a JSON number, a boolean a JSON
+    boolean and a date/dateTime/instant/time a JSON string (fhir.resources accepts `"12"` for a decimal, `1` or
+    `"yes"` for a boolean and `-1` for a dateTime, and the stored JSON would keep the wrong type)."""
     issues = []
     stack = [(payload, parsed, resource_type)]
     while stack:
@@ -57,6 +58,9 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
                 elif isinstance(v, (int, float, Decimal)):
                     if isinstance(s, bool) or not isinstance(s, (int, float)):
                         issues.append(issue("invalid", f"Expected a JSON number, got {s!r}", at))
+                elif isinstance(v, (date, time)):  # pydantic reads a number as a Unix timestamp
+                    if not isinstance(s, str):
+                        issues.append(issue("invalid", f"Expected a date/time string, got {s!r}", at))
     return issues
 
 
