@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 import service.tables  # noqa: F401  (every table in SQLModel.metadata)
 from fhir_mappings import fhir
 from service.main import create_app
-from tests.factories import MRN, created, enrol, observation, patient
+from tests.factories import MRN, adverse_event, created, enrol, observation, patient
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
@@ -98,6 +98,12 @@ CASES = [
      400, "invalid", "Patient.gender"),
     ("number-where-date", _none, lambda c, x: c.post("/fhir/Patient", json=patient(birthDate=19900101)),
      400, "invalid", "Patient.birthDate"),
+    ("number-where-datetime", lambda c: enrol(c),
+     lambda c, x: c.post("/fhir/Observation", json=observation(x["patient"], date=-1)),
+     400, "invalid", "Observation.effectiveDateTime"),
+    ("number-where-datetime-ae", lambda c: enrol(c),
+     lambda c, x: c.post("/fhir/AdverseEvent", json=adverse_event(x["patient"], date=0)),
+     400, "invalid", "AdverseEvent.date"),
     ("object-where-array", _none, lambda c, x: c.post("/fhir/Patient", json=patient(name={"family": "Kim"})),
      400, "invalid", "Patient.name"),
     ("string-where-array-in-element", _none,
