@@ -1,0 +1,548 @@
+"""Ingest benchmark (issue 2): how fast does the service take in Observations?
+
+Generates a synthetic cohort (one study, N enrolled patients, >= 20,000 valid Observations of the
+catalogue's measures), starts the service (uvicorn `service.main:app`) on a fresh database and posts the
+Observations
+  (a) as transaction Bundles of `--bundle-size` entries (`POST /fhir`), and
+  (b) one by one (`POST /fhir/Observation`) from `--workers` threads, each with its own httpx client,
+on SQLite and on PostgreSQL (a scratch database `bench_<random>`, dropped afterwards). Each (database,
+mode) run gets its own fresh database and server, so both modes write the same resources into the same
+starting state. In the same run it measures the bare ceiling: fhir.resources R4B
+`Observation.model_validate` of the same resources in this process (one core), and reports each rate
+as a share of it (target: Bundle ingest on PostgreSQL >= 50% of the bare rate).
+
+Results: bench/results/ingest.json and bench/results/ingest.svg (bar chart).
+
+    .venv/bin/python bench/ingest.py                                  # everything (a few minutes)
+    .venv/bin/python bench/ingest.py --observations 5000 --databases sqlite
+    .venv/bin/python bench/ingest.py --profile                        # cProfile of the write path, in process
+
+`--profile` runs `service.bundle.service.transaction` in process (no HTTP) under cProfile on a fresh
+SQLite (or `--profile-database postgres`) database and writes bench/results/ingest-profile.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import queue
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+AD = "https://trial-fhir.org/CodeSystem/ad-scores"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+MRN = "urn:oid:1.2.410.200001.1"
+LAB_IDS = "urn:oid:1.2.410.200001.99"  # the (synthetic) lab system's result ids
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+STUDY_ID = "bench-study"
+
+console = Console()
+
+
+# -- the cohort ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Cohort:
+    setup_bundles: list[bytes]  # study, patients and research subjects (transaction Bundles, not timed)
+    observations: list[dict]    # what is timed
+    patients: int
+    day0s: dict[str, date] = field(default_factory=dict)
+
+
+def _q(value, unit: str) -> dict:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def _observation(rng: random.Random, n: int, patient_id: str, day0: date) -> dict:
+    """One valid result of a catalogue measure, dated in or around a visit window."""
+    measure = ("EASI", "SCORAD", "IGA", "PRURITUS", "IGE", "EOSINOPHILS", "EOSINOPHILS-PCT")[n % 7]
+    day = rng.choice((rng.randint(-30, 0), rng.randint(21, 35), rng.randint(70, 98), rng.randint(100, 180)))
+    when = datetime.combine(day0 + timedelta(days=day), datetime.min.time()) + timedelta(minutes=rng.randint(480, 1080))
+    component = None
+    if measure == "EASI":
+        system, code, category, quantity = AD, "EASI", "survey", _q(round(rng.uniform(0, 60), 1), "{score}")
+    elif measure == "SCORAD":
+        a, b, c = rng.randint(0, 100), rng.randint(0, 18), rng.randint(0, 20)
+        total = round(a / 5 + 7 * b / 2 + c, 1)
+        system, code, category, quantity = AD, "SCORAD", "survey", _q(total, "{score}")
+        if n % 2:  # half of them carry their parts, which the service checks against the total
+            component = [{"code": {"coding": [{"system": AD, "code": part}]}, "valueQuantity": _q(v, "{score}")}
+                         for part, v in (("SCORAD-A", a), ("SCORAD-B", b), ("SCORAD-C", c))]
+    elif measure == "IGA":
+        system, code, category, quantity = AD, "IGA", "survey", _q(rng.randint(0, 4), "{score}")
+    elif measure == "PRURITUS":
+        system, code, category, quantity = AD, "PRURITUS-NRS", "survey", _q(round(rng.uniform(0, 10), 1), "{score}")
+    elif measure == "IGE":
+        unit = rng.choice(("[IU]/mL", "k[IU]/L", "ng/mL"))
+        system, code, category, quantity = LOINC, "19113-0", "laboratory", _q(round(rng.uniform(50, 5000), 1), unit)
+    elif measure == "EOSINOPHILS":
+        if rng.random() < 0.5:
+            quantity = _q(round(rng.uniform(0.05, 1.5), 2), "10*3/uL")
+        else:
+            quantity = _q(rng.randint(50, 1500), "/uL")
+        system, code, category = LOINC, rng.choice(("711-2", "26449-9")), "laboratory"
+    else:
+        system, code, category, quantity = LOINC, "713-8", "laboratory", _q(round(rng.uniform(0.5, 15), 1), "%")
+    status = rng.choices(("final", "amended", "preliminary"), weights=(90, 5, 5))[0]
+    body = {
+        "resourceType": "Observation",
+        "identifier": [{"system": LAB_IDS, "value": f"LAB-{n:07d}"}],
+        "status": status,
+        "category": [{"coding": [{"system": CATEGORY, "code": category}]}],
+        "code": {"coding": [{"system": system, "code": code}], "text": measure},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "effectiveDateTime": when.isoformat() + "+09:00",
+        "valueQuantity": quantity,
+    }
+    if component:
+        body["component"] = component
+    return body
+
+
+def make_cohort(observations: int, patients: int, seed: int = 20240110, setup_bundle_size: int = 100) -> Cohort:
+    rng = random.Random(seed)
+    study = {"resourceType": "ResearchStudy", "id": STUDY_ID, "status": "active", "title": "Ingest benchmark (synthetic)",
+             "arm": [{"name": "low-dose", "description": "2.5 x 10^7 cells"},
+                     {"name": "high-dose", "description": "5.0 x 10^7 cells"}]}
+    entries = [{"fullUrl": f"ResearchStudy/{STUDY_ID}", "resource": study,
+                "request": {"method": "PUT", "url": f"ResearchStudy/{STUDY_ID}"}}]
+    day0s = {}
+    for p in range(patients):
+        pid, sid = f"bench-p{p:05d}", f"bench-s{p:05d}"
+        day0 = date(2024, 1, 1) + timedelta(days=rng.randint(0, 180))
+        day0s[pid] = day0
+        arm = "high-dose" if p % 2 else "low-dose"
+        entries.append({"resource": {"resourceType": "Patient", "id": pid,
+                                     "identifier": [{"system": MRN, "value": f"BENCH-{p:05d}"}],
+                                     "gender": rng.choice(("female", "male")),
+                                     "birthDate": f"{rng.randint(1950, 2004)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"},
+                        "request": {"method": "PUT", "url": f"Patient/{pid}"}})
+        entries.append({"resource": {"resourceType": "ResearchSubject", "id": sid, "status": "on-study",
+                                     "study": {"reference": f"ResearchStudy/{STUDY_ID}"},
+                                     "individual": {"reference": f"Patient/{pid}"},
+                                     "assignedArm": arm, "actualArm": arm, "period": {"start": day0.isoformat()}},
+                        "request": {"method": "PUT", "url": f"ResearchSubject/{sid}"}})
+    bundles = []
+    # the study goes with the first chunk; a subject always travels with its patient (pairs stay together)
+    first, rest = entries[:1], entries[1:]
+    for start in range(0, len(rest), setup_bundle_size):
+        chunk = (first if start == 0 else []) + rest[start:start + setup_bundle_size]
+        bundles.append(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": chunk}))
+    pids = list(day0s)
+    obs = [_observation(rng, n, pids[n % patients], day0s[pids[n % patients]]) for n in range(observations)]
+    return Cohort(bundles, obs, patients, day0s)
+
+
+def observation_bundles(observations: list[dict], size: int) -> list[tuple[int, bytes]]:
+    out = []
+    for start in range(0, len(observations), size):
+        chunk = observations[start:start + size]
+        out.append((len(chunk), orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": f"urn:uuid:{uuid.UUID(int=start + i)}", "resource": o,
+             "request": {"method": "POST", "url": "Observation"}} for i, o in enumerate(chunk)]})))
+    return out
+
+
+# -- databases and the server -------------------------------------------------------------------------------
+
+@contextmanager
+def scratch_database(kind: str):
+    """A fresh, empty database URL; removed afterwards."""
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+            yield f"sqlite:///{tmp}/bench.db"
+        return
+    import psycopg
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_service(database_url: str):
+    """uvicorn service.main:app on 127.0.0.1, migrated, no demo data; yields its base URL."""
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true",
+           "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false"}
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the service exited at start-up:\n{log.read().decode(errors='replace')}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not answer /healthz within 60 s")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _check(response: httpx.Response, what: str) -> None:
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"{what}: HTTP {response.status_code}: {response.text[:2000]}")
+
+
+def load_setup(client: httpx.Client, cohort: Cohort) -> None:
+    for body in cohort.setup_bundles:
+        _check(client.post("/fhir", content=body, headers=FHIR_JSON), "setup bundle")
+
+
+# -- the timed runs -----------------------------------------------------------------------------------------
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:>8} /s"), TimeElapsedColumn(), console=console, transient=False)
+
+
+def post_bundles(base: str, bundles: list[tuple[int, bytes]], label: str, workers: int) -> tuple[int, float]:
+    total = sum(n for n, _ in bundles)
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    for item in bundles:
+        work.put(item)
+    done = [0]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker(progress, task, start):
+        with httpx.Client(base_url=base, timeout=300) as client:
+            while not errors:
+                try:
+                    n, body = work.get_nowait()
+                except queue.Empty:
+                    return
+                r = client.post("/fhir", content=body, headers=FHIR_JSON)
+                if r.status_code != 200:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:2000]}")
+                    return
+                with lock:
+                    done[0] += n
+                    progress.update(task, advance=n, rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
+
+    with _progress() as progress:
+        task = progress.add_task(label, total=total, rate="")
+        start = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(progress, task, start)) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError(f"{label}: {errors[0]}")
+    return total, elapsed
+
+
+def post_singles(base: str, bodies: list[bytes], label: str, workers: int) -> tuple[int, float]:
+    work: queue.SimpleQueue = queue.SimpleQueue()
+    for body in bodies:
+        work.put(body)
+    done = [0]
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def worker(progress, task, start):
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while not errors:
+                try:
+                    body = work.get_nowait()
+                except queue.Empty:
+                    return
+                r = client.post("/fhir/Observation", content=body, headers={**FHIR_JSON, "Prefer": "return=minimal"})
+                if r.status_code != 201:
+                    errors.append(f"HTTP {r.status_code}: {r.text[:2000]}")
+                    return
+                with lock:
+                    done[0] += 1
+                    if done[0] % 50 == 0:
+                        progress.update(task, completed=done[0],
+                                        rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
+
+    with _progress() as progress:
+        task = progress.add_task(label, total=len(bodies), rate="")
+        start = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(progress, task, start)) for _ in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - start
+        progress.update(task, completed=done[0], rate=f"{done[0] / elapsed:,.0f}")
+    if errors:
+        raise RuntimeError(f"{label}: {errors[0]}")
+    return len(bodies), elapsed
+
+
+def bare_rate(observations: list[dict]) -> dict:
+    """fhir.resources R4B Observation.model_validate of the same resources, in this process (one core)."""
+    from fhir.resources.R4B.observation import Observation
+    for o in observations[:500]:  # warm-up
+        Observation.model_validate(o)
+    with _progress() as progress:
+        task = progress.add_task("bare model_validate", total=len(observations), rate="")
+        start = time.perf_counter()
+        for i, o in enumerate(observations, 1):
+            Observation.model_validate(o)
+            if i % 1000 == 0:
+                progress.update(task, completed=i, rate=f"{i / (time.perf_counter() - start):,.0f}")
+        elapsed = time.perf_counter() - start
+        progress.update(task, completed=len(observations), rate=f"{len(observations) / elapsed:,.0f}")
+    return {"resources": len(observations), "seconds": round(elapsed, 3),
+            "rate": round(len(observations) / elapsed, 1), "us_per_resource": round(1e6 * elapsed / len(observations), 1)}
+
+
+def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
+    label = f"{mode} {kind}"
+    with scratch_database(kind) as url:
+        with running_service(url) as base:
+            with httpx.Client(base_url=base, timeout=300) as client:
+                load_setup(client, cohort)
+            load = os.getloadavg()[0]
+            if mode == "bundle":
+                bundles = observation_bundles(cohort.observations, args.bundle_size)
+                n, elapsed = post_bundles(base, bundles, label, args.bundle_workers)
+            else:
+                bodies = [orjson.dumps(o) for o in cohort.observations]
+                n, elapsed = post_singles(base, bodies, label, args.workers)
+        stored = count_rows(url)
+    if stored != {"measurement": n, "resource": n + 2 * cohort.patients + 1}:
+        raise RuntimeError(f"{label}: posted {n} Observations but the database holds {stored}")
+    return {"database": kind, "mode": mode, "resources": n, "seconds": round(elapsed, 3),
+            "rate": round(n / elapsed, 1), "stored_rows": stored, "load_average_before": round(load, 2),
+            "clients": args.bundle_workers if mode == "bundle" else args.workers,
+            **({"bundle_size": args.bundle_size} if mode == "bundle" else {})}
+
+
+def count_rows(url: str) -> dict:
+    """Rows the run left behind: every posted Observation must be there, as a resource and a measurement."""
+    from sqlalchemy import create_engine, text
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("measurement", "resource")}
+    finally:
+        engine.dispose()
+
+
+# -- profiling (in process) ---------------------------------------------------------------------------------
+
+def profile(cohort: Cohort, args) -> None:
+    """cProfile of `service.bundle.service.transaction` on write sessions, without HTTP."""
+    from service.bundle.service import transaction
+    from service.db import make_engine, migrate, write_session
+
+    kind = args.profile_database
+    bundles = [orjson.loads(b) for _, b in observation_bundles(cohort.observations, args.bundle_size)]
+    with scratch_database(kind) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        for body in cohort.setup_bundles:
+            with write_session(engine) as session:
+                transaction(session, orjson.loads(body), "http://bench/fhir", max_entries=10_000)
+
+        def run(items):
+            for body in items:
+                with write_session(engine) as session:
+                    transaction(session, body, "http://bench/fhir", max_entries=10_000)
+
+        from sqlalchemy import event
+        statements = [0]
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _count(*_):
+            statements[0] += 1
+
+        warm, timed = bundles[:2], bundles[2:]
+        run(warm)
+        n = sum(len(b["entry"]) for b in timed)
+        statements[0] = 0
+        start, cpu = time.perf_counter(), time.process_time()
+        run(timed[: len(timed) // 2])
+        half, cpu = time.perf_counter() - start, time.process_time() - cpu
+        per_bundle = statements[0] / len(timed[: len(timed) // 2])
+        prof = cProfile.Profile()
+        prof.enable()
+        run(timed[len(timed) // 2:])
+        prof.disable()
+        engine.dispose()
+    n_unprofiled = sum(len(b["entry"]) for b in timed[: len(timed) // 2])
+    out = io.StringIO()
+    out.write(f"in-process transaction() on {kind}, bundles of {args.bundle_size}: {n_unprofiled / half:,.0f} "
+              f"Observations/s without the profiler ({1e6 * half / n_unprofiled:,.0f} us wall, "
+              f"{1e6 * cpu / n_unprofiled:,.0f} us CPU of this process each; {per_bundle:,.1f} SQL statements "
+              f"per Bundle; load average {os.getloadavg()[0]:.1f})\n\n")
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("cumulative").print_stats(60)
+    stats.sort_stats("tottime").print_stats(40)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"ingest-profile-{kind}.txt"
+    path.write_text(out.getvalue())
+    console.print(out.getvalue()[:400])
+    console.print(f"profile written to {path.relative_to(ROOT)}")
+
+
+# -- report -------------------------------------------------------------------------------------------------
+
+def write_svg(path: Path, bare: dict, runs: list[dict]) -> None:
+    bars = [("bare R4B model_validate (1 core)", bare["rate"], "#777777")]
+    colours = {("bundle", "sqlite"): "#4c78a8", ("bundle", "postgres"): "#1f4e79",
+               ("single", "sqlite"): "#f58518", ("single", "postgres"): "#b35806"}
+    for r in runs:
+        bars.append((f"{r['mode']} {r['database']}", r["rate"], colours.get((r["mode"], r["database"]), "#999")))
+    width, left, bar_h, gap, top = 760, 230, 34, 14, 56
+    height = top + len(bars) * (bar_h + gap) + 40
+    scale = (width - left - 120) / max(b[1] for b in bars)
+    half = bare["rate"] * 0.5
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="13">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             '<text x="16" y="26" font-size="16" font-weight="bold">trial-fhir ingest: Observations per second</text>',
+             f'<text x="16" y="44" fill="#555">{bare["resources"]:,} Observations; bundles of '
+             f'{runs[0].get("bundle_size", "") if runs else ""}; dashed line = 50% of the bare rate</text>']
+    for i, (label, rate, colour) in enumerate(bars):
+        y = top + i * (bar_h + gap)
+        w = max(1.0, rate * scale)
+        parts.append(f'<text x="{left - 8}" y="{y + bar_h / 2 + 5}" text-anchor="end">{label}</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
+        share = f" ({100 * rate / bare['rate']:.0f}%)" if i else ""
+        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + bar_h / 2 + 5}">{rate:,.0f}/s{share}</text>')
+    x = left + half * scale
+    parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 30}" stroke="#c00" '
+                 'stroke-dasharray="5,4"/>')
+    parts.append(f'<text x="{x + 4:.1f}" y="{height - 16}" fill="#c00">50% of bare</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts) + "\n")
+
+
+def machine() -> dict:
+    import fhir.resources
+    import pydantic
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "fhir.resources": fhir.resources.__version__, "pydantic": pydantic.__version__}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--observations", type=int, default=20_000, help="Observations to post (default 20000)")
+    parser.add_argument("--patients", type=int, default=200, help="enrolled patients (default 200)")
+    parser.add_argument("--bundle-size", type=int, default=100, help="entries per transaction Bundle (default 100)")
+    parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--modes", default="bundle,single", help="comma-separated: bundle, single")
+    parser.add_argument("--workers", type=int, default=4, help="client threads for single POSTs (default 4)")
+    parser.add_argument("--bundle-workers", type=int, default=1,
+                        help="client threads posting Bundles (default 1: one transaction at a time)")
+    parser.add_argument("--seed", type=int, default=20240110)
+    parser.add_argument("--output", type=Path, default=RESULTS / "ingest.json")
+    parser.add_argument("--profile", action="store_true", help="profile transaction() in process instead")
+    parser.add_argument("--profile-database", default="sqlite", choices=("sqlite", "postgres"))
+    args = parser.parse_args(argv)
+    databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not set(databases) <= {"sqlite", "postgres"} or not set(modes) <= {"bundle", "single"}:
+        parser.error("--databases takes sqlite,postgres and --modes takes bundle,single")
+
+    cohort = make_cohort(args.observations, args.patients, args.seed)
+    console.print(f"cohort: 1 study, {args.patients} enrolled patients, {len(cohort.observations):,} Observations")
+    if args.profile:
+        profile(cohort, args)
+        return 0
+
+    load = os.getloadavg()[0]
+    bare = bare_rate(cohort.observations)
+    bare["load_average_before"] = round(load, 2)
+    runs = []
+    for kind in databases:
+        for mode in modes:
+            runs.append(run_http(kind, mode, cohort, args))
+    for r in runs:
+        r["share_of_bare"] = round(r["rate"] / bare["rate"], 3)
+    pg_bundle = next((r for r in runs if r["database"] == "postgres" and r["mode"] == "bundle"), None)
+    result = {
+        "benchmark": "ingest", "when": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "cohort": {"patients": args.patients, "observations": len(cohort.observations), "seed": args.seed},
+        "bare": bare, "runs": runs,
+        "target": {"what": "Bundle ingest on PostgreSQL >= 50% of the bare model_validate rate",
+                   "ratio": pg_bundle["share_of_bare"] if pg_bundle else None,
+                   "met": (pg_bundle["share_of_bare"] >= 0.5) if pg_bundle else None},
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    write_svg(args.output.with_suffix(".svg"), bare, runs)
+
+    table = Table(title="ingest (Observations/s)")
+    for col in ("what", "resources", "seconds", "rate /s", "share of bare"):
+        table.add_column(col, justify="right" if col != "what" else "left")
+    table.add_row("bare R4B model_validate (1 core)", f"{bare['resources']:,}", f"{bare['seconds']:.2f}",
+                  f"{bare['rate']:,.0f}", "100%")
+    for r in runs:
+        table.add_row(f"{r['mode']} {r['database']}", f"{r['resources']:,}", f"{r['seconds']:.2f}",
+                      f"{r['rate']:,.0f}", f"{100 * r['share_of_bare']:.0f}%")
+    console.print(table)
+    if pg_bundle:
+        verdict = "met" if result["target"]["met"] else "NOT met"
+        console.print(f"target (Bundle on PostgreSQL >= 50% of bare): {100 * pg_bundle['share_of_bare']:.0f}% -> {verdict}")
+    console.print(f"written: {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
+                  f"and {args.output.with_suffix('.svg').name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
