@@ -70,6 +70,11 @@ def _read_entry(i: int, item: Any) -> Request:
     req = item.get("request")
     if not isinstance(req, dict) or not isinstance(req.get("method"), str) or not isinstance(req.get("url"), str):
         raise BadRequest("Each entry needs request.method and request.url", expression=f"{where}.request")
+    for value, at in ((item.get("fullUrl"), f"{where}.fullUrl"),
+                      (req.get("ifNoneExist"), f"{where}.request.ifNoneExist"),
+                      (req.get("ifMatch"), f"{where}.request.ifMatch")):
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"{at} must be a string", expression=at)
     method = req["method"].upper()
     if method not in METHOD_ORDER:
         raise BadRequest(f"request.method '{req['method']}' is not supported here (GET, POST, PUT, DELETE)",
