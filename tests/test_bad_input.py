@@ -285,6 +285,14 @@ CASES = [
      lambda c, x: c.post("/fhir", json=transaction(
          {"resource": patient(), "request": {"method": "PUT", "url": "Patient?identifier=SHARED-1"}})),
      412, "conflict", "Bundle.entry[0].request.url"),
+    ("transaction-fullurl-not-a-string", _none,
+     lambda c, x: c.post("/fhir", json=transaction({**post(patient()), "fullUrl": ["urn:uuid:x"]})),
+     400, "invalid", "Bundle.entry[0].fullUrl"),
+    ("batch-ifnoneexist-not-a-string", _none,
+     lambda c, x: c.post("/fhir", json=transaction(
+         {"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneExist": {"a": 1}}},
+         kind="batch")),
+     400, "invalid", "Bundle.entry[0].request.ifNoneExist"),
     ("transaction-unenrolled-subject", lambda c: created(c.post("/fhir/Patient", json=patient())),
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1")), post(observation(x["id"])))),
      422, "business-rule", "Bundle.entry[1].resource.subject"),
