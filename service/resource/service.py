@@ -276,6 +276,8 @@ def _apply_follow_ups(uow: UnitOfWork) -> None:
         _store(uow, resource_type, id, change(orjson.loads(current.content)), current, "PUT")
 
 
+MAX_VERSION = 2**31 - 1  # version_id is a 32-bit INTEGER column
+
 # -- reads -----------------------------------------------------------------------------------------------
 
 def read(session: Session, resource_type: str, id: str) -> Stored:
@@ -284,20 +286,21 @@ def read(session: Session, resource_type: str, id: str) -> Stored:
     if row is None:
         raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
     if row.deleted:
-        raise Gone(f"{resource_type}/{id} was deleted (version {row.version_id})",
+        raise Gone(f"{resource_type}/{id} was deleted (version {row.version_id})", expression=f"{resource_type}.id",
                    headers={"ETag": f'W/"{row.version_id}"'})
     return Stored(resource_type, id, row.version_id, row.last_updated, row.content)
 
 
 def vread(session: Session, resource_type: str, id: str, version_id: str) -> Stored:
     handler_for(resource_type)
-    if not version_id.isdigit():
-        raise NotFound(f"{resource_type}/{id} has no version '{version_id}'")
+    where = f"{resource_type}.meta.versionId"
+    if not version_id.isdigit() or int(version_id) > MAX_VERSION:
+        raise NotFound(f"{resource_type}/{id} has no version '{version_id}'", expression=where)
     row = repository.get_version(session, resource_type, id, int(version_id))
     if row is None:
-        raise NotFound(f"{resource_type}/{id} has no version {version_id}")
+        raise NotFound(f"{resource_type}/{id} has no version {version_id}", expression=where)
     if row.content is None:
-        raise Gone(f"Version {version_id} of {resource_type}/{id} is its deletion")
+        raise Gone(f"Version {version_id} of {resource_type}/{id} is its deletion", expression=where)
     return Stored(resource_type, id, row.version_id, row.last_updated, row.content)
 
 
@@ -306,7 +309,9 @@ def history(session: Session, resource_type: str, id: str, *, count: int, before
     """Newest first; raises 404 for a resource that never existed."""
     handler_for(resource_type)
     if repository.get_current(session, resource_type, id) is None:
-        raise NotFound(f"{resource_type}/{id} is not known")
+        raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
+    if before_version is not None and before_version > MAX_VERSION:
+        before_version = None  # before a version beyond any: every version
     return repository.find_history(session, resource_type, id, limit=count, before_version=before_version,
                                    since=since)
 
