@@ -64,6 +64,12 @@ def existing_patient(client) -> dict:
     return created(client.post("/fhir/Patient", json=patient()))
 
 
+def deleted_patient(client) -> dict:
+    patient_ = existing_patient(client)
+    assert client.delete(f"/fhir/Patient/{patient_['id']}").status_code == 200
+    return patient_
+
+
 # Each case: (setup(client) -> context, request(client, context) -> response, status, issue code, expression).
 def _none(client):
     return {}
@@ -148,6 +154,16 @@ CASES = [
      404, "not-found", "request.url"),
     ("unknown-type-read", _none, lambda c, x: c.get("/fhir/Foo/1"), 404, "not-found", "request.url"),
     ("unknown-id-read", _none, lambda c, x: c.get("/fhir/Patient/no-such-id"), 404, "not-found", "Patient.id"),
+    ("vread-version-not-a-number", existing_patient, lambda c, x: c.get(f"/fhir/Patient/{x['id']}/_history/abc"),
+     404, "not-found", "Patient.meta.versionId"),
+    ("vread-version-huge", existing_patient,
+     lambda c, x: c.get(f"/fhir/Patient/{x['id']}/_history/99999999999999999999"),
+     404, "not-found", "Patient.meta.versionId"),
+    ("history-unknown-id", _none, lambda c, x: c.get("/fhir/Patient/no-such-id/_history"),
+     404, "not-found", "Patient.id"),
+    ("read-deleted", deleted_patient, lambda c, x: c.get(f"/fhir/Patient/{x['id']}"), 410, "deleted", "Patient.id"),
+    ("vread-deletion", deleted_patient, lambda c, x: c.get(f"/fhir/Patient/{x['id']}/_history/2"),
+     410, "deleted", "Patient.meta.versionId"),
     ("resourceType-mismatch", _none,
      lambda c, x: c.post("/fhir/Patient", json={"resourceType": "Observation", "status": "final"}),
      400, "invalid", "Patient.resourceType"),
@@ -400,3 +416,10 @@ def test_body_over_the_limit_without_content_length_is_413(small_client):
 def test_json_media_types_are_accepted(client, media):
     response = client.post("/fhir/Patient", content=orjson.dumps(patient()), headers={"Content-Type": media})
     assert response.status_code == 201, response.text
+
+
+def test_history_before_a_version_beyond_any_lists_every_version(client):
+    patient_ = created(client.post("/fhir/Patient", json=patient()))
+    response = client.get(f"/fhir/Patient/{patient_['id']}/_history", params={"_before_version": 10**20})
+    assert response.status_code == 200, response.text
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [patient_["id"]]
