@@ -9,11 +9,12 @@ from fastapi.responses import Response
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.search import search_parameters
 from service.http import BaseUrl
-from service.resource.router import error_docs, fhir_json
+from service.resource.router import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.search import service
 
-router = APIRouter(prefix="/fhir/SearchParameter", tags=["SearchParameter"], default_response_class=FhirJSONResponse)
+router = APIRouter(prefix="/fhir/SearchParameter", tags=["SearchParameter"], default_response_class=FhirJSONResponse,
+                   responses=ANY_ERROR)
 
 _EXAMPLE = search_parameters()["Observation-visit"]
 
