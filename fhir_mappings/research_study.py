@@ -35,6 +35,8 @@ def check_research_study(payload: dict) -> list[Issue]:
     seen = set()
     for i, arm in enumerate(payload.get("arm") or []):
         name = arm.get("name")
+        if name is not None and len(name) > 255:
+            issues.append(issue("business-rule", "Arm names are at most 255 characters", f"ResearchStudy.arm[{i}].name"))
         if name in seen:
             issues.append(issue("business-rule", f"Arm name '{name}' is used twice", f"ResearchStudy.arm[{i}].name"))
         seen.add(name)

@@ -426,10 +426,20 @@ def test_history_before_a_version_beyond_any_lists_every_version(client):
     assert [e["resource"]["id"] for e in response.json()["entry"]] == [patient_["id"]]
 
 
-@pytest.mark.xfail(ON_POSTGRES, strict=True, reason="known bug, not fixed: strings longer than the typed VARCHAR "
-                   "columns (identifier 255, arm name 255, title/event text 1000, event code 64) fail on PostgreSQL")
-def test_long_strings_never_give_a_500(client):
-    for body in (patient(name=[{"family": "F" * 300}]), patient(identifier=[{"system": "urn:x", "value": "V" * 300}]),
-                 {"resourceType": "ResearchStudy", "status": "active", "title": "T" * 1200}):
+def test_long_strings_are_stored_or_refused_with_a_422_never_a_500(client):
+    long_text = [patient(name=[{"family": "F" * 300, "given": ["G" * 3000]}]),
+                 patient(identifier=[{"system": "urn:x", "value": "V" * 1000}]),
+                 {"resourceType": "ResearchStudy", "status": "active", "title": "T" * 5000,
+                  "arm": [{"name": "a", "description": "D" * 5000}]}]
+    for body in long_text:
         response = client.post(f"/fhir/{body['resourceType']}", json=body)
-        assert response.status_code < 500, response.text
+        assert response.status_code == 201, response.text
+        assert client.get(f"/fhir/{body['resourceType']}/{response.json()['id']}").json() == response.json()
+    refused = [(patient(identifier=[{"system": "urn:x", "value": "V" * 1025}]), "Patient.identifier[0].value"),
+               (patient(identifier=[{"system": "S" * 2000, "value": "v"}]), "Patient.identifier[0].system"),
+               ({"resourceType": "ResearchStudy", "status": "active", "arm": [{"name": "N" * 256}]},
+                "ResearchStudy.arm[0].name")]
+    for body, where in refused:
+        response = client.post(f"/fhir/{body['resourceType']}", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["issue"][0]["expression"] == [where]

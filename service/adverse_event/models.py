@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -19,9 +19,9 @@ class AdverseEventRecord(SQLModel, table=True):
     study_id: str = Field(max_length=64)
     subject_id: str = Field(max_length=64)
     actuality: str = Field(max_length=16)
-    event_system: str | None = Field(default=None, max_length=255)
-    event_code: str | None = Field(default=None, max_length=64)
-    event_text: str | None = Field(default=None, max_length=1000)
+    event_system: str | None = Field(default=None, sa_type=Text)
+    event_code: str | None = Field(default=None, sa_type=Text)
+    event_text: str | None = Field(default=None, sa_type=Text)
     onset: datetime | None = None  # UTC
     seriousness: str | None = Field(default=None, max_length=32)
     severity: str | None = Field(default=None, max_length=32)

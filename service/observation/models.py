@@ -2,7 +2,7 @@
 
 from datetime import date, datetime
 
-from sqlalchemy import Index
+from sqlalchemy import Index, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -12,7 +12,6 @@ class MeasurementRecord(SQLModel, table=True):
     __tablename__ = "measurement"
     __table_args__ = (
         Index("ix_measurement_subject_measure", "subject_id", "measure", "effective"),
-        Index("ix_measurement_patient_code", "patient_id", "code", "effective"),
         Index("ix_measurement_study_code_date", "study_id", "code", "effective", "id"),
         Index("ix_measurement_study_visit", "study_id", "visit", "measure"),
         Index("ix_measurement_code_date", "code", "effective", "id"),
@@ -25,7 +24,7 @@ class MeasurementRecord(SQLModel, table=True):
     measure: str = Field(max_length=64)
     code_system: str = Field(max_length=255)
     code: str = Field(max_length=64)
-    category: str | None = Field(default=None, max_length=64)
+    category: str | None = Field(default=None, sa_type=Text)
     status: str = Field(max_length=32)
     value: float
     unit: str = Field(max_length=32)

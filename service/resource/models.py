@@ -50,5 +50,5 @@ class IdentifierRecord(SQLModel, table=True):
     pk: int | None = Field(default=None, primary_key=True)
     resource_type: str = Field(max_length=40)
     resource_id: str = Field(max_length=64)
-    system: str = Field(default="", max_length=255)
-    value: str = Field(max_length=255)
+    system: str = Field(default="", sa_type=Text)  # at most MAX_IDENTIFIER_LENGTH
+    value: str = Field(sa_type=Text)

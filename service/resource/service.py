@@ -26,6 +26,8 @@ log = logging.getLogger("trial_fhir")
 R = ResourceRecord.__table__
 V = ResourceVersion.__table__
 T = TypeVar("T")
+#: identifiers are the key of conditional writes and sit in a unique index: longer ones are refused (422)
+MAX_IDENTIFIER_LENGTH = 1024
 
 
 @dataclass
@@ -226,8 +228,27 @@ def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) ->
     return ids or []
 
 
+def _identifiers(resource_type: str, payload: dict) -> list[tuple[str, str, str]]:
+    """(expression, system, value) of each business identifier; 422 for one too long to index."""
+    sent = payload.get("identifier")
+    single = isinstance(sent, dict)  # AdverseEvent.identifier is 0..1 in R4
+    found = []
+    for i, ident in enumerate([sent] if single else sent or []):
+        if not ident.get("value"):
+            continue
+        where = f"{resource_type}.identifier" + ("" if single else f"[{i}]")
+        system, value = ident.get("system") or "", str(ident["value"])
+        for element, text in (("system", system), ("value", value)):
+            if len(text) > MAX_IDENTIFIER_LENGTH:
+                raise RuleViolation(f"identifier {element} is longer than {MAX_IDENTIFIER_LENGTH} characters",
+                                    expression=f"{where}.{element}")
+        found.append((where, system, value))
+    return found
+
+
 def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current, method: str) -> Stored:
     handler = handler_for(resource_type)
+    identifiers = _identifiers(resource_type, payload)
     previous = orjson.loads(current.content) if current is not None and current.content else None
     try:
         handler.index(uow, payload, id, previous)
@@ -239,13 +260,8 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current,
         for table in handler.tables:
             repository.delete_typed_rows(uow.session, table, id)
         uow.release_identifiers(resource_type, id)
-    identifiers = payload.get("identifier")
-    if isinstance(identifiers, dict):  # AdverseEvent.identifier is 0..1 in R4
-        identifiers = [identifiers]
-    for i, ident in enumerate(identifiers or []):
-        if ident.get("value"):
-            where = f"{resource_type}.identifier" + ("" if isinstance(payload.get("identifier"), dict) else f"[{i}]")
-            uow.claim_identifier(resource_type, id, ident.get("system") or "", str(ident["value"]), where)
+    for where, system, value in identifiers:
+        uow.claim_identifier(resource_type, id, system, value, where)
     version = current.version_id + 1 if current is not None else 1
     meta = {**(payload.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_instant(uow.now)}
     body = {"resourceType": resource_type, "id": id, "meta": meta}

@@ -2,7 +2,7 @@
 
 from datetime import date
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -11,8 +11,8 @@ class PatientRecord(SQLModel, table=True):
     __table_args__ = (Index("ix_patient_birth_date", "birth_date"),)
 
     id: str = Field(primary_key=True, max_length=64)
-    family: str | None = Field(default=None, max_length=255)
-    given: str | None = Field(default=None, max_length=255)
+    family: str | None = Field(default=None, sa_type=Text)
+    given: str | None = Field(default=None, sa_type=Text)
     gender: str | None = Field(default=None, max_length=16)
     birth_date: date | None = None
 
@@ -21,7 +21,7 @@ class StudyRecord(SQLModel, table=True):
     __tablename__ = "study"
 
     id: str = Field(primary_key=True, max_length=64)
-    title: str | None = Field(default=None, max_length=1000)
+    title: str | None = Field(default=None, sa_type=Text)
     status: str = Field(max_length=64, index=True)
     catalogue: str = Field(default="atopic-dermatitis", max_length=64)
 
@@ -33,7 +33,7 @@ class ArmRecord(SQLModel, table=True):
 
     study_id: str = Field(primary_key=True, max_length=64)
     name: str = Field(primary_key=True, max_length=255)
-    description: str | None = Field(default=None, max_length=1000)
+    description: str | None = Field(default=None, sa_type=Text)
 
 
 class SubjectRecord(SQLModel, table=True):
