@@ -3,7 +3,7 @@
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlmodel import Session
 
 from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
@@ -60,14 +60,21 @@ def find_ids_by_identifier(session: Session, resource_type: str, system: str | N
 
 
 def find_identifier_owners(session: Session, keys: Sequence[tuple[str, str, str]]) -> dict[tuple[str, str, str], str]:
-    """{(type, system, value): resource id} for those of `keys` already taken."""
+    """{(type, system, value): resource id} for those of `keys` already taken (one indexed look-up by value
+    per type and chunk; the system is matched here)."""
+    wanted = set(keys)
+    by_type: dict[str, list[str]] = {}
+    for rtype, _, value in wanted:
+        by_type.setdefault(rtype, []).append(value)
     found: dict[tuple[str, str, str], str] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        stmt = select(I.c.resource_type, I.c.system, I.c.value, I.c.resource_id).where(
-            tuple_(I.c.resource_type, I.c.system, I.c.value).in_(chunk))
-        for rtype, system, value, rid in session.execute(stmt):
-            found[(rtype, system, value)] = rid
+    for rtype, values in by_type.items():
+        values = sorted(set(values))
+        for start in range(0, len(values), 500):
+            stmt = select(I.c.system, I.c.value, I.c.resource_id).where(
+                I.c.resource_type == rtype, I.c.value.in_(values[start:start + 500]))
+            for system, value, rid in session.execute(stmt):
+                if (rtype, system, value) in wanted:
+                    found[(rtype, system, value)] = rid
     return found
 
 
