@@ -4,7 +4,7 @@ SQLite (embedded default) runs in WAL mode with a busy timeout, and write transa
 `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing. PostgreSQL is the production store.
 """
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -55,7 +55,10 @@ def read_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
 
 
-def _read_session_dep(request: Request) -> Iterator[Session]:
+async def _read_session_dep(request: Request) -> AsyncIterator[Session]:
+    """Async on purpose: a sync generator dependency costs two worker-thread round trips per request. Opening
+    a Session does no I/O (it connects on first use, in the endpoint's thread); closing it only hands the
+    connection back to the pool (a rollback of a read-only transaction)."""
     with read_session(request.app.state.engine) as session:
         yield session
 

@@ -33,7 +33,8 @@ async def _fhir_body(request: Request) -> Any:
 FhirBody = Annotated[dict, Depends(_fhir_body)]
 
 
-def base_url(request: Request) -> str:
+async def base_url(request: Request) -> str:
+    """Async on purpose: a plain `def` dependency costs a worker-thread round trip per request."""
     configured = request.app.state.settings.base_url
     return (configured or str(request.base_url).rstrip("/") + "/fhir").rstrip("/")
 
