@@ -33,7 +33,9 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
     if strict and req.warnings:
         errors = [replace(w, severity="error") for w in req.warnings]
         raise BadRequest(errors[0].diagnostics, issues=errors)
-    where = repository.conditions(resource_type, req.criteria)
+    fast = repository.fast_shape(resource_type, req.criteria)  # a statement cached per query shape
+    where = repository.conditions(resource_type, req.criteria) if fast is None or req.summary == "count" \
+        or req.total in ("accurate", "estimate") else None
     join_resource = repository.uses_resource_table(req.criteria)
     self_link = _url(base, resource_type, list(params))
     timestamp = fhir_instant(utcnow())
@@ -45,7 +47,8 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
                       timestamp=timestamp)
 
     rows = repository.find_page(session, resource_type, where, req.sort, req.cursor, req.count + 1,
-                                not_null=repository.excludes_missing(resource_type, req.sort, req.criteria))
+                                not_null=repository.excludes_missing(resource_type, req.sort, req.criteria),
+                                fast=fast)
     backwards = req.cursor is not None and req.cursor.before
     more = len(rows) > req.count
     if more:
