@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mappings.dates import fhir_instant
-from fhir_mappings.references import ID_RE, split_token
+from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
 from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
                             ResourceInvalid, RuleViolation)
@@ -214,18 +214,8 @@ def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) ->
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
     if not params:
         raise BadRequest(f"{where} needs search parameters, e.g. identifier=system|value", expression=where)
-    ids: list[str] | None = None
-    for name, value in params:
-        if name == "identifier":
-            system, val = split_token(value)
-            found = uow.find_by_identifier(resource_type, system, val)
-        elif name == "_id":
-            found = [value] if uow.exists(resource_type, value) else []
-        else:
-            raise BadRequest(f"{where}: only 'identifier' and '_id' can select a resource here, not '{name}'",
-                             expression=where)
-        ids = found if ids is None else [i for i in ids if i in found]
-    return ids or []
+    return uow.match(resource_type, params, lambda name: BadRequest(
+        f"{where}: only 'identifier' and '_id' can select a resource here, not '{name}'", expression=where))
 
 
 def _identifiers(resource_type: str, payload: dict) -> list[tuple[str, str, str]]:

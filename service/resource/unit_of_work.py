@@ -149,19 +149,26 @@ class UnitOfWork:
         raise RuleViolation(f"{expression} '{parsed.text}' is not a {expected} on this server",
                             expression=expression)
 
-    def _resolve_query(self, expected: str, parsed: ParsedReference, expression: str) -> str:
+    def match(self, resource_type: str, params, unsupported) -> list[str]:
+        """Ids of the `resource_type` resources matching every (name, value) of a conditional query
+        (`identifier=system|value`, `_id=…`); `unsupported(name)` is the error raised for any other name."""
         ids: list[str] | None = None
-        for name, value in parsed.query:
+        for name, value in params:
             if name == "identifier":
                 system, val = split_token(value)
-                found = self.find_by_identifier(expected, system, val)
+                found = self.find_by_identifier(resource_type, system, val)
             elif name == "_id":
-                found = [value] if self.exists(expected, value) else []
+                found = [value] if self.exists(resource_type, value) else []
             else:
-                raise RuleViolation(f"{expression}: conditional references support only identifier and _id, "
-                                    f"not '{name}'", expression=expression)
+                raise unsupported(name)
             ids = found if ids is None else [i for i in ids if i in found]
-        return self._one_match(expected, ids or [], parsed.text, expression, None)
+        return ids or []
+
+    def _resolve_query(self, expected: str, parsed: ParsedReference, expression: str) -> str:
+        ids = self.match(expected, parsed.query, lambda name: RuleViolation(
+            f"{expression}: conditional references support only identifier and _id, not '{name}'",
+            expression=expression))
+        return self._one_match(expected, ids, parsed.text, expression, None)
 
     def _one_match(self, expected: str, ids: list[str], what: str, expression: str, ref: dict | None) -> str:
         if len(ids) != 1:
