@@ -154,13 +154,17 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
 
     # arms: the study's own (by name), then any other arm a subject names
     arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
-    subject_rows = repository.count_subjects_by_arm(session, study_id, last_visit, counted, COMPLETED_STATUSES)
+    visit_days = [(v.name, v.target_day) for v in visits]
+    # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
+    if session.get_bind().dialect.name == "postgresql" and last_visit is not None:
+        values, subject_rows = repository.summary_rows_postgres(session, study_id, visit_days, counted,
+                                                                COMPLETED_STATUSES, last_visit)
+    else:
+        subject_rows = repository.count_subjects_by_arm(session, study_id, last_visit, counted, COMPLETED_STATUSES)
+        values = repository.find_visit_values(session, study_id, visit_days, counted)
     counts = {row[0]: row[1:4] for row in subject_rows}
     for name in sorted(set(counts) - set(arms)):
         arms[name] = None
-
-    # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
-    values = repository.find_visit_values(session, study_id, [(v.name, v.target_day) for v in visits], counted)
     empty = np.empty((0, len(visits)))
     matrices = {key: np.array(columns, dtype=float).reshape(len(visits), -1).T for key, columns in values.items()}
 
