@@ -52,7 +52,8 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def settings_from_request(request: Request) -> Settings:
+async def settings_from_request(request: Request) -> Settings:
+    """Async: a plain function dependency would cost a worker-thread round trip per request."""
     return request.app.state.settings
 
 
