@@ -186,10 +186,11 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
 
 def transaction(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False) -> bytes:
-    raw = orjson.dumps(body)
     _, requests = read_bundle(body, max_entries)
 
     def work(uow: UnitOfWork) -> bytes:
+        # a fresh copy per attempt: entries are rewritten in place (references, ids, meta), and a transaction
+        # run again after a write race must start from what the client sent
         reqs = [Request(**{**r.__dict__, "resource": orjson.loads(orjson.dumps(r.resource)) if r.resource else None})
                 for r in requests]
         seen_urls = set()
@@ -216,7 +217,6 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
                    for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
-    del raw
     return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules)
 
 
