@@ -4,7 +4,7 @@ SQLite (embedded default) runs in WAL mode with a busy timeout, and write transa
 `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing. PostgreSQL is the production store.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
@@ -63,7 +63,9 @@ async def _read_session_dep(request: Request) -> AsyncIterator[Session]:
         yield session
 
 
-def _write_session_dep(request: Request) -> Iterator[Session]:
+async def _write_session_dep(request: Request) -> AsyncIterator[Session]:
+    """Async for the same reason; the endpoint's unit of work (service.resource.service.run_write) has committed
+    or rolled back before the session is closed, so closing does no database work."""
     with write_session(request.app.state.engine) as session:
         yield session
 
