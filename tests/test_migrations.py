@@ -1,17 +1,15 @@
 """The schema comes from alembic migrations: an empty or older database is brought up to date, keeping its data."""
 
-import uuid
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import inspect, text
 
 from service.db import make_engine, migrate
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import ON_POSTGRES, TEST_DATABASE_URL
+from tests.conftest import ON_POSTGRES, scratch_postgres_database
 
 
 @pytest.fixture
@@ -20,15 +18,8 @@ def empty_database_url(tmp_path):
     if not ON_POSTGRES:
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
-    admin_url = make_url(TEST_DATABASE_URL)
-    name = f"trial_fhir_mig_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_postgres_database("trial_fhir_mig") as url:
+        yield url
 
 
 def test_app_started_on_an_empty_database_creates_the_schema(empty_database_url):

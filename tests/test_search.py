@@ -1,16 +1,14 @@
 """FHIR search over HTTP: every parameter and prefix, modifiers, result parameters, includes and strict handling."""
 
 import shutil
-import uuid
+from contextlib import ExitStack
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import ON_POSTGRES, TEST_DATABASE_URL
+from tests.conftest import ON_POSTGRES, scratch_postgres_database
 
 from tests.factories import LOINC, MRN, adverse_event, created, observation, patient, study, subject
 
@@ -60,24 +58,16 @@ def trial(client):
 def shared(tmp_path_factory, database_template):
     """One database holding the trial, shared by the read-only tests of this module (building it per test
     would cost a second each)."""
-    if ON_POSTGRES:
-        admin_url = make_url(TEST_DATABASE_URL)
-        name = f"trial_fhir_search_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        url = admin_url.set(database=name).render_as_string(hide_password=False)
-    else:
-        path = tmp_path_factory.mktemp("search") / "search.db"
-        shutil.copyfile(database_template, path)
-        url = f"sqlite:///{path}"
-    settings = Settings(database_url=url, export_dir=tmp_path_factory.mktemp("export"), _env_file=None)
-    with TestClient(create_app(settings)) as client:
-        yield client, build_trial(client)
-    if ON_POSTGRES:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with ExitStack() as stack:
+        if ON_POSTGRES:
+            url = stack.enter_context(scratch_postgres_database("trial_fhir_search"))
+        else:
+            path = tmp_path_factory.mktemp("search") / "search.db"
+            shutil.copyfile(database_template, path)
+            url = f"sqlite:///{path}"
+        settings = Settings(database_url=url, export_dir=tmp_path_factory.mktemp("export"), _env_file=None)
+        with TestClient(create_app(settings)) as client:
+            yield client, build_trial(client)
 
 
 def found(client, query: str, *, status: int = 200) -> set[str]:
