@@ -23,6 +23,7 @@ Results: bench/results/search-<db>.json and bench/results/search-<db>.svg (hand-
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
@@ -400,14 +401,14 @@ def main() -> None:
     cleanup = None
     if args.db == "postgres":
         admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        name = f"bench_search_{uuid.uuid4().hex[:8]}"
+        db_name = f"bench_search_{uuid.uuid4().hex[:8]}"
         with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        database_url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+            conn.execute(text(f'CREATE DATABASE "{db_name}"'))
+        database_url = make_url(PG_ADMIN_URL).set(database=db_name).render_as_string(hide_password=False)
 
         def cleanup():
             with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
     else:
         folder = Path(tempfile.mkdtemp(prefix="bench-search-"))
         database_url = f"sqlite:///{folder / 'search.db'}"
@@ -417,6 +418,8 @@ def main() -> None:
                 f.unlink()
             folder.rmdir()
 
+    if not args.keep:  # also when generation or start-up fails, so no scratch database is left behind
+        atexit.register(cleanup)
     engine = make_engine(database_url)
     migrate(engine)
     t0 = time.perf_counter()
@@ -463,9 +466,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(timeout=30)
         engine.dispose()
-        if not args.keep:
-            cleanup()
-        else:
+        if args.keep:
             print(f"kept {database_url}")
     bare_best = max(r["throughput_rps"] for r in runs["bare"])
     results = {
