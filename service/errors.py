@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fhir_mappings.outcome import Issue, fhirpath, issue, outcome
+from fhir_mappings.outcome import Issue, issue, outcome
 from service.responses import FhirJSONResponse
 
 log = logging.getLogger("trial_fhir")
@@ -129,5 +129,3 @@ def register_error_handlers(app: FastAPI) -> None:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, [issue("exception", "Internal server error; the request was not applied.")])
 
-
-__all__ = ["fhirpath"]

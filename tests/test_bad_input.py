@@ -16,7 +16,6 @@ from sqlmodel import SQLModel
 import service.tables  # noqa: F401  (every table in SQLModel.metadata)
 from fhir_mappings import fhir
 from service.main import create_app
-from tests.conftest import ON_POSTGRES
 from tests.factories import MRN, adverse_event, created, enrol, observation, patient
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}

@@ -33,7 +33,7 @@ def test_concurrent_observation_writes_are_all_kept(client):
         retried = list(pool.map(post, range(40)))  # every request sent again, as after a timeout
     assert first == [201] * 40
     assert retried == [200] * 40
-    bundle = client.get(f"/fhir/Observation?identifier=urn:lab|R-0,urn:lab|R-39&_count=100").json()
+    bundle = client.get("/fhir/Observation?identifier=urn:lab|R-0,urn:lab|R-39&_count=100").json()
     assert bundle["total"] == 2
 
 

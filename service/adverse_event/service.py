@@ -9,7 +9,7 @@ from service.trial.service import enrolment_in
 AE = AdverseEventRecord.__table__
 
 
-def index_adverse_event(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+def index_adverse_event(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     raise_for_issues(check_adverse_event(payload))
     patient_id = uow.resolve(payload.get("subject"), "Patient", "AdverseEvent.subject")
     studies = payload.get("study") or []

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
-from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
 from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.resource import service as resources
@@ -239,5 +239,3 @@ def batch(session: Session, body: dict, base: str, *, max_entries: int, enforce_
                                          "outcome": outcome(prefixed.issues)}})
     return bundle("batch-response", entries, timestamp=fhir_instant(utcnow()))
 
-
-__all__ = ["transaction", "batch", "issue"]

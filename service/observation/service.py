@@ -10,7 +10,7 @@ from service.trial.service import enrolment_in, enrolments
 M = MeasurementRecord.__table__
 
 
-def index_observation(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     patient_id = uow.resolve(payload.get("subject"), "Patient", "Observation.subject")
     study_ref = study_extension_reference(payload)
     study_id = None

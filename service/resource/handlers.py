@@ -12,7 +12,8 @@ from service.resource.unit_of_work import UnitOfWork
 from service.trial import service as trial
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
-IndexFn = Callable[[UnitOfWork, dict, str, dict | None], None]
+#: (unit of work, payload, id, replacing: a live version exists) -> None; raises for rule violations
+IndexFn = Callable[[UnitOfWork, dict, str, bool], None]
 
 
 @dataclass(frozen=True)

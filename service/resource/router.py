@@ -11,7 +11,6 @@ from fastapi.responses import Response
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from service.db import ReadSessionDep, WriteSessionDep
-from service.errors import NotFound
 from service.examples import EXAMPLES, stored
 from service.http import BaseUrl, FhirBody, resource_response, version_headers
 from service.resource import service
@@ -240,5 +239,3 @@ def build_router(resource_type: str) -> APIRouter:
 def build_routers() -> list[APIRouter]:
     return [build_router(t) for t in HANDLERS]
 
-
-__all__ = ["build_routers", "NotFound"]

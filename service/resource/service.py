@@ -20,7 +20,7 @@ from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFoun
 from service.resource import repository
 from service.resource.handlers import HANDLERS, TypeHandler
 from service.resource.models import ResourceRecord, ResourceVersion
-from service.resource.unit_of_work import UnitOfWork, utcnow
+from service.resource.unit_of_work import UnitOfWork
 
 log = logging.getLogger("trial_fhir")
 R = ResourceRecord.__table__
@@ -239,9 +239,8 @@ def _identifiers(resource_type: str, payload: dict) -> list[tuple[str, str, str]
 def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current, method: str) -> Stored:
     handler = handler_for(resource_type)
     identifiers = _identifiers(resource_type, payload)
-    previous = orjson.loads(current.content) if current is not None and current.content else None
     try:
-        handler.index(uow, payload, id, previous)
+        handler.index(uow, payload, id, current is not None and not current.deleted)
     except RuleViolation as violation:
         if uow.enforce_rules:
             raise
@@ -321,5 +320,3 @@ def history(session: Session, resource_type: str, id: str, *, count: int, before
     return repository.find_history(session, resource_type, id, limit=count, before_version=before_version,
                                    since=since)
 
-
-__all__ = ["utcnow", "Stored"]

@@ -10,11 +10,10 @@ from sqlalchemy import and_, bindparam, case, false, func, or_, select, tuple_
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
-from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Ref, Sort, Token, params_for
+from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Sort, Token, params_for
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.resource.models import IdentifierRecord, ResourceRecord
-from service.search.models import INDEXES  # noqa: F401  (the indexes that cover search filters and sorts)
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
 R = ResourceRecord.__table__

@@ -69,17 +69,17 @@ def enrolment_in(uow: UnitOfWork, patient_id: str, study_id: str | None, what: s
     return found[0]
 
 
-def index_patient(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+def index_patient(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     raise_for_issues(check_patient(payload))
     uow.add(PatientRecord.__table__, patient_from_fhir(payload, id).model_dump())
 
 
-def index_research_study(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+def index_research_study(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     raise_for_issues(check_research_study(payload))
     if not payload.get("enrollment"):  # the study's cohort Group (service/group), unless the client names one
         payload["enrollment"] = [{"reference": f"Group/{group_id_for_study(id)}"}]
     study, arms = research_study_from_fhir(payload, id)
-    if previous is not None:
+    if replacing:
         missing = repository.find_arms_in_use(uow.session, id) - {a.name for a in arms}
         if missing:
             raise RuleViolation(f"Arms {sorted(missing)} are still assigned to research subjects",
@@ -99,7 +99,7 @@ def study_arms(uow: UnitOfWork, study_id: str) -> set[str]:
     return uow.cache[key]
 
 
-def index_research_subject(uow: UnitOfWork, payload: dict, id: str, previous: dict | None) -> None:
+def index_research_subject(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     study_id = uow.resolve(payload.get("study"), "ResearchStudy", "ResearchSubject.study")
     patient_id = uow.resolve(payload.get("individual"), "Patient", "ResearchSubject.individual")
     raise_for_issues(check_research_subject(payload, study_arms(uow, study_id)))
@@ -108,7 +108,7 @@ def index_research_subject(uow: UnitOfWork, payload: dict, id: str, previous: di
     if other:
         raise Conflict(f"Patient/{patient_id} is already enrolled in ResearchStudy/{study_id} as "
                        f"ResearchSubject/{other[0].subject_id}", expression="ResearchSubject.individual")
-    old = repository.get_subject(uow.session, id) if previous is not None else None
+    old = repository.get_subject(uow.session, id) if replacing else None
     if old is not None and (old.study_id, old.patient_id) != (study_id, patient_id) and (
             repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id)
             or repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id)):
