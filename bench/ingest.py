@@ -251,10 +251,13 @@ def _progress() -> Progress:
                     TextColumn("{task.fields[rate]:>8} /s"), TimeElapsedColumn(), console=console, transient=False)
 
 
-def post_bundles(base: str, bundles: list[tuple[int, bytes]], label: str, workers: int) -> tuple[int, float]:
-    total = sum(n for n, _ in bundles)
+def post_all(base: str, path: str, bodies: list[tuple[int, bytes]], label: str, workers: int, *,
+             headers: dict[str, str], expected: int) -> tuple[int, float]:
+    """POST every (resources in it, body) to `path` from `workers` threads, each with its own client;
+    (resources posted, seconds). Any other status than `expected` stops the run."""
+    total = sum(n for n, _ in bodies)
     work: queue.SimpleQueue = queue.SimpleQueue()
-    for item in bundles:
+    for item in bodies:
         work.put(item)
     done = [0]
     lock = threading.Lock()
@@ -267,13 +270,15 @@ def post_bundles(base: str, bundles: list[tuple[int, bytes]], label: str, worker
                     n, body = work.get_nowait()
                 except queue.Empty:
                     return
-                r = client.post("/fhir", content=body, headers=FHIR_JSON)
-                if r.status_code != 200:
+                r = client.post(path, content=body, headers=headers)
+                if r.status_code != expected:
                     errors.append(f"HTTP {r.status_code}: {r.text[:2000]}")
                     return
                 with lock:
-                    done[0] += n
-                    progress.update(task, advance=n, rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
+                    before, done[0] = done[0], done[0] + n
+                    if n > 1 or done[0] // 50 != before // 50:  # singles: redraw every 50
+                        progress.update(task, completed=done[0],
+                                        rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
 
     with _progress() as progress:
         task = progress.add_task(label, total=total, rate="")
@@ -284,49 +289,10 @@ def post_bundles(base: str, bundles: list[tuple[int, bytes]], label: str, worker
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-    if errors:
-        raise RuntimeError(f"{label}: {errors[0]}")
-    return total, elapsed
-
-
-def post_singles(base: str, bodies: list[bytes], label: str, workers: int) -> tuple[int, float]:
-    work: queue.SimpleQueue = queue.SimpleQueue()
-    for body in bodies:
-        work.put(body)
-    done = [0]
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def worker(progress, task, start):
-        with httpx.Client(base_url=base, timeout=60) as client:
-            while not errors:
-                try:
-                    body = work.get_nowait()
-                except queue.Empty:
-                    return
-                r = client.post("/fhir/Observation", content=body, headers={**FHIR_JSON, "Prefer": "return=minimal"})
-                if r.status_code != 201:
-                    errors.append(f"HTTP {r.status_code}: {r.text[:2000]}")
-                    return
-                with lock:
-                    done[0] += 1
-                    if done[0] % 50 == 0:
-                        progress.update(task, completed=done[0],
-                                        rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
-
-    with _progress() as progress:
-        task = progress.add_task(label, total=len(bodies), rate="")
-        start = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(progress, task, start)) for _ in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
         progress.update(task, completed=done[0], rate=f"{done[0] / elapsed:,.0f}")
     if errors:
         raise RuntimeError(f"{label}: {errors[0]}")
-    return len(bodies), elapsed
+    return total, elapsed
 
 
 def bare_rate(observations: list[dict]) -> dict:
@@ -356,10 +322,12 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
             load = os.getloadavg()[0]
             if mode == "bundle":
                 bundles = observation_bundles(cohort.observations, args.bundle_size)
-                n, elapsed = post_bundles(base, bundles, label, args.bundle_workers)
+                n, elapsed = post_all(base, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
+                                      expected=200)
             else:
                 bodies = [orjson.dumps(o) for o in cohort.observations]
-                n, elapsed = post_singles(base, bodies, label, args.workers)
+                n, elapsed = post_all(base, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
+                                      headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201)
         stored = count_rows(url)
     if stored != {"measurement": n, "resource": n + 2 * cohort.patients + 1}:
         raise RuntimeError(f"{label}: posted {n} Observations but the database holds {stored}")
