@@ -86,62 +86,58 @@ def find_visit_values(session: Session, study_id: str, visits: Sequence[tuple[st
 
 
 def summary_rows_postgres(session: Session, study_id: str, visits: Sequence[tuple[str, int]],
-                          counted: Sequence[str], completed_statuses: Sequence[str],
+                          measures: Sequence[str], counted: Sequence[str], completed_statuses: Sequence[str],
                           last_visit: str) -> tuple[dict, list[tuple]]:
     """PostgreSQL, one statement: what `find_visit_values` and `count_subjects_by_arm` return (`last_visit`,
-    one of `visits`, is the one that makes a subject completed).
+    one of `visits`, is the one that makes a subject completed; `measures` are the catalogue's keys).
 
-    The per-subject pass reads the covering index ix_measurement_summary in (subject, measure, visit) order
-    and aggregates as it streams (no hash table, no sort, no heap visits); the choice among several values in
-    a window is `min()` over arrays [closeness, −time, value] (closeness: 2 × distance, +1 when before the
-    target, so a tie goes to the later day; `date_part` gives the float epoch without going through numeric).
-    The arm counts read the same materialised pass (a subject with a value at the last visit has a counted
-    result there), so the results table is read once.
+    The per-subject pass reads the covering index ix_measurement_summary in subject order and folds each
+    subject's rows into one row of measures × visits columns as it streams (no hash table, no sort, no heap
+    visits). The choice among several values in a window is `min()` over arrays [closeness, −time, value]
+    (closeness: 2 × distance, +1 when before the target, so a tie goes to the later day; `date_part` gives the
+    float epoch without going through numeric). The outer aggregate then reads one row per subject (the
+    study's subjects left-joined to that pass), so the arm counts come out of the same rows.
+
+    Measured on 10k subjects × 21 results: a row per subject costs ~150 ms where a row per subject and
+    measure (then grouped by arm and measure: 7× the rows to join and sort) cost ~185 ms.
     """
     params: dict = {"study": study_id, "counted": list(counted), "visits": [name for name, _ in visits],
                     "completed": list(completed_statuses)}
-    pivots = []
     for i, (name, day) in enumerate(visits):
         params[f"n{i}"], params[f"d{i}"] = name, day
-        pivots.append(f"(min(ARRAY[abs(m.study_day - :d{i}) * 2 + CASE WHEN m.study_day < :d{i} THEN 1 ELSE 0 END, "
-                      f"-coalesce(date_part('epoch', m.effective), 0), m.value]::float8[]) "
-                      f"FILTER (WHERE m.visit = :n{i}))[3] AS v{i}")
-    last = [name for name, _ in visits].index(last_visit)
-    blanks = ", ".join(["NULL"] * (len(visits) - 1))
-    # rows with a measure: the columns as JSON text (PostgreSQL prints floats exactly; orjson reads them fast);
-    # the one row per arm without a measure: its counts as a JSON array in the first column
+    pivots, columns, last = [], [], [name for name, _ in visits].index(last_visit)
+    for j, key in enumerate(measures):
+        params[f"m{j}"] = key
+        for i in range(len(visits)):
+            pivots.append(f"(min(ARRAY[(abs(m.study_day - :d{i}) * 2 + CASE WHEN m.study_day < :d{i} THEN 1 ELSE 0 "
+                          f"END)::float8, -coalesce(date_part('epoch', m.effective), 0), m.value]) "
+                          f"FILTER (WHERE m.measure = :m{j} AND m.visit = :n{i}))[3] AS c{j}_{i}")
+            columns.append(f"json_agg(p.c{j}_{i})::text")
+    done = "coalesce(" + ", ".join(f"p.c{j}_{last}" for j in range(len(measures))) + ") IS NOT NULL" \
+        if measures else "false"
+    # the columns as JSON text: PostgreSQL prints floats exactly, orjson reads them fast
     sql = text(f"""
         WITH p AS MATERIALIZED (
-            SELECT m.subject_id, m.measure, {", ".join(pivots)}
+            SELECT m.subject_id, {", ".join(pivots) if pivots else "NULL AS none"}
             FROM measurement m
             WHERE m.study_id = :study AND m.visit = ANY(:visits) AND m.status = ANY(:counted)
-            GROUP BY m.subject_id, m.measure)
-        SELECT s.arm, p.measure, {", ".join(f"json_agg(p.v{i})::text" for i in range(len(visits)))}
-        FROM p JOIN research_subject s ON s.id = p.subject_id
-        WHERE s.arm IS NOT NULL
-        GROUP BY s.arm, p.measure
-        UNION ALL
-        SELECT s.arm, NULL, json_build_array(count(*),
-                   count(*) FILTER (WHERE s.status = 'withdrawn'),
-                   count(*) FILTER (WHERE s.status <> 'withdrawn'
-                                    AND (s.status = ANY(:completed) OR done.subject_id IS NOT NULL)),
-                   min(s.day0), max(s.day0))::text{", " + blanks if blanks else ""}
-        FROM research_subject s
-        LEFT JOIN (SELECT DISTINCT subject_id FROM p WHERE v{last} IS NOT NULL) done ON done.subject_id = s.id
+            GROUP BY m.subject_id)
+        SELECT s.arm, count(*), count(*) FILTER (WHERE s.status = 'withdrawn'),
+               count(*) FILTER (WHERE s.status <> 'withdrawn' AND (s.status = ANY(:completed) OR {done})),
+               min(s.day0), max(s.day0){"".join(", " + c for c in columns)}
+        FROM research_subject s LEFT JOIN p ON p.subject_id = s.id
         WHERE s.study_id = :study AND s.arm IS NOT NULL
         GROUP BY s.arm""")
-    # the pass keeps ~100 bytes per subject and measure: let it stay in memory; streaming over the index in
-    # order is cheaper than hashing 70k groups (the planner's estimate of the group count is far too low)
-    session.execute(text("SET LOCAL work_mem = '64MB'"))
+    # streaming over the index in subject order is cheaper than hashing the subjects (the planner's estimate
+    # of the group count is far too low)
     session.execute(text("SET LOCAL enable_hashagg = off"))
     session.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves on this one-off query
     values, counts = {}, []
+    width = len(visits)
     for row in session.execute(sql, params):
-        if row[1] is None:
-            enrolled, withdrawn, completed, first, latest = orjson.loads(row[2])
-            counts.append((row[0], enrolled, withdrawn, completed, _as_date(first), _as_date(latest)))
-        else:
-            values[(row[0], row[1])] = [orjson.loads(col) for col in row[2:]]
+        counts.append((row[0], int(row[1]), int(row[2]), int(row[3]), _as_date(row[4]), _as_date(row[5])))
+        for j, key in enumerate(measures):
+            values[(row[0], key)] = [orjson.loads(col) for col in row[6 + j * width:6 + (j + 1) * width]]
     session.execute(text("RESET enable_hashagg"))
     session.execute(text("RESET jit"))
     return values, counts
