@@ -199,14 +199,15 @@ def _free_port() -> int:
 
 
 @contextmanager
-def running_service(database_url: str):
-    """uvicorn service.main:app on 127.0.0.1, migrated, no demo data; yields its base URL."""
+def running_service(database_url: str, workers: int = 1):
+    """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data; yields its base
+    URL."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true",
            "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false"}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                             "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -316,7 +317,7 @@ def bare_rate(observations: list[dict]) -> dict:
 def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
     label = f"{mode} {kind}"
     with scratch_database(kind) as url:
-        with running_service(url) as base:
+        with running_service(url, args.server_workers) as base:
             with httpx.Client(base_url=base, timeout=300) as client:
                 load_setup(client, cohort)
             load = os.getloadavg()[0]
@@ -334,6 +335,7 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
     return {"database": kind, "mode": mode, "resources": n, "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored, "load_average_before": round(load, 2),
             "clients": args.bundle_workers if mode == "bundle" else args.workers,
+            "server_workers": args.server_workers,
             **({"bundle_size": args.bundle_size} if mode == "bundle" else {})}
 
 
@@ -456,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="client threads for single POSTs (default 4)")
     parser.add_argument("--bundle-workers", type=int, default=1,
                         help="client threads posting Bundles (default 1: one transaction at a time)")
+    parser.add_argument("--server-workers", type=int, default=2,
+                        help="uvicorn worker processes (default 2: one per core of the 2-core machine)")
     parser.add_argument("--seed", type=int, default=20240110)
     parser.add_argument("--output", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--profile", action="store_true", help="profile transaction() in process instead")
