@@ -6,7 +6,7 @@ dependency order (patients and studies, enrolments, then results), then reads. A
 it back and answers with an OperationOutcome naming the entry. A batch runs each entry on its own.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +42,7 @@ class Request:
     resource: dict | None
     if_none_exist: str | None
     if_match: str | None
+    may_refer: bool = True  # may hold a reference to another entry's fullUrl (False: no need to look)
 
     @property
     def prefix(self) -> str:
@@ -137,7 +138,7 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
         uow.flush()
         found = search(uow.session, req.resource_type, parse_qsl(req.query), base)
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
-    resource = _rewrite_placeholders(req.resource, uow.placeholders)
+    resource = _rewrite_placeholders(req.resource, uow.placeholders) if req.may_refer else req.resource
     if req.method == "POST":
         new_id = uow.placeholders.get(req.full_url, (None, None))[1] if req.full_url else None
         stored = resources.create(uow, req.resource_type, resource, if_none_exist=req.if_none_exist, new_id=new_id)
@@ -149,8 +150,9 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
         stored = resources.conditional_update(uow, req.resource_type, req.query, resource, if_match=req.if_match)
         if req.full_url and req.full_url.startswith("urn:"):
             uow.placeholders[req.full_url] = (req.resource_type, stored.id)
+    modified = uow.now_instant if stored.last_updated is uow.now else fhir_instant(stored.last_updated)
     response = {"status": STATUS_TEXT[stored.status], "location": f"{base}/{stored.location}",
-                "etag": stored.etag, "lastModified": fhir_instant(stored.last_updated)}
+                "etag": stored.etag, "lastModified": modified}
     return stored.status, entry(f"{base}/{stored.resource_type}/{stored.id}", stored.content, response=response)
 
 
@@ -187,12 +189,18 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
 def transaction(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False) -> bytes:
     _, requests = read_bundle(body, max_entries)
+    texts = [orjson.dumps(r.resource) if r.resource else None for r in requests]
+    # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
+    # (fullUrls that aren't urn: are rare, and then every resource is walked)
+    urn_only = all(r.full_url.startswith("urn:") for r in requests if r.full_url)
+    may_refer = {r.index for r in requests if texts[r.index] is not None
+                 and (not urn_only or b'"reference":"urn:' in texts[r.index])}
 
     def work(uow: UnitOfWork) -> bytes:
         # a fresh copy per attempt: entries are rewritten in place (references, ids, meta), and a transaction
         # run again after a write race must start from what the client sent
-        reqs = [Request(**{**r.__dict__, "resource": orjson.loads(orjson.dumps(r.resource)) if r.resource else None})
-                for r in requests]
+        reqs = [replace(r, resource=orjson.loads(text), may_refer=r.index in may_refer)
+                if (text := texts[r.index]) is not None else r for r in requests]
         seen_urls = set()
         for r in reqs:
             if r.full_url:

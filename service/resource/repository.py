@@ -48,8 +48,16 @@ def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) 
     ids = list(ids)
     if not ids:
         return set()
+    if session.get_bind().dialect.name == "postgresql":
+        return set(session.execute(_EXISTING_POSTGRES, {"type": resource_type, "ids": ids}).scalars())
     stmt = select(R.c.id).where(R.c.resource_type == resource_type, R.c.id.in_(ids), R.c.deleted.is_(False))
     return set(session.execute(stmt).scalars())
+
+
+# one array parameter instead of an expanded IN list: the same statement text for any number of ids (cheaper to
+# build, and prepared once by the driver)
+_EXISTING_POSTGRES = text("SELECT id FROM resource WHERE resource_type = :type AND id = ANY(CAST(:ids AS text[])) "
+                          "AND NOT deleted")
 
 
 def find_ids_by_identifier(session: Session, resource_type: str, system: str | None, value: str) -> list[str]:

@@ -252,7 +252,7 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current,
     for where, system, value in identifiers:
         uow.claim_identifier(resource_type, id, system, value, where)
     version = current.version_id + 1 if current is not None else 1
-    meta = {**(payload.get("meta") or {}), "versionId": str(version), "lastUpdated": fhir_instant(uow.now)}
+    meta = {**(payload.get("meta") or {}), "versionId": str(version), "lastUpdated": uow.now_instant}
     body = {"resourceType": resource_type, "id": id, "meta": meta}
     body.update((k, v) for k, v in payload.items() if k not in body)
     content = orjson.dumps(body).decode()

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlmodel import Session
 
+from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
 from service.errors import Conflict, IdentifierTaken, RuleViolation
@@ -25,6 +26,7 @@ class UnitOfWork:
     def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True) -> None:
         self.session = session
         self.now = utcnow()
+        self.now_instant = fhir_instant(self.now)  # meta.lastUpdated of everything this unit writes
         self.base_url = base_url.rstrip("/")
         self.enforce_rules = enforce_rules
         self.placeholders: dict[str, tuple[str, str]] = {}  # urn:uuid:… -> (type, id)
