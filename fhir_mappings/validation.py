@@ -37,9 +37,10 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
     `"yes"` for a boolean and `-1` for a dateTime, and the stored JSON would keep the wrong type).
 
     The same walk rejects a resource nested deeper than MAX_DEPTH (objects and arrays, the resource being 1).
+    Paths are kept as parent links and only spelled out for an issue: most leaves are strings, checked first.
     """
-    issues = []
-    stack = [(payload, parsed, resource_type, 1)]
+    issues: list[Issue] = []
+    stack: list[tuple[dict, BaseModel, tuple | None, int]] = [(payload, parsed, None, 1)]
     while stack:
         data, model, path, depth = stack.pop()
         names = _json_names(type(model))
@@ -48,31 +49,41 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
             if name is None:
                 continue
             value = getattr(model, name, None)
-            where = f"{path}.{key}"
-            inner = depth + 1  # of `sent` when it is an object or array; of its items when it is an array
             if isinstance(sent, list) and isinstance(value, list):
-                pairs = [(s, v, f"{where}[{i}]") for i, (s, v) in enumerate(zip(sent, value))]
-                inner += 1
-                if inner > MAX_DEPTH and (depth + 1 > MAX_DEPTH or any(isinstance(s, (dict, list)) for s in sent)):
+                if depth + 2 > MAX_DEPTH and (depth + 1 > MAX_DEPTH or any(isinstance(s, (dict, list)) for s in sent)):
                     return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
-            else:
-                pairs = [(sent, value, where)]
-                if inner > MAX_DEPTH and isinstance(sent, (dict, list)):
+                for i, (s, v) in enumerate(zip(sent, value)):
+                    if not isinstance(v, str):
+                        _check(s, v, (path, key, i), depth + 2, stack, issues, resource_type)
+            elif not isinstance(value, str):
+                if depth + 1 > MAX_DEPTH and isinstance(sent, (dict, list)):
                     return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
-            for s, v, at in pairs:
-                if isinstance(v, BaseModel):
-                    if isinstance(s, dict):
-                        stack.append((s, v, at, inner))
-                elif isinstance(v, bool):
-                    if not isinstance(s, bool):
-                        issues.append(issue("invalid", f"Expected a JSON boolean, got {s!r}", at))
-                elif isinstance(v, (int, float, Decimal)):
-                    if isinstance(s, bool) or not isinstance(s, (int, float)):
-                        issues.append(issue("invalid", f"Expected a JSON number, got {s!r}", at))
-                elif isinstance(v, (date, time)):  # pydantic reads a number as a Unix timestamp
-                    if not isinstance(s, str):
-                        issues.append(issue("invalid", f"Expected a date/time string, got {s!r}", at))
+                _check(sent, value, (path, key, None), depth + 1, stack, issues, resource_type)
     return issues
+
+
+def _check(sent: Any, value: Any, at: tuple, depth: int, stack: list, issues: list[Issue], resource_type: str) -> None:
+    if isinstance(value, BaseModel):
+        if isinstance(sent, dict):
+            stack.append((sent, value, at, depth))
+    elif isinstance(value, bool):
+        if not isinstance(sent, bool):
+            issues.append(issue("invalid", f"Expected a JSON boolean, got {sent!r}", _spell(resource_type, at)))
+    elif isinstance(value, (int, float, Decimal)):
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)):
+            issues.append(issue("invalid", f"Expected a JSON number, got {sent!r}", _spell(resource_type, at)))
+    elif isinstance(value, (date, time)):  # pydantic reads a number as a Unix timestamp
+        if not isinstance(sent, str):
+            issues.append(issue("invalid", f"Expected a date/time string, got {sent!r}", _spell(resource_type, at)))
+
+
+def _spell(resource_type: str, at: tuple | None) -> str:
+    """`Observation.component[1].valueQuantity.value` from the parent links (parent, key, index)."""
+    parts = []
+    while at is not None:
+        at, key, index = at
+        parts.append(key if index is None else f"{key}[{index}]")
+    return ".".join([resource_type, *reversed(parts)])
 
 
 _NAMES: dict[type, dict[str, str]] = {}

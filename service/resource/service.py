@@ -12,7 +12,6 @@ import orjson
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from fhir_mappings.dates import fhir_instant
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
 from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
