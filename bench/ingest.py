@@ -1,10 +1,11 @@
 """Ingest benchmark (issue 2): how fast does the service take in Observations?
 
 Generates a synthetic cohort (one study, N enrolled patients, >= 20,000 valid Observations of the
-catalogue's measures), starts the service (uvicorn `service.main:app`) on a fresh database and posts the
-Observations
-  (a) as transaction Bundles of `--bundle-size` entries (`POST /fhir`), and
-  (b) one by one (`POST /fhir/Observation`) from `--workers` threads, each with its own httpx client,
+catalogue's measures), starts the service (`--replicas` uvicorn `service.main:app` processes on their own
+ports, default 2 = one per core, as DESIGN.md scales out) on a fresh database and posts the Observations
+  (a) as transaction Bundles of `--bundle-size` entries (`POST /fhir`) from `--bundle-workers` threads, and
+  (b) one by one (`POST /fhir/Observation`) from `--workers` threads,
+each thread with its own keep-alive httpx client, spread round-robin over the replicas,
 on SQLite and on PostgreSQL (a scratch database `bench_<random>`, dropped afterwards). Each (database,
 mode) run gets its own fresh database and server, so both modes write the same resources into the same
 starting state. In the same run it measures the bare ceiling: fhir.resources R4B
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import cProfile
 import io
 import json
@@ -252,9 +254,10 @@ def _progress() -> Progress:
                     TextColumn("{task.fields[rate]:>8} /s"), TimeElapsedColumn(), console=console, transient=False)
 
 
-def post_all(base: str, path: str, bodies: list[tuple[int, bytes]], label: str, workers: int, *,
+def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label: str, workers: int, *,
              headers: dict[str, str], expected: int) -> tuple[int, float]:
-    """POST every (resources in it, body) to `path` from `workers` threads, each with its own client;
+    """POST every (resources in it, body) to `path` from `workers` threads, each with its own keep-alive
+    client, thread i talking to bases[i % len(bases)] (what a load balancer in front of the replicas does);
     (resources posted, seconds). Any other status than `expected` stops the run."""
     total = sum(n for n, _ in bodies)
     work: queue.SimpleQueue = queue.SimpleQueue()
@@ -264,7 +267,7 @@ def post_all(base: str, path: str, bodies: list[tuple[int, bytes]], label: str, 
     lock = threading.Lock()
     errors: list[str] = []
 
-    def worker(progress, task, start):
+    def worker(progress, task, start, base):
         with httpx.Client(base_url=base, timeout=300) as client:
             while not errors:
                 try:
@@ -284,7 +287,8 @@ def post_all(base: str, path: str, bodies: list[tuple[int, bytes]], label: str, 
     with _progress() as progress:
         task = progress.add_task(label, total=total, rate="")
         start = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(progress, task, start)) for _ in range(workers)]
+        threads = [threading.Thread(target=worker, args=(progress, task, start, bases[i % len(bases)]))
+                   for i in range(workers)]
         for t in threads:
             t.start()
         for t in threads:
@@ -317,17 +321,18 @@ def bare_rate(observations: list[dict]) -> dict:
 def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
     label = f"{mode} {kind}"
     with scratch_database(kind) as url:
-        with running_service(url, args.server_workers) as base:
-            with httpx.Client(base_url=base, timeout=300) as client:
+        with contextlib.ExitStack() as replicas:
+            bases = [replicas.enter_context(running_service(url, args.server_workers)) for _ in range(args.replicas)]
+            with httpx.Client(base_url=bases[0], timeout=300) as client:
                 load_setup(client, cohort)
             load = os.getloadavg()[0]
             if mode == "bundle":
                 bundles = observation_bundles(cohort.observations, args.bundle_size)
-                n, elapsed = post_all(base, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
+                n, elapsed = post_all(bases, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
                                       expected=200)
             else:
                 bodies = [orjson.dumps(o) for o in cohort.observations]
-                n, elapsed = post_all(base, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
+                n, elapsed = post_all(bases, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
                                       headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201)
         stored = count_rows(url)
     if stored != {"measurement": n, "resource": n + 2 * cohort.patients + 1}:
@@ -335,7 +340,7 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
     return {"database": kind, "mode": mode, "resources": n, "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored, "load_average_before": round(load, 2),
             "clients": args.bundle_workers if mode == "bundle" else args.workers,
-            "server_workers": args.server_workers,
+            "replicas": args.replicas, "server_workers": args.server_workers,
             **({"bundle_size": args.bundle_size} if mode == "bundle" else {})}
 
 
@@ -456,10 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--modes", default="bundle,single", help="comma-separated: bundle, single")
     parser.add_argument("--workers", type=int, default=4, help="client threads for single POSTs (default 4)")
-    parser.add_argument("--bundle-workers", type=int, default=1,
-                        help="client threads posting Bundles (default 1: one transaction at a time)")
-    parser.add_argument("--server-workers", type=int, default=2,
-                        help="uvicorn worker processes (default 2: one per core of the 2-core machine)")
+    parser.add_argument("--bundle-workers", type=int, default=2,
+                        help="client threads posting Bundles (default 2: one per replica)")
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="service processes on their own ports, sharing the database (default 2: one per core)")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="uvicorn --workers of each replica (default 1)")
     parser.add_argument("--seed", type=int, default=20240110)
     parser.add_argument("--output", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--profile", action="store_true", help="profile transaction() in process instead")
