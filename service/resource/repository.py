@@ -1,9 +1,11 @@
 """SQL for the resource store: current rows, versions and identifiers. Never commits, never sees HTTP."""
 
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
@@ -111,19 +113,40 @@ COPY_MIN_ROWS = 8
 
 
 def add_rows(session: Session, table, rows: list[dict]) -> None:
-    """Insert `rows` (dicts with the same keys, values already in their database form: aware UTC datetimes)."""
+    """Insert `rows` (dicts with the same keys, values already in their database form: aware UTC datetimes).
+
+    PostgreSQL goes straight to the driver: COPY for many rows; for a few, one INSERT whose rows psycopg
+    sends in pipeline mode (no SQLAlchemy statement to build per call, one round trip per table)."""
     if not rows:
         return
     connection = session.connection()
-    if connection.dialect.name == "postgresql" and len(rows) >= COPY_MIN_ROWS:
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        names = ", ".join(f'"{c}"' for c in columns)
-        with connection.connection.driver_connection.cursor() as cursor:
-            with cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy:
-                for row in rows:
-                    copy.write_row([row.get(c) for c in columns])
+    if connection.dialect.name != "postgresql":
+        session.execute(insert(table), rows)
         return
-    session.execute(insert(table), rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    names = ", ".join(f'"{c}"' for c in columns)
+    driver = connection.connection.driver_connection
+    if len(rows) >= COPY_MIN_ROWS:
+        statement = f'COPY "{table.name}" ({names}) FROM STDIN'
+        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row.get(c) for c in columns])
+    else:
+        statement = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})'
+        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
+            cursor.executemany(statement, [[row.get(c) for c in columns] for row in rows])
+
+
+@contextmanager
+def _as_sqlalchemy_errors(statement: str):
+    """Driver errors as SQLAlchemy raises them (IntegrityError, OperationalError…), so the write path's retry of
+    a unique-key race or a deadlock sees the same exceptions whichever way the rows went in."""
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def update_current(session: Session, resource_type: str, id: str, expected_version: int, values: dict) -> bool:
