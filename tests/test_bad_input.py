@@ -149,6 +149,17 @@ CASES = [
      lambda c, x: raw(c, "POST", "/fhir/Patient",
                       b'{"resourceType": "Patient", "meta": ' + b'{"a":' * 10_000 + b"1" + b"}" * 10_001),
      400, "invalid", "body"),
+    ("transaction-entry-40-extensions-deep", _none,
+     lambda c, x: c.post("/fhir", json=transaction(post(patient(extension=[nested_extension(40)])))),
+     400, "structure", "Bundle.entry[0].resource"),
+    ("transaction-entry-200-extensions-deep", _none,
+     lambda c, x: c.post("/fhir", json=transaction(post(patient()), post(patient(extension=[nested_extension(200)])))),
+     400, "invalid", "Bundle.entry[1].resource"),
+    ("transaction-entry-10k-arrays-deep", _none,
+     lambda c, x: raw(c, "POST", "/fhir", b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": '
+                      b'{"method": "POST", "url": "Patient"}, "resource": {"resourceType": "Patient", "extension": '
+                      + b"[" * 10_000 + b"]" * 10_000 + b"}}]}"),
+     400, "invalid", "body"),
     # -- the endpoint and the body disagree ---------------------------------------------------------------
     ("unknown-type-post", _none, lambda c, x: c.post("/fhir/Foo", json={"resourceType": "Foo"}),
      404, "not-found", "request.url"),
@@ -442,3 +453,17 @@ def test_long_strings_are_stored_or_refused_with_a_422_never_a_500(client):
         response = client.post(f"/fhir/{body['resourceType']}", json=body)
         assert response.status_code == 422, response.text
         assert response.json()["issue"][0]["expression"] == [where]
+
+
+def test_batch_entry_nested_too_deep_gets_its_own_outcome(client, engine):
+    before = table_counts(engine)
+    body = transaction(post(patient(extension=[nested_extension(40)])), post(patient(extension=[nested_extension(200)])),
+                       kind="batch")
+    response = client.post("/fhir", json=body)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    for item in entries:
+        assert item["response"]["status"].startswith("400"), item
+        first = item["response"]["outcome"]["issue"][0]
+        assert first["code"] in ("structure", "invalid") and "nested deeper" in first["diagnostics"], item
+    assert table_counts(engine) == before

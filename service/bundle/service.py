@@ -17,6 +17,7 @@ from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
+from fhir_mappings.validation import MAX_DEPTH
 from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.resource import service as resources
 from service.resource.handlers import HANDLERS
@@ -189,7 +190,7 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
 def transaction(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False) -> bytes:
     _, requests = read_bundle(body, max_entries)
-    texts = [orjson.dumps(r.resource) if r.resource else None for r in requests]
+    texts = [_resource_text(r) for r in requests]
     # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
     # (fullUrls that aren't urn: are rare, and then every resource is walked)
     urn_only = all(r.full_url.startswith("urn:") for r in requests if r.full_url)
@@ -226,6 +227,18 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
     return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules)
+
+
+def _resource_text(req: Request) -> bytes | None:
+    """The entry's resource as JSON bytes (the pristine copy each attempt starts from); 400 naming the entry
+    when it is nested too deep to serialise (orjson stops at 255 levels; the structure check at 64)."""
+    if not req.resource:
+        return None
+    try:
+        return orjson.dumps(req.resource)
+    except orjson.JSONEncodeError:
+        raise BadRequest(f"Resource is nested deeper than {MAX_DEPTH} levels",
+                         expression=f"{req.prefix}.resource") from None
 
 
 def _minimal(item: dict) -> dict:
