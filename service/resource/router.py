@@ -6,11 +6,12 @@ HTTP only: read the request, call one service function, shape the response.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
-from service.db import ReadSessionDep, WriteSessionDep
+from service.db import ReadSessionDep, WriteSessionDep, read_connection
 from service.examples import EXAMPLES, stored
 from service.http import BaseUrl, FhirBody, resource_response, version_headers
 from service.resource import service
@@ -103,12 +104,16 @@ def build_router(resource_type: str) -> APIRouter:
 
     @router.get("", name=f"search_{resource_type}", summary=f"Search {resource_type} resources",
                 responses={200: fhir_json(search_example, "A searchset Bundle"), **error_docs(400)})
-    def search_type(request: Request, session: ReadSessionDep, settings: SettingsDep, base: BaseUrl,
-                    prefer: Prefer = None) -> Response:
-        params = [(k, v) for k, v in request.query_params.multi_items()]
+    async def search_type(request: Request, settings: SettingsDep, base: BaseUrl, prefer: Prefer = None) -> Response:
+        params = request.query_params.multi_items()
         strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
-        return FhirJSONResponse(search(session, resource_type, params, base, strict=strict,
-                                       default_count=settings.default_page_size, max_count=settings.max_page_size))
+        engine = request.app.state.engine
+
+        def run() -> bytes:  # in a worker thread: one read connection, no Session (a search is read-only SQL)
+            with read_connection(engine) as conn:
+                return search(conn, resource_type, params, base, strict=strict,
+                              default_count=settings.default_page_size, max_count=settings.max_page_size)
+        return FhirJSONResponse(await run_in_threadpool(run))
 
     search_type.__doc__ = (f"Search {resource_type} resources; the answer is a `searchset` Bundle, paged with "
                            "`_count` and the `next` link. Unknown parameters are ignored and reported in an "
@@ -124,12 +129,11 @@ def build_router(resource_type: str) -> APIRouter:
         form = await request.form()
         params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
         strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
-        from fastapi.concurrency import run_in_threadpool
-        from service.db import read_session
+        engine = request.app.state.engine
 
-        def run():
-            with read_session(request.app.state.engine) as session:
-                return search(session, resource_type, params, base, strict=strict,
+        def run() -> bytes:
+            with read_connection(engine) as conn:
+                return search(conn, resource_type, params, base, strict=strict,
                               default_count=settings.default_page_size, max_count=settings.max_page_size)
         return FhirJSONResponse(await run_in_threadpool(run))
 

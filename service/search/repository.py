@@ -7,6 +7,7 @@ from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, false, func, or_, select, tuple_
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
@@ -23,6 +24,9 @@ A = AdverseEventRecord.__table__
 S = SubjectRecord.__table__
 ST = StudyRecord.__table__
 P = PatientRecord.__table__
+
+#: what a search reads through: a Session (inside a unit of work, e.g. a batch entry) or a read connection
+Reader = Session | Connection
 
 #: the typed table each resource type is searched in (one row per current resource, keyed by id)
 TYPED = {"Observation": M, "AdverseEvent": A, "ResearchSubject": S, "ResearchStudy": ST, "Patient": P}
@@ -65,6 +69,10 @@ REFERENCE_COLUMNS = {
     ("ResearchSubject", "study"): S.c.study_id,
     ("AdverseEvent", "subject"): A.c.patient_id, ("AdverseEvent", "study"): A.c.study_id,
 }
+
+
+def _connection(session: Reader) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
 
 
 def _table(resource_type: str):
@@ -371,13 +379,13 @@ def _fast_conditions(resource_type: str, shape: tuple) -> list[ColumnElement]:
 _PAGE_STATEMENTS: dict[tuple, Any] = {}
 
 
-def count_matches(session: Session, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
+def count_matches(session: Reader, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
     table = _table(resource_type)
     source = _joined(resource_type) if join_resource else table
-    return session.connection().execute(select(func.count()).select_from(source).where(*where)).scalar_one()
+    return _connection(session).execute(select(func.count()).select_from(source).where(*where)).scalar_one()
 
 
-def find_page(session: Session, resource_type: str, where: list[ColumnElement] | None, sort: Sort,
+def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | None, sort: Sort,
               cursor: Cursor | None, limit: int, *, not_null: bool = False,
               fast: tuple[tuple, dict[str, Any]] | None = None) -> list[tuple[int, Any, str, str]]:
     """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
@@ -398,7 +406,7 @@ def find_page(session: Session, resource_type: str, where: list[ColumnElement] |
     if cursor is not None and cursor.phase in phases:
         phases = phases[phases.index(cursor.phase):]
     rows: list[tuple[int, Any, str, str]] = []
-    conn = session.connection() if isinstance(session, Session) else session
+    conn = _connection(session)
     for phase in phases:  # usually one query: the next phase is read only when this one runs out
         at_cursor = cursor is not None and phase == cursor.phase
         if phase == 1 and not_null:
@@ -467,30 +475,30 @@ def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: 
     return stmt.order_by(*order).limit(limit)
 
 
-def find_contents(session: Session, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
+def find_contents(session: Reader, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
     if not ids:
         return []
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.id.in_(list(ids)),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
-def find_included(session: Session, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
+def find_included(session: Reader, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
     """The resources that the page's `include.source` rows reference through `include.param`."""
     column = REFERENCE_COLUMNS[(include.source, include.param)]
     table = column.table
     referenced = select(column).where(table.c.id.in_(list(source_ids))).distinct()
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
-def find_revincluded(session: Session, include: Include, target_ids: Sequence[str],
+def find_revincluded(session: Reader, include: Include, target_ids: Sequence[str],
                      limit: int) -> list[tuple[str, str]]:
     """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param`."""
     column = REFERENCE_COLUMNS[(include.source, include.param)]
     table = column.table
     stmt = (select(table.c.id, R.c.content).select_from(_joined(include.source))
             .where(column.in_(list(target_ids))).order_by(table.c.id).limit(limit))
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
