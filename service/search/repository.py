@@ -2,12 +2,13 @@
 (keyset: `(sort value, id) > cursor`, never OFFSET), joined to `resource.content` for the stored JSON.
 Never commits, never sees HTTP."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, false, func, or_, select, tuple_
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
@@ -376,7 +377,67 @@ def _fast_conditions(resource_type: str, shape: tuple) -> list[ColumnElement]:
     return where
 
 
-_PAGE_STATEMENTS: dict[tuple, Any] = {}
+@dataclass(frozen=True, slots=True)
+class _DriverStatement:
+    """A cached page statement compiled once for one dialect, run straight on the driver's cursor.
+
+    SQLAlchemy's per-execution work (execution context, parameter and result objects) costs ~4× the
+    query itself for a 20-row page (≈180 µs against ≈45 µs of driver time on PostgreSQL here); the SQL
+    text, bind order and type conversions (e.g. SQLite's datetime strings) are the compiled statement's own,
+    so the rows are the same as `conn.execute(stmt)` gives. Statements with expanding IN lists are not
+    compiled this way (their SQL depends on the list length): they stay on `conn.execute`."""
+
+    sql: str
+    compiled: Any
+    positions: tuple[str, ...] | None  # bind names in order for positional drivers (SQLite), else named
+    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    result_processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @staticmethod
+    def compile(stmt, dialect: Dialect) -> "_DriverStatement | None":
+        compiled = stmt.compile(dialect=dialect)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            return None
+        if any(bind.expanding for bind in compiled.binds.values()):
+            return None
+        binds = []
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                binds.append((name, process))
+        results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                        for column in stmt.selected_columns)
+        positions = tuple(compiled.positiontup) if compiled.positional else None
+        return _DriverStatement(compiled.string, compiled, positions, tuple(binds), results)
+
+    def run(self, conn: Connection, stmt, values: dict[str, Any]) -> list[tuple]:
+        params = self.compiled.construct_params(values)
+        for name, process in self.bind_processors:
+            params[name] = process(params[name])
+        args = tuple(params[name] for name in self.positions) if self.positions is not None else params
+        dbapi_conn = conn.connection.dbapi_connection
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            rows = cursor.fetchall()
+        except conn.dialect.loaded_dbapi.Error:
+            # let SQLAlchemy run it again: its error handling (wrapping, invalidating a lost connection) applies
+            return conn.execute(stmt, values).all()
+        finally:
+            cursor.close()
+        if any(self.result_processors):
+            procs = self.result_processors
+            return [tuple(v if p is None else p(v) for p, v in zip(procs, row)) for row in rows]
+        return rows
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    stmt: Any
+    driver: _DriverStatement | None
+
+
+_PAGE_STATEMENTS: dict[tuple, _Page] = {}
 
 
 def count_matches(session: Reader, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
@@ -412,17 +473,22 @@ def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | 
         if phase == 1 and not_null:
             continue  # a filter on the sort key already excludes rows without a value
         if fast is not None:
-            cache_key = (resource_type, fast[0], sort.key, descending, phase, at_cursor, limit - len(rows))
-            stmt = _PAGE_STATEMENTS.get(cache_key)
-            if stmt is None:
+            cache_key = (conn.dialect.name, resource_type, fast[0], sort.key, descending, phase, at_cursor,
+                         limit - len(rows))
+            page = _PAGE_STATEMENTS.get(cache_key)
+            if page is None:
                 stmt = _page_statement(resource_type, _fast_conditions(resource_type, fast[0]), key, by_id, nullable,
                                        descending, phase, at_cursor, limit - len(rows))
+                page = _Page(stmt, _DriverStatement.compile(stmt, conn.dialect))
                 if len(_PAGE_STATEMENTS) < 4096:
-                    _PAGE_STATEMENTS[cache_key] = stmt
+                    _PAGE_STATEMENTS[cache_key] = page
             binds = dict(fast[1])
             if at_cursor:
                 binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
-            found = conn.execute(stmt, binds).all()
+            if page.driver is not None and not conn.engine.echo:
+                found = page.driver.run(conn, page.stmt, binds)
+            else:
+                found = conn.execute(page.stmt, binds).all()
             rows.extend((phase, value, rid, content) for rid, value, content in found)
             if len(rows) >= limit:
                 break

@@ -82,7 +82,8 @@ def search(session: Session | Connection, resource_type: str, params: list[tuple
     return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links, timestamp=timestamp)
 
 
-def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str, warnings: list) -> list[dict]:
+def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
+              warnings: list) -> list[dict]:
     seen: set[tuple[str, str]] = set()
     entries = []
 
