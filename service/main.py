@@ -10,7 +10,7 @@ from service.conformance.router import router as system_router
 from service.db import make_engine, migrate
 from service.errors import register_error_handlers
 from service.middleware import FhirFormatMiddleware
-from service.resource.router import build_routers
+from service.resource.router import build_routers, search_routes
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("trial_fhir")
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats_router)
     for router in build_routers():
         app.include_router(router)
+    app.router.routes[0:0] = search_routes()  # the search GETs first, past FastAPI's routing (see _SearchRoute)
     _add_outcome_schema(app)
     return app
 

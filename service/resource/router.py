@@ -8,17 +8,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
+from starlette.routing import Match, Route
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from service.db import ReadSessionDep, WriteSessionDep, read_connection
 from service.examples import EXAMPLES, stored
-from service.http import BaseUrl, FhirBody, resource_response, version_headers
+from service.http import BaseUrl, FhirBody, base_url, resource_response, version_headers
 from service.resource import service
 from service.resource.handlers import HANDLERS
 from service.responses import FhirJSONResponse
 from service.search.service import search
-from service.settings import SettingsDep
+from service.settings import Settings, SettingsDep
 from fhir_mappings.outcome import issue, outcome
 
 OUTCOME_SCHEMA = {"$ref": "#/components/schemas/OperationOutcome"}
@@ -65,6 +66,47 @@ def body_doc(example: dict, what: str) -> dict:
         "application/json": {"schema": {"type": "object"}, "example": example}}}}
 
 
+async def search_response(request: Request, resource_type: str, settings: Settings, base: str,
+                          prefer: str | None) -> Response:
+    """`GET /fhir/{resource_type}?…`: the searchset Bundle, read in a worker thread on one read connection."""
+    params = request.query_params.multi_items()
+    strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
+    engine = request.app.state.engine
+
+    def run() -> bytes:
+        with read_connection(engine) as conn:
+            return search(conn, resource_type, params, base, strict=strict,
+                          default_count=settings.default_page_size, max_count=settings.max_page_size)
+    return FhirJSONResponse(await run_in_threadpool(run))
+
+
+class _SearchRoute(Route):
+    """`GET /fhir/{type}` as a plain Starlette route, tried before every FastAPI route.
+
+    The search GET is the hot path of the portals, and FastAPI's own work per request (matching some 70
+    routes twice, solving the dependencies, the parameter models) cost more CPU than the search itself. This
+    route answers exactly what the documented FastAPI route (`search_type`, kept for OpenAPI) would: same
+    function, same settings, base URL and `Prefer`; errors go to the same exception handlers. Any other
+    method falls through to the FastAPI routes (so 405s and their Allow headers are unchanged)."""
+
+    def __init__(self, resource_type: str) -> None:
+        async def endpoint(request: Request) -> Response:
+            return await search_response(request, resource_type, request.app.state.settings,
+                                         await base_url(request), request.headers.get("prefer"))
+        super().__init__(f"/fhir/{resource_type}", endpoint, methods=["GET"], name=f"search_{resource_type}_fast",
+                         include_in_schema=False)
+        self.methods = {"GET"}  # not HEAD, which Starlette adds and the FastAPI routes don't answer
+
+    def matches(self, scope):
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
+def search_routes() -> list[Route]:
+    return [_SearchRoute(t) for t in HANDLERS]
+
+
 def build_router(resource_type: str) -> APIRouter:
     example = EXAMPLES[resource_type]
     saved = stored(example, "0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10")
@@ -105,15 +147,7 @@ def build_router(resource_type: str) -> APIRouter:
     @router.get("", name=f"search_{resource_type}", summary=f"Search {resource_type} resources",
                 responses={200: fhir_json(search_example, "A searchset Bundle"), **error_docs(400)})
     async def search_type(request: Request, settings: SettingsDep, base: BaseUrl, prefer: Prefer = None) -> Response:
-        params = request.query_params.multi_items()
-        strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
-        engine = request.app.state.engine
-
-        def run() -> bytes:  # in a worker thread: one read connection, no Session (a search is read-only SQL)
-            with read_connection(engine) as conn:
-                return search(conn, resource_type, params, base, strict=strict,
-                              default_count=settings.default_page_size, max_count=settings.max_page_size)
-        return FhirJSONResponse(await run_in_threadpool(run))
+        return await search_response(request, resource_type, settings, base, prefer)
 
     search_type.__doc__ = (f"Search {resource_type} resources; the answer is a `searchset` Bundle, paged with "
                            "`_count` and the `next` link. Unknown parameters are ignored and reported in an "
