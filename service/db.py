@@ -52,12 +52,12 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
     # pool_size covers the requests one process runs at once (AnyIO's 40 worker threads at most): connections
     # beyond it are closed on return, and opening one per request under load cost more than the search
     engine = create_engine(url, echo=echo, pool_size=POOL_SIZE, max_overflow=10)
-    _ping_when_idle(engine, IDLE_PING_S)
+    _ping_when_idle(engine)
     return engine
 
 
-def _ping_when_idle(engine: Engine, idle_s: float) -> None:
-    """Pessimistic disconnect handling for connections idle longer than `idle_s`: a failed `SELECT 1` on
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling for connections idle `IDLE_PING_S` or longer: a failed `SELECT 1` on
     checkout makes the pool replace the connection (DisconnectionError), so a restarted database costs no
     request; connections in steady use skip the round trip."""
 
@@ -68,7 +68,7 @@ def _ping_when_idle(engine: Engine, idle_s: float) -> None:
     @event.listens_for(engine, "checkout")
     def _ping(dbapi_conn, record, proxy):
         since = record.info.get("idle_since")
-        if since is None or time.monotonic() - since < idle_s:
+        if since is None or time.monotonic() - since < IDLE_PING_S:
             return
         try:
             cur = dbapi_conn.cursor()
