@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, false, func, or_, select, tuple_
+from sqlalchemy import and_, bindparam, case, false, func, literal_column, or_, select, tuple_, union_all
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
@@ -468,31 +468,34 @@ def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | 
         phases = phases[phases.index(cursor.phase):]
     rows: list[tuple[int, Any, str, str]] = []
     conn = _connection(session)
+    if fast is not None:  # one statement for every phase (a UNION ALL of each phase's page): one round trip
+        runs = tuple(p for p in phases if not (p == 1 and not_null))
+        if not runs:
+            return rows
+        at_cursor = tuple(cursor is not None and p == cursor.phase for p in runs)
+        cache_key = (conn.dialect.name, resource_type, fast[0], sort.key, descending, runs, at_cursor, limit)
+        page = _PAGE_STATEMENTS.get(cache_key)
+        if page is None:
+            stmt = _phases_statement(resource_type, _fast_conditions(resource_type, fast[0]), key, by_id, nullable,
+                                     descending, runs, at_cursor, limit)
+            page = _Page(stmt, _DriverStatement.compile(stmt, conn.dialect))
+            if len(_PAGE_STATEMENTS) < 4096:
+                _PAGE_STATEMENTS[cache_key] = page
+        binds = dict(fast[1])
+        if any(at_cursor):
+            binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
+        if page.driver is not None and not conn.engine.echo:
+            found = page.driver.run(conn, page.stmt, binds)
+        else:
+            found = conn.execute(page.stmt, binds).all()
+        rows = [(phase, value, rid, content) for phase, rid, value, content in found]
+        if backwards:
+            rows.reverse()
+        return rows
     for phase in phases:  # usually one query: the next phase is read only when this one runs out
         at_cursor = cursor is not None and phase == cursor.phase
         if phase == 1 and not_null:
             continue  # a filter on the sort key already excludes rows without a value
-        if fast is not None:
-            cache_key = (conn.dialect.name, resource_type, fast[0], sort.key, descending, phase, at_cursor,
-                         limit - len(rows))
-            page = _PAGE_STATEMENTS.get(cache_key)
-            if page is None:
-                stmt = _page_statement(resource_type, _fast_conditions(resource_type, fast[0]), key, by_id, nullable,
-                                       descending, phase, at_cursor, limit - len(rows))
-                page = _Page(stmt, _DriverStatement.compile(stmt, conn.dialect))
-                if len(_PAGE_STATEMENTS) < 4096:
-                    _PAGE_STATEMENTS[cache_key] = page
-            binds = dict(fast[1])
-            if at_cursor:
-                binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
-            if page.driver is not None and not conn.engine.echo:
-                found = page.driver.run(conn, page.stmt, binds)
-            else:
-                found = conn.execute(page.stmt, binds).all()
-            rows.extend((phase, value, rid, content) for rid, value, content in found)
-            if len(rows) >= limit:
-                break
-            continue
         stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
         if phase == 0 and not by_id:
             if nullable:
@@ -518,11 +521,36 @@ def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | 
     return rows
 
 
+def _phases_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
+                      descending: bool, runs: tuple[int, ...], at_cursor: tuple[bool, ...], limit: int):
+    """The page over the phases `runs` (in walking order) as one statement: rows (phase, id, sort value, content).
+
+    With two phases it is a UNION ALL of each phase's own index-ordered `LIMIT`, put in order by (phase
+    position, sort value, id): at most 2 × limit rows are read, and a 20-result page whose sort key may be
+    missing costs one round trip instead of two (the second phase mostly finds nothing)."""
+    union = len(runs) > 1
+    parts = [_page_statement(resource_type, where, key, by_id, nullable, descending, phase, cursor, limit,
+                             position=position if union else None)
+             for position, (phase, cursor) in enumerate(zip(runs, at_cursor))]
+    if len(parts) == 1:
+        return parts[0]
+    both = union_all(*[select(*part.subquery().c) for part in parts]).subquery("page")
+    value, rid = both.c.sort_value, both.c.rid
+    order = [both.c.position, value.desc(), rid.desc()] if descending else [both.c.position, value, rid]
+    return select(both.c.phase, rid, value, both.c.content).order_by(*order).limit(limit)
+
+
 def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
-                    descending: bool, phase: int, at_cursor: bool, limit: int):
-    """One phase's page query with the cursor as bind parameters `cursor_value`, `cursor_id` (see find_page)."""
+                    descending: bool, phase: int, at_cursor: bool, limit: int, *, position: int | None = None):
+    """One phase's page query, rows (phase, id, sort value, content), with the cursor as bind parameters
+    `cursor_value`, `cursor_id` (see find_page); with a `position`, led by it and labelled for a UNION."""
     table = _table(resource_type)
-    stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
+    if position is None:
+        columns = [literal_column(str(phase)), table.c.id, key, R.c.content]
+    else:
+        columns = [literal_column(str(position)).label("position"), literal_column(str(phase)).label("phase"),
+                   table.c.id.label("rid"), key.label("sort_value"), R.c.content.label("content")]
+    stmt = select(*columns).select_from(_joined(resource_type)).where(*where)
     if phase == 0 and not by_id:
         if nullable:
             stmt = stmt.where(key.is_not(None))
