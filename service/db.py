@@ -2,20 +2,30 @@
 
 SQLite (embedded default) runs in WAL mode with a busy timeout, and write transactions start with
 `BEGIN IMMEDIATE`, so concurrent writers queue instead of failing. PostgreSQL is the production store.
+
+Pooled PostgreSQL connections are checked before use only when they sat idle for `IDLE_PING_S` (a connection
+in steady use is known alive, and a ping on every checkout is one more round trip per request). Reads that
+are one statement, like a search page, use `read_connection`: in autocommit on PostgreSQL, so they cost one
+round trip, not BEGIN + SELECT + ROLLBACK (under READ COMMITTED each statement has its own snapshot anyway).
 """
 
-from collections.abc import AsyncIterator
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 from alembic import command
 from alembic.config import Config
 from fastapi import Depends, Request
-from sqlalchemy import event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy import event, exc, text
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+IDLE_PING_S = 10.0
+POOL_SIZE = 40  # per process: with 2 workers, 80 of PostgreSQL's default max_connections of 100
 
 
 def make_engine(database_url: str, echo: bool = False) -> Engine:
@@ -39,7 +49,37 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
-    return create_engine(url, echo=echo, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # pool_size covers the requests one process runs at once (AnyIO's 40 worker threads at most): connections
+    # beyond it are closed on return, and opening one per request under load cost more than the search
+    engine = create_engine(url, echo=echo, pool_size=POOL_SIZE, max_overflow=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Pessimistic disconnect handling for connections idle `IDLE_PING_S` or longer: a failed `SELECT 1` on
+    checkout makes the pool replace the connection (DisconnectionError), so a restarted database costs no
+    request; connections in steady use skip the round trip."""
+
+    @event.listens_for(engine, "checkin")
+    def _mark_idle(dbapi_conn, record):
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping(dbapi_conn, record, proxy):
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            if not dbapi_conn.autocommit:
+                dbapi_conn.rollback()
+        except Exception as error:
+            raise exc.DisconnectionError(f"pooled connection is gone: {error}") from error
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -53,6 +93,22 @@ def write_session(engine: Engine) -> Session:
 
 def read_session(engine: Engine) -> Session:
     return Session(engine, expire_on_commit=False)
+
+
+_READ_BINDS: "weakref.WeakKeyDictionary[Engine, Engine]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def read_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection for reads: autocommit on PostgreSQL (no BEGIN/ROLLBACK round trips; under READ COMMITTED
+    each statement sees its own snapshot either way); on SQLite the usual deferred transaction, which costs
+    no round trip and keeps the statements of one read on one snapshot."""
+    bind = _READ_BINDS.get(engine)
+    if bind is None:
+        bind = _READ_BINDS[engine] = engine.execution_options(isolation_level="AUTOCOMMIT") \
+            if is_postgres(engine) else engine
+    with bind.connect() as conn:
+        yield conn
 
 
 async def _read_session_dep(request: Request) -> AsyncIterator[Session]:

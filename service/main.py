@@ -1,6 +1,7 @@
 """The ASGI application: `create_app(settings)` builds it; `service.main:app` is the default one."""
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -10,7 +11,7 @@ from service.conformance.router import router as system_router
 from service.db import make_engine, migrate
 from service.errors import register_error_handlers
 from service.middleware import FhirFormatMiddleware
-from service.resource.router import build_routers
+from service.resource.router import build_routers, search_routes
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("trial_fhir")
@@ -36,6 +37,7 @@ def _operation_id(route: APIRoute) -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if app.state.export_worker is not None:
             app.state.export_worker.stop()
+        search_threads.shutdown(wait=True)
         engine.dispose()
 
     app = FastAPI(
@@ -61,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.search_threads = search_threads
     register_error_handlers(app)
     app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes)
 
@@ -83,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats_router)
     for router in build_routers():
         app.include_router(router)
+    app.router.routes[0:0] = search_routes()  # the search GETs first, past FastAPI's routing (see _SearchRoute)
     _add_outcome_schema(app)
     return app
 

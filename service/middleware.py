@@ -46,18 +46,32 @@ class FhirFormatMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-        output = _choose_output(query, headers.get("accept", ""))
+        # read only the four headers this needs, and the query only when it names _format (the common GET of a
+        # search pays a few µs here, not a dict of every header and a parse of the whole query)
+        accept = length = ctype = None
+        chunked = False
+        for key, value in scope["headers"]:
+            key = key.lower()
+            if key == b"accept":
+                accept = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value.decode("latin-1")
+            elif key == b"content-type":
+                ctype = value.decode("latin-1")
+            elif key == b"transfer-encoding":
+                chunked = True
+        raw_query = scope.get("query_string", b"")
+        named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
+        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if named else {}
+        output = _choose_output(query, accept or "")
         if output is None:
             return await _reject(send, 406, "not-supported",
                                  "This server speaks FHIR JSON only: use _format=json or Accept: application/fhir+json",
                                  "_format" if "_format" in query else "Accept")
         method = scope["method"]
-        length = headers.get("content-length")
-        has_body = method in ("POST", "PUT", "PATCH") and (length not in (None, "0") or "transfer-encoding" in headers)
+        has_body = method in ("POST", "PUT", "PATCH") and (length not in (None, "0") or chunked)
         if has_body:
-            ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+            ctype = (ctype or "").split(";")[0].strip().lower()
             if ctype not in JSON_TYPES and not (scope["path"].endswith("/_search")
                                                 and ctype == "application/x-www-form-urlencoded"):
                 return await _reject(send, 415, "not-supported",
@@ -70,7 +84,7 @@ class FhirFormatMiddleware:
             receive = self._counting(receive, send)
 
         async def send_with_format(message):
-            if message["type"] == "http.response.start" and output == "application/json":
+            if message["type"] == "http.response.start":
                 message["headers"] = [
                     (k, b"application/json") if k.lower() == b"content-type" and v.startswith(b"application/fhir+json")
                     else (k, v) for k, v in message.get("headers", [])
@@ -78,7 +92,7 @@ class FhirFormatMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_format)
+            await self.app(scope, receive, send_with_format if output == "application/json" else send)
         except _BodyTooLarge:
             await _reject(send, 413, "too-costly", f"Request body exceeds the limit of {self.max_body_bytes} bytes",
                           "Content-Length")

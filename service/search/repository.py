@@ -2,11 +2,13 @@
 (keyset: `(sort value, id) > cursor`, never OFFSET), joined to `resource.content` for the stored JSON.
 Never commits, never sees HTTP."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, false, func, or_, select, tuple_
+from sqlalchemy import and_, bindparam, case, false, func, literal_column, or_, select, tuple_, union_all
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
@@ -23,6 +25,9 @@ A = AdverseEventRecord.__table__
 S = SubjectRecord.__table__
 ST = StudyRecord.__table__
 P = PatientRecord.__table__
+
+#: what a search reads through: a Session (inside a unit of work, e.g. a batch entry) or a read connection
+Reader = Session | Connection
 
 #: the typed table each resource type is searched in (one row per current resource, keyed by id)
 TYPED = {"Observation": M, "AdverseEvent": A, "ResearchSubject": S, "ResearchStudy": ST, "Patient": P}
@@ -65,6 +70,10 @@ REFERENCE_COLUMNS = {
     ("ResearchSubject", "study"): S.c.study_id,
     ("AdverseEvent", "subject"): A.c.patient_id, ("AdverseEvent", "study"): A.c.study_id,
 }
+
+
+def _connection(session: Reader) -> Connection:
+    return session.connection() if isinstance(session, Session) else session
 
 
 def _table(resource_type: str):
@@ -368,16 +377,76 @@ def _fast_conditions(resource_type: str, shape: tuple) -> list[ColumnElement]:
     return where
 
 
-_PAGE_STATEMENTS: dict[tuple, Any] = {}
+@dataclass(frozen=True, slots=True)
+class _DriverStatement:
+    """A cached page statement compiled once for one dialect, run straight on the driver's cursor.
+
+    SQLAlchemy's per-execution work (execution context, parameter and result objects) costs ~4× the
+    query itself for a 20-row page (≈180 µs against ≈45 µs of driver time on PostgreSQL here); the SQL
+    text, bind order and type conversions (e.g. SQLite's datetime strings) are the compiled statement's own,
+    so the rows are the same as `conn.execute(stmt)` gives. Statements with expanding IN lists are not
+    compiled this way (their SQL depends on the list length): they stay on `conn.execute`."""
+
+    sql: str
+    compiled: Any
+    positions: tuple[str, ...] | None  # bind names in order for positional drivers (SQLite), else named
+    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
+    result_processors: tuple[Callable[[Any], Any] | None, ...]
+
+    @staticmethod
+    def compile(stmt, dialect: Dialect) -> "_DriverStatement | None":
+        compiled = stmt.compile(dialect=dialect)
+        if compiled.literal_execute_params or compiled.post_compile_params:
+            return None
+        if any(bind.expanding for bind in compiled.binds.values()):
+            return None
+        binds = []
+        for name, bind in compiled.binds.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                binds.append((name, process))
+        results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
+                        for column in stmt.selected_columns)
+        positions = tuple(compiled.positiontup) if compiled.positional else None
+        return _DriverStatement(compiled.string, compiled, positions, tuple(binds), results)
+
+    def run(self, conn: Connection, stmt, values: dict[str, Any]) -> list[tuple]:
+        params = self.compiled.construct_params(values)
+        for name, process in self.bind_processors:
+            params[name] = process(params[name])
+        args = tuple(params[name] for name in self.positions) if self.positions is not None else params
+        dbapi_conn = conn.connection.dbapi_connection
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            rows = cursor.fetchall()
+        except conn.dialect.loaded_dbapi.Error:
+            # let SQLAlchemy run it again: its error handling (wrapping, invalidating a lost connection) applies
+            return conn.execute(stmt, values).all()
+        finally:
+            cursor.close()
+        if any(self.result_processors):
+            procs = self.result_processors
+            return [tuple(v if p is None else p(v) for p, v in zip(procs, row)) for row in rows]
+        return rows
 
 
-def count_matches(session: Session, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
+@dataclass(frozen=True, slots=True)
+class _Page:
+    stmt: Any
+    driver: _DriverStatement | None
+
+
+_PAGE_STATEMENTS: dict[tuple, _Page] = {}
+
+
+def count_matches(session: Reader, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
     table = _table(resource_type)
     source = _joined(resource_type) if join_resource else table
-    return session.connection().execute(select(func.count()).select_from(source).where(*where)).scalar_one()
+    return _connection(session).execute(select(func.count()).select_from(source).where(*where)).scalar_one()
 
 
-def find_page(session: Session, resource_type: str, where: list[ColumnElement] | None, sort: Sort,
+def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | None, sort: Sort,
               cursor: Cursor | None, limit: int, *, not_null: bool = False,
               fast: tuple[tuple, dict[str, Any]] | None = None) -> list[tuple[int, Any, str, str]]:
     """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
@@ -398,27 +467,35 @@ def find_page(session: Session, resource_type: str, where: list[ColumnElement] |
     if cursor is not None and cursor.phase in phases:
         phases = phases[phases.index(cursor.phase):]
     rows: list[tuple[int, Any, str, str]] = []
-    conn = session.connection() if isinstance(session, Session) else session
+    conn = _connection(session)
+    if fast is not None:  # one statement for every phase (a UNION ALL of each phase's page): one round trip
+        runs = tuple(p for p in phases if not (p == 1 and not_null))
+        if not runs:
+            return rows
+        at_cursor = tuple(cursor is not None and p == cursor.phase for p in runs)
+        cache_key = (conn.dialect.name, resource_type, fast[0], sort.key, descending, runs, at_cursor, limit)
+        page = _PAGE_STATEMENTS.get(cache_key)
+        if page is None:
+            stmt = _phases_statement(resource_type, _fast_conditions(resource_type, fast[0]), key, by_id, nullable,
+                                     descending, runs, at_cursor, limit)
+            page = _Page(stmt, _DriverStatement.compile(stmt, conn.dialect))
+            if len(_PAGE_STATEMENTS) < 4096:
+                _PAGE_STATEMENTS[cache_key] = page
+        binds = dict(fast[1])
+        if any(at_cursor):
+            binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
+        if page.driver is not None and not conn.engine.echo:
+            found = page.driver.run(conn, page.stmt, binds)
+        else:
+            found = conn.execute(page.stmt, binds).all()
+        rows = [(phase, value, rid, content) for phase, rid, value, content in found]
+        if backwards:
+            rows.reverse()
+        return rows
     for phase in phases:  # usually one query: the next phase is read only when this one runs out
         at_cursor = cursor is not None and phase == cursor.phase
         if phase == 1 and not_null:
             continue  # a filter on the sort key already excludes rows without a value
-        if fast is not None:
-            cache_key = (resource_type, fast[0], sort.key, descending, phase, at_cursor, limit - len(rows))
-            stmt = _PAGE_STATEMENTS.get(cache_key)
-            if stmt is None:
-                stmt = _page_statement(resource_type, _fast_conditions(resource_type, fast[0]), key, by_id, nullable,
-                                       descending, phase, at_cursor, limit - len(rows))
-                if len(_PAGE_STATEMENTS) < 4096:
-                    _PAGE_STATEMENTS[cache_key] = stmt
-            binds = dict(fast[1])
-            if at_cursor:
-                binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
-            found = conn.execute(stmt, binds).all()
-            rows.extend((phase, value, rid, content) for rid, value, content in found)
-            if len(rows) >= limit:
-                break
-            continue
         stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
         if phase == 0 and not by_id:
             if nullable:
@@ -444,11 +521,36 @@ def find_page(session: Session, resource_type: str, where: list[ColumnElement] |
     return rows
 
 
+def _phases_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
+                      descending: bool, runs: tuple[int, ...], at_cursor: tuple[bool, ...], limit: int):
+    """The page over the phases `runs` (in walking order) as one statement: rows (phase, id, sort value, content).
+
+    With two phases it is a UNION ALL of each phase's own index-ordered `LIMIT`, put in order by (phase
+    position, sort value, id): at most 2 × limit rows are read, and a 20-result page whose sort key may be
+    missing costs one round trip instead of two (the second phase mostly finds nothing)."""
+    union = len(runs) > 1
+    parts = [_page_statement(resource_type, where, key, by_id, nullable, descending, phase, cursor, limit,
+                             position=position if union else None)
+             for position, (phase, cursor) in enumerate(zip(runs, at_cursor))]
+    if len(parts) == 1:
+        return parts[0]
+    both = union_all(*[select(*part.subquery().c) for part in parts]).subquery("page")
+    value, rid = both.c.sort_value, both.c.rid
+    order = [both.c.position, value.desc(), rid.desc()] if descending else [both.c.position, value, rid]
+    return select(both.c.phase, rid, value, both.c.content).order_by(*order).limit(limit)
+
+
 def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
-                    descending: bool, phase: int, at_cursor: bool, limit: int):
-    """One phase's page query with the cursor as bind parameters `cursor_value`, `cursor_id` (see find_page)."""
+                    descending: bool, phase: int, at_cursor: bool, limit: int, *, position: int | None = None):
+    """One phase's page query, rows (phase, id, sort value, content), with the cursor as bind parameters
+    `cursor_value`, `cursor_id` (see find_page); with a `position`, led by it and labelled for a UNION."""
     table = _table(resource_type)
-    stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
+    if position is None:
+        columns = [literal_column(str(phase)), table.c.id, key, R.c.content]
+    else:
+        columns = [literal_column(str(position)).label("position"), literal_column(str(phase)).label("phase"),
+                   table.c.id.label("rid"), key.label("sort_value"), R.c.content.label("content")]
+    stmt = select(*columns).select_from(_joined(resource_type)).where(*where)
     if phase == 0 and not by_id:
         if nullable:
             stmt = stmt.where(key.is_not(None))
@@ -467,30 +569,30 @@ def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: 
     return stmt.order_by(*order).limit(limit)
 
 
-def find_contents(session: Session, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
+def find_contents(session: Reader, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
     if not ids:
         return []
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.id.in_(list(ids)),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
-def find_included(session: Session, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
+def find_included(session: Reader, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
     """The resources that the page's `include.source` rows reference through `include.param`."""
     column = REFERENCE_COLUMNS[(include.source, include.param)]
     table = column.table
     referenced = select(column).where(table.c.id.in_(list(source_ids))).distinct()
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
-def find_revincluded(session: Session, include: Include, target_ids: Sequence[str],
+def find_revincluded(session: Reader, include: Include, target_ids: Sequence[str],
                      limit: int) -> list[tuple[str, str]]:
     """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param`."""
     column = REFERENCE_COLUMNS[(include.source, include.param)]
     table = column.table
     stmt = (select(table.c.id, R.c.content).select_from(_joined(include.source))
             .where(column.in_(list(target_ids))).order_by(table.c.id).limit(limit))
-    return [(rid, content) for rid, content in session.connection().execute(stmt)]
+    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 

@@ -10,6 +10,7 @@ whole result fits the page) or asked for (`_total=accurate|estimate`, `_summary=
 from dataclasses import replace
 from urllib.parse import urlencode
 
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
@@ -23,9 +24,10 @@ from service.resource.unit_of_work import utcnow
 from service.search import repository
 
 
-def search(session: Session, resource_type: str, params: list[tuple[str, str]], base: str, *, strict: bool = False,
-           default_count: int = 50, max_count: int = 1000) -> bytes:
-    """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`."""
+def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
+           strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes:
+    """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`; `session` is a Session (a unit
+    of work) or a read connection (`service.db.read_connection`)."""
     handler_for(resource_type)
     req = parse_search(resource_type, list(params), default_count=default_count, max_count=max_count)
     if req.errors:
@@ -80,7 +82,8 @@ def search(session: Session, resource_type: str, params: list[tuple[str, str]], 
     return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links, timestamp=timestamp)
 
 
-def _included(session: Session, req: SearchRequest, ids: list[str], base: str, warnings: list) -> list[dict]:
+def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
+              warnings: list) -> list[dict]:
     seen: set[tuple[str, str]] = set()
     entries = []
 
