@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from fhir_mappings.outcome import Issue, issue, issues_from_validation_error
 
 MAX_DEPTH = 64
+TOO_DEEP = f"Resource is nested deeper than {MAX_DEPTH} levels"
 
 
 def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issue]:
@@ -25,7 +26,7 @@ def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issu
     except ValidationError as exc:
         return issues_from_validation_error(resource_type, exc)
     except RecursionError:
-        return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
+        return [issue("structure", TOO_DEEP, resource_type)]
     except (ValueError, TypeError) as exc:
         return [issue("invalid", f"Invalid {resource_type}: {exc}", resource_type)]
     return json_type_issues(payload, parsed, resource_type)
@@ -51,13 +52,13 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
             value = getattr(model, name, None)
             if isinstance(sent, list) and isinstance(value, list):
                 if depth + 2 > MAX_DEPTH and (depth + 1 > MAX_DEPTH or any(isinstance(s, (dict, list)) for s in sent)):
-                    return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
+                    return [issue("structure", TOO_DEEP, resource_type)]
                 for i, (s, v) in enumerate(zip(sent, value)):
                     if not isinstance(v, str):
                         _check(s, v, (path, key, i), depth + 2, stack, issues, resource_type)
             elif not isinstance(value, str):
                 if depth + 1 > MAX_DEPTH and isinstance(sent, (dict, list)):
-                    return [issue("structure", f"Resource is nested deeper than {MAX_DEPTH} levels", resource_type)]
+                    return [issue("structure", TOO_DEEP, resource_type)]
                 _check(sent, value, (path, key, None), depth + 1, stack, issues, resource_type)
     return issues
 

@@ -111,6 +111,13 @@ def test_research_study_example_is_accepted(client, engine, hl7):
     assert_kept_everything_sent(valid(client.get("/fhir/ResearchStudy/example"), 200), sent)
 
 
+def typed_row(engine, model, id: str):
+    """The typed row (column -> value) the store keeps for resource `id` in `model`'s table."""
+    table = model.__table__
+    with engine.connect() as conn:
+        return conn.execute(select(table).where(table.c.id == id)).mappings().one()
+
+
 def test_research_subject_example_is_accepted_after_its_patient_and_study(client, engine, hl7):
     sent = hl7("ResearchSubject-example")
     # before its patient and study exist, it is rejected, naming the reference
@@ -121,9 +128,7 @@ def test_research_subject_example_is_accepted_after_its_patient_and_study(client
     stored = valid(client.put("/fhir/ResearchSubject/example", json=sent), 201)
     assert without_meta(stored) == sent
     assert without_meta(valid(client.get("/fhir/ResearchSubject/example"), 200)) == sent
-    with engine.connect() as conn:
-        enrolment = conn.execute(select(SubjectRecord.__table__).where(
-            SubjectRecord.__table__.c.id == "example")).mappings().one()
+    enrolment = typed_row(engine, SubjectRecord, "example")
     assert (enrolment["study_id"], enrolment["patient_id"], enrolment["status"], enrolment["day0"]) == \
         ("example", "example", "candidate", None)
 
@@ -133,9 +138,7 @@ def test_adverse_event_example_is_read_as_non_serious(client, engine, example_en
     stored = valid(client.put("/fhir/AdverseEvent/example", json=sent), 201)
     assert without_meta(stored) == sent
     assert without_meta(valid(client.get("/fhir/AdverseEvent/example"), 200)) == sent
-    with engine.connect() as conn:
-        event = conn.execute(select(AdverseEventRecord.__table__).where(
-            AdverseEventRecord.__table__.c.id == "example")).mappings().one()
+    event = typed_row(engine, AdverseEventRecord, "example")
     assert event["seriousness"] == "non-serious"  # the example codes it "Non-serious"
     assert (event["study_id"], event["subject_id"], event["patient_id"]) == ("example", "example", "example")
     assert (event["severity"], event["actuality"], event["related"], event["caused_withdrawal"]) == \

@@ -17,7 +17,7 @@ from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
-from fhir_mappings.validation import MAX_DEPTH
+from fhir_mappings.validation import TOO_DEEP
 from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.resource import service as resources
 from service.resource.handlers import HANDLERS
@@ -237,8 +237,7 @@ def _resource_text(req: Request) -> bytes | None:
     try:
         return orjson.dumps(req.resource)
     except orjson.JSONEncodeError:
-        raise BadRequest(f"Resource is nested deeper than {MAX_DEPTH} levels",
-                         expression=f"{req.prefix}.resource") from None
+        raise BadRequest(TOO_DEEP, expression=f"{req.prefix}.resource") from None
 
 
 def _minimal(item: dict) -> dict:
