@@ -3,6 +3,7 @@
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from operator import itemgetter
 
 from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError
@@ -115,7 +116,7 @@ COPY_MIN_ROWS = 8
 def add_rows(session: Session, table, rows: list[dict]) -> None:
     """Insert `rows` (dicts with the same keys, values already in their database form: aware UTC datetimes).
 
-    PostgreSQL goes straight to the driver: COPY for many rows; for a few, one INSERT whose rows psycopg
+    PostgreSQL goes straight to the driver: binary COPY for many rows; for a few, one INSERT whose rows psycopg
     sends in pipeline mode (no SQLAlchemy statement to build per call, one round trip per table)."""
     if not rows:
         return
@@ -123,18 +124,40 @@ def add_rows(session: Session, table, rows: list[dict]) -> None:
     if connection.dialect.name != "postgresql":
         session.execute(insert(table), rows)
         return
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    keys = rows[0].keys()
+    if any(row.keys() != keys for row in rows):
+        raise ValueError(f"rows for {table.name} must all have the same columns")
+    columns = list(keys)
+    values = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
     names = ", ".join(f'"{c}"' for c in columns)
     driver = connection.connection.driver_connection
     if len(rows) >= COPY_MIN_ROWS:
-        statement = f'COPY "{table.name}" ({names}) FROM STDIN'
-        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row([row.get(c) for c in columns])
+        statement = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)'
+        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
+            types = _column_types(cursor, table.name)
+            with cursor.copy(statement) as copy:
+                copy.set_types([types[c] for c in columns])
+                for row in rows:
+                    copy.write_row(values(row))
     else:
         statement = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})'
         with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
-            cursor.executemany(statement, [[row.get(c) for c in columns] for row in rows])
+            cursor.executemany(statement, [values(row) for row in rows])
+
+
+#: (database, table) -> {column: type oid}, read from the catalogue once per process: a binary COPY must name the
+#: exact type of every column, and the catalogue (what the migrations made) is the authority on those
+_COLUMN_TYPES: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def _column_types(cursor, table: str) -> dict[str, int]:
+    key = (cursor.connection.info.dbname, table)
+    types = _COLUMN_TYPES.get(key)
+    if types is None:
+        cursor.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
+                       "AND attnum > 0 AND NOT attisdropped", (table,))
+        types = _COLUMN_TYPES[key] = dict(cursor.fetchall())
+    return types
 
 
 @contextmanager
