@@ -11,9 +11,7 @@ class MeasurementRecord(SQLModel, table=True):
 
     __tablename__ = "measurement"
     __table_args__ = (
-        Index("ix_measurement_subject_measure", "subject_id", "measure", "effective"),
         Index("ix_measurement_study_code_date", "study_id", "code", "effective", "id"),
-        Index("ix_measurement_study_visit", "study_id", "visit", "measure"),
         Index("ix_measurement_code_date", "code", "effective", "id"),
         Index("ix_measurement_summary", "study_id", "subject_id", "measure", "visit", "status", "study_day", "effective", "value"),
     )
