@@ -54,6 +54,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from cpu import CpuMeter  # bench/cpu.py (this folder is on sys.path when the script runs)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -204,56 +206,6 @@ def _free_port() -> int:
 SERVICE_PIDS: dict[str, int] = {}  # base URL -> pid of the uvicorn process serving it
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of `pid` so far (Linux /proc; 0 elsewhere or once it has gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, in clock ticks
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (Linux /proc; empty elsewhere)."""
-    found = {}
-    for entry in Path("/proc").glob("[0-9]*") if Path("/proc").is_dir() else ():
-        try:
-            ppid = int(entry.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
-            found[int(entry.name)] = (ppid, entry.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
-
-
-class CpuMeter:
-    """CPU seconds spent between `start()` and `stop()` by the service (each replica and its workers),
-    PostgreSQL (every server process, including backends opened meanwhile) and this benchmark (the client
-    threads): where a run's CPU went, per resource."""
-
-    def __init__(self, bases: list[str]) -> None:
-        self.roots = {SERVICE_PIDS[b] for b in bases if b in SERVICE_PIDS}
-
-    def _groups(self) -> dict[int, str]:
-        groups = {}
-        for pid, (ppid, cmd) in _processes().items():
-            if pid in self.roots or ppid in self.roots:
-                groups[pid] = "service"
-            elif cmd.startswith("postgres:") or cmd.split(" ")[0].endswith("/postgres"):
-                groups[pid] = "postgres"
-        return groups
-
-    def start(self) -> None:
-        self.before = {pid: _cpu_seconds(pid) for pid in self._groups()}
-        self.client_before = sum(os.times()[:2])
-
-    def stop(self, resources: int) -> dict:
-        used = {"service": 0.0, "postgres": 0.0}
-        for pid, group in self._groups().items():
-            used[group] += _cpu_seconds(pid) - self.before.get(pid, 0.0)
-        used["client"] = sum(os.times()[:2]) - self.client_before
-        return {k: round(1e6 * v / resources, 1) for k, v in used.items()}
-
-
 @contextmanager
 def running_service(database_url: str, workers: int = 1):
     """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data; yields its base
@@ -381,7 +333,7 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
             with httpx.Client(base_url=bases[0], timeout=300) as client:
                 load_setup(client, cohort)
             load = os.getloadavg()[0]
-            meter = CpuMeter(bases)
+            meter = CpuMeter([SERVICE_PIDS[b] for b in bases])
             meter.start()
             if mode == "bundle":
                 bundles = observation_bundles(cohort.observations, args.bundle_size)

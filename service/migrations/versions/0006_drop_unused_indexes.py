@@ -6,7 +6,7 @@ these two cost PostgreSQL ~6 µs of CPU per Observation (of ~100) when a Bundle 
 
 Revision ID: 0006_drop_unused_indexes
 Revises: 0005_summary_covering_index
-Create Date: 2026-11-26 03:20:00
+Create Date: 2026-11-26 02:30:00
 """
 from alembic import op
 
