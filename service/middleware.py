@@ -16,7 +16,7 @@ JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhi
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
 
 
-def _choose_output(query: dict[str, str], accept: str) -> str | None:
+def choose_output(query: dict[str, str], accept: str) -> str | None:
     """The response Content-Type the client asked for; None when it asked only for what we can't give."""
     fmt = query.get("_format")
     if fmt is not None:
@@ -37,6 +37,16 @@ def _choose_output(query: dict[str, str], accept: str) -> str | None:
     return None
 
 
+def some_headers(scope, *names: bytes) -> dict[bytes, str]:
+    """The named request headers (lower-case names; the last of a repeated one), decoding nothing else."""
+    found = {}
+    for key, value in scope["headers"]:
+        key = key.lower()
+        if key in names:
+            found[key] = value.decode("latin-1")
+    return found
+
+
 class FhirFormatMiddleware:
     def __init__(self, app, max_body_bytes: int, prefix: str = "/fhir") -> None:
         self.app = app
@@ -48,22 +58,13 @@ class FhirFormatMiddleware:
             return await self.app(scope, receive, send)
         # read only the four headers this needs, and the query only when it names _format (the common GET of a
         # search pays a few µs here, not a dict of every header and a parse of the whole query)
-        accept = length = ctype = None
-        chunked = False
-        for key, value in scope["headers"]:
-            key = key.lower()
-            if key == b"accept":
-                accept = value.decode("latin-1")
-            elif key == b"content-length":
-                length = value.decode("latin-1")
-            elif key == b"content-type":
-                ctype = value.decode("latin-1")
-            elif key == b"transfer-encoding":
-                chunked = True
+        headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding")
+        accept, length, ctype = headers.get(b"accept"), headers.get(b"content-length"), headers.get(b"content-type")
+        chunked = b"transfer-encoding" in headers
         raw_query = scope.get("query_string", b"")
         named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
         query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if named else {}
-        output = _choose_output(query, accept or "")
+        output = choose_output(query, accept or "")
         if output is None:
             return await _reject(send, 406, "not-supported",
                                  "This server speaks FHIR JSON only: use _format=json or Accept: application/fhir+json",

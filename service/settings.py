@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     search_threads: int = Field(
         4, ge=1, description="Worker threads per process that run searches; more searches than this wait their turn "
         "(a few threads share the GIL better than many: p99 at 16 clients fell from ~100 to ~17 ms with 4).")
+    async_search: bool = Field(
+        True, description="On PostgreSQL, read searches that are one page statement on the event loop (async "
+        "connections) instead of in a search thread.")
+    async_search_connections: int = Field(
+        8, ge=1, description="Async PostgreSQL connections per process for those searches (more wait their turn).")
     export_dir: Path = Field(Path("./export"), description="Shared folder where bulk export files are written.")
     export_worker: bool = Field(
         True, description="Run a bulk-export worker thread in this process (claims queued $export jobs from the "

@@ -4,7 +4,9 @@ HTTP only: read the request, call one service function, shape the response.
 """
 
 import asyncio
+import logging
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
@@ -13,15 +15,18 @@ from starlette.routing import Match, Route
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from service.db import ReadSessionDep, WriteSessionDep, read_connection
+from service.errors import FhirError
 from service.examples import EXAMPLES, stored
 from service.http import BaseUrl, FhirBody, base_url, resource_response, version_headers
 from service.resource import service
 from service.resource.handlers import HANDLERS
+from service.middleware import choose_output, some_headers
 from service.responses import FhirJSONResponse
-from service.search.service import search
+from service.search.service import search, search_async
 from service.settings import Settings, SettingsDep
 from fhir_mappings.outcome import issue, outcome
 
+log = logging.getLogger("trial_fhir")
 OUTCOME_SCHEMA = {"$ref": "#/components/schemas/OperationOutcome"}
 IdPath = Annotated[str, Path(description="Logical id of the resource", examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description='Version to update or delete, e.g. W/"3"; '
@@ -109,6 +114,73 @@ class _SearchRoute(Route):
 
 def search_routes() -> list[Route]:
     return [_SearchRoute(t) for t in HANDLERS]
+
+
+class SearchFastPath:
+    """`GET /fhir/{type}?…` answered in front of the app (`create_app` puts it before FastAPI's own layers, see
+    service.main.TrialFhirApp): no middleware, exception, telemetry or routing layers.
+
+    A portal's search is the hot path, and those layers (Starlette's request and response objects, the error
+    wrappers, the route match) cost as much CPU as the search. A search that is one cached page statement is
+    read on the event loop through the app's AsyncReadPool (PostgreSQL); any other runs `search()` in a search
+    thread, as the routed endpoint would. Only a search that answers 200 is sent from here: any error (a bad
+    parameter, a database failure, a format this server doesn't speak) passes the request on to the app, whose
+    handlers answer it exactly as before (the search runs again there). Other methods and paths pass straight
+    through."""
+
+    def __init__(self, state, app, resource_types) -> None:
+        self.state = state  # the application's state: settings, engine, search threads, async read pool
+        self.app = app  # what answers everything else
+        self.paths = {f"/fhir/{t}": t for t in resource_types}
+        self._bases: dict[tuple, str] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET":
+            return await self.app(scope, receive, send)
+        path, root = scope["path"], scope.get("root_path", "")
+        resource_type = self.paths.get(path[len(root):] if root and path.startswith(root) else path)
+        if resource_type is None:
+            return await self.app(scope, receive, send)
+        headers = some_headers(scope, b"accept", b"prefer", b"host")
+        params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        output = choose_output(dict(params) if any(name == "_format" for name, _ in params) else {},
+                               headers.get(b"accept", ""))
+        if output is None:
+            return await self.app(scope, receive, send)
+        state = self.state
+        settings = state.settings
+        base = settings.base_url.rstrip("/") if settings.base_url else self._base(scope, headers.get(b"host", ""))
+        strict = "handling=strict" in headers.get(b"prefer", "").replace(" ", "").lower()
+        limits = {"strict": strict, "default_count": settings.default_page_size, "max_count": settings.max_page_size}
+        try:
+            body = None
+            pool = state.async_read_pool
+            if pool is not None and pool.loop is asyncio.get_running_loop():
+                body = await search_async(pool, resource_type, params, base, **limits)
+            if body is None:
+                def run() -> bytes:
+                    with read_connection(state.engine) as conn:
+                        return search(conn, resource_type, params, base, **limits)
+                body = await asyncio.get_running_loop().run_in_executor(state.search_threads, run)
+        except FhirError:  # a 4xx: answered by the app, with its error handlers
+            return await self.app(scope, receive, send)
+        except Exception:  # e.g. the database went away: the app tries again (its pool replaces connections)
+            log.warning("search %s?%s failed on the fast path; the app answers it", resource_type,
+                        scope["query_string"].decode("latin-1"), exc_info=True)
+            return await self.app(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", output.encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _base(self, scope, host: str) -> str:
+        """What `base_url(request)` gives (scheme, host and root path of the request, + /fhir), kept per origin."""
+        key = (scope.get("scheme"), host, tuple(scope.get("server") or ()), scope.get("root_path", ""))
+        base = self._bases.get(key)
+        if base is None:
+            base = str(Request(scope).base_url).rstrip("/") + "/fhir"
+            if len(self._bases) < 256:  # the Host header is the client's: don't keep every one
+                self._bases[key] = base
+        return base
 
 
 def build_router(resource_type: str) -> APIRouter:

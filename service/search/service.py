@@ -7,8 +7,11 @@ outcome`); with strict handling they are a 400 naming the parameter. `_total` is
 whole result fits the page) or asked for (`_total=accurate|estimate`, `_summary=count`).
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 from urllib.parse import urlencode
+
+import orjson
 
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
@@ -18,16 +21,35 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.search import (MAX_REVINCLUDE, Cursor, SearchRequest, encode_cursor, parse_search, search_parameters,
                                   subset)
+from service.db import AsyncReadPool
 from service.errors import BadRequest, NotFound
 from service.resource.service import handler_for
 from service.resource.unit_of_work import utcnow
 from service.search import repository
 
 
-def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
-           strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes:
-    """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`; `session` is a Session (a unit
-    of work) or a read connection (`service.db.read_connection`)."""
+@dataclass(frozen=True, slots=True)
+class SearchPlan:
+    """A parsed, checked search and how it will be read: a cached page statement (`fast`) or conditions built
+    for this request (`where`)."""
+
+    req: SearchRequest
+    params: list[tuple[str, str]]  # as sent (the self link)
+    fast: tuple[tuple, dict[str, Any]] | None
+    where: list | None
+    join_resource: bool
+    not_null: bool
+
+    @property
+    def one_statement(self) -> bool:
+        """Is the whole Bundle one cached page statement (no count, no includes)?"""
+        return (self.fast is not None and self.req.summary != "count" and self.req.total not in ("accurate", "estimate")
+                and not self.req.includes and not self.req.revincludes)
+
+
+def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bool = False, default_count: int = 50,
+                max_count: int = 1000) -> SearchPlan:
+    """Parse and check `params` (400 for errors, and for warnings under strict handling); no I/O."""
     handler_for(resource_type)
     req = parse_search(resource_type, list(params), default_count=default_count, max_count=max_count)
     if req.errors:
@@ -38,24 +60,55 @@ def search(session: Session | Connection, resource_type: str, params: list[tuple
     fast = repository.fast_shape(resource_type, req.criteria)  # a statement cached per query shape
     where = repository.conditions(resource_type, req.criteria) if fast is None or req.summary == "count" \
         or req.total in ("accurate", "estimate") else None
-    join_resource = repository.uses_resource_table(req.criteria)
-    self_link = _url(base, resource_type, list(params))
-    timestamp = fhir_instant(utcnow())
-    warnings = list(req.warnings)
+    return SearchPlan(req, list(params), fast, where, repository.uses_resource_table(req.criteria),
+                      repository.excludes_missing(resource_type, req.sort, req.criteria))
 
+
+def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
+           strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes:
+    """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`; `session` is a Session (a unit
+    of work) or a read connection (`service.db.read_connection`)."""
+    plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count)
+    req = plan.req
     if req.summary == "count":
-        total = repository.count_matches(session, resource_type, where, join_resource=join_resource)
-        return bundle("searchset", _outcome_entries(warnings), total=total, links=[("self", self_link)],
-                      timestamp=timestamp)
+        total = repository.count_matches(session, resource_type, plan.where, join_resource=plan.join_resource)
+        return bundle("searchset", _outcome_entries(list(req.warnings)), total=total,
+                      links=[("self", _url(base, resource_type, plan.params))], timestamp=fhir_instant(utcnow()))
+    rows = repository.find_page(session, resource_type, plan.where, req.sort, req.cursor, req.count + 1,
+                                not_null=plan.not_null, fast=plan.fast)
+    return _searchset(session, plan, rows, base)
 
-    rows = repository.find_page(session, resource_type, where, req.sort, req.cursor, req.count + 1,
-                                not_null=repository.excludes_missing(resource_type, req.sort, req.criteria),
-                                fast=fast)
+
+async def search_async(pool: AsyncReadPool, resource_type: str, params: list[tuple[str, str]], base: str, *,
+                       strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes | None:
+    """The same Bundle as `search`, read on the event loop through `pool` (no worker thread, no GIL hand-off), for
+    the searches that are one cached page statement; None for any other (run `search` in a thread instead)."""
+    plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count)
+    if not plan.one_statement:
+        return None
+    req = plan.req
+    page = repository.fast_page(pool.dialect, resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
+                                not_null=plan.not_null)
+    if page is None:
+        rows = []
+    elif page.page.driver is None:
+        return None
+    else:
+        driver = page.page.driver
+        rows = page.rows(driver.rows(await pool.fetch(driver.sql, driver.args(page.binds)), edges=True))
+    return _searchset(None, plan, rows, base)
+
+
+def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: list[tuple], base: str) -> bytes:
+    """The Bundle of a page read with one more row than asked for (that row only tells that a next page exists)."""
+    req = plan.req
+    resource_type = req.resource_type
+    warnings = list(req.warnings)
     backwards = req.cursor is not None and req.cursor.before
     more = len(rows) > req.count
     if more:
         rows = rows[1:] if backwards else rows[:-1]
-    links = [("self", self_link)]
+    links = [("self", _url(base, resource_type, plan.params))]
     if rows:
         has_next = more if not backwards else True
         has_previous = more if backwards else req.cursor is not None
@@ -66,20 +119,21 @@ def search(session: Session | Connection, resource_type: str, params: list[tuple
 
     total = None
     if req.total in ("accurate", "estimate"):
-        total = repository.count_matches(session, resource_type, where, join_resource=join_resource)
+        total = repository.count_matches(session, resource_type, plan.where, join_resource=plan.join_resource)
     elif req.total is None and req.cursor is None and not more:
         total = len(rows)
 
-    entries = []
-    subsetting = req.summary in ("true", "data") or req.elements is not None
-    ids = [rid for _, _, rid, _ in rows]
-    for _, _, rid, content in rows:
-        if subsetting:
-            content = subset(content, resource_type, summary=req.summary, elements=req.elements)
-        entries.append(entry(f"{base}/{resource_type}/{rid}", content, search={"mode": "match"}))
-    if ids:
-        entries += _included(session, req, ids, base, warnings)
-    return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links, timestamp=timestamp)
+    prefix, match = f"{base}/{resource_type}/", {"mode": "match"}
+    if req.summary in ("true", "data") or req.elements is not None:
+        entries = [entry(prefix + rid, subset(content, resource_type, summary=req.summary, elements=req.elements),
+                         search=match) for _, _, rid, content in rows]
+    else:  # the common page: each entry is its stored JSON as it is
+        entries = [{"fullUrl": prefix + rid, "resource": orjson.Fragment(content), "search": match}
+                   for _, _, rid, content in rows]
+    if rows and (req.includes or req.revincludes):
+        entries += _included(session, req, [rid for _, _, rid, _ in rows], base, warnings)
+    return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links,
+                  timestamp=fhir_instant(utcnow()))
 
 
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,

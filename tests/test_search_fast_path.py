@@ -1,0 +1,137 @@
+"""The search fast path (service.resource.router.SearchFastPath, in front of FastAPI) answers exactly what the
+routed endpoint answers; on PostgreSQL it reads one-statement searches through the asyncpg pool, and any error
+or failure is answered by the app as before."""
+
+import logging
+
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from tests.conftest import ON_POSTGRES
+from tests.test_search import build_trial
+
+QUERIES = [
+    "Observation?subject={p1}&code=EASI",
+    "Observation?subject={p1}&code=EASI&_count=1",
+    "Observation?study={A}&code=EASI&date=ge2024-01-01&_count=2",
+    "Observation?patient={p3}&_sort=-date",  # a result without an instant: the second phase of the page
+    "Observation?code=EASI&_sort=date&_count=3",
+    "Observation?code=EASI&_count=2&_format=json",
+    "Observation?_id={easi1_base},{ige1}",
+    "Observation?subject={p1}&_include=Observation:subject",
+    "Observation?code=EASI&_total=accurate&_count=1",
+    "Observation?code=EASI&_summary=count",
+    "Observation?code=EASI&_elements=status&_count=2",
+    "Observation?code=EASI&bogus=1",  # an unknown parameter: a warning entry
+    "AdverseEvent?subject={p2}",
+    "ResearchSubject?study={A}&_sort=_id",
+    "Patient?gender=female",
+    "Observation?subject=Patient/nobody",
+]
+
+
+def _comparable(response) -> tuple:
+    body = orjson.loads(response.content)
+    body.pop("timestamp", None)
+    return response.status_code, response.headers["content-type"], body
+
+
+def _pages(client, url: str) -> list:
+    """Every page of a search, following next links."""
+    pages = []
+    while url:
+        response = client.get(url)
+        pages.append(_comparable(response))
+        nxt = [link["url"] for link in response.json().get("link", []) if link["relation"] == "next"]
+        url = nxt[0].replace("http://testserver", "") if nxt else None
+    return pages
+
+
+@pytest.fixture
+def routed(settings):
+    """The same app with the fast path off: every search goes through FastAPI's routing."""
+    app = create_app(settings)
+    app.fast_path = None
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_fast_path_answers_exactly_what_the_routed_endpoint_answers(client, routed):
+    ids = build_trial(client)
+    for query in QUERIES:
+        url = "/fhir/" + query.format(**ids)
+        assert _pages(client, url) == _pages(routed, url), url
+    asked = {"Accept": "application/json"}
+    url = f"/fhir/Observation?subject={ids['p1']}"
+    assert _comparable(client.get(url, headers=asked)) == _comparable(routed.get(url, headers=asked))
+    assert client.get(url, headers=asked).headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("url, headers, status, expression", [
+    ("/fhir/Observation?date=2024-13-45", {"Prefer": "handling=strict"}, 400, "date"),
+    ("/fhir/Observation?bogus=1", {"Prefer": "handling=strict"}, 400, "bogus"),
+    ("/fhir/Observation?_count=20", {"Accept": "application/fhir+xml"}, 406, "Accept"),
+    ("/fhir/Observation?_format=xml", {}, 406, "_format"),
+])
+def test_errors_are_answered_by_the_app(client, routed, url, headers, status, expression):
+    build_trial(client)
+    fast, slow = client.get(url, headers=headers), routed.get(url, headers=headers)
+    assert fast.status_code == slow.status_code == status
+    assert fast.json() == slow.json()
+    assert fast.json()["resourceType"] == "OperationOutcome"
+    assert any(expression in e for i in fast.json()["issue"] for e in i.get("expression", []))
+
+
+def test_other_methods_and_paths_pass_through(client, routed):
+    build_trial(client)
+    for method, url in (("HEAD", "/fhir/Observation"), ("DELETE", "/fhir/Observation"),
+                        ("GET", "/fhir/Nonsense"), ("GET", "/fhir/Observation/_history")):
+        fast, slow = client.request(method, url), routed.request(method, url)
+        assert fast.status_code == slow.status_code, (method, url)
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
+def test_one_statement_searches_read_through_the_async_pool(client, app):
+    ids = build_trial(client)
+    pool = app.state.async_read_pool
+    assert pool is not None
+    calls = []
+    original = pool.fetch
+
+    async def counting(sql, args):
+        calls.append(sql)
+        return await original(sql, args)
+
+    pool.fetch = counting
+    page = client.get(f"/fhir/Observation?subject={ids['p1']}&code=EASI")
+    assert page.status_code == 200 and page.json()["total"] == 3
+    assert len(calls) == 1
+    for query in ("_include=Observation:subject", "_total=accurate", "_summary=count"):  # more than one statement
+        assert client.get(f"/fhir/Observation?subject={ids['p1']}&{query}").status_code == 200
+    assert client.get(f"/fhir/Observation?_id={ids['ige1']}").status_code == 200  # an IN list: not a cached text
+    assert len(calls) == 1
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
+def test_a_failing_async_read_is_answered_by_the_app(client, app, caplog):
+    ids = build_trial(client)
+    url = f"/fhir/Observation?subject={ids['p1']}&code=EASI"
+    expected = _comparable(client.get(url))
+
+    async def broken(sql, args):
+        raise ConnectionResetError("the database went away")
+
+    app.state.async_read_pool.fetch = broken
+    with caplog.at_level(logging.WARNING, logger="trial_fhir"):
+        assert _comparable(client.get(url)) == expected
+    assert "failed on the fast path" in caplog.text
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
+def test_async_search_can_be_turned_off(settings):
+    app = create_app(settings.model_copy(update={"async_search": False}))
+    with TestClient(app) as test_client:
+        assert app.state.async_read_pool is None
+        assert test_client.get("/fhir/Observation?code=EASI").status_code == 200
