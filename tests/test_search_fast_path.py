@@ -17,6 +17,8 @@ QUERIES = [
     "Observation?subject={p1}&code=EASI&_count=1",
     "Observation?study={A}&code=EASI&date=ge2024-01-01&_count=2",
     "Observation?patient={p3}&_sort=-date",  # a result without an instant: the second phase of the page
+    "Observation?patient={p3}&_count=1",  # paged across the phases: the first page is one walk, then cursors
+    "Observation?code=EASI&_count=2",
     "Observation?code=EASI&_sort=date&_count=3",
     "Observation?code=EASI&_count=2&_format=json",
     "Observation?_id={easi1_base},{ige1}",
@@ -67,6 +69,15 @@ def test_fast_path_answers_exactly_what_the_routed_endpoint_answers(client, rout
     url = f"/fhir/Observation?subject={ids['p1']}"
     assert _comparable(client.get(url, headers=asked)) == _comparable(routed.get(url, headers=asked))
     assert client.get(url, headers=asked).headers["content-type"] == "application/json"
+
+
+def test_a_first_page_ends_with_the_results_that_have_no_date(client):
+    ids = build_trial(client)
+    page = client.get("/fhir/Observation?code=EASI&_count=20").json()
+    found = [e["resource"]["id"] for e in page["entry"]]
+    assert found[-1] == ids["easi3_partial"] and len(found) == 6
+    dated = [e["resource"].get("effectiveDateTime") for e in page["entry"][:-1]]
+    assert all(dated)
 
 
 @pytest.mark.parametrize("url, headers, status, expression", [
