@@ -2,6 +2,7 @@
 PUT, DELETE and every Bundle entry, and the reads that serve stored JSON as it is."""
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,8 +130,13 @@ def create(uow: UnitOfWork, resource_type: str, payload: dict, *, if_none_exist:
 
 
 def new_resource_id() -> str:
-    import uuid
-    return str(uuid.uuid4())
+    """A random (version 4) UUID as text: what `str(uuid.uuid4())` gives, at a quarter of its cost (a Bundle of
+    100 Observations makes 100 of them)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict, *, if_match: str | None = None) -> Stored:
