@@ -480,8 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--databases", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--modes", default="bundle,single", help="comma-separated: bundle, single")
     parser.add_argument("--workers", type=int, default=4, help="client threads for single POSTs (default 4)")
-    parser.add_argument("--bundle-workers", type=int, default=2,
-                        help="client threads posting Bundles (default 2: one per replica)")
+    parser.add_argument("--bundle-workers", type=int, default=4,
+                        help="client threads posting Bundles (default 4: two per replica, so a replica has a Bundle to parse while the other waits on PostgreSQL)")
     parser.add_argument("--replicas", type=int, default=2,
                         help="service processes on their own ports, sharing the database (default 2: one per core)")
     parser.add_argument("--server-workers", type=int, default=1,

@@ -194,14 +194,16 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
     # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
     # (fullUrls that aren't urn: are rare, and then every resource is walked)
     urn_only = all(r.full_url.startswith("urn:") for r in requests if r.full_url)
-    may_refer = {r.index for r in requests if texts[r.index] is not None
-                 and (not urn_only or b'"reference":"urn:' in texts[r.index])}
+    for r in requests:
+        r.may_refer = texts[r.index] is not None and (not urn_only or b'"reference":"urn:' in texts[r.index])
+    attempts = [0]
 
     def work(uow: UnitOfWork) -> bytes:
-        # a fresh copy per attempt: entries are rewritten in place (references, ids, meta), and a transaction
-        # run again after a write race must start from what the client sent
-        reqs = [replace(r, resource=orjson.loads(text), may_refer=r.index in may_refer)
-                if (text := texts[r.index]) is not None else r for r in requests]
+        # entries are rewritten in place (references, ids, meta): the first attempt works on the parsed body, and
+        # an attempt run again after a write race on a fresh copy of what the client sent
+        attempts[0] += 1
+        reqs = requests if attempts[0] == 1 else [replace(r, resource=orjson.loads(text))
+                                                  if (text := texts[r.index]) is not None else r for r in requests]
         seen_urls = set()
         for r in reqs:
             if r.full_url:

@@ -1,10 +1,12 @@
 """SQL for patients, studies, arms and enrolments."""
 
-from sqlalchemy import exists, select, text, update
+import orjson
+from sqlalchemy import exists, select, update
 from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
+from service.resource.repository import driver_rows
 from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
 
 S = SubjectRecord.__table__
@@ -23,18 +25,18 @@ def find_enrolments(session: Session, patient_id: str):
 
 def find_enrolments_of(session: Session, patient_ids: list[str]):
     """(patient id, subject id, study id, day0, arm, status, catalogue) of the enrolments of many patients."""
-    if session.get_bind().dialect.name == "postgresql":  # one array parameter: see resource.repository
-        return session.execute(_ENROLMENTS_POSTGRES, {"patients": list(patient_ids)}).all()
+    if session.get_bind().dialect.name == "postgresql":  # one JSON parameter: see resource.repository
+        return driver_rows(session, _ENROLMENTS_POSTGRES, {"patients": orjson.dumps(list(patient_ids)).decode()})
     stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
             .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
-_ENROLMENTS_POSTGRES = text("""
+_ENROLMENTS_POSTGRES = """
     SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue
     FROM research_subject s JOIN study st ON st.id = s.study_id
-    WHERE s.patient_id = ANY(CAST(:patients AS text[]))
-    ORDER BY s.study_id""")
+    WHERE s.patient_id = ANY(ARRAY(SELECT json_array_elements_text(%(patients)s::json)))
+    ORDER BY s.study_id"""
 
 
 def get_study(session: Session, study_id: str):
