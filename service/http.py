@@ -13,7 +13,7 @@ from service.resource.service import Stored
 from service.responses import FhirJSONResponse
 
 
-async def _fhir_body(request: Request) -> Any:
+async def fhir_body(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         raise ResourceInvalid("The request has no body: send a FHIR resource as JSON", expression="body")
@@ -32,7 +32,7 @@ async def _fhir_body(request: Request) -> Any:
     return data
 
 
-FhirBody = Annotated[dict, Depends(_fhir_body)]
+FhirBody = Annotated[dict, Depends(fhir_body)]
 
 
 async def base_url(request: Request) -> str:

@@ -14,7 +14,7 @@ from service.db import AsyncReadPool, is_postgres, libpq_url, make_engine, migra
 from service.errors import register_error_handlers
 from service.middleware import FhirFormatMiddleware
 from service.resource.handlers import HANDLERS
-from service.resource.router import SearchFastPath, build_routers, search_routes
+from service.resource.router import SearchFastPath, build_routers, plain_routes
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("trial_fhir")
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats_router)
     for router in build_routers():
         app.include_router(router)
-    app.router.routes[0:0] = search_routes()  # the search GETs first, past FastAPI's routing (see _SearchRoute)
+    app.router.routes[0:0] = plain_routes()  # search GETs and create POSTs first, past FastAPI's routing (_PlainRoute)
     app.fast_path = SearchFastPath(app.state, partial(FastAPI.__call__, app), list(HANDLERS))
     _add_outcome_schema(app)
     return app
