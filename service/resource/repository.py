@@ -4,6 +4,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from operator import itemgetter
+from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, insert, select, update
@@ -115,36 +116,43 @@ _OWNERS_POSTGRES = """
 COPY_MIN_ROWS = 8
 
 
-def add_rows(session: Session, table, rows: list[dict]) -> None:
-    """Insert `rows` (dicts with the same keys, values already in their database form: aware UTC datetimes).
+def add_rows(session: Session, batches: list[tuple[Any, list[dict]]]) -> None:
+    """Insert each (table, rows): dicts with the same keys, values already in their database form (aware UTC
+    datetimes). Tables have no foreign keys between them, so the order of tables doesn't matter.
 
-    PostgreSQL goes straight to the driver: binary COPY for many rows; for a few, one INSERT whose rows psycopg
-    sends in pipeline mode (no SQLAlchemy statement to build per call, one round trip per table)."""
-    if not rows:
-        return
+    PostgreSQL goes straight to the driver: binary COPY for a table with many rows; the tables with few go as
+    INSERTs in one pipeline (one round trip for all of them: a single POST writes four tables)."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
-        session.execute(insert(table), rows)
+        for table, rows in batches:
+            if rows:
+                session.execute(insert(table), rows)
         return
-    keys = rows[0].keys()
-    if any(row.keys() != keys for row in rows):
-        raise ValueError(f"rows for {table.name} must all have the same columns")
-    columns = list(keys)
-    values = itemgetter(*columns) if len(columns) > 1 else (lambda row: (row[columns[0]],))
-    names = ", ".join(f'"{c}"' for c in columns)
     driver = connection.connection.driver_connection
-    if len(rows) >= COPY_MIN_ROWS:
-        statement = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)'
-        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
-            types = _column_types(cursor, table.name)
-            with cursor.copy(statement) as copy:
-                copy.set_types([types[c] for c in columns])
-                for row in rows:
-                    copy.write_row(values(row))
-    else:
-        statement = f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})'
-        with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
-            cursor.executemany(statement, [values(row) for row in rows])
+    few = []
+    for table, rows in batches:
+        if not rows:
+            continue
+        columns = list(rows[0])
+        if len(set(map(len, rows))) > 1:
+            raise ValueError(f"rows for {table.name} must all have the same columns")
+        values = itemgetter(*columns) if len(columns) > 1 else (lambda row, c=columns[0]: (row[c],))
+        names = ", ".join(f'"{c}"' for c in columns)
+        if len(rows) >= COPY_MIN_ROWS:
+            statement = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)'
+            with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
+                types = _column_types(cursor, table.name)
+                with cursor.copy(statement) as copy:
+                    copy.set_types([types[c] for c in columns])
+                    for row in rows:
+                        copy.write_row(values(row))
+        else:
+            few.append((f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})',
+                        [values(row) for row in rows]))
+    if few:
+        with _as_sqlalchemy_errors(few[0][0]), driver.pipeline(), driver.cursor() as cursor:
+            for statement, params in few:
+                cursor.executemany(statement, params)
 
 
 #: (database, table) -> {column: type oid}, read from the catalogue once per process: a binary COPY must name the

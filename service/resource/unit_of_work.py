@@ -78,8 +78,7 @@ class UnitOfWork:
                     self.add(IdentifierRecord.__table__, {"resource_type": key[0], "resource_id": id,
                                                           "system": key[1], "value": key[2]})
         pending, self._pending = self._pending, defaultdict(list)
-        for table, rows in pending.items():
-            repository.add_rows(self.session, table, rows)
+        repository.add_rows(self.session, list(pending.items()))
 
     # -- references ----------------------------------------------------------------------------------
     def _where(self, expression: str) -> str:
