@@ -19,9 +19,9 @@ from service.db import ReadSessionDep, WriteSessionDep, read_connection, write_s
 from service.errors import FhirError
 from service.examples import EXAMPLES, stored
 from service.http import BaseUrl, FhirBody, base_url, fhir_body, resource_response, version_headers
+from service.middleware import choose_output, some_headers
 from service.resource import service
 from service.resource.handlers import HANDLERS
-from service.middleware import choose_output, some_headers
 from service.responses import FhirJSONResponse
 from service.search.service import search, search_async
 from service.settings import Settings, SettingsDep

@@ -12,7 +12,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
