@@ -78,10 +78,11 @@ def find_identifier_owners(session: Session, keys: Sequence[tuple[str, str, str]
     """{(type, system, value): resource id} for those of `keys` already taken.
 
     On PostgreSQL, one statement probes an index once per key: the keys go in as one JSON parameter (see
-    `_EXISTING_POSTGRES`) and each is a scalar subquery, which the planner can't turn into a join. With `value IN (…)` it
-    scanned every identifier of the type and filtered whenever its statistics were stale (a fresh or bulk-loaded
-    table before autovacuum's ANALYZE), so each Bundle of a bulk load got slower as the table grew (8 ms per
-    look-up at 8k identifiers, 30 ms at 30k). SQLite looks the values up in chunks and matches the system here.
+    `_EXISTING_POSTGRES`) and each is a scalar subquery, which the planner can't turn into a join. With
+    `value IN (…)` it scanned every identifier of the type and filtered whenever its statistics were stale (a
+    fresh or bulk-loaded table before autovacuum's ANALYZE), so each Bundle of a bulk load got slower as the table
+    grew (8 ms per look-up at 8k identifiers, 30 ms at 30k). SQLite looks the values up in chunks and matches the
+    system here.
     """
     unique = set(keys)
     wanted = sorted(unique)

@@ -23,7 +23,7 @@ from service.middleware import choose_output, some_headers
 from service.resource import service
 from service.resource.handlers import HANDLERS
 from service.responses import FhirJSONResponse
-from service.search.service import search, search_async
+from service.search.service import plan_search, run_search, run_search_async
 from service.settings import Settings, SettingsDep
 from fhir_mappings.outcome import issue, outcome
 
@@ -72,21 +72,42 @@ def body_doc(example: dict, what: str) -> dict:
         "application/json": {"schema": {"type": "object"}, "example": example}}}}
 
 
-async def search_response(request: Request, resource_type: str, params: list[tuple[str, str]], settings: Settings,
-                          base: str, prefer: str | None) -> Response:
-    """The searchset Bundle, read on one read connection in one of the app's search threads.
+async def searchset(state, resource_type: str, params: list[tuple[str, str]], base: str, prefer: str | None) -> bytes:
+    """The searchset Bundle. A search that is one cached page statement is read on the event loop through the
+    app's AsyncReadPool (PostgreSQL); any other on one read connection in one of the app's search threads.
 
     Searches have their own few threads (`TRIAL_FHIR_SEARCH_THREADS`) instead of AnyIO's 40: on two cores
     sixteen concurrent searches in forty threads fought over the GIL and the p99 went to ~100 ms."""
-    strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
-    engine = request.app.state.engine
+    settings = state.settings
+    plan = plan_search(resource_type, params, strict="handling=strict" in (prefer or "").replace(" ", "").lower(),
+                       default_count=settings.default_page_size, max_count=settings.max_page_size)
+    pool = state.async_read_pool
+    if pool is not None and plan.one_statement and pool.loop is asyncio.get_running_loop():
+        try:
+            body = await run_search_async(pool, plan, base)
+        except Exception:  # e.g. the database restarted: the thread path's pool checks and replaces connections
+            log.warning("search %s failed on the fast path (async read); read again in a search thread",
+                        resource_type, exc_info=True)
+            body = None
+        if body is not None:
+            return body
 
     def run() -> bytes:
-        with read_connection(engine) as conn:
-            return search(conn, resource_type, params, base, strict=strict,
-                          default_count=settings.default_page_size, max_count=settings.max_page_size)
-    loop = asyncio.get_running_loop()
-    return FhirJSONResponse(await loop.run_in_executor(request.app.state.search_threads, run))
+        with read_connection(state.engine) as conn:
+            return run_search(conn, plan, base)
+    return await asyncio.get_running_loop().run_in_executor(state.search_threads, run)
+
+
+async def search_response(request: Request, resource_type: str, params: list[tuple[str, str]], base: str,
+                          prefer: str | None) -> Response:
+    return FhirJSONResponse(await searchset(request.app.state, resource_type, params, base, prefer))
+
+
+def create_resource(session, resource_type: str, body: dict, if_none_exist: str | None, base: str,
+                    settings: Settings) -> service.Stored:
+    """POST: what both the documented route and the plain one (`_PlainRoute`) run."""
+    return service.run_write(session, lambda uow: service.create(uow, resource_type, body, if_none_exist=if_none_exist),
+                             base_url=base, enforce_rules=settings.enforce_trial_rules)
 
 
 class _PlainRoute(Route):
@@ -113,8 +134,7 @@ class _PlainRoute(Route):
 def _search_endpoint(resource_type: str):
     async def endpoint(request: Request) -> Response:
         return await search_response(request, resource_type, request.query_params.multi_items(),
-                                     request.app.state.settings, await base_url(request),
-                                     request.headers.get("prefer"))
+                                     await base_url(request), request.headers.get("prefer"))
     return endpoint
 
 
@@ -123,14 +143,11 @@ def _create_endpoint(resource_type: str):
     async def endpoint(request: Request) -> Response:
         body = await fhir_body(request)
         base = await base_url(request)
-        settings = request.app.state.settings
         if_none_exist = request.headers.get("if-none-exist")
 
         def run():
             with write_session(request.app.state.engine) as session:
-                return service.run_write(
-                    session, lambda uow: service.create(uow, resource_type, body, if_none_exist=if_none_exist),
-                    base_url=base, enforce_rules=settings.enforce_trial_rules)
+                return create_resource(session, resource_type, body, if_none_exist, base, request.app.state.settings)
         stored_ = await run_in_threadpool(run)
         return resource_response(request, stored_, base, status_code=stored_.status, location=True)
     return endpoint
@@ -149,12 +166,10 @@ class SearchFastPath:
     service.main.TrialFhirApp): no middleware, exception, telemetry or routing layers.
 
     A portal's search is the hot path, and those layers (Starlette's request and response objects, the error
-    wrappers, the route match) cost as much CPU as the search. A search that is one cached page statement is
-    read on the event loop through the app's AsyncReadPool (PostgreSQL); any other runs `search()` in a search
-    thread, as the routed endpoint would. Only a search that answers 200 is sent from here: any error (a bad
-    parameter, a database failure, a format this server doesn't speak) passes the request on to the app, whose
-    handlers answer it exactly as before (the search runs again there). Other methods and paths pass straight
-    through."""
+    wrappers, the route match) cost as much CPU as the search. The Bundle is `searchset`'s, as for the routed
+    endpoint. Only a search that answers 200 is sent from here: any error (a bad parameter, a database failure,
+    a format this server doesn't speak) passes the request on to the app, whose handlers answer it exactly as
+    before (the search runs again there). Other methods and paths pass straight through."""
 
     def __init__(self, state, app, resource_types) -> None:
         self.state = state  # the application's state: settings, engine, search threads, async read pool
@@ -175,24 +190,13 @@ class SearchFastPath:
                                headers.get(b"accept", ""))
         if output is None:
             return await self.app(scope, receive, send)
-        state = self.state
-        settings = state.settings
+        settings = self.state.settings
         base = settings.base_url.rstrip("/") if settings.base_url else self._base(scope, headers.get(b"host", ""))
-        strict = "handling=strict" in headers.get(b"prefer", "").replace(" ", "").lower()
-        limits = {"strict": strict, "default_count": settings.default_page_size, "max_count": settings.max_page_size}
         try:
-            body = None
-            pool = state.async_read_pool
-            if pool is not None and pool.loop is asyncio.get_running_loop():
-                body = await search_async(pool, resource_type, params, base, **limits)
-            if body is None:
-                def run() -> bytes:
-                    with read_connection(state.engine) as conn:
-                        return search(conn, resource_type, params, base, **limits)
-                body = await asyncio.get_running_loop().run_in_executor(state.search_threads, run)
+            body = await searchset(self.state, resource_type, params, base, headers.get(b"prefer"))
         except FhirError:  # a 4xx: answered by the app, with its error handlers
             return await self.app(scope, receive, send)
-        except Exception:  # e.g. the database went away: the app tries again (its pool replaces connections)
+        except Exception:  # the app answers it again, with its 500 OperationOutcome if it fails there too
             log.warning("search %s?%s failed on the fast path; the app answers it", resource_type,
                         scope["query_string"].decode("latin-1"), exc_info=True)
             return await self.app(scope, receive, send)
@@ -236,9 +240,7 @@ def build_router(resource_type: str) -> APIRouter:
                             **error_docs(400, 409, 412, 413, 415, 422)})
     def create(request: Request, session: WriteSessionDep, settings: SettingsDep, body: FhirBody, base: BaseUrl,
                if_none_exist: IfNoneExist = None, prefer: Prefer = None) -> Response:
-        stored_ = service.run_write(
-            session, lambda uow: service.create(uow, resource_type, body, if_none_exist=if_none_exist),
-            base_url=base, enforce_rules=settings.enforce_trial_rules)
+        stored_ = create_resource(session, resource_type, body, if_none_exist, base, settings)
         return resource_response(request, stored_, base, status_code=stored_.status, location=True)
 
     create.__doc__ = (f"Create a {resource_type} with a server-assigned id (`POST /fhir/{resource_type}`).\n\n"
@@ -251,8 +253,7 @@ def build_router(resource_type: str) -> APIRouter:
     @router.get("", name=f"search_{resource_type}", summary=f"Search {resource_type} resources",
                 responses={200: fhir_json(search_example, "A searchset Bundle"), **error_docs(400)})
     async def search_type(request: Request, settings: SettingsDep, base: BaseUrl, prefer: Prefer = None) -> Response:
-        return await search_response(request, resource_type, request.query_params.multi_items(), settings, base,
-                                     prefer)
+        return await search_response(request, resource_type, request.query_params.multi_items(), base, prefer)
 
     search_type.__doc__ = (f"Search {resource_type} resources; the answer is a `searchset` Bundle, paged with "
                            "`_count` and the `next` link. Unknown parameters are ignored and reported in an "
@@ -267,7 +268,7 @@ def build_router(resource_type: str) -> APIRouter:
     async def search_post(request: Request, settings: SettingsDep, base: BaseUrl, prefer: Prefer = None) -> Response:
         form = await request.form()
         params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
-        return await search_response(request, resource_type, params, settings, base, prefer)
+        return await search_response(request, resource_type, params, base, prefer)
 
     search_post.__doc__ = f"The same search as `GET /fhir/{resource_type}`, parameters in a form body."
 

@@ -422,19 +422,14 @@ class _DriverStatement:
         last two rows (a page's values matter only for its cursors, which come from its first and last row, and
         the page is its rows less the one extra row read at either end)."""
         convert = [(i, p) for i, p in enumerate(self.result_processors) if p is not None]
-        if not convert:
+        if not convert or not rows:
             return rows
-        out = [tuple(row) for row in rows] if edges else []
-        for n in sorted({0, 1, len(rows) - 2, len(rows) - 1}) if edges else range(len(rows)):
-            if n < 0 or n >= len(rows):
-                continue
-            row = list(rows[n])
+        out = list(rows)
+        for n in {n % len(out) for n in (0, 1, -2, -1)} if edges else range(len(out)):
+            row = list(out[n])
             for i, process in convert:
                 row[i] = process(row[i])
-            if edges:
-                out[n] = tuple(row)
-            else:
-                out.append(tuple(row))
+            out[n] = tuple(row)
         return out
 
     def run(self, conn: Connection, stmt, values: dict[str, Any]) -> list[tuple]:

@@ -68,25 +68,27 @@ def search(session: Session | Connection, resource_type: str, params: list[tuple
     """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`; `session` is a Session (a unit
     of work) or a read connection (`service.db.read_connection`)."""
     plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count)
+    return run_search(session, plan, base)
+
+
+def run_search(session: Session | Connection, plan: SearchPlan, base: str) -> bytes:
+    """The Bundle of a planned search, read through `session` (see `search`)."""
     req = plan.req
     if req.summary == "count":
-        total = repository.count_matches(session, resource_type, plan.where, join_resource=plan.join_resource)
+        total = repository.count_matches(session, req.resource_type, plan.where, join_resource=plan.join_resource)
         return bundle("searchset", _outcome_entries(list(req.warnings)), total=total,
-                      links=[("self", _url(base, resource_type, plan.params))], timestamp=fhir_instant(utcnow()))
-    rows = repository.find_page(session, resource_type, plan.where, req.sort, req.cursor, req.count + 1,
+                      links=[("self", _url(base, req.resource_type, plan.params))], timestamp=fhir_instant(utcnow()))
+    rows = repository.find_page(session, req.resource_type, plan.where, req.sort, req.cursor, req.count + 1,
                                 not_null=plan.not_null, fast=plan.fast)
     return _searchset(session, plan, rows, base)
 
 
-async def search_async(pool: AsyncReadPool, resource_type: str, params: list[tuple[str, str]], base: str, *,
-                       strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes | None:
-    """The same Bundle as `search`, read on the event loop through `pool` (no worker thread, no GIL hand-off), for
-    the searches that are one cached page statement; None for any other (run `search` in a thread instead)."""
-    plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count)
-    if not plan.one_statement:
-        return None
+async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> bytes | None:
+    """The same Bundle as `run_search`, read on the event loop through `pool` (no worker thread, no GIL
+    hand-off), for a search that is one cached page statement (`plan.one_statement`); None when that statement
+    can't go to the driver as it is (an IN list): run `run_search` in a thread instead."""
     req = plan.req
-    page = repository.fast_page(pool.dialect, resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
+    page = repository.fast_page(pool.dialect, req.resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
                                 not_null=plan.not_null)
     if page is None:
         rows = []
