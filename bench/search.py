@@ -408,7 +408,7 @@ def explain(engine, data: dict) -> dict:
     from sqlmodel import Session
 
     from fhir_mappings.search import parse_search
-    from service.search import repository
+    from service.search import compiler as repository
     plans = {}
     queries = {"subject_code": [("subject", data["patients"][0]), ("code", data["codes"][0])],
                "study_code_date": [("study", data["study"]), ("code", data["codes"][0]), ("date", "ge2023-07-01")]}

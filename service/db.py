@@ -172,7 +172,7 @@ async def _read_session_dep(request: Request) -> AsyncIterator[Session]:
 
 
 async def _write_session_dep(request: Request) -> AsyncIterator[Session]:
-    """Async for the same reason; the endpoint's unit of work (service.resource.service.run_write) has committed
+    """Async for the same reason; the endpoint's unit of work (service.core.resources.run_write) has committed
     or rolled back before the session is closed, so closing does no database work."""
     with write_session(request.app.state.engine) as session:
         yield session

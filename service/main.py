@@ -12,9 +12,9 @@ from fastapi.routing import APIRoute
 from service.conformance.router import router as system_router
 from service.db import AsyncReadPool, is_postgres, libpq_url, make_engine, migrate
 from service.errors import register_error_handlers
-from service.middleware import FhirFormatMiddleware
-from service.resource.handlers import HANDLERS
-from service.resource.router import SearchFastPath, build_routers, plain_routes
+from service.api.middleware import FhirFormatMiddleware
+from service.core.registry import HANDLERS
+from service.api.fhir_routes import SearchFastPath, build_routers, plain_routes
 from service.settings import Settings, get_settings
 
 log = logging.getLogger("trial_fhir")

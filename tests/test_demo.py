@@ -20,7 +20,7 @@ from service.demo.cohort import (OBSERVATION_SYSTEM, build_cohort, generate_coho
 from service.demo.load import load_demo, load_demo_if_empty
 from service.main import create_app
 from service.observation.models import MeasurementRecord
-from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
+from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
 from service.trial.models import PatientRecord, SubjectRecord
 from tests.factories import created, study
 

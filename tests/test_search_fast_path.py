@@ -1,4 +1,4 @@
-"""The search fast path (service.resource.router.SearchFastPath, in front of FastAPI) answers exactly what the
+"""The search fast path (service.api.fhir_routes.SearchFastPath, in front of FastAPI) answers exactly what the
 routed endpoint answers; on PostgreSQL it reads one-statement searches through the asyncpg pool, and any error
 or failure is answered by the app as before."""
 

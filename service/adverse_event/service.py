@@ -3,7 +3,7 @@
 from fhir_mappings.adverse_event import adverse_event_from_fhir, check_adverse_event
 from service.adverse_event.models import AdverseEventRecord
 from service.errors import raise_for_issues
-from service.resource.unit_of_work import UnitOfWork
+from service.store.unit_of_work import UnitOfWork
 from service.trial.service import enrolment_in
 
 AE = AdverseEventRecord.__table__

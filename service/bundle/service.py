@@ -19,9 +19,9 @@ from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import TOO_DEEP
 from service.errors import BadRequest, FhirError, PayloadTooLarge
-from service.resource import service as resources
-from service.resource.handlers import HANDLERS
-from service.resource.unit_of_work import UnitOfWork, utcnow
+from service.core import resources
+from service.core.registry import HANDLERS
+from service.store.unit_of_work import UnitOfWork, utcnow
 from service.search.service import search
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",

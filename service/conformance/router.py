@@ -10,8 +10,8 @@ from service.bundle import service as bundles
 from service.conformance import service
 from service.db import WriteSessionDep
 from service.examples import TRANSACTION
-from service.http import BaseUrl, FhirBody
-from service.resource.router import ANY_ERROR, body_doc, error_docs, fhir_json
+from service.api.http import BaseUrl, FhirBody
+from service.api.fhir_routes import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 

@@ -4,7 +4,7 @@ from fhir_mappings import fhir
 from fhir_mappings.search import INCLUDES, SEARCH_PARAMS, params_for
 from fhir_mappings.terminology import code_system_resource, catalogue_names, load_catalogue
 from service.errors import NotFound
-from service.resource.handlers import HANDLERS
+from service.core.registry import HANDLERS
 
 SERVER_VERSION = "0.1.0"
 #: the search parameters of each type (fhir_mappings/search.py defines them; service/search answers them)

@@ -29,7 +29,7 @@ from fhir_mappings.references import split_token
 from service.adverse_event.models import AdverseEventRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
-from service.resource.models import ResourceRecord
+from service.store.models import ResourceRecord
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
 J = ExportJobRecord.__table__

@@ -9,8 +9,8 @@ from fastapi.responses import FileResponse, Response
 from fhir_mappings.outcome import informational
 from service.db import ReadSessionDep, WriteSessionDep
 from service.export import service
-from service.http import BaseUrl
-from service.resource.router import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.http import BaseUrl
+from service.api.fhir_routes import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 

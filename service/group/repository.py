@@ -3,7 +3,7 @@
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from service.resource.models import ResourceRecord
+from service.store.models import ResourceRecord
 from service.trial.models import StudyRecord, SubjectRecord
 
 R = ResourceRecord.__table__

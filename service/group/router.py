@@ -7,8 +7,8 @@ from fastapi.responses import Response
 
 from service.db import ReadSessionDep
 from service.group import service
-from service.http import BaseUrl
-from service.resource.router import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.http import BaseUrl
+from service.api.fhir_routes import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 
 router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse, responses={"4XX": {

@@ -4,7 +4,7 @@ from fhir_mappings.observation import (check_observation, find_measure, measurem
                                        study_extension_reference, unknown_code_issue)
 from service.errors import RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
-from service.resource.unit_of_work import UnitOfWork
+from service.store.unit_of_work import UnitOfWork
 from service.trial.service import enrolment_in, enrolments
 
 M = MeasurementRecord.__table__

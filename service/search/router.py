@@ -8,8 +8,8 @@ from fastapi.responses import Response
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.search import search_parameters
-from service.http import BaseUrl
-from service.resource.router import ANY_ERROR, error_docs, fhir_json
+from service.api.http import BaseUrl
+from service.api.fhir_routes import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.search import service
 

@@ -22,9 +22,9 @@ from fhir_mappings.search import (MAX_REVINCLUDE, Cursor, SearchRequest, encode_
                                   subset)
 from service.db import AsyncReadPool
 from service.errors import BadRequest, NotFound
-from service.resource.service import handler_for
-from service.resource.unit_of_work import utcnow
-from service.search import repository
+from service.core.resources import handler_for
+from service.store.unit_of_work import utcnow
+from service.search import compiler as repository
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from service.conformance.service import EXTRA_OPERATIONS
 from service.db import ReadSessionDep
-from service.resource.router import ANY_ERROR, error_docs, fhir_json
+from service.api.fhir_routes import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.stats import service
 from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary

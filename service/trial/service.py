@@ -11,7 +11,7 @@ from fhir_mappings.terminology import load_catalogue
 from service.adverse_event.models import AdverseEventRecord
 from service.errors import Conflict, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
-from service.resource.unit_of_work import UnitOfWork
+from service.store.unit_of_work import UnitOfWork
 from service.trial import repository
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 

@@ -17,10 +17,10 @@ from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
 from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
                             ResourceInvalid, RuleViolation)
-from service.resource import repository
-from service.resource.handlers import HANDLERS, TypeHandler
-from service.resource.models import ResourceRecord, ResourceVersion
-from service.resource.unit_of_work import UnitOfWork
+from service.store import repository
+from service.core.registry import HANDLERS, TypeHandler
+from service.store.models import ResourceRecord, ResourceVersion
+from service.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger("trial_fhir")
 R = ResourceRecord.__table__

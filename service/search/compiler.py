@@ -15,7 +15,7 @@ from sqlmodel import Session
 from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Sort, Token, params_for
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
-from service.resource.models import IdentifierRecord, ResourceRecord
+from service.store.models import IdentifierRecord, ResourceRecord
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
 R = ResourceRecord.__table__

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
 from service.errors import ResourceInvalid
-from service.resource.service import Stored
+from service.core.resources import Stored
 from service.responses import FhirJSONResponse
 
 

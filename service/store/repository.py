@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from service.resource.models import IdentifierRecord, ResourceRecord, ResourceVersion
+from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
 
 R = ResourceRecord.__table__
 V = ResourceVersion.__table__

@@ -14,8 +14,8 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
 from service.errors import Conflict, IdentifierTaken, RuleViolation
-from service.resource import repository
-from service.resource.models import IdentifierRecord
+from service.store import repository
+from service.store.models import IdentifierRecord
 
 
 def utcnow() -> datetime:

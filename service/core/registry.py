@@ -8,7 +8,7 @@ from service.adverse_event.models import AdverseEventRecord
 from service.adverse_event.service import index_adverse_event
 from service.observation.models import MeasurementRecord
 from service.observation.service import index_observation
-from service.resource.unit_of_work import UnitOfWork
+from service.store.unit_of_work import UnitOfWork
 from service.trial import service as trial
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 

@@ -18,10 +18,10 @@ from fhir_mappings.dates import fhir_instant
 from service.db import ReadSessionDep, WriteSessionDep, read_connection, write_session
 from service.errors import FhirError
 from service.examples import EXAMPLES, stored
-from service.http import BaseUrl, FhirBody, base_url, fhir_body, resource_response, version_headers
-from service.middleware import choose_output, some_headers
-from service.resource import service
-from service.resource.handlers import HANDLERS
+from service.api.http import BaseUrl, FhirBody, base_url, fhir_body, resource_response, version_headers
+from service.api.middleware import choose_output, some_headers
+from service.core import resources as service
+from service.core.registry import HANDLERS
 from service.responses import FhirJSONResponse
 from service.search.service import plan_search, run_search, run_search_async
 from service.settings import Settings, SettingsDep

@@ -6,7 +6,7 @@ from sqlalchemy import Index
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
-from service.resource.models import IdentifierRecord
+from service.store.models import IdentifierRecord
 
 M = MeasurementRecord.__table__
 A = AdverseEventRecord.__table__
