@@ -9,7 +9,6 @@ are one statement, like a search page, use `read_connection`: in autocommit on P
 round trip, not BEGIN + SELECT + ROLLBACK (under READ COMMITTED each statement has its own snapshot anyway).
 """
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -86,57 +85,6 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-class AsyncReadPool:
-    """PostgreSQL connections (asyncpg) for reads made on one event loop.
-
-    A search page read through a worker thread pays for the hand-off twice (the loop wakes a thread, the thread
-    wakes the loop) and the two threads take turns at the GIL; read here, the loop goes on serving other
-    requests while PostgreSQL answers. asyncpg, not psycopg's async API: its protocol is a compiled asyncio
-    protocol, and a 20-row page cost ~120 µs of this process's CPU against ~185 µs. At most `size` connections,
-    opened on demand and kept. A connection whose statement fails (or is cancelled) is closed, not reused; the
-    caller decides what to do about the error (the search falls back to its thread path, whose pool checks and
-    replaces connections).
-
-    Its statements are the cached page statements of searches (a LIMIT written in the text, an ordered index to
-    walk), prepared once per connection and planned once: `plan_cache_mode = force_generic_plan`. Left to
-    choose, PostgreSQL planned a study+code+date page afresh on every execution (its generic plan's estimate,
-    made without the values, looked dearer than the custom plans) and spent ~450 µs of CPU per search instead
-    of ~260. `dialect` is what those statements are compiled for."""
-
-    def __init__(self, dsn: str, size: int) -> None:
-        from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
-
-        self.loop = asyncio.get_running_loop()
-        self.dialect = PGDialect_asyncpg()
-        self._dsn = dsn
-        self._slots = asyncio.Semaphore(size)
-        self._idle: list = []
-
-    async def fetch(self, sql: str, args) -> list:
-        import asyncpg
-
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await asyncpg.connect(
-                self._dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
-            try:
-                rows = await conn.fetch(sql, *args)
-            except BaseException:
-                conn.terminate()
-                raise
-            self._idle.append(conn)
-            return rows
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for conn in idle:
-            await conn.close()
-
-
-def libpq_url(engine: Engine) -> str:
-    """The engine's database as a libpq connection URL (what asyncpg connects to)."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 def write_session(engine: Engine) -> Session:
     """A session whose transaction takes the write lock up front on SQLite."""
     # the option engine is made once per engine and kept on it: making one per request cost ~10% of a single POST
@@ -160,6 +108,19 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         bind = engine._trial_fhir_read_bind = engine.execution_options(isolation_level="AUTOCOMMIT") \
             if is_postgres(engine) else engine
     with bind.connect() as conn:
+        yield conn
+
+
+@contextmanager
+def snapshot_connection(engine: Engine) -> Iterator[Connection]:
+    """A connection inside one read-only transaction that sees one snapshot for all its statements (REPEATABLE
+    READ on PostgreSQL, a read transaction on SQLite), for reads that walk everything, like an export. On
+    PostgreSQL its server-side cursors are planned for the whole result (hash joins), not for the first 10% of
+    it (the default for cursors, which picks nested loops for a full export)."""
+    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True} if is_postgres(engine) else {}
+    with engine.connect().execution_options(**options) as conn, conn.begin():
+        if is_postgres(engine):
+            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         yield conn
 
 

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from service.conformance.router import router as system_router
-from service.db import AsyncReadPool, is_postgres, libpq_url, make_engine, migrate
+from service.db import is_postgres, make_engine, migrate
+from service.store.driver import AsyncReadPool, libpq_url
 from service.errors import register_error_handlers
 from service.api.middleware import FhirFormatMiddleware
 from service.core.registry import HANDLERS

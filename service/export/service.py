@@ -29,6 +29,7 @@ from sqlmodel import Session
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue, outcome
 from service.errors import BadRequest, FhirError, NotFound
+from service.db import snapshot_connection
 from service.export import repository
 from service.export.repository import EXPORT_TYPES, FILTERS, FilterError, Selection
 from service.group import repository as groups
@@ -248,13 +249,7 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
     the types that have resources. `progress` may raise to stop the export."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
-    options = {"isolation_level": "REPEATABLE READ", "postgresql_readonly": True} \
-        if engine.dialect.name == "postgresql" else {}
-    with engine.connect().execution_options(**options) as conn, conn.begin():
-        if engine.dialect.name == "postgresql":
-            # every row will be read: plan the server-side cursors for the whole result (hash joins), not
-            # for the first 10% of it (the default for cursors, which picks nested loops here)
-            conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+    with snapshot_connection(engine) as conn:
         transaction_time = utcnow()
         selections = spec.selections()
         totals = {s.resource_type: conn.execute(repository.estimate_query(s)).scalar_one() for s in selections}

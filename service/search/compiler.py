@@ -15,6 +15,7 @@ from sqlmodel import Session
 from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Sort, Token, params_for
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
+from service.store.driver import AsyncReadPool, DriverStatement
 from service.store.models import IdentifierRecord, ResourceRecord
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
@@ -378,79 +379,9 @@ def _fast_conditions(resource_type: str, shape: tuple) -> list[ColumnElement]:
 
 
 @dataclass(frozen=True, slots=True)
-class _DriverStatement:
-    """A cached page statement compiled once for one dialect, run straight on the driver's cursor.
-
-    SQLAlchemy's per-execution work (execution context, parameter and result objects) costs ~4× the
-    query itself for a 20-row page (≈180 µs against ≈45 µs of driver time on PostgreSQL here); the SQL
-    text, bind order and type conversions (e.g. SQLite's datetime strings) are the compiled statement's own,
-    so the rows are the same as `conn.execute(stmt)` gives. Statements with expanding IN lists are not
-    compiled this way (their SQL depends on the list length): they stay on `conn.execute`."""
-
-    sql: str
-    compiled: Any
-    positions: tuple[str, ...] | None  # bind names in order for positional drivers (SQLite), else named
-    bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
-    result_processors: tuple[Callable[[Any], Any] | None, ...]
-
-    @staticmethod
-    def compile(stmt, dialect: Dialect) -> "_DriverStatement | None":
-        compiled = stmt.compile(dialect=dialect)
-        if compiled.literal_execute_params or compiled.post_compile_params:
-            return None
-        if any(bind.expanding for bind in compiled.binds.values()):
-            return None
-        binds = []
-        for name, bind in compiled.binds.items():
-            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-            if process is not None:
-                binds.append((name, process))
-        results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
-                        for column in stmt.selected_columns)
-        positions = tuple(compiled.positiontup) if compiled.positional else None
-        return _DriverStatement(compiled.string, compiled, positions, tuple(binds), results)
-
-    def args(self, values: dict[str, Any]):
-        """The driver's parameters for `values` (bind names -> values), converted as SQLAlchemy would."""
-        params = self.compiled.construct_params(values)
-        for name, process in self.bind_processors:
-            params[name] = process(params[name])
-        return tuple(params[name] for name in self.positions) if self.positions is not None else params
-
-    def rows(self, rows: list, *, edges: bool = False) -> list[tuple]:
-        """The driver's rows, with SQLAlchemy's result conversions applied; with `edges`, only to the first two and
-        last two rows (a page's values matter only for its cursors, which come from its first and last row, and
-        the page is its rows less the one extra row read at either end)."""
-        convert = [(i, p) for i, p in enumerate(self.result_processors) if p is not None]
-        if not convert or not rows:
-            return rows
-        out = list(rows)
-        for n in {n % len(out) for n in (0, 1, -2, -1)} if edges else range(len(out)):
-            row = list(out[n])
-            for i, process in convert:
-                row[i] = process(row[i])
-            out[n] = tuple(row)
-        return out
-
-    def run(self, conn: Connection, stmt, values: dict[str, Any]) -> list[tuple]:
-        args = self.args(values)
-        dbapi_conn = conn.connection.dbapi_connection
-        cursor = dbapi_conn.cursor()
-        try:
-            cursor.execute(self.sql, args)
-            rows = cursor.fetchall()
-        except conn.dialect.loaded_dbapi.Error:
-            # let SQLAlchemy run it again: its error handling (wrapping, invalidating a lost connection) applies
-            return conn.execute(stmt, values).all()
-        finally:
-            cursor.close()
-        return self.rows(rows)
-
-
-@dataclass(frozen=True, slots=True)
 class _Page:
     stmt: Any
-    driver: _DriverStatement | None
+    driver: DriverStatement | None
 
 
 _PAGE_STATEMENTS: dict[tuple, _Page] = {}
@@ -488,13 +419,26 @@ def fast_page(dialect: Dialect, resource_type: str, fast: tuple[tuple, dict[str,
             stmt = _first_page_nulls_last(resource_type, where, key, limit)
         else:
             stmt = _phases_statement(resource_type, where, key, by_id, nullable, descending, runs, at_cursor, limit)
-        page = _Page(stmt, _DriverStatement.compile(stmt, dialect))
+        page = _Page(stmt, DriverStatement.compile(stmt, dialect))
         if len(_PAGE_STATEMENTS) < 4096:
             _PAGE_STATEMENTS[cache_key] = page
     binds = dict(fast[1])
     if any(at_cursor):
         binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
     return FastPage(page, binds, backwards)
+
+
+async def find_page_async(pool: AsyncReadPool, resource_type: str, fast: tuple[tuple, dict[str, Any]], sort: Sort,
+                          cursor: Cursor | None, limit: int, *, not_null: bool = False) -> list[tuple] | None:
+    """`find_page` for a cached shape, read on the event loop through `pool` (PostgreSQL, asyncpg); None when the
+    page statement can't go to the driver as it is (an IN list): read it with `find_page` in a thread instead."""
+    planned = fast_page(pool.dialect, resource_type, fast, sort, cursor, limit, not_null=not_null)
+    if planned is None:
+        return []
+    driver = planned.page.driver
+    if driver is None:
+        return None
+    return planned.rows(driver.rows(await pool.fetch(driver.sql, driver.args(planned.binds)), edges=True))
 
 
 def count_matches(session: Reader, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:

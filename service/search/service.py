@@ -20,7 +20,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.search import (MAX_REVINCLUDE, Cursor, SearchRequest, encode_cursor, parse_search, search_parameters,
                                   subset)
-from service.db import AsyncReadPool
+from service.store.driver import AsyncReadPool
 from service.errors import BadRequest, NotFound
 from service.core.resources import handler_for
 from service.store.unit_of_work import utcnow
@@ -88,15 +88,10 @@ async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> 
     hand-off), for a search that is one cached page statement (`plan.one_statement`); None when that statement
     can't go to the driver as it is (an IN list): run `run_search` in a thread instead."""
     req = plan.req
-    page = repository.fast_page(pool.dialect, req.resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
-                                not_null=plan.not_null)
-    if page is None:
-        rows = []
-    elif page.page.driver is None:
+    rows = await repository.find_page_async(pool, req.resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
+                                            not_null=plan.not_null)
+    if rows is None:
         return None
-    else:
-        driver = page.page.driver
-        rows = page.rows(driver.rows(await pool.fetch(driver.sql, driver.args(page.binds)), edges=True))
     return _searchset(None, plan, rows, base)
 
 

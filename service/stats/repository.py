@@ -85,6 +85,16 @@ def find_visit_values(session: Session, study_id: str, visits: Sequence[tuple[st
     return columns_by_key
 
 
+def find_summary_rows(session: Session, study_id: str, visits: Sequence[tuple[str, int]], measures: Sequence[str],
+                      counted: Sequence[str], completed_statuses: Sequence[str],
+                      last_visit: str | None) -> tuple[dict, list[tuple]]:
+    """(`find_visit_values`, `count_subjects_by_arm`): one statement on PostgreSQL, two on SQLite."""
+    if session.get_bind().dialect.name == "postgresql" and last_visit is not None:
+        return summary_rows_postgres(session, study_id, visits, measures, counted, completed_statuses, last_visit)
+    subject_rows = count_subjects_by_arm(session, study_id, last_visit, counted, completed_statuses)
+    return find_visit_values(session, study_id, visits, counted), subject_rows
+
+
 def summary_rows_postgres(session: Session, study_id: str, visits: Sequence[tuple[str, int]],
                           measures: Sequence[str], counted: Sequence[str], completed_statuses: Sequence[str],
                           last_visit: str) -> tuple[dict, list[tuple]]:

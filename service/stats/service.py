@@ -156,12 +156,8 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
     arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
     visit_days = [(v.name, v.target_day) for v in visits]
     # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
-    if session.get_bind().dialect.name == "postgresql" and last_visit is not None:
-        values, subject_rows = repository.summary_rows_postgres(session, study_id, visit_days, [m.key for m in measures],
-                                                                counted, COMPLETED_STATUSES, last_visit)
-    else:
-        subject_rows = repository.count_subjects_by_arm(session, study_id, last_visit, counted, COMPLETED_STATUSES)
-        values = repository.find_visit_values(session, study_id, visit_days, counted)
+    values, subject_rows = repository.find_summary_rows(session, study_id, visit_days, [m.key for m in measures],
+                                                        counted, COMPLETED_STATUSES, last_visit)
     counts = {row[0]: row[1:4] for row in subject_rows}
     for name in sorted(set(counts) - set(arms)):
         arms[name] = None

@@ -1,16 +1,13 @@
 """SQL for the resource store: current rows, versions and identifiers. Never commits, never sees HTTP."""
 
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from datetime import datetime
-from operator import itemgetter
-from typing import Any
 
 import orjson
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
+from service.store.driver import add_rows, driver_rows
 from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
 
 R = ResourceRecord.__table__
@@ -111,88 +108,6 @@ _OWNERS_POSTGRES = """
            (SELECT i.resource_id FROM resource_identifier i
             WHERE i.resource_type = k.type AND i.system = k.system AND i.value = k.value) AS owner
     FROM (SELECT e->>0 AS type, e->>1 AS system, e->>2 AS value FROM json_array_elements(%(keys)s::json) AS e) AS k"""
-
-
-#: from this many rows on, PostgreSQL inserts go through COPY (one stream instead of a statement per row)
-COPY_MIN_ROWS = 8
-
-
-def add_rows(session: Session, batches: list[tuple[Any, list[dict]]]) -> None:
-    """Insert each (table, rows): dicts with the same keys, values already in their database form (aware UTC
-    datetimes). Tables have no foreign keys between them, so the order of tables doesn't matter.
-
-    PostgreSQL goes straight to the driver: binary COPY for a table with many rows; the tables with few go as
-    INSERTs in one pipeline (one round trip for all of them: a single POST writes four tables)."""
-    connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        for table, rows in batches:
-            if rows:
-                session.execute(insert(table), rows)
-        return
-    driver = connection.connection.driver_connection
-    few = []
-    for table, rows in batches:
-        if not rows:
-            continue
-        columns = list(rows[0])
-        if len(set(map(len, rows))) > 1:
-            raise ValueError(f"rows for {table.name} must all have the same columns")
-        values = itemgetter(*columns) if len(columns) > 1 else (lambda row, c=columns[0]: (row[c],))
-        names = ", ".join(f'"{c}"' for c in columns)
-        if len(rows) >= COPY_MIN_ROWS:
-            statement = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)'
-            with _as_sqlalchemy_errors(statement), driver.cursor() as cursor:
-                types = _column_types(cursor, table.name)
-                with cursor.copy(statement) as copy:
-                    copy.set_types([types[c] for c in columns])
-                    for row in rows:
-                        copy.write_row(values(row))
-        else:
-            few.append((f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})',
-                        [values(row) for row in rows]))
-    if few:
-        with _as_sqlalchemy_errors(few[0][0]), driver.pipeline(), driver.cursor() as cursor:
-            for statement, params in few:
-                cursor.executemany(statement, params)
-
-
-#: (database, table) -> {column: type oid}, read from the catalogue once per process: a binary COPY must name the
-#: exact type of every column, and the catalogue (what the migrations made) is the authority on those
-_COLUMN_TYPES: dict[tuple[str, str], dict[str, int]] = {}
-
-
-def _column_types(cursor, table: str) -> dict[str, int]:
-    key = (cursor.connection.info.dbname, table)
-    types = _COLUMN_TYPES.get(key)
-    if types is None:
-        cursor.execute("SELECT attname, atttypid::int FROM pg_attribute WHERE attrelid = %s::regclass "
-                       "AND attnum > 0 AND NOT attisdropped", (table,))
-        types = _COLUMN_TYPES[key] = dict(cursor.fetchall())
-    return types
-
-
-def driver_rows(session: Session, sql: str, params: dict) -> list[tuple]:
-    """PostgreSQL: the rows of `sql` (psycopg placeholders) run on the session's connection by the driver itself:
-    for the write path's few look-ups per Bundle, SQLAlchemy's statement and result machinery cost more CPU than
-    the database's answer. Errors come out as SQLAlchemy's (see `_as_sqlalchemy_errors`)."""
-    driver = session.connection().connection.driver_connection
-    with _as_sqlalchemy_errors(sql), driver.cursor() as cursor:
-        # planned on each run, never prepared: a plan cached while a table was small (a fresh database, a bulk load
-        # before ANALYZE) kept scanning it whole for every key once it had grown (1 s per Bundle at 20k rows)
-        cursor.execute(sql, params, prepare=False)
-        return cursor.fetchall()
-
-
-@contextmanager
-def _as_sqlalchemy_errors(statement: str):
-    """Driver errors as SQLAlchemy raises them (IntegrityError, OperationalError…), so the write path's retry of
-    a unique-key race or a deadlock sees the same exceptions whichever way the rows went in."""
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
 def update_current(session: Session, resource_type: str, id: str, expected_version: int, values: dict) -> bool:

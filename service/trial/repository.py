@@ -6,7 +6,7 @@ from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
-from service.store.repository import driver_rows
+from service.store.driver import driver_rows
 from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
 
 S = SubjectRecord.__table__
