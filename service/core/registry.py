@@ -8,6 +8,7 @@ from service.adverse_event.models import AdverseEventRecord
 from service.adverse_event.service import index_adverse_event
 from service.observation.models import MeasurementRecord
 from service.observation.service import index_observation
+from service.errors import NotFound
 from service.store.unit_of_work import UnitOfWork
 from service.trial import service as trial
 from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
@@ -42,3 +43,10 @@ HANDLERS: dict[str, TypeHandler] = {
                     prefetch=trial.prefetch_subjects),
     )
 }
+
+
+def handler_for(resource_type: str) -> TypeHandler:
+    handler = HANDLERS.get(resource_type)
+    if handler is None:
+        raise NotFound(f"Resource type '{resource_type}' is not supported by this server")
+    return handler

@@ -18,7 +18,7 @@ from fhir_mappings.validation import structure_issues
 from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
                             ResourceInvalid, RuleViolation)
 from service.store import repository
-from service.core.registry import HANDLERS, TypeHandler
+from service.core.registry import handler_for
 from service.store.models import ResourceRecord, ResourceVersion
 from service.store.unit_of_work import UnitOfWork
 
@@ -49,13 +49,6 @@ class Stored:
     @property
     def location(self) -> str:
         return f"{self.resource_type}/{self.id}/_history/{self.version_id}"
-
-
-def handler_for(resource_type: str) -> TypeHandler:
-    handler = HANDLERS.get(resource_type)
-    if handler is None:
-        raise NotFound(f"Resource type '{resource_type}' is not supported by this server")
-    return handler
 
 
 def parse_version(etag: str | None) -> int | None:

@@ -22,7 +22,7 @@ from fhir_mappings.search import (MAX_REVINCLUDE, Cursor, SearchRequest, encode_
                                   subset)
 from service.store.driver import AsyncReadPool
 from service.errors import BadRequest, NotFound
-from service.core.resources import handler_for
+from service.core.registry import handler_for
 from service.store.unit_of_work import utcnow
 from service.search import compiler as repository
 
