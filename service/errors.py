@@ -44,10 +44,6 @@ class NotFound(FhirError):
     status_code, issue_code = 404, "not-found"
 
 
-class MethodNotAllowed(FhirError):
-    status_code, issue_code = 405, "not-supported"
-
-
 class NotAcceptable(FhirError):
     status_code, issue_code = 406, "not-supported"
 
@@ -98,10 +94,20 @@ def error_response(status_code: int, issues: list[Issue], headers: dict[str, str
     return FhirJSONResponse(outcome(issues), status_code=status_code, headers=headers)
 
 
+def failure_response(exc: Exception, method: str, path: str) -> FhirJSONResponse:
+    """The OperationOutcome response for an exception an interaction raised: a `FhirError` with its own status,
+    anything else a 500 whose traceback goes to the log only. The app's exception handlers and the front door
+    (service/api/front_door.py) both answer through this."""
+    if isinstance(exc, FhirError):
+        return error_response(exc.status_code, exc.issues, exc.headers)
+    log.error("unexpected error on %s %s", method, path, exc_info=exc)
+    return error_response(500, [issue("exception", "Internal server error; the request was not applied.")])
+
+
 def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FhirError)
     async def fhir_error(request: Request, exc: FhirError) -> FhirJSONResponse:
-        return error_response(exc.status_code, exc.issues, exc.headers)
+        return failure_response(exc, request.method, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def request_invalid(request: Request, exc: RequestValidationError) -> FhirJSONResponse:
@@ -126,6 +132,5 @@ def register_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, [issue("exception", "Internal server error; the request was not applied.")])
+        return failure_response(exc, request.method, request.url.path)
 

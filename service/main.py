@@ -2,21 +2,29 @@
 
 import gc
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from functools import partial
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from sqlalchemy import text
 
-from service.conformance.router import router as system_router
-from service.db import is_postgres, make_engine, migrate
-from service.store.driver import AsyncReadPool, libpq_url
-from service.errors import register_error_handlers
+from service.api.fhir_routes import build_routers
+from service.api.front_door import FrontDoor
 from service.api.middleware import FhirFormatMiddleware
+from service.bundle.router import router as bundle_router
+from service.conformance.router import router as conformance_router
+from service.core.interactions import Core
 from service.core.registry import HANDLERS
-from service.api.fhir_routes import SearchFastPath, build_routers, plain_routes
+from service.db import make_engine, migrate
+from service.errors import register_error_handlers
+from service.export.router import CAPABILITY as EXPORT_CAPABILITY
+from service.export.router import router as export_router
+from service.group.router import CAPABILITY as GROUP_CAPABILITY
+from service.group.router import router as group_router
 from service.settings import Settings, get_settings
+from service.stats.router import CAPABILITY as STATS_CAPABILITY
+from service.stats.router import router as stats_router
 
 log = logging.getLogger("trial_fhir")
 
@@ -39,22 +47,20 @@ def _operation_id(route: APIRoute) -> str:
 
 
 class TrialFhirApp(FastAPI):
-    """FastAPI, with the portals' search GETs answered in front of it (SearchFastPath): a search through
-    FastAPI's and Starlette's layers (error, telemetry, body-limit and format middleware, exception handling,
-    routing, request and response objects) cost as much CPU as the search itself."""
+    """FastAPI, with the front door (service/api/front_door.py) answering the hot paths in front of it."""
 
-    fast_path = None
+    front_door: FrontDoor | None = None
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.fast_path is None:
+        if self.front_door is None:
             return await super().__call__(scope, receive, send)
-        return await self.fast_path(scope, receive, send)
+        return await self.front_door(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, echo=settings.sql_echo)
-    search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+    core = Core(engine, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -65,19 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             load_demo_if_empty(engine)
         from service.export.worker import start_export_worker
         app.state.export_worker = start_export_worker(engine, settings)  # None when TRIAL_FHIR_EXPORT_WORKER=false
-        if settings.async_search and is_postgres(engine) and not settings.sql_echo:
-            app.state.async_read_pool = AsyncReadPool(libpq_url(engine), settings.async_search_connections)
+        await core.start()
         # what start-up built (modules, models, routes, catalogues) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, so it no longer stalls requests for tens of ms
         gc.collect()
         gc.freeze()
         yield
-        if app.state.async_read_pool is not None:
-            await app.state.async_read_pool.close()
-            app.state.async_read_pool = None
+        await core.stop()
         if app.state.export_worker is not None:
             app.state.export_worker.stop()
-        search_threads.shutdown(wait=True)
         engine.dispose()
 
     app = TrialFhirApp(
@@ -90,32 +92,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.search_threads = search_threads
-    app.state.async_read_pool = None  # set at start-up on PostgreSQL (see SearchFastPath)
+    app.state.core = core
+    app.state.capability_contributions = (EXPORT_CAPABILITY, GROUP_CAPABILITY, STATS_CAPABILITY)
     register_error_handlers(app)
     app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes)
 
     @app.get("/healthz", tags=["System"], name="healthz", summary="Liveness and database check")
     def healthz() -> dict:
         """`{"status": "ok"}` when the service is up and its database answers."""
-        from sqlalchemy import text
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
-    app.include_router(system_router)
-    from service.search.router import router as search_parameter_router
-    app.include_router(search_parameter_router)
-    from service.export.router import router as export_router
-    from service.group.router import router as group_router
+    app.include_router(conformance_router)
+    app.include_router(bundle_router)
     app.include_router(export_router)
     app.include_router(group_router)
-    from service.stats.router import router as stats_router  # before the generic FHIR routes
-    app.include_router(stats_router)
+    app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
     for router in build_routers():
         app.include_router(router)
-    app.router.routes[0:0] = plain_routes()  # search GETs and create POSTs first, past FastAPI's routing (_PlainRoute)
-    app.fast_path = SearchFastPath(app.state, partial(FastAPI.__call__, app), list(HANDLERS))
+    if settings.front_door:
+        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, HANDLERS)
     _add_outcome_schema(app)
     return app
 

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     search_threads: int = Field(
         4, ge=1, description="Worker threads per process that run searches; more searches than this wait their turn "
         "(a few threads share the GIL better than many: p99 at 16 clients fell from ~100 to ~17 ms with 4).")
+    front_door: bool = Field(
+        True, description="Answer `GET` and `POST /fhir/{type}` (search, create) in front of FastAPI's layers, which "
+        "cost as much CPU as a search; off, the documented routes answer them (the same interactions and answers).")
     async_search: bool = Field(
         True, description="On PostgreSQL, read searches that are one page statement on the event loop (async "
         "connections) instead of in a search thread.")

@@ -1,4 +1,6 @@
-"""HTTP helpers shared by the FHIR routers: the JSON body, the base URL, and the headers of a version."""
+"""What both HTTP adapters (the FastAPI routes and the front door) share: reading a FHIR JSON body, the base URL
+and the `Context` of a request, and the response of a stored version. One implementation each, so the two
+adapters can't answer differently."""
 
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -8,13 +10,15 @@ from fastapi import Depends, Request
 
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
-from service.errors import ResourceInvalid
+from service.core.context import Context, prefers
+from service.core.interactions import Core
 from service.core.resources import Stored
+from service.errors import ResourceInvalid
 from service.responses import FhirJSONResponse
 
 
-async def fhir_body(request: Request) -> Any:
-    raw = await request.body()
+def parse_body(raw: bytes) -> dict[str, Any]:
+    """A request body as a FHIR resource's JSON object; 400 naming `body` (or `resourceType`) when it isn't one."""
     if not raw.strip():
         raise ResourceInvalid("The request has no body: send a FHIR resource as JSON", expression="body")
     try:
@@ -32,16 +36,39 @@ async def fhir_body(request: Request) -> Any:
     return data
 
 
+async def fhir_body(request: Request) -> dict[str, Any]:
+    return parse_body(await request.body())
+
+
 FhirBody = Annotated[dict, Depends(fhir_body)]
+
+
+def base_of(configured: str | None, request_base: str) -> str:
+    """The FHIR base URL: TRIAL_FHIR_BASE_URL, else the request's own base (scheme, host, root path) + /fhir."""
+    return (configured or request_base.rstrip("/") + "/fhir").rstrip("/")
 
 
 async def base_url(request: Request) -> str:
     """Async on purpose: a plain `def` dependency costs a worker-thread round trip per request."""
-    configured = request.app.state.settings.base_url
-    return (configured or str(request.base_url).rstrip("/") + "/fhir").rstrip("/")
+    return base_of(request.app.state.settings.base_url, str(request.base_url))
 
 
 BaseUrl = Annotated[str, Depends(base_url)]
+
+
+async def request_context(request: Request) -> Context:
+    return Context(base_of(request.app.state.settings.base_url, str(request.base_url)),
+                   strict=prefers(request.headers.get("prefer"), "handling=strict"))
+
+
+Ctx = Annotated[Context, Depends(request_context)]
+
+
+async def the_core(request: Request) -> Core:
+    return request.app.state.core
+
+
+CoreDep = Annotated[Core, Depends(the_core)]
 
 
 def version_headers(stored: Stored, base: str, *, location: bool = False) -> dict[str, str]:
@@ -51,14 +78,14 @@ def version_headers(stored: Stored, base: str, *, location: bool = False) -> dic
     return headers
 
 
-def resource_response(request: Request, stored: Stored, base: str, *, status_code: int = 200,
-                      location: bool = False) -> FhirJSONResponse:
+def stored_response(stored: Stored, base: str, prefer: str | None, *, status_code: int = 200,
+                    location: bool = False) -> FhirJSONResponse:
     """The stored JSON as it is, honouring `Prefer: return=minimal | representation | OperationOutcome`."""
     headers = version_headers(stored, base, location=location)
-    prefer = request.headers.get("prefer", "").replace(" ", "").lower()
-    if "return=minimal" in prefer:
+    if prefers(prefer, "return=minimal"):
         return FhirJSONResponse(b"", status_code=status_code, headers=headers)
-    if "return=operationoutcome" in prefer:
+    if prefers(prefer, "return=operationoutcome"):
         return FhirJSONResponse(informational(f"{stored.resource_type}/{stored.id} version {stored.version_id}"),
                                 status_code=status_code, headers=headers)
+    assert stored.content is not None  # a delete is never answered with its version
     return FhirJSONResponse(stored.content.encode(), status_code=status_code, headers=headers)

@@ -8,9 +8,7 @@
 
 from urllib.parse import parse_qsl
 
-import orjson
-
-from fhir_mappings.outcome import issue, outcome
+from service.errors import FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
@@ -37,6 +35,30 @@ def choose_output(query: dict[str, str], accept: str) -> str | None:
     return None
 
 
+def negotiate(query: dict[str, str], accept: str) -> str:
+    """`choose_output`, or a 406 naming `_format` or `Accept`."""
+    output = choose_output(query, accept)
+    if output is None:
+        raise NotAcceptable("This server speaks FHIR JSON only: use _format=json or Accept: application/fhir+json",
+                            expression="_format" if "_format" in query else "Accept")
+    return output
+
+
+def check_body(path: str, content_type: str | None, length: str | None, max_body_bytes: int) -> None:
+    """415 unless the body is JSON (or a search form), 413 when Content-Length is over the limit."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES and not (path.endswith("/_search") and ctype == "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
+                                   expression="Content-Type")
+    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+        raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body_bytes}",
+                              expression="Content-Length")
+
+
+def body_too_large(max_body_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body exceeds the limit of {max_body_bytes} bytes", expression="Content-Length")
+
+
 def some_headers(scope, *names: bytes) -> dict[bytes, str]:
     """The named request headers (lower-case names; the last of a repeated one), decoding nothing else."""
     found = {}
@@ -45,6 +67,23 @@ def some_headers(scope, *names: bytes) -> dict[bytes, str]:
         if key in names:
             found[key] = value.decode("latin-1")
     return found
+
+
+def edge(scope, max_body_bytes: int) -> tuple[str, bool]:
+    """The edge rules of one FHIR request: (the response Content-Type, does it carry a body?); raises the 406,
+    415 or 413 `FhirError`. Reads only the four headers it needs, and the query only when it may name `_format`
+    (the common search GET pays a few µs here, not a dict of every header and a parse of the whole query)."""
+    headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding")
+    length = headers.get(b"content-length")
+    raw_query = scope.get("query_string", b"")
+    named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
+    query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if named else {}
+    output = negotiate(query, headers.get(b"accept", ""))
+    has_body = scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0")
+                                                                or b"transfer-encoding" in headers)
+    if has_body:
+        check_body(scope["path"], headers.get(b"content-type"), length, max_body_bytes)
+    return output, has_body
 
 
 class FhirFormatMiddleware:
@@ -56,32 +95,11 @@ class FhirFormatMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
-        # read only the four headers this needs, and the query only when it names _format (the common GET of a
-        # search pays a few µs here, not a dict of every header and a parse of the whole query)
-        headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding")
-        accept, length, ctype = headers.get(b"accept"), headers.get(b"content-length"), headers.get(b"content-type")
-        chunked = b"transfer-encoding" in headers
-        raw_query = scope.get("query_string", b"")
-        named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
-        query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if named else {}
-        output = choose_output(query, accept or "")
-        if output is None:
-            return await _reject(send, 406, "not-supported",
-                                 "This server speaks FHIR JSON only: use _format=json or Accept: application/fhir+json",
-                                 "_format" if "_format" in query else "Accept")
-        method = scope["method"]
-        has_body = method in ("POST", "PUT", "PATCH") and (length not in (None, "0") or chunked)
+        try:
+            output, has_body = edge(scope, self.max_body_bytes)
+        except FhirError as problem:
+            return await error_response(problem.status_code, problem.issues)(scope, receive, send)
         if has_body:
-            ctype = (ctype or "").split(";")[0].strip().lower()
-            if ctype not in JSON_TYPES and not (scope["path"].endswith("/_search")
-                                                and ctype == "application/x-www-form-urlencoded"):
-                return await _reject(send, 415, "not-supported",
-                                     f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
-                                     "Content-Type")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                return await _reject(send, 413, "too-costly",
-                                     f"Request body of {length} bytes exceeds the limit of {self.max_body_bytes}",
-                                     "Content-Length")
             receive = self._counting(receive, send)
 
         async def send_with_format(message):
@@ -95,8 +113,8 @@ class FhirFormatMiddleware:
         try:
             await self.app(scope, receive, send_with_format if output == "application/json" else send)
         except _BodyTooLarge:
-            await _reject(send, 413, "too-costly", f"Request body exceeds the limit of {self.max_body_bytes} bytes",
-                          "Content-Length")
+            problem = body_too_large(self.max_body_bytes)
+            await error_response(problem.status_code, problem.issues)(scope, receive, send)
 
     def _counting(self, receive, send):
         seen = 0
@@ -116,10 +134,3 @@ class FhirFormatMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
-
-
-async def _reject(send, status: int, code: str, diagnostics: str, expression: str) -> None:
-    body = orjson.dumps(outcome([issue(code, diagnostics, expression)]))
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -1,53 +1,30 @@
-"""System-level FHIR endpoints: CapabilityStatement, the trial's CodeSystem, and Bundles."""
+"""What the server is: its CapabilityStatement, the trial's CodeSystem and its SearchParameters."""
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from fhir_mappings.bundle import bundle, entry
-from service.bundle import service as bundles
+from fhir_mappings.search import search_parameters
+from service.api.docs import ANY_ERROR, error_docs, fhir_json
+from service.api.http import BaseUrl
 from service.conformance import service
-from service.db import WriteSessionDep
-from service.examples import TRANSACTION
-from service.api.http import BaseUrl, FhirBody
-from service.api.fhir_routes import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.responses import FhirJSONResponse
-from service.settings import SettingsDep
+from service.search import service as search_service
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, responses=ANY_ERROR)
-
-TRANSACTION_RESPONSE = {"resourceType": "Bundle", "type": "transaction-response", "entry": [
-    {"response": {"status": "201 Created", "location": "Patient/5e0c…/_history/1", "etag": 'W/"1"'}},
-    {"response": {"status": "201 Created", "location": "ResearchSubject/7a41…/_history/1", "etag": 'W/"1"'}},
-    {"response": {"status": "201 Created", "location": "Observation/c3f9…/_history/1", "etag": 'W/"1"'}}]}
 
 
 @router.get("/metadata", tags=["System"], name="capabilities", summary="CapabilityStatement",
             responses={200: fhir_json({"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
                                        "fhirVersion": "4.0.1", "format": ["application/fhir+json"]},
                                       "What this server supports")})
-def capabilities(base: BaseUrl) -> Response:
+def capabilities(request: Request, base: BaseUrl) -> Response:
     """The CapabilityStatement: exactly the resource types, interactions, search parameters and operations
     this server supports."""
-    return FhirJSONResponse(service.capability_statement(base))
-
-
-@router.post("", tags=["System"], name="transaction_or_batch", summary="Transaction or batch Bundle",
-             openapi_extra=body_doc(TRANSACTION, "A Bundle of type transaction (all or nothing) or batch"),
-             responses={200: fhir_json(TRANSACTION_RESPONSE, "transaction-response or batch-response Bundle"),
-                        **error_docs(400, 404, 409, 412, 413, 415, 422)})
-def transaction_or_batch(request: Request, session: WriteSessionDep, settings: SettingsDep, body: FhirBody,
-                         base: BaseUrl) -> Response:
-    """Process a `transaction` Bundle as one database transaction (any failing entry fails all, with an
-    OperationOutcome naming `Bundle.entry[i]`), or a `batch` Bundle entry by entry (each with its own status
-    and OperationOutcome). `urn:uuid:` fullUrls and references to them resolve to the new ids; conditional
-    creates (`request.ifNoneExist`) and conditional references work inside a transaction.
-    `Prefer: return=representation` puts each resulting resource in the response."""
-    representation = "return=representation" in request.headers.get("prefer", "").replace(" ", "").lower()
-    run = bundles.transaction if body.get("type") == "transaction" else bundles.batch
-    return FhirJSONResponse(run(session, body, base, max_entries=settings.max_bundle_entries,
-                                enforce_rules=settings.enforce_trial_rules, representation=representation))
+    return FhirJSONResponse(service.capability_statement(base, request.app.state.capability_contributions))
 
 
 @router.get("/CodeSystem/{id}", tags=["CodeSystem"], name="read_CodeSystem", summary="Read a CodeSystem",
@@ -65,7 +42,35 @@ def read_code_system(id: Annotated[str, Path(examples=["ad-scores"])]) -> Respon
 def search_code_systems(base: BaseUrl, url: Annotated[str | None, Query(
         description="canonical URL, e.g. https://trial-fhir.org/CodeSystem/ad-scores")] = None) -> Response:
     """Find a CodeSystem by its canonical `url`."""
-    import orjson
     found = [cs for cs in service.code_systems().values() if url is None or cs["url"] == url]
     entries = [entry(f"{base}/CodeSystem/{cs['id']}", orjson.dumps(cs), search={"mode": "match"}) for cs in found]
+    return FhirJSONResponse(bundle("searchset", entries, total=len(found)))
+
+
+_EXAMPLE = search_parameters()["Observation-visit"]
+
+
+@router.get("/SearchParameter/{id}", tags=["SearchParameter"], name="read_SearchParameter", summary="Read a SearchParameter",
+            responses={200: fhir_json(_EXAMPLE, "The SearchParameter"), **error_docs(404)})
+def read_search_parameter(id: Annotated[str, Path(examples=["Observation-visit"])]) -> Response:
+    """One of the trial's own search parameters (`Observation-study`, `Observation-arm`, `Observation-visit`,
+    `ResearchSubject-arm`); the standard ones are defined by FHIR R4."""
+    return FhirJSONResponse(search_service.read_search_parameter(id))
+
+
+@router.get("/SearchParameter", tags=["SearchParameter"], name="search_SearchParameter", summary="Search SearchParameters",
+            responses={200: fhir_json({"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
+                {"fullUrl": "http://127.0.0.1:8000/fhir/SearchParameter/Observation-visit", "resource": _EXAMPLE,
+                 "search": {"mode": "match"}}]}, "A searchset Bundle")})
+def search_search_parameters(
+        base: BaseUrl,
+        url: Annotated[str | None, Query(description="canonical URL, e.g. "
+                                         "https://trial-fhir.org/SearchParameter/Observation-visit")] = None,
+        name: Annotated[str | None, Query(description="computer name, e.g. ObservationVisit")] = None,
+        code: Annotated[str | None, Query(description="the parameter as used in a query, e.g. visit")] = None,
+        base_type: Annotated[str | None, Query(alias="base", description="resource type, e.g. Observation")] = None,
+) -> Response:
+    """Find the trial's search parameters by canonical `url`, `name`, `code` or `base` resource type."""
+    found = search_service.find_search_parameters(url=url, name=name, code=code, base_type=base_type)
+    entries = [entry(f"{base}/SearchParameter/{sp['id']}", orjson.dumps(sp), search={"mode": "match"}) for sp in found]
     return FhirJSONResponse(bundle("searchset", entries, total=len(found)))

@@ -1,5 +1,8 @@
 """What the server is: its CapabilityStatement and the code systems it publishes."""
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 from fhir_mappings import fhir
 from fhir_mappings.search import INCLUDES, SEARCH_PARAMS, params_for
 from fhir_mappings.terminology import code_system_resource, catalogue_names, load_catalogue
@@ -15,11 +18,15 @@ _RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort (
                       "_summary=count|true|data, _elements, _total=accurate|none; paging by opaque _cursor links. "
                       "Modifiers: :missing, :not (tokens), :exact and :contains (strings). Unknown or malformed "
                       "parameters are ignored with a warning (Prefer: handling=strict makes them a 400).")
-#: extra search parameters other modules register (name, type, documentation) per resource type
-EXTRA_SEARCH: dict[str, list[dict]] = {}
-#: extra operations other modules register ({"name":…, "definition":…}) at system or type level
-EXTRA_OPERATIONS: dict[str, list[dict]] = {}
-EXTRA_RESOURCES: list[dict] = []
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """What a module beside the stored types adds to the CapabilityStatement: operations per level (`system` or a
+    resource type) and resource types of its own. `create_app` passes each router module's contribution in."""
+
+    operations: dict[str, tuple[dict, ...]] = field(default_factory=dict)
+    resources: tuple[dict, ...] = ()
 
 
 def code_systems() -> dict[str, dict]:
@@ -38,13 +45,15 @@ def read_code_system(id: str) -> dict:
     return cs
 
 
-def capability_statement(base: str) -> dict:
+def capability_statement(base: str, contributions: Sequence[Contribution] = ()) -> dict:
+    operations: dict[str, list[dict]] = {}
+    for contribution in contributions:
+        for level, ops in contribution.operations.items():
+            operations.setdefault(level, []).extend(ops)
     resources = []
     for rtype in HANDLERS:
         params = [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.description}
                   for p in params_for(rtype).values()]
-        params += [{k: v for k, v in p.items() if k in ("name", "definition", "type", "documentation")}
-                   for p in EXTRA_SEARCH.get(rtype, [])]
         entry = {
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
@@ -64,7 +73,7 @@ def capability_statement(base: str) -> dict:
             entry["searchInclude"] = [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype]
             entry["searchRevInclude"] = [f"{s}:{p}" for (s, p), t in INCLUDES.items() if t == rtype]
             entry["documentation"] = _RESULT_PARAMS_DOC
-        ops = EXTRA_OPERATIONS.get(rtype)
+        ops = operations.get(rtype)
         if ops:
             entry["operation"] = ops
         resources.append(entry)
@@ -73,15 +82,18 @@ def capability_statement(base: str) -> dict:
     resources.append({"type": "SearchParameter", "interaction": [{"code": "read"}, {"code": "search-type"}],
                       "searchParam": [{"name": "url", "type": "uri"}, {"name": "name", "type": "string"},
                                       {"name": "code", "type": "token"}, {"name": "base", "type": "token"}]})
-    resources.extend(EXTRA_RESOURCES)
+    for contribution in contributions:
+        for resource in contribution.resources:
+            ops = resource.get("operation", []) + operations.get(resource["type"], [])
+            resources.append({**resource, **({"operation": ops} if ops else {})})
     rest = {
         "mode": "server",
         "documentation": "FHIR R4 JSON for a clinical trial: EHRs push, research portals pull.",
         "resource": resources,
         "interaction": [{"code": "transaction"}, {"code": "batch"}],
     }
-    if EXTRA_OPERATIONS.get("system"):
-        rest["operation"] = EXTRA_OPERATIONS["system"]
+    if operations.get("system"):
+        rest["operation"] = operations["system"]
     statement = {
         "resourceType": "CapabilityStatement",
         "id": "trial-fhir",

@@ -8,9 +8,10 @@ from fastapi.responses import FileResponse, Response
 
 from fhir_mappings.outcome import informational
 from service.db import ReadSessionDep, WriteSessionDep
+from service.conformance.service import Contribution
 from service.export import service
 from service.api.http import BaseUrl
-from service.api.fhir_routes import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 
@@ -139,27 +140,10 @@ def download_export_file(job_id: JobId, file_name: Annotated[str, Path(examples=
     return FileResponse(path, media_type="application/fhir+ndjson")
 
 
-def _register_capabilities() -> None:
-    """Group (read, search, $export) and system $export in the CapabilityStatement."""
-    from service.conformance.service import EXTRA_OPERATIONS, EXTRA_RESOURCES
-
-    if any(r.get("type") == "Group" for r in EXTRA_RESOURCES):
-        return
-    EXTRA_OPERATIONS.setdefault("system", []).append(
-        {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-         "documentation": "Bulk Data export of every resource (Prefer: respond-async); _type, _since, "
-                          "_typeFilter, _outputFormat"})
-    EXTRA_RESOURCES.append({
-        "type": "Group",
-        "profile": "http://hl7.org/fhir/StructureDefinition/Group",
-        "documentation": "Each study's cohort (Group/X = enrolled patients of ResearchStudy/X), derived from its "
-                         "research subjects; withdrawn subjects are inactive members.",
-        "interaction": [{"code": "read"}, {"code": "search-type"}],
-        "searchParam": [{"name": "_id", "type": "token"}],
-        "operation": [{"name": "export",
-                       "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
-                       "documentation": "Bulk Data export of exactly this study's data"}],
-    })
-
-
-_register_capabilities()
+#: system $export and Group $export in the CapabilityStatement (the Group type itself is service/group's)
+CAPABILITY = Contribution(operations={
+    "system": ({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+                "documentation": "Bulk Data export of every resource (Prefer: respond-async); _type, _since, "
+                                 "_typeFilter, _outputFormat"},),
+    "Group": ({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+               "documentation": "Bulk Data export of exactly this study's data"},)})

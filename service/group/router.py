@@ -6,9 +6,10 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
 from service.db import ReadSessionDep
+from service.conformance.service import Contribution
 from service.group import service
 from service.api.http import BaseUrl
-from service.api.fhir_routes import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 
 router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse, responses={"4XX": {
@@ -54,3 +55,13 @@ def search_groups(request: Request, session: ReadSessionDep, base: BaseUrl,
     strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
     return FhirJSONResponse(service.search_groups(session, list(request.query_params.multi_items()), base,
                                                   strict=strict))
+
+
+#: the Group type in the CapabilityStatement (its $export is service/export's)
+CAPABILITY = Contribution(resources=({
+    "type": "Group",
+    "profile": "http://hl7.org/fhir/StructureDefinition/Group",
+    "documentation": "Each study's cohort (Group/X = enrolled patients of ResearchStudy/X), derived from its "
+                     "research subjects; withdrawn subjects are inactive members.",
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "searchParam": [{"name": "_id", "type": "token"}]},))

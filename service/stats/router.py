@@ -8,21 +8,20 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse, Response
 
-from service.conformance.service import EXTRA_OPERATIONS
+from service.conformance.service import Contribution
 from service.db import ReadSessionDep
-from service.api.fhir_routes import ANY_ERROR, error_docs, fhir_json
+from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.stats import service
 from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
 
-SUMMARY_OPERATION = {
+#: ResearchStudy/{id}/$summary in the CapabilityStatement
+CAPABILITY = Contribution(operations={"ResearchStudy": ({
     "name": "summary",
     "definition": "https://trial-fhir.org/OperationDefinition/ResearchStudy-summary",
     "documentation": "GET [base]/ResearchStudy/{id}/$summary: the study's efficacy and safety summary per arm "
                      "and visit as a MeasureReport (type summary, one group per arm, stratified by visit).",
-}
-if not any(op["name"] == "summary" for op in EXTRA_OPERATIONS.get("ResearchStudy", [])):
-    EXTRA_OPERATIONS.setdefault("ResearchStudy", []).append(SUMMARY_OPERATION)
+},)})
 
 StudyId = Annotated[str, Path(description="Logical id of the ResearchStudy", examples=["nct01927705"])]
 CSV_EXAMPLE = ("arm,visit,measure,statistic,value\n"

@@ -1,6 +1,6 @@
-"""The search fast path (service.api.fhir_routes.SearchFastPath, in front of FastAPI) answers exactly what the
-routed endpoint answers; on PostgreSQL it reads one-statement searches through the asyncpg pool, and any error
-or failure is answered by the app as before."""
+"""The front door (service/api/front_door.py, in front of FastAPI) answers exactly what the documented routes
+answer with it off; on PostgreSQL one-statement searches are read through the asyncpg pool, and a failed async read
+is read again in a search thread (the read, not the request)."""
 
 import logging
 
@@ -53,14 +53,14 @@ def _pages(client, url: str) -> list:
 
 @pytest.fixture
 def routed(settings):
-    """The same app with the fast path off: every search goes through FastAPI's routing."""
-    app = create_app(settings)
-    app.fast_path = None
+    """The same app with the front door off: every request goes through FastAPI's routing."""
+    app = create_app(settings.model_copy(update={"front_door": False}))
+    assert app.front_door is None
     with TestClient(app) as test_client:
         yield test_client
 
 
-def test_fast_path_answers_exactly_what_the_routed_endpoint_answers(client, routed):
+def test_front_door_searches_answer_exactly_what_the_routes_answer(client, routed):
     ids = build_trial(client)
     for query in QUERIES:
         url = "/fhir/" + query.format(**ids)
@@ -86,7 +86,7 @@ def test_a_first_page_ends_with_the_results_that_have_no_date(client):
     ("/fhir/Observation?_count=20", {"Accept": "application/fhir+xml"}, 406, "Accept"),
     ("/fhir/Observation?_format=xml", {}, 406, "_format"),
 ])
-def test_errors_are_answered_by_the_app(client, routed, url, headers, status, expression):
+def test_errors_are_answered_alike(client, routed, url, headers, status, expression):
     build_trial(client)
     fast, slow = client.get(url, headers=headers), routed.get(url, headers=headers)
     assert fast.status_code == slow.status_code == status
@@ -106,7 +106,7 @@ def test_other_methods_and_paths_pass_through(client, routed):
 @pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
 def test_one_statement_searches_read_through_the_async_pool(client, app):
     ids = build_trial(client)
-    pool = app.state.async_read_pool
+    pool = app.state.core.async_reads
     assert pool is not None
     calls = []
     original = pool.fetch
@@ -126,7 +126,7 @@ def test_one_statement_searches_read_through_the_async_pool(client, app):
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
-def test_a_failing_async_read_is_answered_by_the_app(client, app, caplog):
+def test_a_failing_async_read_is_read_again_in_a_thread(client, app, caplog):
     ids = build_trial(client)
     url = f"/fhir/Observation?subject={ids['p1']}&code=EASI"
     expected = _comparable(client.get(url))
@@ -134,15 +134,15 @@ def test_a_failing_async_read_is_answered_by_the_app(client, app, caplog):
     async def broken(sql, args):
         raise ConnectionResetError("the database went away")
 
-    app.state.async_read_pool.fetch = broken
+    app.state.core.async_reads.fetch = broken
     with caplog.at_level(logging.WARNING, logger="trial_fhir"):
         assert _comparable(client.get(url)) == expected
-    assert "failed on the fast path" in caplog.text
+    assert "read again in a search thread" in caplog.text
 
 
 @pytest.mark.skipif(not ON_POSTGRES, reason="the async read pool exists on PostgreSQL only")
 def test_async_search_can_be_turned_off(settings):
     app = create_app(settings.model_copy(update={"async_search": False}))
     with TestClient(app) as test_client:
-        assert app.state.async_read_pool is None
+        assert app.state.core.async_reads is None
         assert test_client.get("/fhir/Observation?code=EASI").status_code == 200

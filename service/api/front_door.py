@@ -1,0 +1,100 @@
+"""The front door: the one adapter for the two hot paths, `GET /fhir/{type}` (a portal's search) and
+`POST /fhir/{type}` (an EHR's create), answered in front of FastAPI.
+
+FastAPI's and Starlette's layers (middleware, exception wrappers, routing over some 70 routes, dependency
+solving, request and response objects) cost as much CPU as a search itself and ~40% of a single POST (see
+bench/README.md). Here those requests take the edge rules (`service.api.middleware.edge`: 406, 415, 413), the
+body reader and the response of the routed adapter (`service.api.http`), call the same interaction of the core,
+and render failures through the same function as the app's exception handlers (`service.errors.failure_response`).
+Every such request is answered here, once: nothing is passed on or run again. Everything else goes to the app.
+
+The FastAPI routes for these two operations stay, documented in the OpenAPI; with TRIAL_FHIR_FRONT_DOOR=false
+they answer instead, and tests/api/test_front_door.py sends every documented operation both ways and compares.
+"""
+
+import logging
+from collections.abc import Iterable
+from urllib.parse import parse_qsl
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.api.http import base_of, parse_body, stored_response
+from service.api.middleware import body_too_large, edge, some_headers
+from service.core.context import Context, prefers
+from service.core.interactions import Core
+from service.errors import BadRequest, failure_response
+from service.responses import FHIR_JSON
+
+log = logging.getLogger("trial_fhir")
+
+
+class FrontDoor:
+    def __init__(self, app: ASGIApp, core: Core, resource_types: Iterable[str]) -> None:
+        self.app = app  # what answers every other request
+        self.core = core
+        self.paths = {f"/fhir/{t}": t for t in resource_types}
+        self._bases: dict[tuple, str] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
+            return await self.app(scope, receive, send)
+        path, root = scope["path"], scope.get("root_path", "")
+        resource_type = self.paths.get(path[len(root):] if root and path.startswith(root) else path)
+        if resource_type is None:
+            return await self.app(scope, receive, send)
+        output = FHIR_JSON
+        try:
+            output, has_body = edge(scope, self.core.settings.max_body_bytes)
+            headers = some_headers(scope, b"prefer", b"host", b"if-none-exist")
+            prefer = headers.get(b"prefer")
+            ctx = Context(self._base(scope, headers.get(b"host", "")), strict=prefers(prefer, "handling=strict"))
+            if scope["method"] == "GET":
+                params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                found = await self.core.search(ctx, resource_type, params)
+            else:
+                resource = parse_body(await self._body(receive) if has_body else b"")
+                stored = await self.core.create(ctx, resource_type, resource,
+                                                if_none_exist=headers.get(b"if-none-exist"))
+                response = stored_response(stored, ctx.base_url, prefer, status_code=stored.status, location=True)
+        except Exception as exc:  # a FhirError (4xx) or a fault: rendered as the app renders it
+            response = failure_response(exc, scope["method"], path)
+        else:
+            if scope["method"] == "GET":  # the searchset as it is: no Response object on the hottest path
+                await send({"type": "http.response.start", "status": 200, "headers": [
+                    (b"content-length", str(len(found)).encode()), (b"content-type", output.encode())]})
+                await send({"type": "http.response.body", "body": found})
+                return
+        if output != FHIR_JSON:
+            response.headers["content-type"] = output
+        await response(scope, receive, send)
+
+    async def _body(self, receive: Receive) -> bytes:
+        """The request body, 413 as soon as it grows past the limit (Content-Length was checked by `edge`)."""
+        limit = self.core.settings.max_body_bytes
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise BadRequest("The client went away before sending the whole body", expression="body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise body_too_large(limit)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+    def _base(self, scope: Scope, host: str) -> str:
+        """What `service.api.http.base_url(request)` gives (TRIAL_FHIR_BASE_URL, else scheme, host and root path
+        of the request + /fhir), kept per origin."""
+        configured = self.core.settings.base_url
+        if configured:
+            return base_of(configured, "")
+        key = (scope.get("scheme"), host, tuple(scope.get("server") or ()), scope.get("root_path", ""))
+        base = self._bases.get(key)
+        if base is None:
+            base = base_of(None, str(Request(scope).base_url))
+            if len(self._bases) < 256:  # the Host header is the client's: don't keep every one
+                self._bases[key] = base
+        return base

@@ -1,0 +1,163 @@
+"""The interaction core: every FHIR interaction as a plain function of request values, nothing of HTTP.
+
+Each HTTP request for an interaction reaches one of these methods through exactly one adapter (the FastAPI
+routes in service/api/fhir_routes.py and service/bundle/router.py, or the front door in
+service/api/front_door.py for the hot paths). They take the request's values (type, id, body, the headers that
+matter, and a `Context` with the base URL and the caller) and return stored JSON (`Stored`, or a Bundle's bytes),
+or raise `FhirError`s, which each adapter renders the same way (service/errors.py). Access decisions and audit
+records belong here, once for every path.
+
+Writes run in a worker thread, each in one unit of work (one database transaction); searches read on the
+event loop when they are one cached page statement on PostgreSQL (asyncpg), else in the search threads.
+"""
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from anyio import to_thread
+from sqlalchemy.engine import Engine
+
+from fhir_mappings.bundle import bundle, entry
+from fhir_mappings.dates import fhir_instant
+from service.bundle import service as bundles
+from service.core import resources
+from service.core.context import Context
+from service.core.resources import Stored
+from service.db import is_postgres, read_connection, read_session, write_session
+from service.search.service import plan_search, run_search, run_search_async
+from service.settings import Settings
+from service.store.driver import AsyncReadPool, libpq_url
+
+log = logging.getLogger("trial_fhir")
+
+HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+
+
+class Core:
+    """The interactions of one application (one engine, its settings and its search threads)."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        # searches have their own few threads instead of AnyIO's 40: on two cores sixteen concurrent searches in
+        # forty threads fought over the GIL and the p99 went to ~100 ms
+        self.search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
+        self.async_reads: AsyncReadPool | None = None
+
+    async def start(self) -> None:
+        """Open what lives on the event loop (the async read pool on PostgreSQL)."""
+        if self.settings.async_search and is_postgres(self.engine) and not self.settings.sql_echo:
+            self.async_reads = AsyncReadPool(libpq_url(self.engine), self.settings.async_search_connections)
+
+    async def stop(self) -> None:
+        if self.async_reads is not None:
+            await self.async_reads.close()
+            self.async_reads = None
+        self.search_threads.shutdown(wait=True)
+
+    # -- writes ------------------------------------------------------------------------------------------
+
+    def _write(self, ctx: Context, work: Any) -> Any:
+        with write_session(self.engine) as session:
+            return resources.run_write(session, work, base_url=ctx.base_url,
+                                       enforce_rules=self.settings.enforce_trial_rules)
+
+    async def create(self, ctx: Context, resource_type: str, body: dict[str, Any], *,
+                     if_none_exist: str | None = None) -> Stored:
+        """POST [base]/{type}: 201 with a new id, or the one existing match of `If-None-Exist` (200)."""
+        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.create(
+            uow, resource_type, body, if_none_exist=if_none_exist))
+
+    async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
+                     if_match: str | None = None) -> Stored:
+        """PUT [base]/{type}/{id}: a new version, or the resource itself with the client's id (201)."""
+        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.update(
+            uow, resource_type, id, body, if_match=if_match))
+
+    async def conditional_update(self, ctx: Context, resource_type: str, query: str, body: dict[str, Any], *,
+                                 if_match: str | None = None) -> Stored:
+        """PUT [base]/{type}?search: update the one match, create when none, 412 when several."""
+        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.conditional_update(
+            uow, resource_type, query, body, if_match=if_match))
+
+    async def delete(self, ctx: Context, resource_type: str, id: str, *,
+                     if_match: str | None = None) -> Stored | None:
+        """DELETE [base]/{type}/{id}: the tombstone version, or None when there was nothing to delete."""
+        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.delete(
+            uow, resource_type, id, if_match=if_match))
+
+    async def conditional_delete(self, ctx: Context, resource_type: str, query: str) -> list[Stored]:
+        """DELETE [base]/{type}?search: delete the one match (412 when several)."""
+        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.conditional_delete(
+            uow, resource_type, query))
+
+    async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
+        """POST [base] with a transaction Bundle (all or nothing) or a batch Bundle (entry by entry)."""
+        run = bundles.transaction if body.get("type") == "transaction" else bundles.batch
+
+        def work() -> bytes:
+            with write_session(self.engine) as session:
+                return run(session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
+                           enforce_rules=self.settings.enforce_trial_rules, representation=representation)
+        return await to_thread.run_sync(work)
+
+    # -- reads -------------------------------------------------------------------------------------------
+
+    def _read(self, work: Any) -> Any:
+        with read_session(self.engine) as session:
+            return work(session)
+
+    async def read(self, ctx: Context, resource_type: str, id: str) -> Stored:
+        """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
+        return await to_thread.run_sync(self._read, lambda s: resources.read(s, resource_type, id))
+
+    async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
+        """GET [base]/{type}/{id}/_history/{vid}."""
+        return await to_thread.run_sync(self._read, lambda s: resources.vread(s, resource_type, id, version_id))
+
+    async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
+                      before_version: int | None = None) -> bytes:
+        """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
+        rows = await to_thread.run_sync(self._read, lambda s: resources.history(
+            s, resource_type, id, count=count + 1, before_version=before_version))
+        page, more = rows[:count], len(rows) > count
+        base = ctx.base_url
+        entries = [entry(f"{base}/{resource_type}/{id}", r.content,
+                         request={"method": r.method, "url": resource_type if r.method == "POST"
+                                  else f"{resource_type}/{id}"},
+                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
+                                   "lastModified": fhir_instant(r.last_updated)}) for r in page]
+        here = f"{base}/{resource_type}/{id}/_history?_count={count}"
+        links = [("self", here + (f"&_before_version={before_version}" if before_version else ""))]
+        if more:
+            links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
+        total = None if before_version or more else len(page)
+        return bundle("history", entries, total=total, links=links)
+
+    async def search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
+        """GET [base]/{type}?params: the searchset Bundle.
+
+        A search that is one cached page statement is read on the event loop through the async read pool
+        (PostgreSQL); any other in one of the search threads, on one read connection. If the async read fails
+        (e.g. the database restarted) the page is read again in a search thread, whose pool checks and replaces
+        connections: the read is repeated, never the request."""
+        settings = self.settings
+        plan = plan_search(resource_type, params, strict=ctx.strict, default_count=settings.default_page_size,
+                           max_count=settings.max_page_size)
+        pool = self.async_reads
+        if pool is not None and plan.one_statement and pool.loop is asyncio.get_running_loop():
+            try:
+                body = await run_search_async(pool, plan, ctx.base_url)
+            except Exception:
+                log.warning("async read of a %s search failed; read again in a search thread", resource_type,
+                            exc_info=True)
+                body = None
+            if body is not None:
+                return body
+
+        def run() -> bytes:
+            with read_connection(self.engine) as conn:
+                return run_search(conn, plan, ctx.base_url)
+        return await asyncio.get_running_loop().run_in_executor(self.search_threads, run)
