@@ -123,7 +123,7 @@ def generate(observations: int, patients: int, events: int, seed: int = 7):
             "code": code, "category": "survey" if system == AD else "laboratory", "status": "final", "value": value,
             "unit": unit, "original_value": str(value), "original_unit": unit, "effective": when,
             "local_date": when.date(), "study_day": offset, "visit": visit})
-    for n in range(events):
+    for _ in range(events):
         sid, pid, sub, day0 = subjects[rng.randrange(len(subjects))]
         onset = datetime.combine(day0 + timedelta(days=rng.randrange(90)), datetime.min.time(), UTC)
         aid = str(uuid.UUID(int=rng.getrandbits(128)))

@@ -134,7 +134,8 @@ def _observation(rng: random.Random, n: int, patient_id: str, day0: date) -> dic
 
 def make_cohort(observations: int, patients: int, seed: int = 20240110, setup_bundle_size: int = 100) -> Cohort:
     rng = random.Random(seed)
-    study = {"resourceType": "ResearchStudy", "id": STUDY_ID, "status": "active", "title": "Ingest benchmark (synthetic)",
+    study = {"resourceType": "ResearchStudy", "id": STUDY_ID, "status": "active",
+             "title": "Ingest benchmark (synthetic)",
              "arm": [{"name": "low-dose", "description": "2.5 x 10^7 cells"},
                      {"name": "high-dose", "description": "5.0 x 10^7 cells"}]}
     entries = [{"fullUrl": f"ResearchStudy/{STUDY_ID}", "resource": study,
@@ -148,7 +149,8 @@ def make_cohort(observations: int, patients: int, seed: int = 20240110, setup_bu
         entries.append({"resource": {"resourceType": "Patient", "id": pid,
                                      "identifier": [{"system": MRN, "value": f"BENCH-{p:05d}"}],
                                      "gender": rng.choice(("female", "male")),
-                                     "birthDate": f"{rng.randint(1950, 2004)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"},
+                                     "birthDate":
+                                         f"{rng.randint(1950, 2004)}-0{rng.randint(1, 9)}-1{rng.randint(0, 9)}"},
                         "request": {"method": "PUT", "url": f"Patient/{pid}"}})
         entries.append({"resource": {"resourceType": "ResearchSubject", "id": sid, "status": "on-study",
                                      "study": {"reference": f"ResearchStudy/{STUDY_ID}"},
@@ -215,7 +217,8 @@ def running_service(database_url: str, workers: int = 1):
            "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false"}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", str(workers), "--no-access-log", "--log-level", "warning"],
+                             "--port", str(port), "--workers", str(workers), "--no-access-log",
+                             "--log-level", "warning"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     SERVICE_PIDS[base] = proc.pid
@@ -331,7 +334,8 @@ def bare_rate(observations: list[dict]) -> dict:
         elapsed = time.perf_counter() - start
         progress.update(task, completed=len(observations), rate=f"{len(observations) / elapsed:,.0f}")
     return {"resources": len(observations), "seconds": round(elapsed, 3),
-            "rate": round(len(observations) / elapsed, 1), "us_per_resource": round(1e6 * elapsed / len(observations), 1)}
+            "rate": round(len(observations) / elapsed, 1),
+            "us_per_resource": round(1e6 * elapsed / len(observations), 1)}
 
 
 def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
@@ -358,7 +362,9 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
         raise RuntimeError(f"{label}: posted {n} Observations but the database holds {stored}")
     return {"database": kind, "mode": mode, "resources": n, "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored,
-            "cpu_us_per_resource": cpu, "cpu_busy": round(sum(cpu.values()) * n / elapsed / 1e6 / (os.cpu_count() or 1), 3), "load_average_before": round(load, 2),
+            "cpu_us_per_resource": cpu,
+            "cpu_busy": round(sum(cpu.values()) * n / elapsed / 1e6 / (os.cpu_count() or 1), 3),
+            "load_average_before": round(load, 2),
             "clients": args.bundle_workers if mode == "bundle" else args.workers,
             "replicas": args.replicas, "server_workers": args.server_workers,
             **({"bundle_size": args.bundle_size} if mode == "bundle" else {})}
@@ -370,7 +376,8 @@ def count_rows(url: str) -> dict:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in ("measurement", "resource")}
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                    for t in ("measurement", "resource")}
     finally:
         engine.dispose()
 
@@ -481,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="bundle,single", help="comma-separated: bundle, single")
     parser.add_argument("--workers", type=int, default=4, help="client threads for single POSTs (default 4)")
     parser.add_argument("--bundle-workers", type=int, default=4,
-                        help="client threads posting Bundles (default 4: two per replica, so a replica has a Bundle to parse while the other waits on PostgreSQL)")
+                        help="client threads posting Bundles (default 4: two per replica, so a replica has a Bundle "
+                             "to parse while the other waits on PostgreSQL)")
     parser.add_argument("--replicas", type=int, default=2,
                         help="service processes on their own ports, sharing the database (default 2: one per core)")
     parser.add_argument("--server-workers", type=int, default=1,
@@ -539,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
         "bare": bare, "runs": runs,
         "target": {"what": "Bundle ingest on PostgreSQL >= 50% of the bare model_validate rate",
                    "ratio": pg_bundle["share_of_bare"] if pg_bundle else None,
-                   "ratio_is": f"median over {args.rounds} rounds of (run rate / the bare rate measured just before it)",
+                   "ratio_is": f"median over {args.rounds} rounds of "
+                               "(run rate / the bare rate measured just before it)",
                    "met": (pg_bundle["share_of_bare"] >= 0.5) if pg_bundle else None},
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -562,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
     if pg_bundle:
         verdict = "met" if result["target"]["met"] else "NOT met"
-        console.print(f"target (Bundle on PostgreSQL >= 50% of bare): {100 * pg_bundle['share_of_bare']:.0f}% -> {verdict}")
+        console.print(f"target (Bundle on PostgreSQL >= 50% of bare): {100 * pg_bundle['share_of_bare']:.0f}% "
+                      f"-> {verdict}")
     console.print(f"written: {args.output.relative_to(ROOT) if args.output.is_relative_to(ROOT) else args.output} "
                   f"and {args.output.with_suffix('.svg').name}")
     return 0

@@ -291,7 +291,8 @@ def run_load(clients: int, seconds: float, make_call) -> dict:
         return {"clients": clients, "requests": 0}
     return {"clients": clients, "requests": len(flat), "errors": sum(errors),
             "throughput_rps": round(len(flat) / seconds, 1),
-            "p50_ms": round(flat[len(flat) // 2], 2), "p99_ms": round(flat[min(len(flat) - 1, int(len(flat) * 0.99))], 2),
+            "p50_ms": round(flat[len(flat) // 2], 2),
+            "p99_ms": round(flat[min(len(flat) - 1, int(len(flat) * 0.99))], 2),
             "mean_ms": round(statistics.fmean(flat), 2)}
 
 
@@ -419,7 +420,7 @@ def explain(engine, data: dict) -> dict:
         from sqlalchemy import event
 
         def grab(conn, cursor, statement, parameters, context, executemany):
-            captured.append((statement, parameters))
+            captured.append((statement, parameters))  # noqa: B023 (the listener is removed in this iteration)
         event.listen(engine, "before_cursor_execute", grab)
         with Session(engine) as session:
             repository.find_page(session, "Observation", where, req.sort, None, 21)
@@ -609,7 +610,7 @@ def main() -> None:
     for name in queries:
         runs[name] = []
     try:
-        for name, (path_for, expect) in queries.items():
+        for path_for, expect in queries.values():
             rng = random.Random(1)
             check_answers(base, [path_for(rng) for _ in range(200)], expect)
             measure(client, base, path_for, expect, max(levels), 2)  # warm-up: every worker's connections, caches

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,14 +81,14 @@ def generate(subjects: int, seed: int = 4) -> dict[str, list[dict]]:
                         "category": m.category, "status": "preliminary" if rng.random() < 0.02 else "final",
                         "value": float(value), "unit": m.unit, "original_value": str(value),
                         "original_unit": m.unit,
-                        "effective": datetime(when.year, when.month, when.day, 9, tzinfo=timezone.utc),
+                        "effective": datetime(when.year, when.month, when.day, 9, tzinfo=UTC),
                         "local_date": when, "study_day": day, "visit": visit.name})
         for _ in range(rng.choice((0, 0, 1, 1, 2))):
             rows["adverse_event"].append({
                 "id": uuid.UUID(int=rng.getrandbits(128)).hex, "patient_id": pid, "study_id": STUDY,
                 "subject_id": sid, "actuality": "actual", "event_system": "https://www.meddra.org",
                 "event_code": "10037087", "event_text": "Pruritus",
-                "onset": datetime(day0.year, day0.month, day0.day, 12, tzinfo=timezone.utc) + timedelta(days=10),
+                "onset": datetime(day0.year, day0.month, day0.day, 12, tzinfo=UTC) + timedelta(days=10),
                 "seriousness": "serious" if rng.random() < 0.02 else "non-serious",
                 "severity": rng.choice(("mild", "mild", "moderate", "severe")), "outcome": "resolved",
                 "related": rng.random() < 0.3, "caused_withdrawal": status == "withdrawn" and rng.random() < 0.5})
@@ -264,7 +264,7 @@ def bench_database(db: str, sizes: list[int], repeat: int) -> dict:
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_svg(RESULTS / f"summary-{db}.svg", db, runs, target)
     report = {"benchmark": "summary", "database": db, "target": "10k subjects < 250 ms on PostgreSQL",
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "repeat": repeat,
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "repeat": repeat,
               "machine": {"python": platform.python_version(), "platform": platform.platform(),
                           "cpus": os.cpu_count(), "load_average_at_end": os.getloadavg()},
               "runs": runs}

@@ -13,19 +13,32 @@
 | `outcome`                      | `AdverseEvent.outcome.coding`                     | adverse-event-outcome                |
 | `related`                      | `AdverseEvent.suspectEntity[].causality[].assessment` | NCIt C53258/C53260 (or `related`) = related |
 | `caused_withdrawal`            | `AdverseEvent.extension[caused-subject-to-discontinue-study].valueBoolean` | AE research backport IG |
-"""
+"""  # noqa: E501 (the mapping table is wider than a code line)
+
+from collections.abc import Callable
+from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
 from fhir_mappings.observation import Enrolment
 from fhir_mappings.outcome import Issue, issue
-from fhir_mappings.terminology import (AE_ACTUALITY, AE_OUTCOME, AE_OUTCOME_CODES, AE_SERIOUSNESS,
-                                       AE_SERIOUSNESS_CODES, AE_SEVERITY, AE_SEVERITY_CODES, DISCONTINUED_EXT,
-                                       MEDDRA, NCIT, RELATEDNESS)
+from fhir_mappings.terminology import (
+    AE_ACTUALITY,
+    AE_OUTCOME,
+    AE_OUTCOME_CODES,
+    AE_SERIOUSNESS,
+    AE_SERIOUSNESS_CODES,
+    AE_SEVERITY,
+    AE_SEVERITY_CODES,
+    DISCONTINUED_EXT,
+    MEDDRA,
+    NCIT,
+    RELATEDNESS,
+)
 from service.adverse_event.models import AdverseEventRecord
 
 
-def _coded(concept: dict | None, system: str) -> tuple[int, str] | None:
+def _coded(concept: dict[str, Any] | None, system: str) -> tuple[int, str] | None:
     """(index, code) of the first coding of `concept` in `system`."""
     for i, coding in enumerate((concept or {}).get("coding") or []):
         if coding.get("system") == system and coding.get("code") is not None:
@@ -33,12 +46,12 @@ def _coded(concept: dict | None, system: str) -> tuple[int, str] | None:
     return None
 
 
-def seriousness_of(payload: dict) -> str | None:
+def seriousness_of(payload: dict[str, Any]) -> str | None:
     found = _coded(payload.get("seriousness"), AE_SERIOUSNESS)
     return AE_SERIOUSNESS_CODES.get(found[1].lower()) if found else None
 
 
-def is_related(payload: dict) -> bool:
+def is_related(payload: dict[str, Any]) -> bool:
     for entity in payload.get("suspectEntity") or []:
         for causality in entity.get("causality") or []:
             assessment = causality.get("assessment") or {}
@@ -51,12 +64,12 @@ def is_related(payload: dict) -> bool:
     return False
 
 
-def caused_withdrawal(payload: dict) -> bool:
+def caused_withdrawal(payload: dict[str, Any]) -> bool:
     return any(ext.get("url") == DISCONTINUED_EXT and ext.get("valueBoolean") is True
                for ext in payload.get("extension") or [])
 
 
-def check_adverse_event(payload: dict) -> list[Issue]:
+def check_adverse_event(payload: dict[str, Any]) -> list[Issue]:
     issues = []
     if payload.get("actuality") not in AE_ACTUALITY:
         issues.append(issue("code-invalid", f"Unknown actuality '{payload.get('actuality')}': actual or potential",
@@ -68,9 +81,10 @@ def check_adverse_event(payload: dict) -> list[Issue]:
     if not payload.get("date") and not payload.get("detected"):
         issues.append(issue("required", "An adverse event needs its onset in `date` (or `detected`)",
                             "AdverseEvent.date"))
-    checks = (("seriousness", AE_SERIOUSNESS, lambda c: c.lower() in AE_SERIOUSNESS_CODES),
-              ("severity", AE_SEVERITY, lambda c: c in AE_SEVERITY_CODES),
-              ("outcome", AE_OUTCOME, lambda c: c in AE_OUTCOME_CODES))
+    checks: tuple[tuple[str, str, Callable[[str], bool]], ...] = (
+        ("seriousness", AE_SERIOUSNESS, lambda c: c.lower() in AE_SERIOUSNESS_CODES),
+        ("severity", AE_SEVERITY, lambda c: c in AE_SEVERITY_CODES),
+        ("outcome", AE_OUTCOME, lambda c: c in AE_OUTCOME_CODES))
     for element, system, valid in checks:
         concept = payload.get(element)
         if concept is None:
@@ -91,9 +105,9 @@ def check_adverse_event(payload: dict) -> list[Issue]:
     return issues
 
 
-def adverse_event_from_fhir(payload: dict, id: str, enrolment: Enrolment) -> AdverseEventRecord:
+def adverse_event_from_fhir(payload: dict[str, Any], id: str, enrolment: Enrolment) -> AdverseEventRecord:
     event = payload.get("event") or {}
-    coding = next(iter(event.get("coding") or []), {})
+    coding: dict[str, Any] = next(iter(event.get("coding") or []), {})
     onset, _ = parse_datetime(payload.get("date") or payload.get("detected"))
     severity = _coded(payload.get("severity"), AE_SEVERITY)
     outcome = _coded(payload.get("outcome"), AE_OUTCOME)
@@ -109,7 +123,7 @@ def adverse_event_from_fhir(payload: dict, id: str, enrolment: Enrolment) -> Adv
 def adverse_event_to_fhir(record: AdverseEventRecord, date: str | None = None,
                           relatedness: str | None = None) -> fhir.AdverseEvent:
     """An AdverseEvent for a record; `relatedness` is the NCIt code of the causality assessment."""
-    def coded(system: str, code: str | None):
+    def coded(system: str, code: str | None) -> fhir.CodeableConcept | None:
         return fhir.CodeableConcept(coding=[fhir.Coding(system=system, code=code)]) if code else None
 
     return fhir.AdverseEvent(

@@ -1,5 +1,6 @@
 """Bundles built around stored JSON text: entries are embedded as they are (orjson.Fragment), never re-parsed."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -13,7 +14,8 @@ def entry(full_url: str, content: str | bytes | None, **extra: Any) -> dict[str,
     return item
 
 
-def bundle(bundle_type: str, entries: list[dict], *, total: int | None = None, links: list[tuple[str, str]] = (),
+def bundle(bundle_type: str, entries: list[dict[str, Any]], *, total: int | None = None,
+           links: Sequence[tuple[str, str]] = (),
            timestamp: str | None = None, id: str | None = None) -> bytes:
     data: dict[str, Any] = {"resourceType": "Bundle"}
     if id:

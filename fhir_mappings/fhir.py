@@ -6,7 +6,14 @@ Group, SearchParameter, MeasureReport).
 """
 
 from fhir.resources.R4B.adverseevent import AdverseEvent, AdverseEventSuspectEntity, AdverseEventSuspectEntityCausality
-from fhir.resources.R4B.bundle import Bundle, BundleEntry, BundleEntryRequest, BundleEntryResponse, BundleEntrySearch, BundleLink
+from fhir.resources.R4B.bundle import (
+    Bundle,
+    BundleEntry,
+    BundleEntryRequest,
+    BundleEntryResponse,
+    BundleEntrySearch,
+    BundleLink,
+)
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.codesystem import CodeSystem
@@ -24,8 +31,8 @@ from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.researchstudy import ResearchStudy, ResearchStudyArm
 from fhir.resources.R4B.researchsubject import ResearchSubject
-from fhir.resources.R4B.searchparameter import SearchParameter
 from fhir.resources.R4B.resource import Resource
+from fhir.resources.R4B.searchparameter import SearchParameter
 
 FHIR_VERSION = "4.0.1"
 
@@ -38,4 +45,13 @@ RESOURCE_MODELS: dict[str, type[Resource]] = {
     "AdverseEvent": AdverseEvent,
 }
 
-__all__ = [name for name in dir() if name[0].isupper()]
+#: spelled out (it was `[name for name in dir() if name[0].isupper()]`) so that type checkers and linters see
+#: the re-exports: other modules use these names as `fhir.Patient`, ...
+__all__ = [
+    "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "Bundle", "BundleEntry",
+    "BundleEntryRequest", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
+    "CodeSystem", "CodeableConcept", "Coding", "Extension", "FHIR_VERSION", "Group", "HumanName", "Identifier",
+    "MeasureReport", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
+    "Period", "Quantity", "RESOURCE_MODELS", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
+    "Resource", "SearchParameter",
+]

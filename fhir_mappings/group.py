@@ -13,10 +13,11 @@
 
 Withdrawn subjects stay members, flagged `inactive: true` (with `period.end` when the ResearchSubject has
 one): their data up to withdrawal belongs to the trial (intention to treat), so a Group export includes them.
-"""
+"""  # noqa: E501 (the mapping table is wider than a code line)
 
 from collections.abc import Iterable
 from datetime import date, datetime
+from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import fhir_instant
@@ -35,17 +36,17 @@ def study_id_for_group(group_id: str) -> str:
 
 
 def cohort_group(study_id: str, title: str | None, members: Iterable[tuple[str, str, date | None, date | None]],
-                 last_updated: datetime | None = None) -> dict:
+                 last_updated: datetime | None = None) -> dict[str, Any]:
     """The Group of `study_id` as JSON (validated as an R4 Group); `members` are (patient id, subject status,
     day0, end date)."""
-    entries = []
+    entries: list[dict[str, Any]] = []
     for patient_id, status, start, end in members:
-        member: dict = {"entity": {"reference": f"Patient/{patient_id}"}}
+        member: dict[str, Any] = {"entity": {"reference": f"Patient/{patient_id}"}}
         if start or end:
             member["period"] = {k: v.isoformat() for k, v in (("start", start), ("end", end)) if v}
         member["inactive"] = status in INACTIVE_STATUSES
         entries.append(member)
-    group: dict = {"resourceType": "Group", "id": group_id_for_study(study_id)}
+    group: dict[str, Any] = {"resourceType": "Group", "id": group_id_for_study(study_id)}
     if last_updated:
         group["meta"] = {"lastUpdated": fhir_instant(last_updated)}
     group.update({

@@ -10,6 +10,9 @@
 | identifiers              | `Patient.identifier[]`        | `resource_identifier` (system, value), unique   |
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_date
 from fhir_mappings.outcome import Issue, issue
@@ -17,7 +20,7 @@ from fhir_mappings.terminology import ADMINISTRATIVE_GENDER
 from service.trial.models import PatientRecord
 
 
-def check_patient(payload: dict) -> list[Issue]:
+def check_patient(payload: dict[str, Any]) -> list[Issue]:
     gender = payload.get("gender")
     if gender is not None and gender not in ADMINISTRATIVE_GENDER:
         return [issue("code-invalid", f"Unknown gender '{gender}': use one of {sorted(ADMINISTRATIVE_GENDER)}",
@@ -25,7 +28,7 @@ def check_patient(payload: dict) -> list[Issue]:
     return []
 
 
-def patient_from_fhir(payload: dict, id: str) -> PatientRecord:
+def patient_from_fhir(payload: dict[str, Any], id: str) -> PatientRecord:
     names = payload.get("name") or [{}]
     name = next((n for n in names if n.get("use") == "official"), names[0])
     given = name.get("given") or [None]
@@ -33,7 +36,7 @@ def patient_from_fhir(payload: dict, id: str) -> PatientRecord:
                          birth_date=parse_date(payload.get("birthDate")))
 
 
-def patient_to_fhir(record: PatientRecord, identifiers: list[tuple[str, str]] = ()) -> fhir.Patient:
+def patient_to_fhir(record: PatientRecord, identifiers: Sequence[tuple[str, str]] = ()) -> fhir.Patient:
     return fhir.Patient(
         id=record.id,
         identifier=[fhir.Identifier(system=s, value=v) for s, v in identifiers] or None,

@@ -11,6 +11,7 @@
 
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl
 
 ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -28,7 +29,7 @@ class ParsedReference:
     text: str = ""
 
 
-def parse_reference(ref: dict | None, expected_type: str | None = None) -> ParsedReference:
+def parse_reference(ref: dict[str, Any] | None, expected_type: str | None = None) -> ParsedReference:
     """Classify a Reference element (a dict as received)."""
     if not isinstance(ref, dict):
         return ParsedReference("empty")

@@ -10,7 +10,10 @@
 | `study_arm.description`    | `ResearchStudy.arm[].description`           | the dose, e.g. 2.5 × 10^7 cells        |
 | identifiers                | `ResearchStudy.identifier[]` (e.g. NCT id)  | `resource_identifier`                  |
 | cohort Group               | `ResearchStudy.enrollment[]`                | Group of enrolled patients             |
-"""
+"""  # noqa: E501 (the mapping table is wider than a code line)
+
+from collections.abc import Sequence
+from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.outcome import Issue, issue
@@ -20,14 +23,14 @@ from service.trial.models import ArmRecord, StudyRecord
 CATALOGUE_EXT = "https://trial-fhir.org/StructureDefinition/measure-catalogue"
 
 
-def study_catalogue(payload: dict) -> str:
+def study_catalogue(payload: dict[str, Any]) -> str:
     for ext in payload.get("extension") or []:
         if ext.get("url") == CATALOGUE_EXT:
             return ext.get("valueCode") or ext.get("valueString") or DEFAULT_CATALOGUE
     return DEFAULT_CATALOGUE
 
 
-def check_research_study(payload: dict) -> list[Issue]:
+def check_research_study(payload: dict[str, Any]) -> list[Issue]:
     issues = []
     status = payload.get("status")
     if status not in RESEARCH_STUDY_STATUS:
@@ -36,7 +39,8 @@ def check_research_study(payload: dict) -> list[Issue]:
     for i, arm in enumerate(payload.get("arm") or []):
         name = arm.get("name")
         if name is not None and len(name) > 255:
-            issues.append(issue("business-rule", "Arm names are at most 255 characters", f"ResearchStudy.arm[{i}].name"))
+            issues.append(issue("business-rule", "Arm names are at most 255 characters",
+                                f"ResearchStudy.arm[{i}].name"))
         if name in seen:
             issues.append(issue("business-rule", f"Arm name '{name}' is used twice", f"ResearchStudy.arm[{i}].name"))
         seen.add(name)
@@ -47,14 +51,14 @@ def check_research_study(payload: dict) -> list[Issue]:
     return issues
 
 
-def research_study_from_fhir(payload: dict, id: str) -> tuple[StudyRecord, list[ArmRecord]]:
+def research_study_from_fhir(payload: dict[str, Any], id: str) -> tuple[StudyRecord, list[ArmRecord]]:
     study = StudyRecord(id=id, title=payload.get("title"), status=payload["status"],
                         catalogue=study_catalogue(payload))
     arms = [ArmRecord(study_id=id, name=a["name"], description=a.get("description")) for a in payload.get("arm") or []]
     return study, arms
 
 
-def research_study_to_fhir(study: StudyRecord, arms: list[ArmRecord], identifiers: list[tuple[str, str]] = (),
+def research_study_to_fhir(study: StudyRecord, arms: list[ArmRecord], identifiers: Sequence[tuple[str, str]] = (),
                            group_id: str | None = None) -> fhir.ResearchStudy:
     return fhir.ResearchStudy(
         id=study.id,

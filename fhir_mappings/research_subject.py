@@ -11,7 +11,10 @@
 | `arm`                             | actualArm, else assignedArm          | the arm summaries count it in       |
 | `day0`                            | `ResearchSubject.period.start`       | day of administration (local date)  |
 | `end_date`                        | `ResearchSubject.period.end`         |                                     |
-"""
+"""  # noqa: E501 (the mapping table is wider than a code line)
+
+from collections.abc import Sequence
+from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_date
@@ -20,7 +23,7 @@ from fhir_mappings.terminology import RESEARCH_SUBJECT_STATUS
 from service.trial.models import SubjectRecord
 
 
-def check_research_subject(payload: dict, arm_names: set[str]) -> list[Issue]:
+def check_research_subject(payload: dict[str, Any], arm_names: set[str]) -> list[Issue]:
     issues = []
     status = payload.get("status")
     if status not in RESEARCH_SUBJECT_STATUS:
@@ -33,13 +36,14 @@ def check_research_subject(payload: dict, arm_names: set[str]) -> list[Issue]:
     period = payload.get("period") or {}
     start, end = parse_date(period.get("start")), parse_date(period.get("end"))
     if period.get("start") and start is None:
-        issues.append(issue("business-rule", "period.start (day 0) must be a full date", "ResearchSubject.period.start"))
+        issues.append(issue("business-rule", "period.start (day 0) must be a full date",
+                            "ResearchSubject.period.start"))
     if start and end and end < start:
         issues.append(issue("business-rule", "period.end is before period.start", "ResearchSubject.period.end"))
     return issues
 
 
-def research_subject_from_fhir(payload: dict, id: str, study_id: str, patient_id: str) -> SubjectRecord:
+def research_subject_from_fhir(payload: dict[str, Any], id: str, study_id: str, patient_id: str) -> SubjectRecord:
     period = payload.get("period") or {}
     return SubjectRecord(
         id=id, study_id=study_id, patient_id=patient_id, status=payload["status"],
@@ -49,7 +53,8 @@ def research_subject_from_fhir(payload: dict, id: str, study_id: str, patient_id
     )
 
 
-def research_subject_to_fhir(record: SubjectRecord, identifiers: list[tuple[str, str]] = ()) -> fhir.ResearchSubject:
+def research_subject_to_fhir(record: SubjectRecord,
+                             identifiers: Sequence[tuple[str, str]] = ()) -> fhir.ResearchSubject:
     period = None
     if record.day0 or record.end_date:
         period = fhir.Period(start=record.day0.isoformat() if record.day0 else None,

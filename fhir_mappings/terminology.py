@@ -8,8 +8,9 @@ count. The atopic dermatitis catalogue is the default; another disease is anothe
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
@@ -86,7 +87,7 @@ class Catalogue:
     measures: tuple[Measure, ...]
     visits: tuple[Visit, ...]
     counted_statuses: frozenset[str]
-    code_system: dict
+    code_system: dict[str, Any]
 
     def measure_for(self, system: str | None, code: str | None) -> Measure | None:
         return self._by_code().get((system or "", code or ""))
@@ -94,7 +95,7 @@ class Catalogue:
     def measure(self, key: str) -> Measure:
         return next(m for m in self.measures if m.key == key)
 
-    @lru_cache(maxsize=None)
+    @cache  # noqa: B019 (no leak: every Catalogue is kept by load_catalogue's cache anyway)
     def _by_code(self) -> dict[tuple[str, str], Measure]:
         return {code: m for m in self.measures for code in m.codes}
 
@@ -122,7 +123,7 @@ def _decimal(value: float | int | None) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_catalogue(name: str = DEFAULT_CATALOGUE) -> Catalogue:
     data = json.loads((_CATALOGUE_DIR / f"{name}.json").read_text())
     measures = tuple(
@@ -145,7 +146,7 @@ def catalogue_names() -> list[str]:
     return sorted(p.stem for p in _CATALOGUE_DIR.glob("*.json"))
 
 
-def code_system_resource(catalogue: Catalogue) -> dict:
+def code_system_resource(catalogue: Catalogue) -> dict[str, Any]:
     """The catalogue's own CodeSystem as an R4 CodeSystem resource (dict)."""
     cs = catalogue.code_system
     return {

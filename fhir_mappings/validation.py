@@ -2,7 +2,7 @@
 
 from datetime import date, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeAlias
 
 from pydantic import BaseModel, ValidationError
 
@@ -11,14 +11,20 @@ from fhir_mappings.outcome import Issue, issue, issues_from_validation_error
 MAX_DEPTH = 64
 TOO_DEEP = f"Resource is nested deeper than {MAX_DEPTH} levels"
 
+#: where a value is: (parent, JSON property, index in its array or None), spelled out by _spell
+_Path: TypeAlias = tuple["_Path | None", str, int | None]
+#: an object still to walk: (JSON as sent, its parsed model, its path, its depth)
+_Frame: TypeAlias = tuple[dict[str, Any], BaseModel, _Path | None, int]
 
-def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issue]:
+
+def structure_issues(payload: Any, resource_type: str, model: type[BaseModel]) -> list[Issue]:
     """Problems that make `payload` not a FHIR R4 `resource_type` (400), or [] when it parses."""
     if not isinstance(payload, dict):
         return [issue("structure", f"Expected a JSON object ({resource_type} resource)", resource_type)]
     sent = payload.get("resourceType")
     if sent != resource_type:
-        return [issue("invalid", f"resourceType is '{sent}', expected '{resource_type}'", f"{resource_type}.resourceType")]
+        return [issue("invalid", f"resourceType is '{sent}', expected '{resource_type}'",
+                      f"{resource_type}.resourceType")]
     # no depth walk before parsing: the models take ~250 levels before a RecursionError (caught below), HTTP
     # bodies are depth-checked on arrival, and the walk after parsing rejects anything deeper than MAX_DEPTH
     try:
@@ -32,7 +38,7 @@ def structure_issues(payload: Any, resource_type: str, model: type) -> list[Issu
     return json_type_issues(payload, parsed, resource_type)
 
 
-def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> list[Issue]:
+def json_type_issues(payload: dict[str, Any], parsed: BaseModel, resource_type: str) -> list[Issue]:
     """FHIR JSON types that pydantic coerced: a decimal/integer must be a JSON number, a boolean a JSON
     boolean and a date/dateTime/instant/time a JSON string (fhir.resources accepts `"12"` for a decimal, `1` or
     `"yes"` for a boolean and `-1` for a dateTime, and the stored JSON would keep the wrong type).
@@ -41,7 +47,7 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
     Paths are kept as parent links and only spelled out for an issue: most leaves are strings, checked first.
     """
     issues: list[Issue] = []
-    stack: list[tuple[dict, BaseModel, tuple | None, int]] = [(payload, parsed, None, 1)]
+    stack: list[_Frame] = [(payload, parsed, None, 1)]
     while stack:
         data, model, path, depth = stack.pop()
         names = _json_names(type(model))
@@ -53,7 +59,7 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
             if isinstance(sent, list) and isinstance(value, list):
                 if depth + 2 > MAX_DEPTH and (depth + 1 > MAX_DEPTH or any(isinstance(s, (dict, list)) for s in sent)):
                     return [issue("structure", TOO_DEEP, resource_type)]
-                for i, (s, v) in enumerate(zip(sent, value)):
+                for i, (s, v) in enumerate(zip(sent, value, strict=False)):
                     if not isinstance(v, str):
                         _check(s, v, (path, key, i), depth + 2, stack, issues, resource_type)
             elif not isinstance(value, str):
@@ -63,7 +69,8 @@ def json_type_issues(payload: dict, parsed: BaseModel, resource_type: str) -> li
     return issues
 
 
-def _check(sent: Any, value: Any, at: tuple, depth: int, stack: list, issues: list[Issue], resource_type: str) -> None:
+def _check(sent: Any, value: Any, at: _Path, depth: int, stack: list[_Frame], issues: list[Issue],
+           resource_type: str) -> None:
     if isinstance(value, BaseModel):
         if isinstance(sent, dict):
             stack.append((sent, value, at, depth))
@@ -78,19 +85,19 @@ def _check(sent: Any, value: Any, at: tuple, depth: int, stack: list, issues: li
             issues.append(issue("invalid", f"Expected a date/time string, got {sent!r}", _spell(resource_type, at)))
 
 
-def _spell(resource_type: str, at: tuple | None) -> str:
+def _spell(resource_type: str, at: _Path | None) -> str:
     """`Observation.component[1].valueQuantity.value` from the parent links (parent, key, index)."""
-    parts = []
+    parts: list[str] = []
     while at is not None:
         at, key, index = at
         parts.append(key if index is None else f"{key}[{index}]")
     return ".".join([resource_type, *reversed(parts)])
 
 
-_NAMES: dict[type, dict[str, str]] = {}
+_NAMES: dict[type[BaseModel], dict[str, str]] = {}
 
 
-def _json_names(cls: type) -> dict[str, str]:
+def _json_names(cls: type[BaseModel]) -> dict[str, str]:
     """JSON property name -> model field name (they differ for e.g. `class` and `_status`)."""
     names = _NAMES.get(cls)
     if names is None:

@@ -457,8 +457,8 @@ def test_long_strings_are_stored_or_refused_with_a_422_never_a_500(client):
 
 def test_batch_entry_nested_too_deep_gets_its_own_outcome(client, engine):
     before = table_counts(engine)
-    body = transaction(post(patient(extension=[nested_extension(40)])), post(patient(extension=[nested_extension(200)])),
-                       kind="batch")
+    body = transaction(post(patient(extension=[nested_extension(40)])),
+                       post(patient(extension=[nested_extension(200)])), kind="batch")
     response = client.post("/fhir", json=body)
     assert response.status_code == 200, response.text
     entries = response.json()["entry"]

@@ -69,7 +69,7 @@ def test_concurrent_transactions_with_the_same_identifiers_store_each_once(clien
     for round_ in range(4):  # the race is timing-dependent: several rounds make a missed retry show up
         prefix = f"TX-RACE{round_}"
         with ThreadPoolExecutor(max_workers=8) as pool:
-            responses = list(pool.map(lambda _: client.post("/fhir", json=entries(prefix)), range(16)))
+            responses = list(pool.map(lambda _, prefix=prefix: client.post("/fhir", json=entries(prefix)), range(16)))
         statuses = sorted(r.status_code for r in responses)
         assert statuses == [200] + [409] * 15, [r.text[:300] for r in responses if r.status_code != 409]
         refused = next(r for r in responses if r.status_code == 409).json()

@@ -15,8 +15,7 @@ from typer.testing import CliRunner
 from service.adverse_event.models import AdverseEventRecord
 from service.cli import app as cli_app
 from service.db import read_session
-from service.demo.cohort import (OBSERVATION_SYSTEM, build_cohort, generate_cohort, study_resource,
-                                 subject_resources)
+from service.demo.cohort import OBSERVATION_SYSTEM, build_cohort, generate_cohort, study_resource, subject_resources
 from service.demo.load import load_demo, load_demo_if_empty
 from service.main import create_app
 from service.observation.models import MeasurementRecord

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from fhir_mappings import fhir
 from service.export import repository, service
 from service.main import create_app
-from tests.factories import AD, adverse_event, created, enrol, observation, patient, study, subject
+from tests.factories import AD, adverse_event, created, enrol, observation, study, subject
 
 ASYNC = {"Prefer": "respond-async"}
 

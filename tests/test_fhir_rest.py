@@ -98,7 +98,7 @@ def test_history_pages_newest_first(client):
     first = client.get(f"/fhir/Patient/{rid}/_history?_count=2").json()
     versions = [e["resource"]["meta"]["versionId"] for e in first["entry"]]
     assert versions == ["5", "4"]
-    following = next(l["url"] for l in first["link"] if l["relation"] == "next")
+    following = next(link["url"] for link in first["link"] if link["relation"] == "next")
     second = client.get(following.replace("http://testserver", "")).json()
     assert [e["resource"]["meta"]["versionId"] for e in second["entry"]] == ["3", "2"]
 

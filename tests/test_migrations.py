@@ -32,6 +32,7 @@ def test_app_started_on_an_empty_database_creates_the_schema(empty_database_url)
         with engine.connect() as conn:
             head = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         from alembic.script import ScriptDirectory
+
         from service.db import alembic_config
         assert head == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
@@ -40,10 +41,12 @@ def test_upgrading_an_older_database_keeps_its_data(empty_database_url):
     engine = make_engine(empty_database_url)
     migrate(engine, "0001")
     now = datetime(2024, 1, 1, tzinfo=UTC)
-    content = '{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00.000Z"},"gender":"female"}'
+    content = ('{"resourceType":"Patient","id":"old","meta":{"versionId":"1","lastUpdated":"2024-01-01T00:00:00.000Z"},'
+               '"gender":"female"}')
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO resource (resource_type, id, version_id, last_updated, deleted, content) "
-                          "VALUES ('Patient', 'old', 1, :now, :f, :content)"), {"now": now, "f": False, "content": content})
+                          "VALUES ('Patient', 'old', 1, :now, :f, :content)"),
+                     {"now": now, "f": False, "content": content})
         conn.execute(text("INSERT INTO resource_version (resource_type, id, version_id, last_updated, method, content) "
                           "VALUES ('Patient', 'old', 1, :now, 'POST', :content)"), {"now": now, "content": content})
         conn.execute(text("INSERT INTO patient (id, gender) VALUES ('old', 'female')"))

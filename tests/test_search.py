@@ -9,7 +9,6 @@ from fastapi.testclient import TestClient
 from service.main import create_app
 from service.settings import Settings
 from tests.conftest import ON_POSTGRES, scratch_postgres_database
-
 from tests.factories import LOINC, MRN, adverse_event, created, observation, patient, study, subject
 
 AD = "https://trial-fhir.org/CodeSystem/ad-scores"
@@ -27,7 +26,8 @@ def build_trial(client) -> dict:
         ids[name] = created(client.post("/fhir/Patient", json=patient(mrn, gender=gender, birthDate=born)))["id"]
     for name, st, p, arm in (("s1", "A", "p1", "high-dose"), ("s2", "A", "p2", "low-dose"),
                              ("s3", "B", "p3", "high-dose")):
-        ids[name] = created(client.post("/fhir/ResearchSubject", json=subject(ids[st], ids[p], arm, "2024-01-10")))["id"]
+        ids[name] = created(client.post("/fhir/ResearchSubject",
+                                        json=subject(ids[st], ids[p], arm, "2024-01-10")))["id"]
 
     def obs(key, p, *args, **kw):
         ids[key] = created(client.post("/fhir/Observation", json=observation(ids[p], *args, **kw)))["id"]
@@ -106,7 +106,8 @@ def test_observation_search_by_id_identifier_subject_and_patient(shared):
     assert found(client, f"Observation?patient=http://x.org/fhir/Patient/{trial['p2']}") == names(trial, "easi2_base",
                                                                                                    "ige2")
     assert found(client, f"Observation?subject=Group/{trial['p1']}") == set()
-    assert found(client, f"Observation?subject={trial['p1']},{trial['p3']}") == names(trial, *p1, "easi3", "easi3_partial")
+    assert found(client, f"Observation?subject={trial['p1']},{trial['p3']}") == names(trial, *p1, "easi3",
+                                                                                        "easi3_partial")
 
 
 def test_observation_search_by_code_forms(shared):
@@ -306,7 +307,7 @@ def test_include_and_revinclude(shared):
                 if e["search"]["mode"] == "include"}
     assert included == {("Patient", trial["p1"]), ("Patient", trial["p2"]), ("ResearchStudy", trial["A"])}
 
-    body = client.get(f"/fhir/AdverseEvent?seriousness=serious&_include=AdverseEvent:subject"
+    body = client.get("/fhir/AdverseEvent?seriousness=serious&_include=AdverseEvent:subject"
                       "&_include=AdverseEvent:study").json()
     included = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in body["entry"]
                 if e["search"]["mode"] == "include"}

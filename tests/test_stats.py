@@ -344,7 +344,7 @@ def test_summary_csv_has_exactly_the_tidy_rows(client, cohort):
     assert rows[0] == ["arm", "visit", "measure", "statistic", "value"]
     expected = expected_rows()
     assert [tuple(r[:4]) for r in rows[1:]] == [e[:4] for e in expected]
-    for row, (_, _, _, stat, value) in zip(rows[1:], expected):
+    for row, (_, _, _, stat, value) in zip(rows[1:], expected, strict=True):
         if stat in ("n", "responders", "subjects", "events"):
             assert row[4] == str(value)
         else:

@@ -10,8 +10,7 @@ from fhir_mappings import fhir
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.trial.models import SubjectRecord
-from tests.factories import (AD, LOINC, MRN, UCUM, adverse_event, created, enrol, observation, patient, study,
-                             subject)
+from tests.factories import AD, LOINC, MRN, UCUM, adverse_event, created, enrol, observation, patient, study, subject
 
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
 SERIOUSNESS = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
@@ -221,7 +220,7 @@ def easi_components(areas=EASI_AREAS, signs=EASI_SIGNS) -> list[dict]:
     parts = []
     for region, area in areas.items():
         parts.append(score_component(f"EASI-{region}-AREA", area))
-        for sign, value in zip(("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION"), signs[region]):
+        for sign, value in zip(("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION"), signs[region], strict=True):
             parts.append(score_component(f"EASI-{region}-{sign}", value))
     return parts
 
