@@ -10,37 +10,19 @@ import json
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
-from sqlmodel import SQLModel
+from sqlalchemy import select
 
 import service.tables  # noqa: F401  (every table in SQLModel.metadata)
 from fhir_mappings import fhir
 from service.main import create_app
+from tests.assertions import assert_outcome, table_counts
 from tests.factories import MRN, adverse_event, created, enrol, observation, patient
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
-def table_counts(engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in SQLModel.metadata.sorted_tables}
 
 
-def assert_outcome(response, status: int, code: str, expression: str | None, *, severity: str = "error") -> dict:
-    """The response is an OperationOutcome with `status`, and its first issue has `code` at `expression`."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/fhir+json"), response.headers
-    body = response.json()
-    fhir.OperationOutcome.model_validate(body)
-    first = body["issue"][0]
-    assert first["severity"] == severity, body
-    assert first["code"] == code, body
-    assert first.get("diagnostics"), body
-    if expression is not None:
-        assert first.get("expression"), body
-        assert first["expression"][0] == expression, body
-    return body
 
 
 def raw(client, method: str, url: str, content: bytes, headers: dict | None = None):

@@ -7,13 +7,13 @@ import json
 
 import pytest
 from sqlalchemy import func, select
-from sqlmodel import SQLModel
 
 import service.tables  # noqa: F401  (every table in SQLModel.metadata)
 from fhir_mappings import fhir
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.trial.models import SubjectRecord
+from tests.assertions import rejected, table_counts
 from tests.factories import created, study, subject
 
 MODELS = {"Patient": fhir.Patient, "ResearchStudy": fhir.ResearchStudy, "ResearchSubject": fhir.ResearchSubject,
@@ -32,21 +32,8 @@ def valid(response, status: int | tuple[int, ...]) -> dict:
     return body
 
 
-def rejected(response, status: int, expression: str, code: str | None = None) -> dict:
-    body = valid(response, status)
-    assert body["resourceType"] == "OperationOutcome"
-    first = body["issue"][0]
-    assert first["severity"] == "error" and first.get("diagnostics"), body
-    assert first["expression"][0] == expression, body
-    if code:
-        assert first["code"] == code, body
-    return body
 
 
-def table_counts(engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in SQLModel.metadata.sorted_tables}
 
 
 def without_meta(resource: dict) -> dict:

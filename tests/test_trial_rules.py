@@ -10,6 +10,7 @@ from fhir_mappings import fhir
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.trial.models import SubjectRecord
+from tests.assertions import rejected
 from tests.factories import AD, LOINC, MRN, UCUM, adverse_event, created, enrol, observation, patient, study, subject
 
 NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
@@ -21,17 +22,6 @@ DISCONTINUED = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefiniti
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
-def rejected(response, status: int, expression: str, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/fhir+json")
-    body = response.json()
-    fhir.OperationOutcome.model_validate(body)
-    first = body["issue"][0]
-    assert first["severity"] == "error"
-    assert first["expression"][0] == expression, body
-    if code:
-        assert first["code"] == code, body
-    return body
 
 
 def row(engine, table, id: str):
