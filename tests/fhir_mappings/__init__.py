@@ -1,0 +1,1 @@
+"""Pure, table-driven tests of `fhir_mappings/`: no database, no HTTP. The cases are in tests/data/mappings/."""
