@@ -13,14 +13,19 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from alembic import command
 from alembic.config import Config
 from fastapi import Depends, Request
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlmodel import Session, create_engine
+
+if TYPE_CHECKING:
+    import sqlite3
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDLE_PING_S = 10.0
@@ -35,7 +40,7 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
         engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):
+        def _sqlite_pragmas(dbapi_conn: "sqlite3.Connection", _record: ConnectionPoolEntry) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -44,7 +49,7 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):
+        def _sqlite_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
 
         return engine
@@ -61,11 +66,11 @@ def _ping_when_idle(engine: Engine) -> None:
     request; connections in steady use skip the round trip."""
 
     @event.listens_for(engine, "checkin")
-    def _mark_idle(dbapi_conn, record):
+    def _mark_idle(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry) -> None:
         record.info["idle_since"] = time.monotonic()
 
     @event.listens_for(engine, "checkout")
-    def _ping(dbapi_conn, record, proxy):
+    def _ping(dbapi_conn: DBAPIConnection, record: ConnectionPoolEntry, proxy: PoolProxiedConnection) -> None:
         since = record.info.get("idle_since")
         if since is None or time.monotonic() - since < IDLE_PING_S:
             return
@@ -88,9 +93,10 @@ def is_postgres(engine: Engine) -> bool:
 def write_session(engine: Engine) -> Session:
     """A session whose transaction takes the write lock up front on SQLite."""
     # the option engine is made once per engine and kept on it: making one per request cost ~10% of a single POST
-    bind = getattr(engine, "_trial_fhir_write_bind", None)
+    bind: Engine | None = getattr(engine, "_trial_fhir_write_bind", None)
     if bind is None:
-        bind = engine._trial_fhir_write_bind = engine.execution_options(write=True)
+        # cached as an attribute of the engine, which Engine does not declare
+        bind = engine._trial_fhir_write_bind = engine.execution_options(write=True)  # type: ignore[attr-defined]
     return Session(bind, expire_on_commit=False)
 
 
@@ -103,10 +109,10 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
     """A connection for reads: autocommit on PostgreSQL (no BEGIN/ROLLBACK round trips; under READ COMMITTED
     each statement sees its own snapshot either way); on SQLite the usual deferred transaction, which costs
     no round trip and keeps the statements of one read on one snapshot."""
-    bind = getattr(engine, "_trial_fhir_read_bind", None)  # kept on the engine, like the write bind
+    bind: Engine | None = getattr(engine, "_trial_fhir_read_bind", None)  # kept on the engine, like the write bind
     if bind is None:
-        bind = engine._trial_fhir_read_bind = engine.execution_options(isolation_level="AUTOCOMMIT") \
-            if is_postgres(engine) else engine
+        bind = engine._trial_fhir_read_bind = engine.execution_options(  # type: ignore[attr-defined]  # as above
+            isolation_level="AUTOCOMMIT") if is_postgres(engine) else engine
     with bind.connect() as conn:
         yield conn
 

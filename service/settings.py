@@ -65,7 +65,8 @@ def get_settings() -> Settings:
 
 async def settings_from_request(request: Request) -> Settings:
     """Async: a plain function dependency would cost a worker-thread round trip per request."""
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings  # set by create_app
+    return settings
 
 
 SettingsDep = Annotated[Settings, Depends(settings_from_request)]

@@ -9,23 +9,27 @@ these functions; no service or router touches a driver object.
 """
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Select, Table, insert
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlmodel import Session
 
+if TYPE_CHECKING:  # both are imported where they are used, so that neither loads unless its path runs
+    import asyncpg
+    import psycopg
 
 #: from this many rows on, PostgreSQL inserts go through COPY (one stream instead of a statement per row)
 COPY_MIN_ROWS = 8
 
 
-def add_rows(session: Session, batches: list[tuple[Any, list[dict]]]) -> None:
+def add_rows(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]) -> None:
     """Insert each (table, rows): dicts with the same keys, values already in their database form (aware UTC
     datetimes). Tables have no foreign keys between them, so the order of tables doesn't matter.
 
@@ -37,15 +41,20 @@ def add_rows(session: Session, batches: list[tuple[Any, list[dict]]]) -> None:
             if rows:
                 session.execute(insert(table), rows)
         return
-    driver = connection.connection.driver_connection
-    few = []
+    driver: psycopg.Connection[Any] | None = connection.connection.driver_connection
+    # None only for a pool entry whose connection was closed or invalidated: the session's connection is live
+    assert driver is not None, "the session's connection has no driver connection"
+    few: list[tuple[str, list[tuple[Any, ...]]]] = []
     for table, rows in batches:
         if not rows:
             continue
         columns = list(rows[0])
         if len(set(map(len, rows))) > 1:
             raise ValueError(f"rows for {table.name} must all have the same columns")
-        values = itemgetter(*columns) if len(columns) > 1 else (lambda row, c=columns[0]: (row[c],))
+        # row -> its values in `columns` order; `...`: mypy can't infer the lambda against a one-argument signature
+        # (its second parameter is a default, bound once)
+        values: Callable[..., tuple[Any, ...]] = (
+            itemgetter(*columns) if len(columns) > 1 else (lambda row, c=columns[0]: (row[c],)))
         names = ", ".join(f'"{c}"' for c in columns)
         if len(rows) >= COPY_MIN_ROWS:
             statement = f'COPY "{table.name}" ({names}) FROM STDIN (FORMAT BINARY)'
@@ -69,7 +78,7 @@ def add_rows(session: Session, batches: list[tuple[Any, list[dict]]]) -> None:
 _COLUMN_TYPES: dict[tuple[str, str], dict[str, int]] = {}
 
 
-def _column_types(cursor, table: str) -> dict[str, int]:
+def _column_types(cursor: "psycopg.Cursor[Any]", table: str) -> dict[str, int]:
     key = (cursor.connection.info.dbname, table)
     types = _COLUMN_TYPES.get(key)
     if types is None:
@@ -79,11 +88,12 @@ def _column_types(cursor, table: str) -> dict[str, int]:
     return types
 
 
-def driver_rows(session: Session, sql: str, params: dict) -> list[tuple]:
+def driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
     """PostgreSQL: the rows of `sql` (psycopg placeholders) run on the session's connection by the driver itself:
     for the write path's few look-ups per Bundle, SQLAlchemy's statement and result machinery cost more CPU than
     the database's answer. Errors come out as SQLAlchemy's (see `as_sqlalchemy_errors`)."""
-    driver = session.connection().connection.driver_connection
+    driver: psycopg.Connection[Any] | None = session.connection().connection.driver_connection
+    assert driver is not None, "the session's connection has no driver connection"  # as in add_rows
     with as_sqlalchemy_errors(sql), driver.cursor() as cursor:
         # planned on each run, never prepared: a plan cached while a table was small (a fresh database, a bulk load
         # before ANALYZE) kept scanning it whole for every key once it had grown (1 s per Bundle at 20k rows)
@@ -92,7 +102,7 @@ def driver_rows(session: Session, sql: str, params: dict) -> list[tuple]:
 
 
 @contextmanager
-def as_sqlalchemy_errors(statement: str):
+def as_sqlalchemy_errors(statement: str) -> Iterator[None]:
     """Driver errors as SQLAlchemy raises them (IntegrityError, OperationalError…), so the write path's retry of
     a unique-key race or a deadlock sees the same exceptions whichever way the rows went in."""
     import psycopg
@@ -101,7 +111,6 @@ def as_sqlalchemy_errors(statement: str):
         yield
     except psycopg.Error as exc:
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,43 +124,44 @@ class DriverStatement:
     compiled this way (their SQL depends on the list length): they stay on `conn.execute`."""
 
     sql: str
-    compiled: Any
+    compiled: SQLCompiler
     positions: tuple[str, ...] | None  # bind names in order for positional drivers (SQLite), else named
     bind_processors: tuple[tuple[str, Callable[[Any], Any]], ...]
     result_processors: tuple[Callable[[Any], Any] | None, ...]
 
     @staticmethod
-    def compile(stmt, dialect: Dialect) -> "DriverStatement | None":
+    def compile(stmt: "Select[*tuple[Any, ...]]", dialect: Dialect) -> "DriverStatement | None":
         compiled = stmt.compile(dialect=dialect)
         if compiled.literal_execute_params or compiled.post_compile_params:
             return None
         if any(bind.expanding for bind in compiled.binds.values()):
             return None
-        binds = []
+        binds: list[tuple[str, Callable[[Any], Any]]] = []
         for name, bind in compiled.binds.items():
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 binds.append((name, process))
         results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
                         for column in stmt.selected_columns)
-        positions = tuple(compiled.positiontup) if compiled.positional else None
+        # a positional compiler lists its bind names in order (positiontup is None only for named paramstyles)
+        positions = tuple(cast(list[str], compiled.positiontup)) if compiled.positional else None
         return DriverStatement(compiled.string, compiled, positions, tuple(binds), results)
 
-    def args(self, values: dict[str, Any]):
+    def args(self, values: dict[str, Any]) -> tuple[Any, ...] | MutableMapping[str, Any]:
         """The driver's parameters for `values` (bind names -> values), converted as SQLAlchemy would."""
         params = self.compiled.construct_params(values)
         for name, process in self.bind_processors:
             params[name] = process(params[name])
         return tuple(params[name] for name in self.positions) if self.positions is not None else params
 
-    def rows(self, rows: list, *, edges: bool = False) -> list[tuple]:
+    def rows(self, rows: Sequence[Sequence[Any]], *, edges: bool = False) -> Sequence[Sequence[Any]]:
         """The driver's rows, with SQLAlchemy's result conversions applied; with `edges`, only to the first two and
         last two rows (a page's values matter only for its cursors, which come from its first and last row, and
         the page is its rows less the one extra row read at either end)."""
         convert = [(i, p) for i, p in enumerate(self.result_processors) if p is not None]
         if not convert or not rows:
             return rows
-        out = list(rows)
+        out: list[Sequence[Any]] = list(rows)
         for n in {n % len(out) for n in (0, 1, -2, -1)} if edges else range(len(out)):
             row = list(out[n])
             for i, process in convert:
@@ -159,9 +169,12 @@ class DriverStatement:
             out[n] = tuple(row)
         return out
 
-    def run(self, conn: Connection, stmt, values: dict[str, Any]) -> list[tuple]:
+    def run(self, conn: Connection, stmt: "Select[*tuple[Any, ...]]",
+            values: dict[str, Any]) -> Sequence[Sequence[Any]]:
         args = self.args(values)
         dbapi_conn = conn.connection.dbapi_connection
+        # None only once the pool entry's connection is closed or invalidated; `conn.connection` gives a live one
+        assert dbapi_conn is not None, "the connection has no DBAPI connection"
         cursor = dbapi_conn.cursor()
         try:
             cursor.execute(self.sql, args)
@@ -172,7 +185,6 @@ class DriverStatement:
         finally:
             cursor.close()
         return self.rows(rows)
-
 
 
 class AsyncReadPool:
@@ -196,19 +208,20 @@ class AsyncReadPool:
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
         self.loop = asyncio.get_running_loop()
-        self.dialect = PGDialect_asyncpg()
+        # SQLAlchemy's PostgreSQL dialect __init__ is unannotated
+        self.dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
         self._dsn = dsn
         self._slots = asyncio.Semaphore(size)
-        self._idle: list = []
+        self._idle: list[asyncpg.Connection] = []
 
-    async def fetch(self, sql: str, args) -> list:
+    async def fetch(self, sql: str, args: Iterable[Any]) -> "list[asyncpg.Record]":
         import asyncpg
 
         async with self._slots:
             conn = self._idle.pop() if self._idle else await asyncpg.connect(
                 self._dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
             try:
-                rows = await conn.fetch(sql, *args)
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
             except BaseException:
                 conn.terminate()
                 raise

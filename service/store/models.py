@@ -5,9 +5,17 @@ tables (trial/, observation/, adverse_event/) hold what the trial asks questions
 """
 
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a `table=True` model (what SQL statements are built from)."""
+    # SQLAlchemy's declarative mapping sets `__table__` on every table model, but SQLModel's types don't declare it
+    table: Table = cast(Any, model).__table__
+    return table
 
 
 class ResourceRecord(SQLModel, table=True):

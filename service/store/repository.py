@@ -2,20 +2,27 @@
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import CursorResult, Row, Table, delete, func, select, update
 from sqlmodel import Session
 
-from service.store.driver import add_rows, driver_rows
-from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
+# add_rows: re-exported, the unit of work inserts through `repository.add_rows`
+from service.store.driver import add_rows as add_rows, driver_rows
+from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion, table_of
 
-R = ResourceRecord.__table__
-V = ResourceVersion.__table__
-I = IdentifierRecord.__table__  # noqa: E741
+R = table_of(ResourceRecord)
+V = table_of(ResourceVersion)
+I = table_of(IdentifierRecord)  # noqa: E741
+
+#: (version_id, last_updated, deleted, content) of a resource's current row
+CurrentRow = Row[int, datetime, bool, str | None]
+#: (version_id, last_updated, method, content) of one version (content is None for a delete)
+VersionRow = Row[int, datetime, str, str | None]
 
 
-def get_current(session: Session, resource_type: str, id: str, *, for_update: bool = False):
+def get_current(session: Session, resource_type: str, id: str, *, for_update: bool = False) -> CurrentRow | None:
     """(version_id, last_updated, deleted, content) of the current version, or None."""
     stmt = select(R.c.version_id, R.c.last_updated, R.c.deleted, R.c.content).where(
         R.c.resource_type == resource_type, R.c.id == id)
@@ -24,14 +31,14 @@ def get_current(session: Session, resource_type: str, id: str, *, for_update: bo
     return session.execute(stmt).first()
 
 
-def get_version(session: Session, resource_type: str, id: str, version_id: int):
+def get_version(session: Session, resource_type: str, id: str, version_id: int) -> VersionRow | None:
     stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
         V.c.resource_type == resource_type, V.c.id == id, V.c.version_id == version_id)
     return session.execute(stmt).first()
 
 
 def find_history(session: Session, resource_type: str, id: str, *, limit: int, before_version: int | None = None,
-                 since: datetime | None = None):
+                 since: datetime | None = None) -> Sequence[VersionRow]:
     stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
         V.c.resource_type == resource_type, V.c.id == id)
     if before_version is not None:
@@ -42,8 +49,9 @@ def find_history(session: Session, resource_type: str, id: str, *, limit: int, b
 
 
 def count_history(session: Session, resource_type: str, id: str) -> int:
-    return session.execute(select(func.count()).select_from(V).where(
+    count: int = session.execute(select(func.count()).select_from(V).where(
         V.c.resource_type == resource_type, V.c.id == id)).scalar_one()
+    return count
 
 
 def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:
@@ -110,15 +118,17 @@ _OWNERS_POSTGRES = """
     FROM (SELECT e->>0 AS type, e->>1 AS system, e->>2 AS value FROM json_array_elements(%(keys)s::json) AS e) AS k"""
 
 
-def update_current(session: Session, resource_type: str, id: str, expected_version: int, values: dict) -> bool:
+def update_current(session: Session, resource_type: str, id: str, expected_version: int,
+                   values: dict[str, Any]) -> bool:
     stmt = update(R).where(R.c.resource_type == resource_type, R.c.id == id,
                            R.c.version_id == expected_version).values(**values)
-    return session.execute(stmt).rowcount == 1
+    # an UPDATE's result is a CursorResult (Session.execute is declared to return the Result it derives from)
+    return cast("CursorResult[Any]", session.execute(stmt)).rowcount == 1
 
 
 def delete_identifiers(session: Session, resource_type: str, id: str) -> None:
     session.execute(delete(I).where(I.c.resource_type == resource_type, I.c.resource_id == id))
 
 
-def delete_typed_rows(session: Session, table, id: str) -> None:
+def delete_typed_rows(session: Session, table: Table, id: str) -> None:
     session.execute(delete(table).where(table.c.id == id))

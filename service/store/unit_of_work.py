@@ -5,9 +5,11 @@ end), so a transaction Bundle of 100 Observations costs a handful of statements,
 """
 
 from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn, cast
 
+from sqlalchemy import Table
 from sqlmodel import Session
 
 from fhir_mappings.dates import fhir_instant
@@ -15,7 +17,9 @@ from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
 from service.errors import Conflict, IdentifierTaken, RuleViolation
 from service.store import repository
-from service.store.models import IdentifierRecord
+from service.store.models import IdentifierRecord, table_of
+
+_IDENTIFIERS = table_of(IdentifierRecord)
 
 
 def utcnow() -> datetime:
@@ -31,15 +35,16 @@ class UnitOfWork:
         self.enforce_rules = enforce_rules
         self.placeholders: dict[str, tuple[str, str]] = {}  # urn:uuid:… -> (type, id)
         self.entry_prefix = ""  # "Bundle.entry[3].resource" while a Bundle entry is processed
-        self._pending: dict[Any, list[dict]] = defaultdict(list)
+        self._pending: dict[Table, list[dict[str, Any]]] = defaultdict(list)
         self._pending_identifiers: list[tuple[tuple[str, str, str], str, str]] = []  # key, id, expression
         self._claimed: dict[tuple[str, str, str], str] = {}
         self._exists: dict[tuple[str, str], bool] = {}
         self.cache: dict[Any, Any] = {}  # domain services keep their look-ups here (enrolments, studies)
-        self.follow_ups: list = []  # (type, id, change(payload) -> payload): server-side updates to apply
+        # (type, id, change(payload) -> payload): server-side updates to apply
+        self.follow_ups: list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = []
 
     # -- inserts -------------------------------------------------------------------------------------
-    def add(self, table, row: dict) -> None:
+    def add(self, table: Table, row: dict[str, Any]) -> None:
         self._pending[table].append(row)
 
     def claim_identifier(self, resource_type: str, id: str, system: str, value: str, expression: str) -> None:
@@ -56,7 +61,7 @@ class UnitOfWork:
             del self._claimed[key]
         repository.delete_identifiers(self.session, resource_type, id)
 
-    def pending(self, *tables) -> bool:
+    def pending(self, *tables: Table) -> bool:
         """Are inserts into any of `tables` gathered but not sent yet? (Read those tables after a flush.)"""
         return any(self._pending.get(table) for table in tables)
 
@@ -71,12 +76,12 @@ class UnitOfWork:
                     rtype, system, value = key
                     raise IdentifierTaken(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
                                    "create (If-None-Exist) or update it instead", expression=expression)
-            seen = set()
+            seen: set[tuple[str, str, str]] = set()
             for key, id, _ in checks:
                 if key not in seen and owners.get(key) != id:
                     seen.add(key)
-                    self.add(IdentifierRecord.__table__, {"resource_type": key[0], "resource_id": id,
-                                                          "system": key[1], "value": key[2]})
+                    self.add(_IDENTIFIERS, {"resource_type": key[0], "resource_id": id,
+                                            "system": key[1], "value": key[2]})
         pending, self._pending = self._pending, defaultdict(list)
         repository.add_rows(self.session, list(pending.items()))
 
@@ -92,7 +97,7 @@ class UnitOfWork:
             self._exists[key] = bool(repository.find_existing_ids(self.session, resource_type, [id]))
         return self._exists[key]
 
-    def prefetch_exists(self, resource_type: str, ids) -> set[str]:
+    def prefetch_exists(self, resource_type: str, ids: Collection[str]) -> set[str]:
         """Look up the existence of many ids at once (one query), so `exists()` answers from memory;
         returns those of `ids` that exist."""
         missing = list({i for i in ids if (resource_type, i) not in self._exists})
@@ -123,7 +128,8 @@ class UnitOfWork:
         if parsed.kind == "literal":
             if parsed.base and self.base_url and parsed.base.rstrip("/") != self.base_url:
                 return self._external(parsed, expected, expression)
-            if not self.exists(expected, parsed.id):
+            # a literal reference always has an id (the id group of its pattern)
+            if not self.exists(expected, cast(str, parsed.id)):
                 raise RuleViolation(f"{expression} points at {expected}/{parsed.id}, which does not exist",
                                     expression=expression)
             if parsed.base:
@@ -141,16 +147,17 @@ class UnitOfWork:
             ref["reference"] = f"{expected}/{ids}"
             return ids
         if parsed.kind == "identifier":
-            system, value = parsed.identifier
+            system, value = cast("tuple[str, str]", parsed.identifier)  # set for every identifier reference
             return self._one_match(expected, self.find_by_identifier(expected, system or None, value),
                                    f"identifier {system}|{value}", expression, ref)
         return self._external(parsed, expected, expression)
 
-    def _external(self, parsed: ParsedReference, expected: str, expression: str):
+    def _external(self, parsed: ParsedReference, expected: str, expression: str) -> NoReturn:
         raise RuleViolation(f"{expression} '{parsed.text}' is not a {expected} on this server",
                             expression=expression)
 
-    def match(self, resource_type: str, params, unsupported) -> list[str]:
+    def match(self, resource_type: str, params: Iterable[tuple[str, str]],
+              unsupported: Callable[[str], Exception]) -> list[str]:
         """Ids of the `resource_type` resources matching every (name, value) of a conditional query
         (`identifier=system|value`, `_id=…`); `unsupported(name)` is the error raised for any other name."""
         ids: list[str] | None = None
@@ -171,7 +178,7 @@ class UnitOfWork:
             expression=expression))
         return self._one_match(expected, ids, parsed.text, expression, None)
 
-    def _one_match(self, expected: str, ids: list[str], what: str, expression: str, ref: dict | None) -> str:
+    def _one_match(self, expected: str, ids: list[str], what: str, expression: str, ref: dict[str, Any] | None) -> str:
         if len(ids) != 1:
             problem = "no" if not ids else "more than one"
             raise RuleViolation(f"{expression}: {what} matches {problem} {expected}",
