@@ -113,8 +113,8 @@ class FhirFormatMiddleware:
         try:
             await self.app(scope, receive, send_with_format if output == "application/json" else send)
         except _BodyTooLarge:
-            problem = body_too_large(self.max_body_bytes)
-            await error_response(problem.status_code, problem.issues)(scope, receive, send)
+            too_large = body_too_large(self.max_body_bytes)
+            await error_response(too_large.status_code, too_large.issues)(scope, receive, send)
 
     def _counting(self, receive, send):
         seen = 0

@@ -3,10 +3,10 @@ PUT, DELETE and every Bundle entry, and the reads that serve stored JSON as it i
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import orjson
@@ -15,16 +15,25 @@ from sqlmodel import Session
 
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
-from service.errors import (BadRequest, Conflict, Gone, IdentifierTaken, NotFound, PreconditionFailed,
-                            ResourceInvalid, RuleViolation)
-from service.store import repository
 from service.core.registry import handler_for
-from service.store.models import ResourceRecord, ResourceVersion
+from service.errors import (
+    BadRequest,
+    Conflict,
+    Gone,
+    IdentifierTaken,
+    NotFound,
+    PreconditionFailed,
+    ResourceInvalid,
+    RuleViolation,
+)
+from service.store import repository
+from service.store.models import ResourceRecord, ResourceVersion, table_of
+from service.store.repository import CurrentRow, VersionRow
 from service.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger("trial_fhir")
-R = ResourceRecord.__table__
-V = ResourceVersion.__table__
+R = table_of(ResourceRecord)
+V = table_of(ResourceVersion)
 T = TypeVar("T")
 #: identifiers are the key of conditional writes and sit in a unique index: longer ones are refused (422)
 MAX_IDENTIFIER_LENGTH = 1024
@@ -63,13 +72,13 @@ def parse_version(etag: str | None) -> int | None:
     return int(raw)
 
 
-def check_structure(resource_type: str, payload) -> dict:
+def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
     """400 unless `payload` is a FHIR R4 resource of `resource_type`."""
     handler = handler_for(resource_type)
     problems = structure_issues(payload, resource_type, handler.model)
     if problems:
         raise ResourceInvalid(problems[0].diagnostics, issues=problems)
-    return payload
+    return cast(dict[str, Any], payload)
 
 
 # -- writes ----------------------------------------------------------------------------------------------
@@ -106,7 +115,7 @@ def _is_retryable(exc: OperationalError) -> bool:
     return "deadlock" in text or "could not serialize" in text or "locked" in text
 
 
-def create(uow: UnitOfWork, resource_type: str, payload: dict, *, if_none_exist: str | None = None,
+def create(uow: UnitOfWork, resource_type: str, payload: dict[str, Any], *, if_none_exist: str | None = None,
            new_id: str | None = None) -> Stored:
     """POST: a new resource with a server id; with `If-None-Exist`, the match when there is exactly one."""
     check_structure(resource_type, payload)
@@ -132,7 +141,8 @@ def new_resource_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict, *, if_match: str | None = None) -> Stored:
+def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], *,
+           if_match: str | None = None) -> Stored:
     """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
     check_structure(resource_type, payload)
     if not ID_RE.match(id):
@@ -155,7 +165,7 @@ def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict, *, if_ma
     return _store(uow, resource_type, id, payload, current, "PUT")
 
 
-def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict, *,
+def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict[str, Any], *,
                        if_match: str | None = None) -> Stored:
     """PUT Type?search: update the one match, create when there is none, 412 when there are several."""
     check_structure(resource_type, payload)
@@ -216,7 +226,7 @@ def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) ->
         f"{where}: only 'identifier' and '_id' can select a resource here, not '{name}'", expression=where))
 
 
-def _identifiers(resource_type: str, payload: dict) -> list[tuple[str, str, str]]:
+def _identifiers(resource_type: str, payload: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(expression, system, value) of each business identifier; 422 for one too long to index."""
     sent = payload.get("identifier")
     single = isinstance(sent, dict)  # AdverseEvent.identifier is 0..1 in R4
@@ -234,7 +244,8 @@ def _identifiers(resource_type: str, payload: dict) -> list[tuple[str, str, str]
     return found
 
 
-def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict, current, method: str) -> Stored:
+def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], current: CurrentRow | None,
+           method: str) -> Stored:
     handler = handler_for(resource_type)
     identifiers = _identifiers(resource_type, payload)
     try:
@@ -308,7 +319,7 @@ def vread(session: Session, resource_type: str, id: str, version_id: str) -> Sto
 
 
 def history(session: Session, resource_type: str, id: str, *, count: int, before_version: int | None = None,
-            since: datetime | None = None):
+            since: datetime | None = None) -> Sequence[VersionRow]:
     """Newest first; raises 404 for a resource that never existed."""
     handler_for(resource_type)
     if repository.get_current(session, resource_type, id) is None:
