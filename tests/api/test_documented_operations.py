@@ -16,6 +16,7 @@ app's queued jobs itself (`ExportWorker.run_once`) between two polls of the stat
 
 import json
 import re
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ ISO_RE = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|
 HTTP_DATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT")
 FILE_ETAG_RE = re.compile(r'^"[0-9a-f]{32}"$')  # Starlette's FileResponse ETag: a hash of the file's mtime and size
 TOKEN_RE = re.compile(r"<([A-Za-z_]+)>")
+LIMIT = 64 * 1024  # max_body_bytes of both apps
 
 
 def identifier_query(resource: dict) -> str:
@@ -127,10 +129,12 @@ class Pair:
 
     def send(self, method: str, url: str, status: int, *, json_body=None, content=None, data=None,
              headers=None):
-        """Send to both apps (each with its own ids filled in), check the status this test meant, compare."""
+        """Send to both apps (each with its own ids filled in), check the status this test meant, compare.
+        `content` as a list of chunks is sent streamed (chunked, no Content-Length)."""
         answers, responses = [], []
         for side in self.sides:
-            response = side.client.request(method, side.fill(url), json=side.fill(json_body), content=content,
+            body = iter(content) if isinstance(content, list) else content
+            response = side.client.request(method, side.fill(url), json=side.fill(json_body), content=body,
                                            data=data, headers=headers)
             responses.append(response)
             answers.append(side.answer(response, self.started))
@@ -153,7 +157,7 @@ def location_id(location: str) -> str:
 
 @pytest.fixture
 def pair(settings, another_database_url, tmp_path):
-    common = {"export_worker": False}
+    common = {"export_worker": False, "max_body_bytes": LIMIT}
     front_app = create_app(settings.model_copy(update={**common, "front_door": True,
                                                        "export_dir": tmp_path / "export-front"}))
     routed_app = create_app(settings.model_copy(update={**common, "front_door": False,
@@ -163,8 +167,25 @@ def pair(settings, another_database_url, tmp_path):
     documented = {(method.upper(), path) for path, item in front_app.openapi()["paths"].items() for method in item}
     assert documented == {(method.upper(), path) for path, item in routed_app.openapi()["paths"].items()
                           for method in item}
-    with TestClient(front_app) as front, TestClient(routed_app) as routed:
+    # a fault is a 500 OperationOutcome both ways; the routed app's ServerErrorMiddleware would also re-raise it
+    with TestClient(front_app, raise_server_exceptions=False) as front, \
+            TestClient(routed_app, raise_server_exceptions=False) as routed:
         yield Pair(Side("front door", front_app, front), Side("routes", routed_app, routed), documented)
+
+
+@contextmanager
+def faulty(pair: Pair, interaction: str):
+    """Within: that interaction of the core fails with an unexpected exception, in both apps."""
+    async def broken(*args, **kwargs):
+        raise RuntimeError(f"{interaction} broke (on purpose, in a test)")
+
+    for side in pair.sides:
+        setattr(side.app.state.core, interaction, broken)
+    try:
+        yield
+    finally:
+        for side in pair.sides:
+            delattr(side.app.state.core, interaction)
 
 
 def request_example(app, method: str, path: str) -> dict:
@@ -214,6 +235,8 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/fhir/{t}", 200, headers={"Accept": "application/json"})
         send("GET", f"/fhir/{t}", 200, headers={"Accept": "text/html"})
         send("GET", f"/fhir/{t}?bogus=1", 400, headers={"Prefer": "handling=strict", "Accept": "application/json"})
+        send("GET", f"/fhir/{t}?bogus=1", 400, headers=[("Prefer", "handling=strict"), ("Prefer", "handling=lenient")])
+        send("GET", f"/fhir/{t}?bogus=1", 200, headers=[("Prefer", "handling=lenient"), ("Prefer", "handling=strict")])
         # read, history, vread
         send("GET", f"/fhir/{t}/<{t}>", 200)
         send("GET", f"/fhir/{t}/<{t}>", 304, headers={"If-None-Match": 'W/"1"'})
@@ -223,6 +246,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/fhir/{t}/<{t}>/_history?_count=0", 400)
         send("GET", f"/fhir/{t}/<{t}>/_history/1", 200)
         send("GET", f"/fhir/{t}/<{t}>/_history/9", 404)
+    two_hosts = [("Host", "proxy.example"), ("Host", "testserver")]  # the first one counts, as in Starlette
+    send("GET", "/fhir/Patient", 200, headers=two_hosts)
+    send("POST", "/fhir", 200, json_body={"resourceType": "Bundle", "type": "batch"}, headers=two_hosts)
+    send("GET", "/fhir/Patient", 200)  # and the base URL it gave is not kept for the other host
     send("GET", "/fhir/Patient?identifier=" + MRN + "|MRN-000124", 200)
     send("GET", "/fhir/Patient?_revinclude=Observation:subject", 200)
     send("GET", "/fhir/Observation?subject=Patient/<Patient>&_include=Observation:subject", 200)
@@ -231,6 +258,9 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", "/fhir/Observation?date=2024-13-45", 400, headers={"Prefer": "handling=strict"})
     send("GET", "/fhir/ResearchSubject?study=ResearchStudy/" + STUDY, 200)
     send("GET", "/fhir/AdverseEvent?subject=Patient/<Patient>", 200)
+    with faulty(pair, "search"):
+        send("GET", "/fhir/Observation", 500)
+        send("GET", "/fhir/Observation", 500, headers={"Accept": "application/json"})
 
     send("GET", f"/fhir/Group/{STUDY}", 200)
     send("GET", "/fhir/Group/unknown-study", 404)
@@ -280,6 +310,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("POST", f"/fhir/{t}", 200, json_body=example, headers={**match, "Prefer": "return=OperationOutcome"})
         send("POST", f"/fhir/{t}", 200, json_body=example, headers={**match, "Prefer": "return=representation"})
         send("POST", f"/fhir/{t}", 200, json_body=example, headers={**match, "Accept": "application/json"})
+        send("POST", f"/fhir/{t}", 200, json_body=example, headers=[*match.items(), ("Prefer", "return=minimal"),
+                                                                    ("Prefer", "return=representation")])
+        send("POST", f"/fhir/{t}", 200, json_body=example,
+             headers=[*match.items(), ("If-None-Exist", "identifier=urn:nothing|matches")])
         send("POST", f"/fhir/{t}?_format=json", 200, json_body=example, headers=match)
         send("POST", f"/fhir/{t}", 409, json_body=example)  # the identifier is taken
         send("POST", f"/fhir/{t}", 400, content=b"{not json", headers={"Content-Type": "application/fhir+json"})
@@ -289,6 +323,11 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("POST", f"/fhir/{t}", 400, json_body={**example, "resourceType": "Basic"})
         send("POST", f"/fhir/{t}", 415, content=json.dumps(example).encode(), headers={"Content-Type": "text/plain"})
         send("POST", f"/fhir/{t}", 415, content=json.dumps(example).encode())  # no Content-Type
+        too_big = json.dumps({**example, "text": {"status": "generated", "div": "x" * LIMIT}}).encode()
+        json_types = {"Content-Type": "application/fhir+json", "Accept": "application/json"}
+        send("POST", f"/fhir/{t}", 413, content=too_big, headers=json_types)  # said by Content-Length
+        send("POST", f"/fhir/{t}", 413, content=[too_big[:LIMIT // 2], too_big[LIMIT // 2:]],
+             headers=json_types)  # streamed (chunked): counted while read
         send("POST", f"/fhir/{t}?_format=xml", 406, json_body=example)
         send("POST", f"/fhir/{t}", 406, json_body=example, headers={"Accept": "application/fhir+xml"})
         send("POST", f"/fhir/{t}", 400, json_body={**example, "status": 7})
@@ -306,6 +345,9 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
                "valueQuantity": {"value": 80, "unit": "{score}", "system": "http://unitsofmeasure.org",
                                  "code": "{score}"}}
     send("POST", "/fhir/Observation", 422, json_body=easi_80)
+    with faulty(pair, "create"):
+        send("POST", "/fhir/Observation", 500, json_body=easi_80)
+        send("POST", "/fhir/Observation", 500, json_body=easi_80, headers={"Accept": "application/json"})
     send("POST", "/fhir/Observation", 422, json_body={**examples["Observation"], "identifier": [
         {"system": "urn:lab", "value": "9"}], "subject": {"reference": "Patient/nobody"}})
 
