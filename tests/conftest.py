@@ -81,6 +81,22 @@ def database_url(database_template, tmp_path) -> str:
 
 
 @pytest.fixture
+def another_database_url(database_template, tmp_path) -> Iterator[str]:
+    """A second fresh, migrated database beside `database_url`, for tests that compare two apps side by side.
+    SQLite: another copy of the template. PostgreSQL: a scratch database, migrated, dropped after the test."""
+    if ON_POSTGRES:
+        with scratch_postgres_database("trial_fhir_another") as url:
+            engine = make_engine(url)
+            migrate(engine)
+            engine.dispose()
+            yield url
+    else:
+        path = tmp_path / "another.db"
+        shutil.copyfile(database_template, path)
+        yield f"sqlite:///{path}"
+
+
+@pytest.fixture
 def settings(database_url, tmp_path) -> Settings:
     return Settings(database_url=database_url, export_dir=tmp_path / "export", _env_file=None)
 

@@ -9,7 +9,8 @@ and render failures through the same function as the app's exception handlers (`
 Every such request is answered here, once: nothing is passed on or run again. Everything else goes to the app.
 
 The FastAPI routes for these two operations stay, documented in the OpenAPI; with TRIAL_FHIR_FRONT_DOOR=false
-they answer instead, and tests/api/test_front_door.py sends every documented operation both ways and compares.
+they answer instead, and tests/api/test_documented_operations.py sends every documented operation both ways and
+compares the answers.
 """
 
 import logging
@@ -20,13 +21,24 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.http import base_of, parse_body, stored_response
-from service.api.middleware import body_too_large, edge, some_headers
+from service.api.middleware import body_too_large, edge
 from service.core.context import Context, prefers
 from service.core.interactions import Core
-from service.errors import BadRequest, failure_response
+from service.errors import BadRequest, FhirError, failure_response
 from service.responses import FHIR_JSON
 
 log = logging.getLogger("trial_fhir")
+
+
+def first_headers(scope: Scope, *names: bytes) -> dict[bytes, str]:
+    """The named request headers (lower-case names), the first of a repeated one: what the routes read (Starlette's
+    `Headers.get`, FastAPI's `Header()`, and the host of `Request.base_url`)."""
+    found: dict[bytes, str] = {}
+    for key, value in scope["headers"]:
+        key = key.lower()
+        if key in names and key not in found:
+            found[key] = value.decode("latin-1")
+    return found
 
 
 class FrontDoor:
@@ -43,21 +55,29 @@ class FrontDoor:
         resource_type = self.paths.get(path[len(root):] if root and path.startswith(root) else path)
         if resource_type is None:
             return await self.app(scope, receive, send)
+        # The edge's errors (406, 415, 413), a body found over the limit while read and a fault (500) are FHIR JSON
+        # whatever the client asked, as in the app (FhirFormatMiddleware answers the first two itself, and
+        # ServerErrorMiddleware, outside it, the third); from the interaction on, the type asked for.
         output = FHIR_JSON
         try:
-            output, has_body = edge(scope, self.core.settings.max_body_bytes)
-            headers = some_headers(scope, b"prefer", b"host", b"if-none-exist")
+            asked, has_body = edge(scope, self.core.settings.max_body_bytes)
+            headers = first_headers(scope, b"prefer", b"host", b"if-none-exist")
             prefer = headers.get(b"prefer")
             ctx = Context(self._base(scope, headers.get(b"host", "")), strict=prefers(prefer, "handling=strict"))
             if scope["method"] == "GET":
                 params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                output = asked
                 found = await self.core.search(ctx, resource_type, params)
             else:
-                resource = parse_body(await self._body(receive) if has_body else b"")
-                stored = await self.core.create(ctx, resource_type, resource,
+                raw = await self._body(receive) if has_body else b""
+                output = asked
+                stored = await self.core.create(ctx, resource_type, parse_body(raw),
                                                 if_none_exist=headers.get(b"if-none-exist"))
                 response = stored_response(stored, ctx.base_url, prefer, status_code=stored.status, location=True)
-        except Exception as exc:  # a FhirError (4xx) or a fault: rendered as the app renders it
+        except FhirError as exc:  # a 4xx: rendered as the app renders it
+            response = failure_response(exc, scope["method"], path)
+        except Exception as exc:  # a fault: the app's 500, its traceback to the log only
+            output = FHIR_JSON
             response = failure_response(exc, scope["method"], path)
         else:
             if scope["method"] == "GET":  # the searchset as it is: no Response object on the hottest path
