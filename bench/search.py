@@ -409,13 +409,14 @@ def explain(engine, data: dict) -> dict:
     from sqlmodel import Session
 
     from fhir_mappings.search import parse_search
-    from service.search import compiler as repository
+    from service.core.registry import search_spec
+    from service.search import compiler
     plans = {}
     queries = {"subject_code": [("subject", data["patients"][0]), ("code", data["codes"][0])],
                "study_code_date": [("study", data["study"]), ("code", data["codes"][0]), ("date", "ge2023-07-01")]}
     for name, params in queries.items():
-        req = parse_search("Observation", params)
-        where = repository.conditions("Observation", req.criteria)
+        req = parse_search(search_spec("Observation"), params)
+        compiled = compiler.compile_criteria("Observation", req.criteria)
         captured = []
         from sqlalchemy import event
 
@@ -423,7 +424,7 @@ def explain(engine, data: dict) -> dict:
             captured.append((statement, parameters))  # noqa: B023 (the listener is removed in this iteration)
         event.listen(engine, "before_cursor_execute", grab)
         with Session(engine) as session:
-            repository.find_page(session, "Observation", where, req.sort, None, 21)
+            compiler.find_page(session, compiled, req.sort, None, 21)
         event.remove(engine, "before_cursor_execute", grab)
         statement, parameters = next((st, pa) for st, pa in captured if st.lstrip().upper().startswith("SELECT"))
         with engine.connect() as conn:

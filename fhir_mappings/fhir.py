@@ -36,15 +36,6 @@ from fhir.resources.R4B.searchparameter import SearchParameter
 
 FHIR_VERSION = "4.0.1"
 
-#: resource types this service stores, with their fhir.resources model
-RESOURCE_MODELS: dict[str, type[Resource]] = {
-    "Patient": Patient,
-    "ResearchStudy": ResearchStudy,
-    "ResearchSubject": ResearchSubject,
-    "Observation": Observation,
-    "AdverseEvent": AdverseEvent,
-}
-
 #: spelled out (it was `[name for name in dir() if name[0].isupper()]`) so that type checkers and linters see
 #: the re-exports: other modules use these names as `fhir.Patient`, ...
 __all__ = [
@@ -52,6 +43,6 @@ __all__ = [
     "BundleEntryRequest", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
     "CodeSystem", "CodeableConcept", "Coding", "Extension", "FHIR_VERSION", "Group", "HumanName", "Identifier",
     "MeasureReport", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
-    "Period", "Quantity", "RESOURCE_MODELS", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
+    "Period", "Quantity", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
     "Resource", "SearchParameter",
 ]

@@ -1,25 +1,9 @@
-"""FHIR search parameters, read without I/O: the parameters each type supports, and the query string parsed
-into typed values (tokens, references, date ranges, quantities, strings), result parameters and cursors.
+"""FHIR search, read without I/O: the query string parsed into typed values (tokens, references, date ranges,
+quantities, strings), result parameters and cursors; `_summary`/`_elements` subsetting; SearchParameter resources.
 
-| parameter (type)                   | resource types                         | typed column / notes                        |
-|------------------------------------|----------------------------------------|---------------------------------------------|
-| `_id` (token)                      | all                                    | `id`                                        |
-| `_lastUpdated` (date)              | all                                    | `resource.last_updated`                     |
-| `identifier` (token)               | all                                    | `resource_identifier` (system, value)       |
-| `subject`, `patient` (reference)   | Observation, AdverseEvent              | `patient_id`                                |
-| `individual`, `patient` (reference)| ResearchSubject                        | `research_subject.patient_id`               |
-| `study` (reference)                | Observation¹, AdverseEvent, ResearchSubject | `study_id`                             |
-| `code` (token)                     | Observation                            | `measurement.code_system`, `code`           |
-| `category`, `status` (token)       | Observation                            | `measurement.category`, `status`            |
-| `date` (date)                      | Observation, AdverseEvent              | `measurement.effective`, `adverse_event.onset` (UTC) |
-| `value-quantity` (quantity)        | Observation                            | `measurement.value` in the canonical unit   |
-| `arm` (token)                      | Observation¹, ResearchSubject¹         | `research_subject.arm` (actual, else assigned) |
-| `visit` (token)                    | Observation¹                           | `measurement.visit`                         |
-| `event`, `seriousness`, `severity` (token) | AdverseEvent                   | `event_system`/`event_code`, `seriousness`, `severity` |
-| `status` (token), `title` (string) | ResearchStudy                          | `study.status`, `study.title`               |
-| `birthdate` (date), `gender` (token) | Patient                              | `patient.birth_date`, `patient.gender`      |
-
-¹ trial parameters, published as SearchParameter resources (`SearchParameter/<Type>-<name>`).
+What a type supports (its parameters, sort keys, includes) is not listed here: each stored type declares it with
+its domain (service/<domain>/service.py, listed in service/core/registry.py), and the registry hands it to
+`parse_search` as a `SearchSpec`. Every type has `_id`, `_lastUpdated` and `identifier` (`common_params`).
 
 Dates without a time zone are read as UTC; a partial date is the range it covers (`2024-03` = March 2024).
 """
@@ -27,10 +11,11 @@ Dates without a time zone are read as UTC; a partial date is the range it covers
 import base64
 import binascii
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -38,10 +23,9 @@ import orjson
 from fhir_mappings import fhir
 from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.references import ID_RE
-from fhir_mappings.terminology import (AE_SERIOUSNESS, AE_SEVERITY, UCUM, catalogue_names, load_catalogue)
+from fhir_mappings.terminology import UCUM, catalogue_names, load_catalogue
 
 SEARCH_PARAMETER_BASE = "https://trial-fhir.org/SearchParameter"
-OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED",
              "display": "Resource subsetted"}
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -85,86 +69,20 @@ _R4_SHARED = {("Observation", "code"): "clinical-code", ("Observation", "date"):
               ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender"}
 
 
-def _common(rtype: str) -> list[ParamDef]:
+def common_params(resource_type: str) -> list[ParamDef]:
+    """The parameters every type has: `_id`, `_lastUpdated`, `identifier`."""
     return [
-        ParamDef("_id", "token", f"{rtype}.id", "Logical id of the resource"),
-        ParamDef("_lastUpdated", "date", f"{rtype}.meta.lastUpdated", "When the resource last changed on this server"),
-        ParamDef("identifier", "token", f"{rtype}.identifier", "A business identifier (system|value)"),
+        ParamDef("_id", "token", f"{resource_type}.id", "Logical id of the resource"),
+        ParamDef("_lastUpdated", "date", f"{resource_type}.meta.lastUpdated",
+                 "When the resource last changed on this server"),
+        ParamDef("identifier", "token", f"{resource_type}.identifier", "A business identifier (system|value)"),
     ]
 
 
-_STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
-SEARCH_PARAMS: dict[str, dict[str, ParamDef]] = {rtype: {p.name: p for p in _common(rtype) + extra} for rtype, extra in {
-    "Observation": [
-        ParamDef("subject", "reference", "Observation.subject", "The patient the result is about", ("Patient",)),
-        ParamDef("patient", "reference", "Observation.subject.where(resolve() is Patient)",
-                 "The patient the result is about", ("Patient",)),
-        ParamDef("code", "token", "Observation.code", "The measure's code (system|code, code or system|)"),
-        ParamDef("category", "token", "Observation.category", "survey or laboratory", systems=(OBSERVATION_CATEGORY,)),
-        ParamDef("status", "token", "Observation.status", "Result status",
-                 systems=("http://hl7.org/fhir/observation-status",)),
-        ParamDef("date", "date", "Observation.effective", "When the result was obtained (UTC)"),
-        ParamDef("value-quantity", "quantity", "Observation.value.as(Quantity)",
-                 "The value, compared in the measure's canonical UCUM unit (a given unit is converted)"),
-        ParamDef("study", "reference", f"Observation.{_STUDY_EXT}",
-                 "The research study the result belongs to (workflow-researchStudy extension, else the "
-                 "subject's enrolment)", ("ResearchStudy",), custom=True),
-        ParamDef("arm", "token", "Observation.subject", "The study arm of the subject (ResearchSubject actualArm, "
-                 "else assignedArm) at the time of the search", custom=True),
-        ParamDef("visit", "token", "Observation.effective",
-                 "The visit the result falls in (baseline, week-4, week-12, unscheduled), from its date and the "
-                 "subject's day 0", custom=True),
-    ],
-    "AdverseEvent": [
-        ParamDef("subject", "reference", "AdverseEvent.subject", "The patient who had the event", ("Patient",)),
-        ParamDef("study", "reference", "AdverseEvent.study", "The research study", ("ResearchStudy",)),
-        ParamDef("date", "date", "AdverseEvent.date", "Onset of the event (UTC)"),
-        ParamDef("event", "token", "AdverseEvent.event", "The event's code (MedDRA or SNOMED CT)"),
-        ParamDef("seriousness", "token", "AdverseEvent.seriousness", "serious or non-serious",
-                 systems=(AE_SERIOUSNESS,)),
-        ParamDef("severity", "token", "AdverseEvent.severity", "mild, moderate or severe", systems=(AE_SEVERITY,)),
-    ],
-    "ResearchSubject": [
-        ParamDef("study", "reference", "ResearchSubject.study", "The research study", ("ResearchStudy",)),
-        ParamDef("individual", "reference", "ResearchSubject.individual", "The enrolled patient", ("Patient",)),
-        ParamDef("patient", "reference", "ResearchSubject.individual", "The enrolled patient", ("Patient",)),
-        ParamDef("status", "token", "ResearchSubject.status", "Enrolment status",
-                 systems=("http://hl7.org/fhir/research-subject-status",)),
-        ParamDef("arm", "token", "ResearchSubject.actualArm | ResearchSubject.assignedArm",
-                 "The study arm: actualArm, else assignedArm", custom=True),
-    ],
-    "ResearchStudy": [
-        ParamDef("status", "token", "ResearchStudy.status", "Study status",
-                 systems=("http://hl7.org/fhir/research-study-status",)),
-        ParamDef("title", "string", "ResearchStudy.title", "Title (starts with; :exact, :contains)"),
-    ],
-    "Patient": [
-        ParamDef("birthdate", "date", "Patient.birthDate", "Date of birth"),
-        ParamDef("gender", "token", "Patient.gender", "male | female | other | unknown",
-                 systems=("http://hl7.org/fhir/administrative-gender",)),
-    ],
-}.items()}
-
-#: (source type, reference parameter) -> target type, for _include and _revinclude
-INCLUDES: dict[tuple[str, str], str] = {
-    ("Observation", "subject"): "Patient", ("Observation", "patient"): "Patient",
-    ("Observation", "study"): "ResearchStudy",
-    ("ResearchSubject", "individual"): "Patient", ("ResearchSubject", "patient"): "Patient",
-    ("ResearchSubject", "study"): "ResearchStudy",
-    ("AdverseEvent", "subject"): "Patient", ("AdverseEvent", "study"): "ResearchStudy",
-}
-#: sort keys per type (besides _id and _lastUpdated, which every type has)
-SORTS = {"Observation": ("date",), "AdverseEvent": ("date",)}
-#: the order of a search without _sort: results and events by date (chronological), the rest by id
-DEFAULT_SORT = {"Observation": "date", "AdverseEvent": "date"}
 MODIFIERS = {"token": ("missing", "not"), "reference": ("missing",), "date": ("missing",),
              "quantity": ("missing",), "string": ("missing", "exact", "contains")}
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_cursor")
 IGNORED_PARAMS = ("_format", "_pretty")
-
-
-def params_for(resource_type: str) -> dict[str, ParamDef]:
-    return SEARCH_PARAMS.get(resource_type) or {p.name: p for p in _common(resource_type)}
 
 
 # -- parsed values ---------------------------------------------------------------------------------------
@@ -251,6 +169,18 @@ class Include:
     @property
     def text(self) -> str:
         return f"{self.source}:{self.param}"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpec:
+    """What a search of one type may use, as data (the registry of stored types builds one per type)."""
+
+    resource_type: str
+    params: Mapping[str, ParamDef]  # by name, the common ones first
+    sorts: tuple[str, ...] = ()  # sort keys besides _id and _lastUpdated
+    default_sort: str = "_id"  # the order of a search without _sort
+    includes: tuple[Include, ...] = ()  # those with this type as source (_include) or target (_revinclude)
+    model: type[fhir.Resource] | None = None  # the type's FHIR model: the element names `_elements` accepts
 
 
 @dataclass
@@ -496,12 +426,14 @@ def _warn(req: SearchRequest, name: str, text: str, code: str = "not-supported")
     req.warnings.append(issue(code, text, name, severity="warning"))
 
 
-def parse_search(resource_type: str, params: list[tuple[str, str]], *, default_count: int = 50,
+def parse_search(spec: SearchSpec, params: list[tuple[str, str]], *, default_count: int = 50,
                  max_count: int = 1000) -> SearchRequest:
-    """Read a query string (as (name, value) pairs) into a SearchRequest. Nothing raises: what can't be
-    used is listed in `warnings` (ignored, or 400 with strict handling) or `errors` (always 400)."""
-    req = SearchRequest(resource_type, count=default_count, sort=Sort(DEFAULT_SORT.get(resource_type, "_id")))
-    supported = params_for(resource_type)
+    """Read a query string (as (name, value) pairs) into a SearchRequest for a search that `spec` describes.
+    Nothing raises: what can't be used is listed in `warnings` (ignored, or 400 with strict handling) or `errors`
+    (always 400)."""
+    resource_type = spec.resource_type
+    req = SearchRequest(resource_type, count=default_count, sort=Sort(spec.default_sort))
+    supported = spec.params
     cursor_text = None
     for name, value in params:
         if name == "_cursor":
@@ -511,7 +443,7 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, default_c
         if name in IGNORED_PARAMS:
             continue
         if name in RESULT_PARAMS:
-            _result_param(req, name, value, max_count)
+            _result_param(req, spec, name, value, max_count)
             continue
         base, _, modifier = name.partition(":")
         if "." in name:
@@ -553,7 +485,7 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, default_c
     return req
 
 
-def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> None:
+def _result_param(req: SearchRequest, spec: SearchSpec, name: str, value: str, max_count: int) -> None:
     rtype = req.resource_type
     if name == "_count":
         if not value.strip().isdigit():
@@ -566,7 +498,7 @@ def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> 
             req.summary = "count"
     elif name == "_sort":
         keys = [k.strip() for k in value.split(",") if k.strip()]
-        allowed = ("_id", "_lastUpdated") + SORTS.get(rtype, ())
+        allowed = ("_id", "_lastUpdated") + spec.sorts
         if not keys:
             _warn(req, name, "_sort is empty", "invalid")
             return
@@ -586,24 +518,17 @@ def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> 
             _warn(req, name, f"{name}={value} is not of the form SourceType:parameter[:TargetType]", "invalid")
             return
         source, param = parts[0], parts[1]
-        target = INCLUDES.get((source, param))
-        if target is None or (len(parts) == 3 and parts[2] != target):
-            known = ", ".join(f"{s}:{p}" for s, p in INCLUDES)
-            _warn(req, name, f"{name}={value} is not supported; supported: {known}")
+        reverse = name == "_revinclude"
+        usable = [i for i in spec.includes if (i.target if reverse else i.source) == rtype]
+        include = next((i for i in usable if i.source == source and i.param == param
+                        and (len(parts) == 2 or parts[2] == i.target)), None)
+        if include is None:
+            _warn(req, name, f"{name}={value} is not supported on a {rtype} search; supported: "
+                  f"{', '.join(i.text for i in usable) or 'none'}")
             return
-        include = Include(source, param, target)
-        if name == "_include":
-            if source != rtype:
-                _warn(req, name, f"_include={value} does not apply to a {rtype} search")
-                return
-            if include not in req.includes:
-                req.includes.append(include)
-        else:
-            if target != rtype:
-                _warn(req, name, f"_revinclude={value} does not point at {rtype}")
-                return
-            if include not in req.revincludes:
-                req.revincludes.append(include)
+        found = req.revincludes if reverse else req.includes
+        if include not in found:
+            found.append(include)
     elif name == "_summary":
         if value not in ("count", "true", "false", "data"):
             _warn(req, name, f"_summary={value} is not supported; use count, true, data or false")
@@ -614,7 +539,7 @@ def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> 
         if not names:
             _warn(req, name, "_elements is empty", "invalid")
             return
-        known = element_names(rtype)
+        known = element_names(spec.model) if spec.model is not None else frozenset()
         unknown = [e for e in names if known and e not in known]
         if unknown:
             _warn(req, name, f"Unknown element(s) for {rtype} in _elements: {', '.join(unknown)}", "invalid")
@@ -628,13 +553,10 @@ def _result_param(req: SearchRequest, name: str, value: str, max_count: int) -> 
 
 # -- subsetting (_summary, _elements) ---------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
-def _fields(resource_type: str) -> tuple[frozenset[str], frozenset[str], frozenset[str], dict[str, str]]:
+@cache
+def _fields(model: type[fhir.Resource]) -> tuple[frozenset[str], frozenset[str], frozenset[str], dict[str, str]]:
     """(element names, summary element names, required element names, {choice element: its base name}) of a
-    resource type; choice types are also named by their base name (e.g. `value` for `valueQuantity`)."""
-    model = fhir.RESOURCE_MODELS.get(resource_type)
-    if model is None:
-        return frozenset(), frozenset(), frozenset(), {}
+    resource model; choice types are also named by their base name (e.g. `value` for `valueQuantity`)."""
     names, summary, required = set(), set(), set()
     choices: dict[str, str] = {}
     for fname, info in model.model_fields.items():
@@ -654,8 +576,8 @@ def _fields(resource_type: str) -> tuple[frozenset[str], frozenset[str], frozens
     return frozenset(names), frozenset(summary), frozenset(required), choices
 
 
-def element_names(resource_type: str) -> frozenset[str]:
-    return _fields(resource_type)[0]
+def element_names(model: type[fhir.Resource]) -> frozenset[str]:
+    return _fields(model)[0]
 
 
 def _keep(key: str, wanted: set[str], choices: dict[str, str]) -> bool:
@@ -663,10 +585,11 @@ def _keep(key: str, wanted: set[str], choices: dict[str, str]) -> bool:
     return bare in wanted or choices.get(bare) in wanted
 
 
-def subset(content: str | bytes, resource_type: str, *, summary: str | None, elements: tuple[str, ...] | None) -> bytes:
-    """The stored JSON reduced for `_summary=true|data` or `_elements`, tagged SUBSETTED."""
+def subset(content: str | bytes, model: type[fhir.Resource], *, summary: str | None,
+           elements: tuple[str, ...] | None) -> bytes:
+    """The stored JSON of a `model` resource reduced for `_summary=true|data` or `_elements`, tagged SUBSETTED."""
     resource = orjson.loads(content)
-    names, summary_names, required, choices = _fields(resource_type)
+    names, summary_names, required, choices = _fields(model)
     if elements is not None:
         wanted = set(elements) | set(required) | {"resourceType", "id", "meta"}
         resource = {k: v for k, v in resource.items() if _keep(k, wanted, choices)}
@@ -682,10 +605,6 @@ def subset(content: str | bytes, resource_type: str, *, summary: str | None, ele
 
 
 # -- SearchParameter resources ----------------------------------------------------------------------------
-
-def custom_parameters() -> list[tuple[str, ParamDef]]:
-    return [(rtype, p) for rtype, params in SEARCH_PARAMS.items() for p in params.values() if p.custom]
-
 
 def search_parameter_resource(resource_type: str, param: ParamDef) -> dict:
     """An R4 SearchParameter for one of the trial's own parameters (validated with fhir.resources)."""
@@ -712,12 +631,6 @@ def search_parameter_resource(resource_type: str, param: ParamDef) -> dict:
         data["modifier"] = list(MODIFIERS[param.type])
     fhir.SearchParameter.model_validate(data)
     return data
-
-
-@lru_cache(maxsize=1)
-def search_parameters() -> dict[str, dict]:
-    """id -> SearchParameter resource, for every trial parameter."""
-    return {p.id_for(rtype): search_parameter_resource(rtype, p) for rtype, p in custom_parameters()}
 
 
 __all__ = ["date", "SearchRequest", "parse_search"]

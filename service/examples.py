@@ -1,4 +1,5 @@
-"""Example payloads for the OpenAPI document (and a few tests): what an EHR would send."""
+"""Example payloads for the OpenAPI document (and a few tests): what an EHR would send. Each stored type names its
+own in its declaration (`StoredType.example`; service/core/registry.py `EXAMPLES`)."""
 
 AD = "https://trial-fhir.org/CodeSystem/ad-scores"
 MRN = "urn:oid:1.2.410.200001.1"  # a hospital's medical record numbers
@@ -74,14 +75,6 @@ ADVERSE_EVENT = {
     "suspectEntity": [{"instance": {"display": "hUCB-MSC"}, "causality": [{"assessment": {"coding": [
         {"system": "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl", "code": "C53258",
          "display": "Possibly Related"}]}}]}],
-}
-
-EXAMPLES = {
-    "Patient": PATIENT,
-    "ResearchStudy": RESEARCH_STUDY,
-    "ResearchSubject": RESEARCH_SUBJECT,
-    "Observation": OBSERVATION,
-    "AdverseEvent": ADVERSE_EVENT,
 }
 
 TRANSACTION = {

@@ -12,6 +12,7 @@ from sqlalchemy import update
 from sqlmodel import Session
 
 from fhir_mappings import fhir
+from service.core.registry import TYPES
 from service.export import repository, service
 from service.main import create_app
 from tests.factories import AD, adverse_event, created, enrol, observation, study, subject
@@ -46,7 +47,7 @@ def download(client, manifest: dict) -> dict[str, list[dict]]:
         assert response.headers["content-type"].startswith("application/fhir+ndjson")
         lines = response.text.splitlines()
         assert len(lines) == out["count"]
-        model = fhir.RESOURCE_MODELS[out["type"]]
+        model = TYPES[out["type"]].model
         for line in lines:
             resource = model.model_validate_json(line)
             assert resource.get_resource_type() == out["type"]

@@ -8,7 +8,7 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codesystem import CodeSystem
 
-from fhir_mappings.fhir import RESOURCE_MODELS
+from service.core.registry import TYPES
 from tests.factories import MRN, adverse_event, created, enrol, observation, patient, study, subject
 
 
@@ -25,7 +25,7 @@ def payloads(client) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("resource_type", list(RESOURCE_MODELS))
+@pytest.mark.parametrize("resource_type", list(TYPES))
 def test_create_read_vread_update_delete_history_of_every_type(client, resource_type):
     body = payloads(client)[resource_type]
     response = client.post(f"/fhir/{resource_type}", json=body)
@@ -37,7 +37,7 @@ def test_create_read_vread_update_delete_history_of_every_type(client, resource_
     assert response.headers["last-modified"].endswith("GMT")
     assert response.headers["content-type"].startswith("application/fhir+json")
     assert created_["meta"]["versionId"] == "1" and created_["meta"]["lastUpdated"].endswith("Z")
-    RESOURCE_MODELS[resource_type].model_validate(created_)
+    TYPES[resource_type].model.model_validate(created_)
     sent = {k: v for k, v in body.items()}
     assert {k: created_[k] for k in sent if k not in ("subject", "individual")} == \
         {k: v for k, v in sent.items() if k not in ("subject", "individual")}
@@ -226,7 +226,7 @@ def test_capability_statement_lists_what_the_server_supports(client):
     assert statement["fhirVersion"] == "4.0.1" and statement["kind"] == "instance"
     rest = statement["rest"][0]
     types = {r["type"] for r in rest["resource"]}
-    assert set(RESOURCE_MODELS) <= types and "CodeSystem" in types
+    assert set(TYPES) <= types and "CodeSystem" in types
     assert {"transaction", "batch"} <= {i["code"] for i in rest["interaction"]}
     patient_entry = next(r for r in rest["resource"] if r["type"] == "Patient")
     assert {"read", "vread", "update", "delete", "history-instance", "create", "search-type"} == \

@@ -1,10 +1,15 @@
-"""Adverse events: checks, typed row, and the withdrawal an event can cause."""
+"""Adverse events: checks, typed row, and the withdrawal an event can cause; and AdverseEvent as a stored type
+(ADVERSE_EVENT: its search parameters, columns and sort)."""
 
+from fhir_mappings import fhir
 from fhir_mappings.adverse_event import adverse_event_from_fhir, check_adverse_event
+from fhir_mappings.terminology import AE_SERIOUSNESS, AE_SEVERITY
+from service import examples
 from service.adverse_event.models import AdverseEventRecord
+from service.core.stored_type import StoredType, param
 from service.errors import raise_for_issues
 from service.store.unit_of_work import UnitOfWork
-from service.trial.service import enrolment_in
+from service.trial.service import enrolment_in, prefetch_subjects
 
 AE = AdverseEventRecord.__table__
 
@@ -24,3 +29,22 @@ def index_adverse_event(uow: UnitOfWork, payload: dict, id: str, replacing: bool
 def _withdraw(payload: dict) -> dict:
     payload["status"] = "withdrawn"
     return payload
+
+
+ADVERSE_EVENT = StoredType(
+    "AdverseEvent", fhir.AdverseEvent, AE, index_adverse_event, examples.ADVERSE_EVENT, rank=2,
+    prefetch=prefetch_subjects,
+    search=(
+        param("subject", "reference", AE.c.patient_id, "AdverseEvent.subject", "The patient who had the event",
+              targets=("Patient",)),
+        param("study", "reference", AE.c.study_id, "AdverseEvent.study", "The research study",
+              targets=("ResearchStudy",)),
+        param("date", "datetime", AE.c.onset, "AdverseEvent.date", "Onset of the event (UTC)"),
+        param("event", "coding", (AE.c.event_system, AE.c.event_code), "AdverseEvent.event",
+              "The event's code (MedDRA or SNOMED CT)"),
+        param("seriousness", "code", AE.c.seriousness, "AdverseEvent.seriousness", "serious or non-serious",
+              systems=(AE_SERIOUSNESS,)),
+        param("severity", "code", AE.c.severity, "AdverseEvent.severity", "mild, moderate or severe",
+              systems=(AE_SEVERITY,)),
+    ),
+    sorts={"date": AE.c.onset}, default_sort="date", study_param="study")

@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from fhir_mappings.outcome import issue, outcome
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.api.http import CoreDep, Ctx, FhirBody, stored_response, version_headers
-from service.core.registry import HANDLERS
-from service.examples import EXAMPLES, stored
+from service.core.registry import EXAMPLES, HANDLERS
+from service.examples import stored
 from service.responses import FhirJSONResponse
 
 IdPath = Annotated[str, Path(description="Logical id of the resource", examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]

@@ -7,12 +7,12 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from fhir_mappings.bundle import bundle, entry
-from fhir_mappings.search import search_parameters
 from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.api.http import BaseUrl
 from service.conformance import service
 from service.responses import FhirJSONResponse
 from service.search import service as search_service
+from service.search.service import search_parameters
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, responses=ANY_ERROR)
 

@@ -4,20 +4,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fhir_mappings import fhir
-from fhir_mappings.search import INCLUDES, SEARCH_PARAMS, params_for
-from fhir_mappings.terminology import code_system_resource, catalogue_names, load_catalogue
+from fhir_mappings.terminology import catalogue_names, code_system_resource, load_catalogue
+from service.core.registry import INCLUDES, REGISTRY
 from service.errors import NotFound
-from service.core.registry import HANDLERS
 
 SERVER_VERSION = "0.1.0"
-#: the search parameters of each type (fhir_mappings/search.py defines them; service/search answers them)
-_TYPE_SEARCH = {rtype: list(params_for(rtype)) for rtype in fhir.RESOURCE_MODELS}
-_PARAM_TYPES = {p.name: p.type for rtype in fhir.RESOURCE_MODELS for p in params_for(rtype).values()}
-_RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort (_id, _lastUpdated, and date on "
-                      "Observation and AdverseEvent; '-' for descending), _include, _revinclude, "
-                      "_summary=count|true|data, _elements, _total=accurate|none; paging by opaque _cursor links. "
-                      "Modifiers: :missing, :not (tokens), :exact and :contains (strings). Unknown or malformed "
-                      "parameters are ignored with a warning (Prefer: handling=strict makes them a 400).")
+_RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort ({sorts}; '-' for descending), "
+                      "_include, _revinclude, _summary=count|true|data, _elements, _total=accurate|none; paging by "
+                      "opaque _cursor links. Modifiers: :missing, :not (tokens), :exact and :contains (strings). "
+                      "Unknown or malformed parameters are ignored with a warning (Prefer: handling=strict makes "
+                      "them a 400).")
 
 
 @dataclass(frozen=True)
@@ -51,9 +47,10 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = ()) 
         for level, ops in contribution.operations.items():
             operations.setdefault(level, []).extend(ops)
     resources = []
-    for rtype in HANDLERS:
+    for stored in REGISTRY:  # each stored type as it declares itself (service/core/registry.py)
+        rtype = stored.name
         params = [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.description}
-                  for p in params_for(rtype).values()]
+                  for p in (sp.fhir for sp in stored.params.values())]
         entry = {
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
@@ -69,10 +66,9 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = ()) 
             "referencePolicy": ["literal", "logical", "resolves", "local"],
             "searchParam": params,
         }
-        if rtype in SEARCH_PARAMS:
-            entry["searchInclude"] = [f"{s}:{p}" for (s, p) in INCLUDES if s == rtype]
-            entry["searchRevInclude"] = [f"{s}:{p}" for (s, p), t in INCLUDES.items() if t == rtype]
-            entry["documentation"] = _RESULT_PARAMS_DOC
+        entry["searchInclude"] = [i.text for i in INCLUDES if i.source == rtype]
+        entry["searchRevInclude"] = [i.text for i in INCLUDES if i.target == rtype]
+        entry["documentation"] = _RESULT_PARAMS_DOC.format(sorts=", ".join(("_id", "_lastUpdated", *stored.sorts)))
         ops = operations.get(rtype)
         if ops:
             entry["operation"] = ops

@@ -1,52 +1,43 @@
-"""What each stored resource type needs beyond the generic store: its model, typed tables and rules."""
+"""The stored resource types: the one list of the domains' declarations (`StoredType`, service/core/stored_type.py),
+and what is derived from it. Adding a type with typed rows and search is a mapping module, a domain folder that
+declares its StoredType, and one entry here (plus the migration of its table)."""
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from fhir_mappings import fhir
-from service.adverse_event.models import AdverseEventRecord
-from service.adverse_event.service import index_adverse_event
-from service.observation.models import MeasurementRecord
-from service.observation.service import index_observation
+from fhir_mappings.search import Include, SearchSpec
+from service.adverse_event.service import ADVERSE_EVENT
+from service.core.stored_type import StoredType
 from service.errors import NotFound
-from service.store.unit_of_work import UnitOfWork
-from service.trial import service as trial
-from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
+from service.observation.service import OBSERVATION
+from service.trial.service import PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT
 
-#: (unit of work, payload, id, replacing: a live version exists) -> None; raises for rule violations
-IndexFn = Callable[[UnitOfWork, dict, str, bool], None]
+#: every stored type, in the order they are documented (CapabilityStatement, OpenAPI) and exported
+REGISTRY: tuple[StoredType, ...] = (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT, OBSERVATION, ADVERSE_EVENT)
 
+TYPES: dict[str, StoredType] = {t.name: t for t in REGISTRY}
+#: the name the write path and the routes use for TYPES (a dict: name -> StoredType)
+HANDLERS = TYPES
+#: what a client would send, per type (the OpenAPI examples)
+EXAMPLES = {t.name: t.example for t in REGISTRY}
 
-@dataclass(frozen=True)
-class TypeHandler:
-    resource_type: str
-    model: type
-    tables: tuple  # typed tables keyed by the resource id; emptied on update and delete
-    index: IndexFn  # checks the resource (422) and adds its typed rows
-    guard_delete: Callable[[UnitOfWork, str], None] | None = None
-    rank: int = 0  # order inside a transaction: what others reference comes first
-    prefetch: Callable[[UnitOfWork, list[dict]], None] | None = None  # batch look-ups for a Bundle's entries
+#: _include / _revinclude: every reference parameter, to each of its targets that is a stored type
+INCLUDES: tuple[Include, ...] = tuple(
+    Include(t.name, p.name, target) for t in REGISTRY for p in t.search if p.kind == "reference"
+    for target in p.fhir.targets if target in TYPES)
 
-
-HANDLERS: dict[str, TypeHandler] = {
-    h.resource_type: h
-    for h in (
-        TypeHandler("Patient", fhir.Patient, (PatientRecord.__table__,), trial.index_patient,
-                    trial.guard_patient_delete, rank=0),
-        TypeHandler("ResearchStudy", fhir.ResearchStudy, (StudyRecord.__table__,), trial.index_research_study,
-                    trial.guard_study_delete, rank=0),
-        TypeHandler("ResearchSubject", fhir.ResearchSubject, (SubjectRecord.__table__,),
-                    trial.index_research_subject, trial.guard_subject_delete, rank=1),
-        TypeHandler("Observation", fhir.Observation, (MeasurementRecord.__table__,), index_observation, rank=2,
-                    prefetch=trial.prefetch_subjects),
-        TypeHandler("AdverseEvent", fhir.AdverseEvent, (AdverseEventRecord.__table__,), index_adverse_event, rank=2,
-                    prefetch=trial.prefetch_subjects),
-    )
-}
+_SPECS = {t.name: SearchSpec(t.name, {name: p.fhir for name, p in t.params.items()}, tuple(t.sorts), t.default_sort,
+                             tuple(i for i in INCLUDES if t.name in (i.source, i.target)), t.model)
+          for t in REGISTRY}
 
 
-def handler_for(resource_type: str) -> TypeHandler:
-    handler = HANDLERS.get(resource_type)
-    if handler is None:
+def handler_for(resource_type: str) -> StoredType:
+    """The stored type named `resource_type`; 404 when this server does not store it."""
+    found = TYPES.get(resource_type)
+    if found is None:
         raise NotFound(f"Resource type '{resource_type}' is not supported by this server")
-    return handler
+    return found
+
+
+def search_spec(resource_type: str) -> SearchSpec:
+    """What a search of `resource_type` may use (fhir_mappings.search.parse_search reads it); 404 for a type this
+    server does not store."""
+    handler_for(resource_type)
+    return _SPECS[resource_type]

@@ -36,10 +36,10 @@ Parameters (query):
   (default: all); another type is a 400.
 * `_since`: an instant; only resources whose `meta.lastUpdated` is after it.
 * `_typeFilter`: FHIR search queries per type, e.g. `Observation?code=https://trial-fhir.org/CodeSystem/ad-scores|EASI&date=ge2024-02-01`;
-  several for one type are OR'd. Supported: Observation `code`, `category`, `status`, `date`, `visit`, `arm`,
-  `patient`/`subject`; AdverseEvent `event`, `seriousness`, `severity`, `date`, `patient`/`subject`;
-  ResearchSubject `status`, `arm`, `patient`/`individual`; Patient `gender`, `birthdate`; ResearchStudy
-  `status`. Anything else is a 400 (the export is never silently wider than asked).
+  several for one type are OR'd. Each is read as the search it is: every search parameter and modifier of the
+  type (as in the CapabilityStatement), selecting what `GET /fhir/<type>?<query>` finds. An unknown parameter, a
+  malformed value or a result parameter (`_count`, `_sort`, …) is a 400 (the export is never silently wider
+  than asked).
 * `_outputFormat`: `application/fhir+ndjson` (default), `application/ndjson` or `ndjson`; else 400.
 
 Requires `Prefer: respond-async` (400 without it). Answers 202 with `Content-Location`, the status URL."""

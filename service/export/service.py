@@ -20,20 +20,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fhir_mappings.dates import fhir_instant
-from fhir_mappings.outcome import issue, outcome
-from service.errors import BadRequest, FhirError, NotFound
-from service.db import snapshot_connection
-from service.export import repository
-from service.export.repository import EXPORT_TYPES, FILTERS, FilterError, Selection
-from service.group import repository as groups
 from fhir_mappings.group import study_id_for_group
+from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, parse_search
+from service.core.registry import TYPES, search_spec
+from service.db import snapshot_connection
+from service.errors import BadRequest, FhirError, NotFound
+from service.export import repository
+from service.export.repository import Selection
+from service.group import repository as groups
 
 log = logging.getLogger("trial_fhir.export")
 
@@ -46,6 +48,8 @@ UNSUPPORTED = {"patient": "the patient parameter (POST kick-off) is not supporte
                "organizeOutputBy": "organizeOutputBy is not supported: one file per resource type",
                "allowPartialManifests": "partial manifests are not supported"}
 _FILTER_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
+#: every stored type, in the registry's order
+EXPORT_TYPES = tuple(TYPES)
 
 
 class ExportFailed(FhirError):
@@ -93,8 +97,25 @@ class ExportSpec:
 
     def selections(self) -> list[Selection]:
         study = study_id_for_group(self.group_id) if self.group_id else None
-        return [Selection(t, study, self.since, tuple(tuple(f) for f in self.type_filters.get(t, ())))
+        return [Selection(t, study, self.since,
+                          tuple(tuple(filter_criteria(t, f)) for f in self.type_filters.get(t, ())))
                 for t in self.types]
+
+
+def filter_criteria(resource_type: str, params: list[tuple[str, str]], text: str | None = None) -> list[Criterion]:
+    """One `_typeFilter` query (`params`, for `resource_type`) read as the search it is: by the search's own parser,
+    so it selects what `GET [base]/<type>?<query>` finds. 400 naming `_typeFilter` for whatever a search would
+    ignore (an unknown or malformed parameter, a modifier not supported) and for result parameters (`_count`,
+    `_sort`, …), which don't filter: the export is never silently wider than asked."""
+    what = f"_typeFilter '{text or resource_type + '?' + urlencode(params)}'"
+    for name, _ in params:
+        if name in RESULT_PARAMS or name in IGNORED_PARAMS:
+            raise BadRequest(f"{what}: {name} is not a search filter", expression="_typeFilter")
+    req = parse_search(search_spec(resource_type), params)
+    problems = req.errors + req.warnings
+    if problems:
+        raise BadRequest(f"{what}: {problems[0].diagnostics}", expression="_typeFilter")
+    return req.criteria
 
 
 def parse_since(value: str) -> datetime:
@@ -143,16 +164,13 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
     filters: dict[str, list[list[tuple[str, str]]]] = {}
     for text in raw_filters:
         rtype, sep, query = text.partition("?")
-        if not sep or rtype not in FILTERS:
+        if not sep or rtype not in TYPES:
             raise BadRequest(f"_typeFilter '{text}' must look like Observation?code=…, for one of "
                              f"{', '.join(EXPORT_TYPES)}", expression="_typeFilter")
         if rtype not in chosen:
             raise BadRequest(f"_typeFilter names {rtype}, which _type does not include", expression="_typeFilter")
         pairs = parse_qsl(query, keep_blank_values=True)
-        try:
-            repository.filter_condition(rtype, pairs)  # fail now (400), not in the worker
-        except FilterError as err:
-            raise BadRequest(f"_typeFilter '{text}': {err}", expression="_typeFilter") from None
+        filter_criteria(rtype, pairs, text)  # fail now (400), not in the worker
         filters.setdefault(rtype, []).append(pairs)
     return ExportSpec(group_id=group_id, types=chosen, since=since, type_filters=filters, output_format=output_format)
 

@@ -3,6 +3,7 @@
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from service.search import compiler
 from service.store.models import ResourceRecord
 from service.trial.models import StudyRecord, SubjectRecord
 
@@ -21,16 +22,17 @@ def find_studies(session: Session, ids: list[str] | None = None):
 
 
 def find_members(session: Session, study_id: str):
-    """(patient id, status, day0, end date) of every research subject of the study."""
-    stmt = select(S.c.patient_id, S.c.status, S.c.day0, S.c.end_date).where(S.c.study_id == study_id).order_by(
-        S.c.patient_id)
+    """(patient id, status, day0, end date) of every research subject of the study (the search
+    `ResearchSubject?study=ResearchStudy/<id>`)."""
+    stmt = select(S.c.patient_id, S.c.status, S.c.day0, S.c.end_date).where(
+        *compiler.in_study("ResearchSubject", study_id)).order_by(S.c.patient_id)
     return session.execute(stmt).all()
 
 
 def last_change(session: Session, study_id: str):
     """When the study or any of its research subjects last changed."""
     subjects = select(func.max(R.c.last_updated)).join(S, S.c.id == R.c.id).where(
-        R.c.resource_type == "ResearchSubject", S.c.study_id == study_id).scalar_subquery()
+        R.c.resource_type == "ResearchSubject", *compiler.in_study("ResearchSubject", study_id)).scalar_subquery()
     study = select(R.c.last_updated).where(R.c.resource_type == "ResearchStudy", R.c.id == study_id).scalar_subquery()
     first, second = session.execute(select(study, subjects)).one()
     return max(t for t in (first, second) if t is not None) if first or second else None

@@ -1,11 +1,21 @@
-"""Observations: which study and measure a result belongs to, its checks and its typed row."""
+"""Observations: which study and measure a result belongs to, its checks and its typed row; and Observation as a
+stored type (OBSERVATION: its search parameters, columns and sort)."""
 
-from fhir_mappings.observation import (check_observation, find_measure, measurement_row,
-                                       study_extension_reference, unknown_code_issue)
+from fhir_mappings import fhir
+from fhir_mappings.observation import (
+    check_observation,
+    find_measure,
+    measurement_row,
+    study_extension_reference,
+    unknown_code_issue,
+)
+from service import examples
+from service.core.stored_type import StoredType, param
 from service.errors import RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.unit_of_work import UnitOfWork
-from service.trial.service import enrolment_in, enrolments
+from service.trial.models import SubjectRecord
+from service.trial.service import enrolment_in, enrolments, prefetch_subjects
 
 M = MeasurementRecord.__table__
 
@@ -28,3 +38,35 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
     uow.add(M, measurement_row(payload, id, enrolment, measure, coding))
+
+
+S = SubjectRecord.__table__
+_STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
+
+OBSERVATION = StoredType(
+    "Observation", fhir.Observation, M, index_observation, examples.OBSERVATION, rank=2, prefetch=prefetch_subjects,
+    search=(
+        param("subject", "reference", M.c.patient_id, "Observation.subject", "The patient the result is about",
+              targets=("Patient",)),
+        param("patient", "reference", M.c.patient_id, "Observation.subject.where(resolve() is Patient)",
+              "The patient the result is about", targets=("Patient",)),
+        param("code", "coding", (M.c.code_system, M.c.code), "Observation.code",
+              "The measure's code (system|code, code or system|)"),
+        param("category", "code", M.c.category, "Observation.category", "survey or laboratory",
+              systems=("http://terminology.hl7.org/CodeSystem/observation-category",)),
+        param("status", "code", M.c.status, "Observation.status", "Result status",
+              systems=("http://hl7.org/fhir/observation-status",)),
+        param("date", "datetime", M.c.effective, "Observation.effective", "When the result was obtained (UTC)"),
+        param("value-quantity", "quantity", (M.c.value, M.c.measure), "Observation.value.as(Quantity)",
+              "The value, compared in the measure's canonical UCUM unit (a given unit is converted)"),
+        param("study", "reference", M.c.study_id, f"Observation.{_STUDY_EXT}",
+              "The research study the result belongs to (workflow-researchStudy extension, else the subject's "
+              "enrolment)", targets=("ResearchStudy",), custom=True),
+        param("arm", "arm", (M.c.subject_id, S.c.arm), "Observation.subject",
+              "The study arm of the subject (ResearchSubject actualArm, else assignedArm) at the time of the search",
+              custom=True),
+        param("visit", "code", M.c.visit, "Observation.effective",
+              "The visit the result falls in (baseline, week-4, week-12, unscheduled), from its date and the "
+              "subject's day 0", custom=True),
+    ),
+    sorts={"date": M.c.effective}, default_sort="date", study_param="study")

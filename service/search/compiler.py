@@ -1,225 +1,319 @@
-"""SQL of FHIR search: parsed criteria become conditions on the typed tables, pages are read in key order
-(keyset: `(sort value, id) > cursor`, never OFFSET), joined to `resource.content` for the stored JSON.
-Never commits, never sees HTTP."""
+"""The one place where parsed search criteria become SQL: conditions on the typed tables, and the page statements
+that read them in key order (keyset: `(sort value, id) > cursor`, never OFFSET), joined to `resource.content` for
+the stored JSON. Search, `_include`/`_revinclude`, Group membership and export `_typeFilter` all compile here, so
+they read every parameter the same way. Never commits, never sees HTTP.
+
+Each criterion is compiled in two steps that every caller shares:
+
+1. `compile_criteria` reduces the criteria to their *shape* (what decides the SQL text: the parameter, modifier,
+   how many values and of what form) and the values to bind, named `c<criterion>_<value>`. Plain Python, no SQL
+   objects: this is all a search whose statement is cached costs before it runs.
+2. `conditions_of` builds the conditions of a shape, its values either written in (`bound=False`: the general form,
+   built per request) or as those named bind parameters (`bound=True`: the form cached per shape).
+
+The two forms are the same builder over the same values, so the cached and the general path cannot disagree
+(tests/search/test_compiler.py compiles both on SQLite and PostgreSQL and compares them).
+"""
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, false, func, literal_column, or_, select, tuple_, union_all
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    case,
+    false,
+    func,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql import FromClause
 from sqlmodel import Session
 
-from fhir_mappings.search import Criterion, Cursor, DateRange, Include, ParamDef, Quantity, Sort, Token, params_for
-from service.adverse_event.models import AdverseEventRecord
-from service.observation.models import MeasurementRecord
+from fhir_mappings.search import Criterion, Cursor, DateRange, Include, Quantity, Ref, Sort, Token
+from service.core.registry import TYPES
+from service.core.stored_type import SearchParam, StoredType
 from service.store.driver import AsyncReadPool, DriverStatement
 from service.store.models import IdentifierRecord, ResourceRecord
-from service.trial.models import PatientRecord, StudyRecord, SubjectRecord
 
 R = ResourceRecord.__table__
 I = IdentifierRecord.__table__  # noqa: E741
-M = MeasurementRecord.__table__
-A = AdverseEventRecord.__table__
-S = SubjectRecord.__table__
-ST = StudyRecord.__table__
-P = PatientRecord.__table__
 
 #: what a search reads through: a Session (inside a unit of work, e.g. a batch entry) or a read connection
 Reader = Session | Connection
-
-#: the typed table each resource type is searched in (one row per current resource, keyed by id)
-TYPED = {"Observation": M, "AdverseEvent": A, "ResearchSubject": S, "ResearchStudy": ST, "Patient": P}
-DATE_SORT = {"Observation": M.c.effective, "AdverseEvent": A.c.onset}
-
-#: (type, parameter) -> (kind, column...)
-COLUMNS: dict[tuple[str, str], tuple] = {
-    ("Observation", "subject"): ("reference", M.c.patient_id),
-    ("Observation", "patient"): ("reference", M.c.patient_id),
-    ("Observation", "study"): ("reference", M.c.study_id),
-    ("Observation", "code"): ("coding", M.c.code_system, M.c.code),
-    ("Observation", "category"): ("code", M.c.category),
-    ("Observation", "status"): ("code", M.c.status),
-    ("Observation", "date"): ("datetime", M.c.effective),
-    ("Observation", "value-quantity"): ("quantity", M.c.value),
-    ("Observation", "arm"): ("arm", M.c.subject_id),
-    ("Observation", "visit"): ("code", M.c.visit),
-    ("AdverseEvent", "subject"): ("reference", A.c.patient_id),
-    ("AdverseEvent", "study"): ("reference", A.c.study_id),
-    ("AdverseEvent", "date"): ("datetime", A.c.onset),
-    ("AdverseEvent", "event"): ("coding", A.c.event_system, A.c.event_code),
-    ("AdverseEvent", "seriousness"): ("code", A.c.seriousness),
-    ("AdverseEvent", "severity"): ("code", A.c.severity),
-    ("ResearchSubject", "study"): ("reference", S.c.study_id),
-    ("ResearchSubject", "individual"): ("reference", S.c.patient_id),
-    ("ResearchSubject", "patient"): ("reference", S.c.patient_id),
-    ("ResearchSubject", "status"): ("code", S.c.status),
-    ("ResearchSubject", "arm"): ("code", S.c.arm),
-    ("ResearchStudy", "status"): ("code", ST.c.status),
-    ("ResearchStudy", "title"): ("string", ST.c.title),
-    ("Patient", "birthdate"): ("date", P.c.birth_date),
-    ("Patient", "gender"): ("code", P.c.gender),
-}
-
-#: (source type, reference parameter) -> the typed column holding the referenced id
-REFERENCE_COLUMNS = {
-    ("Observation", "subject"): M.c.patient_id, ("Observation", "patient"): M.c.patient_id,
-    ("Observation", "study"): M.c.study_id,
-    ("ResearchSubject", "individual"): S.c.patient_id, ("ResearchSubject", "patient"): S.c.patient_id,
-    ("ResearchSubject", "study"): S.c.study_id,
-    ("AdverseEvent", "subject"): A.c.patient_id, ("AdverseEvent", "study"): A.c.study_id,
-}
 
 
 def _connection(session: Reader) -> Connection:
     return session.connection() if isinstance(session, Session) else session
 
 
-def _table(resource_type: str):
-    return TYPED.get(resource_type, R)
+_JOINS: dict[str, FromClause] = {}
 
 
-def _scope(resource_type: str) -> list[ColumnElement]:
-    """Conditions every query of the type carries (types without a typed table are read from `resource`)."""
-    if resource_type in TYPED:
-        return []
-    return [R.c.resource_type == resource_type, R.c.deleted.is_(False)]
-
-
-_JOINS: dict[str, Any] = {}
-
-
-def _joined(resource_type: str):
+def _joined(stype: StoredType) -> FromClause:
     """The typed table joined to its `resource` row (built once per type)."""
-    joined = _JOINS.get(resource_type)
+    joined = _JOINS.get(stype.name)
     if joined is None:
-        table = _table(resource_type)
-        joined = R if table is R else table.join(R, and_(R.c.resource_type == resource_type, R.c.id == table.c.id))
-        _JOINS[resource_type] = joined
+        table = stype.table
+        joined = table.join(R, and_(R.c.resource_type == stype.name, R.c.id == table.c.id))
+        _JOINS[stype.name] = joined
     return joined
 
 
-def uses_resource_table(criteria: Sequence[Criterion]) -> bool:
-    return any(c.name == "_lastUpdated" for c in criteria)
+# -- step 1: criteria → shape and values ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """Criteria of one type reduced to their shape (one tuple `(parameter, modifier, *form)` per criterion) and
+    the values the shape binds. `cached`: every criterion is of a form whose page statement is kept per shape (see
+    `_cacheable`); `uses_resource`: a criterion reads the `resource` row (`_lastUpdated`)."""
+
+    resource_type: str
+    shape: tuple[tuple[Any, ...], ...]
+    values: dict[str, Any]
+    cached: bool
+    uses_resource: bool
 
 
-def excludes_missing(resource_type: str, sort: Sort, criteria: Sequence[Criterion]) -> bool:
-    """True when a criterion on the sort key (a date) can only match rows that have a value."""
-    if sort.key == "date":
-        return any(c.name == "date" and c.modifier != "missing" for c in criteria)
-    return False
+#: a criterion's form (what, besides parameter and modifier, decides its SQL text) and its values, in order
+Reduced = tuple[tuple[Any, ...], list[Any]]
 
 
-# -- conditions ------------------------------------------------------------------------------------------
+def compile_criteria(resource_type: str, criteria: Sequence[Criterion]) -> Compiled:
+    """The shape and values of parsed criteria (AND'd; each criterion's values OR'd)."""
+    stype = TYPES[resource_type]
+    shape: list[tuple[Any, ...]] = []
+    values: dict[str, Any] = {}
+    cached = True
+    for n, crit in enumerate(criteria):
+        param = stype.params[crit.name]
+        form, found = ((crit.missing,), []) if crit.modifier == "missing" else _REDUCE[param.kind](param, crit)
+        shape.append((crit.name, crit.modifier, *form))
+        for i, value in enumerate(found):
+            values[f"c{n}_{i}"] = value
+        cached = cached and _cacheable(param, crit)
+    return Compiled(resource_type, tuple(shape), values, cached,
+                    any(stype.params[c.name].kind == "last_updated" for c in criteria))
 
-def conditions(resource_type: str, criteria: Sequence[Criterion]) -> list[ColumnElement]:
-    """SQL conditions (AND'd) for parsed criteria; each criterion's values are OR'd."""
-    table = _table(resource_type)
-    params = params_for(resource_type)
-    where = _scope(resource_type)
-    for crit in criteria:
-        where.append(_criterion(resource_type, table, params[crit.name], crit))
-    return where
 
-
-def _criterion(rtype: str, table, param: ParamDef, crit: Criterion) -> ColumnElement:
-    if crit.name == "_id":
-        return table.c.id.in_(list(crit.values))
-    if crit.name == "_lastUpdated":
-        return or_(*[_date_cmp(R.c.last_updated, v) for v in crit.values])
-    if crit.name == "identifier":
-        return _identifier(rtype, table, crit)
-    kind, *cols = COLUMNS[(rtype, crit.name)]
-    if kind == "arm":
-        return _arm(cols[0], crit)
+def _cacheable(param: SearchParam, crit: Criterion) -> bool:
+    """Is the page statement of this criterion kept per shape? The forms measured hot (ids and references, codes,
+    codings and dates without modifiers). The others are built per request with their values written in, so
+    PostgreSQL plans them with those values: their selectivity (a quantity range, `_lastUpdated`, a title prefix)
+    depends on the values, which a cached generic plan would not see."""
     if crit.modifier == "missing":
-        column = cols[-1]
-        return column.is_(None) if crit.missing else column.is_not(None)
-    if kind == "reference":
-        ids = [v.id for v in crit.values if v.type is None or v.type in param.targets]
-        if not ids:
-            return false()
-        return cols[0] == ids[0] if len(ids) == 1 else cols[0].in_(ids)
-    if kind == "datetime":
-        return or_(*[_date_cmp(cols[0], v) for v in crit.values])
-    if kind == "date":
-        return or_(*[_date_cmp(cols[0], _as_dates(v)) for v in crit.values])
-    if kind == "quantity":
-        return or_(*[_quantity(cols[0], v) for v in crit.values])
-    if kind == "string":
-        return or_(*[_string(cols[0], crit.modifier, v) for v in crit.values])
-    if kind == "code":
-        cond = or_(*[_code(cols[0], param, v) for v in crit.values])
-    else:  # coding
-        cond = or_(*[_coding(cols[0], cols[1], v) for v in crit.values])
-    return _negate(cond) if crit.modifier == "not" else cond
+        return False
+    if param.kind in ("id", "reference"):
+        return True
+    return param.kind in ("code", "coding", "datetime") and crit.modifier is None
 
 
-def _negate(cond: ColumnElement) -> ColumnElement:
-    """`:not`: every row where `cond` is not true, including rows with no value (NULL)."""
-    return case((cond, 1), else_=0) == 0
+def _reduce_ids(param: SearchParam, crit: Criterion) -> Reduced:
+    return (), [list(crit.values)]
 
 
-def _code(column, param: ParamDef, token: Token) -> ColumnElement:
-    systems = param.systems or ("",)
-    if token.system is not None and token.system not in systems:
-        return false()
-    if token.code is None:
-        return column.is_not(None)
-    return column == token.code
-
-
-def _coding(system_col, code_col, token: Token) -> ColumnElement:
-    parts = []
-    if token.system == "":
-        parts.append(or_(system_col.is_(None), system_col == ""))
-    elif token.system is not None:
-        parts.append(system_col == token.system)
-    if token.code is not None:
-        parts.append(code_col == token.code)
-    return and_(*parts)
-
-
-def _identifier(rtype: str, table, crit: Criterion) -> ColumnElement:
-    owned = select(I.c.resource_id).where(I.c.resource_type == rtype)
-    if crit.modifier == "missing":
-        return table.c.id.not_in(owned) if crit.missing else table.c.id.in_(owned)
-    ors = []
-    for token in crit.values:
-        parts = []
-        if token.system is not None:
-            parts.append(I.c.system == token.system)
-        if token.code is not None:
-            parts.append(I.c.value == token.code)
-        ors.append(and_(*parts))
-    matching = owned.where(or_(*ors))
-    return table.c.id.not_in(matching) if crit.modifier == "not" else table.c.id.in_(matching)
-
-
-def _arm(subject_col, crit: Criterion) -> ColumnElement:
-    if crit.modifier == "missing":
-        subjects = select(S.c.id).where(S.c.arm.is_(None) if crit.missing else S.c.arm.is_not(None))
-        return subject_col.in_(subjects)
-    names = [t.code for t in crit.values if t.system in (None, "") and t.code is not None]
-    any_arm = any(t.system in (None, "") and t.code is None for t in crit.values)
-    arm_cond = S.c.arm.is_not(None) if any_arm else S.c.arm.in_(names) if names else false()
-    subjects = select(S.c.id).where(arm_cond)
-    return subject_col.not_in(subjects) if crit.modifier == "not" else subject_col.in_(subjects)
+def _reduce_dates(param: SearchParam, crit: Criterion) -> Reduced:
+    ranges: list[DateRange] = list(crit.values)
+    if param.kind == "date":
+        ranges = [_as_dates(r) for r in ranges]
+    return tuple(r.prefix for r in ranges), [v for r in ranges for v in (r.low, r.high)]
 
 
 def _as_dates(rng: DateRange) -> DateRange:
     """A UTC range of instants as a range of calendar dates (for `date` columns)."""
     def day(moment: datetime, ceil: bool) -> date:
         d = moment.date()
-        return d if not ceil or moment.time() == time(0) else date.fromordinal(min(d.toordinal() + 1, date.max.toordinal()))
+        if not ceil or moment.time() == time(0):
+            return d
+        return date.fromordinal(min(d.toordinal() + 1, date.max.toordinal()))
     return DateRange(rng.prefix, day(rng.low, False), day(rng.high, True))  # type: ignore[arg-type]
 
 
-def _date_cmp(column, rng: DateRange) -> ColumnElement:
+def _reduce_identifier(param: SearchParam, crit: Criterion) -> Reduced:
+    tokens: list[Token] = list(crit.values)
+    values = [v for t in tokens for v in (t.system, t.code) if v is not None]
+    return tuple((t.system is not None, t.code is not None) for t in tokens), values
+
+
+def _reference_ids(param: SearchParam, crit: Criterion) -> list[str]:
+    return [r.id for r in crit.values if r.type is None or r.type in param.fhir.targets]
+
+
+def _reduce_reference(param: SearchParam, crit: Criterion) -> Reduced:
+    ids = _reference_ids(param, crit)
+    return (min(len(ids), 2),), [] if not ids else [ids[0]] if len(ids) == 1 else [ids]
+
+
+def _code_form(param: SearchParam, token: Token) -> str:
+    systems = param.fhir.systems or ("",)
+    if token.system is not None and token.system not in systems:
+        return "false"  # a code of another system: none of ours
+    return "any" if token.code is None else "eq"
+
+
+def _reduce_code(param: SearchParam, crit: Criterion) -> Reduced:
+    tokens: list[Token] = list(crit.values)
+    forms = tuple(_code_form(param, t) for t in tokens)
+    return forms, [t.code for t, form in zip(tokens, forms, strict=True) if form == "eq"]
+
+
+def _reduce_coding(param: SearchParam, crit: Criterion) -> Reduced:
+    forms, values = [], []
+    for token in crit.values:
+        system = "any" if token.system is None else "none" if token.system == "" else "eq"
+        if system == "eq":
+            values.append(token.system)
+        if token.code is not None:
+            values.append(token.code)
+        forms.append((system, token.code is not None))
+    return tuple(forms), values
+
+
+def _reduce_arm(param: SearchParam, crit: Criterion) -> Reduced:
+    tokens: list[Token] = list(crit.values)
+    names = [t.code for t in tokens if t.system in (None, "") and t.code is not None]
+    if any(t.system in (None, "") and t.code is None for t in tokens):
+        return ("any",), []
+    if names:
+        return ("names",), [names]
+    return ("none",), []  # only arms of a code system: arms have none
+
+
+def _quantity_values(prefix: str, number: float, low: float, high: float) -> list[float]:
+    if prefix in ("eq", "ne"):
+        return [low, high]
+    if prefix == "ap":  # within 10%
+        return [min(low, high), max(low, high)]
+    return [number]
+
+
+def _reduce_quantity(param: SearchParam, crit: Criterion) -> Reduced:
+    forms: list[tuple[tuple[str, bool], ...]] = []
+    values: list[Any] = []
+    quantity: Quantity
+    for quantity in crit.values:
+        bounds = []
+        for b in quantity.bounds:
+            if b.measure is not None:
+                values.append(b.measure)
+            values += _quantity_values(b.prefix, b.number, b.low, b.high)
+            bounds.append((b.prefix, b.measure is not None))
+        forms.append(tuple(bounds))
+    return tuple(forms), values
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _reduce_string(param: SearchParam, crit: Criterion) -> Reduced:
+    if crit.modifier == "exact":
+        return (len(crit.values),), list(crit.values)
+    wrap = "%{}%" if crit.modifier == "contains" else "{}%"
+    return (len(crit.values),), [wrap.format(_like_escape(v.lower())) for v in crit.values]
+
+
+_REDUCE: dict[str, Callable[[SearchParam, Criterion], Reduced]] = {
+    "id": _reduce_ids, "last_updated": _reduce_dates, "identifier": _reduce_identifier,
+    "reference": _reduce_reference, "code": _reduce_code, "coding": _reduce_coding, "arm": _reduce_arm,
+    "datetime": _reduce_dates, "date": _reduce_dates, "quantity": _reduce_quantity, "string": _reduce_string,
+}
+
+
+# -- step 2: shape → conditions ----------------------------------------------------------------------------
+
+class _Values:
+    """The values of one criterion, in order: written in, or as the named bind parameters of its shape."""
+
+    def __init__(self, values: dict[str, Any], prefix: str, bound: bool) -> None:
+        self.values, self.prefix, self.bound, self.n = values, prefix, bound, 0
+
+    def next(self, column: ColumnElement[Any]) -> object:
+        """The next value, compared with `column`."""
+        name = f"{self.prefix}_{self.n}"
+        self.n += 1
+        return bindparam(name, type_=column.type) if self.bound else self.values[name]
+
+    def many(self, column: ColumnElement[Any]) -> list[Any] | BindParameter[Any]:
+        """The next value, a list for `column IN (…)` (an expanding bind parameter)."""
+        name = f"{self.prefix}_{self.n}"
+        self.n += 1
+        return bindparam(name, type_=column.type, expanding=True) if self.bound else list(self.values[name])
+
+
+def conditions_of(compiled: Compiled, *, bound: bool = False) -> list[ColumnElement[bool]]:
+    """The conditions (AND'd) of compiled criteria: their values written in (`bound=False`), or as the named bind
+    parameters that `compiled.values` fills (`bound=True`, the form of a statement cached per shape)."""
+    stype = TYPES[compiled.resource_type]
+    found = []
+    for n, (name, modifier, *form) in enumerate(compiled.shape):
+        param = stype.params[name]
+        values = _Values(compiled.values, f"c{n}", bound)
+        if modifier == "missing":
+            found.append(_missing(stype, param, form[0]))
+        else:
+            found.append(_BUILD[param.kind](stype, param, modifier, tuple(form), values))
+    return found
+
+
+def conditions(resource_type: str, criteria: Sequence[Criterion]) -> list[ColumnElement[bool]]:
+    """SQL conditions (AND'd) for parsed criteria, values written in; each criterion's values are OR'd."""
+    return conditions_of(compile_criteria(resource_type, criteria))
+
+
+def references(resource_type: str, param: str, target_type: str, ids: Sequence[str]) -> list[ColumnElement[bool]]:
+    """The conditions of the search `resource_type?param=target_type/id,…`: the resources that point at one of
+    `ids` through the reference parameter `param`."""
+    return conditions(resource_type, [Criterion(param, "reference", None, tuple(Ref(target_type, i) for i in ids))])
+
+
+def in_study(resource_type: str, study_id: str) -> list[ColumnElement[bool]]:
+    """The conditions of the search for the resources of `resource_type` that belong to a study, through the
+    parameter its declaration names for that (`study_param`: `study`, or `_id` for ResearchStudy)."""
+    stype = TYPES[resource_type]
+    if stype.study_param is None:
+        raise ValueError(f"{resource_type} declares no study parameter")
+    param = stype.params[stype.study_param]
+    value: Any = study_id if param.kind == "id" else Ref("ResearchStudy", study_id)
+    return conditions(resource_type, [Criterion(param.name, param.fhir.type, None, (value,))])
+
+
+def _missing(stype: StoredType, param: SearchParam, missing: bool) -> ColumnElement[bool]:
+    if param.kind == "identifier":
+        owned = select(I.c.resource_id).where(I.c.resource_type == stype.name)
+        return stype.table.c.id.not_in(owned) if missing else stype.table.c.id.in_(owned)
+    if param.kind == "arm":
+        subject, arm = param.columns
+        return subject.in_(select(arm.table.c.id).where(arm.is_(None) if missing else arm.is_not(None)))
+    column = param.columns[-1] if param.kind == "coding" else param.column  # coding: (system, code)
+    return column.is_(None) if missing else column.is_not(None)
+
+
+Build = Callable[[StoredType, SearchParam, str | None, tuple[Any, ...], _Values], ColumnElement[bool]]
+
+
+def _build_ids(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+               values: _Values) -> ColumnElement[bool]:
+    return param.column.in_(values.many(param.column))
+
+
+def _build_dates(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                 values: _Values) -> ColumnElement[bool]:
+    column = param.column
+    return or_(*[_date_cmp(column, prefix, values.next(column), values.next(column)) for prefix in form])
+
+
+def _date_cmp(column: ColumnElement[Any], prefix: str, low: object, high: object) -> ColumnElement[bool]:
     """The stored moment `column` (a point) against the searched range [low, high)."""
-    low, high, prefix = rng.low, rng.high, rng.prefix
     if prefix == "eq":
         return and_(column >= low, column < high)
     if prefix == "ne":
@@ -235,147 +329,129 @@ def _date_cmp(column, rng: DateRange) -> ColumnElement:
     return false()
 
 
-def _quantity(column, quantity: Quantity) -> ColumnElement:
+def _build_identifier(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                      values: _Values) -> ColumnElement[bool]:
+    system, value = param.columns
     ors = []
-    for b in quantity.bounds:
-        p = b.prefix
-        if p == "eq":
-            cond = and_(column >= b.low, column < b.high)
-        elif p == "ne":
-            cond = or_(column < b.low, column >= b.high)
-        elif p in ("gt", "sa"):
-            cond = column > b.number
-        elif p in ("lt", "eb"):
-            cond = column < b.number
-        elif p == "ge":
-            cond = column >= b.number
-        elif p == "le":
-            cond = column <= b.number
-        else:  # ap: within 10%
-            cond = and_(column >= min(b.low, b.high), column <= max(b.low, b.high))
-        ors.append(cond if b.measure is None else and_(M.c.measure == b.measure, cond))
+    for has_system, has_code in form:
+        parts = []
+        if has_system:
+            parts.append(system == values.next(system))
+        if has_code:
+            parts.append(value == values.next(value))
+        ors.append(and_(*parts))
+    matching = select(I.c.resource_id).where(I.c.resource_type == stype.name, or_(*ors))
+    return stype.table.c.id.not_in(matching) if modifier == "not" else stype.table.c.id.in_(matching)
+
+
+def _build_reference(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                     values: _Values) -> ColumnElement[bool]:
+    many, column = form[0], param.column
+    if many == 0:
+        return false()
+    if many == 1:
+        return column == values.next(column)
+    return column.in_(values.many(column))
+
+
+def _negate(cond: ColumnElement[bool]) -> ColumnElement[bool]:
+    """`:not`: every row where `cond` is not true, including rows with no value (NULL)."""
+    return case((cond, 1), else_=0) == 0
+
+
+def _build_code(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                values: _Values) -> ColumnElement[bool]:
+    column = param.column
+    cond = or_(*[false() if part == "false" else column.is_not(None) if part == "any"
+                 else column == values.next(column) for part in form])
+    return _negate(cond) if modifier == "not" else cond
+
+
+def _build_coding(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                  values: _Values) -> ColumnElement[bool]:
+    system_col, code_col = param.columns
+    ors = []
+    for system, has_code in form:
+        parts = []
+        if system == "none":
+            parts.append(or_(system_col.is_(None), system_col == ""))
+        elif system == "eq":
+            parts.append(system_col == values.next(system_col))
+        if has_code:
+            parts.append(code_col == values.next(code_col))
+        ors.append(and_(*parts))
+    cond = or_(*ors)
+    return _negate(cond) if modifier == "not" else cond
+
+
+def _build_arm(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+               values: _Values) -> ColumnElement[bool]:
+    subject, arm = param.columns
+    mode = form[0]
+    cond = arm.is_not(None) if mode == "any" else arm.in_(values.many(arm)) if mode == "names" \
+        else false()
+    subjects = select(arm.table.c.id).where(cond)
+    return subject.not_in(subjects) if modifier == "not" else subject.in_(subjects)
+
+
+def _build_quantity(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                    values: _Values) -> ColumnElement[bool]:
+    column, measure = param.columns
+    ors = []
+    for bounds in form:
+        for prefix, has_measure in bounds:
+            measured = measure == values.next(measure) if has_measure else None
+            if prefix == "eq":
+                cond = and_(column >= values.next(column), column < values.next(column))
+            elif prefix == "ap":
+                cond = and_(column >= values.next(column), column <= values.next(column))
+            elif prefix == "ne":
+                cond = or_(column < values.next(column), column >= values.next(column))
+            else:
+                number = values.next(column)
+                cond = {"gt": column > number, "sa": column > number, "lt": column < number,
+                        "eb": column < number, "ge": column >= number, "le": column <= number}[prefix]
+            ors.append(cond if measured is None else and_(measured, cond))
     return or_(*ors) if ors else false()
 
 
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _string(column, modifier: str | None, value: str) -> ColumnElement:
+def _build_string(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                  values: _Values) -> ColumnElement[bool]:
+    column = param.column
     if modifier == "exact":
-        return column == value
-    pattern = _like_escape(value.lower())
-    pattern = f"%{pattern}%" if modifier == "contains" else f"{pattern}%"
-    return func.lower(column).like(pattern, escape="\\")
+        return or_(*[column == values.next(column) for _ in range(form[0])])
+    return or_(*[func.lower(column).like(values.next(column), escape="\\") for _ in range(form[0])])
 
 
-# -- reading ---------------------------------------------------------------------------------------------
-
-def _sort_column(resource_type: str, sort: Sort):
-    if sort.key == "_lastUpdated":
-        return R.c.last_updated
-    if sort.key == "date":
-        return DATE_SORT[resource_type]
-    return _table(resource_type).c.id
+_BUILD: dict[str, Build] = {
+    "id": _build_ids, "last_updated": _build_dates, "identifier": _build_identifier,
+    "reference": _build_reference, "code": _build_code, "coding": _build_coding, "arm": _build_arm,
+    "datetime": _build_dates, "date": _build_dates, "quantity": _build_quantity, "string": _build_string,
+}
 
 
-# -- statements cached per query shape ---------------------------------------------------------------------
+def excludes_missing(resource_type: str, sort: Sort, criteria: Sequence[Criterion]) -> bool:
+    """True when a criterion on the sort key (a date) can only match rows that have a value."""
+    stype = TYPES[resource_type]
+    if sort.key not in stype.sorts:
+        return False
+    return any(c.name == sort.key and c.modifier != "missing"
+               and stype.params[c.name].kind in ("datetime", "date") for c in criteria)
+
+
+# -- pages -------------------------------------------------------------------------------------------------
 #
 # Building a SQLAlchemy statement costs far more than running it (DESIGN.md: the database answers in ~0.3 ms).
-# The common criteria (`_id`, references, token codes and codings, dates, with no modifier) are therefore
-# reduced to a *shape* (what decides the SQL text) and the values to bind; a page query is built once per
-# shape, with named bind parameters, and reused, so SQLAlchemy's compiled cache hits and nothing is rebuilt.
-# Any other criterion takes the general path above (`conditions`), which builds the statement per request.
+# A page of cacheable criteria is therefore built once per shape, with named bind parameters, and reused (with
+# its driver form, DriverStatement), so nothing is rebuilt and SQLAlchemy's compiled cache hits; any other page is
+# built for its request by the same functions, its criteria's values written in.
 
-def fast_shape(resource_type: str, criteria: Sequence[Criterion]) -> tuple[tuple, dict[str, Any]] | None:
-    """(shape, bind values) of `criteria` when every one is of a cached kind, else None."""
-    if resource_type not in TYPED:
-        return None
-    params = params_for(resource_type)
-    shape: list[tuple] = []
-    values: dict[str, Any] = {}
-    for n, crit in enumerate(criteria):
-        name = f"c{n}"
-        if crit.name == "_id":
-            if crit.modifier is not None:
-                return None
-            shape.append(("_id",))
-            values[name] = list(crit.values)
-            continue
-        found = COLUMNS.get((resource_type, crit.name))
-        if found is None or crit.modifier == "missing":
-            return None
-        kind = found[0]
-        param = params[crit.name]
-        if kind == "reference":
-            ids = [v.id for v in crit.values if v.type is None or v.type in param.targets]
-            shape.append((crit.name, "reference", min(len(ids), 2)))
-            values[name] = ids[0] if len(ids) == 1 else ids
-        elif kind == "code" and crit.modifier is None:
-            systems = param.systems or ("",)
-            parts = []
-            for i, token in enumerate(crit.values):
-                if token.system is not None and token.system not in systems:
-                    parts.append("false")
-                elif token.code is None:
-                    parts.append("any")
-                else:
-                    parts.append("eq")
-                    values[f"{name}_{i}"] = token.code
-            shape.append((crit.name, "code", tuple(parts)))
-        elif kind == "coding" and crit.modifier is None:
-            parts = []
-            for i, token in enumerate(crit.values):
-                system = "any" if token.system is None else "none" if token.system == "" else "eq"
-                if system == "eq":
-                    values[f"{name}_{i}s"] = token.system
-                if token.code is not None:
-                    values[f"{name}_{i}c"] = token.code
-                parts.append((system, token.code is not None))
-            shape.append((crit.name, "coding", tuple(parts)))
-        elif kind == "datetime" and crit.modifier is None:
-            for i, rng in enumerate(crit.values):
-                values[f"{name}_{i}l"], values[f"{name}_{i}h"] = rng.low, rng.high
-            shape.append((crit.name, "datetime", tuple(rng.prefix for rng in crit.values)))
-        else:
-            return None
-    return tuple(shape), values
-
-
-def _fast_conditions(resource_type: str, shape: tuple) -> list[ColumnElement]:
-    """The conditions of a shape, with the bind parameters `fast_shape` names (mirrors `_criterion`)."""
-    table = _table(resource_type)
-    where: list[ColumnElement] = []
-    for n, (pname, *rest) in enumerate(shape):
-        name = f"c{n}"
-        if pname == "_id":
-            where.append(table.c.id.in_(bindparam(name, expanding=True)))
-            continue
-        kind, *cols = COLUMNS[(resource_type, pname)]
-        if kind == "reference":
-            many = rest[1]
-            where.append(false() if many == 0 else cols[0] == bindparam(name) if many == 1
-                         else cols[0].in_(bindparam(name, expanding=True)))
-        elif kind == "code":
-            where.append(or_(*[false() if part == "false" else cols[0].is_not(None) if part == "any"
-                               else cols[0] == bindparam(f"{name}_{i}") for i, part in enumerate(rest[1])]))
-        elif kind == "coding":
-            ors = []
-            for i, (system, has_code) in enumerate(rest[1]):
-                parts = []
-                if system == "none":
-                    parts.append(or_(cols[0].is_(None), cols[0] == ""))
-                elif system == "eq":
-                    parts.append(cols[0] == bindparam(f"{name}_{i}s"))
-                if has_code:
-                    parts.append(cols[1] == bindparam(f"{name}_{i}c"))
-                ors.append(and_(*parts))
-            where.append(or_(*ors))
-        else:  # datetime
-            where.append(or_(*[_date_cmp(cols[0], DateRange(prefix, bindparam(f"{name}_{i}l", type_=cols[0].type),
-                                                            bindparam(f"{name}_{i}h", type_=cols[0].type)))
-                               for i, prefix in enumerate(rest[1])]))
-    return where
+def _sort_column(stype: StoredType, sort: Sort) -> ColumnElement[Any]:
+    if sort.key == "_lastUpdated":
+        return R.c.last_updated
+    if sort.key == "_id":
+        return stype.table.c.id
+    return stype.sorts[sort.key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,17 +460,18 @@ class _Page:
     driver: DriverStatement | None
 
 
-_PAGE_STATEMENTS: dict[tuple, _Page] = {}
+_PAGE_STATEMENTS: dict[tuple[Any, ...], _Page] = {}
 
 
 @dataclass(frozen=True, slots=True)
-class FastPage:
-    """A page of a cached shape, ready to run: the statement (with its driver form) and the values to bind."""
+class PlannedPage:
+    """A page ready to run: the statement (with its driver form when cached) and the values to bind."""
+
     page: _Page
     binds: dict[str, Any]
     backwards: bool
 
-    def rows(self, found) -> list[tuple[int, Any, str, str]]:
+    def rows(self, found: Sequence[Any]) -> list[tuple[int, Any, str, str]]:
         """(phase, sort value, id, content) in sort order, from the statement's rows (phase, id, value, content)."""
         rows = [(phase, value, rid, content) for phase, rid, value, content in found]
         if self.backwards:
@@ -402,37 +479,67 @@ class FastPage:
         return rows
 
 
-def fast_page(dialect: Dialect, resource_type: str, fast: tuple[tuple, dict[str, Any]], sort: Sort,
-              cursor: Cursor | None, limit: int, *, not_null: bool = False) -> FastPage | None:
-    """The one statement that reads a page of the cached shape `fast` (see find_page); None when no phase can
-    match (the page is empty)."""
-    key, by_id, nullable, backwards, descending, phases = _walk(resource_type, sort, cursor)
+def plan_page(dialect: Dialect, compiled: Compiled, sort: Sort, cursor: Cursor | None, limit: int, *,
+              not_null: bool = False) -> PlannedPage | None:
+    """The one statement that reads a page of `compiled` (see find_page), from the cache when its criteria are
+    cacheable; None when no phase can match (the page is empty)."""
+    stype = TYPES[compiled.resource_type]
+    key, by_id, nullable, backwards, descending, phases = _walk(stype, sort, cursor)
     runs = tuple(p for p in phases if not (p == 1 and not_null))
     if not runs:
         return None
     at_cursor = tuple(cursor is not None and p == cursor.phase for p in runs)
-    cache_key = (dialect.name, dialect.driver, resource_type, fast[0], sort.key, descending, runs, at_cursor, limit)
-    page = _PAGE_STATEMENTS.get(cache_key)
-    if page is None:
-        where = _fast_conditions(resource_type, fast[0])
+
+    def build(bound: bool) -> Any:
+        conds = conditions_of(compiled, bound=bound)
         if dialect.name == "postgresql" and runs == (0, 1) and not any(at_cursor) and not descending:
-            stmt = _first_page_nulls_last(resource_type, where, key, limit)
-        else:
-            stmt = _phases_statement(resource_type, where, key, by_id, nullable, descending, runs, at_cursor, limit)
-        page = _Page(stmt, DriverStatement.compile(stmt, dialect))
-        if len(_PAGE_STATEMENTS) < 4096:
-            _PAGE_STATEMENTS[cache_key] = page
-    binds = dict(fast[1])
-    if any(at_cursor):
+            return _first_page_nulls_last(stype, conds, key, limit)
+        return _phases_statement(stype, conds, key, by_id, nullable, descending, runs, at_cursor, limit)
+
+    if compiled.cached:
+        cache_key = (dialect.name, dialect.driver, compiled.resource_type, compiled.shape, sort.key, descending,
+                     runs, at_cursor, limit)
+        page = _PAGE_STATEMENTS.get(cache_key)
+        if page is None:
+            stmt = build(True)
+            page = _Page(stmt, DriverStatement.compile(stmt, dialect))
+            if len(_PAGE_STATEMENTS) < 4096:
+                _PAGE_STATEMENTS[cache_key] = page
+        binds = dict(compiled.values)
+    else:
+        page, binds = _Page(build(False), None), {}
+    if cursor is not None and any(at_cursor):
         binds["cursor_value"], binds["cursor_id"] = cursor.value, cursor.id
-    return FastPage(page, binds, backwards)
+    return PlannedPage(page, binds, backwards)
 
 
-async def find_page_async(pool: AsyncReadPool, resource_type: str, fast: tuple[tuple, dict[str, Any]], sort: Sort,
-                          cursor: Cursor | None, limit: int, *, not_null: bool = False) -> list[tuple] | None:
-    """`find_page` for a cached shape, read on the event loop through `pool` (PostgreSQL, asyncpg); None when the
-    page statement can't go to the driver as it is (an IN list): read it with `find_page` in a thread instead."""
-    planned = fast_page(pool.dialect, resource_type, fast, sort, cursor, limit, not_null=not_null)
+def find_page(session: Reader, compiled: Compiled, sort: Sort, cursor: Cursor | None, limit: int, *,
+              not_null: bool = False) -> list[tuple[int, Any, str, str]]:
+    """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
+    `before` cursor, the rows just before it, still returned in sort order).
+
+    The order is total: rows with a sort value by (value, id), then rows without one by id, in the sort's
+    direction; so a page never repeats or skips a row however many rows are written meanwhile. Each phase is
+    one index-ordered SELECT … LIMIT, and the phases one statement (one round trip). `not_null`: the criteria only
+    match rows with a sort value."""
+    conn = _connection(session)
+    planned = plan_page(conn.dialect, compiled, sort, cursor, limit, not_null=not_null)
+    if planned is None:
+        return []
+    found: Sequence[Any]
+    if planned.page.driver is not None and not conn.engine.echo:
+        found = planned.page.driver.run(conn, planned.page.stmt, planned.binds)
+    else:
+        found = conn.execute(planned.page.stmt, planned.binds).all()
+    return planned.rows(found)
+
+
+async def find_page_async(pool: AsyncReadPool, compiled: Compiled, sort: Sort, cursor: Cursor | None, limit: int,
+                          *, not_null: bool = False) -> list[tuple[int, Any, str, str]] | None:
+    """`find_page` for cacheable criteria, read on the event loop through `pool` (PostgreSQL, asyncpg); None when
+    the page statement can't go to the driver as it is (an IN list, or criteria that are not cacheable): read it
+    with `find_page` in a thread instead."""
+    planned = plan_page(pool.dialect, compiled, sort, cursor, limit, not_null=not_null)
     if planned is None:
         return []
     driver = planned.page.driver
@@ -441,19 +548,20 @@ async def find_page_async(pool: AsyncReadPool, resource_type: str, fast: tuple[t
     return planned.rows(driver.rows(await pool.fetch(driver.sql, driver.args(planned.binds)), edges=True))
 
 
-def count_matches(session: Reader, resource_type: str, where: list[ColumnElement], *, join_resource: bool) -> int:
-    table = _table(resource_type)
-    source = _joined(resource_type) if join_resource else table
-    return _connection(session).execute(select(func.count()).select_from(source).where(*where)).scalar_one()
+def count_matches(session: Reader, compiled: Compiled) -> int:
+    stype = TYPES[compiled.resource_type]
+    source = _joined(stype) if compiled.uses_resource else stype.table
+    stmt = select(func.count()).select_from(source).where(*conditions_of(compiled))
+    return int(_connection(session).execute(stmt).scalar_one())
 
 
-def _walk(resource_type: str, sort: Sort, cursor: Cursor | None):
+def _walk(stype: StoredType, sort: Sort, cursor: Cursor | None
+          ) -> tuple[ColumnElement[Any], bool, bool, bool, bool, list[int]]:
     """(sort column, sorted by id?, sort value may be missing?, walking backwards?, descending?, phases in walking
     order from the cursor's): how a page query walks the sort order (see find_page)."""
-    table = _table(resource_type)
-    key = _sort_column(resource_type, sort)
-    by_id = key is table.c.id
-    nullable = key.nullable and not by_id
+    key = _sort_column(stype, sort)
+    by_id = sort.key == "_id"
+    nullable = bool(getattr(key, "nullable", False)) and not by_id
     backwards = cursor is not None and cursor.before
     descending = sort.descending != backwards  # the direction this query walks
     phases = [0, 1] if nullable else [0]
@@ -464,79 +572,30 @@ def _walk(resource_type: str, sort: Sort, cursor: Cursor | None):
     return key, by_id, nullable, backwards, descending, phases
 
 
-def find_page(session: Reader, resource_type: str, where: list[ColumnElement] | None, sort: Sort,
-              cursor: Cursor | None, limit: int, *, not_null: bool = False,
-              fast: tuple[tuple, dict[str, Any]] | None = None) -> list[tuple[int, Any, str, str]]:
-    """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
-    `before` cursor, the rows just before it, still returned in sort order).
-
-    The order is total: rows with a sort value by (value, id), then rows without one by id, in the sort's
-    direction; so a page never repeats or skips a row however many rows are written meanwhile. Each phase is
-    one index-ordered SELECT … LIMIT. `not_null`: the criteria only match rows with a sort value."""
-    conn = _connection(session)
-    if fast is not None:  # one statement for every phase (a UNION ALL of each phase's page): one round trip
-        planned = fast_page(conn.dialect, resource_type, fast, sort, cursor, limit, not_null=not_null)
-        if planned is None:
-            return []
-        if planned.page.driver is not None and not conn.engine.echo:
-            found = planned.page.driver.run(conn, planned.page.stmt, planned.binds)
-        else:
-            found = conn.execute(planned.page.stmt, planned.binds).all()
-        return planned.rows(found)
-    table = _table(resource_type)
-    key, by_id, nullable, backwards, descending, phases = _walk(resource_type, sort, cursor)
-    rows: list[tuple[int, Any, str, str]] = []
-    for phase in phases:  # usually one query: the next phase is read only when this one runs out
-        at_cursor = cursor is not None and phase == cursor.phase
-        if phase == 1 and not_null:
-            continue  # a filter on the sort key already excludes rows without a value
-        stmt = select(table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
-        if phase == 0 and not by_id:
-            if nullable:
-                stmt = stmt.where(key.is_not(None))
-            if at_cursor:
-                pos, mark = tuple_(key, table.c.id), (cursor.value, cursor.id)
-                stmt = stmt.where(pos < mark if descending else pos > mark)
-            order = [key.desc(), table.c.id.desc()] if descending else [key, table.c.id]
-        else:
-            if phase == 1:
-                if not_null:
-                    continue  # a filter on the sort key already excludes rows without a value
-                stmt = stmt.where(key.is_(None))
-            if at_cursor:
-                stmt = stmt.where(table.c.id < cursor.id if descending else table.c.id > cursor.id)
-            order = [table.c.id.desc() if descending else table.c.id]
-        found = conn.execute(stmt.order_by(*order).limit(limit - len(rows))).all()
-        rows.extend((phase, value, rid, content) for rid, value, content in found)
-        if len(rows) >= limit:
-            break
-    if backwards:
-        rows.reverse()
-    return rows
-
-
-def _first_page_nulls_last(resource_type: str, where: list[ColumnElement], key, limit: int):
+def _first_page_nulls_last(stype: StoredType, conds: list[ColumnElement[bool]], key: ColumnElement[Any],
+                           limit: int) -> Select[Any]:
     """PostgreSQL, first page in ascending order of a sort key that may be missing: both phases in one walk of the
     index. A b-tree keeps NULLs after every value (ASC NULLS LAST), so `ORDER BY key, id` walks the rows with a
     value in order and then those without one by id: the page `_phases_statement` reads, without its second
     index scan, UNION and sort (~60 µs of the server's CPU per search)."""
-    table = _table(resource_type)
+    table = stype.table
     phase = case((key.is_(None), literal_column("1")), else_=literal_column("0"))
-    return (select(phase, table.c.id, key, R.c.content).select_from(_joined(resource_type)).where(*where)
+    return (select(phase, table.c.id, key, R.c.content).select_from(_joined(stype)).where(*conds)
             .order_by(key.asc().nulls_last(), table.c.id).limit(_fixed(limit)))
 
 
-def _phases_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
-                      descending: bool, runs: tuple[int, ...], at_cursor: tuple[bool, ...], limit: int):
+def _phases_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: ColumnElement[Any], by_id: bool,
+                      nullable: bool, descending: bool, runs: tuple[int, ...], at_cursor: tuple[bool, ...],
+                      limit: int) -> Select[Any]:
     """The page over the phases `runs` (in walking order) as one statement: rows (phase, id, sort value, content).
 
     With two phases it is a UNION ALL of each phase's own index-ordered `LIMIT`, put in order by (phase
     position, sort value, id): at most 2 × limit rows are read, and a 20-result page whose sort key may be
     missing costs one round trip instead of two (the second phase mostly finds nothing)."""
     union = len(runs) > 1
-    parts = [_page_statement(resource_type, where, key, by_id, nullable, descending, phase, cursor, limit,
+    parts = [_page_statement(stype, conds, key, by_id, nullable, descending, phase, cursor, limit,
                              position=position if union else None)
-             for position, (phase, cursor) in enumerate(zip(runs, at_cursor))]
+             for position, (phase, cursor) in enumerate(zip(runs, at_cursor, strict=True))]
     if len(parts) == 1:
         return parts[0]
     both = union_all(*[select(*part.subquery().c) for part in parts]).subquery("page")
@@ -545,17 +604,20 @@ def _phases_statement(resource_type: str, where: list[ColumnElement], key, by_id
     return select(both.c.phase, rid, value, both.c.content).order_by(*order).limit(_fixed(limit))
 
 
-def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: bool, nullable: bool,
-                    descending: bool, phase: int, at_cursor: bool, limit: int, *, position: int | None = None):
+def _page_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: ColumnElement[Any], by_id: bool,
+                    nullable: bool, descending: bool, phase: int, at_cursor: bool, limit: int, *,
+                    position: int | None = None) -> Select[Any]:
     """One phase's page query, rows (phase, id, sort value, content), with the cursor as bind parameters
     `cursor_value`, `cursor_id` (see find_page); with a `position`, led by it and labelled for a UNION."""
-    table = _table(resource_type)
+    table = stype.table
+    columns: list[Any]
+    order: list[Any]
     if position is None:
         columns = [literal_column(str(phase)), table.c.id, key, R.c.content]
     else:
         columns = [literal_column(str(position)).label("position"), literal_column(str(phase)).label("phase"),
                    table.c.id.label("rid"), key.label("sort_value"), R.c.content.label("content")]
-    stmt = select(*columns).select_from(_joined(resource_type)).where(*where)
+    stmt = select(*columns).select_from(_joined(stype)).where(*conds)
     if phase == 0 and not by_id:
         if nullable:
             stmt = stmt.where(key.is_not(None))
@@ -568,19 +630,21 @@ def _page_statement(resource_type: str, where: list[ColumnElement], key, by_id: 
         if phase == 1:
             stmt = stmt.where(key.is_(None))
         if at_cursor:
-            mark = bindparam("cursor_id", type_=table.c.id.type)
-            stmt = stmt.where(table.c.id < mark if descending else table.c.id > mark)
+            cursor_id: BindParameter[Any] = bindparam("cursor_id", type_=table.c.id.type)
+            stmt = stmt.where(table.c.id < cursor_id if descending else table.c.id > cursor_id)
         order = [table.c.id.desc() if descending else table.c.id]
     return stmt.order_by(*order).limit(_fixed(limit))
 
 
-def _fixed(limit: int):
+def _fixed(limit: int) -> Any:
     """`LIMIT n` written into a cached page statement (its cache key holds the limit), not bound: PostgreSQL plans a
     prepared statement whose LIMIT is a parameter for every row the query could return, so its generic plan looked
     costly and every execution was planned again (~150 µs of the server's CPU per search); with the limit in the text
     the generic plan is the ordered index scan, and it is kept."""
     return literal_column(str(int(limit)))
 
+
+# -- _include, _revinclude -----------------------------------------------------------------------------------
 
 def find_contents(session: Reader, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
     if not ids:
@@ -592,9 +656,9 @@ def find_contents(session: Reader, resource_type: str, ids: Sequence[str]) -> li
 
 def find_included(session: Reader, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
     """The resources that the page's `include.source` rows reference through `include.param`."""
-    column = REFERENCE_COLUMNS[(include.source, include.param)]
-    table = column.table
-    referenced = select(column).where(table.c.id.in_(list(source_ids))).distinct()
+    source = TYPES[include.source]
+    column = source.params[include.param].column
+    referenced = select(column).where(source.table.c.id.in_(list(source_ids))).distinct()
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
     return [(rid, content) for rid, content in _connection(session).execute(stmt)]
@@ -602,10 +666,11 @@ def find_included(session: Reader, include: Include, source_ids: Sequence[str]) 
 
 def find_revincluded(session: Reader, include: Include, target_ids: Sequence[str],
                      limit: int) -> list[tuple[str, str]]:
-    """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param`."""
-    column = REFERENCE_COLUMNS[(include.source, include.param)]
-    table = column.table
-    stmt = (select(table.c.id, R.c.content).select_from(_joined(include.source))
-            .where(column.in_(list(target_ids))).order_by(table.c.id).limit(limit))
+    """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param` (the
+    search `include.source?param=target_ids`)."""
+    source = TYPES[include.source]
+    table = source.table
+    stmt = (select(table.c.id, R.c.content).select_from(_joined(source))
+            .where(*references(include.source, include.param, include.target, target_ids))
+            .order_by(table.c.id).limit(limit))
     return [(rid, content) for rid, content in _connection(session).execute(stmt)]
-

@@ -8,7 +8,7 @@ whole result fits the page) or asked for (`_total=accurate|estimate`, `_summary=
 """
 
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import lru_cache
 from urllib.parse import urlencode
 
 import orjson
@@ -18,49 +18,51 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue, outcome
-from fhir_mappings.search import (MAX_REVINCLUDE, Cursor, SearchRequest, encode_cursor, parse_search, search_parameters,
-                                  subset)
-from service.store.driver import AsyncReadPool
+from fhir_mappings.search import (
+    MAX_REVINCLUDE,
+    Cursor,
+    SearchRequest,
+    encode_cursor,
+    parse_search,
+    search_parameter_resource,
+    subset,
+)
+from service.core.registry import REGISTRY, TYPES, search_spec
 from service.errors import BadRequest, NotFound
-from service.core.registry import handler_for
+from service.search import compiler
+from service.search.compiler import Compiled
+from service.store.driver import AsyncReadPool
 from service.store.unit_of_work import utcnow
-from service.search import compiler as repository
 
 
 @dataclass(frozen=True, slots=True)
 class SearchPlan:
-    """A parsed, checked search and how it will be read: a cached page statement (`fast`) or conditions built
-    for this request (`where`)."""
+    """A parsed, checked search and its criteria compiled (service/search/compiler.py): no SQL built yet."""
 
     req: SearchRequest
     params: list[tuple[str, str]]  # as sent (the self link)
-    fast: tuple[tuple, dict[str, Any]] | None
-    where: list | None
-    join_resource: bool
+    compiled: Compiled
     not_null: bool
 
     @property
     def one_statement(self) -> bool:
         """Is the whole Bundle one cached page statement (no count, no includes)?"""
-        return (self.fast is not None and self.req.summary != "count" and self.req.total not in ("accurate", "estimate")
-                and not self.req.includes and not self.req.revincludes)
+        return (self.compiled.cached and self.req.summary != "count"
+                and self.req.total not in ("accurate", "estimate") and not self.req.includes
+                and not self.req.revincludes)
 
 
 def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bool = False, default_count: int = 50,
                 max_count: int = 1000) -> SearchPlan:
     """Parse and check `params` (400 for errors, and for warnings under strict handling); no I/O."""
-    handler_for(resource_type)
-    req = parse_search(resource_type, list(params), default_count=default_count, max_count=max_count)
+    req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count)
     if req.errors:
         raise BadRequest(req.errors[0].diagnostics, issues=req.errors)
     if strict and req.warnings:
         errors = [replace(w, severity="error") for w in req.warnings]
         raise BadRequest(errors[0].diagnostics, issues=errors)
-    fast = repository.fast_shape(resource_type, req.criteria)  # a statement cached per query shape
-    where = repository.conditions(resource_type, req.criteria) if fast is None or req.summary == "count" \
-        or req.total in ("accurate", "estimate") else None
-    return SearchPlan(req, list(params), fast, where, repository.uses_resource_table(req.criteria),
-                      repository.excludes_missing(resource_type, req.sort, req.criteria))
+    return SearchPlan(req, list(params), compiler.compile_criteria(resource_type, req.criteria),
+                      compiler.excludes_missing(resource_type, req.sort, req.criteria))
 
 
 def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
@@ -75,11 +77,10 @@ def run_search(session: Session | Connection, plan: SearchPlan, base: str) -> by
     """The Bundle of a planned search, read through `session` (see `search`)."""
     req = plan.req
     if req.summary == "count":
-        total = repository.count_matches(session, req.resource_type, plan.where, join_resource=plan.join_resource)
+        total = compiler.count_matches(session, plan.compiled)
         return bundle("searchset", _outcome_entries(list(req.warnings)), total=total,
                       links=[("self", _url(base, req.resource_type, plan.params))], timestamp=fhir_instant(utcnow()))
-    rows = repository.find_page(session, req.resource_type, plan.where, req.sort, req.cursor, req.count + 1,
-                                not_null=plan.not_null, fast=plan.fast)
+    rows = compiler.find_page(session, plan.compiled, req.sort, req.cursor, req.count + 1, not_null=plan.not_null)
     return _searchset(session, plan, rows, base)
 
 
@@ -88,8 +89,8 @@ async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> 
     hand-off), for a search that is one cached page statement (`plan.one_statement`); None when that statement
     can't go to the driver as it is (an IN list): run `run_search` in a thread instead."""
     req = plan.req
-    rows = await repository.find_page_async(pool, req.resource_type, plan.fast, req.sort, req.cursor, req.count + 1,
-                                            not_null=plan.not_null)
+    rows = await compiler.find_page_async(pool, plan.compiled, req.sort, req.cursor, req.count + 1,
+                                          not_null=plan.not_null)
     if rows is None:
         return None
     return _searchset(None, plan, rows, base)
@@ -115,13 +116,14 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
 
     total = None
     if req.total in ("accurate", "estimate"):
-        total = repository.count_matches(session, resource_type, plan.where, join_resource=plan.join_resource)
+        total = compiler.count_matches(session, plan.compiled)
     elif req.total is None and req.cursor is None and not more:
         total = len(rows)
 
     prefix, match = f"{base}/{resource_type}/", {"mode": "match"}
     if req.summary in ("true", "data") or req.elements is not None:
-        entries = [entry(prefix + rid, subset(content, resource_type, summary=req.summary, elements=req.elements),
+        model = TYPES[resource_type].model
+        entries = [entry(prefix + rid, subset(content, model, summary=req.summary, elements=req.elements),
                          search=match) for _, _, rid, content in rows]
     else:  # the common page: each entry is its stored JSON as it is
         entries = [{"fullUrl": prefix + rid, "resource": orjson.Fragment(content), "search": match}
@@ -143,13 +145,13 @@ def _included(session: Session | Connection, req: SearchRequest, ids: list[str],
                 continue
             seen.add((rtype, rid))
             if req.summary in ("true", "data"):
-                content = subset(content, rtype, summary=req.summary, elements=None)
+                content = subset(content, TYPES[rtype].model, summary=req.summary, elements=None)
             entries.append(entry(f"{base}/{rtype}/{rid}", content, search={"mode": "include"}))
 
     for include in req.includes:
-        add(include.target, repository.find_included(session, include, ids))
+        add(include.target, compiler.find_included(session, include, ids))
     for include in req.revincludes:
-        found = repository.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1)
+        found = compiler.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1)
         if len(found) > MAX_REVINCLUDE:
             found = found[:MAX_REVINCLUDE]
             warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} resources; "
@@ -175,7 +177,14 @@ def _page_url(base: str, req: SearchRequest, row: tuple, *, before: bool) -> str
     return _url(base, req.resource_type, req.params + [("_cursor", encode_cursor(cursor))])
 
 
-# -- SearchParameter (the trial's own parameters, served from their definitions) ----------------------------
+# -- SearchParameter (the trial's own parameters, served from their declarations) ---------------------------
+
+@lru_cache(maxsize=1)
+def search_parameters() -> dict[str, dict]:
+    """id -> SearchParameter resource, for every trial parameter (`custom`) the stored types declare."""
+    return {p.fhir.id_for(t.name): search_parameter_resource(t.name, p.fhir)
+            for t in REGISTRY for p in t.search if p.fhir.custom}
+
 
 def read_search_parameter(id: str) -> dict:
     found = search_parameters().get(id)

@@ -1,6 +1,8 @@
 """Patients, studies and enrolments: the checks and typed rows behind Patient, ResearchStudy and
-ResearchSubject writes, and the enrolment look-ups that Observations and AdverseEvents need."""
+ResearchSubject writes, the enrolment look-ups that Observations and AdverseEvents need, and the three as stored
+types (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT: their search parameters and columns)."""
 
+from fhir_mappings import fhir
 from fhir_mappings.group import group_id_for_study
 from fhir_mappings.observation import Enrolment, assign_visit
 from fhir_mappings.patient import check_patient, patient_from_fhir
@@ -8,7 +10,9 @@ from fhir_mappings.references import parse_reference
 from fhir_mappings.research_study import check_research_study, research_study_from_fhir
 from fhir_mappings.research_subject import check_research_subject, research_subject_from_fhir
 from fhir_mappings.terminology import load_catalogue
+from service import examples
 from service.adverse_event.models import AdverseEventRecord
+from service.core.stored_type import StoredType, param
 from service.errors import Conflict, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.unit_of_work import UnitOfWork
@@ -152,3 +156,46 @@ def guard_subject_delete(uow: UnitOfWork, id: str) -> None:
             raise Conflict(f"ResearchSubject/{id} has observations or adverse events: delete them first",
                            expression="ResearchSubject.id")
         uow.cache.pop(("enrolments", old.patient_id), None)
+
+
+# -- the stored types of the trial (service/core/registry.py lists them) -----------------------------------
+
+P = PatientRecord.__table__
+ST = StudyRecord.__table__
+S = SubjectRecord.__table__
+
+PATIENT = StoredType(
+    "Patient", fhir.Patient, P, index_patient, examples.PATIENT, guard_delete=guard_patient_delete,
+    search=(
+        param("birthdate", "date", P.c.birth_date, "Patient.birthDate", "Date of birth"),
+        param("gender", "code", P.c.gender, "Patient.gender", "male | female | other | unknown",
+              systems=("http://hl7.org/fhir/administrative-gender",)),
+    ),
+    study_via=("ResearchSubject", "individual"))
+
+RESEARCH_STUDY = StoredType(
+    "ResearchStudy", fhir.ResearchStudy, ST, index_research_study, examples.RESEARCH_STUDY,
+    guard_delete=guard_study_delete,
+    search=(
+        param("status", "code", ST.c.status, "ResearchStudy.status", "Study status",
+              systems=("http://hl7.org/fhir/research-study-status",)),
+        param("title", "string", ST.c.title, "ResearchStudy.title", "Title (starts with; :exact, :contains)"),
+    ),
+    study_param="_id")
+
+RESEARCH_SUBJECT = StoredType(
+    "ResearchSubject", fhir.ResearchSubject, S, index_research_subject, examples.RESEARCH_SUBJECT,
+    guard_delete=guard_subject_delete, rank=1,
+    search=(
+        param("study", "reference", S.c.study_id, "ResearchSubject.study", "The research study",
+              targets=("ResearchStudy",)),
+        param("individual", "reference", S.c.patient_id, "ResearchSubject.individual", "The enrolled patient",
+              targets=("Patient",)),
+        param("patient", "reference", S.c.patient_id, "ResearchSubject.individual", "The enrolled patient",
+              targets=("Patient",)),
+        param("status", "code", S.c.status, "ResearchSubject.status", "Enrolment status",
+              systems=("http://hl7.org/fhir/research-subject-status",)),
+        param("arm", "code", S.c.arm, "ResearchSubject.actualArm | ResearchSubject.assignedArm",
+              "The study arm: actualArm, else assignedArm", custom=True),
+    ),
+    study_param="study")
