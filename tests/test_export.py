@@ -240,6 +240,12 @@ def test_type_filter(client, two_studies):
     ({"_since": "yesterday"}, ASYNC, "_since"),
     ({"_typeFilter": "Observation?valueQuantity=3"}, ASYNC, "_typeFilter"),
     ({"_typeFilter": "Observation?date=2024-13-45"}, ASYNC, "_typeFilter"),
+    ({"_typeFilter": "Observation?code="}, ASYNC, "_typeFilter"),
+    ({"_typeFilter": "Observation?code:text=EASI"}, ASYNC, "_typeFilter"),  # a modifier search doesn't support
+    ({"_typeFilter": "Observation?subject.name=x"}, ASYNC, "_typeFilter"),  # chained
+    ({"_typeFilter": "Observation?code=EASI&_count=5"}, ASYNC, "_typeFilter"),  # result parameters don't filter
+    ({"_typeFilter": "Observation?_sort=date"}, ASYNC, "_typeFilter"),
+    ({"_typeFilter": "Patient?_include=Patient:general-practitioner"}, ASYNC, "_typeFilter"),
     ({"_type": "Patient", "_typeFilter": "Observation?code=EASI"}, ASYNC, "_typeFilter"),
     ({"_elements": "id"}, ASYNC, "_elements"),
     ({"colour": "red"}, ASYNC, "colour"),

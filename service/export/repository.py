@@ -6,7 +6,7 @@ of its type: its criteria are compiled by the search compiler (service/search/co
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, false, func, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Select
@@ -66,8 +66,10 @@ def _select(sel: Selection, columns) -> Select:
         via_type, via_param = stored.study_via
         via = TYPES[via_type].table, TYPES[via_type].params[via_param].column
         conditions += compiler.in_study(via_type, sel.study_id)
-    elif sel.study_id is not None:
+    elif sel.study_id is not None and stored.study_param is not None:
         conditions += compiler.in_study(rtype, sel.study_id)
+    elif sel.study_id is not None:
+        conditions.append(false())  # a type that belongs to no study: none of it in a Group export
     if sel.filters:
         conditions.append(or_(*(and_(*compiler.conditions(rtype, f)) for f in sel.filters)))
     if sel.since is not None:
@@ -101,6 +103,8 @@ def estimate_query(sel: Selection) -> Select:
         via_type = stored.study_via[0]
         return select(func.count()).select_from(TYPES[via_type].table).where(
             *compiler.in_study(via_type, sel.study_id))
+    if stored.study_param is None:
+        return select(func.count()).select_from(stored.table).where(false())
     return select(func.count()).select_from(stored.table).where(*compiler.in_study(sel.resource_type, sel.study_id))
 
 
