@@ -20,7 +20,6 @@ from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
-from fhir_mappings.observation import Enrolment
 from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.terminology import (
     AE_ACTUALITY,
@@ -36,6 +35,7 @@ from fhir_mappings.terminology import (
     RELATEDNESS,
 )
 from service.adverse_event.models import AdverseEventRecord
+from service.trial.models import Enrolment
 
 
 def _coded(concept: dict[str, Any] | None, system: str) -> tuple[int, str] | None:

@@ -16,33 +16,19 @@
 | EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
 """
 
-from dataclasses import dataclass
-from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
 from fhir_mappings.outcome import Issue, issue
-from fhir_mappings.terminology import (AD_SCORES, OBSERVATION_STATUS, RESEARCH_STUDY_EXT, UCUM, Catalogue, Measure)
+from fhir_mappings.terminology import AD_SCORES, OBSERVATION_STATUS, RESEARCH_STUDY_EXT, UCUM, Catalogue, Measure
 from service.observation.models import MeasurementRecord
+from service.trial.models import Enrolment
 
 EASI_REGIONS = {"HN": Decimal("0.1"), "UL": Decimal("0.2"), "TR": Decimal("0.3"), "LL": Decimal("0.4")}
 EASI_SIGNS = ("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION")
 SCORAD_PARTS = {"SCORAD-A": Decimal(100), "SCORAD-B": Decimal(18), "SCORAD-C": Decimal(20)}
 TOLERANCE = Decimal("0.05")
-
-
-@dataclass(frozen=True, slots=True)
-class Enrolment:
-    """What an Observation or AdverseEvent needs to know of the subject it belongs to."""
-
-    study_id: str
-    subject_id: str
-    patient_id: str
-    day0: date | None
-    catalogue: Catalogue
-    arm: str | None = None
-    status: str | None = None
 
 
 def study_extension_reference(payload: dict) -> dict | None:
@@ -184,28 +170,14 @@ def effective_of(payload: dict) -> str | None:
         or payload.get("effectiveInstant")
 
 
-def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogue) -> tuple[int | None, str]:
-    """(study day, visit) of a result dated `local_date` for a subject whose day 0 is `day0`."""
-    if local_date is None or day0 is None:
-        return None, catalogue.visit_for_day(None)
-    day = (local_date - day0).days
-    return day, catalogue.visit_for_day(day)
-
-
-def observation_from_fhir(payload: dict, id: str, enrolment: Enrolment, measure: Measure,
-                          coding: dict) -> MeasurementRecord:
-    """The typed row of an Observation that passed `check_observation`."""
-    return MeasurementRecord(**measurement_row(payload, id, enrolment, measure, coding))
-
-
 def measurement_row(payload: dict, id: str, enrolment: Enrolment, measure: Measure, coding: dict) -> dict:
-    """`observation_from_fhir` as the plain dict of the row's columns: what the write path inserts (building
-    the SQLModel instance costs about as much as parsing the Observation, ~100 us)."""
+    """The typed row of an Observation that passed `check_observation`, as the plain dict of its columns (building
+    a MeasurementRecord costs about as much as parsing the Observation, ~100 us). Its `study_day` and `visit` are
+    the trial's to assign (service/trial/service.py `assign_visit`): None and "unscheduled" here."""
     quantity = payload["valueQuantity"]
     unit = quantity_unit(quantity)
     value = _decimal(quantity["value"])
     instant, local = parse_datetime(effective_of(payload))
-    day, visit = assign_visit(local, enrolment.day0, enrolment.catalogue)
     category = None
     for cat in payload.get("category") or []:
         codings = cat.get("coding") or []
@@ -217,7 +189,7 @@ def measurement_row(payload: dict, id: str, enrolment: Enrolment, measure: Measu
         measure=measure.key, code_system=coding.get("system") or "", code=coding.get("code") or "",
         category=category, status=payload["status"], value=float(measure.to_canonical(value, unit)),
         unit=measure.unit, original_value=str(quantity["value"]), original_unit=unit,
-        effective=instant, local_date=local, study_day=day, visit=visit,
+        effective=instant, local_date=local, study_day=None, visit="unscheduled",
     )
 
 

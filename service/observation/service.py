@@ -15,7 +15,7 @@ from service.errors import RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.unit_of_work import UnitOfWork
 from service.trial.models import SubjectRecord
-from service.trial.service import enrolment_in, enrolments, prefetch_subjects
+from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects
 
 M = MeasurementRecord.__table__
 
@@ -37,7 +37,9 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
         raise RuleViolation("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)])
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
-    uow.add(M, measurement_row(payload, id, enrolment, measure, coding))
+    row = measurement_row(payload, id, enrolment, measure, coding)
+    row["study_day"], row["visit"] = assign_visit(row["local_date"], enrolment.day0, enrolment.catalogue)
+    uow.add(M, row)
 
 
 S = SubjectRecord.__table__

@@ -1,9 +1,12 @@
 """Typed rows of the trial: patients, studies, arms and research subjects (enrolments)."""
 
+from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from fhir_mappings.terminology import Catalogue
 
 
 class PatientRecord(SQLModel, table=True):
@@ -55,3 +58,17 @@ class SubjectRecord(SQLModel, table=True):
     arm: str | None = Field(default=None, max_length=255)  # actual arm, else assigned arm
     day0: date | None = None
     end_date: date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Enrolment:
+    """A patient's enrolment in one study: what an Observation or AdverseEvent needs to know of the subject it
+    belongs to (not a table: read from research_subject and study)."""
+
+    study_id: str
+    subject_id: str
+    patient_id: str
+    day0: date | None
+    catalogue: Catalogue
+    arm: str | None = None
+    status: str | None = None

@@ -2,14 +2,15 @@
 ResearchSubject writes, the enrolment look-ups that Observations and AdverseEvents need, and the three as stored
 types (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT: their search parameters and columns)."""
 
+from datetime import date
+
 from fhir_mappings import fhir
 from fhir_mappings.group import group_id_for_study
-from fhir_mappings.observation import Enrolment, assign_visit
 from fhir_mappings.patient import check_patient, patient_from_fhir
 from fhir_mappings.references import parse_reference
 from fhir_mappings.research_study import check_research_study, research_study_from_fhir
 from fhir_mappings.research_subject import check_research_subject, research_subject_from_fhir
-from fhir_mappings.terminology import load_catalogue
+from fhir_mappings.terminology import Catalogue, load_catalogue
 from service import examples
 from service.adverse_event.models import AdverseEventRecord
 from service.core.stored_type import StoredType, param
@@ -17,7 +18,7 @@ from service.errors import Conflict, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.unit_of_work import UnitOfWork
 from service.trial import repository
-from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
+from service.trial.models import ArmRecord, Enrolment, PatientRecord, StudyRecord, SubjectRecord
 
 
 def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
@@ -123,6 +124,15 @@ def index_research_subject(uow: UnitOfWork, payload: dict, id: str, replacing: b
         uow.cache.pop(("enrolments", pid), None)
     if old is not None and old.day0 != record.day0:
         reassign_visits(uow, id, record.day0, study_id)
+
+
+def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogue) -> tuple[int | None, str]:
+    """(study day, visit) of a result dated `local_date` (local calendar date) for a subject whose day 0 is `day0`:
+    the visit whose window holds that day in the study's catalogue, else unscheduled."""
+    if local_date is None or day0 is None:
+        return None, catalogue.visit_for_day(None)
+    day = (local_date - day0).days
+    return day, catalogue.visit_for_day(day)
 
 
 def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> None:

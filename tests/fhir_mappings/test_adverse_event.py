@@ -2,11 +2,17 @@
 
 import pytest
 
-from fhir_mappings.adverse_event import (adverse_event_from_fhir, adverse_event_to_fhir, caused_withdrawal,
-                                         check_adverse_event, is_related, seriousness_of)
-from fhir_mappings.observation import Enrolment
+from fhir_mappings.adverse_event import (
+    adverse_event_from_fhir,
+    adverse_event_to_fhir,
+    caused_withdrawal,
+    check_adverse_event,
+    is_related,
+    seriousness_of,
+)
 from fhir_mappings.terminology import load_catalogue
 from service.adverse_event.models import AdverseEventRecord
+from service.trial.models import Enrolment
 from tests.data import cases, issue_pairs
 
 

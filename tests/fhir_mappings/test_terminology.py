@@ -5,8 +5,14 @@ from decimal import Decimal
 import pytest
 
 from fhir_mappings import fhir, terminology
-from fhir_mappings.terminology import (AD_SCORES, DEFAULT_CATALOGUE, RELATEDNESS, catalogue_names, code_system_resource,
-                                       load_catalogue)
+from fhir_mappings.terminology import (
+    AD_SCORES,
+    DEFAULT_CATALOGUE,
+    RELATEDNESS,
+    catalogue_names,
+    code_system_resource,
+    load_catalogue,
+)
 from tests.data import cases
 
 AD = load_catalogue()
