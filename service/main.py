@@ -15,16 +15,13 @@ from service.api.middleware import FhirFormatMiddleware
 from service.bundle.router import router as bundle_router
 from service.conformance.router import router as conformance_router
 from service.core.interactions import Core
-from service.core.registry import HANDLERS
+from service.core.registry import TYPES
 from service.db import make_engine, migrate
 from service.errors import register_error_handlers
-from service.export.router import CAPABILITY as EXPORT_CAPABILITY
-from service.export.router import router as export_router
-from service.group.router import CAPABILITY as GROUP_CAPABILITY
-from service.group.router import router as group_router
+from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as export_router
+from service.group.router import CAPABILITY as GROUP_CAPABILITY, router as group_router
 from service.settings import Settings, get_settings
-from service.stats.router import CAPABILITY as STATS_CAPABILITY
-from service.stats.router import router as stats_router
+from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
 
 log = logging.getLogger("trial_fhir")
 
@@ -112,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in build_routers():
         app.include_router(router)
     if settings.front_door:
-        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, HANDLERS)
+        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, TYPES)
     _add_outcome_schema(app)
     return app
 

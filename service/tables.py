@@ -3,8 +3,8 @@
 from service.adverse_event.models import AdverseEventRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
-from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
 from service.search.indexes import INDEXES as SEARCH_INDEXES  # noqa: F401  (migration 0003)
+from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [

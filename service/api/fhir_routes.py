@@ -13,7 +13,7 @@ from fastapi.responses import Response
 from fhir_mappings.outcome import issue, outcome
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.api.http import CoreDep, Ctx, FhirBody, stored_response, version_headers
-from service.core.registry import EXAMPLES, HANDLERS
+from service.core.registry import EXAMPLES, TYPES
 from service.examples import stored
 from service.responses import FhirJSONResponse
 
@@ -166,5 +166,5 @@ def build_router(resource_type: str) -> APIRouter:
 
 
 def build_routers() -> list[APIRouter]:
-    return [build_router(t) for t in HANDLERS]
+    return [build_router(t) for t in TYPES]
 

@@ -18,11 +18,11 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import TOO_DEEP
-from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.core import resources
-from service.core.registry import HANDLERS
-from service.store.unit_of_work import UnitOfWork, utcnow
+from service.core.registry import TYPES
+from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.search.service import search
+from service.store.unit_of_work import UnitOfWork, utcnow
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
                404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict", 410: "410 Gone",
@@ -86,7 +86,7 @@ def _read_entry(i: int, item: Any) -> Request:
     query = url.split("?", 1)[1] if "?" in url else ""
     parts = [p for p in path.split("/") if p]
     if url.startswith("http"):  # absolute: keep what follows the type
-        idx = next((k for k, p in enumerate(parts) if p in HANDLERS), None)
+        idx = next((k for k, p in enumerate(parts) if p in TYPES), None)
         parts = parts[idx:] if idx is not None else parts[-2:]
     resource = item.get("resource")
     if not parts:
@@ -109,7 +109,7 @@ def _read_entry(i: int, item: Any) -> Request:
         raise BadRequest("A DELETE entry needs Type/id or Type?search", expression=f"{where}.request.url")
     if rid is not None and not ID_RE.match(rid):
         raise BadRequest(f"'{rid}' is not a valid id", expression=f"{where}.request.url")
-    if rtype not in HANDLERS and not (method == "GET" and rtype in ("metadata",)):
+    if rtype not in TYPES and not (method == "GET" and rtype in ("metadata",)):
         raise BadRequest(f"Resource type '{rtype}' is not supported by this server",
                          expression=f"{where}.request.url")
     return Request(i, method, rtype, rid, query, item.get("fullUrl"), resource, req.get("ifNoneExist"),
@@ -164,7 +164,7 @@ def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
         if r.method in ("POST", "PUT") and r.resource is not None:
             payloads.setdefault(r.resource_type, []).append(r.resource)
     for rtype, items in payloads.items():
-        hook = HANDLERS[rtype].prefetch
+        hook = TYPES[rtype].prefetch
         if hook is not None:
             hook(uow, items)
 
@@ -214,8 +214,8 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
                 uow.placeholders[r.full_url] = (r.resource_type, resources.new_resource_id())
             elif r.method == "PUT" and r.id and r.full_url and r.full_url.startswith("urn:"):
                 uow.placeholders[r.full_url] = (r.resource_type, r.id)
-        order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], HANDLERS[r.resource_type].rank
-                                            if r.resource_type in HANDLERS else 9, r.index))
+        order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], TYPES[r.resource_type].rank
+                                            if r.resource_type in TYPES else 9, r.index))
         _prefetch(uow, reqs)
         results: dict[int, dict] = {}
         for r in order:

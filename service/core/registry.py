@@ -13,8 +13,6 @@ from service.trial.service import PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT
 REGISTRY: tuple[StoredType, ...] = (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT, OBSERVATION, ADVERSE_EVENT)
 
 TYPES: dict[str, StoredType] = {t.name: t for t in REGISTRY}
-#: the name the write path and the routes use for TYPES (a dict: name -> StoredType)
-HANDLERS = TYPES
 #: what a client would send, per type (the OpenAPI examples)
 EXAMPLES = {t.name: t.example for t in REGISTRY}
 

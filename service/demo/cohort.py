@@ -31,7 +31,7 @@ dicts. Local ids are deterministic UUIDs; `service.demo.load` turns them into `u
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from statistics import fmean
@@ -293,7 +293,7 @@ class _Generator:
                     study_id=study_id, subject_id=s.subject.id, measure=measure.key, code_system=system, code=code,
                     category=measure.category, status="final", value=float(measure.to_canonical(original, unit)),
                     unit=measure.unit, original_value=str(original), original_unit=unit,
-                    effective=lab_time.astimezone(timezone.utc), local_date=day,
+                    effective=lab_time.astimezone(UTC), local_date=day,
                     study_day=(day - s.subject.day0).days,
                     visit=self.catalogue.visit_for_day((day - s.subject.day0).days))
                 s.measurements.append(DemoMeasurement(record=record, identifier=f"{s.key}-{visit}-{measure.key}",
@@ -318,7 +318,7 @@ class _Generator:
             record = AdverseEventRecord(
                 id=_local_id("AdverseEvent", s.key, str(k)), patient_id=s.patient.id, study_id=study_id,
                 subject_id=s.subject.id, actuality="actual", event_system=MEDDRA, event_code=code, event_text=text,
-                onset=onset.astimezone(timezone.utc), seriousness="non-serious", severity=severity,
+                onset=onset.astimezone(UTC), seriousness="non-serious", severity=severity,
                 outcome="resolved" if rng.random() < 0.85 else "recovering", related=RELATEDNESS[relatedness],
                 caused_withdrawal=False)
             s.adverse_events.append(DemoAdverseEvent(record=record, identifier=f"{s.key}-AE{k}",

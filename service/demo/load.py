@@ -17,8 +17,16 @@ from sqlalchemy.engine import Engine
 
 from service.bundle.service import transaction
 from service.db import read_session, write_session
-from service.demo.cohort import (ADVERSE_EVENT_SYSTEM, OBSERVATION_SYSTEM, PATIENT_SYSTEM, SUBJECT_SYSTEM,
-                                 DemoCohort, build_cohort, study_resource, subject_resources)
+from service.demo.cohort import (
+    ADVERSE_EVENT_SYSTEM,
+    OBSERVATION_SYSTEM,
+    PATIENT_SYSTEM,
+    SUBJECT_SYSTEM,
+    DemoCohort,
+    build_cohort,
+    study_resource,
+    subject_resources,
+)
 from service.store.models import IdentifierRecord
 from service.trial.models import StudyRecord
 

@@ -23,12 +23,13 @@ def export(
     batch: int = typer.Option(None, help="Rows fetched per round trip (default: TRIAL_FHIR_EXPORT_BATCH_ROWS)"),
 ) -> None:
     """Export stored resources as NDJSON into OUT, with the $export parameters' meaning."""
+    from sqlmodel import Session
+
     from service.db import make_engine
     from service.errors import FhirError
     from service.export import service
     from service.group import repository as groups
     from service.settings import get_settings
-    from sqlmodel import Session
 
     settings = get_settings()
     console = Console(stderr=True)

@@ -7,11 +7,11 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import FileResponse, Response
 
 from fhir_mappings.outcome import informational
-from service.db import ReadSessionDep, WriteSessionDep
-from service.conformance.service import Contribution
-from service.export import service
-from service.api.http import BaseUrl
 from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.http import BaseUrl
+from service.conformance.service import Contribution
+from service.db import ReadSessionDep, WriteSessionDep
+from service.export import service
 from service.responses import FhirJSONResponse
 from service.settings import SettingsDep
 

@@ -28,7 +28,6 @@ from sqlmodel import Session
 
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.group import study_id_for_group
-from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, parse_search
 from service.core.registry import TYPES, search_spec
 from service.db import snapshot_connection
@@ -370,7 +369,3 @@ def housekeeping(engine: Engine, export_dir: Path, *, stale_after_s: float, rete
             repository.delete_job(s, job_id)
             remove_files(export_dir, job_id)
         s.commit()
-
-
-def failure_outcome(message: str) -> dict:
-    return outcome([issue("exception", message, "job")])

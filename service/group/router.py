@@ -5,11 +5,11 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
-from service.db import ReadSessionDep
-from service.conformance.service import Contribution
-from service.group import service
-from service.api.http import BaseUrl
 from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
+from service.api.http import BaseUrl
+from service.conformance.service import Contribution
+from service.db import ReadSessionDep
+from service.group import service
 from service.responses import FhirJSONResponse
 
 router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse, responses={"4XX": {

@@ -646,12 +646,6 @@ def _fixed(limit: int) -> Any:
 
 # -- _include, _revinclude -----------------------------------------------------------------------------------
 
-def find_contents(session: Reader, resource_type: str, ids: Sequence[str]) -> list[tuple[str, str]]:
-    if not ids:
-        return []
-    stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.id.in_(list(ids)),
-                                              R.c.deleted.is_(False)).order_by(R.c.id)
-    return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
 def find_included(session: Reader, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse, Response
 
+from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.conformance.service import Contribution
 from service.db import ReadSessionDep
-from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.responses import FhirJSONResponse
 from service.stats import service
 from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary

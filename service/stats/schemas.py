@@ -8,7 +8,6 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
 SUMMARY_EXAMPLE = {
     "study_id": "nct01927705",
     "title": "hUCB-MSCs in moderate-to-severe atopic dermatitis (Phase I/IIa)",

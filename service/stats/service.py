@@ -26,7 +26,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from itertools import combinations
 
 import numpy as np
@@ -35,8 +35,18 @@ from sqlmodel import Session
 from fhir_mappings.terminology import Catalogue, load_catalogue
 from service.errors import NotFound
 from service.stats import repository
-from service.stats.schemas import (ArmComparison, ArmSummary, ChangeComparison, MeasureInfo, MeasureStats,
-                                   ResponderComparison, ResponderStats, SafetyStats, StudySummary, VisitInfo)
+from service.stats.schemas import (
+    ArmComparison,
+    ArmSummary,
+    ChangeComparison,
+    MeasureInfo,
+    MeasureStats,
+    ResponderComparison,
+    ResponderStats,
+    SafetyStats,
+    StudySummary,
+    VisitInfo,
+)
 
 BASELINE = "baseline"
 COMPLETED_STATUSES = ("off-study", "follow-up")
@@ -84,8 +94,6 @@ def _ordered_visits(catalogue: Catalogue) -> list:
     return [base] + [v for v in visits if v is not base]
 
 
-def _f(value) -> float | None:
-    return None if value is None else float(value)
 
 
 def _describe(visit: str, measure: str, unit: str, values: np.ndarray, base: np.ndarray | None) -> MeasureStats:
@@ -190,7 +198,7 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
     start, end = _period(catalogue, [r[4] for r in subject_rows if r[4]], [r[5] for r in subject_rows if r[5]])
     return StudySummary(
         study_id=study.id, title=study.title, catalogue=catalogue.name, period_start=start, period_end=end,
-        generated=datetime.now(timezone.utc), counted_statuses=counted,
+        generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
         measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit) for m in measures],
@@ -204,7 +212,7 @@ def _period(catalogue: Catalogue, first_day0s: list, last_day0s: list) -> tuple:
         return None, None
     start = min(first_day0s) + timedelta(days=min(v.first_day for v in catalogue.visits))
     end = max(last_day0s) + timedelta(days=max(v.last_day for v in catalogue.visits))
-    end = max(start, min(end, datetime.now(timezone.utc).date()))
+    end = max(start, min(end, datetime.now(UTC).date()))
     return start, end
 
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import CursorResult, Row, Table, delete, func, select, update
+from sqlalchemy import CursorResult, Row, Table, delete, select, update
 from sqlmodel import Session
 
 # add_rows: re-exported, the unit of work inserts through `repository.add_rows`
@@ -48,10 +48,6 @@ def find_history(session: Session, resource_type: str, id: str, *, limit: int, b
     return session.execute(stmt.order_by(V.c.version_id.desc()).limit(limit)).all()
 
 
-def count_history(session: Session, resource_type: str, id: str) -> int:
-    count: int = session.execute(select(func.count()).select_from(V).where(
-        V.c.resource_type == resource_type, V.c.id == id)).scalar_one()
-    return count
 
 
 def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:

@@ -4,10 +4,9 @@ Revision ID: 0002_export_job
 Revises: 0001
 Create Date: 2026-11-26 10:00:00
 """
-from alembic import op
 import sqlalchemy as sa
 import sqlmodel
-
+from alembic import op
 
 revision = '0002_export_job'
 down_revision = '0001'

@@ -6,7 +6,6 @@ Create Date: 2026-11-26 11:00:00
 """
 from alembic import op
 
-
 revision = '0003_search_indexes'
 down_revision = '0002_export_job'
 branch_labels = None

@@ -7,7 +7,6 @@ Create Date: 2026-11-26 22:00:00
 """
 from alembic import op
 
-
 revision = '0005_summary_covering_index'
 down_revision = '0004_unbounded_text'
 branch_labels = None

@@ -10,7 +10,6 @@ Create Date: 2026-11-26 02:30:00
 """
 from alembic import op
 
-
 revision = '0006_drop_unused_indexes'
 down_revision = '0005_summary_covering_index'
 branch_labels = None
