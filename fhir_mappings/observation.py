@@ -14,7 +14,7 @@
 | `effective`, `local_date`    | `Observation.effectiveDateTime` or `effectivePeriod.start` | instant in UTC; date as written |
 | `study_day`, `visit`         | derived: local date − day 0 (`ResearchSubject.period.start`) | baseline / week-4 / week-12 / unscheduled |
 | EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
-"""
+"""  # noqa: E501 (the mapping table is wider than the code)
 
 from decimal import Decimal, InvalidOperation
 

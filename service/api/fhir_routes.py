@@ -17,7 +17,8 @@ from service.core.registry import EXAMPLES, TYPES
 from service.examples import stored
 from service.responses import FhirJSONResponse
 
-IdPath = Annotated[str, Path(description="Logical id of the resource", examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]
+IdPath = Annotated[str, Path(description="Logical id of the resource",
+                             examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]
 IfMatch = Annotated[str | None, Header(alias="If-Match", description='Version to update or delete, e.g. W/"3"; '
                                        "412 when the resource is at another version")]
 IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist", description="Conditional create: "

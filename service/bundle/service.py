@@ -52,7 +52,8 @@ class Request:
 
 def read_bundle(body: dict, max_entries: int) -> tuple[str, list[Request]]:
     if body.get("resourceType") != "Bundle":
-        raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}", expression="Bundle.resourceType")
+        raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}",
+                         expression="Bundle.resourceType")
     kind = body.get("type")
     if kind not in ("transaction", "batch"):
         raise BadRequest(f"Bundle.type must be 'transaction' or 'batch', got '{kind}'", expression="Bundle.type")
@@ -61,7 +62,8 @@ def read_bundle(body: dict, max_entries: int) -> tuple[str, list[Request]]:
     if not isinstance(entries, list):
         raise BadRequest("Bundle.entry must be an array", expression="Bundle.entry")
     if len(entries) > max_entries:
-        raise PayloadTooLarge(f"Bundle has {len(entries)} entries; the limit is {max_entries}", expression="Bundle.entry")
+        raise PayloadTooLarge(f"Bundle has {len(entries)} entries; the limit is {max_entries}",
+                              expression="Bundle.entry")
     return kind, [_read_entry(i, e) for i, e in enumerate(entries)]
 
 

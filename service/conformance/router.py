@@ -50,7 +50,8 @@ def search_code_systems(base: BaseUrl, url: Annotated[str | None, Query(
 _EXAMPLE = search_parameters()["Observation-visit"]
 
 
-@router.get("/SearchParameter/{id}", tags=["SearchParameter"], name="read_SearchParameter", summary="Read a SearchParameter",
+@router.get("/SearchParameter/{id}", tags=["SearchParameter"], name="read_SearchParameter",
+            summary="Read a SearchParameter",
             responses={200: fhir_json(_EXAMPLE, "The SearchParameter"), **error_docs(404)})
 def read_search_parameter(id: Annotated[str, Path(examples=["Observation-visit"])]) -> Response:
     """One of the trial's own search parameters (`Observation-study`, `Observation-arm`, `Observation-visit`,
@@ -58,7 +59,8 @@ def read_search_parameter(id: Annotated[str, Path(examples=["Observation-visit"]
     return FhirJSONResponse(search_service.read_search_parameter(id))
 
 
-@router.get("/SearchParameter", tags=["SearchParameter"], name="search_SearchParameter", summary="Search SearchParameters",
+@router.get("/SearchParameter", tags=["SearchParameter"], name="search_SearchParameter",
+            summary="Search SearchParameters",
             responses={200: fhir_json({"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [
                 {"fullUrl": "http://127.0.0.1:8000/fhir/SearchParameter/Observation-visit", "resource": _EXAMPLE,
                  "search": {"mode": "match"}}]}, "A searchset Bundle")})

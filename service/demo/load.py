@@ -52,7 +52,7 @@ def load_demo(engine: Engine, progress: Progress | None = None, *, base_url: str
             response = orjson.loads(transaction(session, {"resourceType": "Bundle", "type": "transaction",
                                                           "entry": entries}, base, max_entries=max_entries))
         locations = []
-        for request, item in zip(entries, response["entry"]):
+        for request, item in zip(entries, response["entry"], strict=True):
             rtype = request["request"]["url"]
             (created if item["response"]["status"].startswith("201") else existing)[rtype] += 1
             locations.append(item["response"]["location"])

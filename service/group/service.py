@@ -48,4 +48,5 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
         entries.append(entry(None, orjson.dumps(outcome(warnings)), search={"mode": "outcome"}))
         entries[-1].pop("fullUrl")
     query = urlencode(params)
-    return bundle("searchset", entries, total=len(studies), links=[("self", f"{base}/Group" + (f"?{query}" if query else ""))])
+    self_link = f"{base}/Group" + (f"?{query}" if query else "")
+    return bundle("searchset", entries, total=len(studies), links=[("self", self_link)])

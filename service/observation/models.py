@@ -13,7 +13,8 @@ class MeasurementRecord(SQLModel, table=True):
     __table_args__ = (
         Index("ix_measurement_study_code_date", "study_id", "code", "effective", "id"),
         Index("ix_measurement_code_date", "code", "effective", "id"),
-        Index("ix_measurement_summary", "study_id", "subject_id", "measure", "visit", "status", "study_day", "effective", "value"),
+        Index("ix_measurement_summary", "study_id", "subject_id", "measure", "visit", "status", "study_day",
+              "effective", "value"),
     )
 
     id: str = Field(primary_key=True, max_length=64)

@@ -133,7 +133,7 @@ def _line_chart(summary: StudySummary, key: str) -> str:
         if len(coords) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in coords)
             parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for (px, py), (_, visit, mean, sd, n) in zip(coords, points):
+        for (px, py), (_, visit, mean, sd, n) in zip(coords, points, strict=True):
             top, bottom = y(mean + sd), y(mean - sd)
             parts.append(f'<line x1="{px:.1f}" x2="{px:.1f}" y1="{top:.1f}" y2="{bottom:.1f}" stroke="{color}"/>')
             for cap in (top, bottom):

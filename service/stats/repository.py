@@ -80,7 +80,7 @@ def find_visit_values(session: Session, study_id: str, visits: Sequence[tuple[st
         cols = columns_by_key.get((row[0], row[1]))
         if cols is None:
             cols = columns_by_key[(row[0], row[1])] = [[] for _ in names]
-        for col, value in zip(cols, row[2:]):
+        for col, value in zip(cols, row[2:], strict=True):
             col.append(value)
     return columns_by_key
 

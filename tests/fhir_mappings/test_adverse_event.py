@@ -1,4 +1,5 @@
-"""AdverseEvent <-> AdverseEventRecord: the AE value sets, relatedness, seriousness and the discontinuation extension."""
+"""AdverseEvent <-> AdverseEventRecord: the AE value sets, relatedness, seriousness and the discontinuation
+extension."""
 
 import pytest
 

@@ -99,4 +99,5 @@ def test_code_system_resource_is_an_r4_code_system_of_the_score_codes():
 def test_the_default_catalogue_is_atopic_dermatitis():
     assert DEFAULT_CATALOGUE in catalogue_names()
     assert AD.name == DEFAULT_CATALOGUE
-    assert [m.key for m in AD.measures] == ["EASI", "SCORAD", "IGA", "PRURITUS", "IGE", "EOSINOPHILS", "EOSINOPHILS-PCT"]
+    assert [m.key for m in AD.measures] == ["EASI", "SCORAD", "IGA", "PRURITUS", "IGE", "EOSINOPHILS",
+                                            "EOSINOPHILS-PCT"]
