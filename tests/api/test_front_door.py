@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from service.main import create_app
 from tests.conftest import ON_POSTGRES
-from tests.test_search import build_trial
+from tests.search.test_search import build_trial
 
 QUERIES = [
     "Observation?subject={p1}&code=EASI",

@@ -14,7 +14,7 @@ from html.parser import HTMLParser
 import pytest
 import uvicorn
 
-from tests.test_stats import MEASURES, cohort  # noqa: F401  (the cohort fixture)
+from tests.stats.test_stats import MEASURES, cohort  # noqa: F401  (the cohort fixture)
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 # CI sets TRIAL_FHIR_REQUIRE_CHROMIUM=1 (and installs it), so a missing browser fails there instead of skipping
