@@ -25,10 +25,10 @@ from service.bundle import service as bundles
 from service.core import resources
 from service.core.context import Context
 from service.core.resources import Stored
-from service.db import is_postgres, read_connection, read_session, write_session
+from service.db import read_connection, read_session, write_session
 from service.search.service import plan_search, run_search, run_search_async
 from service.settings import Settings
-from service.store.driver import AsyncReadPool, libpq_url
+from service.store.driver import AsyncReadPool, async_read_pool
 
 log = logging.getLogger("trial_fhir")
 
@@ -48,8 +48,8 @@ class Core:
 
     async def start(self) -> None:
         """Open what lives on the event loop (the async read pool on PostgreSQL)."""
-        if self.settings.async_search and is_postgres(self.engine) and not self.settings.sql_echo:
-            self.async_reads = AsyncReadPool(libpq_url(self.engine), self.settings.async_search_connections)
+        if self.settings.async_search and not self.settings.sql_echo:
+            self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections)
 
     async def stop(self) -> None:
         if self.async_reads is not None:

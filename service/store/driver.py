@@ -239,3 +239,9 @@ def libpq_url(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def async_read_pool(engine: Engine, size: int) -> AsyncReadPool | None:
+    """An `AsyncReadPool` of `size` connections to the engine's database; None where reads on the event loop don't
+    exist (SQLite: a read there would block the loop)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    return AsyncReadPool(libpq_url(engine), size)
