@@ -16,7 +16,9 @@
 | EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
 """  # noqa: E501 (the mapping table is wider than the code)
 
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from typing import Any, cast
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
@@ -31,14 +33,14 @@ SCORAD_PARTS = {"SCORAD-A": Decimal(100), "SCORAD-B": Decimal(18), "SCORAD-C": D
 TOLERANCE = Decimal("0.05")
 
 
-def study_extension_reference(payload: dict) -> dict | None:
+def study_extension_reference(payload: dict[str, Any]) -> dict[str, Any] | None:
     for ext in payload.get("extension") or []:
         if ext.get("url") == RESEARCH_STUDY_EXT:
             return ext.get("valueReference") or {}
     return None
 
 
-def find_measure(payload: dict, catalogue: Catalogue) -> tuple[Measure, dict] | None:
+def find_measure(payload: dict[str, Any], catalogue: Catalogue) -> tuple[Measure, dict[str, Any]] | None:
     for coding in (payload.get("code") or {}).get("coding") or []:
         measure = catalogue.measure_for(coding.get("system"), coding.get("code"))
         if measure is not None:
@@ -46,14 +48,14 @@ def find_measure(payload: dict, catalogue: Catalogue) -> tuple[Measure, dict] | 
     return None
 
 
-def unknown_code_issue(payload: dict, catalogue: Catalogue) -> Issue:
+def unknown_code_issue(payload: dict[str, Any], catalogue: Catalogue) -> Issue:
     codes = ", ".join(f"{c.get('system')}|{c.get('code')}" for c in (payload.get("code") or {}).get("coding") or [])
     known = ", ".join(f"{m.key} ({m.codes[0][0]}|{m.codes[0][1]})" for m in catalogue.measures)
     return issue("code-invalid", f"Observation.code [{codes or 'no coding'}] is not a measure of this study; "
                  f"known measures: {known}", "Observation.code.coding")
 
 
-def _decimal(value) -> Decimal | None:
+def _decimal(value: object) -> Decimal | None:
     if isinstance(value, bool) or value is None:
         return None
     try:
@@ -63,14 +65,15 @@ def _decimal(value) -> Decimal | None:
     return result if result.is_finite() else None
 
 
-def quantity_unit(quantity: dict) -> str | None:
+def quantity_unit(quantity: dict[str, Any]) -> str | None:
     """The unit a quantity is in: its UCUM code, else its human-readable unit."""
     if quantity.get("code") and quantity.get("system", UCUM) == UCUM:
-        return quantity["code"]
+        code: str = quantity["code"]
+        return code
     return quantity.get("unit") or quantity.get("code")
 
 
-def check_observation(payload: dict, measure: Measure) -> list[Issue]:
+def check_observation(payload: dict[str, Any], measure: Measure) -> list[Issue]:
     """Value-set bindings and trial rules for one result of `measure`."""
     issues = []
     status = payload.get("status")
@@ -102,7 +105,8 @@ def check_observation(payload: dict, measure: Measure) -> list[Issue]:
 def _check_value(measure: Measure, value: Decimal, canonical: Decimal, where: str) -> list[Issue]:
     if measure.integer and value != value.to_integral_value():
         return [issue("value", f"{measure.key} must be a whole number, got {value}", where)]
-    if measure.max_decimals is not None and -value.as_tuple().exponent > measure.max_decimals \
+    # `value` is finite (`_decimal` keeps no NaN or Infinity), so its exponent is an int, never 'n'/'N'/'F'
+    if measure.max_decimals is not None and -cast(int, value.as_tuple().exponent) > measure.max_decimals \
             and value != value.quantize(Decimal(1).scaleb(-measure.max_decimals)):
         return [issue("value", f"{measure.key} has at most {measure.max_decimals} decimal(s), got {value}", where)]
     if (measure.min is not None and canonical < measure.min) or (measure.max is not None and canonical > measure.max):
@@ -111,7 +115,8 @@ def _check_value(measure: Measure, value: Decimal, canonical: Decimal, where: st
     return []
 
 
-def _component_values(components: list[dict]) -> tuple[dict[str, tuple[int, Decimal | None]], list[Issue]]:
+def _component_values(components: list[dict[str, Any]]
+                      ) -> tuple[dict[str, tuple[int, Decimal | None]], list[Issue]]:
     values: dict[str, tuple[int, Decimal | None]] = {}
     for i, comp in enumerate(components):
         for coding in (comp.get("code") or {}).get("coding") or []:
@@ -123,7 +128,8 @@ def _component_values(components: list[dict]) -> tuple[dict[str, tuple[int, Deci
     return values, missing
 
 
-def _part(values, code, low, high, issues) -> Decimal:
+def _part(values: dict[str, tuple[int, Decimal | None]], code: str, low: int, high: int | Decimal,
+          issues: list[Issue]) -> Decimal:
     i, v = values[code]
     if v is not None and not (low <= v <= high):
         issues.append(issue("value", f"{code} must be within {low}…{high}, got {v}",
@@ -131,7 +137,7 @@ def _part(values, code, low, high, issues) -> Decimal:
     return v or Decimal(0)
 
 
-def _check_parts(measure: Measure, total: Decimal, components: list[dict]) -> list[Issue]:
+def _check_parts(measure: Measure, total: Decimal, components: list[dict[str, Any]]) -> list[Issue]:
     values, issues = _component_values(components)
     if issues:
         return issues
@@ -165,18 +171,21 @@ def _check_parts(measure: Measure, total: Decimal, components: list[dict]) -> li
     return issues
 
 
-def effective_of(payload: dict) -> str | None:
+def effective_of(payload: dict[str, Any]) -> str | None:
     return payload.get("effectiveDateTime") or (payload.get("effectivePeriod") or {}).get("start") \
         or payload.get("effectiveInstant")
 
 
-def measurement_row(payload: dict, id: str, enrolment: Enrolment, measure: Measure, coding: dict) -> dict:
+def measurement_row(payload: dict[str, Any], id: str, enrolment: Enrolment, measure: Measure,
+                    coding: dict[str, Any]) -> dict[str, Any]:
     """The typed row of an Observation that passed `check_observation`, as the plain dict of its columns (building
     a MeasurementRecord costs about as much as parsing the Observation, ~100 us). Its `study_day` and `visit` are
     the trial's to assign (service/trial/service.py `assign_visit`): None and "unscheduled" here."""
     quantity = payload["valueQuantity"]
     unit = quantity_unit(quantity)
     value = _decimal(quantity["value"])
+    canonical = measure.to_canonical(value, unit) if value is not None and unit is not None else None
+    assert canonical is not None, "check_observation accepts only a numeric value in a unit of the measure"
     instant, local = parse_datetime(effective_of(payload))
     category = None
     for cat in payload.get("category") or []:
@@ -187,14 +196,14 @@ def measurement_row(payload: dict, id: str, enrolment: Enrolment, measure: Measu
     return dict(
         id=id, patient_id=enrolment.patient_id, study_id=enrolment.study_id, subject_id=enrolment.subject_id,
         measure=measure.key, code_system=coding.get("system") or "", code=coding.get("code") or "",
-        category=category, status=payload["status"], value=float(measure.to_canonical(value, unit)),
+        category=category, status=payload["status"], value=float(canonical),
         unit=measure.unit, original_value=str(quantity["value"]), original_unit=unit,
         effective=instant, local_date=local, study_day=None, visit="unscheduled",
     )
 
 
 def observation_to_fhir(record: MeasurementRecord, measure: Measure, effective: str | None = None,
-                        components: list[tuple[str, float]] = ()) -> fhir.Observation:
+                        components: Sequence[tuple[str, float]] = ()) -> fhir.Observation:
     """An Observation for a measurement (the demo cohort is built this way)."""
     system, code = record.code_system or measure.codes[0][0], record.code or measure.codes[0][1]
     category = "laboratory" if measure.category == "laboratory" else "survey"

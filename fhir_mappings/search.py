@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -336,9 +336,10 @@ def parse_quantity(value: str) -> Quantity:
     else:
         low, high = number - half, number + half
 
-    def bound(measure, factor):
+    def bound(measure: str | None, factor: Decimal) -> QuantityBound:
         return QuantityBound(measure, prefix, float(number * factor), float(low * factor), float(high * factor))
 
+    bounds: tuple[QuantityBound, ...]
     if code is None:
         bounds = (bound(None, Decimal(1)),)
     elif system not in (None, UCUM):
@@ -435,6 +436,7 @@ def parse_search(spec: SearchSpec, params: list[tuple[str, str]], *, default_cou
     req = SearchRequest(resource_type, count=default_count, sort=Sort(spec.default_sort))
     supported = spec.params
     cursor_text = None
+    modifier: str | None  # the `:modifier` of a name, None for a bare name
     for name, value in params:
         if name == "_cursor":
             cursor_text = value
@@ -565,7 +567,7 @@ def _fields(model: type[fhir.Resource]) -> tuple[frozenset[str], frozenset[str],
             continue
         alias = info.alias or fname
         names.add(alias)
-        base = extra.get("one_of_many")
+        base = cast(str | None, extra.get("one_of_many"))  # fhir.resources: the choice element's base name
         if base:
             names.add(base)
             choices[alias] = base
@@ -606,7 +608,7 @@ def subset(content: str | bytes, model: type[fhir.Resource], *, summary: str | N
 
 # -- SearchParameter resources ----------------------------------------------------------------------------
 
-def search_parameter_resource(resource_type: str, param: ParamDef) -> dict:
+def search_parameter_resource(resource_type: str, param: ParamDef) -> dict[str, Any]:
     """An R4 SearchParameter for one of the trial's own parameters (validated with fhir.resources)."""
     pid = param.id_for(resource_type)
     data = {

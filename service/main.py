@@ -138,10 +138,13 @@ def _add_outcome_schema(app: FastAPI) -> None:
         app.openapi_schema = schema
         return schema
 
-    app.openapi = openapi
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
-def __getattr__(name: str):
+app: FastAPI  # declared, not bound: `__getattr__` builds it on first access
+
+
+def __getattr__(name: str) -> FastAPI:
     # `service.main:app` is built on first access, so importing this module creates no engine.
     if name == "app":
         global app

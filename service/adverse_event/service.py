@@ -8,10 +8,11 @@ from service import examples
 from service.adverse_event.models import AdverseEventRecord
 from service.core.stored_type import StoredType, param
 from service.errors import raise_for_issues
+from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
 from service.trial.service import enrolment_in, prefetch_subjects
 
-AE = AdverseEventRecord.__table__
+AE = table_of(AdverseEventRecord)
 
 
 def index_adverse_event(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:

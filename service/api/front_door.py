@@ -15,6 +15,7 @@ compares the answers.
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -46,7 +47,7 @@ class FrontDoor:
         self.app = app  # what answers every other request
         self.core = core
         self.paths = {f"/fhir/{t}": t for t in resource_types}
-        self._bases: dict[tuple, str] = {}
+        self._bases: dict[tuple[Any, ...], str] = {}  # (scheme, host, server, root path) -> base
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):

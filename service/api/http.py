@@ -40,7 +40,7 @@ async def fhir_body(request: Request) -> dict[str, Any]:
     return parse_body(await request.body())
 
 
-FhirBody = Annotated[dict, Depends(fhir_body)]
+FhirBody = Annotated[dict[str, Any], Depends(fhir_body)]
 
 
 def base_of(configured: str | None, request_base: str) -> str:
@@ -65,7 +65,8 @@ Ctx = Annotated[Context, Depends(request_context)]
 
 
 async def the_core(request: Request) -> Core:
-    return request.app.state.core
+    core: Core = request.app.state.core  # set by create_app (service/main.py)
+    return core
 
 
 CoreDep = Annotated[Core, Depends(the_core)]

@@ -8,6 +8,8 @@
 
 from urllib.parse import parse_qsl
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from service.errors import FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
@@ -59,9 +61,9 @@ def body_too_large(max_body_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body exceeds the limit of {max_body_bytes} bytes", expression="Content-Length")
 
 
-def some_headers(scope, *names: bytes) -> dict[bytes, str]:
+def some_headers(scope: Scope, *names: bytes) -> dict[bytes, str]:
     """The named request headers (lower-case names; the last of a repeated one), decoding nothing else."""
-    found = {}
+    found: dict[bytes, str] = {}
     for key, value in scope["headers"]:
         key = key.lower()
         if key in names:
@@ -69,7 +71,7 @@ def some_headers(scope, *names: bytes) -> dict[bytes, str]:
     return found
 
 
-def edge(scope, max_body_bytes: int) -> tuple[str, bool]:
+def edge(scope: Scope, max_body_bytes: int) -> tuple[str, bool]:
     """The edge rules of one FHIR request: (the response Content-Type, does it carry a body?); raises the 406,
     415 or 413 `FhirError`. Reads only the four headers it needs, and the query only when it may name `_format`
     (the common search GET pays a few µs here, not a dict of every header and a parse of the whole query)."""
@@ -87,12 +89,12 @@ def edge(scope, max_body_bytes: int) -> tuple[str, bool]:
 
 
 class FhirFormatMiddleware:
-    def __init__(self, app, max_body_bytes: int, prefix: str = "/fhir") -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, prefix: str = "/fhir") -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.prefix = prefix
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
         try:
@@ -102,7 +104,7 @@ class FhirFormatMiddleware:
         if has_body:
             receive = self._counting(receive, send)
 
-        async def send_with_format(message):
+        async def send_with_format(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [
                     (k, b"application/json") if k.lower() == b"content-type" and v.startswith(b"application/fhir+json")
@@ -116,11 +118,11 @@ class FhirFormatMiddleware:
             too_large = body_too_large(self.max_body_bytes)
             await error_response(too_large.status_code, too_large.issues)(scope, receive, send)
 
-    def _counting(self, receive, send):
+    def _counting(self, receive: Receive, send: Send) -> Receive:
         seen = 0
         limit = self.max_body_bytes
 
-        async def counted():
+        async def counted() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":

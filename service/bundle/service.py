@@ -7,6 +7,7 @@ it back and answers with an OperationOutcome naming the entry. A batch runs each
 """
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -40,7 +41,7 @@ class Request:
     id: str | None
     query: str
     full_url: str | None
-    resource: dict | None
+    resource: dict[str, Any] | None
     if_none_exist: str | None
     if_match: str | None
     may_refer: bool = True  # may hold a reference to another entry's fullUrl (False: no need to look)
@@ -50,7 +51,7 @@ class Request:
         return f"Bundle.entry[{self.index}]"
 
 
-def read_bundle(body: dict, max_entries: int) -> tuple[str, list[Request]]:
+def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list[Request]]:
     if body.get("resourceType") != "Bundle":
         raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}",
                          expression="Bundle.resourceType")
@@ -118,14 +119,15 @@ def _read_entry(i: int, item: Any) -> Request:
                    req.get("ifMatch"))
 
 
-def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
+def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str, Any]]:
     """Run one entry; (status, response entry)."""
     uow.entry_prefix = f"{req.prefix}.resource"
     if req.method == "DELETE":
         if req.id:
             done = resources.delete(uow, req.resource_type, req.id, if_match=req.if_match)
         else:
-            done = (resources.conditional_delete(uow, req.resource_type, req.query) or [None])[0]
+            deleted = resources.conditional_delete(uow, req.resource_type, req.query)
+            done = deleted[0] if deleted else None
         status = 204 if done else 204
         resp = {"status": STATUS_TEXT[status]}
         if done:
@@ -142,6 +144,7 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
         found = search(uow.session, req.resource_type, parse_qsl(req.query), base)
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
     resource = _rewrite_placeholders(req.resource, uow.placeholders) if req.may_refer else req.resource
+    assert resource is not None, "_read_entry gives every POST and PUT entry a resource"
     if req.method == "POST":
         new_id = uow.placeholders.get(req.full_url, (None, None))[1] if req.full_url else None
         stored = resources.create(uow, req.resource_type, resource, if_none_exist=req.if_none_exist, new_id=new_id)
@@ -161,7 +164,7 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict]:
 
 def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
     """Let each type's handler batch the look-ups its entries will need (one query per Bundle, not per entry)."""
-    payloads: dict[str, list[dict]] = {}
+    payloads: dict[str, list[dict[str, Any]]] = {}
     for r in reqs:
         if r.method in ("POST", "PUT") and r.resource is not None:
             payloads.setdefault(r.resource_type, []).append(r.resource)
@@ -189,7 +192,7 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
     return node
 
 
-def transaction(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
+def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False) -> bytes:
     _, requests = read_bundle(body, max_entries)
     texts = [_resource_text(r) for r in requests]
@@ -197,7 +200,8 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
     # (fullUrls that aren't urn: are rare, and then every resource is walked)
     urn_only = all(r.full_url.startswith("urn:") for r in requests if r.full_url)
     for r in requests:
-        r.may_refer = texts[r.index] is not None and (not urn_only or b'"reference":"urn:' in texts[r.index])
+        sent = texts[r.index]
+        r.may_refer = sent is not None and (not urn_only or b'"reference":"urn:' in sent)
     attempts = [0]
 
     def work(uow: UnitOfWork) -> bytes:
@@ -219,7 +223,7 @@ def transaction(session: Session, body: dict, base: str, *, max_entries: int, en
         order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], TYPES[r.resource_type].rank
                                             if r.resource_type in TYPES else 9, r.index))
         _prefetch(uow, reqs)
-        results: dict[int, dict] = {}
+        results: dict[int, dict[str, Any]] = {}
         for r in order:
             try:
                 _, results[r.index] = _run_entry(uow, r, base)
@@ -244,17 +248,17 @@ def _resource_text(req: Request) -> bytes | None:
         raise BadRequest(TOO_DEEP, expression=f"{req.prefix}.resource") from None
 
 
-def _minimal(item: dict) -> dict:
+def _minimal(item: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in item.items() if k != "resource"} if "response" in item else item
 
 
-def batch(session: Session, body: dict, base: str, *, max_entries: int, enforce_rules: bool = True,
+def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
           representation: bool = False) -> bytes:
     _, requests = read_bundle(body, max_entries)
     entries = []
     for r in requests:
         try:
-            _, item = resources.run_write(session, lambda uow, r=r: _run_entry(uow, r, base), base_url=base,
+            _, item = resources.run_write(session, partial(_run_entry, req=r, base=base), base_url=base,
                                           enforce_rules=enforce_rules)
             entries.append(item if representation or r.method == "GET" else _minimal(item))
         except FhirError as err:

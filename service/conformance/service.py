@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.terminology import catalogue_names, code_system_resource, load_catalogue
@@ -21,11 +22,11 @@ class Contribution:
     """What a module beside the stored types adds to the CapabilityStatement: operations per level (`system` or a
     resource type) and resource types of its own. `create_app` passes each router module's contribution in."""
 
-    operations: dict[str, tuple[dict, ...]] = field(default_factory=dict)
-    resources: tuple[dict, ...] = ()
+    operations: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    resources: tuple[dict[str, Any], ...] = ()
 
 
-def code_systems() -> dict[str, dict]:
+def code_systems() -> dict[str, dict[str, Any]]:
     """id -> CodeSystem resource, for every catalogue's own code system."""
     found = {}
     for name in catalogue_names():
@@ -34,18 +35,18 @@ def code_systems() -> dict[str, dict]:
     return found
 
 
-def read_code_system(id: str) -> dict:
+def read_code_system(id: str) -> dict[str, Any]:
     cs = code_systems().get(id)
     if cs is None:
         raise NotFound(f"CodeSystem/{id} is not known", expression="CodeSystem.id")
     return cs
 
 
-def capability_statement(base: str, contributions: Sequence[Contribution] = ()) -> dict:
-    operations: dict[str, list[dict]] = {}
+def capability_statement(base: str, contributions: Sequence[Contribution] = ()) -> dict[str, Any]:
+    operations: dict[str, list[dict[str, Any]]] = {}
     for contribution in contributions:
-        for level, ops in contribution.operations.items():
-            operations.setdefault(level, []).extend(ops)
+        for level, declared in contribution.operations.items():
+            operations.setdefault(level, []).extend(declared)
     resources = []
     for stored in REGISTRY:  # each stored type as it declares itself (service/core/registry.py)
         rtype = stored.name

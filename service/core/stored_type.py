@@ -29,7 +29,7 @@ from sqlalchemy import Column, Table
 
 from fhir_mappings import fhir
 from fhir_mappings.search import ParamDef, common_params
-from service.store.models import IdentifierRecord, ResourceRecord
+from service.store.models import IdentifierRecord, ResourceRecord, table_of
 from service.store.unit_of_work import UnitOfWork
 
 #: (unit of work, payload, id, replacing: a live version exists) -> None; raises for rule violations
@@ -70,9 +70,10 @@ def param(name: str, kind: str, columns: Column[Any] | tuple[Column[Any], ...], 
 
 
 def _common(table: Table, resource_type: str) -> list[SearchParam]:
+    resource, identifier = table_of(ResourceRecord), table_of(IdentifierRecord)
     where = {"_id": ("id", (table.c.id,)),
-             "_lastUpdated": ("last_updated", (ResourceRecord.__table__.c.last_updated,)),
-             "identifier": ("identifier", (IdentifierRecord.__table__.c.system, IdentifierRecord.__table__.c.value))}
+             "_lastUpdated": ("last_updated", (resource.c.last_updated,)),
+             "identifier": ("identifier", (identifier.c.system, identifier.c.value))}
     return [SearchParam(d, *where[d.name]) for d in common_params(resource_type)]
 
 

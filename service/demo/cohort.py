@@ -35,6 +35,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from statistics import fmean
+from typing import Any
 
 import orjson
 
@@ -126,6 +127,12 @@ class DemoSubject:
     adverse_events: list[DemoAdverseEvent] = field(default_factory=list)
     missed_visits: tuple[str, ...] = ()
 
+    @property
+    def day0(self) -> date:
+        """The subject's day 0 (`ResearchSubject.period.start`), which every demo subject has."""
+        assert self.subject.day0 is not None, "the generator enrols every demo subject with a day 0"
+        return self.subject.day0
+
 
 @dataclass
 class DemoCohort:
@@ -203,12 +210,12 @@ class _Generator:
             if arm == "high-dose":
                 # withdrew consent (moved abroad) after week 4: not because of an adverse event
                 miss_w12.subject.status = "withdrawn"
-                miss_w12.subject.end_date = miss_w12.subject.day0 + timedelta(days=46)
+                miss_w12.subject.end_date = miss_w12.day0 + timedelta(days=46)
 
     # -- results ---------------------------------------------------------------------------------------
     def _results(self, study_id: str, members: list[DemoSubject], arm: str) -> None:
         rng = self.rng
-        dates = {s.key: {name: s.subject.day0 + timedelta(days=target + rng.randint(lo, hi))
+        dates = {s.key: {name: s.day0 + timedelta(days=target + rng.randint(lo, hi))
                          for name, target, lo, hi in VISITS} for s in members}
         latent = {s.key: rng.gauss(0, 1) for s in members}  # how well the subject responds, across measures
         base = self._baselines(members)
@@ -288,31 +295,34 @@ class _Generator:
                 original = _in_unit(value, measure.key, unit)
                 lab_time = moment + timedelta(minutes=25) if measure.category == "laboratory" else moment
                 system, code = measure.codes[0]
+                canonical = measure.to_canonical(original, unit)
+                assert canonical is not None, "the demo sends each measure in a unit its catalogue accepts"
                 record = MeasurementRecord(
                     id=_local_id("Observation", s.key, visit, measure.key), patient_id=s.patient.id,
                     study_id=study_id, subject_id=s.subject.id, measure=measure.key, code_system=system, code=code,
-                    category=measure.category, status="final", value=float(measure.to_canonical(original, unit)),
+                    category=measure.category, status="final", value=float(canonical),
                     unit=measure.unit, original_value=str(original), original_unit=unit,
                     effective=lab_time.astimezone(UTC), local_date=day,
-                    study_day=(day - s.subject.day0).days,
-                    visit=self.catalogue.visit_for_day((day - s.subject.day0).days))
+                    study_day=(day - s.day0).days,
+                    visit=self.catalogue.visit_for_day((day - s.day0).days))
                 s.measurements.append(DemoMeasurement(record=record, identifier=f"{s.key}-{visit}-{measure.key}",
                                                       effective=lab_time.isoformat(), components=components))
         if s.subject.status != "withdrawn":
-            last = dates["week-12"] if "week-12" not in s.missed_visits else s.subject.day0 + timedelta(days=84)
+            last = dates["week-12"] if "week-12" not in s.missed_visits else s.day0 + timedelta(days=84)
             s.subject.end_date = last
 
     # -- adverse events ---------------------------------------------------------------------------------
     def _adverse_events(self, study_id: str, s: DemoSubject) -> None:
         rng = self.rng
         n_events = rng.choices((0, 1, 2), weights=(5, 4, 2) if s.subject.arm == "low-dose" else (4, 4, 3))[0]
-        end = (s.subject.end_date - s.subject.day0).days
+        assert s.subject.end_date is not None, "_emit (or _plan_gaps, for a withdrawal) set every end date"
+        end = (s.subject.end_date - s.day0).days
         for k in range(1, n_events + 1):
             code, text, relatedness, injection_site = rng.choice(AE_TERMS)
             if relatedness is None:
                 relatedness = rng.choice(("C53256", "C53257"))
             day = rng.randint(0, 2) if injection_site else rng.randint(1, max(1, end - 1))
-            onset = datetime.combine(s.subject.day0 + timedelta(days=day), datetime.min.time(), TIMEZONE) \
+            onset = datetime.combine(s.day0 + timedelta(days=day), datetime.min.time(), TIMEZONE) \
                 + timedelta(hours=rng.randint(9, 20), minutes=rng.choice((0, 15, 30, 45)))
             severity = "moderate" if rng.random() < 0.25 else "mild"
             record = AdverseEventRecord(
@@ -382,7 +392,7 @@ def _easi_parts(value: Decimal, rng: random.Random) -> tuple[Decimal, tuple[tupl
 
     wanted = int(value * 10)
     for _ in range(400):  # greedy: the single ±1 change that gets closest, until none helps
-        best = (abs(tenths() - wanted), None)
+        best: tuple[int, tuple[Any, ...] | None] = (abs(tenths() - wanted), None)
         for r in weights:
             for delta in (-1, 1):
                 if 0 <= area[r] + delta <= 6:
@@ -452,13 +462,13 @@ def _subject_resources(cohort: DemoCohort, s: DemoSubject) -> list[dict]:
     out = [_dump(patient_to_fhir(s.patient, [(PATIENT_SYSTEM, s.key)])),
            _dump(research_subject_to_fhir(s.subject, [(SUBJECT_SYSTEM, f"{STUDY_IDENTIFIER[1]}-{s.key}")]))]
     for m in s.measurements:
-        resource = observation_to_fhir(m.record, catalogue.measure(m.record.measure), m.effective, m.components)
-        resource.identifier = [fhir.Identifier(system=OBSERVATION_SYSTEM, value=m.identifier)]
-        out.append(_dump(resource))
+        observation = observation_to_fhir(m.record, catalogue.measure(m.record.measure), m.effective, m.components)
+        observation.identifier = [fhir.Identifier(system=OBSERVATION_SYSTEM, value=m.identifier)]
+        out.append(_dump(observation))
     for ae in s.adverse_events:
-        resource = adverse_event_to_fhir(ae.record, ae.date, ae.relatedness)
-        resource.identifier = fhir.Identifier(system=ADVERSE_EVENT_SYSTEM, value=ae.identifier)  # 0..1 in R4
-        out.append(_dump(resource))
+        event = adverse_event_to_fhir(ae.record, ae.date, ae.relatedness)
+        event.identifier = fhir.Identifier(system=ADVERSE_EVENT_SYSTEM, value=ae.identifier)  # 0..1 in R4
+        out.append(_dump(event))
     return out
 
 

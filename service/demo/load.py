@@ -27,7 +27,7 @@ from service.demo.cohort import (
     study_resource,
     subject_resources,
 )
-from service.store.models import IdentifierRecord
+from service.store.models import IdentifierRecord, table_of
 from service.trial.models import StudyRecord
 
 DEFAULT_BASE = "http://localhost/fhir"
@@ -81,7 +81,7 @@ def load_demo(engine: Engine, progress: Progress | None = None, *, base_url: str
 def load_demo_if_empty(engine: Engine, progress: Progress | None = None) -> dict[str, Any] | None:
     """Load the demo trial when the database holds no ResearchStudy; None when it holds one."""
     with read_session(engine) as session:
-        if session.execute(select(StudyRecord.id).limit(1)).first() is not None:
+        if session.execute(select(table_of(StudyRecord).c.id).limit(1)).first() is not None:
             return None
     return load_demo(engine, progress)
 
@@ -95,9 +95,9 @@ def _identifier_key(resource: dict) -> tuple[str, str, str]:
 def _present_identifiers(engine: Engine) -> set[tuple[str, str, str]]:
     """(type, system, value) of every stored identifier in the demo systems."""
     with read_session(engine) as session:
-        rows = session.execute(select(IdentifierRecord.resource_type, IdentifierRecord.system,
-                                      IdentifierRecord.value)
-                               .where(IdentifierRecord.system.in_(DEMO_SYSTEMS))).all()
+        identifiers = table_of(IdentifierRecord)
+        rows = session.execute(select(identifiers.c.resource_type, identifiers.c.system, identifiers.c.value)
+                               .where(identifiers.c.system.in_(DEMO_SYSTEMS))).all()
     return {tuple(row) for row in rows}
 
 

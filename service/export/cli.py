@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 app = typer.Typer(help="Bulk Data export (NDJSON, one file per type) to a folder.")
@@ -47,7 +47,7 @@ def export(
             if not groups.find_studies(session, [group]):
                 console.print(f"[red]error:[/red] no study '{group}' (Group/{group})")
                 raise typer.Exit(2)
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     started = time.perf_counter()
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as bar:

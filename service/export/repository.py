@@ -5,22 +5,23 @@ of its type: its criteria are compiled by the search compiler (service/search/co
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
 from sqlalchemy import and_, delete, false, func, or_, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Select
-from sqlalchemy.sql.selectable import Join
+from sqlalchemy.sql.selectable import FromClause, Join
 from sqlmodel import Session
 
 from fhir_mappings.search import Criterion
 from service.core.registry import TYPES
 from service.export.models import ExportJobRecord
 from service.search import compiler
-from service.store.models import ResourceRecord
+from service.store.models import ResourceRecord, table_of
 
-J = ExportJobRecord.__table__
-R = ResourceRecord.__table__
+J = table_of(ExportJobRecord)
+R = table_of(ResourceRecord)
 
 
 # -- what each type exports -----------------------------------------------------------------------------
@@ -74,6 +75,7 @@ def _select(sel: Selection, columns) -> Select:
         conditions.append(or_(*(and_(*compiler.conditions(rtype, f)) for f in sel.filters)))
     if sel.since is not None:
         conditions.append(R.c.last_updated > sel.since)
+    source: FromClause
     if not sel.filters and sel.study_id is None:
         source = R
         conditions.insert(0, on_resource)
@@ -124,8 +126,14 @@ def get_job(session: Session | Connection, job_id: str):
     return session.execute(select(J).where(J.c.id == job_id)).first()
 
 
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE touched (`Session.execute` is typed `Result`; a DML statement's is a
+    `CursorResult`)."""
+    return cast(CursorResult[Any], result).rowcount
+
+
 def delete_job(session: Session, job_id: str) -> int:
-    return session.execute(delete(J).where(J.c.id == job_id)).rowcount
+    return _rowcount(session.execute(delete(J).where(J.c.id == job_id)))
 
 
 def claim_job(session: Session, worker: str, now: datetime) -> str | None:
@@ -139,8 +147,8 @@ def claim_job(session: Session, worker: str, now: datetime) -> str | None:
     else:
         candidates = session.execute(stmt.limit(5)).scalars().all()
     for job_id in candidates:
-        done = session.execute(update(J).where(J.c.id == job_id, J.c.status == "queued").values(
-            status="running", worker=worker, started_at=now, heartbeat=now, progress="started")).rowcount
+        done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "queued").values(
+            status="running", worker=worker, started_at=now, heartbeat=now, progress="started")))
         if done == 1:
             session.commit()
             return job_id
@@ -150,23 +158,23 @@ def claim_job(session: Session, worker: str, now: datetime) -> str | None:
 
 def beat(session: Session, job_id: str, worker: str, now: datetime, progress: str) -> bool:
     """Record progress; False when the job is no longer this worker's to run (cancelled or reaped)."""
-    done = session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                           .values(heartbeat=now, progress=progress[:255])).rowcount
+    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
+                                     .values(heartbeat=now, progress=progress[:255])))
     session.commit()
     return done == 1
 
 
 def finish_job(session: Session, job_id: str, worker: str, values: dict) -> bool:
-    done = session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                           .values(**values)).rowcount
+    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
+                                     .values(**values)))
     session.commit()
     return done == 1
 
 
 def requeue_job(session: Session, job_id: str, worker: str) -> bool:
-    done = session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                           .values(status="queued", worker=None, started_at=None, heartbeat=None,
-                                   progress="queued (its worker stopped; it will run again)")).rowcount
+    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
+                                     .values(status="queued", worker=None, started_at=None, heartbeat=None,
+                                             progress="queued (its worker stopped; it will run again)")))
     session.commit()
     return done == 1
 

@@ -4,12 +4,12 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from service.search import compiler
-from service.store.models import ResourceRecord
+from service.store.models import ResourceRecord, table_of
 from service.trial.models import StudyRecord, SubjectRecord
 
-R = ResourceRecord.__table__
-ST = StudyRecord.__table__
-S = SubjectRecord.__table__
+R = table_of(ResourceRecord)
+ST = table_of(StudyRecord)
+S = table_of(SubjectRecord)
 
 
 def find_studies(session: Session, ids: list[str] | None = None):

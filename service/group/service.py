@@ -45,8 +45,7 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
     entries = [entry(f"{base}/Group/{group_id_for_study(sid)}", orjson.dumps(_group(session, sid, title)),
                      search={"mode": "match"}) for sid, title in studies]
     if warnings:
-        entries.append(entry(None, orjson.dumps(outcome(warnings)), search={"mode": "outcome"}))
-        entries[-1].pop("fullUrl")
+        entries.append({"resource": orjson.Fragment(orjson.dumps(outcome(warnings))), "search": {"mode": "outcome"}})
     query = urlencode(params)
     self_link = f"{base}/Group" + (f"?{query}" if query else "")
     return bundle("searchset", entries, total=len(studies), links=[("self", self_link)])

@@ -13,11 +13,12 @@ from service import examples
 from service.core.stored_type import StoredType, param
 from service.errors import RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
+from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
 from service.trial.models import SubjectRecord
 from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects
 
-M = MeasurementRecord.__table__
+M = table_of(MeasurementRecord)
 
 
 def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
@@ -42,7 +43,7 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
     uow.add(M, row)
 
 
-S = SubjectRecord.__table__
+S = table_of(SubjectRecord)
 _STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
 
 OBSERVATION = StoredType(

@@ -43,10 +43,10 @@ from fhir_mappings.search import Criterion, Cursor, DateRange, Include, Quantity
 from service.core.registry import TYPES
 from service.core.stored_type import SearchParam, StoredType
 from service.store.driver import AsyncReadPool, DriverStatement
-from service.store.models import IdentifierRecord, ResourceRecord
+from service.store.models import IdentifierRecord, ResourceRecord, table_of
 
-R = ResourceRecord.__table__
-I = IdentifierRecord.__table__  # noqa: E741
+R = table_of(ResourceRecord)
+I = table_of(IdentifierRecord)  # noqa: E741
 
 #: what a search reads through: a Session (inside a unit of work, e.g. a batch entry) or a read connection
 Reader = Session | Connection

@@ -2,18 +2,20 @@
 filter AND the sort (`effective, id` for date order), because an uncovered sort costs ~100× (DESIGN.md).
 They are attached to the typed tables here (created by migration 0002_search_indexes)."""
 
-from sqlalchemy import Index
+from typing import Any
+
+from sqlalchemy import Column, Index
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
-from service.store.models import IdentifierRecord
+from service.store.models import IdentifierRecord, table_of
 
-M = MeasurementRecord.__table__
-A = AdverseEventRecord.__table__
-I = IdentifierRecord.__table__  # noqa: E741
+M = table_of(MeasurementRecord)
+A = table_of(AdverseEventRecord)
+I = table_of(IdentifierRecord)  # noqa: E741
 
 
-def _index(name: str, *columns) -> Index:
+def _index(name: str, *columns: Column[Any]) -> Index:
     table = columns[0].table
     existing = next((ix for ix in table.indexes if ix.name == name), None)
     return existing if existing is not None else Index(name, *columns)

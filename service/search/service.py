@@ -7,8 +7,10 @@ outcome`); with strict handling they are a 400 naming the parameter. `_total` is
 whole result fits the page) or asked for (`_total=accurate|estimate`, `_summary=count`).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -17,7 +19,7 @@ from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
-from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.search import (
     MAX_REVINCLUDE,
     Cursor,
@@ -33,6 +35,9 @@ from service.search import compiler
 from service.search.compiler import Compiled
 from service.store.driver import AsyncReadPool
 from service.store.unit_of_work import utcnow
+
+#: a row of a page (compiler.find_page): (phase, sort value, id, stored JSON)
+PageRow = tuple[int, Any, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +101,7 @@ async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> 
     return _searchset(None, plan, rows, base)
 
 
-def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: list[tuple], base: str) -> bytes:
+def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: list[PageRow], base: str) -> bytes:
     """The Bundle of a page read with one more row than asked for (that row only tells that a next page exists)."""
     req = plan.req
     resource_type = req.resource_type
@@ -116,6 +121,7 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
 
     total = None
     if req.total in ("accurate", "estimate"):
+        assert session is not None, "a search read without a session (run_search_async) counts nothing"
         total = compiler.count_matches(session, plan.compiled)
     elif req.total is None and req.cursor is None and not more:
         total = len(rows)
@@ -129,17 +135,18 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
         entries = [{"fullUrl": prefix + rid, "resource": orjson.Fragment(content), "search": match}
                    for _, _, rid, content in rows]
     if rows and (req.includes or req.revincludes):
+        assert session is not None, "a search read without a session (run_search_async) includes nothing"
         entries += _included(session, req, [rid for _, _, rid, _ in rows], base, warnings)
     return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links,
                   timestamp=fhir_instant(utcnow()))
 
 
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
-              warnings: list) -> list[dict]:
+              warnings: list[Issue]) -> list[dict[str, Any]]:
     seen: set[tuple[str, str]] = set()
     entries = []
 
-    def add(rtype: str, found: list[tuple[str, str]]) -> None:
+    def add(rtype: str, found: Sequence[tuple[str, str | bytes]]) -> None:
         for rid, content in found:
             if (rtype, rid) in seen:
                 continue
@@ -161,7 +168,7 @@ def _included(session: Session | Connection, req: SearchRequest, ids: list[str],
     return entries
 
 
-def _outcome_entries(warnings: list) -> list[dict]:
+def _outcome_entries(warnings: list[Issue]) -> list[dict[str, Any]]:
     if not warnings:
         return []
     return [{"resource": outcome(warnings), "search": {"mode": "outcome"}}]
@@ -171,7 +178,7 @@ def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
     return f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
 
 
-def _page_url(base: str, req: SearchRequest, row: tuple, *, before: bool) -> str:
+def _page_url(base: str, req: SearchRequest, row: PageRow, *, before: bool) -> str:
     phase, value, rid, _ = row
     cursor = Cursor(req.sort.text, before, phase, value if req.sort.key != "_id" else None, rid)
     return _url(base, req.resource_type, req.params + [("_cursor", encode_cursor(cursor))])
@@ -180,13 +187,13 @@ def _page_url(base: str, req: SearchRequest, row: tuple, *, before: bool) -> str
 # -- SearchParameter (the trial's own parameters, served from their declarations) ---------------------------
 
 @lru_cache(maxsize=1)
-def search_parameters() -> dict[str, dict]:
+def search_parameters() -> dict[str, dict[str, Any]]:
     """id -> SearchParameter resource, for every trial parameter (`custom`) the stored types declare."""
     return {p.fhir.id_for(t.name): search_parameter_resource(t.name, p.fhir)
             for t in REGISTRY for p in t.search if p.fhir.custom}
 
 
-def read_search_parameter(id: str) -> dict:
+def read_search_parameter(id: str) -> dict[str, Any]:
     found = search_parameters().get(id)
     if found is None:
         raise NotFound(f"SearchParameter/{id} is not known", expression="SearchParameter.id")
@@ -194,7 +201,7 @@ def read_search_parameter(id: str) -> dict:
 
 
 def find_search_parameters(*, url: str | None = None, name: str | None = None, code: str | None = None,
-                           base_type: str | None = None) -> list[dict]:
+                           base_type: str | None = None) -> list[dict[str, Any]]:
     return [sp for sp in search_parameters().values()
             if (url is None or sp["url"] == url) and (name is None or sp["name"].lower() == name.lower())
             and (code is None or sp["code"] == code) and (base_type is None or base_type in sp["base"])]

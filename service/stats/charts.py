@@ -6,6 +6,7 @@
 """
 
 import math
+from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 from service.errors import NotFound
@@ -55,7 +56,7 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
-def _frame(title: str, subtitle: str, y_label: str, ticks: list[float], y) -> list[str]:
+def _frame(title: str, subtitle: str, y_label: str, ticks: Sequence[float], y) -> list[str]:
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title, {chr(34): "&quot;"})}" '
@@ -172,6 +173,7 @@ def _bar_chart(summary: StudySummary, key: str) -> str:
             r = rates.get((arm, visit))
             if r is None or r.rate is None:
                 continue
+            assert r.ci_low is not None and r.ci_high is not None, "a rate comes with its Wilson interval"
             color = PALETTE[i % len(PALETTE)]
             bx = centre + (i - len(arms) / 2) * bar_w
             top = y(100 * r.rate)

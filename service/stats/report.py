@@ -86,7 +86,7 @@ def report_html(summary: StudySummary) -> str:
         parts.append("<h2>Responders</h2>")
     for key in keys:
         rows = [[arm.name, r.visit, str(r.n), str(r.responders), _pct(r.rate),
-                 "–" if r.ci_low is None else f"{100 * r.ci_low:.1f}% – {100 * r.ci_high:.1f}%"]
+                 "–" if r.ci_low is None or r.ci_high is None else f"{100 * r.ci_low:.1f}% – {100 * r.ci_high:.1f}%"]
                 for arm in summary.arms for r in arm.responders if r.measure == key]
         parts.append(f'<section class="responder" id="responder-{escape(key)}"><h3>{escape(key)}</h3>')
         parts.append(f"<figure>{chart_svg(summary, key)}<figcaption>{escape(key)}: responder rate with its 95% "

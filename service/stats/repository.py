@@ -6,19 +6,21 @@ Tables read: `study`, `study_arm`, `research_subject` (its `arm` column is actua
 
 from collections.abc import Sequence
 from datetime import date
+from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, func, or_, select, text
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, text
 from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
+from service.store.models import table_of
 from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
 
-M = MeasurementRecord.__table__
-S = SubjectRecord.__table__
-A = ArmRecord.__table__
-AE = AdverseEventRecord.__table__
+M = table_of(MeasurementRecord)
+S = table_of(SubjectRecord)
+A = table_of(ArmRecord)
+AE = table_of(AdverseEventRecord)
 
 
 def get_study(session: Session, study_id: str) -> StudyRecord | None:
@@ -160,7 +162,7 @@ def count_adverse_events_by_arm(session: Session, study_id: str) -> list[tuple]:
     """
     kinds = [None, AE.c.seriousness == "serious", AE.c.severity == "severe", AE.c.related.is_(True),
              AE.c.caused_withdrawal.is_(True)]
-    columns = []
+    columns: list[ColumnElement[Any]] = []
     for cond in kinds:
         if cond is None:
             columns += [func.count(func.distinct(AE.c.subject_id)), func.count()]

@@ -5,10 +5,11 @@ rate over nobody) is `null`; a count of zero is `0`.
 """
 
 from datetime import date, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SUMMARY_EXAMPLE = {
+SUMMARY_EXAMPLE: dict[str, Any] = {
     "study_id": "nct01927705",
     "title": "hUCB-MSCs in moderate-to-severe atopic dermatitis (Phase I/IIa)",
     "catalogue": "atopic-dermatitis",

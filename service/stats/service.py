@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import combinations
+from typing import TextIO
 
 import numpy as np
 from sqlmodel import Session
@@ -226,6 +227,7 @@ def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, vi
         other = rb[(ra.visit, ra.measure)]
         item = ResponderComparison(visit=ra.visit, measure=ra.measure)
         if ra.n and other.n:
+            assert ra.rate is not None and other.rate is not None, "an arm with n > 0 has a rate"
             item.rate_difference = ra.rate - other.rate
             table = [[ra.responders, ra.n - ra.responders], [other.responders, other.n - other.responders]]
             odds, p = fisher_exact(table, alternative="two-sided")
@@ -238,13 +240,13 @@ def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, vi
         for m in measures:
             pa = _pct_changes(matrices.get((a.name, m.key), empty), j)
             pb = _pct_changes(matrices.get((b.name, m.key), empty), j)
-            item = ChangeComparison(visit=visit, measure=m.key, n=int(pa.size), n_versus=int(pb.size))
+            change = ChangeComparison(visit=visit, measure=m.key, n=int(pa.size), n_versus=int(pb.size))
             if pa.size and pb.size:
-                item.pct_change_difference = float(np.mean(pa) - np.mean(pb))
+                change.pct_change_difference = float(np.mean(pa) - np.mean(pb))
                 result = mannwhitneyu(pa, pb, alternative="two-sided")
-                item.u_statistic = _finite(result.statistic)
-                item.p_value = _finite(result.pvalue)
-            changes.append(item)
+                change.u_statistic = _finite(result.statistic)
+                change.p_value = _finite(result.pvalue)
+            changes.append(change)
     return ArmComparison(arm=a.name, versus=b.name, responders=responders, pct_change=changes)
 
 
@@ -264,19 +266,19 @@ def _finite(value) -> float | None:
 def tidy_rows(summary: StudySummary) -> Iterator[tuple[str, str, str, str, int | float]]:
     """(arm, visit, measure, statistic, value), one per figure; statistics with nothing behind them left out."""
     for arm in summary.arms:
-        for stats in arm.measures:
+        for measured in arm.measures:
             for name in MEASURE_STATISTICS:
-                value = getattr(stats, name)
+                value = getattr(measured, name)
                 if value is not None:
-                    yield arm.name, stats.visit, stats.measure, name, value
-        for stats in arm.responders:
+                    yield arm.name, measured.visit, measured.measure, name, value
+        for responding in arm.responders:
             for name in RESPONDER_STATISTICS:
-                value = getattr(stats, name)
+                value = getattr(responding, name)
                 if value is not None:
-                    yield arm.name, stats.visit, stats.measure, name, value
-        for stats in arm.safety:
+                    yield arm.name, responding.visit, responding.measure, name, value
+        for safety in arm.safety:
             for name in SAFETY_STATISTICS:
-                yield arm.name, "all", stats.measure, name, getattr(stats, name)
+                yield arm.name, "all", safety.measure, name, getattr(safety, name)
 
 
 def format_value(value: int | float) -> str:
@@ -284,7 +286,7 @@ def format_value(value: int | float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
-def write_csv(summary: StudySummary, out: io.TextIOBase) -> None:
+def write_csv(summary: StudySummary, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for arm, visit, measure, statistic, value in tidy_rows(summary):

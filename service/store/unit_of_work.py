@@ -7,7 +7,7 @@ end), so a transaction Bundle of 100 Observations costs a handful of statements,
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
-from typing import Any, NoReturn, cast
+from typing import Any, Literal, NoReturn, cast, overload
 
 from sqlalchemy import Table
 from sqlmodel import Session
@@ -113,6 +113,12 @@ class UnitOfWork:
     def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]:
         self.flush()
         return repository.find_ids_by_identifier(self.session, resource_type, system, value)
+
+    @overload
+    def resolve(self, ref: Any, expected: str, expression: str, *, required: Literal[True] = True) -> str: ...
+
+    @overload
+    def resolve(self, ref: Any, expected: str, expression: str, *, required: bool) -> str | None: ...
 
     def resolve(self, ref: Any, expected: str, expression: str, *, required: bool = True) -> str | None:
         """The id of the local `expected` resource that `ref` points at; rewrites conditional and logical

@@ -1,19 +1,20 @@
 """SQL for patients, studies, arms and enrolments."""
 
 import orjson
-from sqlalchemy import exists, select, update
+from sqlalchemy import Table, exists, select, update
 from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.store.driver import driver_rows
+from service.store.models import table_of
 from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
 
-S = SubjectRecord.__table__
-ST = StudyRecord.__table__
-A = ArmRecord.__table__
-M = MeasurementRecord.__table__
-AE = AdverseEventRecord.__table__
+S = table_of(SubjectRecord)
+ST = table_of(StudyRecord)
+A = table_of(ArmRecord)
+M = table_of(MeasurementRecord)
+AE = table_of(AdverseEventRecord)
 
 
 def find_enrolments(session: Session, patient_id: str):
@@ -69,8 +70,8 @@ def update_measurement_visits(session: Session, rows: list[dict]) -> None:
         session.execute(stmt, rows)
 
 
-def is_referenced(session: Session, table, column: str, value: str) -> bool:
-    return session.execute(select(exists().where(table.c[column] == value))).scalar()
+def is_referenced(session: Session, table: Table, column: str, value: str) -> bool:
+    return bool(session.execute(select(exists().where(table.c[column] == value))).scalar())
 
 
 def delete_arms(session: Session, study_id: str) -> None:

@@ -3,6 +3,7 @@ ResearchSubject writes, the enrolment look-ups that Observations and AdverseEven
 types (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT: their search parameters and columns)."""
 
 from datetime import date
+from typing import cast
 
 from fhir_mappings import fhir
 from fhir_mappings.group import group_id_for_study
@@ -16,15 +17,23 @@ from service.adverse_event.models import AdverseEventRecord
 from service.core.stored_type import StoredType, param
 from service.errors import Conflict, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
+from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
 from service.trial import repository
 from service.trial.models import ArmRecord, Enrolment, PatientRecord, StudyRecord, SubjectRecord
+
+P = table_of(PatientRecord)
+ST = table_of(StudyRecord)
+S = table_of(SubjectRecord)
+A = table_of(ArmRecord)
+M = table_of(MeasurementRecord)
+AE = table_of(AdverseEventRecord)
 
 
 def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
     key = ("enrolments", patient_id)
     if key not in uow.cache:
-        if uow.pending(SubjectRecord.__table__, StudyRecord.__table__):
+        if uow.pending(S, ST):
             uow.flush()
         uow.cache[key] = [
             Enrolment(study_id=study_id, subject_id=sid, patient_id=patient_id, day0=day0,
@@ -37,15 +46,15 @@ def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
 def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
     """The enrolments of the patients that a Bundle's Observations or AdverseEvents name by a literal
     `subject` reference, in two queries, so each entry finds them in the unit of work's cache."""
-    patient_ids = set()
+    patient_ids: set[str] = set()
     for payload in payloads:
         ref = parse_reference(payload.get("subject"), "Patient")
         if ref.kind == "literal" and not ref.base and ref.resource_type == "Patient":
-            patient_ids.add(ref.id)
+            patient_ids.add(cast(str, ref.id))  # a literal reference always has an id
     wanted = [p for p in uow.prefetch_exists("Patient", patient_ids) if ("enrolments", p) not in uow.cache]
     if not wanted:
         return
-    if uow.pending(SubjectRecord.__table__, StudyRecord.__table__):
+    if uow.pending(S, ST):
         uow.flush()
     found: dict[str, list[Enrolment]] = {p: [] for p in wanted}
     for start in range(0, len(wanted), 500):
@@ -76,7 +85,7 @@ def enrolment_in(uow: UnitOfWork, patient_id: str, study_id: str | None, what: s
 
 def index_patient(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
     raise_for_issues(check_patient(payload))
-    uow.add(PatientRecord.__table__, patient_from_fhir(payload, id).model_dump())
+    uow.add(P, patient_from_fhir(payload, id).model_dump())
 
 
 def index_research_study(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
@@ -91,9 +100,9 @@ def index_research_study(uow: UnitOfWork, payload: dict, id: str, replacing: boo
                                 expression="ResearchStudy.arm")
         repository.delete_arms(uow.session, id)
     uow.cache.pop(("study", id), None)
-    uow.add(StudyRecord.__table__, study.model_dump())
+    uow.add(ST, study.model_dump())
     for arm in arms:
-        uow.add(ArmRecord.__table__, arm.model_dump())
+        uow.add(A, arm.model_dump())
 
 
 def study_arms(uow: UnitOfWork, study_id: str) -> set[str]:
@@ -115,11 +124,11 @@ def index_research_subject(uow: UnitOfWork, payload: dict, id: str, replacing: b
                        f"ResearchSubject/{other[0].subject_id}", expression="ResearchSubject.individual")
     old = repository.get_subject(uow.session, id) if replacing else None
     if old is not None and (old.study_id, old.patient_id) != (study_id, patient_id) and (
-            repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id)
-            or repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id)):
+            repository.is_referenced(uow.session, M, "subject_id", id)
+            or repository.is_referenced(uow.session, AE, "subject_id", id)):
         raise RuleViolation("A research subject with results can't move to another study or patient",
                             expression="ResearchSubject.study")
-    uow.add(SubjectRecord.__table__, record.model_dump())
+    uow.add(S, record.model_dump())
     for pid in {patient_id, old.patient_id if old else patient_id}:
         uow.cache.pop(("enrolments", pid), None)
     if old is not None and old.day0 != record.day0:
@@ -146,13 +155,13 @@ def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> No
 
 
 def guard_patient_delete(uow: UnitOfWork, id: str) -> None:
-    if repository.is_referenced(uow.session, SubjectRecord.__table__, "patient_id", id):
+    if repository.is_referenced(uow.session, S, "patient_id", id):
         raise Conflict(f"Patient/{id} is enrolled in a study: delete its ResearchSubject first",
                        expression="Patient.id")
 
 
 def guard_study_delete(uow: UnitOfWork, id: str) -> None:
-    if repository.is_referenced(uow.session, SubjectRecord.__table__, "study_id", id):
+    if repository.is_referenced(uow.session, S, "study_id", id):
         raise Conflict(f"ResearchStudy/{id} has research subjects: delete them first",
                        expression="ResearchStudy.id")
     repository.delete_arms(uow.session, id)
@@ -161,8 +170,8 @@ def guard_study_delete(uow: UnitOfWork, id: str) -> None:
 def guard_subject_delete(uow: UnitOfWork, id: str) -> None:
     old = repository.get_subject(uow.session, id)
     if old is not None:
-        if repository.is_referenced(uow.session, MeasurementRecord.__table__, "subject_id", id) or \
-                repository.is_referenced(uow.session, AdverseEventRecord.__table__, "subject_id", id):
+        if repository.is_referenced(uow.session, M, "subject_id", id) or \
+                repository.is_referenced(uow.session, AE, "subject_id", id):
             raise Conflict(f"ResearchSubject/{id} has observations or adverse events: delete them first",
                            expression="ResearchSubject.id")
         uow.cache.pop(("enrolments", old.patient_id), None)
@@ -170,9 +179,6 @@ def guard_subject_delete(uow: UnitOfWork, id: str) -> None:
 
 # -- the stored types of the trial (service/core/registry.py lists them) -----------------------------------
 
-P = PatientRecord.__table__
-ST = StudyRecord.__table__
-S = SubjectRecord.__table__
 
 PATIENT = StoredType(
     "Patient", fhir.Patient, P, index_patient, examples.PATIENT, guard_delete=guard_patient_delete,
