@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PG_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
-.PHONY: run test test-sqlite test-postgres openapi bench install
+.PHONY: run test lint test-sqlite test-postgres openapi bench install
 
 $(BIN)/trial-fhir: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,10 @@ install: $(BIN)/trial-fhir
 run: install
 	$(BIN)/trial-fhir serve --demo
 
-test: install test-sqlite test-postgres
+test: install lint test-sqlite test-postgres
+
+lint: install
+	VENV=$(VENV) .ci/lint
 
 test-sqlite: install
 	$(BIN)/python -m pytest -q -n 2 tests

@@ -3,8 +3,8 @@
 SQLite and PostgreSQL. The table holds the two places where they used to disagree: a date to the minute (export
 read it as one second) and a token with a system (export ignored the system)."""
 
-from tests.factories import AD, LOINC, MRN, created, observation
 from tests.export.test_export import ASYNC, download, wait_for
+from tests.factories import AD, LOINC, MRN, created, observation
 from tests.search.test_search import OBS_ALL, build_trial
 
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
