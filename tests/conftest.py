@@ -42,14 +42,21 @@ def scratch_postgres_database(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
+@contextmanager
+def migrated_postgres_database(prefix: str) -> Iterator[str]:
+    """`scratch_postgres_database` with the schema migrated into it."""
+    with scratch_postgres_database(prefix) as url:
+        engine = make_engine(url)
+        migrate(engine)
+        engine.dispose()
+        yield url
+
+
 @pytest.fixture(scope="session")
 def database_template(tmp_path_factory):
     """SQLite: path of a migrated template file. PostgreSQL: URL of this session's database."""
     if ON_POSTGRES:
-        with scratch_postgres_database("trial_fhir_test") as url:
-            engine = make_engine(url)
-            migrate(engine)
-            engine.dispose()
+        with migrated_postgres_database("trial_fhir_test") as url:
             yield url
     else:
         path = tmp_path_factory.mktemp("template") / "template.db"
@@ -85,10 +92,7 @@ def another_database_url(database_template, tmp_path) -> Iterator[str]:
     """A second fresh, migrated database beside `database_url`, for tests that compare two apps side by side.
     SQLite: another copy of the template. PostgreSQL: a scratch database, migrated, dropped after the test."""
     if ON_POSTGRES:
-        with scratch_postgres_database("trial_fhir_another") as url:
-            engine = make_engine(url)
-            migrate(engine)
-            engine.dispose()
+        with migrated_postgres_database("trial_fhir_another") as url:
             yield url
     else:
         path = tmp_path / "another.db"
