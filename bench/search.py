@@ -423,8 +423,10 @@ def explain(engine, data: dict) -> dict:
         def grab(conn, cursor, statement, parameters, context, executemany):
             captured.append((statement, parameters))  # noqa: B023 (the listener is removed in this iteration)
         event.listen(engine, "before_cursor_execute", grab)
-        with Session(engine) as session:
-            compiler.find_page(session, compiled, req.sort, None, 21)
+        planned = compiler.plan_page(engine.dialect, compiled, req.sort, None, 21)
+        assert planned is not None
+        with Session(engine) as session:  # the statement the search serves, through SQLAlchemy so `grab` sees it
+            session.connection().execute(planned.page.stmt, planned.binds).all()
         event.remove(engine, "before_cursor_execute", grab)
         statement, parameters = next((st, pa) for st, pa in captured if st.lstrip().upper().startswith("SELECT"))
         with engine.connect() as conn:
