@@ -146,3 +146,57 @@ def test_async_search_can_be_turned_off(settings):
     with TestClient(app) as test_client:
         assert app.state.core.async_reads is None
         assert test_client.get("/fhir/Observation?code=EASI").status_code == 200
+
+
+@pytest.mark.parametrize("method, url, headers, body, status", [
+    ("GET", "/fhir/Patient?gender=female", {}, None, 200),
+    ("GET", "/fhir/Patient?bogus=1", {"Prefer": "handling=strict"}, None, 400),
+    ("GET", "/fhir/Patient", {"Accept": "application/fhir+xml"}, None, 406),
+    ("POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"},
+     b'{"resourceType": "Patient", "gender": "female"}', 201),
+    ("POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"}, b'{"resourceType": "Patient", "gender": 7}',
+     400),
+    ("POST", "/fhir/Patient", {"Content-Type": "text/plain"}, b"hello", 415),
+    ("POST", "/fhir/Patient", {"Content-Type": "application/fhir+json"}, b"{not json", 400),
+])
+def test_the_front_door_answers_its_requests_once_and_alone(client, app, method, url, headers, body, status):
+    """A request for GET or POST /fhir/{type} is answered by the front door, whatever its outcome: never handed to
+    the app behind it, and its interaction runs once."""
+    door = app.front_door
+    handed_on, calls = [], []
+    behind = door.app
+
+    async def recording_app(scope, receive, send):
+        handed_on.append(scope["path"])
+        await behind(scope, receive, send)
+
+    for name in ("search", "create"):
+        original = getattr(door.core, name)
+
+        async def counted(*args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return await _original(*args, **kwargs)
+        setattr(door.core, name, counted)
+    door.app = recording_app
+    response = client.request(method, url, headers=headers, content=body)
+    assert response.status_code == status, response.text
+    assert handed_on == []
+    assert calls == ([] if status in (406, 415) or (method == "POST" and status == 400 and body.startswith(b"{not"))
+                     else ["search" if method == "GET" else "create"])
+    assert client.get("/fhir/metadata").status_code == 200  # anything else goes to the app
+    assert handed_on == ["/fhir/metadata"]
+
+
+def test_a_fault_in_the_core_is_the_apps_500_and_is_not_retried(client, app, caplog):
+    attempts = []
+
+    async def broken(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("the disk caught fire")
+
+    app.front_door.core.search = broken
+    with caplog.at_level(logging.ERROR, logger="trial_fhir"):
+        response = client.get("/fhir/Patient?gender=female")
+    assert response.status_code == 500 and attempts == [1]
+    assert response.json()["issue"][0]["diagnostics"] == "Internal server error; the request was not applied."
+    assert "the disk caught fire" in caplog.text
