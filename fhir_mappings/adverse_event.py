@@ -11,7 +11,7 @@
 | `seriousness`                  | `AdverseEvent.seriousness.coding`                 | adverse-event-seriousness: serious, non-serious |
 | `severity`                     | `AdverseEvent.severity.coding`                    | adverse-event-severity: mild, moderate, severe |
 | `outcome`                      | `AdverseEvent.outcome.coding`                     | adverse-event-outcome                |
-| `related`                      | `AdverseEvent.suspectEntity[].causality[].assessment` | NCIt C53258/C53260 (or `related`) = related |
+| `related`                      | `AdverseEvent.suspectEntity[].causality[].assessment` | NCIt C53258/C53259/C53260, WHO-UMC Certain/Probably-Likely/Possible/Conditional/Unassessable (or `related`) = related |
 | `caused_withdrawal`            | `AdverseEvent.extension[caused-subject-to-discontinue-study].valueBoolean` | AE research backport IG |
 """  # noqa: E501 (the mapping table is wider than a code line)
 
@@ -23,6 +23,7 @@ from fhir_mappings.dates import parse_datetime
 from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.terminology import (
     AE_ACTUALITY,
+    AE_CAUSALITY_ASSESS,
     AE_OUTCOME,
     AE_OUTCOME_CODES,
     AE_SERIOUSNESS,
@@ -33,6 +34,7 @@ from fhir_mappings.terminology import (
     MEDDRA,
     NCIT,
     RELATEDNESS,
+    WHO_UMC_RELATEDNESS,
 )
 from service.adverse_event.models import AdverseEventRecord
 from service.trial.models import Enrolment
@@ -59,7 +61,8 @@ def is_related(payload: dict[str, Any]) -> bool:
                 return True
             for coding in assessment.get("coding") or []:
                 code = (coding.get("code") or "").strip()
-                if RELATEDNESS.get(code) or code.lower() == "related":
+                scale = WHO_UMC_RELATEDNESS if coding.get("system") == AE_CAUSALITY_ASSESS else RELATEDNESS
+                if scale.get(code) or code.lower() == "related":
                     return True
     return False
 
@@ -97,11 +100,13 @@ def check_adverse_event(payload: dict[str, Any]) -> list[Issue]:
                                 f"AdverseEvent.{element}.coding[{found[0]}].code"))
     for e, entity in enumerate(payload.get("suspectEntity") or []):
         for c, causality in enumerate(entity.get("causality") or []):
-            found = _coded(causality.get("assessment"), NCIT)
-            if found and found[1] not in RELATEDNESS:
-                issues.append(issue("code-invalid", f"Unknown relatedness code '{found[1]}': use one of "
-                                    f"{sorted(RELATEDNESS)}",
-                                    f"AdverseEvent.suspectEntity[{e}].causality[{c}].assessment.coding[{found[0]}]"))
+            for system, scale in ((NCIT, RELATEDNESS), (AE_CAUSALITY_ASSESS, WHO_UMC_RELATEDNESS)):
+                found = _coded(causality.get("assessment"), system)
+                if found and found[1] not in scale:
+                    issues.append(issue(
+                        "code-invalid",
+                        f"Unknown relatedness code '{found[1]}' in {system}: use one of {sorted(scale)}",
+                        f"AdverseEvent.suspectEntity[{e}].causality[{c}].assessment.coding[{found[0]}]"))
     return issues
 
 

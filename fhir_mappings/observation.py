@@ -111,7 +111,9 @@ def _check_value(measure: Measure, value: Decimal, canonical: Decimal, where: st
         return [issue("value", f"{measure.key} has at most {measure.max_decimals} decimal(s), got {value}", where)]
     if (measure.min is not None and canonical < measure.min) or (measure.max is not None and canonical > measure.max):
         upper = measure.max if measure.max is not None else "∞"
-        return [issue("value", f"{measure.key} {canonical} {measure.unit} is outside {measure.min}…{upper}", where)]
+        why = " (a plausibility limit: a data-entry or unit error?)" if measure.category == "laboratory" else ""
+        return [issue("value", f"{measure.key} {canonical} {measure.unit} is outside {measure.min}…{upper}{why}",
+                      where)]
     return []
 
 

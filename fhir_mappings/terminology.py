@@ -46,7 +46,12 @@ AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # l
 AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})
 AE_OUTCOME_CODES = frozenset({"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"})
 #: NCIt relatedness codes of the AE research IG, and whether each counts as related
-RELATEDNESS = {"C53256": False, "C53257": False, "C53258": True, "C53260": True}
+RELATEDNESS = {"C53256": False, "C53257": False, "C53258": True, "C53259": True, "C53260": True}
+AE_CAUSALITY_ASSESS = "http://terminology.hl7.org/CodeSystem/adverse-event-causality-assess"
+#: R4's own WHO-UMC causality scale, and whether each counts as related: Conditional-Classified and
+#: Unassessable-Unclassifiable do, the conservative reading safety reviewers use (DOMAIN.md)
+WHO_UMC_RELATEDNESS = {"Certain": True, "Probably-Likely": True, "Possible": True, "Unlikely": False,
+                       "Conditional-Classified": True, "Unassessable-Unclassifiable": True}
 
 
 @dataclass(frozen=True, slots=True)

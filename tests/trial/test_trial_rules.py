@@ -145,20 +145,25 @@ OUT_OF_RANGE = [
     ("IGA", 5, None), ("IGA", -1, None), ("PRURITUS", 11, None), ("PRURITUS", 10.5, None), ("IGE", -1, None),
     ("IGE", -2.4, "ng/mL"), ("EOSINOPHILS", -0.01, None), ("EOSINOPHILS-PCT", 101, None),
     ("EOSINOPHILS-PCT", -1, None),
+    # the lab plausibility limits (DOMAIN.md): above them a data-entry or unit error, whatever unit it came in
+    ("IGE", 1000000.5, None), ("IGE", 2400003, "ng/mL"), ("EOSINOPHILS", 200.01, None), ("EOSINOPHILS", 200001, "/uL"),
 ]
 
 
 def test_value_out_of_range_is_422(client, engine, ids):
     for measure, value, unit in OUT_OF_RANGE:
         body = observation(ids["patient"], measure, value=value, unit=unit)
-        rejected(client.post("/fhir/Observation", json=body), 422, "Observation.valueQuantity.value", "value")
+        outcome = rejected(client.post("/fhir/Observation", json=body), 422, "Observation.valueQuantity.value",
+                           "value")
+        if measure in ("IGE", "EOSINOPHILS") and value > 0:
+            assert "plausibility limit" in outcome["issue"][0]["diagnostics"], outcome
     assert count(engine, MeasurementRecord.__table__) == 0
 
 
 BOUNDARIES = [
     ("EASI", 0), ("EASI", 72), ("EASI", 71.9), ("SCORAD", 0), ("SCORAD", 103), ("SCORAD", 55.25), ("IGA", 0),
     ("IGA", 4), ("PRURITUS", 0), ("PRURITUS", 10), ("PRURITUS", 7.5), ("IGE", 0), ("IGE", 25000),
-    ("EOSINOPHILS", 0), ("EOSINOPHILS-PCT", 0), ("EOSINOPHILS-PCT", 100),
+    ("IGE", 1000000), ("EOSINOPHILS", 0), ("EOSINOPHILS", 200), ("EOSINOPHILS-PCT", 0), ("EOSINOPHILS-PCT", 100),
 ]
 
 
