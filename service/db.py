@@ -10,14 +10,13 @@ round trip, not BEGIN + SELECT + ROLLBACK (under READ COMMITTED each statement h
 """
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
-from fastapi import Depends, Request
 from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -129,24 +128,6 @@ def snapshot_connection(engine: Engine) -> Iterator[Connection]:
             conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
         yield conn
 
-
-async def _read_session_dep(request: Request) -> AsyncIterator[Session]:
-    """Async on purpose: a sync generator dependency costs two worker-thread round trips per request. Opening
-    a Session does no I/O (it connects on first use, in the endpoint's thread); closing it only hands the
-    connection back to the pool (a rollback of a read-only transaction)."""
-    with read_session(request.app.state.engine) as session:
-        yield session
-
-
-async def _write_session_dep(request: Request) -> AsyncIterator[Session]:
-    """Async for the same reason; the endpoint's unit of work (service.core.resources.run_write) has committed
-    or rolled back before the session is closed, so closing does no database work."""
-    with write_session(request.app.state.engine) as session:
-        yield session
-
-
-ReadSessionDep = Annotated[Session, Depends(_read_session_dep)]
-WriteSessionDep = Annotated[Session, Depends(_write_session_dep)]
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

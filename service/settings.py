@@ -2,9 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, Request
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,12 +59,3 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
-
-
-async def settings_from_request(request: Request) -> Settings:
-    """Async: a plain function dependency would cost a worker-thread round trip per request."""
-    settings: Settings = request.app.state.settings  # set by create_app
-    return settings
-
-
-SettingsDep = Annotated[Settings, Depends(settings_from_request)]

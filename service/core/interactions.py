@@ -1,4 +1,5 @@
-"""The interaction core: every FHIR interaction as a plain function of request values, nothing of HTTP.
+"""The interaction core: every FHIR interaction, and every operation on the stored data (the study's cohort Group,
+Bulk Data export, the study's figures), as a plain function of request values, nothing of HTTP.
 
 Each HTTP request for an interaction reaches one of these methods through exactly one adapter (the FastAPI
 routes in service/api/fhir_routes.py and service/bundle/router.py, or the front door in
@@ -14,7 +15,8 @@ event loop when they are one cached page statement on PostgreSQL (asyncpg), else
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from anyio import to_thread
 from sqlalchemy.engine import Engine
@@ -26,8 +28,12 @@ from service.core import resources
 from service.core.context import Context
 from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
+from service.export import service as exports
+from service.group import service as groups
 from service.search.service import plan_search, run_search, run_search_async
 from service.settings import Settings
+from service.stats import service as stats
+from service.stats.schemas import StudySummary
 from service.store.driver import AsyncReadPool, async_read_pool
 
 log = logging.getLogger("trial_fhir")
@@ -161,3 +167,63 @@ class Core:
             with read_connection(self.engine) as conn:
                 return run_search(conn, plan, ctx.base_url)
         return await asyncio.get_running_loop().run_in_executor(self.search_threads, run)
+
+    # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
+
+    async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
+        """GET [base]/Group/{id}: the cohort of ResearchStudy/{id}."""
+        return cast(dict[str, Any], await to_thread.run_sync(self._read, lambda s: groups.read_group(s, id)))
+
+    async def search_groups(self, ctx: Context, params: list[tuple[str, str]]) -> bytes:
+        """GET [base]/Group?params: a searchset of cohort Groups (`_id` only)."""
+        return cast(bytes, await to_thread.run_sync(self._read, lambda s: groups.search_groups(
+            s, params, ctx.base_url, strict=ctx.strict)))
+
+    # -- Bulk Data export --------------------------------------------------------------------------------
+
+    async def export_kick_off(self, ctx: Context, params: list[tuple[str, str]], prefer: str | None,
+                              request_url: str, *, group_id: str | None = None) -> str:
+        """$export (system, or of the study's Group): the queued job's id."""
+        def work() -> str:
+            with write_session(self.engine) as session:
+                return exports.kick_off(session, params, prefer, request_url, group_id=group_id)
+        return await to_thread.run_sync(work)
+
+    async def export_status(self, ctx: Context, job_id: str) -> exports.JobStatus:
+        """The status of an export job: queued or running (202), its manifest (200), or failed."""
+        return cast(exports.JobStatus, await to_thread.run_sync(self._read, lambda s: exports.job_status(
+            s, job_id, exports.files_base(ctx.base_url))))
+
+    async def export_cancel(self, ctx: Context, job_id: str) -> None:
+        """Cancel an export job and delete its files."""
+        def work() -> None:
+            with write_session(self.engine) as session:
+                exports.cancel_job(session, self.settings.export_dir, job_id)
+        await to_thread.run_sync(work)
+
+    async def export_file(self, ctx: Context, job_id: str, name: str) -> Path:
+        """Where one file of a completed export is."""
+        return cast(Path, await to_thread.run_sync(self._read, lambda s: exports.file_path(
+            s, self.settings.export_dir, job_id, name)))
+
+    # -- the study's figures ------------------------------------------------------------------------------
+
+    async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
+        """Efficacy and safety per arm and visit."""
+        return cast(StudySummary, await to_thread.run_sync(self._read, lambda s: stats.summarize_study(s, study_id)))
+
+    async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
+        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_summary_csv(s, study_id)))
+
+    async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
+        """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
+        return cast(dict[str, Any], await to_thread.run_sync(self._read, lambda s: stats.study_measure_report(
+            s, study_id)))
+
+    async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
+        """One measure's or responder key's chart (SVG)."""
+        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_chart(s, study_id, key)))
+
+    async def study_report(self, ctx: Context, study_id: str) -> str:
+        """The human-readable report (HTML)."""
+        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_report(s, study_id)))

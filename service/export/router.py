@@ -8,12 +8,9 @@ from fastapi.responses import FileResponse, Response
 
 from fhir_mappings.outcome import informational
 from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
-from service.api.http import BaseUrl
+from service.api.http import CoreDep, Ctx
 from service.conformance.service import Contribution
-from service.db import ReadSessionDep, WriteSessionDep
-from service.export import service
 from service.responses import FhirJSONResponse
-from service.settings import SettingsDep
 
 router = APIRouter(tags=["Bulk Data"], default_response_class=FhirJSONResponse, responses={"4XX": {
     "description": "OperationOutcome naming the parameter or header at fault",
@@ -53,11 +50,6 @@ MANIFEST = {"transactionTime": "2024-03-01T09:30:00.000Z",
             "error": []}
 
 
-def _files_base(base: str) -> str:
-    root = base[:-len("/fhir")] if base.endswith("/fhir") else base
-    return f"{root}/export-files"
-
-
 def _accepted(request: Request, job_id: str, base: str) -> Response:
     worker = getattr(request.app.state, "export_worker", None)
     if worker is not None:
@@ -69,9 +61,9 @@ def _accepted(request: Request, job_id: str, base: str) -> Response:
 
 @router.get("/fhir/$export", name="export_system", summary="Export everything (system-level $export)",
             responses=KICK_OFF_DOCS)
-def export_system(request: Request, session: WriteSessionDep, base: BaseUrl, prefer: PreferAsync = None) -> Response:
-    job_id = service.kick_off(session, list(request.query_params.multi_items()), prefer, str(request.url))
-    return _accepted(request, job_id, base)
+async def export_system(request: Request, core: CoreDep, ctx: Ctx, prefer: PreferAsync = None) -> Response:
+    job_id = await core.export_kick_off(ctx, list(request.query_params.multi_items()), prefer, str(request.url))
+    return _accepted(request, job_id, ctx.base_url)
 
 
 export_system.__doc__ = "Start an asynchronous export of every stored resource, one NDJSON file per type." + PARAMS_DOC
@@ -79,11 +71,11 @@ export_system.__doc__ = "Start an asynchronous export of every stored resource, 
 
 @router.get("/fhir/Group/{id}/$export", name="export_group", summary="Export one study's data (Group $export)",
             responses={**KICK_OFF_DOCS, **error_docs(400, 404)})
-def export_group(request: Request, id: Annotated[str, Path(description="Group id = the study's id")],
-                 session: WriteSessionDep, base: BaseUrl, prefer: PreferAsync = None) -> Response:
-    job_id = service.kick_off(session, list(request.query_params.multi_items()), prefer, str(request.url),
-                              group_id=id)
-    return _accepted(request, job_id, base)
+async def export_group(request: Request, id: Annotated[str, Path(description="Group id = the study's id")],
+                       core: CoreDep, ctx: Ctx, prefer: PreferAsync = None) -> Response:
+    job_id = await core.export_kick_off(ctx, list(request.query_params.multi_items()), prefer, str(request.url),
+                                        group_id=id)
+    return _accepted(request, job_id, ctx.base_url)
 
 
 export_group.__doc__ = (
@@ -103,12 +95,12 @@ export_group.__doc__ = (
                              "content": {"application/fhir+json": {"schema": {
                                  "$ref": "#/components/schemas/OperationOutcome"}}}},
                        **error_docs(404)})
-def export_status(job_id: JobId, session: ReadSessionDep, base: BaseUrl) -> Response:
+async def export_status(job_id: JobId, core: CoreDep, ctx: Ctx) -> Response:
     """Poll an export: 202 with `X-Progress` while it is queued or running, then 200 with the manifest
     (`transactionTime`, `request`, `requiresAccessToken` false, `output` [{type, url, count}], `error`).
     A failed export answers 500 with an OperationOutcome saying why; an unknown, expired or cancelled
     job 404. Any replica can answer."""
-    status = service.job_status(session, job_id, _files_base(base))
+    status = await core.export_status(ctx, job_id)
     if status.body is None:
         return Response(status_code=status.status_code, headers=status.headers)
     return Response(orjson.dumps(status.body), status_code=status.status_code, headers=status.headers,
@@ -119,10 +111,10 @@ def export_status(job_id: JobId, session: ReadSessionDep, base: BaseUrl) -> Resp
                summary="Cancel an export and delete its files",
                responses={202: fhir_json(informational(f"Export job {JOB} cancelled; its files are deleted"),
                                          "Cancelled"), **error_docs(404)})
-def cancel_export(job_id: JobId, session: WriteSessionDep, settings: SettingsDep) -> Response:
+async def cancel_export(job_id: JobId, core: CoreDep, ctx: Ctx) -> Response:
     """Cancel a queued or running export, or delete a finished one: its files are removed and its status
     URL answers 404 from then on."""
-    service.cancel_job(session, settings.export_dir, job_id)
+    await core.export_cancel(ctx, job_id)
     return FhirJSONResponse(informational(f"Export job {job_id} cancelled; its files are deleted"),
                             status_code=202)
 
@@ -132,11 +124,11 @@ def cancel_export(job_id: JobId, session: WriteSessionDep, settings: SettingsDep
                 "application/fhir+ndjson": {"schema": {"type": "string"},
                                             "example": '{"resourceType":"Patient","id":"5e0c…"}\n'}}},
                        **error_docs(404)})
-def download_export_file(job_id: JobId, file_name: Annotated[str, Path(examples=["Observation.ndjson"])],
-                         session: ReadSessionDep, settings: SettingsDep) -> Response:
+async def download_export_file(job_id: JobId, file_name: Annotated[str, Path(examples=["Observation.ndjson"])],
+                               core: CoreDep, ctx: Ctx) -> Response:
     """One file of a completed export (a URL from the manifest's `output`), streamed from the shared
     export folder as `application/fhir+ndjson`. No access token is required."""
-    path = service.file_path(session, settings.export_dir, job_id, file_name)
+    path = await core.export_file(ctx, job_id, file_name)
     return FileResponse(path, media_type="application/fhir+ndjson")
 
 

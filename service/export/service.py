@@ -174,6 +174,12 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
     return ExportSpec(group_id=group_id, types=chosen, since=since, type_filters=filters, output_format=output_format)
 
 
+def files_base(fhir_base: str) -> str:
+    """Where export files are served: `/export-files` beside the FHIR base (`…/fhir` -> `…/export-files`)."""
+    root = fhir_base[:-len("/fhir")] if fhir_base.endswith("/fhir") else fhir_base
+    return f"{root}/export-files"
+
+
 # -- kick-off, status, cancel, files -----------------------------------------------------------------------
 
 def kick_off(session: Session, params: list[tuple[str, str]], prefer: str | None, request_url: str, *,

@@ -6,10 +6,8 @@ from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import Response
 
 from service.api.docs import OUTCOME_SCHEMA, error_docs, fhir_json
-from service.api.http import BaseUrl
+from service.api.http import CoreDep, Ctx
 from service.conformance.service import Contribution
-from service.db import ReadSessionDep
-from service.group import service
 from service.responses import FhirJSONResponse
 
 router = APIRouter(prefix="/fhir/Group", tags=["Group"], default_response_class=FhirJSONResponse, responses={"4XX": {
@@ -33,13 +31,13 @@ GroupId = Annotated[str, Path(description="The id of the study whose cohort this
 
 @router.get("/{id}", name="read_Group", summary="Read a study's cohort Group",
             responses={200: fhir_json(GROUP_EXAMPLE, "The cohort Group"), **error_docs(404)})
-def read_group(id: GroupId, session: ReadSessionDep) -> Response:
+async def read_group(id: GroupId, core: CoreDep, ctx: Ctx) -> Response:
     """The cohort of ResearchStudy/{id} as a FHIR Group (`type` person, `actual` true), the target of
     `ResearchStudy.enrollment`. One member per ResearchSubject of the study, current as of this request:
     subjects who withdrew (status withdrawn, off-study, ineligible or not-registered) stay members with
     `inactive: true` and, when known, `period.end`, because their data up to withdrawal belongs to the
     trial. Use `GET /fhir/Group/{id}/$export` to pull the study's data."""
-    return FhirJSONResponse(service.read_group(session, id))
+    return FhirJSONResponse(await core.read_group(ctx, id))
 
 
 @router.get("", name="search_Group", summary="Search cohort Groups",
@@ -47,14 +45,12 @@ def read_group(id: GroupId, session: ReadSessionDep) -> Response:
                 {"fullUrl": "http://127.0.0.1:8000/fhir/Group/0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10",
                  "resource": GROUP_EXAMPLE, "search": {"mode": "match"}}]}, "A searchset Bundle"),
                        **error_docs(400)})
-def search_groups(request: Request, session: ReadSessionDep, base: BaseUrl,
-                  prefer: Annotated[str | None, Header(alias="Prefer", description="`handling=strict` turns "
-                                                       "unknown parameters into 400")] = None) -> Response:
+async def search_groups(request: Request, core: CoreDep, ctx: Ctx,
+                        prefer: Annotated[str | None, Header(alias="Prefer", description="`handling=strict` turns "
+                                                             "unknown parameters into 400")] = None) -> Response:
     """Every study's cohort Group, or those named by `_id` (comma-separated). Other parameters are ignored
     with a warning OperationOutcome entry, or rejected (400) with `Prefer: handling=strict`."""
-    strict = "handling=strict" in (prefer or "").replace(" ", "").lower()
-    return FhirJSONResponse(service.search_groups(session, list(request.query_params.multi_items()), base,
-                                                  strict=strict))
+    return FhirJSONResponse(await core.search_groups(ctx, list(request.query_params.multi_items())))
 
 
 #: the Group type in the CapabilityStatement (its $export is service/export's)

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Path
 from fastapi.responses import HTMLResponse, Response
 
 from service.api.docs import ANY_ERROR, error_docs, fhir_json
+from service.api.http import CoreDep, Ctx
 from service.conformance.service import Contribution
-from service.db import ReadSessionDep
 from service.responses import FhirJSONResponse
-from service.stats import service
 from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
 
 #: ResearchStudy/{id}/$summary in the CapabilityStatement
@@ -55,7 +54,7 @@ router = APIRouter(tags=["Summary"], responses=ANY_ERROR)
 @router.get("/studies/{study_id}/summary", name="read_summary", summary="Efficacy and safety summary (JSON)",
             response_model=StudySummary,
             responses={200: {"content": {"application/json": {"example": SUMMARY_EXAMPLE}}}, **error_docs(404)})
-def read_summary(study_id: StudyId, session: ReadSessionDep) -> StudySummary:
+async def read_summary(study_id: StudyId, core: CoreDep, ctx: Ctx) -> StudySummary:
     """The trial's numbers, computed live: per arm (name, dose, enrolled, completed, withdrawn), per visit and
     measure n, mean, SD, median, min, max, change and % change from baseline; responders (EASI-50/75/90,
     IGA-SUCCESS) with a 95% Wilson interval; the safety table; and the dose comparison between arms (rate
@@ -65,14 +64,14 @@ def read_summary(study_id: StudyId, session: ReadSessionDep) -> StudySummary:
     value closest to the target day; on a tie the later one). A subject belongs to its actualArm, else its
     assignedArm. Figures are unrounded; a statistic with nothing behind it is `null`, a zero count is `0`.
     Completed = not withdrawn and either a counted result at the last visit or status off-study / follow-up."""
-    return service.summarize_study(session, study_id)
+    return await core.study_summary(ctx, study_id)
 
 
 @router.get("/studies/{study_id}/summary.csv", name="read_summary_csv", summary="Summary as tidy CSV",
             response_class=Response,
             responses={200: {"description": "One row per figure", "content": {"text/csv": {
                 "schema": {"type": "string"}, "example": CSV_EXAMPLE}}}, **error_docs(404)})
-def read_summary_csv(study_id: StudyId, session: ReadSessionDep) -> Response:
+async def read_summary_csv(study_id: StudyId, core: CoreDep, ctx: Ctx) -> Response:
     """The same figures as `/summary`, one per row, with exactly the columns `arm,visit,measure,statistic,value`.
 
     `visit` is a visit key (`all` for safety rows); `measure` a measure key (EASI, SCORAD, IGA, PRURITUS, IGE,
@@ -81,7 +80,7 @@ def read_summary_csv(study_id: StudyId, session: ReadSessionDep) -> Response:
     mean_change, mean_pct_change (measures), n, responders, rate, ci_low, ci_high (responders) or subjects,
     events (safety). Values are unrounded (counts as integers, other figures as the float's repr). A zero count
     is written; a statistic with nothing behind it (no values, the SD of one value) is left out."""
-    text = service.study_summary_csv(session, study_id)
+    text = await core.study_summary_csv(ctx, study_id)
     return Response(text, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'inline; filename="summary-{study_id}.csv"'})
 
@@ -89,12 +88,12 @@ def read_summary_csv(study_id: StudyId, session: ReadSessionDep) -> Response:
 @router.get("/fhir/ResearchStudy/{study_id}/$summary", name="summary_ResearchStudy", tags=["ResearchStudy"],
             summary="$summary: the summary as a MeasureReport", response_class=FhirJSONResponse,
             responses={200: fhir_json(MEASURE_REPORT_EXAMPLE, "A MeasureReport (type summary)"), **error_docs(404)})
-def summary_operation(study_id: StudyId, session: ReadSessionDep) -> FhirJSONResponse:
+async def summary_operation(study_id: StudyId, core: CoreDep, ctx: Ctx) -> FhirJSONResponse:
     """The figures of `/studies/{id}/summary` as a FHIR R4 MeasureReport, for FHIR-only portals: status
     `complete`, type `summary`, measure `https://trial-fhir.org/Measure/{catalogue}-summary`, one group per arm
     (group.code = arm, populations enrolled/completed/withdrawn), one stratifier per figure (code = measure key
     and statistic) with one stratum per visit (`all` for safety) carrying the value as measureScore."""
-    return FhirJSONResponse(service.study_measure_report(session, study_id))
+    return FhirJSONResponse(await core.study_measure_report(ctx, study_id))
 
 
 @router.get("/studies/{study_id}/charts/{measure}.svg", name="read_chart", summary="Chart of one measure (SVG)",
@@ -102,18 +101,18 @@ def summary_operation(study_id: StudyId, session: ReadSessionDep) -> FhirJSONRes
             responses={200: {"description": "An SVG image", "content": {"image/svg+xml": {
                 "schema": {"type": "string"}, "example": '<svg xmlns="http://www.w3.org/2000/svg" …>…</svg>'}}},
                 **error_docs(404)})
-def read_chart(study_id: StudyId, session: ReadSessionDep,
+async def read_chart(study_id: StudyId, core: CoreDep, ctx: Ctx,
                measure: Annotated[str, Path(description="A measure key (EASI, IGE, …) or a responder key "
                                             "(EASI-50, IGA-SUCCESS, …)", examples=["EASI"])]) -> Response:
     """For a measure, mean ± SD at each visit with one line per arm; for a responder key, the responder rate
     per post-baseline visit as bars, one per arm, with the 95% Wilson interval. 404 for an unknown key."""
-    return Response(service.study_chart(session, study_id, measure), media_type="image/svg+xml")
+    return Response(await core.study_chart(ctx, study_id, measure), media_type="image/svg+xml")
 
 
 @router.get("/studies/{study_id}/report", name="read_report", summary="Human-readable report (HTML)",
             response_class=HTMLResponse,
             responses={200: {"description": "An HTML page", "content": {"text/html": {
                 "schema": {"type": "string"}, "example": "<!DOCTYPE html><html>…</html>"}}}, **error_docs(404)})
-def read_report(study_id: StudyId, session: ReadSessionDep) -> HTMLResponse:
+async def read_report(study_id: StudyId, core: CoreDep, ctx: Ctx) -> HTMLResponse:
     """One page with the arms, efficacy, responder, safety and dose-comparison tables and their charts."""
-    return HTMLResponse(service.study_report(session, study_id))
+    return HTMLResponse(await core.study_report(ctx, study_id))

@@ -115,3 +115,35 @@ def test_transaction_is_all_or_nothing(core):
     assert failed.value.issues[0].expression == ("Bundle.entry[1].resource.gender",)
     missing = orjson.loads(run(core.search(CTX, "Patient", [("identifier", f"{MRN}|MRN-10")])))
     assert missing["total"] == 0  # the first entry was rolled back with the second
+
+
+def test_cohort_export_and_figures_go_through_the_core(core):
+    study_id = run(core.create(CTX, "ResearchStudy", study())).id
+    patient_id = run(core.create(CTX, "Patient", patient())).id
+    run(core.create(CTX, "ResearchSubject", subject(study_id, patient_id)))
+    run(core.create(CTX, "Observation", observation(patient_id)))
+
+    group = run(core.read_group(CTX, study_id))
+    assert group["resourceType"] == "Group" and [m["entity"]["reference"] for m in group["member"]] == [
+        f"Patient/{patient_id}"]
+    found = orjson.loads(run(core.search_groups(CTX, [("_id", study_id)])))
+    assert [e["fullUrl"] for e in found["entry"]] == [f"{BASE}/Group/{study_id}"]
+    with pytest.raises(BadRequest):
+        run(core.search_groups(Context(BASE, strict=True), [("name", "x")]))
+    with pytest.raises(NotFound):
+        run(core.read_group(CTX, "nobody"))
+
+    job = run(core.export_kick_off(CTX, [("_type", "Observation")], "respond-async", f"{BASE}/$export",
+                                   group_id=study_id))
+    status = run(core.export_status(CTX, job))
+    assert status.status_code == 202 and status.headers["X-Progress"] == "queued"
+    run(core.export_cancel(CTX, job))
+    with pytest.raises(NotFound):
+        run(core.export_status(CTX, job))
+
+    summary = run(core.study_summary(CTX, study_id))
+    assert {arm.name: arm.enrolled for arm in summary.arms} == {"low-dose": 0, "high-dose": 1}
+    assert run(core.study_measure_report(CTX, study_id))["resourceType"] == "MeasureReport"
+    assert run(core.study_chart(CTX, study_id, "EASI")).startswith("<svg")
+    with pytest.raises(NotFound):
+        run(core.study_summary(CTX, "nobody"))
