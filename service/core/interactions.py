@@ -14,12 +14,14 @@ event loop when they are one cached page statement on PostgreSQL (asyncpg), else
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
@@ -35,9 +37,11 @@ from service.settings import Settings
 from service.stats import service as stats
 from service.stats.schemas import StudySummary
 from service.store.driver import AsyncReadPool, async_read_pool
+from service.store.unit_of_work import UnitOfWork
 
 log = logging.getLogger("trial_fhir")
 
+T = TypeVar("T")
 HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
 
 
@@ -65,68 +69,76 @@ class Core:
 
     # -- writes ------------------------------------------------------------------------------------------
 
-    def _write(self, ctx: Context, work: Any) -> Any:
-        with write_session(self.engine) as session:
-            return resources.run_write(session, work, base_url=ctx.base_url,
-                                       enforce_rules=self.settings.enforce_trial_rules)
+    async def _in_write_session(self, work: Callable[[Session], T]) -> T:
+        """`work` on a write session (the write lock taken up front on SQLite), in a worker thread."""
+        def run() -> T:
+            with write_session(self.engine) as session:
+                return work(session)
+        return await to_thread.run_sync(run)
+
+    async def _write(self, ctx: Context, work: Callable[[UnitOfWork], T]) -> T:
+        """`work` in one unit of work, committed (run again after a write race), in a worker thread."""
+        return await self._in_write_session(lambda session: resources.run_write(
+            session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules))
 
     async def create(self, ctx: Context, resource_type: str, body: dict[str, Any], *,
                      if_none_exist: str | None = None) -> Stored:
         """POST [base]/{type}: 201 with a new id, or the one existing match of `If-None-Exist` (200)."""
-        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.create(
+        return await self._write(ctx, lambda uow: resources.create(
             uow, resource_type, body, if_none_exist=if_none_exist))
 
     async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
                      if_match: str | None = None) -> Stored:
         """PUT [base]/{type}/{id}: a new version, or the resource itself with the client's id (201)."""
-        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.update(
+        return await self._write(ctx, lambda uow: resources.update(
             uow, resource_type, id, body, if_match=if_match))
 
     async def conditional_update(self, ctx: Context, resource_type: str, query: str, body: dict[str, Any], *,
                                  if_match: str | None = None) -> Stored:
         """PUT [base]/{type}?search: update the one match, create when none, 412 when several."""
-        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.conditional_update(
+        return await self._write(ctx, lambda uow: resources.conditional_update(
             uow, resource_type, query, body, if_match=if_match))
 
     async def delete(self, ctx: Context, resource_type: str, id: str, *,
                      if_match: str | None = None) -> Stored | None:
         """DELETE [base]/{type}/{id}: the tombstone version, or None when there was nothing to delete."""
-        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.delete(
+        return await self._write(ctx, lambda uow: resources.delete(
             uow, resource_type, id, if_match=if_match))
 
     async def conditional_delete(self, ctx: Context, resource_type: str, query: str) -> list[Stored]:
         """DELETE [base]/{type}?search: delete the one match (412 when several)."""
-        return await to_thread.run_sync(self._write, ctx, lambda uow: resources.conditional_delete(
+        return await self._write(ctx, lambda uow: resources.conditional_delete(
             uow, resource_type, query))
 
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing) or a batch Bundle (entry by entry)."""
         run = bundles.transaction if body.get("type") == "transaction" else bundles.batch
 
-        def work() -> bytes:
-            with write_session(self.engine) as session:
-                return run(session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
-                           enforce_rules=self.settings.enforce_trial_rules, representation=representation)
-        return await to_thread.run_sync(work)
+        return await self._in_write_session(lambda session: run(
+            session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
+            enforce_rules=self.settings.enforce_trial_rules, representation=representation))
 
     # -- reads -------------------------------------------------------------------------------------------
 
-    def _read(self, work: Any) -> Any:
-        with read_session(self.engine) as session:
-            return work(session)
+    async def _read(self, work: Callable[[Session], T]) -> T:
+        """`work` on a read session, in a worker thread."""
+        def run() -> T:
+            with read_session(self.engine) as session:
+                return work(session)
+        return await to_thread.run_sync(run)
 
     async def read(self, ctx: Context, resource_type: str, id: str) -> Stored:
         """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
-        return await to_thread.run_sync(self._read, lambda s: resources.read(s, resource_type, id))
+        return await self._read(lambda s: resources.read(s, resource_type, id))
 
     async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
         """GET [base]/{type}/{id}/_history/{vid}."""
-        return await to_thread.run_sync(self._read, lambda s: resources.vread(s, resource_type, id, version_id))
+        return await self._read(lambda s: resources.vread(s, resource_type, id, version_id))
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
                       before_version: int | None = None) -> bytes:
         """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
-        rows = await to_thread.run_sync(self._read, lambda s: resources.history(
+        rows = await self._read(lambda s: resources.history(
             s, resource_type, id, count=count + 1, before_version=before_version))
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
@@ -172,58 +184,52 @@ class Core:
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
         """GET [base]/Group/{id}: the cohort of ResearchStudy/{id}."""
-        return cast(dict[str, Any], await to_thread.run_sync(self._read, lambda s: groups.read_group(s, id)))
+        return await self._read(lambda s: groups.read_group(s, id))
 
     async def search_groups(self, ctx: Context, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/Group?params: a searchset of cohort Groups (`_id` only)."""
-        return cast(bytes, await to_thread.run_sync(self._read, lambda s: groups.search_groups(
-            s, params, ctx.base_url, strict=ctx.strict)))
+        return await self._read(lambda s: groups.search_groups(
+            s, params, ctx.base_url, strict=ctx.strict))
 
     # -- Bulk Data export --------------------------------------------------------------------------------
 
     async def export_kick_off(self, ctx: Context, params: list[tuple[str, str]], prefer: str | None,
                               request_url: str, *, group_id: str | None = None) -> str:
         """$export (system, or of the study's Group): the queued job's id."""
-        def work() -> str:
-            with write_session(self.engine) as session:
-                return exports.kick_off(session, params, prefer, request_url, group_id=group_id)
-        return await to_thread.run_sync(work)
+        return await self._in_write_session(lambda session: exports.kick_off(
+            session, params, prefer, request_url, group_id=group_id))
 
     async def export_status(self, ctx: Context, job_id: str) -> exports.JobStatus:
         """The status of an export job: queued or running (202), its manifest (200), or failed."""
-        return cast(exports.JobStatus, await to_thread.run_sync(self._read, lambda s: exports.job_status(
-            s, job_id, exports.files_base(ctx.base_url))))
+        return await self._read(lambda s: exports.job_status(
+            s, job_id, exports.files_base(ctx.base_url)))
 
     async def export_cancel(self, ctx: Context, job_id: str) -> None:
         """Cancel an export job and delete its files."""
-        def work() -> None:
-            with write_session(self.engine) as session:
-                exports.cancel_job(session, self.settings.export_dir, job_id)
-        await to_thread.run_sync(work)
+        await self._in_write_session(lambda session: exports.cancel_job(session, self.settings.export_dir, job_id))
 
     async def export_file(self, ctx: Context, job_id: str, name: str) -> Path:
         """Where one file of a completed export is."""
-        return cast(Path, await to_thread.run_sync(self._read, lambda s: exports.file_path(
-            s, self.settings.export_dir, job_id, name)))
+        return await self._read(lambda s: exports.file_path(
+            s, self.settings.export_dir, job_id, name))
 
     # -- the study's figures ------------------------------------------------------------------------------
 
     async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
         """Efficacy and safety per arm and visit."""
-        return cast(StudySummary, await to_thread.run_sync(self._read, lambda s: stats.summarize_study(s, study_id)))
+        return await self._read(lambda s: stats.summarize_study(s, study_id))
 
     async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
-        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_summary_csv(s, study_id)))
+        return await self._read(lambda s: stats.study_summary_csv(s, study_id))
 
     async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
         """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
-        return cast(dict[str, Any], await to_thread.run_sync(self._read, lambda s: stats.study_measure_report(
-            s, study_id)))
+        return await self._read(lambda s: stats.study_measure_report(s, study_id))
 
     async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
         """One measure's or responder key's chart (SVG)."""
-        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_chart(s, study_id, key)))
+        return await self._read(lambda s: stats.study_chart(s, study_id, key))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""
-        return cast(str, await to_thread.run_sync(self._read, lambda s: stats.study_report(s, study_id)))
+        return await self._read(lambda s: stats.study_report(s, study_id))
