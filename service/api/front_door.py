@@ -22,24 +22,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.http import base_of, parse_body, stored_response
-from service.api.middleware import body_too_large, edge
+from service.api.middleware import body_too_large, edge, some_headers
 from service.core.context import Context, prefers
 from service.core.interactions import Core
 from service.errors import BadRequest, FhirError, failure_response
 from service.responses import FHIR_JSON
 
 log = logging.getLogger("trial_fhir")
-
-
-def first_headers(scope: Scope, *names: bytes) -> dict[bytes, str]:
-    """The named request headers (lower-case names), the first of a repeated one: what the routes read (Starlette's
-    `Headers.get`, FastAPI's `Header()`, and the host of `Request.base_url`)."""
-    found: dict[bytes, str] = {}
-    for key, value in scope["headers"]:
-        key = key.lower()
-        if key in names and key not in found:
-            found[key] = value.decode("latin-1")
-    return found
 
 
 class FrontDoor:
@@ -62,7 +51,7 @@ class FrontDoor:
         output = FHIR_JSON
         try:
             asked, has_body = edge(scope, self.core.settings.max_body_bytes)
-            headers = first_headers(scope, b"prefer", b"host", b"if-none-exist")
+            headers = some_headers(scope, b"prefer", b"host", b"if-none-exist", first=True)
             prefer = headers.get(b"prefer")
             ctx = Context(self._base(scope, headers.get(b"host", "")), strict=prefers(prefer, "handling=strict"))
             if scope["method"] == "GET":

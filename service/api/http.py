@@ -57,8 +57,7 @@ BaseUrl = Annotated[str, Depends(base_url)]
 
 
 async def request_context(request: Request) -> Context:
-    return Context(base_of(request.app.state.settings.base_url, str(request.base_url)),
-                   strict=prefers(request.headers.get("prefer"), "handling=strict"))
+    return Context(await base_url(request), strict=prefers(request.headers.get("prefer"), "handling=strict"))
 
 
 Ctx = Annotated[Context, Depends(request_context)]

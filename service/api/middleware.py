@@ -61,12 +61,14 @@ def body_too_large(max_body_bytes: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body exceeds the limit of {max_body_bytes} bytes", expression="Content-Length")
 
 
-def some_headers(scope: Scope, *names: bytes) -> dict[bytes, str]:
-    """The named request headers (lower-case names; the last of a repeated one), decoding nothing else."""
+def some_headers(scope: Scope, *names: bytes, first: bool = False) -> dict[bytes, str]:
+    """The named request headers (lower-case names), decoding nothing else; of a repeated one the last, or with
+    `first` the first (what the routes read: Starlette's `Headers.get`, FastAPI's `Header()`, the host of
+    `Request.base_url`)."""
     found: dict[bytes, str] = {}
     for key, value in scope["headers"]:
         key = key.lower()
-        if key in names:
+        if key in names and not (first and key in found):
             found[key] = value.decode("latin-1")
     return found
 
