@@ -67,7 +67,7 @@ def narrow(requested: tuple[Scope, ...], registered: tuple[Scope, ...]) -> tuple
     granted: list[Scope] = []
     for want in requested:
         for have in registered:
-            if have.resource_type not in ("*", want.resource_type):
+            if "*" not in (have.resource_type, want.resource_type) and have.resource_type != want.resource_type:
                 continue
             letters = "".join(c for c in want.letters if c in have.letters)
             if not letters or (have.study and want.study and have.study != want.study):
