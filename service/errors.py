@@ -40,6 +40,26 @@ class BadRequest(FhirError):
     status_code, issue_code = 400, "invalid"
 
 
+class Unauthorized(FhirError):
+    """No valid access token (missing, expired, badly signed, wrong audience or issuer): 401 with the
+    `WWW-Authenticate: Bearer` challenge of RFC 6750."""
+
+    status_code, issue_code = 401, "login"
+
+    def __init__(self, diagnostics: str, *, issues: list[Issue] | None = None, expression: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        error = "invalid_token" if "no access token" not in diagnostics.lower() else None
+        challenge = 'Bearer realm="trial-fhir"' + (f', error="{error}"' if error else "")
+        super().__init__(diagnostics, issues=issues, expression=expression,
+                         headers={"WWW-Authenticate": challenge, **(headers or {})})
+
+
+class Forbidden(FhirError):
+    """The token is valid but grants no scope for the interaction (403, naming the scope that is missing)."""
+
+    status_code, issue_code = 403, "forbidden"
+
+
 class NotFound(FhirError):
     status_code, issue_code = 404, "not-found"
 

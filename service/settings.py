@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +22,28 @@ class Settings(BaseSettings):
         None, description="Public base URL of the FHIR endpoint (e.g. https://fhir.example.org/fhir); "
         "by default it is taken from each request."
     )
+    auth: Literal["off", "smart"] = Field(
+        "smart", description="`smart`: every request but the public documents (metadata, well-known, health, docs) "
+        "needs a SMART Backend Services access token; `off`: no access control (development; `serve` then refuses "
+        "a non-loopback address unless TRIAL_FHIR_ALLOW_ANONYMOUS=true).")
+    allow_anonymous: bool = Field(False, description="Let `serve` bind a non-loopback address with TRIAL_FHIR_AUTH=off.")
+    token_lifetime_s: int = Field(300, ge=30, le=300, description="Lifetime of the access tokens this server issues.")
+    auth_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed when checking exp/nbf/iat.")
+    trusted_issuers: list[dict[str, str]] = Field(
+        default_factory=list, description='External token issuers accepted besides this server, as JSON: '
+        '[{"issuer": "https://idp.example.org/realms/x", "jwks_url": "https://…/certs", "audience": "trial-fhir"}]')
+    deid_secret: str | None = Field(
+        None, description="Secret keying de-identified views (pseudonymous ids, date shifts); by default one is "
+        "generated and kept in the database.")
+    deid_shift_dates: bool = Field(
+        True, description="Shift dates by a per-patient offset in de-identified views; false keeps them exact (when "
+        "an expert determination allows it).")
+    deid_min_cell: int = Field(5, ge=1, description="Aggregates over fewer subjects than this are suppressed for "
+                               "de-identified clients (k-anonymity).")
+    cors_origins: list[str] = Field(default_factory=list, description='Origins allowed by CORS, as JSON ["https://…"].')
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Addresses of reverse proxies whose X-Forwarded-For/-Proto/-Host are "
+        "believed (as JSON); from anyone else those headers are ignored.")
     migrate_on_startup: bool = Field(True, description="Bring the schema up to date when the app starts.")
     load_demo_on_startup: bool = Field(
         False, description="Load the synthetic demo trial at start-up when the database holds no study."
