@@ -23,7 +23,7 @@ def empty_database_url(tmp_path):
 
 
 def test_app_started_on_an_empty_database_creates_the_schema(empty_database_url):
-    settings = Settings(database_url=empty_database_url, _env_file=None)
+    settings = Settings(database_url=empty_database_url, auth="off", _env_file=None)
     with TestClient(create_app(settings)) as client:
         assert client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"}).status_code == 201
         engine = client.app.state.engine
@@ -51,7 +51,7 @@ def test_upgrading_an_older_database_keeps_its_data(empty_database_url):
                           "VALUES ('Patient', 'old', 1, :now, 'POST', :content)"), {"now": now, "content": content})
         conn.execute(text("INSERT INTO patient (id, gender) VALUES ('old', 'female')"))
     engine.dispose()
-    settings = Settings(database_url=empty_database_url, _env_file=None)
+    settings = Settings(database_url=empty_database_url, auth="off", _env_file=None)
     with TestClient(create_app(settings)) as client:  # migrates to head at start-up
         response = client.get("/fhir/Patient/old")
         assert response.status_code == 200
@@ -60,7 +60,7 @@ def test_upgrading_an_older_database_keeps_its_data(empty_database_url):
 
 
 def test_startup_migration_can_be_disabled(empty_database_url):
-    settings = Settings(database_url=empty_database_url, migrate_on_startup=False, _env_file=None)
+    settings = Settings(database_url=empty_database_url, auth="off", migrate_on_startup=False, _env_file=None)
     with TestClient(create_app(settings)) as client:
         assert "resource" not in inspect(client.app.state.engine).get_table_names()
 

@@ -65,7 +65,7 @@ def shared(tmp_path_factory, database_template):
             path = tmp_path_factory.mktemp("search") / "search.db"
             shutil.copyfile(database_template, path)
             url = f"sqlite:///{path}"
-        settings = Settings(database_url=url, export_dir=tmp_path_factory.mktemp("export"), _env_file=None)
+        settings = Settings(database_url=url, export_dir=tmp_path_factory.mktemp("export"), auth="off", _env_file=None)
         with TestClient(create_app(settings)) as client:
             yield client, build_trial(client)
 
