@@ -20,6 +20,7 @@ from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import TOO_DEEP
 from service.core import resources
+from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
 from service.errors import BadRequest, FhirError, PayloadTooLarge
 from service.search.service import search
@@ -135,13 +136,13 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
         return status, {"response": resp}
     if req.method == "GET":
         if req.id:
-            stored = resources.read(uow.session, req.resource_type, req.id)
+            stored = resources.read(uow.session, req.resource_type, req.id, caller=uow.caller)
             return 200, entry(f"{base}/{req.resource_type}/{req.id}", stored.content,
                               response={"status": "200 OK", "etag": stored.etag,
                                         "lastModified": fhir_instant(stored.last_updated)})
         from urllib.parse import parse_qsl
         uow.flush()
-        found = search(uow.session, req.resource_type, parse_qsl(req.query), base)
+        found = search(uow.session, req.resource_type, parse_qsl(req.query), base, caller=uow.caller)
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
     resource = _rewrite_placeholders(req.resource, uow.placeholders) if req.may_refer else req.resource
     assert resource is not None, "_read_entry gives every POST and PUT entry a resource"
@@ -193,7 +194,7 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
 
 
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
-                representation: bool = False) -> bytes:
+                representation: bool = False, caller: Caller = SYSTEM) -> bytes:
     _, requests = read_bundle(body, max_entries)
     texts = [_resource_text(r) for r in requests]
     # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
@@ -234,7 +235,7 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
                    for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
-    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules)
+    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller)
 
 
 def _resource_text(req: Request) -> bytes | None:
@@ -253,13 +254,13 @@ def _minimal(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
-          representation: bool = False) -> bytes:
+          representation: bool = False, caller: Caller = SYSTEM) -> bytes:
     _, requests = read_bundle(body, max_entries)
     entries = []
     for r in requests:
         try:
             _, item = resources.run_write(session, partial(_run_entry, req=r, base=base), base_url=base,
-                                          enforce_rules=enforce_rules)
+                                          enforce_rules=enforce_rules, caller=caller)
             entries.append(item if representation or r.method == "GET" else _minimal(item))
         except FhirError as err:
             prefixed = err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)

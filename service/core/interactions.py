@@ -26,10 +26,11 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from service.bundle import service as bundles
-from service.core import resources
+from service.core import access, resources
 from service.core.context import Context
 from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
+from service.errors import NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.service import plan_search, run_search, run_search_async
@@ -79,7 +80,8 @@ class Core:
     async def _write(self, ctx: Context, work: Callable[[UnitOfWork], T]) -> T:
         """`work` in one unit of work, committed (run again after a write race), in a worker thread."""
         return await self._in_write_session(lambda session: resources.run_write(
-            session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules))
+            session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
+            caller=ctx.caller))
 
     async def create(self, ctx: Context, resource_type: str, body: dict[str, Any], *,
                      if_none_exist: str | None = None) -> Stored:
@@ -116,7 +118,7 @@ class Core:
 
         return await self._in_write_session(lambda session: run(
             session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
-            enforce_rules=self.settings.enforce_trial_rules, representation=representation))
+            enforce_rules=self.settings.enforce_trial_rules, representation=representation, caller=ctx.caller))
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -129,17 +131,17 @@ class Core:
 
     async def read(self, ctx: Context, resource_type: str, id: str) -> Stored:
         """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
-        return await self._read(lambda s: resources.read(s, resource_type, id))
+        return await self._read(lambda s: resources.read(s, resource_type, id, caller=ctx.caller))
 
     async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
         """GET [base]/{type}/{id}/_history/{vid}."""
-        return await self._read(lambda s: resources.vread(s, resource_type, id, version_id))
+        return await self._read(lambda s: resources.vread(s, resource_type, id, version_id, caller=ctx.caller))
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
                       before_version: int | None = None) -> bytes:
         """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
         rows = await self._read(lambda s: resources.history(
-            s, resource_type, id, count=count + 1, before_version=before_version))
+            s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [entry(f"{base}/{resource_type}/{id}", r.content,
@@ -162,8 +164,9 @@ class Core:
         (e.g. the database restarted) the page is read again in a search thread, whose pool checks and replaces
         connections: the read is repeated, never the request."""
         settings = self.settings
+        access.require(ctx.caller, resource_type, "s")
         plan = plan_search(resource_type, params, strict=ctx.strict, default_count=settings.default_page_size,
-                           max_count=settings.max_page_size)
+                           max_count=settings.max_page_size, caller=ctx.caller)
         pool = self.async_reads
         if pool is not None and plan.one_statement and pool.loop is asyncio.get_running_loop():
             try:
@@ -183,13 +186,15 @@ class Core:
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
-        """GET [base]/Group/{id}: the cohort of ResearchStudy/{id}."""
-        return await self._read(lambda s: groups.read_group(s, id))
+        """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group)."""
+        access.require(ctx.caller, "Group", "r")
+        return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
 
     async def search_groups(self, ctx: Context, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/Group?params: a searchset of cohort Groups (`_id` only)."""
+        access.require(ctx.caller, "Group", "s")
         return await self._read(lambda s: groups.search_groups(
-            s, params, ctx.base_url, strict=ctx.strict))
+            s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")))
 
     # -- Bulk Data export --------------------------------------------------------------------------------
 
@@ -215,21 +220,36 @@ class Core:
 
     # -- the study's figures ------------------------------------------------------------------------------
 
+    def _figures(self, ctx: Context, study_id: str, work: Callable[[Session], T]) -> Callable[[Session], T]:
+        """`work` on a study's figures, for a caller that may read what they are computed from (403 naming the
+        scope) in that study (404 for another study's, as for an unknown one)."""
+        for resource_type in access.FIGURES_READ:
+            access.require(ctx.caller, resource_type, "r")
+
+        def run(session: Session) -> T:
+            if not ctx.caller.unrestricted:
+                for resource_type in access.FIGURES_READ:
+                    studies = ctx.caller.studies_for(resource_type, "r")
+                    if studies is not None and study_id not in studies:
+                        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+            return work(session)
+        return run
+
     async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
         """Efficacy and safety per arm and visit."""
-        return await self._read(lambda s: stats.summarize_study(s, study_id))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.summarize_study(s, study_id)))
 
     async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
-        return await self._read(lambda s: stats.study_summary_csv(s, study_id))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_summary_csv(s, study_id)))
 
     async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
         """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
-        return await self._read(lambda s: stats.study_measure_report(s, study_id))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_measure_report(s, study_id)))
 
     async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
         """One measure's or responder key's chart (SVG)."""
-        return await self._read(lambda s: stats.study_chart(s, study_id, key))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_chart(s, study_id, key)))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""
-        return await self._read(lambda s: stats.study_report(s, study_id))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_report(s, study_id)))

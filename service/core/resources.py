@@ -15,6 +15,8 @@ from sqlmodel import Session
 
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
+from service.core import access
+from service.core.context import SYSTEM, Caller
 from service.core.registry import handler_for
 from service.errors import (
     BadRequest,
@@ -84,12 +86,12 @@ def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
 # -- writes ----------------------------------------------------------------------------------------------
 
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
-              enforce_rules: bool = True, attempts: int = 3) -> T:
+              enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM) -> T:
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
     with one identifier) rolls back and runs again, so the second sees the first's resource."""
     for attempt in range(attempts):
         last = attempt == attempts - 1
-        uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules)
+        uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules, caller=caller)
         try:
             result = work(uow)
             uow.flush()
@@ -118,6 +120,7 @@ def _is_retryable(exc: OperationalError) -> bool:
 def create(uow: UnitOfWork, resource_type: str, payload: dict[str, Any], *, if_none_exist: str | None = None,
            new_id: str | None = None) -> Stored:
     """POST: a new resource with a server id; with `If-None-Exist`, the match when there is exactly one."""
+    access.require(uow.caller, resource_type, "cs" if if_none_exist else "c")
     check_structure(resource_type, payload)
     if if_none_exist:
         matches = find_matches(uow, resource_type, if_none_exist, "If-None-Exist")
@@ -125,6 +128,7 @@ def create(uow: UnitOfWork, resource_type: str, payload: dict[str, Any], *, if_n
             raise PreconditionFailed(f"If-None-Exist '{if_none_exist}' matches {len(matches)} resources",
                                      expression="If-None-Exist")
         if matches:
+            access.require_own_studies(uow.session, uow.caller, resource_type, matches[0], "s")
             existing = read(uow.session, resource_type, matches[0])
             existing.status = 200
             return existing
@@ -144,6 +148,7 @@ def new_resource_id() -> str:
 def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], *,
            if_match: str | None = None) -> Stored:
     """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
+    access.require(uow.caller, resource_type, "u")
     check_structure(resource_type, payload)
     if not ID_RE.match(id):
         raise BadRequest(f"'{id}' is not a valid FHIR id", expression=f"{resource_type}.id")
@@ -168,6 +173,7 @@ def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
 def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict[str, Any], *,
                        if_match: str | None = None) -> Stored:
     """PUT Type?search: update the one match, create when there is none, 412 when there are several."""
+    access.require(uow.caller, resource_type, "us")
     check_structure(resource_type, payload)
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
@@ -186,6 +192,7 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
 def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:
     """DELETE: a tombstone version; typed rows and identifiers go. None when there was nothing to delete."""
     handler = handler_for(resource_type)
+    access.require(uow.caller, resource_type, "d")
     uow.flush()
     current = repository.get_current(uow.session, resource_type, id, for_update=True)
     expected = parse_version(if_match)
@@ -193,6 +200,7 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
         raise PreconditionFailed(f"{resource_type}/{id} is not at version {expected}", expression="If-Match")
     if current is None or current.deleted:
         return None
+    access.require_own_studies(uow.session, uow.caller, resource_type, id, "d")
     if handler.guard_delete:
         handler.guard_delete(uow, id)
     for table in handler.tables:
@@ -210,6 +218,7 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
 
 
 def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[Stored]:
+    access.require(uow.caller, resource_type, "ds")
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
         raise PreconditionFailed(f"Conditional delete '{query}' matches {len(matches)} resources",
@@ -245,8 +254,18 @@ def _identifiers(resource_type: str, payload: dict[str, Any]) -> list[tuple[str,
 
 
 def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], current: CurrentRow | None,
-           method: str) -> Stored:
+           method: str, *, on_behalf: bool = True) -> Stored:
+    """Write a version. `on_behalf`: the caller's own write (a follow-up the server makes is not), whose study
+    access is checked before (the version it replaces) and after (what it now says)."""
     handler = handler_for(resource_type)
+    replacing = current is not None and not current.deleted
+    limited = on_behalf and not uow.caller.unrestricted
+    letter = "u" if replacing else "c"
+    if limited:
+        if not replacing:
+            access.require(uow.caller, resource_type, "c")  # an update that creates
+        else:
+            access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)
     identifiers = _identifiers(resource_type, payload)
     try:
         handler.index(uow, payload, id, current is not None and not current.deleted)
@@ -276,6 +295,9 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     uow.mark_written(resource_type, id)
     created = current is None or current.deleted
     stored = Stored(resource_type, id, version, uow.now, content, status=201 if created else 200, created=created)
+    if limited:
+        uow.flush()
+        access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)
     _apply_follow_ups(uow)
     return stored
 
@@ -287,16 +309,19 @@ def _apply_follow_ups(uow: UnitOfWork) -> None:
         current = repository.get_current(uow.session, resource_type, id, for_update=True)
         if current is None or current.deleted:
             continue
-        _store(uow, resource_type, id, change(orjson.loads(current.content)), current, "PUT")
+        _store(uow, resource_type, id, change(orjson.loads(current.content)), current, "PUT", on_behalf=False)
 
 
 MAX_VERSION = 2**31 - 1  # version_id is a 32-bit INTEGER column
 
 # -- reads -----------------------------------------------------------------------------------------------
 
-def read(session: Session, resource_type: str, id: str) -> Stored:
+def read(session: Session, resource_type: str, id: str, *, caller: Caller = SYSTEM) -> Stored:
     handler_for(resource_type)
+    access.require(caller, resource_type, "r")
     row = repository.get_current(session, resource_type, id)
+    if row is not None and not caller.unrestricted:
+        access.require_visible(session, caller, resource_type, id)
     if row is None:
         raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
     if row.deleted:
@@ -305,8 +330,11 @@ def read(session: Session, resource_type: str, id: str) -> Stored:
     return Stored(resource_type, id, row.version_id, row.last_updated, row.content)
 
 
-def vread(session: Session, resource_type: str, id: str, version_id: str) -> Stored:
+def vread(session: Session, resource_type: str, id: str, version_id: str, *, caller: Caller = SYSTEM) -> Stored:
     handler_for(resource_type)
+    access.require(caller, resource_type, "r")
+    if not caller.unrestricted:
+        access.require_visible(session, caller, resource_type, id)
     where = f"{resource_type}.meta.versionId"
     if not version_id.isdigit() or int(version_id) > MAX_VERSION:
         raise NotFound(f"{resource_type}/{id} has no version '{version_id}'", expression=where)
@@ -319,9 +347,12 @@ def vread(session: Session, resource_type: str, id: str, version_id: str) -> Sto
 
 
 def history(session: Session, resource_type: str, id: str, *, count: int, before_version: int | None = None,
-            since: datetime | None = None) -> Sequence[VersionRow]:
+            since: datetime | None = None, caller: Caller = SYSTEM) -> Sequence[VersionRow]:
     """Newest first; raises 404 for a resource that never existed."""
     handler_for(resource_type)
+    access.require(caller, resource_type, "r")
+    if not caller.unrestricted:
+        access.require_visible(session, caller, resource_type, id)
     if repository.get_current(session, resource_type, id) is None:
         raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
     if before_version is not None and before_version > MAX_VERSION:

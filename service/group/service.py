@@ -12,9 +12,12 @@ from service.errors import BadRequest, NotFound
 from service.group import repository
 
 
-def read_group(session: Session, id: str) -> dict:
-    """Group/{id}: the cohort of ResearchStudy/{id}; 404 when there is no such study."""
+def read_group(session: Session, id: str, *, studies: frozenset[str] | None = None) -> dict:
+    """Group/{id}: the cohort of ResearchStudy/{id}; 404 when there is no such study (or it is not one of
+    `studies`, those a caller limited to some may see)."""
     found = repository.find_studies(session, [study_id_for_group(id)])
+    if studies is not None:
+        found = [f for f in found if f[0] in studies]
     if not found:
         raise NotFound(f"Group/{id} is not known: a Group is the cohort of a ResearchStudy with the same id",
                        expression="Group.id")
@@ -26,8 +29,9 @@ def _group(session: Session, study_id: str, title: str | None) -> dict:
                         repository.last_change(session, study_id))
 
 
-def search_groups(session: Session, params: list[tuple[str, str]], base: str, *, strict: bool = False) -> bytes:
-    """`_id` (comma-separated ids OR'd); without it every study's Group."""
+def search_groups(session: Session, params: list[tuple[str, str]], base: str, *, strict: bool = False,
+                  studies: frozenset[str] | None = None) -> bytes:
+    """`_id` (comma-separated ids OR'd); without it every study's Group (of `studies` only, when given)."""
     ids: list[str] | None = None
     warnings = []
     for name, value in params:
@@ -41,11 +45,12 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
         else:
             warnings.append(issue("not-supported", f"Search parameter '{name}' is not supported and was ignored",
                                   name, severity="warning"))
-    studies = repository.find_studies(session, ids)
+    found = [(sid, title) for sid, title in repository.find_studies(session, ids)
+             if studies is None or sid in studies]
     entries = [entry(f"{base}/Group/{group_id_for_study(sid)}", orjson.dumps(_group(session, sid, title)),
-                     search={"mode": "match"}) for sid, title in studies]
+                     search={"mode": "match"}) for sid, title in found]
     if warnings:
         entries.append({"resource": orjson.Fragment(orjson.dumps(outcome(warnings))), "search": {"mode": "outcome"}})
     query = urlencode(params)
     self_link = f"{base}/Group" + (f"?{query}" if query else "")
-    return bundle("searchset", entries, total=len(studies), links=[("self", self_link)])
+    return bundle("searchset", entries, total=len(found), links=[("self", self_link)])

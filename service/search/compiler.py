@@ -256,8 +256,11 @@ def conditions_of(compiled: Compiled, *, bound: bool = False) -> list[ColumnElem
     stype = TYPES[compiled.resource_type]
     found = []
     for n, (name, modifier, *form) in enumerate(compiled.shape):
-        param = stype.params[name]
         values = _Values(compiled.values, f"c{n}", bound)
+        if name == STUDIES:
+            found.append(_in_studies(stype, values, form[0]))
+            continue
+        param = stype.params[name]
         if modifier == "missing":
             found.append(_missing(stype, param, form[0]))
         else:
@@ -285,6 +288,68 @@ def in_study(resource_type: str, study_id: str) -> list[ColumnElement[bool]]:
     param = stype.params[stype.study_param]
     value: Any = study_id if param.kind == "id" else Ref("ResearchStudy", study_id)
     return conditions(resource_type, [Criterion(param.name, param.fhir.type, None, (value,))])
+
+
+# -- access: the studies a caller may see -----------------------------------------------------------------
+
+#: the pseudo-parameter of a study restriction in a compiled shape (never a FHIR parameter: they have no spaces)
+STUDIES = "studies limit"
+
+
+def within_studies(compiled: Compiled, studies: frozenset[str]) -> Compiled:
+    """`compiled`, limited to the resources that belong to one of `studies` (a caller's per-study access,
+    service/core/access.py). A criterion of the shape like any other, so a limited search is still one cached page
+    statement (one bound value for one study, the common case) and counts, pages and cursors all see the limit."""
+    n = len(compiled.shape)
+    ordered = sorted(studies)
+    values = dict(compiled.values)
+    if len(ordered) == 1:
+        values[f"c{n}_0"] = ordered[0]
+    elif ordered:
+        values[f"c{n}_0"] = ordered
+    return Compiled(compiled.resource_type, (*compiled.shape, (STUDIES, None, min(len(ordered), 2))), values,
+                    compiled.cached, compiled.uses_resource)
+
+
+def _study_column(stype: StoredType) -> tuple[StoredType, ColumnElement[Any], ColumnElement[Any] | None]:
+    """Where the study of `stype`'s rows is: (the type holding it, its study column, and for a type that belongs to
+    a study through another's rows (`study_via`: a Patient through ResearchSubject) that type's column pointing
+    back); a type that belongs to no study raises."""
+    if stype.study_param is not None:
+        return stype, stype.params[stype.study_param].column, None
+    if stype.study_via is not None:
+        via_type, via_param = stype.study_via
+        via = TYPES[via_type]
+        assert via.study_param is not None, f"{via_type} is the way {stype.name} belongs to a study: it needs one"
+        return via, via.params[via.study_param].column, via.params[via_param].column
+    raise ValueError(f"{stype.name} belongs to no study")
+
+
+def _in_studies(stype: StoredType, values: _Values, many: int) -> ColumnElement[bool]:
+    if many == 0 or (stype.study_param is None and stype.study_via is None):
+        return false()  # no study, or a type that belongs to none: nothing of it is in a study
+    holder, column, back = _study_column(stype)
+    cond = column == values.next(column) if many == 1 else column.in_(values.many(column))
+    if back is None:
+        return cond
+    return stype.table.c.id.in_(select(back).where(cond))
+
+
+def study_condition(resource_type: str, studies: frozenset[str]) -> ColumnElement[bool]:
+    """Rows of `resource_type` (its typed table) that belong to one of `studies` (values written in)."""
+    compiled = within_studies(Compiled(resource_type, (), {}, False, False), studies)
+    return conditions_of(compiled)[0]
+
+
+def foreign_condition(resource_type: str, studies: frozenset[str]) -> ColumnElement[bool]:
+    """Rows of `resource_type` that belong to a study outside `studies` (a write a study-limited caller may not
+    make); a resource of no study (a Patient not yet enrolled) is not foreign."""
+    stype = TYPES[resource_type]
+    if stype.study_param is None and stype.study_via is None:
+        return false()
+    holder, column, back = _study_column(stype)
+    outside = and_(column.is_not(None), column.not_in(sorted(studies)))
+    return outside if back is None else stype.table.c.id.in_(select(back).where(outside))
 
 
 def _missing(stype: StoredType, param: SearchParam, missing: bool) -> ColumnElement[bool]:
@@ -648,23 +713,29 @@ def _fixed(limit: int) -> Any:
 
 
 
-def find_included(session: Reader, include: Include, source_ids: Sequence[str]) -> list[tuple[str, str]]:
-    """The resources that the page's `include.source` rows reference through `include.param`."""
+def find_included(session: Reader, include: Include, source_ids: Sequence[str], *,
+                  studies: frozenset[str] | None = None) -> list[tuple[str, str]]:
+    """The resources that the page's `include.source` rows reference through `include.param` (only those in
+    `studies`, when the caller is limited to some)."""
     source = TYPES[include.source]
     column = source.params[include.param].column
     referenced = select(column).where(source.table.c.id.in_(list(source_ids))).distinct()
     stmt = select(R.c.id, R.c.content).where(R.c.resource_type == include.target, R.c.id.in_(referenced),
                                               R.c.deleted.is_(False)).order_by(R.c.id)
+    if studies is not None:
+        target = TYPES[include.target].table
+        stmt = stmt.where(R.c.id.in_(select(target.c.id).where(study_condition(include.target, studies))))
     return [(rid, content) for rid, content in _connection(session).execute(stmt)]
 
 
 def find_revincluded(session: Reader, include: Include, target_ids: Sequence[str],
-                     limit: int) -> list[tuple[str, str]]:
+                     limit: int, *, studies: frozenset[str] | None = None) -> list[tuple[str, str]]:
     """Up to `limit` `include.source` resources that reference one of `target_ids` through `include.param` (the
-    search `include.source?param=target_ids`)."""
+    search `include.source?param=target_ids`; only those in `studies`, when the caller is limited to some)."""
     source = TYPES[include.source]
     table = source.table
+    limit_to = [study_condition(include.source, studies)] if studies is not None else []
     stmt = (select(table.c.id, R.c.content).select_from(_joined(source))
-            .where(*references(include.source, include.param, include.target, target_ids))
+            .where(*references(include.source, include.param, include.target, target_ids), *limit_to)
             .order_by(table.c.id).limit(limit))
     return [(rid, content) for rid, content in _connection(session).execute(stmt)]

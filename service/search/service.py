@@ -29,6 +29,7 @@ from fhir_mappings.search import (
     search_parameter_resource,
     subset,
 )
+from service.core.context import SYSTEM, Caller
 from service.core.registry import REGISTRY, TYPES, search_spec
 from service.errors import BadRequest, NotFound
 from service.search import compiler
@@ -48,6 +49,7 @@ class SearchPlan:
     params: list[tuple[str, str]]  # as sent (the self link)
     compiled: Compiled
     not_null: bool
+    caller: Caller = SYSTEM  # whose search: includes are limited to what it may search, in its studies
 
     @property
     def one_statement(self) -> bool:
@@ -58,23 +60,43 @@ class SearchPlan:
 
 
 def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bool = False, default_count: int = 50,
-                max_count: int = 1000) -> SearchPlan:
-    """Parse and check `params` (400 for errors, and for warnings under strict handling); no I/O."""
+                max_count: int = 1000, caller: Caller = SYSTEM) -> SearchPlan:
+    """Parse and check `params` (400 for errors, and for warnings under strict handling); no I/O.
+
+    For a caller limited to some studies the criteria are limited to them (compiler.within_studies), and
+    `_include`/`_revinclude` of a type it may not search are left out, with a warning naming the scope: an
+    included resource is never a way around a scope."""
     req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count)
     if req.errors:
         raise BadRequest(req.errors[0].diagnostics, issues=req.errors)
     if strict and req.warnings:
         errors = [replace(w, severity="error") for w in req.warnings]
         raise BadRequest(errors[0].diagnostics, issues=errors)
-    return SearchPlan(req, list(params), compiler.compile_criteria(resource_type, req.criteria),
-                      compiler.excludes_missing(resource_type, req.sort, req.criteria))
+    compiled = compiler.compile_criteria(resource_type, req.criteria)
+    if not caller.unrestricted:
+        studies = caller.studies_for(resource_type, "s")
+        if studies is not None:
+            compiled = compiler.within_studies(compiled, studies)
+        includes = [i for i in req.includes if caller.may(i.target, "s")]
+        revincludes = [i for i in req.revincludes if caller.may(i.source, "s")]
+        if len(includes) < len(req.includes) or len(revincludes) < len(req.revincludes):
+            left_out = [i for i in req.includes if i not in includes] + [i for i in req.revincludes
+                                                                          if i not in revincludes]
+            notes = [issue("forbidden", f"{i.text} was left out: the token grants no "
+                           f"system/{i.target if i in req.includes else i.source}.s scope",
+                           "_include" if i in req.includes else "_revinclude", severity="warning")
+                     for i in left_out]
+            req = replace(req, includes=includes, revincludes=revincludes, warnings=[*req.warnings, *notes])
+    return SearchPlan(req, list(params), compiled, compiler.excludes_missing(resource_type, req.sort, req.criteria),
+                      caller)
 
 
 def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
-           strict: bool = False, default_count: int = 50, max_count: int = 1000) -> bytes:
+           strict: bool = False, default_count: int = 50, max_count: int = 1000, caller: Caller = SYSTEM) -> bytes:
     """A `searchset` Bundle (JSON bytes) for `GET [base]/{resource_type}?params`; `session` is a Session (a unit
     of work) or a read connection (`service.db.read_connection`)."""
-    plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count)
+    plan = plan_search(resource_type, params, strict=strict, default_count=default_count, max_count=max_count,
+                       caller=caller)
     return run_search(session, plan, base)
 
 
@@ -136,13 +158,13 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
                    for _, _, rid, content in rows]
     if rows and (req.includes or req.revincludes):
         assert session is not None, "a search read without a session (run_search_async) includes nothing"
-        entries += _included(session, req, [rid for _, _, rid, _ in rows], base, warnings)
+        entries += _included(session, req, [rid for _, _, rid, _ in rows], base, warnings, plan.caller)
     return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links,
                   timestamp=fhir_instant(utcnow()))
 
 
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
-              warnings: list[Issue]) -> list[dict[str, Any]]:
+              warnings: list[Issue], caller: Caller) -> list[dict[str, Any]]:
     seen: set[tuple[str, str]] = set()
     entries = []
 
@@ -156,9 +178,11 @@ def _included(session: Session | Connection, req: SearchRequest, ids: list[str],
             entries.append(entry(f"{base}/{rtype}/{rid}", content, search={"mode": "include"}))
 
     for include in req.includes:
-        add(include.target, compiler.find_included(session, include, ids))
+        add(include.target, compiler.find_included(session, include, ids,
+                                                   studies=caller.studies_for(include.target, "s")))
     for include in req.revincludes:
-        found = compiler.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1)
+        found = compiler.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1,
+                                          studies=caller.studies_for(include.source, "s"))
         if len(found) > MAX_REVINCLUDE:
             found = found[:MAX_REVINCLUDE]
             warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} resources; "

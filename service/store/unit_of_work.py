@@ -16,6 +16,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
 from service.errors import Conflict, IdentifierTaken, RuleViolation
+from service.core.context import SYSTEM, Caller
 from service.store import repository
 from service.store.models import IdentifierRecord, table_of
 
@@ -27,8 +28,10 @@ def utcnow() -> datetime:
 
 
 class UnitOfWork:
-    def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True) -> None:
+    def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True,
+                 caller: Caller = SYSTEM) -> None:
         self.session = session
+        self.caller = caller  # whose writes these are: service/core/access.py decides what it may touch
         self.now = utcnow()
         self.now_instant = fhir_instant(self.now)  # meta.lastUpdated of everything this unit writes
         self.base_url = base_url.rstrip("/")
