@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in build_routers():
         app.include_router(router)
     if settings.front_door:
-        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, TYPES)
+        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, TYPES, app.state)
     _add_outcome_schema(app)
     return app
 

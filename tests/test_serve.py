@@ -17,7 +17,8 @@ def free_port() -> int:
 
 def test_python_m_service_serves_the_app_on_the_configured_database(database_url, tmp_path):
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_EXPORT_DIR": str(tmp_path / "export")}
+    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_EXPORT_DIR": str(tmp_path / "export"),
+           "TRIAL_FHIR_AUTH": "off"}
     proc = subprocess.Popen([sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.http import base_of, parse_body, stored_response
+from service.api.http import base_of, caller_of, new_request_id, parse_body, stored_response
 from service.api.middleware import body_too_large, edge, some_headers
 from service.core.context import Context, prefers
 from service.core.interactions import Core
@@ -32,9 +32,10 @@ log = logging.getLogger("trial_fhir")
 
 
 class FrontDoor:
-    def __init__(self, app: ASGIApp, core: Core, resource_types: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, core: Core, resource_types: Iterable[str], state: Any) -> None:
         self.app = app  # what answers every other request
         self.core = core
+        self.state = state  # the app's state: its settings and authenticator (service.api.http.caller_of)
         self.paths = {f"/fhir/{t}": t for t in resource_types}
         self._bases: dict[tuple[Any, ...], str] = {}  # (scheme, host, server, root path) -> base
 
@@ -51,9 +52,16 @@ class FrontDoor:
         output = FHIR_JSON
         try:
             asked, has_body = edge(scope, self.core.settings.max_body_bytes)
-            headers = some_headers(scope, b"prefer", b"host", b"if-none-exist", first=True)
+            headers = some_headers(scope, b"prefer", b"host", b"if-none-exist", b"authorization", b"x-request-id",
+                                   first=True)
             prefer = headers.get(b"prefer")
-            ctx = Context(self._base(scope, headers.get(b"host", "")), strict=prefers(prefer, "handling=strict"))
+            base = self._base(scope, headers.get(b"host", ""))
+            caller = await caller_of(self.state, headers.get(b"authorization"), base)
+            client = scope.get("client")
+            ctx = Context(base, caller, strict=prefers(prefer, "handling=strict"),
+                          request_id=new_request_id(headers.get(b"x-request-id")),
+                          client_address=client[0] if client else None,
+                          query=scope["query_string"].decode("latin-1") or None)
             if scope["method"] == "GET":
                 params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
                 output = asked

@@ -3,14 +3,15 @@ and the `Context` of a request, and the response of a stored version. One implem
 adapters can't answer differently."""
 
 from email.utils import format_datetime
-from typing import Annotated, Any
+import uuid
+from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import Depends, Request
 
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
-from service.core.context import Context, prefers
+from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
 from service.core.resources import Stored
 from service.errors import ResourceInvalid
@@ -56,8 +57,41 @@ async def base_url(request: Request) -> str:
 BaseUrl = Annotated[str, Depends(base_url)]
 
 
+class Authenticates(Protocol):
+    """What checks access tokens (service/auth/verify.py `Authenticator`)."""
+
+    async def authenticate(self, authorization: str | None, base_url: str) -> Caller: ...
+
+
+async def caller_of(state: Any, authorization: str | None, base: str) -> Caller:
+    """Who sends a request, for both adapters: with TRIAL_FHIR_AUTH=smart the client its bearer token names
+    (401 for a missing or invalid one, raised by the authenticator), else the anonymous, unrestricted caller."""
+    authenticator: Authenticates | None = getattr(state, "authenticator", None)
+    if state.settings.auth == "off" or authenticator is None:
+        if state.settings.auth != "off":
+            raise RuntimeError("TRIAL_FHIR_AUTH=smart but the app has no authenticator")
+        return ANONYMOUS
+    return await authenticator.authenticate(authorization, base)
+
+
+def new_request_id(sent: str | None) -> str:
+    """The client's X-Request-ID when it is a sensible one (printable, ≤ 64 characters), else a new one."""
+    if sent and len(sent) <= 64 and sent.isprintable() and " " not in sent:
+        return sent
+    return uuid.uuid4().hex
+
+
 async def request_context(request: Request) -> Context:
-    return Context(await base_url(request), strict=prefers(request.headers.get("prefer"), "handling=strict"))
+    """The Context of a routed request: who sends it (authenticated here, before the interaction runs), its base
+    URL, strictness, request id, client address and query (for the audit)."""
+    base = await base_url(request)
+    headers = request.headers
+    caller = await caller_of(request.app.state, headers.get("authorization"), base)
+    client = request.client
+    return Context(base, caller, strict=prefers(headers.get("prefer"), "handling=strict"),
+                   request_id=new_request_id(headers.get("x-request-id")),
+                   client_address=client.host if client else None,
+                   query=request.scope.get("query_string", b"").decode("latin-1") or None)
 
 
 Ctx = Annotated[Context, Depends(request_context)]
