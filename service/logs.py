@@ -25,8 +25,9 @@ def elide_query(target: str) -> str:
     path, mark, query = target.partition("?")
     if not mark:
         return target
-    names = (part.partition("=")[0] for part in query.split("&") if part)
-    return path + "?" + "&".join(f"{name}={ELIDED}" if _NAME.fullmatch(name) else ELIDED for name in names)
+    parts = (part.partition("=") for part in query.split("&") if part)
+    return path + "?" + "&".join(f"{name}={ELIDED}" if equals and _NAME.fullmatch(name) else ELIDED
+                                 for name, equals, _ in parts)
 
 
 class ElideQueryValues(logging.Filter):
