@@ -66,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.auth == "off":  # `serve` refuses it off loopback; other launchers (plain uvicorn) get this line
+            log.warning("access control is OFF (TRIAL_FHIR_AUTH=off): every request is answered without a token")
         if settings.migrate_on_startup:
             migrate(engine)
         if settings.load_demo_on_startup:

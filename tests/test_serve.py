@@ -93,20 +93,20 @@ def test_anonymous_refusal(auth, host, allow_anonymous, refused):
 
 @pytest.fixture
 def run_serve(monkeypatch, tmp_path):
-    """`run_serve(*args, **env)`: the `serve` command's exit code, output and the uvicorn.run call it made (None
-    when it made none); nothing is bound. The environment is put back afterwards (serve writes to it)."""
+    """`run_serve(*args, **env)`: the `serve` command's result and the uvicorn.run call it made (None when it made
+    none); nothing is bound. The environment is put back afterwards (serve writes to it, for the app's workers)."""
     import uvicorn
 
     monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    saved = dict(os.environ)  # (monkeypatch.delenv of an unset name would not unset what serve sets)
     for name in ("TRIAL_FHIR_AUTH", "TRIAL_FHIR_ALLOW_ANONYMOUS", "TRIAL_FHIR_HOST", "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP"):
-        monkeypatch.delenv(name, raising=False)
+        os.environ.pop(name, None)
     calls: list[dict] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
 
     def run(*args: str, **env: str):
         calls.clear()
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
+        os.environ.update(env)
         get_settings.cache_clear()
         try:
             result = CliRunner().invoke(cli.app, ["serve", *args])
@@ -114,7 +114,12 @@ def run_serve(monkeypatch, tmp_path):
             get_settings.cache_clear()
         return result, (calls[0] if calls else None)
 
-    return run
+    try:
+        yield run
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
 
 
 def test_serve_refuses_auth_off_on_a_public_address(run_serve):
