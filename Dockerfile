@@ -2,6 +2,11 @@
 #   docker build -t trial-fhir .
 #   docker run -p 8000:8000 -e DATABASE_URL=postgresql+psycopg://user:pass@db:5432/trial trial-fhir
 # Without DATABASE_URL it runs on an embedded SQLite file in /data (mount a volume there to keep it).
+# Access control is on (TRIAL_FHIR_AUTH=smart): every FHIR request needs a SMART Backend Services token. Register
+# each client (its id and public JWKS) before it connects, e.g.
+#   docker run --rm -v trial-data:/data trial-fhir trial-fhir clients add …   (see `trial-fhir clients add --help`)
+# TRIAL_FHIR_AUTH=off is refused on 0.0.0.0 unless TRIAL_FHIR_ALLOW_ANONYMOUS=true (a gateway does access control).
+# Behind a reverse proxy set TRIAL_FHIR_BASE_URL (or TRIAL_FHIR_TRUSTED_PROXIES) so links use the public URL.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,6 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DATABASE_URL=sqlite:////data/trial-fhir.db \
     TRIAL_FHIR_HOST=0.0.0.0 \
     TRIAL_FHIR_PORT=8000 \
+    TRIAL_FHIR_AUTH=smart \
     TRIAL_FHIR_EXPORT_DIR=/data/export
 
 WORKDIR /app

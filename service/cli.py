@@ -8,23 +8,72 @@ app = typer.Typer(help="trial-fhir: FHIR R4 service for clinical trials", no_arg
                   pretty_exceptions_show_locals=False)
 
 
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host`: a loopback address or name (0.0.0.0 and :: are every interface)."""
+    import ipaddress
+
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # another name: it may resolve to anything
+        return False
+
+
+def anonymous_refusal(settings: Settings, host: str) -> str | None:
+    """Why `serve` must not start: access control off (TRIAL_FHIR_AUTH=off) on an address other machines can
+    reach, without TRIAL_FHIR_ALLOW_ANONYMOUS=true saying that is meant. None when it may."""
+    if settings.auth != "off" or is_loopback(host) or settings.allow_anonymous:
+        return None
+    return (f"refusing to serve {host} with TRIAL_FHIR_AUTH=off: anyone who can reach it could read and change "
+            "every patient's data. Bind 127.0.0.1, or use TRIAL_FHIR_AUTH=smart (register clients with "
+            "`trial-fhir clients add`), or set TRIAL_FHIR_ALLOW_ANONYMOUS=true if a gateway in front does the "
+            "access control.")
+
+
+def anonymous_warning(host: str) -> str:
+    return (f"WARNING: access control is OFF (TRIAL_FHIR_AUTH=off): every request to {host} is answered without a "
+            "token. For development and the demo only.")
+
+
 @app.command()
 def serve(host: str = typer.Option(None, help="Interface to bind (default: TRIAL_FHIR_HOST or 127.0.0.1)"),
           port: int = typer.Option(None, help="Port (default: TRIAL_FHIR_PORT or 8000)"),
-          demo: bool = typer.Option(False, "--demo", help="Load the synthetic demo trial if the database has none"),
+          demo: bool = typer.Option(False, "--demo", help="Load the synthetic demo trial if the database has none, "
+                                    "and run without access control (unless TRIAL_FHIR_AUTH says otherwise)"),
           workers: int = typer.Option(1, help="Worker processes (PostgreSQL only; SQLite wants one)")) -> None:
-    """Run the HTTP service (migrates the database first unless TRIAL_FHIR_MIGRATE_ON_STARTUP=false)."""
+    """Run the HTTP service (migrates the database first unless TRIAL_FHIR_MIGRATE_ON_STARTUP=false).
+
+    With TRIAL_FHIR_AUTH=off it binds only a loopback address, unless TRIAL_FHIR_ALLOW_ANONYMOUS=true."""
     import os
 
     import uvicorn
 
     settings = get_settings()
     if demo:
+        # the app reads its settings from the environment (service.main:app, in each worker): say it there
         os.environ["TRIAL_FHIR_LOAD_DEMO_ON_STARTUP"] = "true"
+        if "auth" not in settings.model_fields_set:  # neither the environment nor .env chose
+            os.environ["TRIAL_FHIR_AUTH"] = "off"
         get_settings.cache_clear()
         settings = get_settings()
-    uvicorn.run("service.main:app", host=host or settings.host, port=port or settings.port, workers=workers,
-                log_level="info")
+    host = host or settings.host
+    if settings.auth == "off":
+        refusal = anonymous_refusal(settings, host)
+        if refusal is not None:
+            typer.secho(refusal, fg=typer.colors.RED, err=True)
+            raise typer.Exit(1)
+        typer.secho(anonymous_warning(host), fg=typer.colors.YELLOW, bold=True, err=True)
+        if demo:
+            typer.echo(f"demo: the synthetic trial on http://{host}:{port or settings.port}/fhir, no token needed",
+                       err=True)
+    # server_header: no "server: uvicorn" in answers. proxy_headers: uvicorn would believe X-Forwarded-For/-Proto
+    # from 127.0.0.1 (its default); the app believes them from TRIAL_FHIR_TRUSTED_PROXIES only (service/api/http.py)
+    uvicorn.run("service.main:app", host=host, port=port or settings.port, workers=workers, log_level="info",
+                server_header=False, proxy_headers=False)
 
 
 @app.command()

@@ -32,11 +32,15 @@ POOL_SIZE = 40  # per process (plus the async read pool's few): with 2 workers, 
 
 
 def make_engine(database_url: str, echo: bool = False) -> Engine:
+    """The engine for `database_url`. Its errors don't carry the bound parameters (identifiers, patient values)
+    into tracebacks and logs (`hide_parameters`), unless `echo` asks for every statement to be logged anyway."""
     url = make_url(database_url)
+    hide = not echo
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
+        engine = create_engine(url, echo=echo, hide_parameters=hide,
+                               connect_args={"check_same_thread": False, "timeout": 60})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: "sqlite3.Connection", _record: ConnectionPoolEntry) -> None:
@@ -54,7 +58,7 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
         return engine
     # pool_size covers the requests one process runs at once (AnyIO's 40 worker threads at most): connections
     # beyond it are closed on return, and opening one per request under load cost more than the search
-    engine = create_engine(url, echo=echo, pool_size=POOL_SIZE, max_overflow=10)
+    engine = create_engine(url, echo=echo, hide_parameters=hide, pool_size=POOL_SIZE, max_overflow=10)
     _ping_when_idle(engine)
     return engine
 

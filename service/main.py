@@ -8,10 +8,12 @@ from functools import partial
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import text
+from starlette.types import ASGIApp
 
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.middleware import FhirFormatMiddleware
+from service.api.security_headers import secured
 from service.bundle.router import router as bundle_router
 from service.conformance.router import router as conformance_router
 from service.core.interactions import Core
@@ -20,6 +22,7 @@ from service.db import make_engine, migrate
 from service.errors import register_error_handlers
 from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as export_router
 from service.group.router import CAPABILITY as GROUP_CAPABILITY, router as group_router
+from service.logs import quiet_access_log
 from service.settings import Settings, get_settings
 from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
 
@@ -44,14 +47,16 @@ def _operation_id(route: APIRoute) -> str:
 
 
 class TrialFhirApp(FastAPI):
-    """FastAPI, with the front door (service/api/front_door.py) answering the hot paths in front of it."""
+    """FastAPI, with the front door (service/api/front_door.py) answering the hot paths in front of it, and the
+    security headers and CORS (service/api/security_headers.py) in front of both, so no answer escapes them."""
 
     front_door: FrontDoor | None = None
+    outer: ASGIApp | None = None  # set by create_app
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.front_door is None:
-            return await super().__call__(scope, receive, send)
-        return await self.front_door(scope, receive, send)
+        if self.outer is not None:
+            return await self.outer(scope, receive, send)
+        return await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -61,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if settings.auth == "off":  # `serve` refuses it off loopback; other launchers (plain uvicorn) get this line
+            log.warning("access control is OFF (TRIAL_FHIR_AUTH=off): every request is answered without a token")
         if settings.migrate_on_startup:
             migrate(engine)
         if settings.load_demo_on_startup:
@@ -108,8 +115,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
     for router in build_routers():
         app.include_router(router)
+    routed = partial(FastAPI.__call__, app)
     if settings.front_door:
-        app.front_door = FrontDoor(partial(FastAPI.__call__, app), core, TYPES, app.state)
+        app.front_door = FrontDoor(routed, core, TYPES, app.state)
+    app.outer = secured(app.front_door or routed, settings)
+    quiet_access_log()
     _add_outcome_schema(app)
     return app
 

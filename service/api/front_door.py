@@ -18,10 +18,19 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.http import base_of, caller_of, new_request_id, parse_body, stored_response
+from service.api.http import (
+    base_of,
+    caller_of,
+    client_address,
+    new_request_id,
+    parse_body,
+    peer_address,
+    public_base,
+    stored_response,
+    trusted_proxies,
+)
 from service.api.middleware import body_too_large, edge, some_headers
 from service.core.context import Context, prefers
 from service.core.interactions import Core
@@ -38,6 +47,7 @@ class FrontDoor:
         self.state = state  # the app's state: its settings and authenticator (service.api.http.caller_of)
         self.paths = {f"/fhir/{t}": t for t in resource_types}
         self._bases: dict[tuple[Any, ...], str] = {}  # (scheme, host, server, root path) -> base
+        self.proxies = trusted_proxies(core.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
@@ -57,10 +67,9 @@ class FrontDoor:
             prefer = headers.get(b"prefer")
             base = self._base(scope, headers.get(b"host", ""))
             caller = await caller_of(self.state, headers.get(b"authorization"), base)
-            client = scope.get("client")
             ctx = Context(base, caller, strict=prefers(prefer, "handling=strict"),
                           request_id=new_request_id(headers.get(b"x-request-id")),
-                          client_address=client[0] if client else None,
+                          client_address=client_address(scope, self.core.settings),
                           query=scope["query_string"].decode("latin-1") or None)
             if scope["method"] == "GET":
                 params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
@@ -104,15 +113,17 @@ class FrontDoor:
         return b"".join(chunks)
 
     def _base(self, scope: Scope, host: str) -> str:
-        """What `service.api.http.base_url(request)` gives (TRIAL_FHIR_BASE_URL, else scheme, host and root path
-        of the request + /fhir), kept per origin."""
-        configured = self.core.settings.base_url
-        if configured:
-            return base_of(configured, "")
+        """What `service.api.http.base_url(request)` gives (`public_base`: TRIAL_FHIR_BASE_URL, else what a trusted
+        proxy forwards, else scheme, host and root path of the request, + /fhir), kept per origin."""
+        settings = self.core.settings
+        if settings.base_url:
+            return base_of(settings.base_url, "")
+        if self.proxies and peer_address(scope) in self.proxies:  # forwarded: not kept (the key would grow)
+            return public_base(scope, settings)
         key = (scope.get("scheme"), host, tuple(scope.get("server") or ()), scope.get("root_path", ""))
         base = self._bases.get(key)
         if base is None:
-            base = base_of(None, str(Request(scope).base_url))
+            base = public_base(scope, settings)
             if len(self._bases) < 256:  # the Host header is the client's: don't keep every one
                 self._bases[key] = base
         return base

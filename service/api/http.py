@@ -2,12 +2,15 @@
 and the `Context` of a request, and the response of a stored version. One implementation each, so the two
 adapters can't answer differently."""
 
-from email.utils import format_datetime
+import ipaddress
 import uuid
+from email.utils import format_datetime
+from functools import lru_cache
 from typing import Annotated, Any, Protocol
 
 import orjson
 from fastapi import Depends, Request
+from starlette.types import Scope
 
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
@@ -16,6 +19,7 @@ from service.core.interactions import Core
 from service.core.resources import Stored
 from service.errors import ResourceInvalid
 from service.responses import FhirJSONResponse
+from service.settings import Settings
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -49,9 +53,115 @@ def base_of(configured: str | None, request_base: str) -> str:
     return (configured or request_base.rstrip("/") + "/fhir").rstrip("/")
 
 
+class TrustedProxies:
+    """The `trusted_proxies` setting, parsed once: addresses (`10.0.0.5`) and networks (`10.0.0.0/24`). Only a
+    peer in it may tell us, with X-Forwarded-*, who the client is and which URL it used; from anyone else those
+    headers are the client's own claims."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        self.addresses = frozenset(e for e in entries if "/" not in e)
+        self.networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries if "/" in e)
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses or self.networks)
+
+    def __contains__(self, address: object) -> bool:
+        if not isinstance(address, str):
+            return False
+        if address in self.addresses:
+            return True
+        if not self.networks:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:  # a unix socket path, "testclient", …
+            return False
+        return any(ip in network for network in self.networks)
+
+
+@lru_cache(maxsize=8)
+def _proxies(entries: tuple[str, ...]) -> TrustedProxies:
+    return TrustedProxies(entries)
+
+
+def trusted_proxies(settings: Settings) -> TrustedProxies:
+    return _proxies(tuple(settings.trusted_proxies))
+
+
+def peer_address(scope: Scope) -> str | None:
+    """The address at the other end of the connection (not rewritten: `serve` runs uvicorn without its proxy
+    headers, so this is what the socket says)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def client_address(scope: Scope, settings: Settings) -> str | None:
+    """Who sent the request, for logs and audit: the peer; when the peer is a trusted proxy, the rightmost
+    address of X-Forwarded-For that is not a trusted proxy (the one our own proxies vouch for: what is left of it
+    a client may have written itself), or the leftmost when every hop is trusted."""
+    peer = peer_address(scope)
+    proxies = trusted_proxies(settings)
+    if not proxies or peer not in proxies:
+        return peer
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    hops = [hop.strip() for key, value in headers if key == b"x-forwarded-for"
+            for hop in value.decode("latin-1").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if hop not in proxies:
+            return hop
+    return hops[0] if hops else peer
+
+
+def forwarded_scope(scope: Scope, settings: Settings) -> Scope:
+    """The scope as the client sent it to our trusted proxy: scheme and host from the first X-Forwarded-Proto
+    and X-Forwarded-Host value when the peer is a trusted proxy; the scope itself otherwise (the usual case,
+    and then nothing is copied)."""
+    proxies = trusted_proxies(settings)
+    if not proxies or peer_address(scope) not in proxies:
+        return scope
+    proto, host = _header(scope, b"x-forwarded-proto"), _header(scope, b"x-forwarded-host")
+    if proto is None and host is None:
+        return scope
+    forwarded = dict(scope)
+    if proto is not None and (proto := proto.split(",")[0].strip().lower()) in ("http", "https"):
+        forwarded["scheme"] = proto
+    if host is not None and (host := host.split(",")[0].strip()):
+        forwarded["headers"] = [(b"host", host.encode("latin-1")),
+                                *((k, v) for k, v in scope["headers"] if k != b"host")]
+    return forwarded
+
+
+def is_https(scope: Scope, settings: Settings) -> bool:
+    """Did the request reach us (or our trusted proxy) over TLS?"""
+    if scope.get("scheme") == "https":
+        return True
+    proxies = trusted_proxies(settings)
+    if not proxies or peer_address(scope) not in proxies:
+        return False
+    proto = _header(scope, b"x-forwarded-proto")
+    return proto is not None and proto.split(",")[0].strip().lower() == "https"
+
+
+def public_base(scope: Scope, settings: Settings) -> str:
+    """The FHIR base URL clients are told (Location, paging links): TRIAL_FHIR_BASE_URL; else what a trusted proxy
+    says the client used (X-Forwarded-Proto/-Host); else the request's own scheme, Host and root path. Without
+    a base URL or a trusted proxy the Host header is the client's choice (see README, "Security")."""
+    if settings.base_url:
+        return base_of(settings.base_url, "")
+    return base_of(None, str(Request(forwarded_scope(scope, settings)).base_url))
+
+
 async def base_url(request: Request) -> str:
     """Async on purpose: a plain `def` dependency costs a worker-thread round trip per request."""
-    return base_of(request.app.state.settings.base_url, str(request.base_url))
+    return public_base(request.scope, request.app.state.settings)
 
 
 BaseUrl = Annotated[str, Depends(base_url)]
@@ -87,10 +197,9 @@ async def request_context(request: Request) -> Context:
     base = await base_url(request)
     headers = request.headers
     caller = await caller_of(request.app.state, headers.get("authorization"), base)
-    client = request.client
     return Context(base, caller, strict=prefers(headers.get("prefer"), "handling=strict"),
                    request_id=new_request_id(headers.get("x-request-id")),
-                   client_address=client.host if client else None,
+                   client_address=client_address(request.scope, request.app.state.settings),
                    query=request.scope.get("query_string", b"").decode("latin-1") or None)
 
 

@@ -101,7 +101,8 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
             session.rollback()
             if isinstance(exc, OperationalError) and not _is_retryable(exc):
                 raise
-            log.info("write conflict, retrying (%s): %s", attempt + 1, exc.orig)
+            # the driver's message may quote the row (PostgreSQL's DETAIL: "Key (…)=(…, MRN-000124)"): log its kind
+            log.info("write conflict, retrying (%s): %s", attempt + 1, _db_error_kind(exc))
         except IdentifierTaken:
             session.rollback()
             if last:
@@ -253,6 +254,16 @@ def _identifiers(resource_type: str, payload: dict[str, Any]) -> list[tuple[str,
     return found
 
 
+def _db_error_kind(exc: IntegrityError | OperationalError) -> str:
+    """What a database error was, without the values its message may quote: the driver's error class, SQLSTATE
+    and constraint (psycopg), or SQLite's error name."""
+    orig = exc.orig
+    diag = getattr(orig, "diag", None)
+    parts = [type(orig).__name__, getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None),
+             getattr(diag, "constraint_name", None)]
+    return " ".join(p for p in parts if p)
+
+
 def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], current: CurrentRow | None,
            method: str, *, on_behalf: bool = True) -> Stored:
     """Write a version. `on_behalf`: the caller's own write (a follow-up the server makes is not), whose study
@@ -272,7 +283,9 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     except RuleViolation as violation:
         if uow.enforce_rules:
             raise
-        log.warning("trial rule not enforced for %s/%s: %s", resource_type, id, violation)
+        # the elements at fault, not the diagnostics: those quote the values
+        log.warning("trial rule not enforced for %s/%s: %s", resource_type, id,
+                    ", ".join(e for i in violation.issues for e in i.expression) or violation.issues[0].code)
     if current is not None:
         for table in handler.tables:
             repository.delete_typed_rows(uow.session, table, id)

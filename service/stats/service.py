@@ -286,11 +286,23 @@ def format_value(value: int | float) -> str:
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
+#: what makes a spreadsheet read a cell as a formula (or, tab and CR, what some strip before looking again)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(cell: str) -> str:
+    """A text cell a spreadsheet shows as text: one that starts like a formula (an arm named
+    `=HYPERLINK("http://x","y")`, written by whoever registered the study) gets a leading `'` (OWASP's CSV
+    injection advice). Only text cells pass through here: numbers, -16.3 too, stay numbers."""
+    return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
+
+
 def write_csv(summary: StudySummary, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for arm, visit, measure, statistic, value in tidy_rows(summary):
-        writer.writerow((arm, visit, measure, statistic, format_value(value)))
+        writer.writerow((csv_text(arm), csv_text(visit), csv_text(measure), csv_text(statistic),
+                         format_value(value)))
 
 
 def summary_csv(summary: StudySummary) -> str:

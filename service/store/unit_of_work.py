@@ -15,8 +15,8 @@ from sqlmodel import Session
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue
 from fhir_mappings.references import ParsedReference, parse_reference, split_token
-from service.errors import Conflict, IdentifierTaken, RuleViolation
 from service.core.context import SYSTEM, Caller
+from service.errors import Conflict, IdentifierTaken, RuleViolation
 from service.store import repository
 from service.store.models import IdentifierRecord, table_of
 
