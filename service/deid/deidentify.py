@@ -167,6 +167,12 @@ class Deidentifier:
         out["meta"] = self._meta(resource.get("meta"), ("PSEUDED", "REDACTED"))
         return out
 
+    def content(self, text: str | bytes) -> bytes:
+        """One stored resource's JSON text (a read, vread or export line) de-identified, as JSON bytes; its patient
+        is the one it names (`patient_of`)."""
+        resource = orjson.loads(text)
+        return orjson.dumps(self.resource(resource, patient_of(resource)))
+
     def _patient(self, resource: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in resource.items() if k in PATIENT_KEEP}
         if "id" in out:

@@ -32,7 +32,7 @@ from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, parse
 from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES, search_spec
 from service.db import snapshot_connection
-from service.deid.deidentify import Deidentifier, patient_of
+from service.deid.deidentify import Deidentifier
 from service.deid.service import resolve_pseudonym
 from service.errors import BadRequest, FhirError, Forbidden, NotFound
 from service.export import repository
@@ -336,8 +336,7 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
             with open(path, "wb", buffering=1 << 20) as out:
                 for chunk in repository.stream_contents(conn, sel, batch):
                     if deid is not None:
-                        data = b"".join(orjson.dumps(deid.resource(r, patient_of(r))) + b"\n"
-                                        for r in map(orjson.loads, chunk))
+                        data = b"".join(deid.content(text) + b"\n" for text in chunk)
                     else:
                         data = ("\n".join(chunk) + "\n").encode()
                     out.write(data)

@@ -293,3 +293,8 @@ def test_identifier_and_date_searches_are_refused(deid):
         [("date", "ge2024")]
     assert deid.translate_params([("identifier", "https://clinicaltrials.gov|NCT1")], "ResearchStudy", real) == \
         [("identifier", "https://clinicaltrials.gov|NCT1")]
+
+
+def test_content_deidentifies_stored_json_text(deid):
+    out = orjson.loads(deid.content(orjson.dumps(an_observation())))
+    assert out == deid.resource(an_observation(), PID)
