@@ -12,7 +12,7 @@ What a de-identified client sees (`Deidentifier.resource`):
   `birthDate` reduced to its year, and the extensions in SAFE_PATIENT_EXTENSIONS (US Core race, ethnicity, birth
   sex). Name, telecom, address, photo, contact, identifier, links, practitioners, organisation: gone (a whitelist,
   so an element nobody thought of is dropped, not leaked).
-- **Ages over 89** are "90+": a patient who is 90 or older today has no `birthDate`; instead `_birthDate`
+- **Ages over 89** are "90+": a patient born more than 89 calendar years ago has no `birthDate`; instead `_birthDate`
   carries the data-absent-reason extension `masked` (valid FHIR: a primitive with an extension and no value) and
   the Patient carries the extension AGE_EXTENSION with `valueString: "90+"`.
 - **Every resource** loses its narrative (`text`), its `note`s (free text), its `identifier`s and its
@@ -349,13 +349,8 @@ def _years_only(value: str) -> bool:
 
 
 def _over_89(born: str, today: date) -> bool:
-    """Is someone born on `born` (a FHIR date of any precision) possibly over 89 today? With a year alone, the
-    youngest they can be counts (they are over 89 when even a 31 December birthday makes them 90)."""
+    """Is a birth date (of any precision) indicative of an age over 89 today? Counted by calendar year
+    (this year − the birth year > 89), as Safe Harbor reads "all elements of dates (including year) indicative of
+    such age": someone born in 1936 is 89 or 90 in 2026, and the year alone would say which for some of them."""
     match = _DATE_RE.match(born)
-    if not match:
-        return False
-    year = int(match.group("year"))
-    month = int(match.group("month") or 12)
-    day = int(match.group("day") or (31 if month == 12 else 28))
-    age = today.year - year - ((today.month, today.day) < (month, day))
-    return age > OLDEST_AGE
+    return bool(match) and today.year - int(match.group("year")) > OLDEST_AGE

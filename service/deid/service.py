@@ -3,6 +3,7 @@ internal Patient id behind a pseudonym."""
 
 import secrets
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy import select
@@ -10,6 +11,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session
 
+from service.db import read_connection
 from service.deid.deidentify import PSEUDONYM_PREFIX, Deidentifier
 from service.deid.models import DeidSecretRecord
 from service.settings import Settings
@@ -58,3 +60,15 @@ def resolve_pseudonym(conn: Connection | Session, deid: Deidentifier, pseudonym:
         seen = set(deid.known.values())
         deid.known.update({deid.pseudonym(i): i for i in ids if i not in seen})
         return deid.known.get(pseudonym)
+
+
+def pseudonym_resolver(engine: Engine, deid: Deidentifier) -> Callable[[str], str | None]:
+    """`resolve_pseudonym` as the function `Deidentifier.translate_params` takes: a known pseudonym costs a dictionary
+    look-up, a miss one read connection (blocking: call it from a worker thread, not the event loop)."""
+    def resolve(pseudonym: str) -> str | None:
+        found = deid.known.get(pseudonym)
+        if found is not None or not pseudonym.startswith(PSEUDONYM_PREFIX):
+            return found
+        with read_connection(engine) as conn:
+            return resolve_pseudonym(conn, deid, pseudonym)
+    return resolve

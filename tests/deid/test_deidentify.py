@@ -108,15 +108,14 @@ def test_patient_keeps_no_direct_identifier(deid):
 
 
 def test_patient_over_89_is_90_plus_without_a_birth_year(deid):
-    out = deid.resource(a_patient(birthDate="1936-11-30"), PID)  # 89 until tomorrow
-    assert out["birthDate"] == "1936"
-    out = deid.resource(a_patient(birthDate="1936-11-29"), PID)  # 90 today
+    assert deid.resource(a_patient(birthDate="1937-01-01"), PID)["birthDate"] == "1937"  # 89 this year
+    out = deid.resource(a_patient(birthDate="1936-12-31"), PID)  # 89 today, but born 90 calendar years ago
     assert "birthDate" not in out
     assert out["_birthDate"] == {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "masked"}]}
     assert {"url": AGE_EXTENSION, "valueString": "90+"} in out["extension"]
     fhir.Patient.model_validate(out)
     assert "birthDate" not in deid.resource(a_patient(birthDate="1930"), PID)
-    assert deid.resource(a_patient(birthDate="1937"), PID)["birthDate"] == "1937"  # 89 if born in December
+    assert deid.resource(a_patient(birthDate="1937-12"), PID)["birthDate"] == "1937"
 
 
 def test_deceased_date_time_is_reduced_to_its_year(deid):

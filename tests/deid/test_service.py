@@ -3,11 +3,12 @@ PostgreSQL)."""
 
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 from sqlalchemy import func, select
 
 from service.db import read_connection
 from service.deid.deidentify import Deidentifier
-from service.deid.service import D, deidentifier_from, resolve_pseudonym, secret_from
+from service.deid.service import D, deidentifier_from, pseudonym_resolver, resolve_pseudonym, secret_from
 from tests.factories import created, patient
 
 
@@ -39,3 +40,22 @@ def test_pseudonyms_resolve_to_patient_ids_and_new_patients_are_found(client, se
         assert resolve_pseudonym(conn, deid, deid.pseudonym(second)) == second
         assert resolve_pseudonym(conn, deid, deid.pseudonym(first)) == first
     assert deid.known == {deid.pseudonym(first): first, deid.pseudonym(second): second}
+
+
+def test_a_search_by_pseudonym_finds_the_patients_data_and_an_unknown_one_nothing(client, settings, engine):
+    deid = deidentifier_from(settings, engine)
+    resolve = pseudonym_resolver(engine, deid)
+    mine = created(client.post("/fhir/Patient", json=patient("MRN-1")))["id"]
+    created(client.post("/fhir/Patient", json=patient("MRN-2")))
+
+    def search(params):
+        translated = deid.translate_params(params, "Patient", resolve)
+        return orjson.loads(deid.bundle(client.get("/fhir/Patient", params=translated).content))
+
+    found = search([("_id", deid.pseudonym(mine))])
+    assert [e["resource"]["id"] for e in found["entry"]] == [deid.pseudonym(mine)]
+    assert mine not in orjson.dumps(found).decode()  # entries, fullUrls and links
+    assert "MRN-1" not in orjson.dumps(found).decode()
+    assert search([("_id", "pseudo-" + "0" * 32)]).get("entry", []) == []
+    assert search([("_id", mine)]).get("entry", []) == []
+    assert search([("gender", "female")])["total"] == 2  # the same search, nothing named: everything
