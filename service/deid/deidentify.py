@@ -29,6 +29,7 @@ What a de-identified client sees (`Deidentifier.resource`):
   syntax: codes and ids are never touched. With `shift_dates=False` (an expert determination allows exact
   dates) dates stay exact, but birth and death dates are still reduced to their year.
 - **Study-level resources** (ResearchStudy) are not about a patient: they keep everything but their narrative.
+  A Group (a study's cohort) is about each of its members: a member's `period` moves by that member's offset.
 - A resource with no patient (e.g. an Observation without a subject) keeps its dates: there is nobody to
   identify.
 
@@ -161,11 +162,21 @@ class Deidentifier:
             out = self._patient(resource)
         else:
             out = {k: v for k, v in resource.items() if k not in REMOVED}
+        members = out.pop("member", None) if rtype == "Group" else None
         shift = self.shift_days(patient_id) if patient_id is not None else 0
         move = patient_id is not None and self.shift_dates
         out = self._walk(out, shift, move)
+        if isinstance(members, list):  # a cohort: each member's period is that patient's, shifted by its offset
+            out["member"] = [self._member(m) for m in members]
         out["meta"] = self._meta(resource.get("meta"), ("PSEUDED", "REDACTED"))
         return out
+
+    def _member(self, member: Any) -> Any:
+        entity = member.get("entity") if isinstance(member, dict) else None
+        match = _PATIENT_REF.match(entity.get("reference", "")) if isinstance(entity, dict) else None
+        if match is None:
+            return self._walk(member, 0, False)
+        return self._walk(member, self.shift_days(match.group("id")), self.shift_dates)
 
     def content(self, text: str | bytes) -> bytes:
         """One stored resource's JSON text (a read, vread or export line) de-identified, as JSON bytes; its patient
@@ -353,4 +364,4 @@ def _over_89(born: str, today: date) -> bool:
     (this year − the birth year > 89), as Safe Harbor reads "all elements of dates (including year) indicative of
     such age": someone born in 1936 is 89 or 90 in 2026, and the year alone would say which for some of them."""
     match = _DATE_RE.match(born)
-    return bool(match) and today.year - int(match.group("year")) > OLDEST_AGE
+    return match is not None and today.year - int(match.group("year")) > OLDEST_AGE

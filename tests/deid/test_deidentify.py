@@ -198,7 +198,7 @@ def test_nested_and_absolute_patient_references_are_pseudonymised(deid):
     out = deid.resource(resource, None)
     assert out["member"][0]["entity"] == {
         "reference": f"https://fhir.example.org/fhir/Patient/{deid.pseudonym(PID)}/_history/2"}
-    assert out["member"][0]["period"]["start"] == "2024-01-10T08:00:00Z"  # no patient: no offset
+    assert out["member"][0]["period"]["start"] == shift_date("2024-01-10", deid.shift_days(PID)) + "T08:00:00Z"
     assert out["member"][1]["entity"]["display"] == "Dr Who"  # not a patient
     fhir.Group.model_validate(out)
 
