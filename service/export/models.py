@@ -31,3 +31,8 @@ class ExportJobRecord(SQLModel, table=True):
     progress: str | None = Field(default=None, max_length=255)
     output: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON [{type, file, count}]
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # whose job it is (service.export.service.kick_off): only that client sees its status and files
+    client_id: str | None = Field(default=None, max_length=255)  # Caller.name; None: started before 0009
+    restricted: bool = False  # started by a token client (Caller.scopes is not None): files need a token too
+    deidentified: bool = False  # the files hold de-identified resources (service/deid)
+    studies: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON {type: [study id]}

@@ -10,7 +10,7 @@ from typing import Any, cast
 from sqlalchemy import and_, delete, false, func, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql import Select
+from sqlalchemy.sql import ColumnElement, Select
 from sqlalchemy.sql.selectable import FromClause, Join
 from sqlmodel import Session
 
@@ -29,12 +29,15 @@ R = table_of(ResourceRecord)
 @dataclass(frozen=True)
 class Selection:
     """What to export of one type: the study (Group export) or everything, changed after `since`, matching
-    any of `filters` (each the parsed criteria of one `_typeFilter` search, AND'd)."""
+    any of `filters` (each the parsed criteria of one `_typeFilter` search, AND'd), and only in `studies` when the
+    client is limited to some."""
 
     resource_type: str
     study_id: str | None = None
     since: datetime | None = None
     filters: tuple[tuple[Criterion, ...], ...] = ()
+    #: the studies the client may see of this type (None: any); a resource in none of them is not exported
+    studies: tuple[str, ...] | None = None
 
 
 class DrivingJoin(Join):
@@ -75,6 +78,8 @@ def _select(sel: Selection, columns) -> Select:
         conditions.append(or_(*(and_(*compiler.conditions(rtype, f)) for f in sel.filters)))
     if sel.since is not None:
         conditions.append(R.c.last_updated > sel.since)
+    if sel.studies is not None:
+        conditions.append(allowed(rtype, sel.studies))
     source: FromClause
     if not sel.filters and sel.study_id is None:
         source = R
@@ -91,6 +96,26 @@ def _select(sel: Selection, columns) -> Select:
     return select(*columns).select_from(source).where(*conditions)
 
 
+def allowed(resource_type: str, studies: tuple[str, ...]) -> ColumnElement[bool]:
+    """The resources of `resource_type` in any of `studies` (the studies a client may see), by the same search
+    conditions as a Group export (compiler.in_study): `resource.id IN (…)` of the typed table, or of the type it
+    belongs to a study through (a Patient: the individuals of the studies' ResearchSubjects). A type that
+    belongs to no study, or no study at all: nothing."""
+    stored = TYPES[resource_type]
+    if stored.study_via is not None:
+        via_type, via_param = stored.study_via
+        picked = TYPES[via_type].params[via_param].column
+        member = [and_(*compiler.in_study(via_type, s)) for s in studies]
+    elif stored.study_param is not None:
+        picked = stored.table.c.id
+        member = [and_(*compiler.in_study(resource_type, s)) for s in studies]
+    else:
+        return false()
+    if not member:
+        return false()
+    return R.c.id.in_(select(picked).where(or_(*member)).correlate(None))  # the outer query may read that table too
+
+
 def content_query(sel: Selection) -> Select:
     return _select(sel, [R.c.content])
 
@@ -99,6 +124,8 @@ def estimate_query(sel: Selection) -> Select:
     """Rows the selection will write, for progress reports: counted on the typed table (its study), before
     `_since` and filters, so an upper bound that costs an index scan, not a pass over the resources."""
     stored = TYPES[sel.resource_type]
+    if sel.studies is not None and not sel.studies:
+        return select(func.count()).select_from(stored.table).where(false())
     if sel.study_id is None:
         return select(func.count()).select_from(stored.table)
     if stored.study_via is not None:

@@ -39,7 +39,12 @@ Parameters (query):
   than asked).
 * `_outputFormat`: `application/fhir+ndjson` (default), `application/ndjson` or `ndjson`; else 400.
 
-Requires `Prefer: respond-async` (400 without it). Answers 202 with `Content-Location`, the status URL."""
+Requires `Prefer: respond-async` (400 without it). Answers 202 with `Content-Location`, the status URL.
+
+What is exported is what the client may read: a `_type` naming a type without a `system/<Type>.r` scope is a 403
+naming that scope, and without `_type` only the readable types are exported; a client registered for some studies
+gets only their data; a de-identified client gets de-identified resources (pseudonymous Patient ids, shifted
+dates)."""
 MANIFEST = {"transactionTime": "2024-03-01T09:30:00.000Z",
             "request": "http://127.0.0.1:8000/fhir/Group/0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10/$export",
             "requiresAccessToken": False,
@@ -97,7 +102,9 @@ export_group.__doc__ = (
                        **error_docs(404)})
 async def export_status(job_id: JobId, core: CoreDep, ctx: Ctx) -> Response:
     """Poll an export: 202 with `X-Progress` while it is queued or running, then 200 with the manifest
-    (`transactionTime`, `request`, `requiresAccessToken` false, `output` [{type, url, count}], `error`).
+    (`transactionTime`, `request`, `requiresAccessToken` (true when the job was started with an access token: its
+    files are then served to that client only), `output` [{type, url, count}], `error`). Each job belongs to the
+    client that started it: another client's job answers 404 (status, files and cancel).
     A failed export answers 500 with an OperationOutcome saying why; an unknown, expired or cancelled
     job 404. Any replica can answer."""
     status = await core.export_status(ctx, job_id)
@@ -127,7 +134,8 @@ async def cancel_export(job_id: JobId, core: CoreDep, ctx: Ctx) -> Response:
 async def download_export_file(job_id: JobId, file_name: Annotated[str, Path(examples=["Observation.ndjson"])],
                                core: CoreDep, ctx: Ctx) -> Response:
     """One file of a completed export (a URL from the manifest's `output`), streamed from the shared
-    export folder as `application/fhir+ndjson`. No access token is required."""
+    export folder as `application/fhir+ndjson`. When the manifest says `requiresAccessToken`, send the token of
+    the client that started the export (another client's job is a 404)."""
     path = await core.export_file(ctx, job_id, file_name)
     return FileResponse(path, media_type="application/fhir+ndjson")
 

@@ -29,9 +29,12 @@ from sqlmodel import Session
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.group import study_id_for_group
 from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, parse_search
+from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES, search_spec
 from service.db import snapshot_connection
-from service.errors import BadRequest, FhirError, NotFound
+from service.deid.deidentify import Deidentifier
+from service.deid.service import resolve_pseudonym
+from service.errors import BadRequest, FhirError, Forbidden, NotFound
 from service.export import repository
 from service.export.repository import Selection
 from service.group import repository as groups
@@ -94,10 +97,14 @@ class ExportSpec:
                    type_filters={t: [[tuple(p) for p in f] for f in fs] for t, fs in data["type_filters"].items()},
                    output_format=data["output_format"])
 
-    def selections(self) -> list[Selection]:
+    def selections(self, studies: dict[str, list[str] | None] | None = None) -> list[Selection]:
+        """One Selection per type; `studies`: per type, the studies the client may see (None or a missing type:
+        not limited)."""
         study = study_id_for_group(self.group_id) if self.group_id else None
+        limits = studies or {}
         return [Selection(t, study, self.since,
-                          tuple(tuple(filter_criteria(t, f)) for f in self.type_filters.get(t, ())))
+                          tuple(tuple(filter_criteria(t, f)) for f in self.type_filters.get(t, ())),
+                          None if limits.get(t) is None else tuple(limits[t] or ()))
                 for t in self.types]
 
 
@@ -126,9 +133,12 @@ def parse_since(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def parse_export_request(params: list[tuple[str, str]], prefer: str | None, group_id: str | None) -> ExportSpec:
+def parse_export_request(params: list[tuple[str, str]], prefer: str | None, group_id: str | None,
+                         caller: Caller = SYSTEM) -> ExportSpec:
     """The kick-off's parameters as an ExportSpec; 400 (OperationOutcome naming the parameter) when the
-    request can't be honoured exactly."""
+    request can't be honoured exactly. The types are those the caller may read (`r`): a `_type` naming another
+    is a 403 naming the scope it lacks; without `_type`, every type it may read (Bulk Data: export what the
+    client can access), 403 when there is none."""
     if "respond-async" not in (prefer or "").replace(" ", "").lower():
         raise BadRequest("$export runs asynchronously: send the header 'Prefer: respond-async'", expression="Prefer")
     types: list[str] | None = None
@@ -159,7 +169,14 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
         else:
             raise BadRequest(f"Unknown $export parameter '{name}'; supported: _type, _since, _typeFilter, "
                              "_outputFormat", expression=name)
-    chosen = tuple(t for t in EXPORT_TYPES if types is None or t in types)
+    denied = [t for t in (types or ()) if not caller.may(t, "r")]
+    if denied:
+        raise Forbidden(f"_type names {', '.join(denied)}, which this client may not read: it lacks "
+                        f"{', '.join(f'system/{t}.r' for t in denied)}", expression="_type")
+    chosen = tuple(t for t in EXPORT_TYPES if (types is None or t in types) and caller.may(t, "r"))
+    if not chosen:
+        raise Forbidden("This client may read no resource type (no system/<type>.r scope): nothing to export",
+                        expression="_type")
     filters: dict[str, list[list[tuple[str, str]]]] = {}
     for text in raw_filters:
         rtype, sep, query = text.partition("?")
@@ -183,16 +200,44 @@ def files_base(fhir_base: str) -> str:
 # -- kick-off, status, cancel, files -----------------------------------------------------------------------
 
 def kick_off(session: Session, params: list[tuple[str, str]], prefer: str | None, request_url: str, *,
-             group_id: str | None = None) -> str:
-    """Queue an export; the job id. 404 for an unknown Group, 400 for a request that can't be honoured."""
-    spec = parse_export_request(params, prefer, group_id)
-    if group_id is not None and not groups.find_studies(session, [study_id_for_group(group_id)]):
-        raise NotFound(f"Group/{group_id} is not known", expression="Group.id")
+             group_id: str | None = None, caller: Caller = SYSTEM, deid: Deidentifier | None = None) -> str:
+    """Queue an export for `caller`; the job id. 404 for an unknown Group (or one of a study the client is not
+    registered for), 400 for a request that can't be honoured, 403 for a type the caller may not read.
+
+    The job belongs to the caller: its client id, whether it had a token (the manifest's requiresAccessToken),
+    whether it sees de-identified data, and the studies it may see of each type are stored with the job, so the
+    worker writes what this client may see and only this client sees the job. A de-identified client's
+    `_typeFilter`s name patients by pseudonym: they are translated with `deid` (required then)."""
+    spec = parse_export_request(params, prefer, group_id, caller)
+    if group_id is not None:
+        study = study_id_for_group(group_id)
+        if (caller.studies is not None and study not in caller.studies) or not groups.find_studies(session, [study]):
+            raise NotFound(f"Group/{group_id} is not known", expression="Group.id")
+    if caller.deidentified and spec.type_filters:
+        if deid is None:
+            raise BadRequest("_typeFilter is not available to this de-identified client", expression="_typeFilter")
+        spec = ExportSpec(group_id=spec.group_id, types=spec.types, since=spec.since, output_format=spec.output_format,
+                          type_filters={t: [deid.translate_params(f, t, lambda p: resolve_pseudonym(session, deid, p))
+                                            for f in fs] for t, fs in spec.type_filters.items()})
+    limits = {t: caller.studies_for(t, "r") for t in spec.types}
+    studies = {t: sorted(s) for t, s in limits.items() if s is not None}
     job_id = str(uuid.uuid4())
     repository.add_job(session, {"id": job_id, "status": "queued", "group_id": group_id, "spec": spec.to_json(),
-                                 "request": request_url, "created_at": utcnow(), "progress": "queued"})
+                                 "request": request_url, "created_at": utcnow(), "progress": "queued",
+                                 "client_id": caller.name, "restricted": caller.scopes is not None,
+                                 "deidentified": caller.deidentified,
+                                 "studies": orjson.dumps(studies).decode() if studies else None})
     session.commit()
     return job_id
+
+
+def _owned_job(session: Session, job_id: str, caller: Caller):
+    """The job, when it is the caller's (or the caller is unrestricted); else None: another client's job is
+    answered as if it did not exist (404), never 403, which would confirm it does."""
+    job = repository.get_job(session, job_id)
+    if job is None or caller.unrestricted or (job.client_id is not None and job.client_id == caller.name):
+        return job
+    return None
 
 
 @dataclass
@@ -202,9 +247,11 @@ class JobStatus:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def job_status(session: Session, job_id: str, files_base: str) -> JobStatus:
-    """202 + X-Progress while queued or running, 200 + manifest when complete; failed → ExportFailed (500)."""
-    job = repository.get_job(session, job_id)
+def job_status(session: Session, job_id: str, files_base: str, caller: Caller = SYSTEM) -> JobStatus:
+    """202 + X-Progress while queued or running, 200 + manifest when complete; failed → ExportFailed (500).
+    404 for another client's job. `requiresAccessToken` is true when a token client started the job: its files
+    are served to that client only."""
+    job = _owned_job(session, job_id, caller)
     if job is None or job.status == "cancelled":
         raise NotFound(f"No export job '{job_id}' (finished jobs expire; cancelled ones are removed)",
                        expression="job")
@@ -216,7 +263,7 @@ def job_status(session: Session, job_id: str, files_base: str) -> JobStatus:
     manifest = {
         "transactionTime": fhir_instant(job.transaction_time),
         "request": job.request,
-        "requiresAccessToken": False,
+        "requiresAccessToken": bool(job.restricted),
         "output": [{"type": o["type"], "url": f"{files_base}/{job_id}/{o['file']}", "count": o["count"]}
                    for o in outputs],
         "error": [],
@@ -226,10 +273,10 @@ def job_status(session: Session, job_id: str, files_base: str) -> JobStatus:
                                              "Last-Modified": expires.strftime("%a, %d %b %Y %H:%M:%S GMT")})
 
 
-def cancel_job(session: Session, export_dir: Path, job_id: str) -> None:
+def cancel_job(session: Session, export_dir: Path, job_id: str, caller: Caller = SYSTEM) -> None:
     """DELETE the status URL: stop the job and remove its files (a running job is stopped by its worker
-    at its next heartbeat, which removes whatever it wrote since)."""
-    job = repository.get_job(session, job_id)
+    at its next heartbeat, which removes whatever it wrote since). 404 for another client's job."""
+    job = _owned_job(session, job_id, caller)
     if job is None or job.status == "cancelled":
         raise NotFound(f"No export job '{job_id}'", expression="job")
     if job.status == "running":
@@ -245,8 +292,9 @@ def remove_files(export_dir: Path, job_id: str) -> None:
     shutil.rmtree(Path(export_dir) / job_id, ignore_errors=True)
 
 
-def file_path(session: Session, export_dir: Path, job_id: str, name: str) -> Path:
-    job = repository.get_job(session, job_id)
+def file_path(session: Session, export_dir: Path, job_id: str, name: str, caller: Caller = SYSTEM) -> Path:
+    """Where one file of a completed export is; 404 for another client's job."""
+    job = _owned_job(session, job_id, caller)
     if job is None or job.status != "completed":
         raise NotFound(f"No completed export job '{job_id}'", expression="job")
     if name not in {o["file"] for o in orjson.loads(job.output or "[]")}:
@@ -264,17 +312,20 @@ Progress = Callable[[str, int, int], None]  # (type, rows written of that type, 
 
 
 def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int = 2000,
-                 progress: Progress | None = None, on_start: Callable[[dict[str, int]], None] | None = None
+                 progress: Progress | None = None, on_start: Callable[[dict[str, int]], None] | None = None,
+                 studies: dict[str, list[str] | None] | None = None, deid: Deidentifier | None = None
                  ) -> tuple[datetime, list[dict]]:
     """Stream each type's stored JSON into `out_dir/<Type>.ndjson`, in one read snapshot (REPEATABLE READ
     on PostgreSQL, one read transaction on SQLite), `batch` rows at a time from a server-side cursor, so
     memory stays flat whatever the size. Returns (transaction time, [{type, file, count, bytes}]) for
-    the types that have resources. `progress` may raise to stop the export."""
+    the types that have resources. `progress` may raise to stop the export. `studies`: per type, the only
+    studies whose resources are written (the client's); `deid`: write each resource de-identified (with the
+    patient it is about) instead of as stored."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = []
     with snapshot_connection(engine) as conn:
         transaction_time = utcnow()
-        selections = spec.selections()
+        selections = spec.selections(studies)
         totals = {s.resource_type: conn.execute(repository.estimate_query(s)).scalar_one() for s in selections}
         if on_start:
             on_start(totals)
@@ -284,7 +335,10 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
             count = size = 0
             with open(path, "wb", buffering=1 << 20) as out:
                 for chunk in repository.stream_contents(conn, sel, batch):
-                    data = ("\n".join(chunk) + "\n").encode()
+                    if deid is not None:
+                        data = b"".join(deid.content(text) + b"\n" for text in chunk)
+                    else:
+                        data = ("\n".join(chunk) + "\n").encode()
                     out.write(data)
                     count += len(chunk)
                     size += len(data)
@@ -299,11 +353,15 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
     return transaction_time, outputs
 
 
-def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=None, batch: int = 2000) -> str:
-    """Run one claimed job to its end; the final status (completed, failed, cancelled or queued)."""
+def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=None, batch: int = 2000,
+            deid: Deidentifier | Callable[[], Deidentifier] | None = None) -> str:
+    """Run one claimed job to its end; the final status (completed, failed, cancelled or queued). A
+    de-identified job needs `deid` (or a function making it): without one it fails rather than write
+    identified data."""
     with Session(engine) as session:
         job = repository.get_job(session, job_id)
     spec = ExportSpec.from_json(job.spec)
+    studies = orjson.loads(job.studies) if job.studies else None
     out_dir = Path(export_dir) / job_id
     last = [0.0]
 
@@ -322,8 +380,13 @@ def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=
             beat(f"running: {rtype} {pct}% ({done}/{total} resources)")
 
     try:
+        deidentify = None
+        if job.deidentified:
+            if deid is None:
+                raise RuntimeError("the job is de-identified and this worker has no de-identifier")
+            deidentify = deid if isinstance(deid, Deidentifier) else deid()
         transaction_time, outputs = write_export(
-            engine, spec, out_dir, batch=batch, progress=progress,
+            engine, spec, out_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
             on_start=lambda totals: beat(f"running: {sum(totals.values())} resources to write"))
     except Cancelled:
         log.info("export %s cancelled", job_id)

@@ -12,6 +12,8 @@ import uuid
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from service.deid.deidentify import Deidentifier
+from service.deid.service import deidentifier_from
 from service.export import repository, service
 from service.settings import Settings
 
@@ -26,6 +28,13 @@ class ExportWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="export-worker", daemon=True)
+        self._deid: Deidentifier | None = None
+
+    def deidentifier(self) -> Deidentifier:
+        """The Deidentifier of de-identified jobs, made when the first one runs (it reads the secret)."""
+        if self._deid is None:
+            self._deid = deidentifier_from(self.settings, self.engine)
+        return self._deid
 
     def start(self) -> "ExportWorker":
         self._thread.start()
@@ -51,7 +60,7 @@ class ExportWorker:
             return False
         log.info("export %s claimed by %s", job_id, self.name)
         status = service.run_job(self.engine, s.export_dir, job_id, self.name, stop=self._stop,
-                                 batch=s.export_batch_rows)
+                                 batch=s.export_batch_rows, deid=self.deidentifier)
         log.info("export %s %s", job_id, status)
         return True
 

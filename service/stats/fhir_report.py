@@ -9,6 +9,7 @@
 | enrolled / completed / withdrawn| group.population (initial-population / summary-statistic#completed / …)  |
 | one figure (key, statistic)     | group.stratifier: code = [measure key (+ its LOINC/ad-scores coding),     |
 |                                 |   statistic]; one stratum per visit (`all` for safety), measureScore      |
+| a suppressed figure (k-anon.)   | measureScore / population `_count` with data-absent-reason `masked`       |
 """
 
 from fhir_mappings import fhir
@@ -22,6 +23,12 @@ KEY_SYSTEM = "https://trial-fhir.org/CodeSystem/summary-measure"
 STATISTIC_SYSTEM = "https://trial-fhir.org/CodeSystem/summary-statistic"
 POPULATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-population"
 COUNTS = {"n", "n_change", "n_pct_change", "responders", "subjects", "events"}
+#: a suppressed figure (de-identified view: fewer than k subjects behind it)
+MASKED = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}
+
+
+def _population(code: dict, count: int | None) -> dict:
+    return {"code": code, "count": count} if count is not None else {"code": code, "_count": {"extension": [MASKED]}}
 
 
 def measure_url(catalogue: str) -> str:
@@ -35,7 +42,9 @@ def _concept(system: str, code: str, text: str | None = None) -> dict:
     return concept
 
 
-def _score(value: float | int, statistic: str, unit: str) -> dict:
+def _score(value: float | int | str, statistic: str, unit: str) -> dict:
+    if isinstance(value, str):  # suppressed (de-identified view, fewer than k subjects): no value, and why
+        return {"extension": [MASKED]}
     if statistic in COUNTS or statistic in ("rate", "ci_low", "ci_high"):
         unit = "1"
     elif statistic == "mean_pct_change":
@@ -63,9 +72,9 @@ def summary_measure_report(summary: StudySummary, tidy: list[tuple]) -> dict:
         groups.append({
             "code": _concept(ARM_SYSTEM, arm.name, arm.dose or arm.name),
             "population": [
-                {"code": _concept(POPULATION_SYSTEM, "initial-population", "enrolled"), "count": arm.enrolled},
-                {"code": _concept(STATISTIC_SYSTEM, "completed", "completed"), "count": arm.completed},
-                {"code": _concept(STATISTIC_SYSTEM, "withdrawn", "withdrawn"), "count": arm.withdrawn},
+                _population(_concept(POPULATION_SYSTEM, "initial-population", "enrolled"), arm.enrolled),
+                _population(_concept(STATISTIC_SYSTEM, "completed", "completed"), arm.completed),
+                _population(_concept(STATISTIC_SYSTEM, "withdrawn", "withdrawn"), arm.withdrawn),
             ],
             "stratifier": stratifiers,
         })

@@ -34,6 +34,11 @@ def _p(value: float | None) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _count(value: int | None, summary: StudySummary) -> str:
+    """A count, or `<k` where it is suppressed (de-identified view)."""
+    return str(value) if value is not None else (f"<{summary.min_cell}" if summary.min_cell else "–")
+
+
 def _table(table_id: str, caption: str, head: list[str], rows: list[list[str]], left: int = 1) -> str:
     out = [f'<table id="{table_id}"><caption class="l">{escape(caption)}</caption><thead><tr>']
     out += [f'<th class="{"l" if i < left else ""}" scope="col">{escape(h)}</th>' for i, h in enumerate(head)]
@@ -61,16 +66,19 @@ def report_html(summary: StudySummary) -> str:
         '<p class="note">Counted: results with status ' + escape(", ".join(summary.counted_statuses))
         + " at the visits below (the value closest to the target day; on a tie the later one). Change and % change"
         " from baseline over subjects with both values (% change only where baseline &gt; 0). Safety counts"
-        " actual adverse events only. Figures are rounded for display; the JSON and CSV carry them unrounded.</p>",
+        " actual adverse events only. Figures are rounded for display; the JSON and CSV carry them unrounded."
+        + (f" De-identified view: a count of fewer than {summary.min_cell} subjects shows as &lt;{summary.min_cell}"
+           " and the figures behind it are left out." if summary.min_cell else "") + "</p>",
         "<h2>Arms</h2>",
         _table("arms", "Subjects per arm", ["Arm", "Dose", "Enrolled", "Completed", "Withdrawn"],
-               [[a.name, a.dose or "", str(a.enrolled), str(a.completed), str(a.withdrawn)] for a in summary.arms],
+               [[a.name, a.dose or "", *(_count(n, summary) for n in (a.enrolled, a.completed, a.withdrawn))]
+                for a in summary.arms],
                left=2),
         "<h2>Efficacy by visit</h2>",
     ]
     for m in summary.measures:
-        rows = [[arm.name, s.visit, str(s.n), _num(s.mean), _num(s.sd), _num(s.median), _num(s.min), _num(s.max),
-                 _num(s.mean_change), _num(s.mean_pct_change, 1)]
+        rows = [[arm.name, s.visit, _count(s.n, summary), _num(s.mean), _num(s.sd), _num(s.median), _num(s.min),
+                 _num(s.max), _num(s.mean_change), _num(s.mean_pct_change, 1)]
                 for arm in summary.arms for s in arm.measures if s.measure == m.key]
         parts.append(f'<section class="measure" id="measure-{escape(m.key)}"><h3>{escape(m.display)} '
                      f"({escape(m.unit)})</h3>")
@@ -85,7 +93,7 @@ def report_html(summary: StudySummary) -> str:
     if keys:
         parts.append("<h2>Responders</h2>")
     for key in keys:
-        rows = [[arm.name, r.visit, str(r.n), str(r.responders), _pct(r.rate),
+        rows = [[arm.name, r.visit, _count(r.n, summary), _count(r.responders, summary), _pct(r.rate),
                  "–" if r.ci_low is None or r.ci_high is None else f"{100 * r.ci_low:.1f}% – {100 * r.ci_high:.1f}%"]
                 for arm in summary.arms for r in arm.responders if r.measure == key]
         parts.append(f'<section class="responder" id="responder-{escape(key)}"><h3>{escape(key)}</h3>')
@@ -98,7 +106,8 @@ def report_html(summary: StudySummary) -> str:
     parts.append("<h2>Safety</h2>")
     if summary.arms:
         head = ["Arm"] + [f"{s.measure} {what}" for s in summary.arms[0].safety for what in ("subjects", "events")]
-        rows = [[arm.name] + [str(v) for s in arm.safety for v in (s.subjects, s.events)] for arm in summary.arms]
+        rows = [[arm.name] + [_count(v, summary) for s in arm.safety for v in (s.subjects, s.events)]
+                for arm in summary.arms]
         parts.append(_table("safety", "Adverse events (actual) per arm: subjects with ≥ 1 event, and events",
                             head, rows))
 
@@ -108,7 +117,8 @@ def report_html(summary: StudySummary) -> str:
                  _p(r.p_value)] for c in summary.comparisons for r in c.responders]
         parts.append(_table("comparison-responders", "Responder rates: difference, Fisher's exact test",
                             ["Arms", "Visit", "Responder", "Rate difference", "Odds ratio", "p"], rows, left=3))
-        rows = [[f"{c.arm} vs {c.versus}", r.visit, r.measure, f"{r.n} / {r.n_versus}",
+        rows = [[f"{c.arm} vs {c.versus}", r.visit, r.measure,
+                 f"{_count(r.n, summary)} / {_count(r.n_versus, summary)}",
                  _num(r.pct_change_difference, 1), _p(r.p_value)] for c in summary.comparisons for r in c.pct_change]
         parts.append(_table("comparison-change", "% change from baseline: difference of means, Mann–Whitney U",
                             ["Arms", "Visit", "Measure", "n", "Difference (points of %)", "p"], rows, left=3))

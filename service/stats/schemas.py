@@ -2,6 +2,10 @@
 
 Every figure is unrounded. A statistic with nothing behind it (no values at a visit, the SD of one value, a
 rate over nobody) is `null`; a count of zero is `0`.
+
+In a de-identified view (`min_cell` set: k-anonymity) a cell of fewer than `min_cell` subjects is suppressed: its
+counts are `null` (never `0`: a null count means "1 to min_cell − 1") and its statistics are removed, and it says
+`suppressed: true`. See service.stats.service.suppress for the rules.
 """
 
 from datetime import date, datetime
@@ -65,16 +69,19 @@ class MeasureStats(BaseModel):
     visit: str
     measure: str
     unit: str
-    n: int = Field(description="Subjects with a counted value at this visit")
+    n: int | None = Field(description="Subjects with a counted value at this visit (null: suppressed)")
     mean: float | None = None
     sd: float | None = Field(None, description="Sample standard deviation (n−1); null for fewer than 2 values")
     median: float | None = None
     min: float | None = None
     max: float | None = None
-    n_change: int = Field(0, description="Subjects with both a baseline and a value at this visit (0 at baseline)")
+    n_change: int | None = Field(0, description="Subjects with both a baseline and a value at this visit (0 at "
+                                 "baseline)")
     mean_change: float | None = Field(None, description="Mean of (visit − baseline) over the n_change subjects")
-    n_pct_change: int = Field(0, description="Those of the n_change subjects whose baseline is > 0")
+    n_pct_change: int | None = Field(0, description="Those of the n_change subjects whose baseline is > 0")
     mean_pct_change: float | None = Field(None, description="Mean of 100 × (visit − baseline) / baseline")
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class ResponderStats(BaseModel):
@@ -82,31 +89,38 @@ class ResponderStats(BaseModel):
 
     visit: str
     measure: str = Field(description="Responder key: `EASI-50`, `EASI-75`, `EASI-90`, `IGA-SUCCESS`")
-    n: int = Field(description="Subjects the response can be judged for (both values; for EASI-x, baseline > 0)")
-    responders: int
+    n: int | None = Field(description="Subjects the response can be judged for (both values; for EASI-x, "
+                          "baseline > 0)")
+    responders: int | None
     rate: float | None = Field(None, description="responders / n; null when n = 0")
     ci_low: float | None = None
     ci_high: float | None = None
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class SafetyStats(BaseModel):
     """Adverse events of the arm (actuality = actual only), all visits."""
 
     measure: str = Field(description="`AE-ANY`, `AE-SERIOUS`, `AE-SEVERE`, `AE-RELATED` or `AE-WITHDRAWAL`")
-    subjects: int = Field(description="Subjects with at least one such event")
-    events: int = Field(description="Number of such events")
+    subjects: int | None = Field(description="Subjects with at least one such event")
+    events: int | None = Field(description="Number of such events")
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class ArmSummary(BaseModel):
     name: str = Field(description="Arm name (`ResearchSubject.actualArm`, else `assignedArm`)")
     dose: str | None = Field(None, description="The arm's description in the ResearchStudy (its dose)")
-    enrolled: int = Field(description="ResearchSubjects of the study in this arm")
-    completed: int = Field(description="Enrolled, not withdrawn, and either with a counted result at the last "
+    enrolled: int | None = Field(description="ResearchSubjects of the study in this arm")
+    completed: int | None = Field(description="Enrolled, not withdrawn, and either with a counted result at the last "
                                        "visit or with status `off-study` / `follow-up`")
-    withdrawn: int = Field(description="ResearchSubjects with status `withdrawn`")
+    withdrawn: int | None = Field(description="ResearchSubjects with status `withdrawn`")
     measures: list[MeasureStats] = Field(description="One entry per visit and measure, in catalogue order")
     responders: list[ResponderStats] = Field(description="One entry per post-baseline visit and responder key")
     safety: list[SafetyStats]
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class ResponderComparison(BaseModel):
@@ -115,16 +129,20 @@ class ResponderComparison(BaseModel):
     rate_difference: float | None = Field(None, description="rate(arm) − rate(versus)")
     odds_ratio: float | None = None
     p_value: float | None = Field(None, description="Two-sided Fisher's exact test on the 2×2 table")
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class ChangeComparison(BaseModel):
     visit: str
     measure: str
-    n: int = Field(description="Subjects with a % change in `arm`")
-    n_versus: int = Field(description="Subjects with a % change in `versus`")
+    n: int | None = Field(description="Subjects with a % change in `arm`")
+    n_versus: int | None = Field(description="Subjects with a % change in `versus`")
     pct_change_difference: float | None = Field(None, description="mean % change(arm) − mean % change(versus)")
     u_statistic: float | None = Field(None, description="Mann–Whitney U of `arm`")
     p_value: float | None = Field(None, description="Two-sided Mann–Whitney U test on the % changes")
+    suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
+                             "cell, so its counts are null and its statistics removed")
 
 
 class ArmComparison(BaseModel):
@@ -152,5 +170,7 @@ class StudySummary(BaseModel):
     measures: list[MeasureInfo]
     arms: list[ArmSummary]
     comparisons: list[ArmComparison]
+    min_cell: int | None = Field(None, description="De-identified view: cells of fewer subjects than this are "
+                                 "suppressed (k-anonymity); null: nothing suppressed")
 
 

@@ -19,6 +19,8 @@ Definitions (../shared/DOMAIN.md, "Summary statistics"):
 - dose comparison for every pair of arms (by name): rate difference with Fisher's exact p-value, and the
   difference of mean % change with a two-sided Mann–Whitney U p-value.
 Nothing is rounded here; rounding is for display only.
+
+For de-identified clients every form takes `min_cell` (k) and suppresses small cells (see `suppress`).
 """
 
 import csv
@@ -147,8 +149,9 @@ def _responders(rule: Responder, visit: str, values: np.ndarray, base: np.ndarra
     return stats
 
 
-def summarize_study(session: Session, study_id: str) -> StudySummary:
-    """Every figure of the study's summary, from aggregates and one pass over its typed rows."""
+def summarize_study(session: Session, study_id: str, *, min_cell: int | None = None) -> StudySummary:
+    """Every figure of the study's summary, from aggregates and one pass over its typed rows; with `min_cell`
+    (a de-identified client's k), small cells suppressed (`suppress`)."""
     study = repository.get_study(session, study_id)
     if study is None:
         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
@@ -197,13 +200,88 @@ def summarize_study(session: Session, study_id: str) -> StudySummary:
     comparisons = [_compare(a, b, matrices, empty, visit_names, measures)
                    for a, b in combinations(arm_summaries, 2)]
     start, end = _period(catalogue, [r[4] for r in subject_rows if r[4]], [r[5] for r in subject_rows if r[5]])
-    return StudySummary(
+    summary = StudySummary(
         study_id=study.id, title=study.title, catalogue=catalogue.name, period_start=start, period_end=end,
         generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
         measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
+    return summary if min_cell is None else suppress(summary, min_cell)
+
+
+# --- k-anonymity: what a de-identified client sees -----------------------------------------------------------
+
+def suppress(summary: StudySummary, k: int) -> StudySummary:
+    """The summary with every cell of fewer than `k` subjects suppressed (counts null, statistics removed,
+    `suppressed: true`); `min_cell` says k. Rules:
+
+    - an arm of 1 … k−1 enrolled subjects: its counts and every cell in it (a zero in a small arm says something
+      about each of its few subjects); in a larger arm, completed and withdrawn both go when either is 1 … k−1
+      (one would give the other away, with the enrolled count);
+    - a visit's measure: n of 1 … k−1 removes n and every statistic; change and % change go when their own counts
+      are; min and max always go (each is one subject's value);
+    - responders: n of 1 … k−1 removes the cell; responders or non-responders of 1 … k−1 remove the responder
+      count, the rate and its interval (n stays);
+    - safety: subjects of 1 … k−1 removes subjects and events;
+    - comparisons: removed when either arm's cell is suppressed.
+    Zero counts stay (nobody to identify), except in a suppressed arm. The study period goes too: its ends are one
+    subject's day 0 (the earliest) and another's last visit."""
+    out = summary.model_copy(deep=True)
+    out.min_cell = k
+    out.period_start = out.period_end = None
+
+    def small(n: int | None) -> bool:
+        return n is not None and 0 < n < k
+
+    hidden: set[str] = set()
+    for arm in out.arms:
+        whole = small(arm.enrolled)
+        if whole:
+            hidden.add(arm.name)
+            arm.enrolled = arm.completed = arm.withdrawn = None
+            arm.suppressed = True
+        elif small(arm.completed) or small(arm.withdrawn):
+            arm.completed = arm.withdrawn = None
+            arm.suppressed = True
+        for m in arm.measures:
+            m.min = m.max = None
+            if whole or small(m.n):
+                m.n = m.n_change = m.n_pct_change = None
+                m.mean = m.sd = m.median = m.mean_change = m.mean_pct_change = None
+                m.suppressed = True
+                continue
+            if small(m.n_change):
+                m.n_change, m.mean_change, m.suppressed = None, None, True
+            if small(m.n_pct_change):
+                m.n_pct_change, m.mean_pct_change, m.suppressed = None, None, True
+        for r in arm.responders:
+            if whole or small(r.n):
+                r.n = r.responders = None
+                r.rate = r.ci_low = r.ci_high = None
+                r.suppressed = True
+            elif r.n is not None and r.responders is not None and (small(r.responders)
+                                                                   or small(r.n - r.responders)):
+                r.responders = None
+                r.rate = r.ci_low = r.ci_high = None
+                r.suppressed = True
+        for safety in arm.safety:
+            if whole or small(safety.subjects):
+                safety.subjects = safety.events = None
+                safety.suppressed = True
+    responders = {(a.name, r.visit, r.measure): r for a in out.arms for r in a.responders}
+    for comparison in out.comparisons:
+        for item in comparison.responders:
+            if any(responders[(name, item.visit, item.measure)].suppressed
+                   for name in (comparison.arm, comparison.versus)):
+                item.rate_difference = item.odds_ratio = item.p_value = None
+                item.suppressed = True
+        for change in comparison.pct_change:
+            if comparison.arm in hidden or comparison.versus in hidden or small(change.n) or small(change.n_versus):
+                change.n = change.n_versus = None
+                change.pct_change_difference = change.u_statistic = change.p_value = None
+                change.suppressed = True
+    return out
 
 
 def _period(catalogue: Catalogue, first_day0s: list, last_day0s: list) -> tuple:
@@ -228,6 +306,7 @@ def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, vi
         item = ResponderComparison(visit=ra.visit, measure=ra.measure)
         if ra.n and other.n:
             assert ra.rate is not None and other.rate is not None, "an arm with n > 0 has a rate"
+            assert ra.responders is not None and other.responders is not None, "compared before any suppression"
             item.rate_difference = ra.rate - other.rate
             table = [[ra.responders, ra.n - ra.responders], [other.responders, other.n - other.responders]]
             odds, p = fisher_exact(table, alternative="two-sided")
@@ -263,26 +342,45 @@ def _finite(value) -> float | None:
 
 # --- tidy form -------------------------------------------------------------------------------------------
 
-def tidy_rows(summary: StudySummary) -> Iterator[tuple[str, str, str, str, int | float]]:
-    """(arm, visit, measure, statistic, value), one per figure; statistics with nothing behind them left out."""
+Figure = int | float | str  # a str: a suppressed count, "<k" (de-identified views)
+COUNT_STATISTICS = frozenset({"n", "responders", "subjects", "events"})
+
+
+def suppressed_count(summary: StudySummary) -> str:
+    """How a suppressed count is written where a value must stand (CSV, report): `<k`."""
+    return f"<{summary.min_cell}"
+
+
+def tidy_rows(summary: StudySummary) -> Iterator[tuple[str, str, str, str, Figure]]:
+    """(arm, visit, measure, statistic, value), one per figure; statistics with nothing behind them left out. A
+    suppressed count is there, as `<k`; a suppressed statistic is left out like one with nothing behind it."""
+    hidden = suppressed_count(summary)
     for arm in summary.arms:
         for measured in arm.measures:
             for name in MEASURE_STATISTICS:
                 value = getattr(measured, name)
                 if value is not None:
                     yield arm.name, measured.visit, measured.measure, name, value
+                elif name in COUNT_STATISTICS and measured.suppressed:
+                    yield arm.name, measured.visit, measured.measure, name, hidden
         for responding in arm.responders:
             for name in RESPONDER_STATISTICS:
                 value = getattr(responding, name)
                 if value is not None:
                     yield arm.name, responding.visit, responding.measure, name, value
+                elif name in COUNT_STATISTICS and responding.suppressed:
+                    yield arm.name, responding.visit, responding.measure, name, hidden
         for safety in arm.safety:
             for name in SAFETY_STATISTICS:
-                yield arm.name, "all", safety.measure, name, getattr(safety, name)
+                value = getattr(safety, name)
+                yield arm.name, "all", safety.measure, name, hidden if value is None else value
 
 
-def format_value(value: int | float) -> str:
-    """Counts as integers, everything else as the float's repr (full precision, never rounded)."""
+def format_value(value: Figure) -> str:
+    """Counts as integers, everything else as the float's repr (full precision, never rounded); a suppressed
+    count as it is (`<k`)."""
+    if isinstance(value, str):
+        return value
     return str(value) if isinstance(value, int) else repr(float(value))
 
 
@@ -313,24 +411,24 @@ def summary_csv(summary: StudySummary) -> str:
 
 # --- the other forms of the same figures -------------------------------------------------------------------
 
-def study_summary_csv(session: Session, study_id: str) -> str:
-    return summary_csv(summarize_study(session, study_id))
+def study_summary_csv(session: Session, study_id: str, *, min_cell: int | None = None) -> str:
+    return summary_csv(summarize_study(session, study_id, min_cell=min_cell))
 
 
-def study_measure_report(session: Session, study_id: str) -> dict:
+def study_measure_report(session: Session, study_id: str, *, min_cell: int | None = None) -> dict:
     from service.stats.fhir_report import summary_measure_report
 
-    summary = summarize_study(session, study_id)
+    summary = summarize_study(session, study_id, min_cell=min_cell)
     return summary_measure_report(summary, list(tidy_rows(summary)))
 
 
-def study_chart(session: Session, study_id: str, key: str) -> str:
+def study_chart(session: Session, study_id: str, key: str, *, min_cell: int | None = None) -> str:
     from service.stats.charts import chart_svg
 
-    return chart_svg(summarize_study(session, study_id), key)
+    return chart_svg(summarize_study(session, study_id, min_cell=min_cell), key)
 
 
-def study_report(session: Session, study_id: str) -> str:
+def study_report(session: Session, study_id: str, *, min_cell: int | None = None) -> str:
     from service.stats.report import report_html
 
-    return report_html(summarize_study(session, study_id))
+    return report_html(summarize_study(session, study_id, min_cell=min_cell))

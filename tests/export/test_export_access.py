@@ -1,0 +1,183 @@
+"""Export jobs belong to the client that started them, hold only what that client may see (its types, its
+studies) and, for a de-identified client, de-identified resources. Callers are built directly (`Caller`): tokens
+are service/auth's business. SQLite and PostgreSQL."""
+
+import time
+
+import orjson
+import pytest
+
+from service.auth.scopes import parse_scopes
+from service.core.context import SYSTEM, Caller
+from service.db import read_session, write_session
+from service.deid.deidentify import V3_OBSERVATION_VALUE
+from service.deid.service import deidentifier_from
+from service.errors import Forbidden, NotFound
+from service.export import service
+from tests.export.test_export import two_studies  # noqa: F401  (the fixture)
+
+BASE = "http://testserver/fhir"
+FILES = service.files_base(BASE)
+READ_ALL = "system/Patient.rs system/ResearchStudy.rs system/ResearchSubject.rs system/Observation.rs " \
+           "system/AdverseEvent.rs"
+
+
+def caller(name: str, scopes: str = READ_ALL, **extra) -> Caller:
+    return Caller(name=name, scopes=parse_scopes(scopes), **extra)
+
+
+def kick_off(engine, who: Caller, group_id: str | None = None, deid=None, **params) -> str:
+    """Queue a job for `who`, and wake the app's export worker (it runs the job)."""
+    with write_session(engine) as session:
+        job_id = service.kick_off(session, list(params.items()), "respond-async", f"{BASE}/$export",
+                                  group_id=group_id, caller=who, deid=deid)
+    for worker in WORKERS:
+        worker.wake()
+    return job_id
+
+
+WORKERS: list = []
+
+
+@pytest.fixture(autouse=True)
+def _worker(app, client):
+    WORKERS[:] = [app.state.export_worker]
+    yield
+    WORKERS.clear()
+
+
+def finished(engine, job_id: str, who: Caller, bound_s: float = 20.0) -> dict:
+    """The manifest of the job once the app's worker has run it."""
+    deadline = time.monotonic() + bound_s
+    while True:
+        with read_session(engine) as session:
+            status = service.job_status(session, job_id, FILES, who)
+        if status.status_code == 200:
+            assert status.body is not None
+            return status.body
+        assert time.monotonic() < deadline, "export did not finish in time"
+        time.sleep(0.05)
+
+
+def contents(engine, settings, job_id: str, manifest: dict, who: Caller) -> dict[str, list[dict]]:
+    found = {}
+    for out in manifest["output"]:
+        with read_session(engine) as session:
+            path = service.file_path(session, settings.export_dir, job_id, out["url"].rsplit("/", 1)[1], who)
+        found[out["type"]] = [orjson.loads(line) for line in path.read_text().splitlines()]
+    return found
+
+
+def ids(found: dict, rtype: str) -> set[str]:
+    return {r["id"] for r in found.get(rtype, [])}
+
+
+def test_another_clients_job_is_404_for_status_files_and_cancel(client, engine, settings, two_studies):  # noqa: F811
+    alice, bob = caller("alice"), caller("bob")
+    job_id = kick_off(engine, alice, _type="Patient")
+    manifest = finished(engine, job_id, alice)
+    assert manifest["requiresAccessToken"] is True
+    name = manifest["output"][0]["url"].rsplit("/", 1)[1]
+    with read_session(engine) as session:
+        with pytest.raises(NotFound):
+            service.job_status(session, job_id, FILES, bob)
+        with pytest.raises(NotFound):
+            service.file_path(session, settings.export_dir, job_id, name, bob)
+        assert service.file_path(session, settings.export_dir, job_id, name, alice).is_file()
+        assert service.job_status(session, job_id, FILES, SYSTEM).status_code == 200  # unrestricted: every job
+    with write_session(engine) as session:
+        with pytest.raises(NotFound):
+            service.cancel_job(session, settings.export_dir, job_id, bob)
+    with write_session(engine) as session:
+        service.cancel_job(session, settings.export_dir, job_id, alice)
+    with read_session(engine) as session, pytest.raises(NotFound):
+        service.job_status(session, job_id, FILES, alice)
+
+
+def test_a_job_started_without_access_control_needs_no_token(client, engine, two_studies):  # noqa: F811
+    manifest = finished(engine, kick_off(engine, SYSTEM, _type="ResearchStudy"), SYSTEM)
+    assert manifest["requiresAccessToken"] is False
+    # and over HTTP, as before (the Core passes no caller yet: the system caller)
+    response = client.get("/fhir/$export", params={"_type": "ResearchStudy"}, headers={"Prefer": "respond-async"})
+    assert response.status_code == 202
+
+
+def test_types_the_client_may_not_read_are_refused_or_left_out(client, engine, settings, two_studies):  # noqa: F811
+    labs = caller("labs", "system/Observation.rs system/ResearchStudy.r")
+    with write_session(engine) as session, pytest.raises(Forbidden, match=r"system/Patient\.r"):
+        service.kick_off(session, [("_type", "Observation,Patient")], "respond-async", BASE, caller=labs)
+    job_id = kick_off(engine, labs)
+    manifest = finished(engine, job_id, labs)
+    assert {o["type"] for o in manifest["output"]} == {"Observation", "ResearchStudy"}
+    nobody = caller("nobody", "system/Observation.c")
+    with write_session(engine) as session, pytest.raises(Forbidden):
+        service.kick_off(session, [], "respond-async", BASE, caller=nobody)
+
+
+def test_a_study_limited_client_exports_only_its_studys_data(client, engine, settings, two_studies):  # noqa: F811
+    s = two_studies
+    only_a = caller("site-a", studies=frozenset({s["A"]}))
+    job_id = kick_off(engine, only_a)
+    found = contents(engine, settings, job_id, finished(engine, job_id, only_a), only_a)
+    assert ids(found, "ResearchStudy") == {s["A"]}
+    assert ids(found, "Patient") == {s["shared"], s["a_only"]}
+    assert ids(found, "ResearchSubject") == s["a_subjects"]
+    assert ids(found, "Observation") == s["a_obs"]
+    assert ids(found, "AdverseEvent") == s["a_ae"]
+    # granular scopes narrow further: Observations of study B only, everything else of A
+    granular = caller("granular", READ_ALL.replace(
+        "system/Observation.rs", f"system/Observation.rs?study=ResearchStudy/{s['B']}"))
+    job_id = kick_off(engine, granular, _type="Observation,Patient")
+    found = contents(engine, settings, job_id, finished(engine, job_id, granular), granular)
+    assert ids(found, "Observation") == s["b_obs"]
+    assert ids(found, "Patient") == {s["shared"], s["a_only"], s["b_only"]}
+    # a Group export of a study the client is not registered for does not exist for it
+    with write_session(engine) as session, pytest.raises(NotFound):
+        service.kick_off(session, [], "respond-async", BASE, group_id=s["B"], caller=only_a)
+    job_id = kick_off(engine, only_a, group_id=s["A"], _type="Observation")
+    found = contents(engine, settings, job_id, finished(engine, job_id, only_a), only_a)
+    assert ids(found, "Observation") == s["a_obs"]
+
+
+def test_a_deidentified_client_exports_deidentified_resources(client, engine, settings, two_studies):  # noqa: F811
+    s = two_studies
+    deid = deidentifier_from(settings, engine)
+    researcher = caller("researcher", deidentified=True)
+    job_id = kick_off(engine, researcher)
+    found = contents(engine, settings, job_id, finished(engine, job_id, researcher), researcher)
+    real = {s["shared"], s["a_only"], s["b_only"]}
+    assert ids(found, "Patient") == {deid.pseudonym(p) for p in real}
+    text = orjson.dumps(found).decode()
+    for pid in real:
+        assert pid not in text
+    assert "MRN" not in text and "identifier" not in text
+    for rtype, resources in found.items():
+        for resource in resources:
+            labels = {x["code"] for x in resource["meta"]["security"] if x["system"] == V3_OBSERVATION_VALUE}
+            assert labels == ({"REDACTED"} if rtype == "ResearchStudy" else {"PSEUDED", "REDACTED"})
+    shared = deid.pseudonym(s["shared"])
+    shift = deid.shift_days(s["shared"])
+    mine = [o for o in found["Observation"] if o["subject"]["reference"] == f"Patient/{shared}"]
+    assert mine and all(o["effectiveDateTime"] == _shifted("2024-01-10", shift) for o in mine)
+    subjects = [r for r in found["ResearchSubject"] if r["individual"]["reference"] == f"Patient/{shared}"]
+    assert len(subjects) == 2 and all(r["period"]["start"] == _shifted("2024-01-10", shift) for r in subjects)
+
+
+def test_a_deidentified_type_filter_names_patients_by_pseudonym(client, engine, settings, two_studies):  # noqa: F811
+    s = two_studies
+    deid = deidentifier_from(settings, engine)
+    researcher = caller("researcher", deidentified=True)
+    job_id = kick_off(engine, researcher, deid=deid, _type="Observation",
+                      _typeFilter=f"Observation?subject=Patient/{deid.pseudonym(s['b_only'])}")
+    found = contents(engine, settings, job_id, finished(engine, job_id, researcher), researcher)
+    assert len(found["Observation"]) == 1
+    assert found["Observation"][0]["subject"]["reference"] == f"Patient/{deid.pseudonym(s['b_only'])}"
+    job_id = kick_off(engine, researcher, deid=deid, _type="Observation",
+                      _typeFilter=f"Observation?subject=Patient/{s['b_only']}")  # a real id: nothing
+    assert finished(engine, job_id, researcher)["output"] == []
+
+
+def _shifted(day: str, shift: int) -> str:
+    from service.deid.deidentify import shift_date
+
+    return shift_date(day, shift)
