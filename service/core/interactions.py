@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,7 +31,9 @@ from service.core import access, resources
 from service.core.context import Context
 from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
-from service.errors import NotFound
+from service.deid.deidentify import Deidentifier
+from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
+from service.errors import Forbidden, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.service import plan_search, run_search, run_search_async
@@ -56,6 +59,16 @@ class Core:
         # forty threads fought over the GIL and the p99 went to ~100 ms
         self.search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
         self.async_reads: AsyncReadPool | None = None
+        self._deid: Deidentifier | None = None
+
+    def deidentifier(self) -> Deidentifier:
+        """The application's de-identifier (its secret read, or made, on first need: call from a worker thread)."""
+        if self._deid is None:
+            self._deid = deidentifier_from(self.settings, self.engine)
+        return self._deid
+
+    async def _deidentifier(self) -> Deidentifier:
+        return self._deid if self._deid is not None else await to_thread.run_sync(self.deidentifier)
 
     async def start(self) -> None:
         """Open what lives on the event loop (the async read pool on PostgreSQL)."""
@@ -79,6 +92,7 @@ class Core:
 
     async def _write(self, ctx: Context, work: Callable[[UnitOfWork], T]) -> T:
         """`work` in one unit of work, committed (run again after a write race), in a worker thread."""
+        _no_deidentified_writes(ctx)
         return await self._in_write_session(lambda session: resources.run_write(
             session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
             caller=ctx.caller))
@@ -115,6 +129,7 @@ class Core:
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing) or a batch Bundle (entry by entry)."""
         run = bundles.transaction if body.get("type") == "transaction" else bundles.batch
+        _no_deidentified_writes(ctx)
 
         return await self._in_write_session(lambda session: run(
             session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
@@ -131,15 +146,26 @@ class Core:
 
     async def read(self, ctx: Context, resource_type: str, id: str) -> Stored:
         """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
+        if ctx.caller.deidentified:
+            return await self._read_deidentified(ctx, resource_type, id, lambda s, real: resources.read(
+                s, resource_type, real, caller=ctx.caller))
         return await self._read(lambda s: resources.read(s, resource_type, id, caller=ctx.caller))
 
     async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
         """GET [base]/{type}/{id}/_history/{vid}."""
+        if ctx.caller.deidentified:
+            return await self._read_deidentified(ctx, resource_type, id, lambda s, real: resources.vread(
+                s, resource_type, real, version_id, caller=ctx.caller))
         return await self._read(lambda s: resources.vread(s, resource_type, id, version_id, caller=ctx.caller))
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
                       before_version: int | None = None) -> bytes:
         """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
+        if ctx.caller.deidentified and resource_type == "Patient":  # named by its pseudonym: the Bundle is built
+            deid = await self._deidentifier()                       # with the real id, then de-identified
+            pseudonym = id
+            real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, pseudonym))
+            id = real or deid.nothing
         rows = await self._read(lambda s: resources.history(
             s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
@@ -154,7 +180,10 @@ class Core:
         if more:
             links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
         total = None if before_version or more else len(page)
-        return bundle("history", entries, total=total, links=links)
+        body = bundle("history", entries, total=total, links=links)
+        if ctx.caller.deidentified:
+            body = (await self._deidentifier()).bundle(body)
+        return body
 
     async def search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/{type}?params: the searchset Bundle.
@@ -165,6 +194,16 @@ class Core:
         connections: the read is repeated, never the request."""
         settings = self.settings
         access.require(ctx.caller, resource_type, "s")
+        if ctx.caller.deidentified:
+            deid = await self._deidentifier()
+            resolve = pseudonym_resolver(self.engine, deid)
+            params = await to_thread.run_sync(lambda: deid.translate_params(params, resource_type, resolve))
+            found = await self._search(ctx, resource_type, params)
+            return deid.bundle(found)
+        return await self._search(ctx, resource_type, params)
+
+    async def _search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
+        settings = self.settings
         plan = plan_search(resource_type, params, strict=ctx.strict, default_count=settings.default_page_size,
                            max_count=settings.max_page_size, caller=ctx.caller)
         pool = self.async_reads
@@ -188,35 +227,42 @@ class Core:
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
         """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group)."""
         access.require(ctx.caller, "Group", "r")
-        return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
+        group = await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
+        if ctx.caller.deidentified:
+            group = (await self._deidentifier()).resource(group, None)
+        return group
 
     async def search_groups(self, ctx: Context, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/Group?params: a searchset of cohort Groups (`_id` only)."""
         access.require(ctx.caller, "Group", "s")
-        return await self._read(lambda s: groups.search_groups(
+        found = await self._read(lambda s: groups.search_groups(
             s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")))
+        return (await self._deidentifier()).bundle(found) if ctx.caller.deidentified else found
 
     # -- Bulk Data export --------------------------------------------------------------------------------
 
     async def export_kick_off(self, ctx: Context, params: list[tuple[str, str]], prefer: str | None,
                               request_url: str, *, group_id: str | None = None) -> str:
-        """$export (system, or of the study's Group): the queued job's id."""
+        """$export (system, or of the study's Group): the queued job's id. The job is the caller's: it exports
+        what the caller may read (`r` on each type, its studies), de-identified for a de-identified client."""
+        deid = await self._deidentifier() if ctx.caller.deidentified else None
         return await self._in_write_session(lambda session: exports.kick_off(
-            session, params, prefer, request_url, group_id=group_id))
+            session, params, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid))
 
     async def export_status(self, ctx: Context, job_id: str) -> exports.JobStatus:
         """The status of an export job: queued or running (202), its manifest (200), or failed."""
         return await self._read(lambda s: exports.job_status(
-            s, job_id, exports.files_base(ctx.base_url)))
+            s, job_id, exports.files_base(ctx.base_url), caller=ctx.caller))
 
     async def export_cancel(self, ctx: Context, job_id: str) -> None:
         """Cancel an export job and delete its files."""
-        await self._in_write_session(lambda session: exports.cancel_job(session, self.settings.export_dir, job_id))
+        await self._in_write_session(lambda session: exports.cancel_job(
+            session, self.settings.export_dir, job_id, caller=ctx.caller))
 
     async def export_file(self, ctx: Context, job_id: str, name: str) -> Path:
         """Where one file of a completed export is."""
         return await self._read(lambda s: exports.file_path(
-            s, self.settings.export_dir, job_id, name))
+            s, self.settings.export_dir, job_id, name, caller=ctx.caller))
 
     # -- the study's figures ------------------------------------------------------------------------------
 
@@ -237,19 +283,49 @@ class Core:
 
     async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
         """Efficacy and safety per arm and visit."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.summarize_study(s, study_id)))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.summarize_study(
+            s, study_id, min_cell=self._min_cell(ctx))))
 
     async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_summary_csv(s, study_id)))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_summary_csv(
+            s, study_id, min_cell=self._min_cell(ctx))))
 
     async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
         """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_measure_report(s, study_id)))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_measure_report(
+            s, study_id, min_cell=self._min_cell(ctx))))
 
     async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
         """One measure's or responder key's chart (SVG)."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_chart(s, study_id, key)))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_chart(
+            s, study_id, key, min_cell=self._min_cell(ctx))))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_report(s, study_id)))
+        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_report(
+            s, study_id, min_cell=self._min_cell(ctx))))
+
+    def _min_cell(self, ctx: Context) -> int | None:
+        """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
+        return self.settings.deid_min_cell if ctx.caller.deidentified else None
+
+    async def _read_deidentified(self, ctx: Context, resource_type: str, id: str,
+                                 work: Callable[[Session, str], Stored]) -> Stored:
+        """A read for a de-identified client: a Patient is named by its pseudonym (an id that is none is unknown),
+        and the content served is de-identified."""
+        deid = await self._deidentifier()
+
+        def run(session: Session) -> Stored:
+            real = id
+            if resource_type == "Patient":
+                real = resolve_pseudonym(session, deid, id) or deid.nothing
+            stored = work(session, real)
+            content = deid.content(stored.content).decode() if stored.content is not None else None
+            return replace(stored, id=id, content=content)
+        return await self._read(run)
+
+
+def _no_deidentified_writes(ctx: Context) -> None:
+    """A de-identified client sees pseudonyms and shifted dates only: what it wrote could not mean what it says."""
+    if ctx.caller.deidentified:
+        raise Forbidden("A client registered for de-identified data can't write", expression="Authorization")
