@@ -1,6 +1,7 @@
 """Imports every table so that `SQLModel.metadata` (and alembic) sees the whole schema."""
 
 from service.adverse_event.models import AdverseEventRecord
+from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
 from service.search.indexes import INDEXES as SEARCH_INDEXES  # noqa: F401  (migration 0003)
@@ -8,6 +9,7 @@ from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersi
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
-    "ResourceRecord", "ResourceVersion", "StudyRecord", "SubjectRecord",
+    "AdverseEventRecord", "ArmRecord", "ClientRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord",
+    "PatientRecord", "ResourceRecord", "ResourceVersion", "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord",
+    "SubjectRecord",
 ]
