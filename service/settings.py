@@ -26,7 +26,8 @@ class Settings(BaseSettings):
         "smart", description="`smart`: every request but the public documents (metadata, well-known, health, docs) "
         "needs a SMART Backend Services access token; `off`: no access control (development; `serve` then refuses "
         "a non-loopback address unless TRIAL_FHIR_ALLOW_ANONYMOUS=true).")
-    allow_anonymous: bool = Field(False, description="Let `serve` bind a non-loopback address with TRIAL_FHIR_AUTH=off.")
+    allow_anonymous: bool = Field(
+        False, description="Let `serve` bind a non-loopback address with TRIAL_FHIR_AUTH=off.")
     token_lifetime_s: int = Field(300, ge=30, le=300, description="Lifetime of the access tokens this server issues.")
     auth_leeway_s: int = Field(30, ge=0, le=300, description="Clock skew allowed when checking exp/nbf/iat.")
     trusted_issuers: list[dict[str, str]] = Field(

@@ -102,7 +102,8 @@ def another_database_url(database_template, tmp_path) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url, tmp_path) -> Settings:
-    """No access control: these tests are about FHIR behaviour; tests/auth runs the same app with TRIAL_FHIR_AUTH=smart."""
+    """No access control: these tests are about FHIR behaviour; tests/auth runs the same app with
+    TRIAL_FHIR_AUTH=smart."""
     return Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off", _env_file=None)
 
 
