@@ -15,10 +15,14 @@ from sqlmodel import col, select
 from service.auth.jwks import check_public_jwks
 from service.auth.models import ClientRecord
 from service.auth.scopes import ScopeError, parse_scopes
+from service.core.registry import TYPES
 from service.db import read_session, write_session
 from service.store.models import table_of
 
 C = table_of(ClientRecord)
+#: the resource types a scope may name: the stored ones, the studies' cohort Groups and the AuditEvents access
+#: control records
+SCOPED_TYPES = frozenset({*TYPES, "Group", "AuditEvent"})
 
 
 class ClientError(ValueError):
@@ -58,10 +62,15 @@ def add_client(engine: Engine, name: str, scope: str, *, jwks: object = None, jw
     if not name.strip():
         raise ClientError("the client needs a name")
     try:
-        if not parse_scopes(scope):
-            raise ClientError("the client needs at least one scope, e.g. system/Observation.rs")
+        scopes = parse_scopes(scope)
     except ScopeError as exc:
         raise ClientError(str(exc)) from None
+    if not scopes:
+        raise ClientError("the client needs at least one scope, e.g. system/Observation.rs")
+    unknown = [str(s) for s in scopes if s.resource_type != "*" and s.resource_type not in SCOPED_TYPES]
+    if unknown:  # a typo would register a scope that never grants anything
+        raise ClientError(f"no resource type of this server in {', '.join(unknown)} (known: "
+                          f"{', '.join(sorted(SCOPED_TYPES))})")
     if (jwks is None) == (jwks_url is None):
         raise ClientError("give the client's public keys as a JWKS or the URL it publishes them at (one of the two)")
     if jwks is not None:

@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 
 from service.api.http import BaseUrl
 from service.auth import keys
+from service.auth.clients import SCOPED_TYPES
 from service.auth.token import ASSERTION_ALGORITHMS, GRANT_TYPE, OAuthError, TokenIssuer
 from service.auth.urls import auth_urls
-from service.core.registry import TYPES
 from service.settings import Settings
 
 router = APIRouter(include_in_schema=False)
@@ -23,7 +23,6 @@ router = APIRouter(include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 JWKS_MAX_AGE_S = 60  # verifiers refetch on an unknown kid anyway; short, so a rotation is seen soon
-AUDIT_TYPE = "AuditEvent"
 
 
 def _issuer(request: Request) -> TokenIssuer:
@@ -75,7 +74,7 @@ def jwks(request: Request) -> JSONResponse:
 
 def scopes_supported() -> list[str]:
     """The scopes a client may ask for, as v2 system scopes (v1 `.read`/`.write`/`.*` are accepted too)."""
-    names = ["*", *sorted({*TYPES, AUDIT_TYPE})]
+    names = ["*", *sorted(SCOPED_TYPES)]
     return [f"system/{t}.{letters}" for t in names for letters in ("cruds", "rs")]
 
 
