@@ -7,8 +7,8 @@ import httpx
 import pytest
 import respx
 
-from service.auth.jwks import (DEFAULT_MAX_AGE_S, KeyProblem, RemoteJwks, check_public_jwks, max_age, select_key,
-                               unverified)
+from service.auth import jwks
+from service.auth.jwks import KeyProblem, RemoteJwks, check_public_jwks, max_age, select_key, unverified
 from tests.auth.conftest import run
 from tests.auth.tokens import new_key, public_jwks
 
@@ -65,7 +65,7 @@ def test_max_age_follows_cache_control():
     assert max_age("public, max-age=120") == 120
     assert max_age("max-age=0") == 0
     assert max_age("no-store") == 0 and max_age("no-cache, max-age=60") == 0
-    assert max_age(None) == DEFAULT_MAX_AGE_S and max_age("public") == DEFAULT_MAX_AGE_S
+    assert max_age(None) == jwks.DEFAULT_MAX_AGE_S and max_age("public") == jwks.DEFAULT_MAX_AGE_S
 
 
 @respx.mock

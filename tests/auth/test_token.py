@@ -1,6 +1,7 @@
 """POST /auth/token through the app: SMART Backend Services' client_credentials grant with a private_key_jwt
 assertion, its success (RS384 and ES384) and each way it is refused, as OAuth error JSON."""
 
+import json
 import time
 
 import httpx
@@ -105,7 +106,7 @@ def test_only_rs384_and_es384_assertions_are_accepted(client, engine):
                     algorithms=["HS256"])
     description = _error(_post(client, **{**_form(client_id, key), "client_assertion": hs}), "invalid_client")
     assert "HS256" in description
-    none = _b64('{"alg":"none","kid":"%s"}' % key.kid) + "." + hs.split(".")[1] + "."  # unsigned
+    none = _b64(json.dumps({"alg": "none", "kid": key.kid})) + "." + hs.split(".")[1] + "."  # unsigned
     assert "'none'" in _error(_post(client, **{**_form(client_id, key), "client_assertion": none}), "invalid_client")
     # ES256 (P-256) is not one of SMART's two, even with the client's kid
     assert "ES256" in _error(_post(client, **{**_form(client_id, key), "client_assertion": _es256(client_id, key)}),
