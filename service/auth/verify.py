@@ -79,8 +79,12 @@ class Authenticator:
         self.settings = settings
         self.remote = remote or RemoteJwks()
         self.clock = clock
-        self.issuers = {t["issuer"].rstrip("/"): TrustedIssuer(t["issuer"].rstrip("/"), t["jwks_url"],
-                                                               t.get("audience")) for t in settings.trusted_issuers}
+        self.issuers: dict[str, TrustedIssuer] = {}
+        for entry in settings.trusted_issuers:
+            if not entry.get("issuer") or not entry.get("jwks_url"):
+                raise ValueError("TRIAL_FHIR_TRUSTED_ISSUERS: each issuer needs an 'issuer' and a 'jwks_url'")
+            issuer = entry["issuer"].rstrip("/")
+            self.issuers[issuer] = TrustedIssuer(issuer, entry["jwks_url"], entry.get("audience"))
         self._verified: OrderedDict[str, _Verified] = OrderedDict()
         self._disabled: dict[str, tuple[bool, float]] = {}  # client id -> (disabled?, when read; monotonic)
         self._own_keys: dict[str, Key] = {}
@@ -102,7 +106,10 @@ class Authenticator:
             if self.clock() > expires_at + self.settings.auth_leeway_s:
                 self._verified.pop(token, None)
                 raise Unauthorized("The access token has expired")
-            self._verified.move_to_end(token)
+            try:
+                self._verified.move_to_end(token)
+            except KeyError:  # dropped meanwhile by another request's insertion: it stays verified for this one
+                pass
             if hit.own:
                 await self._check_enabled(hit.caller.name)
             return hit.caller
@@ -125,13 +132,13 @@ class Authenticator:
         own = issuer == base
         trusted = self.issuers.get(issuer) if issuer and not own else None
         if not own and trusted is None:
-            raise Unauthorized(f"The access token's issuer is not trusted here (iss {iss!r}; this server issues "
+            raise Unauthorized(f"The access token's issuer is not trusted here (iss {iss!r:.120}; this server issues "
                                f"tokens as {base})")
         if own and alg != keys.ALGORITHM:
             raise Unauthorized(f"The access token's alg {alg!r} is not the one this server signs with")
         if not own and alg not in EXTERNAL_ALGORITHMS:
             raise Unauthorized(f"The access token's alg {alg!r} is not accepted (asymmetric signatures only)")
-        if own and header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+        if own and str(header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
             raise Unauthorized("The token is not an access token (typ must be at+jwt)")
         assert isinstance(alg, str)
         try:

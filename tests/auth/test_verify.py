@@ -199,3 +199,30 @@ def test_external_issuer_key_rotation_is_picked_up(external, idp_key, monkeypatc
     external.remote.min_refetch_s = 0
     caller = run(external.authenticate(f"Bearer {idp_token(rotated, alg='ES384')}", BASE))
     assert caller.issuer == IDP
+
+
+def test_own_keys_sign_only_access_tokens(own, engine):
+    """A JWT signed with the server's key but not typed at+jwt is not taken for an access token."""
+    from service.auth import keys
+    client_id, _, authenticator = own
+    server = keys.current_key(engine)
+    now = int(time.time())
+    other = jwt.encode({"alg": "ES384", "kid": server.kid, "typ": "JWT"},
+                       {"iss": BASE, "aud": BASE, "sub": client_id, "exp": now + 60}, server.key, algorithms=["ES384"])
+    refused(authenticator, f"Bearer {other}", match="typ must be at+jwt")
+
+
+def test_the_token_cache_is_bounded(client, engine, monkeypatch):
+    monkeypatch.setattr(verify, "CACHE_SIZE", 2)
+    client_id, key = register_client(engine, "system/Observation.rs")
+    authenticator = Authenticator(engine, client.app.state.settings)
+    for _ in range(4):
+        run(authenticator.authenticate(f"Bearer {get_token(client, client_id, key, 'system/Observation.rs')}", BASE))
+    assert len(authenticator._verified) == 2
+
+
+def test_a_trusted_issuer_needs_a_jwks_url(database_url):
+    from service.db import make_engine
+    settings = Settings(database_url=database_url, _env_file=None, trusted_issuers=[{"issuer": IDP}])
+    with pytest.raises(ValueError, match="jwks_url"):
+        Authenticator(make_engine(database_url), settings)
