@@ -101,6 +101,8 @@ class TokenIssuer:
         if params["client_assertion_type"] != ASSERTION_TYPE:
             raise OAuthError("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
         client, claims = await self.authenticate(params["client_assertion"], urls)
+        if form.get("client_id") and form["client_id"] != [client.client_id]:  # optional; must agree if sent
+            raise _refuse("client_id does not match the assertion's iss")
         try:
             requested = parse_scopes(params["scope"])
         except ScopeError as exc:

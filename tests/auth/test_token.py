@@ -202,3 +202,9 @@ def test_a_client_may_publish_its_keys_at_a_url(client, engine):
     assert _post(client, **_form(registered.client_id, key)).status_code == 200
     assert route.call_count == 1  # cached within max-age
     _error(_post(client, **_form(registered.client_id, new_key("RS384"))), "invalid_client")
+
+
+def test_a_client_id_parameter_must_match_the_assertion(client, engine):
+    client_id, key = register_client(engine, SCOPE)
+    assert _post(client, **_form(client_id, key), client_id=client_id).status_code == 200
+    assert "client_id" in _error(_post(client, **_form(client_id, key), client_id="other"), "invalid_client")
