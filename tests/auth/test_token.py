@@ -208,3 +208,17 @@ def test_a_client_id_parameter_must_match_the_assertion(client, engine):
     client_id, key = register_client(engine, SCOPE)
     assert _post(client, **_form(client_id, key), client_id=client_id).status_code == 200
     assert "client_id" in _error(_post(client, **_form(client_id, key), client_id="other"), "invalid_client")
+
+
+def test_get_token_follows_a_configured_base_url(database_url, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+    from tests.auth.tokens import get_token
+    settings = Settings(database_url=database_url, auth="smart", base_url="https://fhir.example.org/fhir",
+                        export_dir=tmp_path, export_worker=False, _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        client_id, key = register_client(client.app.state.engine, SCOPE)
+        assert get_token(client, client_id, key, SCOPE)
+        _error(token_request(client, client_id, key, SCOPE, aud="http://testserver/auth/token"), "invalid_client")

@@ -15,11 +15,13 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, RSAKey
 from sqlalchemy.engine import Engine
 
+from service.api.http import base_of
 from service.auth.clients import add_client
+from service.auth.urls import auth_urls
 from service.db import make_engine
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-TOKEN_URL = "http://testserver/auth/token"  # TestClient's base: the token URL the app advertises
+TOKEN_URL = "http://testserver/auth/token"  # the token URL of an app without TRIAL_FHIR_BASE_URL, under TestClient
 
 
 def new_key(alg: str = "ES384", kid: str | None = None) -> Key:
@@ -60,8 +62,14 @@ def assertion(client_id: str, key: Key, *, aud: str | list[str] = TOKEN_URL, lif
     return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT", **(header or {})}, body, key, algorithms=[alg])
 
 
+def token_url(client: TestClient) -> str:
+    """The token URL the app advertises (TRIAL_FHIR_BASE_URL, else the test client's base + /fhir, next to it)."""
+    return auth_urls(base_of(client.app.state.settings.base_url, str(client.base_url))).token
+
+
 def token_request(client: TestClient, client_id: str, key: Key, scope: str, **claims: Any) -> Any:
-    """POST /auth/token with a fresh assertion: the response."""
+    """POST /auth/token with a fresh assertion (`aud` the app's token URL unless given): the response."""
+    claims.setdefault("aud", token_url(client))
     return client.post("/auth/token", data={
         "grant_type": "client_credentials", "client_assertion_type": ASSERTION_TYPE,
         "client_assertion": assertion(client_id, key, **claims), "scope": scope})
