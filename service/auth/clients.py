@@ -56,6 +56,15 @@ def _client(record: ClientRecord) -> Client:
                   tuple(orjson.loads(record.studies)), record.deidentified, record.disabled, record.created_at)
 
 
+def new_client_id() -> str:
+    """A random, url-safe client id (144 bits) that doesn't start with `-` or `_`, so that it can be typed as a
+    command-line argument (`trial-fhir clients disable ID`) without being taken for an option."""
+    while True:
+        client_id = secrets.token_urlsafe(18)
+        if client_id[0].isalnum():
+            return client_id
+
+
 def add_client(engine: Engine, name: str, scope: str, *, jwks: object = None, jwks_url: str | None = None,
                studies: tuple[str, ...] | list[str] = (), deidentified: bool = False) -> Client:
     """Register a client; ClientError when its scopes, keys or studies can't be used."""
@@ -82,7 +91,7 @@ def add_client(engine: Engine, name: str, scope: str, *, jwks: object = None, jw
         raise ClientError(f"the JWKS URL must be http(s): {jwks_url!r}")
     if any(not s or "/" in s or "&" in s for s in studies):
         raise ClientError("a study is a ResearchStudy id, e.g. AD-MSC-01")
-    record = ClientRecord(client_id=secrets.token_urlsafe(18), name=name.strip(), scope=" ".join(scope.split()),
+    record = ClientRecord(client_id=new_client_id(), name=name.strip(), scope=" ".join(scope.split()),
                           jwks=orjson.dumps(jwks).decode() if jwks is not None else None, jwks_url=jwks_url,
                           studies=orjson.dumps(list(dict.fromkeys(studies))).decode(), deidentified=deidentified,
                           disabled=False, created_at=datetime.now(UTC))

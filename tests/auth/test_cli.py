@@ -135,3 +135,9 @@ def test_an_unmigrated_database_gets_a_hint(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 1 and "trial-fhir migrate" in result.stderr
+
+
+def test_client_ids_can_be_typed_as_arguments():
+    from service.auth.clients import new_client_id
+    ids = {new_client_id() for _ in range(2000)}
+    assert len(ids) == 2000 and all(i[0].isalnum() and len(i) == 24 for i in ids)
