@@ -14,6 +14,8 @@ from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.middleware import FhirFormatMiddleware
 from service.api.security_headers import secured
+from service.auth.router import router as auth_router
+from service.auth.verify import Authenticator
 from service.bundle.router import router as bundle_router
 from service.conformance.router import router as conformance_router
 from service.core.interactions import Core
@@ -97,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.core = core
+    app.state.authenticator = Authenticator(engine, settings)
     app.state.capability_contributions = (EXPORT_CAPABILITY, GROUP_CAPABILITY, STATS_CAPABILITY)
     register_error_handlers(app)
     app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes)
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
+    app.include_router(auth_router)  # before the FHIR routes: /fhir/.well-known/smart-configuration
     app.include_router(conformance_router)
     app.include_router(bundle_router)
     app.include_router(export_router)

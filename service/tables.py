@@ -1,6 +1,7 @@
 """Imports every table so that `SQLModel.metadata` (and alembic) sees the whole schema."""
 
 from service.adverse_event.models import AdverseEventRecord
+from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
 from service.deid.models import DeidSecretRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
@@ -9,6 +10,7 @@ from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersi
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "DeidSecretRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord",
-    "PatientRecord", "ResourceRecord", "ResourceVersion", "StudyRecord", "SubjectRecord",
+    "AdverseEventRecord", "ArmRecord", "ClientRecord", "DeidSecretRecord", "ExportJobRecord", "IdentifierRecord",
+    "MeasurementRecord", "PatientRecord", "ResourceRecord", "ResourceVersion", "SeenAssertionRecord",
+    "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -50,7 +50,8 @@ ALWAYS: Headers = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options",
 NO_STORE = (b"cache-control", b"no-store")
 HSTS = (b"strict-transport-security", b"max-age=31536000")
 #: documents anyone may cache: they carry no patient data
-PUBLIC_PATHS = frozenset({"/fhir/metadata", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/fhir/metadata", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/auth/jwks"})  # the public keys tokens are checked with: cacheable (RFC 7517)
 DOCUMENT_TYPES = (b"text/html", b"image/svg+xml")
 
 #: what a browser client of the FHIR API sends and must be allowed to read (CORS)

@@ -24,7 +24,8 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, resp
 def capabilities(request: Request, base: BaseUrl) -> Response:
     """The CapabilityStatement: exactly the resource types, interactions, search parameters and operations
     this server supports."""
-    return FhirJSONResponse(service.capability_statement(base, request.app.state.capability_contributions))
+    return FhirJSONResponse(service.capability_statement(base, request.app.state.capability_contributions,
+                                                         smart=request.app.state.settings.auth == "smart"))
 
 
 @router.get("/CodeSystem/{id}", tags=["CodeSystem"], name="read_CodeSystem", summary="Read a CodeSystem",

@@ -42,7 +42,26 @@ def read_code_system(id: str) -> dict[str, Any]:
     return cs
 
 
-def capability_statement(base: str, contributions: Sequence[Contribution] = ()) -> dict[str, Any]:
+def security(base: str) -> dict[str, Any]:
+    """`rest.security` when SMART Backend Services tokens are required: the SMART-on-FHIR service and, in the
+    oauth-uris extension, the token endpoint (where service/auth/urls.py puts it)."""
+    from service.auth.urls import auth_urls
+
+    urls = auth_urls(base)
+    return {
+        "extension": [{"url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                       "extension": [{"url": "token", "valueUri": urls.token}]}],
+        "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                 "code": "SMART-on-FHIR", "display": "SMART-on-FHIR"}]}],
+        "description": "SMART Backend Services (client_credentials, private_key_jwt with RS384 or ES384): get an "
+                       f"access token at {urls.token} and send it as Authorization: Bearer. Discovery: "
+                       f"{base}/.well-known/smart-configuration.",
+    }
+
+
+def capability_statement(base: str, contributions: Sequence[Contribution] = (), *,
+                         smart: bool = False) -> dict[str, Any]:
+    """The CapabilityStatement; `smart` (TRIAL_FHIR_AUTH=smart) declares the token-based security."""
     operations: dict[str, list[dict[str, Any]]] = {}
     for contribution in contributions:
         for level, declared in contribution.operations.items():
@@ -83,7 +102,7 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = ()) 
         for resource in contribution.resources:
             ops = resource.get("operation", []) + operations.get(resource["type"], [])
             resources.append({**resource, **({"operation": ops} if ops else {})})
-    rest = {
+    rest: dict[str, Any] = {
         "mode": "server",
         "documentation": "FHIR R4 JSON for a clinical trial: EHRs push, research portals pull.",
         "resource": resources,
@@ -91,6 +110,8 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = ()) 
     }
     if operations.get("system"):
         rest["operation"] = operations["system"]
+    if smart:
+        rest["security"] = security(base)
     statement = {
         "resourceType": "CapabilityStatement",
         "id": "trial-fhir",

@@ -192,7 +192,6 @@ class Core:
         (PostgreSQL); any other in one of the search threads, on one read connection. If the async read fails
         (e.g. the database restarted) the page is read again in a search thread, whose pool checks and replaces
         connections: the read is repeated, never the request."""
-        settings = self.settings
         access.require(ctx.caller, resource_type, "s")
         if ctx.caller.deidentified:
             deid = await self._deidentifier()

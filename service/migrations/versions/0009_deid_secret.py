@@ -5,7 +5,7 @@ requiresAccessToken), whether the files are de-identified, and the studies the c
 before this revision have no client: only an unrestricted caller sees them.
 
 Revision ID: 0009_deid
-Revises: 0006_drop_unused_indexes
+Revises: 0007_auth
 Create Date: 2026-11-29 11:20:00
 """
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0009_deid'
-down_revision = '0006_drop_unused_indexes'
+down_revision = '0007_auth'
 branch_labels = None
 depends_on = None
 
