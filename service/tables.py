@@ -1,6 +1,7 @@
 """Imports every table so that `SQLModel.metadata` (and alembic) sees the whole schema."""
 
 from service.adverse_event.models import AdverseEventRecord
+from service.audit.models import AuditEntityRecord, AuditEventRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
 from service.search.indexes import INDEXES as SEARCH_INDEXES  # noqa: F401  (migration 0003)
@@ -8,6 +9,6 @@ from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersi
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
-    "ResourceRecord", "ResourceVersion", "StudyRecord", "SubjectRecord",
+    "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ExportJobRecord", "IdentifierRecord",
+    "MeasurementRecord", "PatientRecord", "ResourceRecord", "ResourceVersion", "StudyRecord", "SubjectRecord",
 ]

@@ -112,7 +112,7 @@ def _cacheable(param: SearchParam, crit: Criterion) -> bool:
     depends on the values, which a cached generic plan would not see."""
     if crit.modifier == "missing":
         return False
-    if param.kind in ("id", "reference"):
+    if param.kind in ("id", "reference", "linked"):
         return True
     return param.kind in ("code", "coding", "datetime") and crit.modifier is None
 
@@ -151,6 +151,14 @@ def _reference_ids(param: SearchParam, crit: Criterion) -> list[str]:
 def _reduce_reference(param: SearchParam, crit: Criterion) -> Reduced:
     ids = _reference_ids(param, crit)
     return (min(len(ids), 2),), [] if not ids else [ids[0]] if len(ids) == 1 else [ids]
+
+
+def _reduce_linked(param: SearchParam, crit: Criterion) -> Reduced:
+    """References answered through a child table: each value is (type, id), or an id of any of the parameter's
+    targets (of any type when it names none); a type it does not target matches nothing."""
+    targets = param.fhir.targets
+    refs = [r for r in crit.values if not targets or r.type is None or r.type in targets]
+    return tuple(r.type is not None for r in refs), [v for r in refs for v in ((r.type, r.id) if r.type else (r.id,))]
 
 
 def _code_form(param: SearchParam, token: Token) -> str:
@@ -226,6 +234,7 @@ _REDUCE: dict[str, Callable[[SearchParam, Criterion], Reduced]] = {
     "id": _reduce_ids, "last_updated": _reduce_dates, "identifier": _reduce_identifier,
     "reference": _reduce_reference, "code": _reduce_code, "coding": _reduce_coding, "arm": _reduce_arm,
     "datetime": _reduce_dates, "date": _reduce_dates, "quantity": _reduce_quantity, "string": _reduce_string,
+    "linked": _reduce_linked,
 }
 
 
@@ -294,6 +303,12 @@ def _missing(stype: StoredType, param: SearchParam, missing: bool) -> ColumnElem
     if param.kind == "arm":
         subject, arm = param.columns
         return subject.in_(select(arm.table.c.id).where(arm.is_(None) if missing else arm.is_not(None)))
+    if param.kind == "linked":
+        key, child_key, child_type, _ = param.columns
+        linked = select(child_key)
+        if param.fhir.targets:
+            linked = linked.where(or_(*[child_type == t for t in param.fhir.targets]))
+        return key.not_in(linked) if missing else key.in_(linked)
     column = param.columns[-1] if param.kind == "coding" else param.column  # coding: (system, code)
     return column.is_(None) if missing else column.is_not(None)
 
@@ -352,6 +367,24 @@ def _build_reference(stype: StoredType, param: SearchParam, modifier: str | None
     if many == 1:
         return column == values.next(column)
     return column.in_(values.many(column))
+
+
+def _build_linked(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                  values: _Values) -> ColumnElement[bool]:
+    """`key IN (the child rows naming one of the references)`: a row that names several resources (an AuditEvent's
+    patients) has one child row each, read through the child's (type, id) index."""
+    key, child_key, child_type, child_id = param.columns
+    ors = []
+    for typed in form:
+        if typed:
+            ors.append(and_(child_type == values.next(child_type), child_id == values.next(child_id)))
+        elif param.fhir.targets:
+            ors.append(and_(or_(*[child_type == t for t in param.fhir.targets]), child_id == values.next(child_id)))
+        else:
+            ors.append(child_id == values.next(child_id))
+    if not ors:
+        return false()
+    return key.in_(select(child_key).where(or_(*ors)))
 
 
 def _negate(cond: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -427,6 +460,7 @@ _BUILD: dict[str, Build] = {
     "id": _build_ids, "last_updated": _build_dates, "identifier": _build_identifier,
     "reference": _build_reference, "code": _build_code, "coding": _build_coding, "arm": _build_arm,
     "datetime": _build_dates, "date": _build_dates, "quantity": _build_quantity, "string": _build_string,
+    "linked": _build_linked,
 }
 
 
