@@ -38,11 +38,11 @@ def migrate() -> None:
 
 
 def _register_subcommands() -> None:
-    """Command groups that live beside their domain (demo, export, summary)."""
+    """Command groups that live beside their domain (demo, export, summary, audit)."""
     import importlib
 
     for module, name in (("service.demo.cli", "demo"), ("service.export.cli", "export"),
-                         ("service.stats.cli", "summary")):
+                         ("service.stats.cli", "summary"), ("service.audit.cli", "audit")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,34 @@
+"""`trial-fhir audit`: check the audit trail's hash chain, on the configured database (no server needed)."""
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+app = typer.Typer(help="The audit trail (AuditEvents, hash-chained).", no_args_is_help=True)
+
+
+@app.command("verify")
+def verify(batch: int = typer.Option(1000, help="Rows fetched per round trip")) -> None:
+    """Walk the chain, recompute every hash: exit 0 when intact, 1 naming the first broken row."""
+    from service.audit import chain
+    from service.db import make_engine
+    from service.settings import get_settings
+
+    console = Console(stderr=True)
+    engine = make_engine(get_settings().database_url)
+    try:
+        with Progress(TextColumn("audit chain"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=console, transient=True) as bar:
+            task = bar.add_task("verify", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=max(total, 1))
+
+            result = chain.verify(engine, progress=progress, batch=batch)
+    finally:
+        engine.dispose()
+    if not result.ok:
+        typer.echo(str(result))
+        raise typer.Exit(1)
+    typer.echo(str(result))
+    typer.echo(f"head: seq {result.head_seq} hash {result.head_hash}")
