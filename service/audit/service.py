@@ -35,7 +35,8 @@ def _index(uow: UnitOfWork, payload: dict[str, Any], id: str, replacing: bool) -
     raise MethodNotAllowed("AuditEvent is read-only", expression="AuditEvent")
 
 
-_LINK = (A.c.seq, E.c.seq, E.c.resource_type, E.c.resource_id)
+#: audit_entity rows of an event, and their copy of its `recorded` (a date criterion narrows the child rows too)
+_LINK = (A.c.seq, E.c.seq, E.c.resource_type, E.c.resource_id, A.c.recorded, E.c.recorded)
 
 AUDIT_EVENT = StoredType(
     "AuditEvent", fhir.AuditEvent, A, _index, examples.AUDIT_EVENT, writable=False, exported=False, rank=9,

@@ -19,7 +19,7 @@ A search parameter is its FHIR definition (`ParamDef`, fhir_mappings/search.py) 
 | date         | date      | a calendar date                           | a range of dates                               |
 | quantity     | quantity  | (value in the canonical unit, measure)    | per measure accepting the unit, converted      |
 | string       | string    | a text                                    | starts with (case-insensitive), :exact, :contains |
-| linked       | reference | (key, child key, child type, child id)    | `key IN (child keys naming Type/id)`: many per row |
+| linked       | reference | (key, child key, child type, child id[, date, child's copy]) | `key IN (child keys naming Type/id)` |
 """  # noqa: E501
 
 from collections.abc import Callable, Mapping

@@ -269,8 +269,29 @@ def conditions_of(compiled: Compiled, *, bound: bool = False) -> list[ColumnElem
         values = _Values(compiled.values, f"c{n}", bound)
         if modifier == "missing":
             found.append(_missing(stype, param, form[0]))
+        elif param.kind == "linked":
+            found.append(_build_linked(stype, param, modifier, tuple(form), values,
+                                       _mirrored_dates(stype, compiled, param, bound)))
         else:
             found.append(_BUILD[param.kind](stype, param, modifier, tuple(form), values))
+    return found
+
+
+def _mirrored_dates(stype: StoredType, compiled: Compiled, param: SearchParam,
+                    bound: bool) -> list[ColumnElement[bool]]:
+    """A linked parameter whose child rows copy the row's date (columns `…, row's date, child's date`): the
+    criteria on that date, compared with the child's copy too, so that the child's (type, id, date) index answers
+    `patient=x&date=ge…` as one range. The same values (the same bind parameters) as the criteria themselves."""
+    if len(param.columns) < 6:
+        return []
+    parent_date, child_date = param.columns[4], param.columns[5]
+    found = []
+    for m, (name, modifier, *form) in enumerate(compiled.shape):
+        other = stype.params[name]
+        if other.kind == "datetime" and modifier is None and other.column is parent_date:
+            values = _Values(compiled.values, f"c{m}", bound)
+            found.append(or_(*[_date_cmp(child_date, prefix, values.next(child_date), values.next(child_date))
+                               for prefix in form]))
     return found
 
 
@@ -304,7 +325,7 @@ def _missing(stype: StoredType, param: SearchParam, missing: bool) -> ColumnElem
         subject, arm = param.columns
         return subject.in_(select(arm.table.c.id).where(arm.is_(None) if missing else arm.is_not(None)))
     if param.kind == "linked":
-        key, child_key, child_type, _ = param.columns
+        key, child_key, child_type = param.columns[:3]
         linked = select(child_key)
         if param.fhir.targets:
             linked = linked.where(or_(*[child_type == t for t in param.fhir.targets]))
@@ -370,10 +391,11 @@ def _build_reference(stype: StoredType, param: SearchParam, modifier: str | None
 
 
 def _build_linked(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
-                  values: _Values) -> ColumnElement[bool]:
+                  values: _Values, narrowing: Sequence[ColumnElement[bool]] = ()) -> ColumnElement[bool]:
     """`key IN (the child rows naming one of the references)`: a row that names several resources (an AuditEvent's
-    patients) has one child row each, read through the child's (type, id) index."""
-    key, child_key, child_type, child_id = param.columns
+    patients) has one child row each, read through the child's (type, id) index; `narrowing`: more conditions on
+    the child rows (the row's date criteria, on the child's copy of the date)."""
+    key, child_key, child_type, child_id = param.columns[:4]
     ors = []
     for typed in form:
         if typed:
@@ -384,7 +406,7 @@ def _build_linked(stype: StoredType, param: SearchParam, modifier: str | None, f
             ors.append(child_id == values.next(child_id))
     if not ors:
         return false()
-    return key.in_(select(child_key).where(or_(*ors)))
+    return key.in_(select(child_key).where(or_(*ors), *narrowing))
 
 
 def _negate(cond: ColumnElement[bool]) -> ColumnElement[bool]:

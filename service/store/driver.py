@@ -101,18 +101,6 @@ def driver_rows(session: Session, sql: str, params: dict[str, Any]) -> list[tupl
         return cursor.fetchall()
 
 
-def driver_rows_after(session: Session, first: str, sql: str) -> list[tuple[Any, ...]]:
-    """PostgreSQL: run `first` (its result ignored), then the rows of `sql`, in one round trip (a pipeline). `sql`
-    starts only once `first` has finished, so under READ COMMITTED it sees everything committed until then: after a
-    lock that `first` waited for, what its previous holder wrote (the audit chain's head, service/audit/chain.py)."""
-    driver: psycopg.Connection[Any] | None = session.connection().connection.driver_connection
-    assert driver is not None, "the session's connection has no driver connection"  # as in add_rows
-    with as_sqlalchemy_errors(sql), driver.pipeline(), driver.cursor() as before, driver.cursor() as cursor:
-        before.execute(first, prepare=False)
-        cursor.execute(sql, prepare=False)
-        return cursor.fetchall()
-
-
 @contextmanager
 def as_sqlalchemy_errors(statement: str) -> Iterator[None]:
     """Driver errors as SQLAlchemy raises them (IntegrityError, OperationalError…), so the write path's retry of
