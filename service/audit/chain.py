@@ -56,7 +56,11 @@ def _head(session: Session) -> tuple[int, str]:
         driver_rows(session, _LOCK_SQL, {})
         rows = driver_rows(session, _HEAD_SQL, {})
     else:
-        # SQLite: a write session began with BEGIN IMMEDIATE (service/db.py): it holds the write lock already
+        # SQLite: a write session began with BEGIN IMMEDIATE (service/db.py): it holds the write lock already. In a
+        # deferred transaction two appenders could both read the head before either writes
+        if not session.connection().get_execution_options().get("write"):
+            raise ValueError("chain.append needs a write_session (service/db.py): on SQLite its write lock orders "
+                             "the chain")
         rows = list(session.execute(select(A.c.seq, A.c.hash).order_by(A.c.seq.desc()).limit(1)).all())
     return (int(rows[0][0]), str(rows[0][1])) if rows else (0, GENESIS)
 

@@ -10,7 +10,8 @@ from sqlalchemy import text
 from service.audit import chain
 from service.audit.events import build_event
 from service.audit.log import commit_now
-from service.db import make_engine, write_session
+from service.db import make_engine, read_session, write_session
+from tests.conftest import ON_POSTGRES
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
 
@@ -66,6 +67,12 @@ def test_a_rolled_back_transaction_leaves_no_event(engine):
     commit_now(engine, [event(2)])
     assert [r.seq for r in rows(engine, "SELECT seq FROM audit_event")] == [1]
     assert chain.verify(engine).ok
+
+
+@pytest.mark.skipif(ON_POSTGRES, reason="SQLite: only a write session holds the lock that orders the chain")
+def test_append_refuses_a_session_without_the_write_lock(engine):
+    with read_session(engine) as session, pytest.raises(ValueError, match="write_session"):
+        chain.append(session, [event(1)])
 
 
 def tampered(engine, sql: str, **params):
