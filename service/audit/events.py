@@ -229,3 +229,39 @@ def event_for(ctx: Context, *, subtype: str, outcome: int, patients: Sequence[st
                        client_address=ctx.client_address, request_id=ctx.request_id, base_url=ctx.base_url,
                        patients=patients, resources=resources, query=query if query is not None else ctx.query,
                        operation=operation, status=status, action=action)
+
+
+def touched(bundle: bytes | dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """What a searchset (or history, transaction-response) Bundle shows: (`Type/id/_history/v`, its patients) per
+    resource entry, matches and includes, in order; OperationOutcome entries left out."""
+    parsed: dict[str, Any] = orjson.loads(bundle) if isinstance(bundle, (bytes, str)) else bundle
+    found = []
+    for item in parsed.get("entry") or ():
+        resource = item.get("resource") if isinstance(item, dict) else None
+        if not isinstance(resource, dict) or resource.get("resourceType") in (None, "OperationOutcome"):
+            continue
+        rtype, rid = resource["resourceType"], resource.get("id")
+        if not isinstance(rid, str):
+            continue
+        version = (resource.get("meta") or {}).get("versionId")
+        found.append((f"{rtype}/{rid}" + (f"/_history/{version}" if version else ""), patients_of(rtype, resource)))
+    return found
+
+
+def search_events(ctx: Context, bundle: bytes | dict[str, Any], *, subtype: str = "search-type",
+                  query: str | None = None) -> list[AuditRecord]:
+    """The AuditEvents of a successful search, as BALP's PatientQuery asks: one per patient the page shows, naming
+    that patient and that patient's resources; the resources of no patient (studies) in one more event without a
+    patient; one event naming nothing when the page is empty. Each carries the query."""
+    by_patient: dict[str, list[str]] = {}
+    no_patient: list[str] = []
+    for reference, patients in touched(bundle):
+        for patient in patients:
+            by_patient.setdefault(patient, []).append(reference)
+        if not patients:
+            no_patient.append(reference)
+    records = [event_for(ctx, subtype=subtype, outcome=0, patients=[patient], resources=references, query=query)
+               for patient, references in by_patient.items()]
+    if no_patient or not records:
+        records.append(event_for(ctx, subtype=subtype, outcome=0, resources=no_patient, query=query))
+    return records

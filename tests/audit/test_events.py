@@ -17,6 +17,7 @@ from service.audit.events import (
     outcome_for,
     patients_of,
     record_digest,
+    search_events,
 )
 from service.core.context import Caller, Context
 
@@ -138,3 +139,28 @@ def test_patients_of_each_type():
     assert patients_of("Observation", {}) == []
     assert patients_of("ResearchStudy", {"id": "s1"}) == []
     assert patients_of("Patient", {}) == []
+
+
+def test_a_search_page_gives_one_event_per_patient():
+    ctx = Context("https://fhir.example.org/fhir", caller=Caller(name="portal"), query="code=EASI")
+    page = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": {"resourceType": "Observation", "id": "o1", "meta": {"versionId": "2"},
+                      "subject": {"reference": "Patient/a"}}, "search": {"mode": "match"}},
+        {"resource": {"resourceType": "Observation", "id": "o2", "meta": {"versionId": "1"},
+                      "subject": {"reference": "Patient/b"}}, "search": {"mode": "match"}},
+        {"resource": {"resourceType": "Observation", "id": "o3", "meta": {"versionId": "1"},
+                      "subject": {"reference": "Patient/a"}}, "search": {"mode": "match"}},
+        {"resource": {"resourceType": "Patient", "id": "a", "meta": {"versionId": "1"}}, "search": {"mode": "include"}},
+        {"resource": {"resourceType": "ResearchStudy", "id": "s1", "meta": {"versionId": "1"}},
+         "search": {"mode": "include"}},
+        {"resource": {"resourceType": "OperationOutcome", "issue": []}, "search": {"mode": "outcome"}},
+    ]})
+    records = search_events(ctx, page)
+    assert [r.patients for r in records] == [("a",), ("b",), ()]
+    assert [[e["what"]["reference"] for e in r.resource["entity"] if e.get("role", {}).get("code") == "4"]
+            for r in records] == [["Observation/o1/_history/2", "Observation/o3/_history/1", "Patient/a/_history/1"],
+                                  ["Observation/o2/_history/1"], ["ResearchStudy/s1/_history/1"]]
+    assert all(base64.b64decode(r.resource["entity"][0]["query"]) == b"code=EASI" for r in records)
+    assert all(r.subtype == "search-type" and r.action == "E" for r in records)
+    empty = search_events(ctx, {"resourceType": "Bundle", "type": "searchset", "total": 0})
+    assert len(empty) == 1 and empty[0].patients == () and empty[0].entities == ()
