@@ -209,3 +209,64 @@ def test_concurrent_appends_make_one_gap_free_chain(engine):
     result = chain.verify(engine)
     assert result.ok and result.count == writers * each * 2
     assert rows(engine, "SELECT min(seq), max(seq), count(*) FROM audit_event")[0] == (1, 160, 160)
+
+
+def test_a_write_and_its_audit_event_commit_or_roll_back_together(engine):
+    """How the write path uses it: the event appended last in the write's own transaction."""
+    from service.core import resources
+    from service.errors import Conflict
+    from service.store.unit_of_work import UnitOfWork
+
+    def write(fail: bool) -> str:
+        with write_session(engine) as session:
+            uow = UnitOfWork(session)
+            stored = resources.create(uow, "Patient", {"resourceType": "Patient", "gender": "female"})
+            uow.flush()
+            chain.append(session, [build_event(subtype="create", outcome=0, client="ehr", patients=[stored.id],
+                                               resources=[stored.location])])
+            if fail:
+                session.rollback()
+                raise Conflict("a failure after the audit row was written")
+            session.commit()
+            return stored.id
+
+    with pytest.raises(Conflict):
+        write(fail=True)
+    assert rows(engine, "SELECT count(*) FROM resource")[0][0] == 0
+    patient = write(fail=False)
+    assert [tuple(r) for r in rows(engine, "SELECT resource_type, resource_id FROM audit_entity ORDER BY 1")] == \
+        [("Patient", patient)]
+    assert chain.verify(engine).count == 1
+
+
+def test_appends_in_writes_and_through_the_audit_log_share_one_chain(engine):
+    from service.audit.log import AuditLog
+
+    audit = AuditLog(engine)
+    audit.start_sync()
+    errors = []
+
+    def writer(w: int) -> None:
+        try:
+            for n in range(10):
+                if w % 2:
+                    audit.submit([event(w * 100 + n)]).result()
+                else:
+                    with write_session(engine) as session:
+                        chain.append(session, [event(w * 100 + n)])
+                        if n % 3 == 0:
+                            session.rollback()  # a failed write: its event goes with it
+                        else:
+                            session.commit()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    audit.stop_sync()
+    assert not errors
+    result = chain.verify(engine)
+    assert result.ok and result.count == 3 * 10 + 3 * 6  # the rolled-back ones left nothing, and no gap
