@@ -4,8 +4,9 @@ Each `audit_event` row carries `seq` (1, 2, 3, … without gaps), `prev_hash` (t
 for the first) and `hash` = sha256(prev_hash, seq, digest), where the digest covers the event's stored JSON and
 its indexed fields (service/audit/events.py `record_digest`). Changing a row's content breaks its own hash;
 removing a row leaves a gap in `seq` (or, renumbered, a link that no longer matches); inserting one breaks the
-link of the row after it. What the chain can't show is a cut at its end (the last rows removed): `verify` reports
-the head (seq and hash), to be kept elsewhere and compared.
+link of the row after it. What the chain alone can't show is a cut at its end (the last rows removed), or a chain
+rewritten from some row on with fresh hashes by someone who can write the database: `verify` reports the head (seq
+and hash), to be kept elsewhere, and checks a kept head still holds (`head=`, `--head`).
 
 Appending takes the chain lock (PostgreSQL: a transaction-level advisory lock; SQLite: the database write lock the
 write session holds from its first statement), reads the head, and inserts every row in one round trip (the store's
@@ -130,11 +131,13 @@ def _entities_by_seq(rows: Iterator[Any]) -> Iterator[tuple[int, list[tuple[str,
         yield current, found
 
 
-def verify(engine: Engine, *, progress: Callable[[int, int], None] | None = None,
-           batch: int = 1000) -> VerifyResult:
+def verify(engine: Engine, *, progress: Callable[[int, int], None] | None = None, batch: int = 1000,
+           head: tuple[int, str] | None = None) -> VerifyResult:
     """Walk the chain in `seq` order (streamed, `batch` rows at a time, on one snapshot), recompute every digest
     and link, check that `seq` runs 1, 2, 3, … and that the AuditEvent rows of `resource` / `resource_version`
-    are the chained ones, unchanged; the first broken row is named. `progress(done, total)` is called as it goes."""
+    are the chained ones, unchanged; the first broken row is named. `progress(done, total)` is called as it goes.
+    `head`: a (seq, hash) reported by an earlier verify and kept elsewhere: the chain must still hold that link (a
+    chain cut after it, or rewritten up to it with fresh hashes, does not)."""
     walk = (select(A.c.seq, A.c.id, A.c.recorded, A.c.client_system, A.c.client, A.c.subtype, A.c.action,
                    A.c.outcome, A.c.prev_hash, A.c.hash, R.c.version_id, R.c.deleted, R.c.content,
                    V.c.content.label("version_content"))
@@ -175,12 +178,18 @@ def verify(engine: Engine, *, progress: Callable[[int, int], None] | None = None
             if link_hash(prev, seq, digest) != hash_:
                 return _broken(count, seq, id, "content changed",
                                "its content or indexed fields differ from what was hashed")
+            if head is not None and seq == head[0] and hash_ != head[1]:
+                return _broken(count, seq, id, "content changed",
+                               f"its hash is not the recorded head's ({head[1][:16]}…): the chain was rewritten")
             prev, expected, count = hash_, expected + 1, count + 1
             if progress is not None and (count % batch == 0 or count == total):
                 progress(count, total)
         if pending is not None:
             return _broken(count, pending[0], None, "row inserted",
                            f"audit_entity rows name seq {pending[0]}, which has no event")
+        if head is not None and head[0] >= expected:
+            return _broken(count, expected, None, "row missing",
+                           f"the chain ends at seq {expected - 1}; the recorded head is seq {head[0]}")
         stray = conn.execute(
             select(V.c.id, V.c.version_id).where(V.c.resource_type == AUDIT_EVENT, ~V.c.id.in_(select(A.c.id)))
             .union_all(select(R.c.id, R.c.version_id).where(R.c.resource_type == AUDIT_EVENT,

@@ -164,6 +164,10 @@ def test_cli_verify(settings, engine, events, monkeypatch):
         ok = runner.invoke(cli_app, ["audit", "verify"])
         assert ok.exit_code == 0, ok.output
         assert "audit chain intact: 5 events" in ok.output
+        head = ok.output.split("head: ", 1)[1].split()[0]
+        assert runner.invoke(cli_app, ["audit", "verify", "--head", head]).exit_code == 0
+        assert runner.invoke(cli_app, ["audit", "verify", "--head", "nonsense"]).exit_code == 2
+        assert runner.invoke(cli_app, ["audit", "verify", "--head", "9:" + "0" * 64]).exit_code == 1
         with engine.begin() as conn:
             conn.execute(text("UPDATE audit_event SET outcome = '0' WHERE id = :id"), {"id": events["refused"].id})
         broken = runner.invoke(cli_app, ["audit", "verify"])

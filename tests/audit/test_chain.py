@@ -270,3 +270,20 @@ def test_appends_in_writes_and_through_the_audit_log_share_one_chain(engine):
     assert not errors
     result = chain.verify(engine)
     assert result.ok and result.count == 3 * 10 + 3 * 6  # the rolled-back ones left nothing, and no gap
+
+
+def test_a_recorded_head_finds_a_cut_or_a_rewritten_chain(engine, chained):
+    head = chain.verify(engine)
+    kept = (head.head_seq, head.head_hash)
+    assert chain.verify(engine, head=kept).ok
+    commit_now(engine, [event(10)])
+    assert chain.verify(engine, head=kept).ok  # grown since: still holds the link
+    with engine.begin() as conn:  # the last rows cut off, carefully: the chain alone can't tell
+        for table in ("resource", "resource_version"):
+            conn.execute(text(f"DELETE FROM {table} WHERE id IN (SELECT id FROM audit_event WHERE seq >= 6)"))
+        conn.execute(text("DELETE FROM audit_entity WHERE seq >= 6"))
+        conn.execute(text("DELETE FROM audit_event WHERE seq >= 6"))
+    assert chain.verify(engine).ok
+    cut = chain.verify(engine, head=kept)
+    assert (cut.seq, cut.problem) == (6, "row missing") and "recorded head is seq 6" in str(cut)
+    assert chain.verify(engine, head=(5, "0" * 64)).problem == "content changed"
