@@ -46,7 +46,8 @@ ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "history-type": "
            "capabilities": "R", "search-type": "E", "search-system": "E", "create": "C", "update": "U",
            "patch": "U", "delete": "D", "transaction": "E", "batch": "E", "operation": "E"}
 OUTCOMES = {0: "Success", 4: "Minor failure", 8: "Serious failure", 12: "Major failure"}
-_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?/?$")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # a FHIR id (what audit_entity.resource_id holds)
+_REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]{1,39})/([A-Za-z0-9\-.]{1,64})(?:/_history/([A-Za-z0-9\-.]{1,64}))?/?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,8 @@ def build_event(*, subtype: str, outcome: int, client: str, client_system: str |
     indexed: set[tuple[str, str]] = set()
     unique_patients = tuple(dict.fromkeys(patients))
     for patient in unique_patients:
+        if not _ID.match(patient):
+            raise ValueError(f"not a Patient id: {patient!r}")
         entities.append({"what": {"reference": f"Patient/{patient}"}, "type": _coding(ENTITY_TYPE, "1", "Person"),
                          "role": _coding(OBJECT_ROLE, "1", "Patient")})
         indexed.add(("Patient", patient))

@@ -109,6 +109,10 @@ def test_minimal_event_and_bad_input():
         build_event(subtype="read", outcome=3, client="x")
     with pytest.raises(ValueError):
         build_event(subtype="read", outcome=0, client="x", resources=["not a reference"])
+    with pytest.raises(ValueError):
+        build_event(subtype="read", outcome=0, client="x", patients=["Patient/p1"])  # ids, not references
+    with pytest.raises(ValueError):
+        build_event(subtype="read", outcome=0, client="x", patients=["p" * 65])
 
 
 def test_each_event_has_its_own_id_and_digest():
