@@ -10,9 +10,9 @@ and hash), to be kept elsewhere, and checks a kept head still holds (`head=`, `-
 
 Appending takes the chain lock (PostgreSQL: a transaction-level advisory lock; SQLite: the database write lock the
 write session holds from its first statement), reads the head, and inserts every row in one round trip (the store's
-`add_rows`: one pipeline, or COPY for many rows). The lock
-is held from then until the caller commits, so the caller appends last, just before its commit: everything else
-(JSON, digests, the resource rows) is built before, and only the link itself (one sha256 per event) under it.
+`add_rows`: one pipeline, or COPY for many rows). The lock is held from then until the caller commits, so the caller
+appends last, just before its commit: everything else (JSON, digests, the resource rows) is built before, and only
+the link itself (one sha256 per event) under it.
 """
 
 import hashlib

@@ -30,6 +30,8 @@ from service.store.unit_of_work import UnitOfWork
 
 A = table_of(AuditEventRecord)
 E = table_of(AuditEntityRecord)
+
+
 def _index(uow: UnitOfWork, payload: dict[str, Any], id: str, replacing: bool) -> None:
     # never reached: the write path (service/core/resources.py `writable`) refuses a type that is not writable first
     raise MethodNotAllowed("AuditEvent is read-only", expression="AuditEvent")
