@@ -1,11 +1,12 @@
 """The only module that imports fhir.resources: the FHIR release (R4B models for R4 JSON) is chosen here.
 
 R4B is wire-compatible with R4 for every resource type this service handles (Patient, ResearchStudy,
-ResearchSubject, Observation, AdverseEvent, Bundle, OperationOutcome, CapabilityStatement, CodeSystem,
+ResearchSubject, Observation, AdverseEvent, AuditEvent, Bundle, OperationOutcome, CapabilityStatement, CodeSystem,
 Group, SearchParameter, MeasureReport).
 """
 
 from fhir.resources.R4B.adverseevent import AdverseEvent, AdverseEventSuspectEntity, AdverseEventSuspectEntityCausality
+from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import (
     Bundle,
     BundleEntry,
@@ -39,10 +40,10 @@ FHIR_VERSION = "4.0.1"
 #: spelled out (it was `[name for name in dir() if name[0].isupper()]`) so that type checkers and linters see
 #: the re-exports: other modules use these names as `fhir.Patient`, ...
 __all__ = [
-    "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "Bundle", "BundleEntry",
-    "BundleEntryRequest", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
+    "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "AuditEvent", "Bundle",
+    "BundleEntry", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
     "CodeSystem", "CodeableConcept", "Coding", "Extension", "FHIR_VERSION", "Group", "HumanName", "Identifier",
     "MeasureReport", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
     "Period", "Quantity", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
-    "Resource", "SearchParameter",
+    "Resource", "SearchParameter", "BundleEntryRequest",
 ]

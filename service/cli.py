@@ -87,11 +87,12 @@ def migrate() -> None:
 
 
 def _register_subcommands() -> None:
-    """Command groups that live beside their domain (demo, export, summary, clients)."""
+    """Command groups that live beside their domain (demo, export, summary, clients, audit)."""
     import importlib
 
     for module, name in (("service.demo.cli", "demo"), ("service.export.cli", "export"),
-                         ("service.stats.cli", "summary"), ("service.auth.cli", "clients")):
+                         ("service.stats.cli", "summary"), ("service.auth.cli", "clients"),
+                         ("service.audit.cli", "audit")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -64,6 +64,13 @@ class NotFound(FhirError):
     status_code, issue_code = 404, "not-found"
 
 
+class MethodNotAllowed(FhirError):
+    """The interaction exists but not on this resource type (a client's write of an AuditEvent): 405, with the
+    `Allow` header naming what is allowed."""
+
+    status_code, issue_code = 405, "not-supported"
+
+
 class NotAcceptable(FhirError):
     status_code, issue_code = 406, "not-supported"
 

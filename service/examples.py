@@ -103,3 +103,40 @@ def stored(example: dict, id: str, version: int = 1) -> dict:
     return {"resourceType": example["resourceType"], "id": id,
             "meta": {"versionId": str(version), "lastUpdated": "2024-04-01T00:30:00.000Z"},
             **{k: v for k, v in example.items() if k != "resourceType"}}
+
+#: an AuditEvent as the server records it (clients never send one: the type is read-only): a portal's search of a
+#: patient's results (service/audit/events.py builds these)
+AUDIT_EVENT = {
+    "resourceType": "AuditEvent",
+    "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+             "display": "Restful Operation"},
+    "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": "search-type"}],
+    "action": "E",
+    "recorded": "2024-04-01T00:30:00.000Z",
+    "outcome": "0",
+    "agent": [
+        {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153",
+                              "display": "Source Role ID"}]},
+         "who": {"identifier": {"value": "research-portal"}}, "requestor": True,
+         "network": {"address": "10.0.0.7", "type": "2"}},
+        {"type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152",
+                              "display": "Destination Role ID"}]},
+         "who": {"display": "trial-fhir"}, "requestor": False,
+         "network": {"address": "https://fhir.example.org/fhir", "type": "5"}},
+    ],
+    "source": {"observer": {"display": "trial-fhir"},
+               "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
+                         "display": "Application Server"}]},
+    "entity": [
+        {"type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
+                  "display": "System Object"},
+         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "24", "display": "Query"},
+         "query": "c3ViamVjdD1QYXRpZW50LzEyMyZjb2RlPUVBU0k="},
+        {"what": {"identifier": {"value": "5f0c1e9a8b7d4c3e"}},
+         "type": {"system": "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType", "code": "XrequestId"}},
+        {"what": {"reference": "Patient/123"},
+         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1",
+                  "display": "Person"},
+         "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"}},
+    ],
+}

@@ -1,6 +1,7 @@
 """Imports every table so that `SQLModel.metadata` (and alembic) sees the whole schema."""
 
 from service.adverse_event.models import AdverseEventRecord
+from service.audit.models import AuditEntityRecord, AuditEventRecord
 from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
 from service.deid.models import DeidSecretRecord
 from service.export.models import ExportJobRecord
@@ -10,7 +11,7 @@ from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersi
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "ClientRecord", "DeidSecretRecord", "ExportJobRecord", "IdentifierRecord",
-    "MeasurementRecord", "PatientRecord", "ResourceRecord", "ResourceVersion", "SeenAssertionRecord",
-    "SigningKeyRecord", "StudyRecord", "SubjectRecord",
+    "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord", "DeidSecretRecord",
+    "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord", "ResourceRecord", "ResourceVersion",
+    "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

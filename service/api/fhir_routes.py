@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from fhir_mappings.outcome import issue, outcome
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
@@ -163,6 +164,11 @@ def build_router(resource_type: str) -> APIRouter:
                                request.headers.get("prefer"))
 
     vread.__doc__ = f"Read version `vid` of a {resource_type} (`meta.versionId`)."
+    if not TYPES[resource_type].writable:
+        # a type only the server writes (AuditEvent) keeps its reads and searches: a POST, PUT or DELETE on its paths
+        # is a 405 (and the front door's POST reaches the core, which refuses it the same way)
+        router.routes = [r for r in router.routes if isinstance(r, APIRoute) and (
+            (r.methods or set()) <= {"GET", "HEAD"} or r.path.endswith("/_search"))]
     return router
 
 

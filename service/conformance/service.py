@@ -71,7 +71,7 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
         rtype = stored.name
         params = [{"name": p.name, "definition": p.definition, "type": p.type, "documentation": p.description}
                   for p in (sp.fhir for sp in stored.params.values())]
-        entry = {
+        entry: dict[str, Any] = {
             "type": rtype,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{rtype}",
             "interaction": [{"code": c} for c in ("read", "vread", "update", "delete", "history-instance",
@@ -86,6 +86,11 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
             "referencePolicy": ["literal", "logical", "resolves", "local"],
             "searchParam": params,
         }
+        if not stored.writable:  # recorded by the server (AuditEvent): clients read and search it only
+            entry.update({"interaction": [{"code": c} for c in ("read", "vread", "history-instance", "search-type")],
+                          "versioning": "versioned", "updateCreate": False, "conditionalCreate": False,
+                          "conditionalUpdate": False, "conditionalDelete": "not-supported"})
+            del entry["referencePolicy"]
         entry["searchInclude"] = [i.text for i in INCLUDES if i.source == rtype]
         entry["searchRevInclude"] = [i.text for i in INCLUDES if i.target == rtype]
         entry["documentation"] = _RESULT_PARAMS_DOC.format(sorts=", ".join(("_id", "_lastUpdated", *stored.sorts)))

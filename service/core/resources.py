@@ -18,11 +18,13 @@ from fhir_mappings.validation import structure_issues
 from service.core import access
 from service.core.context import SYSTEM, Caller
 from service.core.registry import handler_for
+from service.core.stored_type import StoredType
 from service.errors import (
     BadRequest,
     Conflict,
     Gone,
     IdentifierTaken,
+    MethodNotAllowed,
     NotFound,
     PreconditionFailed,
     ResourceInvalid,
@@ -74,6 +76,17 @@ def parse_version(etag: str | None) -> int | None:
     return int(raw)
 
 
+def writable(resource_type: str) -> StoredType:
+    """The stored type, if clients may write it: 405 for a type only the server writes (AuditEvent), before
+    anything else is looked at. Every create, update and delete (Bundle entries included) comes through here."""
+    handler = handler_for(resource_type)
+    if not handler.writable:
+        raise MethodNotAllowed(f"{resource_type} is read-only: the server records them; they are never created, "
+                               "updated or deleted through the API", expression=resource_type,
+                               headers={"Allow": "GET, HEAD"})
+    return handler
+
+
 def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
     """400 unless `payload` is a FHIR R4 resource of `resource_type`."""
     handler = handler_for(resource_type)
@@ -121,6 +134,7 @@ def _is_retryable(exc: OperationalError) -> bool:
 def create(uow: UnitOfWork, resource_type: str, payload: dict[str, Any], *, if_none_exist: str | None = None,
            new_id: str | None = None) -> Stored:
     """POST: a new resource with a server id; with `If-None-Exist`, the match when there is exactly one."""
+    writable(resource_type)
     access.require(uow.caller, resource_type, "cs" if if_none_exist else "c")
     check_structure(resource_type, payload)
     if if_none_exist:
@@ -149,6 +163,7 @@ def new_resource_id() -> str:
 def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], *,
            if_match: str | None = None) -> Stored:
     """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
+    writable(resource_type)
     access.require(uow.caller, resource_type, "u")
     check_structure(resource_type, payload)
     if not ID_RE.match(id):
@@ -174,6 +189,7 @@ def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
 def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict[str, Any], *,
                        if_match: str | None = None) -> Stored:
     """PUT Type?search: update the one match, create when there is none, 412 when there are several."""
+    writable(resource_type)
     access.require(uow.caller, resource_type, "us")
     check_structure(resource_type, payload)
     matches = find_matches(uow, resource_type, query, "search")
@@ -192,7 +208,7 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
 
 def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:
     """DELETE: a tombstone version; typed rows and identifiers go. None when there was nothing to delete."""
-    handler = handler_for(resource_type)
+    handler = writable(resource_type)
     access.require(uow.caller, resource_type, "d")
     uow.flush()
     current = repository.get_current(uow.session, resource_type, id, for_update=True)
@@ -219,6 +235,7 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
 
 
 def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[Stored]:
+    writable(resource_type)
     access.require(uow.caller, resource_type, "ds")
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
@@ -268,7 +285,7 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
            method: str, *, on_behalf: bool = True) -> Stored:
     """Write a version. `on_behalf`: the caller's own write (a follow-up the server makes is not), whose study
     access is checked before (the version it replaces) and after (what it now says)."""
-    handler = handler_for(resource_type)
+    handler = writable(resource_type)  # also for follow-ups: no path writes a read-only type
     replacing = current is not None and not current.deleted
     limited = on_behalf and not uow.caller.unrestricted
     letter = "u" if replacing else "c"

@@ -19,6 +19,7 @@ A search parameter is its FHIR definition (`ParamDef`, fhir_mappings/search.py) 
 | date         | date      | a calendar date                           | a range of dates                               |
 | quantity     | quantity  | (value in the canonical unit, measure)    | per measure accepting the unit, converted      |
 | string       | string    | a text                                    | starts with (case-insensitive), :exact, :contains |
+| linked       | reference | (key, child key, child type, child id[, date, child's copy]) | `key IN (child keys naming Type/id)` |
 """  # noqa: E501
 
 from collections.abc import Callable, Mapping
@@ -38,7 +39,7 @@ IndexFn = Callable[[UnitOfWork, dict[str, Any], str, bool], None]
 #: each kind of search parameter (how its values meet its columns) and the FHIR search type it answers
 KINDS = {"id": "token", "last_updated": "date", "identifier": "token", "reference": "reference", "code": "token",
          "coding": "token", "arm": "token", "datetime": "date", "date": "date", "quantity": "quantity",
-         "string": "string"}
+         "string": "string", "linked": "reference"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +82,12 @@ def _common(table: Table, resource_type: str) -> list[SearchParam]:
 class StoredType:
     """One stored resource type.
 
-    The write path reads `model` (structure check), `index` (checks the resource, 422, and adds its typed rows),
-    `tables` (emptied on update and delete), `guard_delete`, `rank` (order inside a transaction: what others
-    reference comes first) and `prefetch` (batch look-ups for a Bundle's entries). Search reads `params` (the
-    common `_id`, `_lastUpdated`, `identifier` and the type's own `search`), `sorts` and `default_sort`; includes
-    and revincludes are its reference parameters' targets. Group export reads `study_param` / `study_via`."""
+    The write path reads `writable` (405 for a client's write), `model` (structure check), `index` (checks the
+    resource, 422, and adds its typed rows), `tables` (emptied on update and delete), `guard_delete`, `rank`
+    (order inside a transaction: what others reference comes first) and `prefetch` (batch look-ups for a Bundle's
+    entries). Search reads `params` (the common `_id`, `_lastUpdated`, `identifier` and the type's own `search`),
+    `sorts` and `default_sort`; includes and revincludes are its reference parameters' targets. Export reads
+    `exported`; Group export `study_param` / `study_via`."""
 
     name: str
     model: type[fhir.Resource]
@@ -103,6 +105,11 @@ class StoredType:
     guard_delete: Callable[[UnitOfWork, str], None] | None = None
     rank: int = 0
     prefetch: Callable[[UnitOfWork, list[dict[str, Any]]], None] | None = None
+    #: False: the server writes this type itself (AuditEvent); no client creates, updates or deletes it, by any
+    #: path (no such routes; 405 from the write path, Bundle entries included)
+    writable: bool = True
+    #: False: left out of Bulk Data exports (the audit trail is read by search, not shipped with the study's data)
+    exported: bool = True
     params: dict[str, SearchParam] = field(init=False)
 
     def __post_init__(self) -> None:

@@ -30,7 +30,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.group import study_id_for_group
 from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, parse_search
 from service.core.context import SYSTEM, Caller
-from service.core.registry import TYPES, search_spec
+from service.core.registry import REGISTRY, search_spec
 from service.db import snapshot_connection
 from service.deid.deidentify import Deidentifier
 from service.deid.service import resolve_pseudonym
@@ -50,8 +50,8 @@ UNSUPPORTED = {"patient": "the patient parameter (POST kick-off) is not supporte
                "organizeOutputBy": "organizeOutputBy is not supported: one file per resource type",
                "allowPartialManifests": "partial manifests are not supported"}
 _FILTER_SPLIT = re.compile(r",(?=[A-Z][A-Za-z]+\?)")
-#: every stored type, in the registry's order
-EXPORT_TYPES = tuple(TYPES)
+#: every stored type that is exported (not the audit trail), in the registry's order
+EXPORT_TYPES = tuple(t.name for t in REGISTRY if t.exported)
 
 
 class ExportFailed(FhirError):
@@ -180,7 +180,7 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
     filters: dict[str, list[list[tuple[str, str]]]] = {}
     for text in raw_filters:
         rtype, sep, query = text.partition("?")
-        if not sep or rtype not in TYPES:
+        if not sep or rtype not in EXPORT_TYPES:
             raise BadRequest(f"_typeFilter '{text}' must look like Observation?code=…, for one of "
                              f"{', '.join(EXPORT_TYPES)}", expression="_typeFilter")
         if rtype not in chosen:

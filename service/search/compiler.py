@@ -112,7 +112,7 @@ def _cacheable(param: SearchParam, crit: Criterion) -> bool:
     depends on the values, which a cached generic plan would not see."""
     if crit.modifier == "missing":
         return False
-    if param.kind in ("id", "reference"):
+    if param.kind in ("id", "reference", "linked"):
         return True
     return param.kind in ("code", "coding", "datetime") and crit.modifier is None
 
@@ -151,6 +151,14 @@ def _reference_ids(param: SearchParam, crit: Criterion) -> list[str]:
 def _reduce_reference(param: SearchParam, crit: Criterion) -> Reduced:
     ids = _reference_ids(param, crit)
     return (min(len(ids), 2),), [] if not ids else [ids[0]] if len(ids) == 1 else [ids]
+
+
+def _reduce_linked(param: SearchParam, crit: Criterion) -> Reduced:
+    """References answered through a child table: each value is (type, id), or an id of any of the parameter's
+    targets (of any type when it names none); a type it does not target matches nothing."""
+    targets = param.fhir.targets
+    refs = [r for r in crit.values if not targets or r.type is None or r.type in targets]
+    return tuple(r.type is not None for r in refs), [v for r in refs for v in ((r.type, r.id) if r.type else (r.id,))]
 
 
 def _code_form(param: SearchParam, token: Token) -> str:
@@ -226,6 +234,7 @@ _REDUCE: dict[str, Callable[[SearchParam, Criterion], Reduced]] = {
     "id": _reduce_ids, "last_updated": _reduce_dates, "identifier": _reduce_identifier,
     "reference": _reduce_reference, "code": _reduce_code, "coding": _reduce_coding, "arm": _reduce_arm,
     "datetime": _reduce_dates, "date": _reduce_dates, "quantity": _reduce_quantity, "string": _reduce_string,
+    "linked": _reduce_linked,
 }
 
 
@@ -263,8 +272,29 @@ def conditions_of(compiled: Compiled, *, bound: bool = False) -> list[ColumnElem
         param = stype.params[name]
         if modifier == "missing":
             found.append(_missing(stype, param, form[0]))
+        elif param.kind == "linked":
+            found.append(_build_linked(stype, param, modifier, tuple(form), values,
+                                       _mirrored_dates(stype, compiled, param, bound)))
         else:
             found.append(_BUILD[param.kind](stype, param, modifier, tuple(form), values))
+    return found
+
+
+def _mirrored_dates(stype: StoredType, compiled: Compiled, param: SearchParam,
+                    bound: bool) -> list[ColumnElement[bool]]:
+    """A linked parameter whose child rows copy the row's date (columns `…, row's date, child's date`): the
+    criteria on that date, compared with the child's copy too, so that the child's (type, id, date) index answers
+    `patient=x&date=ge…` as one range. The same values (the same bind parameters) as the criteria themselves."""
+    if len(param.columns) < 6:
+        return []
+    parent_date, child_date = param.columns[4], param.columns[5]
+    found = []
+    for m, (name, modifier, *form) in enumerate(compiled.shape):
+        other = stype.params[name]
+        if other.kind == "datetime" and modifier is None and other.column is parent_date:
+            values = _Values(compiled.values, f"c{m}", bound)
+            found.append(or_(*[_date_cmp(child_date, prefix, values.next(child_date), values.next(child_date))
+                               for prefix in form]))
     return found
 
 
@@ -359,6 +389,12 @@ def _missing(stype: StoredType, param: SearchParam, missing: bool) -> ColumnElem
     if param.kind == "arm":
         subject, arm = param.columns
         return subject.in_(select(arm.table.c.id).where(arm.is_(None) if missing else arm.is_not(None)))
+    if param.kind == "linked":
+        key, child_key, child_type = param.columns[:3]
+        linked = select(child_key)
+        if param.fhir.targets:
+            linked = linked.where(or_(*[child_type == t for t in param.fhir.targets]))
+        return key.not_in(linked) if missing else key.in_(linked)
     column = param.columns[-1] if param.kind == "coding" else param.column  # coding: (system, code)
     return column.is_(None) if missing else column.is_not(None)
 
@@ -417,6 +453,25 @@ def _build_reference(stype: StoredType, param: SearchParam, modifier: str | None
     if many == 1:
         return column == values.next(column)
     return column.in_(values.many(column))
+
+
+def _build_linked(stype: StoredType, param: SearchParam, modifier: str | None, form: tuple[Any, ...],
+                  values: _Values, narrowing: Sequence[ColumnElement[bool]] = ()) -> ColumnElement[bool]:
+    """`key IN (the child rows naming one of the references)`: a row that names several resources (an AuditEvent's
+    patients) has one child row each, read through the child's (type, id) index; `narrowing`: more conditions on
+    the child rows (the row's date criteria, on the child's copy of the date)."""
+    key, child_key, child_type, child_id = param.columns[:4]
+    ors = []
+    for typed in form:
+        if typed:
+            ors.append(and_(child_type == values.next(child_type), child_id == values.next(child_id)))
+        elif param.fhir.targets:
+            ors.append(and_(or_(*[child_type == t for t in param.fhir.targets]), child_id == values.next(child_id)))
+        else:
+            ors.append(child_id == values.next(child_id))
+    if not ors:
+        return false()
+    return key.in_(select(child_key).where(or_(*ors), *narrowing))
 
 
 def _negate(cond: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -492,6 +547,7 @@ _BUILD: dict[str, Build] = {
     "id": _build_ids, "last_updated": _build_dates, "identifier": _build_identifier,
     "reference": _build_reference, "code": _build_code, "coding": _build_coding, "arm": _build_arm,
     "datetime": _build_dates, "date": _build_dates, "quantity": _build_quantity, "string": _build_string,
+    "linked": _build_linked,
 }
 
 

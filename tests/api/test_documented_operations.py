@@ -24,11 +24,14 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
+from service.audit.events import build_event
+from service.audit.log import commit_now
 from service.export.worker import ExportWorker
 from service.main import create_app
 
 STUDY = "nct01927705"  # the id the examples' ResearchStudy references name
 TYPES = ("Patient", "ResearchStudy", "ResearchSubject", "Observation", "AdverseEvent")  # creation order
+READ_ONLY_TYPES = ("AuditEvent",)  # recorded by the server: read and searched only
 MRN = "urn:oid:1.2.410.200001.1"
 EASI = "https://trial-fhir.org/CodeSystem/ad-scores|EASI"
 
@@ -209,6 +212,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
                   "subject": {"reference": f"Patient?identifier={MRN}|MRN-000124"}}
     pair.learn("AdverseEvent", send("POST", "/fhir/AdverseEvent", 201, json_body=seed_event),
                lambda r: r.json()["id"])
+    audit = build_event(subtype="read", outcome=0, client="ehr", patients=["p1"], id="audit-seed")
+    for side in pair.sides:  # the same event recorded by each server
+        commit_now(side.app.state.engine, [audit])
+        side.ids["AuditEvent"] = audit.id
 
     # -- reads -----------------------------------------------------------------------------------------------
     send("GET", "/healthz", 200)
@@ -219,7 +226,7 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", "/fhir/SearchParameter/Observation-visit", 200)
     send("GET", "/fhir/SearchParameter?code=visit&base=Observation", 200)
 
-    for t in TYPES:
+    for t in TYPES + READ_ONLY_TYPES:
         # the front door's GET, and its errors
         send("GET", f"/fhir/{t}", 200)
         send("GET", f"/fhir/{t}?_id=<{t}>", 200)
@@ -258,6 +265,8 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", "/fhir/Observation?date=2024-13-45", 400, headers={"Prefer": "handling=strict"})
     send("GET", "/fhir/ResearchSubject?study=ResearchStudy/" + STUDY, 200)
     send("GET", "/fhir/AdverseEvent?subject=Patient/<Patient>", 200)
+    send("GET", "/fhir/AuditEvent?patient=Patient/p1&date=ge2024-01-01&subtype=read", 200)
+    send("POST", "/fhir/AuditEvent/_search", 200, data={"patient": "p1", "agent": "ehr"})
     with faulty(pair, "search"):
         send("GET", "/fhir/Observation", 500)
         send("GET", "/fhir/Observation", 500, headers={"Accept": "application/json"})

@@ -25,7 +25,7 @@ def payloads(client) -> dict[str, dict]:
     }
 
 
-@pytest.mark.parametrize("resource_type", list(TYPES))
+@pytest.mark.parametrize("resource_type", [t for t, stored in TYPES.items() if stored.writable])
 def test_create_read_vread_update_delete_history_of_every_type(client, resource_type):
     body = payloads(client)[resource_type]
     response = client.post(f"/fhir/{resource_type}", json=body)

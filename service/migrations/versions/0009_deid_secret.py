@@ -5,7 +5,7 @@ requiresAccessToken), whether the files are de-identified, and the studies the c
 before this revision have no client: only an unrestricted caller sees them.
 
 Revision ID: 0009_deid
-Revises: 0007_auth
+Revises: 0008_audit
 Create Date: 2026-11-29 11:20:00
 """
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ import sqlmodel
 from alembic import op
 
 revision = '0009_deid'
-down_revision = '0007_auth'
+down_revision = '0008_audit'
 branch_labels = None
 depends_on = None
 
