@@ -48,4 +48,4 @@ ADVERSE_EVENT = StoredType(
         param("severity", "code", AE.c.severity, "AdverseEvent.severity", "mild, moderate or severe",
               systems=(AE_SEVERITY,)),
     ),
-    sorts={"date": AE.c.onset}, default_sort="date", study_param="study")
+    sorts={"date": AE.c.onset}, default_sort="date", study_param="study", patient_param="subject")

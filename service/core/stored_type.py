@@ -110,6 +110,9 @@ class StoredType:
     writable: bool = True
     #: False: left out of Bulk Data exports (the audit trail is read by search, not shipped with the study's data)
     exported: bool = True
+    #: the search parameter whose column holds the Patient a resource is about (`subject`; `_id` for Patient): a
+    #: search page reads it beside each row, so the audit names the patients a search showed without parsing JSON
+    patient_param: str | None = None
     params: dict[str, SearchParam] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,6 +123,8 @@ class StoredType:
             raise ValueError(f"{self.name}: the default sort {self.default_sort} is not a sort key")
         if self.study_param is not None and self.study_param not in params:
             raise ValueError(f"{self.name}: study_param {self.study_param} is not a search parameter")
+        if self.patient_param is not None and self.patient_param not in params:
+            raise ValueError(f"{self.name}: patient_param {self.patient_param} is not a search parameter")
         object.__setattr__(self, "params", params)
 
     @property

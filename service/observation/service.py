@@ -72,4 +72,4 @@ OBSERVATION = StoredType(
               "The visit the result falls in (baseline, week-4, week-12, unscheduled), from its date and the "
               "subject's day 0", custom=True),
     ),
-    sorts={"date": M.c.effective}, default_sort="date", study_param="study")
+    sorts={"date": M.c.effective}, default_sort="date", study_param="study", patient_param="subject")

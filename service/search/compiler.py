@@ -30,6 +30,7 @@ from sqlalchemy import (
     false,
     func,
     literal_column,
+    null,
     or_,
     select,
     tuple_,
@@ -592,9 +593,10 @@ class PlannedPage:
     binds: dict[str, Any]
     backwards: bool
 
-    def rows(self, found: Sequence[Any]) -> list[tuple[int, Any, str, str]]:
-        """(phase, sort value, id, content) in sort order, from the statement's rows (phase, id, value, content)."""
-        rows = [(phase, value, rid, content) for phase, rid, value, content in found]
+    def rows(self, found: Sequence[Any]) -> list[tuple[int, Any, str, str, str | None]]:
+        """(phase, sort value, id, content, patient) in sort order, from the statement's rows (phase, id, value,
+        content, patient)."""
+        rows = [(phase, value, rid, content, patient) for phase, rid, value, content, patient in found]
         if self.backwards:
             rows.reverse()
         return rows
@@ -635,8 +637,8 @@ def plan_page(dialect: Dialect, compiled: Compiled, sort: Sort, cursor: Cursor |
 
 
 def find_page(session: Reader, compiled: Compiled, sort: Sort, cursor: Cursor | None, limit: int, *,
-              not_null: bool = False) -> list[tuple[int, Any, str, str]]:
-    """Up to `limit` rows (phase, sort value, id, content) in sort order, after the cursor (or, for a
+              not_null: bool = False) -> list[tuple[int, Any, str, str, str | None]]:
+    """Up to `limit` rows (phase, sort value, id, content, patient) in sort order, after the cursor (or, for a
     `before` cursor, the rows just before it, still returned in sort order).
 
     The order is total: rows with a sort value by (value, id), then rows without one by id, in the sort's
@@ -656,7 +658,7 @@ def find_page(session: Reader, compiled: Compiled, sort: Sort, cursor: Cursor | 
 
 
 async def find_page_async(pool: AsyncReadPool, compiled: Compiled, sort: Sort, cursor: Cursor | None, limit: int,
-                          *, not_null: bool = False) -> list[tuple[int, Any, str, str]] | None:
+                          *, not_null: bool = False) -> list[tuple[int, Any, str, str, str | None]] | None:
     """`find_page` for cacheable criteria, read on the event loop through `pool` (PostgreSQL, asyncpg); None when
     the page statement can't go to the driver as it is (an IN list, or criteria that are not cacheable): read it
     with `find_page` in a thread instead."""
@@ -701,7 +703,7 @@ def _first_page_nulls_last(stype: StoredType, conds: list[ColumnElement[bool]], 
     index scan, UNION and sort (~60 µs of the server's CPU per search)."""
     table = stype.table
     phase = case((key.is_(None), literal_column("1")), else_=literal_column("0"))
-    return (select(phase, table.c.id, key, R.c.content).select_from(_joined(stype)).where(*conds)
+    return (select(phase, table.c.id, key, R.c.content, _patient(stype)).select_from(_joined(stype)).where(*conds)
             .order_by(key.asc().nulls_last(), table.c.id).limit(_fixed(limit)))
 
 
@@ -722,7 +724,7 @@ def _phases_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: 
     both = union_all(*[select(*part.subquery().c) for part in parts]).subquery("page")
     value, rid = both.c.sort_value, both.c.rid
     order = [both.c.position, value.desc(), rid.desc()] if descending else [both.c.position, value, rid]
-    return select(both.c.phase, rid, value, both.c.content).order_by(*order).limit(_fixed(limit))
+    return select(both.c.phase, rid, value, both.c.content, both.c.patient).order_by(*order).limit(_fixed(limit))
 
 
 def _page_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: ColumnElement[Any], by_id: bool,
@@ -734,10 +736,11 @@ def _page_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: Co
     columns: list[Any]
     order: list[Any]
     if position is None:
-        columns = [literal_column(str(phase)), table.c.id, key, R.c.content]
+        columns = [literal_column(str(phase)), table.c.id, key, R.c.content, _patient(stype)]
     else:
         columns = [literal_column(str(position)).label("position"), literal_column(str(phase)).label("phase"),
-                   table.c.id.label("rid"), key.label("sort_value"), R.c.content.label("content")]
+                   table.c.id.label("rid"), key.label("sort_value"), R.c.content.label("content"),
+                   _patient(stype).label("patient")]
     stmt = select(*columns).select_from(_joined(stype)).where(*conds)
     if phase == 0 and not by_id:
         if nullable:
@@ -755,6 +758,14 @@ def _page_statement(stype: StoredType, conds: list[ColumnElement[bool]], key: Co
             stmt = stmt.where(table.c.id < cursor_id if descending else table.c.id > cursor_id)
         order = [table.c.id.desc() if descending else table.c.id]
     return stmt.order_by(*order).limit(_fixed(limit))
+
+
+def _patient(stype: StoredType) -> ColumnElement[Any]:
+    """The id of the Patient a row is about (its `patient_param` column), NULL for a type about none: a page row
+    carries it so the audit names the patients a search showed (service/core/interactions.py)."""
+    if stype.patient_param is None:
+        return null()
+    return stype.params[stype.patient_param].column
 
 
 def _fixed(limit: int) -> Any:

@@ -29,6 +29,7 @@ from fhir_mappings.search import (
     search_parameter_resource,
     subset,
 )
+from service.audit.events import patients_of
 from service.core.context import SYSTEM, Caller
 from service.core.registry import REGISTRY, TYPES, search_spec
 from service.errors import BadRequest, NotFound
@@ -37,8 +38,8 @@ from service.search.compiler import Compiled
 from service.store.driver import AsyncReadPool
 from service.store.unit_of_work import utcnow
 
-#: a row of a page (compiler.find_page): (phase, sort value, id, stored JSON)
-PageRow = tuple[int, Any, str, str]
+#: a row of a page (compiler.find_page): (phase, sort value, id, stored JSON, the Patient it is about)
+PageRow = tuple[int, Any, str, str, str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +101,20 @@ def search(session: Session | Connection, resource_type: str, params: list[tuple
     return run_search(session, plan, base)
 
 
-def run_search(session: Session | Connection, plan: SearchPlan, base: str) -> bytes:
-    """The Bundle of a planned search, read through `session` (see `search`)."""
+def run_search(session: Session | Connection, plan: SearchPlan, base: str, *, seen: list[str] | None = None) -> bytes:
+    """The Bundle of a planned search, read through `session` (see `search`); the ids of the Patients it shows are
+    added to `seen` (for the audit)."""
     req = plan.req
     if req.summary == "count":
         total = compiler.count_matches(session, plan.compiled)
         return bundle("searchset", _outcome_entries(list(req.warnings)), total=total,
                       links=[("self", _url(base, req.resource_type, plan.params))], timestamp=fhir_instant(utcnow()))
     rows = compiler.find_page(session, plan.compiled, req.sort, req.cursor, req.count + 1, not_null=plan.not_null)
-    return _searchset(session, plan, rows, base)
+    return _searchset(session, plan, rows, base, seen)
 
 
-async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> bytes | None:
+async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str, *,
+                           seen: list[str] | None = None) -> bytes | None:
     """The same Bundle as `run_search`, read on the event loop through `pool` (no worker thread, no GIL
     hand-off), for a search that is one cached page statement (`plan.one_statement`); None when that statement
     can't go to the driver as it is (an IN list): run `run_search` in a thread instead."""
@@ -120,10 +123,11 @@ async def run_search_async(pool: AsyncReadPool, plan: SearchPlan, base: str) -> 
                                           not_null=plan.not_null)
     if rows is None:
         return None
-    return _searchset(None, plan, rows, base)
+    return _searchset(None, plan, rows, base, seen)
 
 
-def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: list[PageRow], base: str) -> bytes:
+def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: list[PageRow], base: str,
+               seen: list[str] | None = None) -> bytes:
     """The Bundle of a page read with one more row than asked for (that row only tells that a next page exists)."""
     req = plan.req
     resource_type = req.resource_type
@@ -148,23 +152,25 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     elif req.total is None and req.cursor is None and not more:
         total = len(rows)
 
+    if seen is not None:
+        seen.extend(patient for _, _, _, _, patient in rows if patient is not None)
     prefix, match = f"{base}/{resource_type}/", {"mode": "match"}
     if req.summary in ("true", "data") or req.elements is not None:
         model = TYPES[resource_type].model
         entries = [entry(prefix + rid, subset(content, model, summary=req.summary, elements=req.elements),
-                         search=match) for _, _, rid, content in rows]
+                         search=match) for _, _, rid, content, _ in rows]
     else:  # the common page: each entry is its stored JSON as it is
         entries = [{"fullUrl": prefix + rid, "resource": orjson.Fragment(content), "search": match}
-                   for _, _, rid, content in rows]
+                   for _, _, rid, content, _ in rows]
     if rows and (req.includes or req.revincludes):
         assert session is not None, "a search read without a session (run_search_async) includes nothing"
-        entries += _included(session, req, [rid for _, _, rid, _ in rows], base, warnings, plan.caller)
+        entries += _included(session, req, [rid for _, _, rid, _, _ in rows], base, warnings, plan.caller, seen)
     return bundle("searchset", _outcome_entries(warnings) + entries, total=total, links=links,
                   timestamp=fhir_instant(utcnow()))
 
 
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
-              warnings: list[Issue], caller: Caller) -> list[dict[str, Any]]:
+              warnings: list[Issue], caller: Caller, patients: list[str] | None = None) -> list[dict[str, Any]]:
     seen: set[tuple[str, str]] = set()
     entries = []
 
@@ -173,6 +179,8 @@ def _included(session: Session | Connection, req: SearchRequest, ids: list[str],
             if (rtype, rid) in seen:
                 continue
             seen.add((rtype, rid))
+            if patients is not None:  # an included resource is parsed for its patient: includes are the rare page
+                patients.extend(patients_of(rtype, orjson.loads(content)))
             if req.summary in ("true", "data"):
                 content = subset(content, TYPES[rtype].model, summary=req.summary, elements=None)
             entries.append(entry(f"{base}/{rtype}/{rid}", content, search={"mode": "include"}))
@@ -203,7 +211,7 @@ def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
 
 
 def _page_url(base: str, req: SearchRequest, row: PageRow, *, before: bool) -> str:
-    phase, value, rid, _ = row
+    phase, value, rid, _, _ = row
     cursor = Cursor(req.sort.text, before, phase, value if req.sort.key != "_id" else None, rid)
     return _url(base, req.resource_type, req.params + [("_cursor", encode_cursor(cursor))])
 

@@ -187,7 +187,7 @@ PATIENT = StoredType(
         param("gender", "code", P.c.gender, "Patient.gender", "male | female | other | unknown",
               systems=("http://hl7.org/fhir/administrative-gender",)),
     ),
-    study_via=("ResearchSubject", "individual"))
+    study_via=("ResearchSubject", "individual"), patient_param="_id")
 
 RESEARCH_STUDY = StoredType(
     "ResearchStudy", fhir.ResearchStudy, ST, index_research_study, examples.RESEARCH_STUDY,
@@ -214,4 +214,4 @@ RESEARCH_SUBJECT = StoredType(
         param("arm", "code", S.c.arm, "ResearchSubject.actualArm | ResearchSubject.assignedArm",
               "The study arm: actualArm, else assignedArm", custom=True),
     ),
-    study_param="study")
+    study_param="study", patient_param="individual")
