@@ -33,8 +33,20 @@ def rejected(response: Any, status: int, expression: str, code: str | None = Non
     return assert_outcome(response, status, code, expression)
 
 
+#: the audit trail: a refused request is recorded there (service/audit), so it is not counted as a write
+AUDIT_TABLES = ("audit_event", "audit_entity")
+
+
 def table_counts(engine: Any) -> dict[str, int]:
-    """Rows in every table: what a refused request must leave unchanged."""
+    """Rows in every table but the audit trail's (a refused request is audited): what a refused request must
+    leave unchanged."""
+    counts = {}
     with engine.connect() as conn:
-        return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
-                for t in SQLModel.metadata.sorted_tables}
+        for t in SQLModel.metadata.sorted_tables:
+            if t.name in AUDIT_TABLES:
+                continue
+            stmt = select(func.count()).select_from(t)
+            if "resource_type" in t.c and t.name in ("resource", "resource_version"):
+                stmt = stmt.where(t.c.resource_type != "AuditEvent")
+            counts[t.name] = conn.execute(stmt).scalar_one()
+    return counts

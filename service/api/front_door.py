@@ -22,9 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.http import (
     base_of,
-    caller_of,
-    client_address,
-    new_request_id,
+    context_of,
     parse_body,
     peer_address,
     public_base,
@@ -32,7 +30,6 @@ from service.api.http import (
     trusted_proxies,
 )
 from service.api.middleware import body_too_large, edge, some_headers
-from service.core.context import Context, prefers
 from service.core.interactions import Core
 from service.errors import BadRequest, FhirError, failure_response
 from service.responses import FHIR_JSON
@@ -66,11 +63,8 @@ class FrontDoor:
                                    first=True)
             prefer = headers.get(b"prefer")
             base = self._base(scope, headers.get(b"host", ""))
-            caller = await caller_of(self.state, headers.get(b"authorization"), base)
-            ctx = Context(base, caller, strict=prefers(prefer, "handling=strict"),
-                          request_id=new_request_id(headers.get(b"x-request-id")),
-                          client_address=client_address(scope, self.core.settings),
-                          query=scope["query_string"].decode("latin-1") or None)
+            ctx = await context_of(self.state, scope, base, authorization=headers.get(b"authorization"),
+                                   prefer=prefer, request_id=headers.get(b"x-request-id"))
             if scope["method"] == "GET":
                 params = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
                 output = asked

@@ -4,6 +4,7 @@ adapters can't answer differently."""
 
 import ipaddress
 import uuid
+from dataclasses import replace
 from email.utils import format_datetime
 from functools import lru_cache
 from typing import Annotated, Any, Protocol
@@ -14,10 +15,11 @@ from starlette.types import Scope
 
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
+from service.audit.events import event_for, outcome_for
 from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
 from service.core.resources import Stored
-from service.errors import ResourceInvalid
+from service.errors import ResourceInvalid, Unauthorized
 from service.responses import FhirJSONResponse
 from service.settings import Settings
 
@@ -184,6 +186,24 @@ async def caller_of(state: Any, authorization: str | None, base: str) -> Caller:
     return await authenticator.authenticate(authorization, base)
 
 
+async def context_of(state: Any, scope: Scope, base: str, *, authorization: str | None, prefer: str | None,
+                     request_id: str | None) -> Context:
+    """The Context of a request, for both adapters: who sends it (authenticated here, once, before any
+    interaction runs: a refused token is audited, then answered 401), its base URL, strictness, request id,
+    client address and query (what the audit records)."""
+    ctx = Context(base, ANONYMOUS, strict=prefers(prefer, "handling=strict"), request_id=new_request_id(request_id),
+                  client_address=client_address(scope, state.settings),
+                  query=scope.get("query_string", b"").decode("latin-1") or None)
+    try:
+        caller = await caller_of(state, authorization, base)
+    except Unauthorized as refused:
+        core: Core = state.core
+        await core.record([event_for(replace(ctx, caller=Caller(name="unauthenticated")), subtype="operation",
+                                     operation="authenticate", outcome=outcome_for(401), status=401)])
+        raise refused
+    return replace(ctx, caller=caller)
+
+
 def new_request_id(sent: str | None) -> str:
     """The client's X-Request-ID when it is a sensible one (printable, ≤ 64 characters), else a new one."""
     if sent and len(sent) <= 64 and sent.isprintable() and " " not in sent:
@@ -192,15 +212,11 @@ def new_request_id(sent: str | None) -> str:
 
 
 async def request_context(request: Request) -> Context:
-    """The Context of a routed request: who sends it (authenticated here, before the interaction runs), its base
-    URL, strictness, request id, client address and query (for the audit)."""
-    base = await base_url(request)
+    """The Context of a routed request (`context_of`)."""
     headers = request.headers
-    caller = await caller_of(request.app.state, headers.get("authorization"), base)
-    return Context(base, caller, strict=prefers(headers.get("prefer"), "handling=strict"),
-                   request_id=new_request_id(headers.get("x-request-id")),
-                   client_address=client_address(request.scope, request.app.state.settings),
-                   query=request.scope.get("query_string", b"").decode("latin-1") or None)
+    return await context_of(request.app.state, request.scope, await base_url(request),
+                            authorization=headers.get("authorization"), prefer=headers.get("prefer"),
+                            request_id=headers.get("x-request-id"))
 
 
 Ctx = Annotated[Context, Depends(request_context)]

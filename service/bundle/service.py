@@ -6,6 +6,7 @@ dependency order (patients and studies, enrolments, then results), then reads. A
 it back and answers with an OperationOutcome naming the entry. A batch runs each entry on its own.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -19,6 +20,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import outcome
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import TOO_DEEP
+from service.audit.events import patients_of, touched
 from service.core import resources
 from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
@@ -137,12 +139,15 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
     if req.method == "GET":
         if req.id:
             stored = resources.read(uow.session, req.resource_type, req.id, caller=uow.caller)
+            assert stored.content is not None
+            uow.touched.append((stored.location, patients_of(req.resource_type, orjson.loads(stored.content))))
             return 200, entry(f"{base}/{req.resource_type}/{req.id}", stored.content,
                               response={"status": "200 OK", "etag": stored.etag,
                                         "lastModified": fhir_instant(stored.last_updated)})
         from urllib.parse import parse_qsl
         uow.flush()
         found = search(uow.session, req.resource_type, parse_qsl(req.query), base, caller=uow.caller)
+        uow.touched.extend(touched(found))
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
     resource = _rewrite_placeholders(req.resource, uow.placeholders) if req.may_refer else req.resource
     assert resource is not None, "_read_entry gives every POST and PUT entry a resource"
@@ -194,7 +199,8 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
 
 
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
-                representation: bool = False, caller: Caller = SYSTEM) -> bytes:
+                representation: bool = False, caller: Caller = SYSTEM,
+                audit: Callable[[UnitOfWork], None] | None = None) -> bytes:
     _, requests = read_bundle(body, max_entries)
     texts = [_resource_text(r) for r in requests]
     # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
@@ -235,7 +241,7 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
                    for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
-    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller)
+    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller, audit=audit)
 
 
 def _resource_text(req: Request) -> bytes | None:
@@ -254,13 +260,15 @@ def _minimal(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
-          representation: bool = False, caller: Caller = SYSTEM) -> bytes:
+          representation: bool = False, caller: Caller = SYSTEM,
+          audit: Callable[[UnitOfWork], None] | None = None) -> bytes:
+    """Each entry in its own transaction, with its own audit event (`audit`)."""
     _, requests = read_bundle(body, max_entries)
     entries = []
     for r in requests:
         try:
             _, item = resources.run_write(session, partial(_run_entry, req=r, base=base), base_url=base,
-                                          enforce_rules=enforce_rules, caller=caller)
+                                          enforce_rules=enforce_rules, caller=caller, audit=audit)
             entries.append(item if representation or r.method == "GET" else _minimal(item))
         except FhirError as err:
             prefixed = err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)

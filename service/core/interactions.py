@@ -14,18 +14,22 @@ event loop when they are one cached page statement on PostgreSQL (asyncpg), else
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from anyio import to_thread
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
+from service.audit.chain import append
+from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
+from service.audit.log import AuditLog
 from service.bundle import service as bundles
 from service.core import access, resources
 from service.core.context import Context
@@ -33,7 +37,7 @@ from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
-from service.errors import Forbidden, NotFound
+from service.errors import FhirError, Forbidden, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.service import plan_search, run_search, run_search_async
@@ -60,6 +64,7 @@ class Core:
         self.search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
         self.async_reads: AsyncReadPool | None = None
         self._deid: Deidentifier | None = None
+        self.audit_log = AuditLog(engine)
 
     def deidentifier(self) -> Deidentifier:
         """The application's de-identifier (its secret read, or made, on first need: call from a worker thread)."""
@@ -71,7 +76,8 @@ class Core:
         return self._deid if self._deid is not None else await to_thread.run_sync(self.deidentifier)
 
     async def start(self) -> None:
-        """Open what lives on the event loop (the async read pool on PostgreSQL)."""
+        """Open what lives on the event loop (the async read pool on PostgreSQL) and start the audit writer."""
+        self.audit_log.start_sync()
         if self.settings.async_search and not self.settings.sql_echo:
             self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections)
 
@@ -79,7 +85,43 @@ class Core:
         if self.async_reads is not None:
             await self.async_reads.close()
             self.async_reads = None
+        await self.audit_log.stop()  # what is queued is written first
         self.search_threads.shutdown(wait=True)
+
+    # -- audit ---------------------------------------------------------------------------------------------
+
+    async def _audited(self, ctx: Context, subtype: str, run: Awaitable[T],
+                       facts: Callable[[T], tuple[Sequence[str], Sequence[str]]] | None, *,
+                       operation: str | None = None, resources_named: Sequence[str] = ()) -> T:
+        """Run an interaction and audit it (service/audit): a failure or refusal (any FhirError) gets an event
+        with its outcome, committed before the error is answered; a success gets one naming the patients and
+        resources `facts` finds in the result, committed before the result is released (None: the interaction
+        audits itself, in its own transaction, as writes do)."""
+        try:
+            result = await run
+        except FhirError as exc:
+            await self.record([event_for(ctx, subtype=subtype, outcome=outcome_for(exc.status_code),
+                                         status=exc.status_code, operation=operation, resources=resources_named)])
+            raise
+        if facts is not None:
+            patients, touched_ = facts(result)
+            await self.record([event_for(ctx, subtype=subtype, outcome=0, operation=operation,
+                                         patients=_unique(patients), resources=[*resources_named, *touched_])])
+        return result
+
+    async def record(self, records: Sequence[AuditRecord]) -> None:
+        """Commit audit events (group commit: service/audit/log.py) before the answer goes out."""
+        self.audit_log.start_sync()  # started by `start`; a core used without it (CLI, tests) starts it here
+        await self.audit_log.commit(records)
+
+    @staticmethod
+    def _appender(ctx: Context, subtype: str) -> Callable[[UnitOfWork], None]:
+        """The hook that appends a write's AuditEvent in the write's own transaction (resources.run_write)."""
+        def append_event(uow: UnitOfWork) -> None:
+            append(uow.session, [event_for(ctx, subtype=subtype, outcome=0,
+                                           patients=_unique(p for _, ps in uow.touched for p in ps),
+                                           resources=[ref for ref, _ in uow.touched])])
+        return append_event
 
     # -- writes ------------------------------------------------------------------------------------------
 
@@ -90,50 +132,58 @@ class Core:
                 return work(session)
         return await to_thread.run_sync(run)
 
-    async def _write(self, ctx: Context, work: Callable[[UnitOfWork], T]) -> T:
-        """`work` in one unit of work, committed (run again after a write race), in a worker thread."""
-        _no_deidentified_writes(ctx)
-        return await self._in_write_session(lambda session: resources.run_write(
-            session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
-            caller=ctx.caller))
+    async def _write(self, ctx: Context, subtype: str, work: Callable[[UnitOfWork], T]) -> T:
+        """`work` in one unit of work, committed with its AuditEvent (run again after a write race), in a worker
+        thread."""
+        async def run() -> T:
+            _no_deidentified_writes(ctx)
+            return await self._in_write_session(lambda session: resources.run_write(
+                session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
+                caller=ctx.caller, audit=self._appender(ctx, subtype)))
+        return await self._audited(ctx, subtype, run(), None)
 
     async def create(self, ctx: Context, resource_type: str, body: dict[str, Any], *,
                      if_none_exist: str | None = None) -> Stored:
         """POST [base]/{type}: 201 with a new id, or the one existing match of `If-None-Exist` (200)."""
-        return await self._write(ctx, lambda uow: resources.create(
+        return await self._write(ctx, "create", lambda uow: resources.create(
             uow, resource_type, body, if_none_exist=if_none_exist))
 
     async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
                      if_match: str | None = None) -> Stored:
         """PUT [base]/{type}/{id}: a new version, or the resource itself with the client's id (201)."""
-        return await self._write(ctx, lambda uow: resources.update(
+        return await self._write(ctx, "update", lambda uow: resources.update(
             uow, resource_type, id, body, if_match=if_match))
 
     async def conditional_update(self, ctx: Context, resource_type: str, query: str, body: dict[str, Any], *,
                                  if_match: str | None = None) -> Stored:
         """PUT [base]/{type}?search: update the one match, create when none, 412 when several."""
-        return await self._write(ctx, lambda uow: resources.conditional_update(
+        return await self._write(ctx, "update", lambda uow: resources.conditional_update(
             uow, resource_type, query, body, if_match=if_match))
 
     async def delete(self, ctx: Context, resource_type: str, id: str, *,
                      if_match: str | None = None) -> Stored | None:
         """DELETE [base]/{type}/{id}: the tombstone version, or None when there was nothing to delete."""
-        return await self._write(ctx, lambda uow: resources.delete(
+        return await self._write(ctx, "delete", lambda uow: resources.delete(
             uow, resource_type, id, if_match=if_match))
 
     async def conditional_delete(self, ctx: Context, resource_type: str, query: str) -> list[Stored]:
         """DELETE [base]/{type}?search: delete the one match (412 when several)."""
-        return await self._write(ctx, lambda uow: resources.conditional_delete(
+        return await self._write(ctx, "delete", lambda uow: resources.conditional_delete(
             uow, resource_type, query))
 
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
-        """POST [base] with a transaction Bundle (all or nothing) or a batch Bundle (entry by entry)."""
-        run = bundles.transaction if body.get("type") == "transaction" else bundles.batch
-        _no_deidentified_writes(ctx)
+        """POST [base] with a transaction Bundle (all or nothing, one AuditEvent in its transaction) or a batch
+        Bundle (entry by entry, each its own transaction and AuditEvent)."""
+        kind = "transaction" if body.get("type") == "transaction" else "batch"
+        run = bundles.transaction if kind == "transaction" else bundles.batch
 
-        return await self._in_write_session(lambda session: run(
-            session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
-            enforce_rules=self.settings.enforce_trial_rules, representation=representation, caller=ctx.caller))
+        async def go() -> bytes:
+            _no_deidentified_writes(ctx)
+            return await self._in_write_session(lambda session: run(
+                session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
+                enforce_rules=self.settings.enforce_trial_rules, representation=representation, caller=ctx.caller,
+                audit=self._appender(ctx, kind)))
+        return await self._audited(ctx, kind, go(), None)
 
     # -- reads -------------------------------------------------------------------------------------------
 
@@ -144,28 +194,50 @@ class Core:
                 return work(session)
         return await to_thread.run_sync(run)
 
+    async def _real_id(self, ctx: Context, resource_type: str, id: str) -> str:
+        """The id a request names, as stored: a de-identified client names a Patient by its pseudonym (an id
+        that is none names nothing)."""
+        if not (ctx.caller.deidentified and resource_type == "Patient"):
+            return id
+        deid = await self._deidentifier()
+        real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, id))
+        return real or deid.nothing
+
+    def _shown(self, ctx: Context, stored: Stored, id: str) -> Stored:
+        """What the caller is shown of a version: de-identified, named as it was asked, for such a client."""
+        if not ctx.caller.deidentified or stored.content is None:
+            return stored
+        assert self._deid is not None, "_real_id made the de-identifier"
+        return replace(stored, id=id, content=self._deid.content(stored.content).decode())
+
     async def read(self, ctx: Context, resource_type: str, id: str) -> Stored:
         """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
-        if ctx.caller.deidentified:
-            return await self._read_deidentified(ctx, resource_type, id, lambda s, real: resources.read(
-                s, resource_type, real, caller=ctx.caller))
-        return await self._read(lambda s: resources.read(s, resource_type, id, caller=ctx.caller))
+        async def run() -> Stored:
+            real = await self._real_id(ctx, resource_type, id)
+            return await self._read(lambda s: resources.read(s, resource_type, real, caller=ctx.caller))
+        return self._shown(ctx, await self._audited(ctx, "read", run(), _stored_facts), id)
 
     async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
         """GET [base]/{type}/{id}/_history/{vid}."""
-        if ctx.caller.deidentified:
-            return await self._read_deidentified(ctx, resource_type, id, lambda s, real: resources.vread(
-                s, resource_type, real, version_id, caller=ctx.caller))
-        return await self._read(lambda s: resources.vread(s, resource_type, id, version_id, caller=ctx.caller))
+        async def run() -> Stored:
+            real = await self._real_id(ctx, resource_type, id)
+            return await self._read(lambda s: resources.vread(s, resource_type, real, version_id,
+                                                              caller=ctx.caller))
+        return self._shown(ctx, await self._audited(ctx, "vread", run(), _stored_facts), id)
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
                       before_version: int | None = None) -> bytes:
         """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
-        if ctx.caller.deidentified and resource_type == "Patient":  # named by its pseudonym: the Bundle is built
-            deid = await self._deidentifier()                       # with the real id, then de-identified
-            pseudonym = id
-            real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, pseudonym))
-            id = real or deid.nothing
+        body = await self._audited(ctx, "history-instance", self._history(ctx, resource_type, id, count=count,
+                                                                          before_version=before_version),
+                                   _bundle_facts)
+        return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
+
+    async def _history(self, ctx: Context, resource_type: str, id: str, *, count: int,
+                       before_version: int | None) -> bytes:
+        # a Patient a de-identified client names by its pseudonym: the Bundle is built with the real id, then
+        # de-identified (which names it by its pseudonym again)
+        id = await self._real_id(ctx, resource_type, id)
         rows = await self._read(lambda s: resources.history(
             s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
@@ -180,62 +252,65 @@ class Core:
         if more:
             links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
         total = None if before_version or more else len(page)
-        body = bundle("history", entries, total=total, links=links)
-        if ctx.caller.deidentified:
-            body = (await self._deidentifier()).bundle(body)
-        return body
+        return bundle("history", entries, total=total, links=links)
 
     async def search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
-        """GET [base]/{type}?params: the searchset Bundle.
+        """GET [base]/{type}?params: the searchset Bundle, audited as one event naming the query and every patient
+        the page shows (read beside its rows: no parsing).
 
         A search that is one cached page statement is read on the event loop through the async read pool
         (PostgreSQL); any other in one of the search threads, on one read connection. If the async read fails
         (e.g. the database restarted) the page is read again in a search thread, whose pool checks and replaces
         connections: the read is repeated, never the request."""
+        found, _ = await self._audited(ctx, "search-type", self._search(ctx, resource_type, params), _search_facts)
+        return (await self._deidentifier()).bundle(found) if ctx.caller.deidentified else found
+
+    async def _search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]
+                      ) -> tuple[bytes, list[str]]:
         access.require(ctx.caller, resource_type, "s")
         if ctx.caller.deidentified:
             deid = await self._deidentifier()
             resolve = pseudonym_resolver(self.engine, deid)
-            params = await to_thread.run_sync(lambda: deid.translate_params(params, resource_type, resolve))
-            found = await self._search(ctx, resource_type, params)
-            return deid.bundle(found)
-        return await self._search(ctx, resource_type, params)
-
-    async def _search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
+            asked = params
+            params = await to_thread.run_sync(lambda: deid.translate_params(asked, resource_type, resolve))
         settings = self.settings
         plan = plan_search(resource_type, params, strict=ctx.strict, default_count=settings.default_page_size,
                            max_count=settings.max_page_size, caller=ctx.caller)
+        seen: list[str] = []
         pool = self.async_reads
         if pool is not None and plan.one_statement and pool.loop is asyncio.get_running_loop():
             try:
-                body = await run_search_async(pool, plan, ctx.base_url)
+                body = await run_search_async(pool, plan, ctx.base_url, seen=seen)
             except Exception:
                 log.warning("async read of a %s search failed; read again in a search thread", resource_type,
                             exc_info=True)
                 body = None
             if body is not None:
-                return body
+                return body, seen
+            seen.clear()
 
         def run() -> bytes:
             with read_connection(self.engine) as conn:
-                return run_search(conn, plan, ctx.base_url)
-        return await asyncio.get_running_loop().run_in_executor(self.search_threads, run)
+                return run_search(conn, plan, ctx.base_url, seen=seen)
+        return await asyncio.get_running_loop().run_in_executor(self.search_threads, run), seen
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
         """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group)."""
-        access.require(ctx.caller, "Group", "r")
-        group = await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
-        if ctx.caller.deidentified:
-            group = (await self._deidentifier()).resource(group, None)
-        return group
+        async def run() -> dict[str, Any]:
+            access.require(ctx.caller, "Group", "r")
+            return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
+        group = await self._audited(ctx, "read", run(), _group_facts)
+        return (await self._deidentifier()).resource(group, None) if ctx.caller.deidentified else group
 
     async def search_groups(self, ctx: Context, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/Group?params: a searchset of cohort Groups (`_id` only)."""
-        access.require(ctx.caller, "Group", "s")
-        found = await self._read(lambda s: groups.search_groups(
-            s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")))
+        async def run() -> bytes:
+            access.require(ctx.caller, "Group", "s")
+            return await self._read(lambda s: groups.search_groups(
+                s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")))
+        found = await self._audited(ctx, "search-type", run(), _groups_facts)
         return (await self._deidentifier()).bundle(found) if ctx.caller.deidentified else found
 
     # -- Bulk Data export --------------------------------------------------------------------------------
@@ -244,84 +319,115 @@ class Core:
                               request_url: str, *, group_id: str | None = None) -> str:
         """$export (system, or of the study's Group): the queued job's id. The job is the caller's: it exports
         what the caller may read (`r` on each type, its studies), de-identified for a de-identified client."""
-        deid = await self._deidentifier() if ctx.caller.deidentified else None
-        return await self._in_write_session(lambda session: exports.kick_off(
-            session, params, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid))
+        async def run() -> str:
+            deid = await self._deidentifier() if ctx.caller.deidentified else None
+            return await self._in_write_session(lambda session: exports.kick_off(
+                session, params, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid))
+        return await self._audited(ctx, "operation", run(), lambda job: ((), [f"ExportJob/{job}"]),
+                                   operation="export", resources_named=[f"Group/{group_id}"] if group_id else ())
 
     async def export_status(self, ctx: Context, job_id: str) -> exports.JobStatus:
         """The status of an export job: queued or running (202), its manifest (200), or failed."""
-        return await self._read(lambda s: exports.job_status(
-            s, job_id, exports.files_base(ctx.base_url), caller=ctx.caller))
+        return await self._audited(ctx, "operation", self._read(lambda s: exports.job_status(
+            s, job_id, exports.files_base(ctx.base_url), caller=ctx.caller)), _nothing, operation="export-status",
+            resources_named=[f"ExportJob/{job_id}"])
 
     async def export_cancel(self, ctx: Context, job_id: str) -> None:
         """Cancel an export job and delete its files."""
-        await self._in_write_session(lambda session: exports.cancel_job(
-            session, self.settings.export_dir, job_id, caller=ctx.caller))
+        await self._audited(ctx, "operation", self._in_write_session(lambda session: exports.cancel_job(
+            session, self.settings.export_dir, job_id, caller=ctx.caller)), _nothing, operation="export-cancel",
+            resources_named=[f"ExportJob/{job_id}"])
 
     async def export_file(self, ctx: Context, job_id: str, name: str) -> Path:
-        """Where one file of a completed export is."""
-        return await self._read(lambda s: exports.file_path(
-            s, self.settings.export_dir, job_id, name, caller=ctx.caller))
+        """Where one file of a completed export is (its download audited as the job's file)."""
+        return await self._audited(ctx, "operation", self._read(lambda s: exports.file_path(
+            s, self.settings.export_dir, job_id, name, caller=ctx.caller)), _nothing, operation="export-file",
+            resources_named=[f"ExportJob/{job_id}"])
 
     # -- the study's figures ------------------------------------------------------------------------------
 
-    def _figures(self, ctx: Context, study_id: str, work: Callable[[Session], T]) -> Callable[[Session], T]:
+    async def _figures(self, ctx: Context, study_id: str, operation: str, work: Callable[[Session], T]) -> T:
         """`work` on a study's figures, for a caller that may read what they are computed from (403 naming the
-        scope) in that study (404 for another study's, as for an unknown one)."""
-        for resource_type in access.FIGURES_READ:
-            access.require(ctx.caller, resource_type, "r")
-
-        def run(session: Session) -> T:
+        scope) in that study (404 for another study's, as for an unknown one); audited as an operation on the
+        study (aggregates name no patient)."""
+        async def run() -> T:
+            for resource_type in access.FIGURES_READ:
+                access.require(ctx.caller, resource_type, "r")
             if not ctx.caller.unrestricted:
                 for resource_type in access.FIGURES_READ:
                     studies = ctx.caller.studies_for(resource_type, "r")
                     if studies is not None and study_id not in studies:
                         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-            return work(session)
-        return run
+            return await self._read(work)
+        return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
+                                   resources_named=[f"ResearchStudy/{study_id}"])
 
     async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
         """Efficacy and safety per arm and visit."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.summarize_study(
-            s, study_id, min_cell=self._min_cell(ctx))))
+        return await self._figures(ctx, study_id, "summary", lambda s: stats.summarize_study(
+            s, study_id, min_cell=self._min_cell(ctx)))
 
     async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_summary_csv(
-            s, study_id, min_cell=self._min_cell(ctx))))
+        return await self._figures(ctx, study_id, "summary-csv", lambda s: stats.study_summary_csv(
+            s, study_id, min_cell=self._min_cell(ctx)))
 
     async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
         """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_measure_report(
-            s, study_id, min_cell=self._min_cell(ctx))))
+        return await self._figures(ctx, study_id, "summary-measure-report", lambda s: stats.study_measure_report(
+            s, study_id, min_cell=self._min_cell(ctx)))
 
     async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
         """One measure's or responder key's chart (SVG)."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_chart(
-            s, study_id, key, min_cell=self._min_cell(ctx))))
+        return await self._figures(ctx, study_id, "chart", lambda s: stats.study_chart(
+            s, study_id, key, min_cell=self._min_cell(ctx)))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""
-        return await self._read(self._figures(ctx, study_id, lambda s: stats.study_report(
-            s, study_id, min_cell=self._min_cell(ctx))))
+        return await self._figures(ctx, study_id, "report", lambda s: stats.study_report(
+            s, study_id, min_cell=self._min_cell(ctx)))
 
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
         return self.settings.deid_min_cell if ctx.caller.deidentified else None
 
-    async def _read_deidentified(self, ctx: Context, resource_type: str, id: str,
-                                 work: Callable[[Session, str], Stored]) -> Stored:
-        """A read for a de-identified client: a Patient is named by its pseudonym (an id that is none is unknown),
-        and the content served is de-identified."""
-        deid = await self._deidentifier()
 
-        def run(session: Session) -> Stored:
-            real = id
-            if resource_type == "Patient":
-                real = resolve_pseudonym(session, deid, id) or deid.nothing
-            stored = work(session, real)
-            content = deid.content(stored.content).decode() if stored.content is not None else None
-            return replace(stored, id=id, content=content)
-        return await self._read(run)
+def _unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _stored_facts(stored: Stored) -> tuple[list[str], list[str]]:
+    content = orjson.loads(stored.content) if stored.content else {}
+    return patients_of(stored.resource_type, content), [stored.location]
+
+
+def _bundle_facts(body: bytes) -> tuple[list[str], list[str]]:
+    found = touched(body)
+    return [p for _, ps in found for p in ps], [ref for ref, _ in found]
+
+
+def _search_facts(result: tuple[bytes, list[str]]) -> tuple[list[str], list[str]]:
+    return result[1], []  # the patients its page showed; the query names the rest
+
+
+def _group_facts(group: dict[str, Any]) -> tuple[list[str], list[str]]:
+    members = [m.get("entity", {}).get("reference", "") for m in group.get("member") or ()]
+    return [ref.removeprefix("Patient/") for ref in members if ref.startswith("Patient/")], [f"Group/{group['id']}"]
+
+
+def _groups_facts(body: bytes) -> tuple[list[str], list[str]]:
+    found = orjson.loads(body)
+    patients: list[str] = []
+    refs: list[str] = []
+    for item in found.get("entry") or ():
+        if item.get("resource", {}).get("resourceType") == "Group":
+            ps, rs = _group_facts(item["resource"])
+            patients += ps
+            refs += rs
+    return patients, refs
+
+
+def _nothing(_: object) -> tuple[list[str], list[str]]:
+    return [], []
 
 
 def _no_deidentified_writes(ctx: Context) -> None:

@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
+from service.audit.events import patients_of
 from service.core import access
 from service.core.context import SYSTEM, Caller
 from service.core.registry import handler_for
@@ -99,15 +100,19 @@ def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
 # -- writes ----------------------------------------------------------------------------------------------
 
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
-              enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM) -> T:
+              enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM,
+              audit: Callable[[UnitOfWork], None] | None = None) -> T:
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
-    with one identifier) rolls back and runs again, so the second sees the first's resource."""
+    with one identifier) rolls back and runs again, so the second sees the first's resource. `audit` runs last,
+    in the same transaction (it appends the write's AuditEvent: committed with the write, or rolled back with it)."""
     for attempt in range(attempts):
         last = attempt == attempts - 1
         uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules, caller=caller)
         try:
             result = work(uow)
             uow.flush()
+            if audit is not None:
+                audit(uow)
             session.commit()
             return result
         except (IntegrityError, OperationalError) as exc:
@@ -231,6 +236,8 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
     uow.add(V, {"resource_type": resource_type, "id": id, "version_id": version, "last_updated": uow.now,
                 "method": "DELETE", "content": None})
     uow.mark_written(resource_type, id, alive=False)
+    uow.touched.append((f"{resource_type}/{id}/_history/{version}",
+                        patients_of(resource_type, orjson.loads(current.content)) if current.content else []))
     return Stored(resource_type, id, version, uow.now, None)
 
 
@@ -325,6 +332,7 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     uow.mark_written(resource_type, id)
     created = current is None or current.deleted
     stored = Stored(resource_type, id, version, uow.now, content, status=201 if created else 200, created=created)
+    uow.touched.append((stored.location, patients_of(resource_type, body)))
     if limited:
         uow.flush()
         access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)

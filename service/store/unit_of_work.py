@@ -32,6 +32,8 @@ class UnitOfWork:
                  caller: Caller = SYSTEM) -> None:
         self.session = session
         self.caller = caller  # whose writes these are: service/core/access.py decides what it may touch
+        #: what this unit wrote or read (`Type/id/_history/v`, the Patients it concerns): its audit event's entities
+        self.touched: list[tuple[str, list[str]]] = []
         self.now = utcnow()
         self.now_instant = fhir_instant(self.now)  # meta.lastUpdated of everything this unit writes
         self.base_url = base_url.rstrip("/")

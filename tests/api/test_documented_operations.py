@@ -226,24 +226,30 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", "/fhir/SearchParameter/Observation-visit", 200)
     send("GET", "/fhir/SearchParameter?code=visit&base=Observation", 200)
 
+    # the audit trail grows with every request (each server audits its own, at its own instants): its searches are
+    # limited to the seeded event's client
+    def mine(t: str) -> str:
+        return "agent=ehr" if t in READ_ONLY_TYPES else ""
+
     for t in TYPES + READ_ONLY_TYPES:
         # the front door's GET, and its errors
-        send("GET", f"/fhir/{t}", 200)
-        send("GET", f"/fhir/{t}?_id=<{t}>", 200)
-        send("GET", f"/fhir/{t}?_id=<{t}>&_format=json", 200)
-        send("GET", f"/fhir/{t}?_id=<{t}>&_format=application/json", 200)
-        send("GET", f"/fhir/{t}?_summary=count", 200)
-        send("GET", f"/fhir/{t}?_elements=id&_total=accurate", 200)
-        send("GET", f"/fhir/{t}?bogus=1", 200)  # ignored, with a warning entry
-        send("GET", f"/fhir/{t}?bogus=1", 400, headers={"Prefer": "handling=strict"})
-        send("GET", f"/fhir/{t}?_count=x", 400, headers={"Prefer": "handling=strict"})
-        send("GET", f"/fhir/{t}?_format=xml", 406)
-        send("GET", f"/fhir/{t}", 406, headers={"Accept": "application/fhir+xml"})
-        send("GET", f"/fhir/{t}", 200, headers={"Accept": "application/json"})
-        send("GET", f"/fhir/{t}", 200, headers={"Accept": "text/html"})
-        send("GET", f"/fhir/{t}?bogus=1", 400, headers={"Prefer": "handling=strict", "Accept": "application/json"})
-        send("GET", f"/fhir/{t}?bogus=1", 400, headers=[("Prefer", "handling=strict"), ("Prefer", "handling=lenient")])
-        send("GET", f"/fhir/{t}?bogus=1", 200, headers=[("Prefer", "handling=lenient"), ("Prefer", "handling=strict")])
+        send("GET", f"/fhir/{t}?{mine(t)}", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&_id=<{t}>", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&_id=<{t}>&_format=json", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&_id=<{t}>&_format=application/json", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&_summary=count", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&_elements=id&_total=accurate", 200)
+        send("GET", f"/fhir/{t}?{mine(t)}&bogus=1", 200)  # ignored, with a warning entry
+        send("GET", f"/fhir/{t}?{mine(t)}&bogus=1", 400, headers={"Prefer": "handling=strict"})
+        send("GET", f"/fhir/{t}?{mine(t)}&_count=x", 400, headers={"Prefer": "handling=strict"})
+        send("GET", f"/fhir/{t}?{mine(t)}&_format=xml", 406)
+        send("GET", f"/fhir/{t}?{mine(t)}", 406, headers={"Accept": "application/fhir+xml"})
+        send("GET", f"/fhir/{t}?{mine(t)}", 200, headers={"Accept": "application/json"})
+        send("GET", f"/fhir/{t}?{mine(t)}", 200, headers={"Accept": "text/html"})
+        bogus = f"/fhir/{t}?{mine(t)}&bogus=1"
+        send("GET", bogus, 400, headers={"Prefer": "handling=strict", "Accept": "application/json"})
+        send("GET", bogus, 400, headers=[("Prefer", "handling=strict"), ("Prefer", "handling=lenient")])
+        send("GET", bogus, 200, headers=[("Prefer", "handling=lenient"), ("Prefer", "handling=strict")])
         # read, history, vread
         send("GET", f"/fhir/{t}/<{t}>", 200)
         send("GET", f"/fhir/{t}/<{t}>", 304, headers={"If-None-Match": 'W/"1"'})
