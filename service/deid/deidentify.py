@@ -92,7 +92,7 @@ _DATE_RE = re.compile(
     r"^(?P<year>[0-9]{4})(?:-(?P<month>0[1-9]|1[0-2])(?:-(?P<day>0[1-9]|[12][0-9]|3[01])"
     r"(?P<rest>T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?(?:Z|[+-](?:0[0-9]|1[0-3]):[0-5][0-9]"
     r"|[+-]14:00))?)?)?$")
-_PATIENT_REF = re.compile(r"^(?P<base>(?:.*/)?)Patient/(?P<id>[A-Za-z0-9\-.]{1,64})(?P<tail>/_history/.*)?$")
+_PATIENT_REF = re.compile(r"^(?P<base>(?:.*/)?)Patient/(?P<id>[A-Za-z0-9\-.]{1,64})(?P<tail>/_history(?:/.*)?)?$")
 #: Bundle entry strings that hold a resource URL (its fullUrl, a transaction's request and response)
 _URL_KEYS = ("fullUrl", "url", "location")
 
@@ -270,6 +270,7 @@ class Deidentifier:
         parts = urlsplit(url)
         if not parts.query:
             return self.patient_url(url)
+        parts = parts._replace(path=self.patient_url(parts.path))  # e.g. a Patient's history: …/Patient/<id>/_history
         path = parts.path
         patient_search = path.rstrip("/").endswith("/Patient") or path.rstrip("/") == "Patient"
         pairs = []
