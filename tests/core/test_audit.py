@@ -127,6 +127,11 @@ def test_reads_and_searches_are_committed_before_they_answer(core, enrolled):
     search = events(core, agent="portal")[-1]
     assert search["subtype"][0]["code"] == "search-type" and search["action"] == "E"
     assert {f"Patient/{pid}", f"Patient/{other}"} <= whats(search)  # every patient the page showed
+    # "who saw this patient": the one event of a search that showed several patients is found by each of them
+    for someone in (pid, other):
+        saw = orjson.loads(run(core.search(ctx("officer"), "AuditEvent", [("patient", f"Patient/{someone}"),
+                                                                          ("subtype", "search-type")])))
+        assert search["id"] in {e["resource"]["id"] for e in saw["entry"]}
     query = next(e["query"] for e in search["entity"] if "query" in e)
     assert base64.b64decode(query) == b"code=EASI"  # the query as sent, base64 (BALP Query)
     with pytest.raises(NotFound):
