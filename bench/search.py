@@ -485,12 +485,12 @@ def svg(results: dict) -> str:
     top = max(figure(name, auth, level).get("throughput_rps", 0) for name, auth, _ in series
               if name != "http_floor" for level in levels) or 1
     step = 160 if len(series) <= 4 else 175
-    width, height, left, bottom = max(760, 70 + step * ((len(series) + 1) // 2)), 440, 70, 80
     rows = 1 if len(series) <= 4 else 2
+    width, left = max(760, 70 + step * -(-len(series) // rows)), 70
+    height, bottom = (420, 60) if len(auths) == 1 else (460, 100)  # room for a second legend row and a note
     plot_h = height - bottom - 50
     group_w = (width - left - 20) / len(levels)
     bar_w = group_w / (len(series) + 1)
-    subtitle = "p99 ms above bars" + ("; smart: hatched, its drop against off above it" if len(auths) > 1 else "")
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            'font-size="12">',
            '<defs><pattern id="smart" width="6" height="6" patternUnits="userSpaceOnUse" '
@@ -498,7 +498,7 @@ def svg(results: dict) -> str:
            '</defs>',
            f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">FHIR search throughput, '
            f'{results["database"]}, {results["observations"]:,} observations (medians of {results["rounds"]} rounds, '
-           f'{subtitle})</text>',
+           'p99 ms above bars)</text>',
            f'<text x="{width / 2}" y="34" text-anchor="middle" font-size="10">client: {results["client"]}; '
            f'uvicorn {results["server"]["workers"]} worker(s), {results["server"]["loop"]}, '
            f'{results["server"]["http"]}; TRIAL_FHIR_AUTH {", ".join(auths)}</text>']
@@ -531,11 +531,14 @@ def svg(results: dict) -> str:
                    f'{level} client{"s" if level > 1 else ""}</text>')
     per_row = -(-len(series) // rows)
     for s, (name, auth, colour) in enumerate(series):
-        x, y = left + (s % per_row) * step, height - 22 - 18 * (rows - 1 - s // per_row)
+        x, y = left + (s % per_row) * step, height - 22 - 18 * (rows - 1 - s // per_row) - (20 if rows > 1 else 0)
         out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}"/>')
         if auth == "smart" and len(auths) > 1:
             out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="url(#smart)"/>')
         out.append(f'<text x="{x + 18}" y="{y + 10}">{legend(name, auth)}</text>')
+    if len(auths) > 1:
+        out.append(f'<text x="{left}" y="{height - 8}" font-size="11">hatched: TRIAL_FHIR_AUTH=smart, its throughput '
+                   'change against off (median of the rounds) in bold above the p99</text>')
     out.append("</svg>")
     return "\n".join(out)
 
