@@ -336,6 +336,27 @@ end
 """
 
 
+# the same load, also counting each status >= 300 and keeping a sample answer: after a run with non-2xx answers
+# (a `response` function makes wrk hand every answer to Lua, so it is not used for the timed runs)
+WRK_STATUS_SCRIPT = WRK_SCRIPT.replace("function done(summary, latency, requests)\n", """
+local threads = {}
+function setup(thread) threads[#threads + 1] = thread end
+statuses, sample = {}, ""
+function response(status, headers, body)
+  if status >= 300 then
+    statuses[status] = (statuses[status] or 0) + 1
+    if sample == "" then sample = string.sub(body or "", 1, 400) end
+  end
+end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for status, count in pairs(t:get("statuses")) do io.write(string.format("WRK_STATUS %d %d\\n", status, count)) end
+    local kept = t:get("sample")
+    if kept ~= "" then io.write("WRK_SAMPLE " .. string.gsub(kept, "\\n", " ") .. "\\n") end
+  end
+""", 1)
+
+
 def wrk_version() -> str | None:
     if shutil.which("wrk") is None:
         return None
@@ -344,12 +365,13 @@ def wrk_version() -> str | None:
 
 
 def wrk_load(base: str, paths: list[str], clients: int, seconds: float,
-             headers: dict[str, str] | None = None) -> dict:
+             headers: dict[str, str] | None = None, statuses: bool = False) -> dict:
     """`clients` keep-alive connections from one wrk thread for `seconds`, rotating over `paths`, sending
-    `headers` on every request (`-H`; the Lua script's `wrk.format` adds them)."""
+    `headers` on every request (`-H`; the Lua script's `wrk.format` adds them). `statuses`: also count the answers
+    by status (>= 300) and keep a sample of one (slower: a diagnosis, not a measurement)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
         script, urls = Path(folder) / "rotate.lua", Path(folder) / "paths.txt"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(WRK_STATUS_SCRIPT if statuses else WRK_SCRIPT)
         urls.write_text("\n".join(paths) + "\n")
         cmd = ["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "10s", "-s", str(script),
                *[arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")],
@@ -358,8 +380,14 @@ def wrk_load(base: str, paths: list[str], clients: int, seconds: float,
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     w = json.loads(line[len("WRK_JSON "):])
     duration = w["duration_us"] / 1e6
+    found: dict[int, int] = {}
+    for ln in out.splitlines():
+        if ln.startswith("WRK_STATUS "):
+            status, count = map(int, ln.split()[1:3])
+            found[status] = found.get(status, 0) + count
+    sample = next((ln[len("WRK_SAMPLE "):] for ln in out.splitlines() if ln.startswith("WRK_SAMPLE ")), None)
     return {"clients": clients, "requests": w["requests"], "errors": w["errors"] + w["non_2xx"],
-            "non_2xx": w["non_2xx"],
+            "non_2xx": w["non_2xx"], **({"statuses": found, "sample": sample} if statuses else {}),
             "throughput_rps": round(w["requests"] / duration, 1), "p50_ms": round(w["p50_us"] / 1000, 2),
             "p99_ms": round(w["p99_us"] / 1000, 2), "mean_ms": round(w["mean_us"] / 1000, 2)}
 
@@ -380,7 +408,12 @@ def measure(client: str, base: str, path_for, expect: int | None, clients: int, 
     so refused requests never count as throughput."""
     if client == "wrk":
         rng = random.Random(clients)
-        run = wrk_load(base, [path_for(rng) for _ in range(2000)], clients, seconds, headers)
+        paths = [path_for(rng) for _ in range(2000)]
+        run = wrk_load(base, paths, clients, seconds, headers)
+        if run["non_2xx"]:  # which statuses: the same load again for a moment, wrk handing each answer to Lua
+            again = wrk_load(base, paths, clients, min(seconds, 3), headers, statuses=True)
+            run["statuses"] = f"{again['statuses']} in a second look of {again['requests']} requests, e.g. " \
+                              f"{again['sample']!r:.400}"
     else:
         refused: list[int] = []
         run = run_load(clients, seconds, http_call(base, path_for, expect, headers, refused))
@@ -389,7 +422,7 @@ def measure(client: str, base: str, path_for, expect: int | None, clients: int, 
             run["statuses"] = sorted(set(refused))
     if run.get("non_2xx"):
         raise SystemExit(f"{run['non_2xx']} of {run['requests']} requests to {base} answered other than 2xx "
-                         f"{run.get('statuses', '(wrk counts them; check a sample with curl)')}: the run is void")
+                         f"{run.get('statuses')}: the run is void")
     return run
 
 
@@ -558,6 +591,15 @@ def existing_data(engine) -> dict:
     return {"study": study, "patients": patients, "codes": codes, "observations": count}
 
 
+def audit_events(engine) -> int | None:
+    """Rows in the audit trail (None when the schema has none): counted around each run, outside its timing."""
+    from sqlalchemy import inspect, text
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("audit_event"):
+            return None
+        return int(conn.execute(text("SELECT count(*) FROM audit_event")).scalar_one())
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -664,7 +706,7 @@ def main() -> None:
         run["load_average"] = load
         runs[name].append(run)
         shown = {k: run[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors", "share_of_bare",
-                                     "cpu_us_per_request") if k in run}
+                                     "cpu_us_per_request", "audit_events") if k in run}
         label = f"{name} ({run['auth']})" if "auth" in run and len(auths) > 1 else name
         print(f"{label:<23} {run['clients']:>2} clients: {shown}  load {load}")
 
@@ -722,13 +764,17 @@ def main() -> None:
                     for auth in auths:  # off, smart, off, smart …
                         proc, base = servers[auth]
                         headers = headers_for(auth)
+                        audited = audit_events(engine)
                         load = _load()
                         meter = CpuMeter([proc.pid])
                         meter.start()
                         run = measure(client, base, path_for, expect, level, args.seconds, headers)
+                        cpu = meter.stop(run["requests"])
+                        if audited is not None:  # what the run added to the audit trail (its cost is in the run)
+                            run["audit_events"] = (audit_events(engine) or 0) - audited
                         record(name, {**run, "auth": auth, "round": round_no,
                                       "share_of_bare": round(run["throughput_rps"] / best, 3),
-                                      "cpu_us_per_request": meter.stop(run["requests"])}, load)
+                                      "cpu_us_per_request": cpu}, load)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
@@ -814,7 +860,13 @@ def auth_comparison(runs: dict[str, list[dict]], summary_by_auth: dict, names: l
                 "off_rps": off["throughput_rps"], "smart_rps": smart["throughput_rps"],
                 "drop": drop, "drop_range": [min(drops), max(drops)], "drop_rounds": drops,
                 "off_share_of_bare": off["share_of_bare"], "smart_share_of_bare": smart["share_of_bare"],
-                "off_p99_ms": off["p99_ms"], "smart_p99_ms": smart["p99_ms"], "met": drop < 0.10}
+                "off_p99_ms": off["p99_ms"], "smart_p99_ms": smart["p99_ms"],
+                "audit_events_per_request": {  # 0 or None: the runs wrote no audit trail (none in the schema)
+                    auth: round(sum(r.get("audit_events", 0) for r in mine) / max(1, sum(r["requests"] for r in mine)),
+                                3) if any("audit_events" in r for r in mine) else None
+                    for auth in ("off", "smart")
+                    for mine in [[r for r in runs[name] if r["clients"] == level and r["auth"] == auth]]},
+                "met": drop < 0.10}
     return out
 
 
@@ -822,13 +874,14 @@ def print_comparison(comparison: dict, rounds: int) -> None:
     print(f"\nTRIAL_FHIR_AUTH off against smart (req/s, medians of {rounds} round(s); drop = median of each round's "
           "1 - smart/off; share = of the round's best bare figure)")
     print(f"{'search':<16} {'clients':>7} {'off /s':>9} {'smart /s':>9} {'drop':>7} {'rounds':>15} "
-          f"{'off/bare':>9} {'smart/bare':>10} {'p99 off/smart ms':>17}")
+          f"{'off/bare':>9} {'smart/bare':>10} {'p99 off/smart ms':>17} {'audit/req off/smart':>20}")
     for name, per_level in comparison.items():
         for level, c in per_level.items():
             spread = "–".join(f"{100 * x:.1f}" for x in c["drop_range"]) + "%"
             print(f"{name:<16} {level:>7} {c['off_rps']:>9,.0f} {c['smart_rps']:>9,.0f} {100 * c['drop']:>6.1f}% "
                   f"{spread:>15} {100 * c['off_share_of_bare']:>8.0f}% {100 * c['smart_share_of_bare']:>9.0f}% "
-                  f"{c['off_p99_ms']:>8.1f}/{c['smart_p99_ms']:.1f}")
+                  f"{c['off_p99_ms']:>8.1f}/{c['smart_p99_ms']:<8.1f} "
+                  f"{'/'.join(str(c['audit_events_per_request'][a]) for a in ('off', 'smart')):>20}")
 
 
 if __name__ == "__main__":
