@@ -403,13 +403,21 @@ def check_answers(base: str, paths: list[str], expect: int | None, headers: dict
 
 
 def measure(client: str, base: str, path_for, expect: int | None, clients: int, seconds: float,
-            headers: dict[str, str] | None = None) -> dict:
+            headers: dict[str, str] | None = None, warm_up: bool = False) -> dict:
     """One timed load; any non-2xx answer (a 401 or 403 under TRIAL_FHIR_AUTH=smart above all) stops the benchmark,
-    so refused requests never count as throughput."""
+    so refused requests never count as throughput. A `warm_up` load counts the statuses itself: other failures are
+    reported (a server's first seconds), a 401 or 403 stops the benchmark."""
     if client == "wrk":
         rng = random.Random(clients)
         paths = [path_for(rng) for _ in range(2000)]
-        run = wrk_load(base, paths, clients, seconds, headers)
+        run = wrk_load(base, paths, clients, seconds, headers, statuses=warm_up)
+        if warm_up:
+            if run["non_2xx"]:
+                print(f"warm-up of {base}: {run['non_2xx']} of {run['requests']} answers non-2xx: {run['statuses']}, "
+                      f"e.g. {run['sample']!r:.400}")
+            if {401, 403} & set(run["statuses"]):
+                raise SystemExit(f"warm-up of {base}: access refused ({run['statuses']}): the benchmark is void")
+            return run
         if run["non_2xx"]:  # which statuses: the same load again for a moment, wrk handing each answer to Lua
             again = wrk_load(base, paths, clients, min(seconds, 3), headers, statuses=True)
             run["statuses"] = f"{again['statuses']} in a second look of {again['requests']} requests, e.g. " \
@@ -420,6 +428,9 @@ def measure(client: str, base: str, path_for, expect: int | None, clients: int, 
         run["non_2xx"] = len(refused)
         if refused:
             run["statuses"] = sorted(set(refused))
+            if warm_up and not {401, 403} & set(refused):
+                print(f"warm-up of {base}: {len(refused)} answers non-2xx: {run['statuses']}")
+                return run
     if run.get("non_2xx"):
         raise SystemExit(f"{run['non_2xx']} of {run['requests']} requests to {base} answered other than 2xx "
                          f"{run.get('statuses')}: the run is void")
@@ -706,7 +717,7 @@ def main() -> None:
         run["load_average"] = load
         runs[name].append(run)
         shown = {k: run[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors", "share_of_bare",
-                                     "cpu_us_per_request", "audit_events") if k in run}
+                                     "cpu_us_per_request", "service_busy", "audit_events") if k in run}
         label = f"{name} ({run['auth']})" if "auth" in run and len(auths) > 1 else name
         print(f"{label:<23} {run['clients']:>2} clients: {shown}  load {load}")
 
@@ -714,7 +725,7 @@ def main() -> None:
     (floor_dir / "trivial_app.py").write_text(TRIVIAL_APP)
     floor, floor_base = start_server(database_url, args.workers, "trivial_app:app", floor_dir)
     try:  # the floor: a do-nothing ASGI app on the same uvicorn and client (what HTTP alone costs here)
-        measure(client, floor_base, lambda rng: "/", None, max(levels), 1)  # warm-up
+        measure(client, floor_base, lambda rng: "/", None, max(levels), 1, warm_up=True)
         for level in levels:
             load = _load()
             record("http_floor", measure(client, floor_base, lambda rng: "/", None, level, args.seconds), load)
@@ -744,7 +755,7 @@ def main() -> None:
                 rng = random.Random(1)
                 check_answers(base, [path_for(rng) for _ in range(200)], expect, headers_for(auth))
                 # warm-up: every worker's connections, caches (and under smart each worker's token cache)
-                measure(client, base, path_for, expect, max(levels), 2, headers_for(auth))
+                measure(client, base, path_for, expect, max(levels), 2, headers_for(auth), warm_up=True)
         fhir = f"{servers[auths[0]][1]}/fhir"
         # and the bare query's pages (other patients than the searches' sample): a first round on a cold cache
         # read from disk (~400 req/s where a warm one gives ~5,000)
@@ -774,7 +785,7 @@ def main() -> None:
                             run["audit_events"] = (audit_events(engine) or 0) - audited
                         record(name, {**run, "auth": auth, "round": round_no,
                                       "share_of_bare": round(run["throughput_rps"] / best, 3),
-                                      "cpu_us_per_request": cpu}, load)
+                                      "cpu_us_per_request": cpu, "service_busy": meter.service_busy}, load)
     finally:
         for proc, _ in servers.values():
             stop_server(proc)
