@@ -872,6 +872,11 @@ def auth_comparison(runs: dict[str, list[dict]], summary_by_auth: dict, names: l
                 "drop": drop, "drop_range": [min(drops), max(drops)], "drop_rounds": drops,
                 "off_share_of_bare": off["share_of_bare"], "smart_share_of_bare": smart["share_of_bare"],
                 "off_p99_ms": off["p99_ms"], "smart_p99_ms": smart["p99_ms"],
+                # the service's CPU per search: what the access check costs, steadier than the rates on shared cores
+                "service_cpu_us_per_request": {
+                    auth: round(statistics.median(r["cpu_us_per_request"]["service"] for r in runs[name]
+                                                  if r["clients"] == level and r["auth"] == auth), 1)
+                    for auth in ("off", "smart")},
                 "audit_events_per_request": {  # 0 or None: the runs wrote no audit trail (none in the schema)
                     auth: round(sum(r.get("audit_events", 0) for r in mine) / max(1, sum(r["requests"] for r in mine)),
                                 3) if any("audit_events" in r for r in mine) else None
@@ -885,13 +890,15 @@ def print_comparison(comparison: dict, rounds: int) -> None:
     print(f"\nTRIAL_FHIR_AUTH off against smart (req/s, medians of {rounds} round(s); drop = median of each round's "
           "1 - smart/off; share = of the round's best bare figure)")
     print(f"{'search':<16} {'clients':>7} {'off /s':>9} {'smart /s':>9} {'drop':>7} {'rounds':>15} "
-          f"{'off/bare':>9} {'smart/bare':>10} {'p99 off/smart ms':>17} {'audit/req off/smart':>20}")
+          f"{'off/bare':>9} {'smart/bare':>10} {'p99 off/smart ms':>17} {'svc CPU µs off/smart':>21} "
+          f"{'audit/req off/smart':>20}")
     for name, per_level in comparison.items():
         for level, c in per_level.items():
             spread = "–".join(f"{100 * x:.1f}" for x in c["drop_range"]) + "%"
             print(f"{name:<16} {level:>7} {c['off_rps']:>9,.0f} {c['smart_rps']:>9,.0f} {100 * c['drop']:>6.1f}% "
                   f"{spread:>15} {100 * c['off_share_of_bare']:>8.0f}% {100 * c['smart_share_of_bare']:>9.0f}% "
                   f"{c['off_p99_ms']:>8.1f}/{c['smart_p99_ms']:<8.1f} "
+                  f"{'/'.join(str(round(c['service_cpu_us_per_request'][a])) for a in ('off', 'smart')):>21} "
                   f"{'/'.join(str(c['audit_events_per_request'][a]) for a in ('off', 'smart')):>20}")
 
 
