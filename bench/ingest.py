@@ -54,6 +54,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from auth import Tokens, check_enforced, register_client  # bench/auth.py
 from cpu import CpuMeter  # bench/cpu.py (this folder is on sys.path when the script runs)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +70,7 @@ LAB_IDS = "urn:oid:1.2.410.200001.99"  # the (synthetic) lab system's result ids
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 STUDY_ID = "bench-study"
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets whole table rows, not 80 columns
 
 
 # -- the cohort ---------------------------------------------------------------------------------------------
@@ -209,11 +210,11 @@ SERVICE_PIDS: dict[str, int] = {}  # base URL -> pid of the uvicorn process serv
 
 
 @contextmanager
-def running_service(database_url: str, workers: int = 1):
-    """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data; yields its base
-    URL."""
+def running_service(database_url: str, workers: int = 1, auth: str = "off"):
+    """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data, TRIAL_FHIR_AUTH=`auth`;
+    yields its base URL."""
     port = _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true",
+    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true", "TRIAL_FHIR_AUTH": auth,
            "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false"}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
@@ -252,9 +253,9 @@ def _check(response: httpx.Response, what: str) -> None:
         raise RuntimeError(f"{what}: HTTP {response.status_code}: {response.text[:2000]}")
 
 
-def load_setup(client: httpx.Client, cohort: Cohort) -> None:
+def load_setup(client: httpx.Client, cohort: Cohort, headers: dict[str, str] | None = None) -> None:
     for body in cohort.setup_bundles:
-        _check(client.post("/fhir", content=body, headers=FHIR_JSON), "setup bundle")
+        _check(client.post("/fhir", content=body, headers={**FHIR_JSON, **(headers or {})}), "setup bundle")
 
 
 # -- the timed runs -----------------------------------------------------------------------------------------
@@ -267,10 +268,11 @@ def _progress() -> Progress:
 
 
 def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label: str, workers: int, *,
-             headers: dict[str, str], expected: int) -> tuple[int, float]:
+             headers: dict[str, str], expected: int, tokens: dict[str, Tokens] | None = None) -> tuple[int, float]:
     """POST every (resources in it, body) to `path` from `workers` threads, each with its own keep-alive
     client, thread i talking to bases[i % len(bases)] (what a load balancer in front of the replicas does);
-    (resources posted, seconds). Any other status than `expected` stops the run."""
+    (resources posted, seconds). With `tokens` (base -> Tokens) every request carries that replica's bearer token
+    (renewed before it expires). Any other status than `expected` (a 401 or 403 above all) stops the run."""
     total = sum(n for n, _ in bodies)
     work: queue.SimpleQueue = queue.SimpleQueue()
     for item in bodies:
@@ -289,7 +291,8 @@ def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label
                     n, body = work.get_nowait()
                 except queue.Empty:
                     return
-                connection.request("POST", path, body=body, headers=headers)
+                sent = {**headers, "Authorization": tokens[base].bearer()} if tokens else headers
+                connection.request("POST", path, body=body, headers=sent)
                 response = connection.getresponse()
                 answer = response.read()
                 if response.status != expected:
@@ -338,29 +341,39 @@ def bare_rate(observations: list[dict]) -> dict:
             "us_per_resource": round(1e6 * elapsed / len(observations), 1)}
 
 
-def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
-    label = f"{mode} {kind}"
+def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> dict:
+    label = f"{mode} {kind}" + (f" ({auth})" if len(args.auth_modes) > 1 else "")
     with scratch_database(kind) as url:
         with contextlib.ExitStack() as replicas:
-            bases = [replicas.enter_context(running_service(url, args.server_workers)) for _ in range(args.replicas)]
+            bases = [replicas.enter_context(running_service(url, args.server_workers, auth))
+                     for _ in range(args.replicas)]
+            tokens: dict[str, Tokens] = {}
+            if auth == "smart":  # the replicas have migrated the database: register a client, a token per replica
+                client_reg = register_client(url)
+                # each replica is its own FHIR base here (no TRIAL_FHIR_BASE_URL), so a token's aud is the replica
+                # that issued it: one token source per replica
+                tokens = {b: Tokens(b, client_reg) for b in bases}
             with httpx.Client(base_url=bases[0], timeout=300) as client:
-                load_setup(client, cohort)
+                load_setup(client, cohort, tokens[bases[0]].headers() if tokens else None)
+            for b in bases:  # the mode really is in force on every replica, and the token is accepted
+                check_enforced(b, f"/fhir/ResearchStudy/{STUDY_ID}", auth, tokens[b].headers() if tokens else {})
             load = os.getloadavg()[0]
             meter = CpuMeter([SERVICE_PIDS[b] for b in bases])
             meter.start()
             if mode == "bundle":
                 bundles = observation_bundles(cohort.observations, args.bundle_size)
                 n, elapsed = post_all(bases, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
-                                      expected=200)
+                                      expected=200, tokens=tokens)
             else:
                 bodies = [orjson.dumps(o) for o in cohort.observations]
                 n, elapsed = post_all(bases, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
-                                      headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201)
+                                      headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201,
+                                      tokens=tokens)
             cpu = meter.stop(n)
         stored = count_rows(url)
-    if stored != {"measurement": n, "resource": n + 2 * cohort.patients + 1}:
+    if (stored["measurement"], stored["resource"]) != (n, n + 2 * cohort.patients + 1):
         raise RuntimeError(f"{label}: posted {n} Observations but the database holds {stored}")
-    return {"database": kind, "mode": mode, "resources": n, "seconds": round(elapsed, 3),
+    return {"database": kind, "mode": mode, "auth": auth, "resources": n, "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored,
             "cpu_us_per_resource": cpu,
             "cpu_busy": round(sum(cpu.values()) * n / elapsed / 1e6 / (os.cpu_count() or 1), 3),
@@ -371,13 +384,14 @@ def run_http(kind: str, mode: str, cohort: Cohort, args) -> dict:
 
 
 def count_rows(url: str) -> dict:
-    """Rows the run left behind: every posted Observation must be there, as a resource and a measurement."""
-    from sqlalchemy import create_engine, text
+    """Rows the run left behind: every posted Observation must be there, as a resource and a measurement; and the
+    audit trail's events when the schema has one (what the run paid for in audit writes)."""
+    from sqlalchemy import create_engine, inspect, text
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                    for t in ("measurement", "resource")}
+            tables = ["measurement", "resource", *(["audit_event"] if inspect(conn).has_table("audit_event") else [])]
+            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
     finally:
         engine.dispose()
 
@@ -440,29 +454,87 @@ def profile(cohort: Cohort, args) -> None:
 
 # -- report -------------------------------------------------------------------------------------------------
 
-def write_svg(path: Path, bare: dict, runs: list[dict]) -> None:
-    bars = [("bare R4B model_validate (1 core)", bare["rate"], "#777777")]
+def auth_comparison(by_run: dict[tuple[str, str, str], list[dict]]) -> list[dict]:
+    """Per database and mode: off against smart (medians over the rounds), each round's drop 1 - smart/off (the two
+    ran back to back in that round) and its median, and each as a share of the round's bare ceiling."""
+    out = []
+    for (kind, mode, auth), smart in by_run.items():
+        off = by_run.get((kind, mode, "off"))
+        if auth != "smart" or not off:
+            continue
+        pairs = [(o, s) for o in off for s in smart if o["round"] == s["round"]]
+        drops = [round(1 - s["rate"] / o["rate"], 4) for o, s in pairs]
+        drop = round(statistics.median(drops), 4)
+        out.append({"database": kind, "mode": mode,
+                    "off_rate": round(statistics.median(o["rate"] for o in off), 1),
+                    "smart_rate": round(statistics.median(s["rate"] for s in smart), 1),
+                    "drop": drop, "drop_range": [min(drops), max(drops)], "drop_rounds": drops,
+                    "off_share_of_bare": round(statistics.median(o["share_of_bare"] for o in off), 3),
+                    "smart_share_of_bare": round(statistics.median(s["share_of_bare"] for s in smart), 3),
+                    "cpu_us_per_resource_service": {
+                        a: round(statistics.median(r["cpu_us_per_resource"]["service"] for r in runs), 1)
+                        for a, runs in (("off", off), ("smart", smart))},
+                    "audit_events": {a: runs[-1]["stored_rows"].get("audit_event")
+                                     for a, runs in (("off", off), ("smart", smart))},
+                    "met": drop < 0.10})
+    return out
+
+
+def print_comparison(comparison: list[dict], rounds: int) -> None:
+    table = Table(title=f"TRIAL_FHIR_AUTH off against smart (Observations/s, medians of {rounds} round(s); drop = "
+                        "median of each round's 1 - smart/off)")
+    for col in ("what", "off /s", "smart /s", "drop", "rounds", "off/bare", "smart/bare", "svc CPU µs off/smart",
+                "audit events off/smart"):
+        table.add_column(col, justify="right" if col != "what" else "left")
+    for c in comparison:
+        cpu, audit = c["cpu_us_per_resource_service"], c["audit_events"]
+        table.add_row(f"{c['mode']} {c['database']}", f"{c['off_rate']:,.0f}", f"{c['smart_rate']:,.0f}",
+                      f"{100 * c['drop']:.1f}%", "–".join(f"{100 * x:.1f}" for x in c["drop_range"]) + "%",
+                      f"{100 * c['off_share_of_bare']:.0f}%", f"{100 * c['smart_share_of_bare']:.0f}%",
+                      f"{cpu['off']:.0f}/{cpu['smart']:.0f}", f"{audit['off']}/{audit['smart']}")
+    console.print(table)
+    verdict = ", ".join(f"{c['mode']} {c['database']} {'met' if c['met'] else 'NOT met'}" for c in comparison)
+    console.print(f"target of issue 10 (smart drops < 10% against off): {verdict}")
+
+
+def write_svg(path: Path, bare: dict, runs: list[dict], comparison: list[dict] | None = None) -> None:
+    """Bars of Observations/s (share of bare); with several TRIAL_FHIR_AUTH modes a bar per mode (smart hatched,
+    with its drop against off)."""
+    several = len({r.get("auth", "off") for r in runs}) > 1
+    drops = {(c["database"], c["mode"]): c["drop"] for c in comparison or []}
+    bars = [("bare R4B model_validate (1 core)", bare["rate"], "#777777", None)]
     colours = {("bundle", "sqlite"): "#4c78a8", ("bundle", "postgres"): "#1f4e79",
                ("single", "sqlite"): "#f58518", ("single", "postgres"): "#b35806"}
     for r in runs:
-        bars.append((f"{r['mode']} {r['database']}", r["rate"], colours.get((r["mode"], r["database"]), "#999")))
+        auth = r.get("auth", "off")
+        label = f"{r['mode']} {r['database']}" + (f" (auth {auth})" if several else "")
+        drop = drops.get((r["database"], r["mode"])) if auth == "smart" else None
+        bars.append((label, r["rate"], colours.get((r["mode"], r["database"]), "#999"),
+                     (auth, drop) if several else None))
     width, left, bar_h, gap, top = 760, 230, 34, 14, 56
     height = top + len(bars) * (bar_h + gap) + 40
-    scale = (width - left - 120) / max(b[1] for b in bars)
+    scale = (width - left - 170) / max(b[1] for b in bars)
     half = bare["rate"] * 0.5
+    note = "; hatched: auth smart" if several else ""
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="13">',
              f'<rect width="{width}" height="{height}" fill="white"/>',
+             '<defs><pattern id="smart" width="6" height="6" patternUnits="userSpaceOnUse" '
+             'patternTransform="rotate(45)"><rect width="3" height="6" fill="white" fill-opacity="0.55"/></pattern>'
+             '</defs>',
              '<text x="16" y="26" font-size="16" font-weight="bold">trial-fhir ingest: Observations per second</text>',
              f'<text x="16" y="44" fill="#555">{bare["resources"]:,} Observations; bundles of '
-             f'{runs[0].get("bundle_size", "") if runs else ""}; dashed line = 50% of the bare rate</text>']
-    for i, (label, rate, colour) in enumerate(bars):
+             f'{runs[0].get("bundle_size", "") if runs else ""}; dashed: 50% of the bare rate{note}</text>']
+    for i, (label, rate, colour, auth) in enumerate(bars):
         y = top + i * (bar_h + gap)
         w = max(1.0, rate * scale)
         parts.append(f'<text x="{left - 8}" y="{y + bar_h / 2 + 5}" text-anchor="end">{label}</text>')
         parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}"/>')
+        if auth and auth[0] == "smart":
+            parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="url(#smart)"/>')
         share = f" ({100 * rate / bare['rate']:.0f}%)" if i else ""
-        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + bar_h / 2 + 5}">{rate:,.0f}/s{share}</text>')
+        drop = f", {-100 * auth[1]:+.1f}% vs off" if auth and auth[1] is not None else ""
+        parts.append(f'<text x="{left + w + 6:.1f}" y="{y + bar_h / 2 + 5}">{rate:,.0f}/s{share}{drop}</text>')
     x = left + half * scale
     parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 30}" stroke="#c00" '
                  'stroke-dasharray="5,4"/>')
@@ -496,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="uvicorn --workers of each replica (default 1)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (bare, every run); medians are reported (default 3)")
+    parser.add_argument("--auth", default="off",
+                        help="TRIAL_FHIR_AUTH modes to compare, comma-separated: off, smart (default off); they "
+                             "alternate within each round, for every database and mode (issue 10)")
     parser.add_argument("--seed", type=int, default=20240110)
     parser.add_argument("--output", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--profile", action="store_true", help="profile transaction() in process instead")
@@ -505,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(databases) <= {"sqlite", "postgres"} or not set(modes) <= {"bundle", "single"}:
         parser.error("--databases takes sqlite,postgres and --modes takes bundle,single")
+    auths = args.auth_modes = [a.strip() for a in args.auth.split(",") if a.strip()]
+    if not auths or not set(auths) <= {"off", "smart"} or len(set(auths)) != len(auths):
+        parser.error("--auth takes off, smart or off,smart")
 
     cohort = make_cohort(args.observations, args.patients, args.seed)
     console.print(f"cohort: 1 study, {args.patients} enrolled patients, {len(cohort.observations):,} Observations")
@@ -521,39 +599,50 @@ def main(argv: list[str] | None = None) -> int:
         bare_rounds.append(bare)
         for kind in databases:
             for mode in modes:
-                run = run_http(kind, mode, cohort, args)
-                run.update(round=round_no, share_of_bare=round(run["rate"] / bare["rate"], 3))
-                by_run.setdefault((kind, mode), []).append(run)
+                for auth in auths:  # off, smart, off, smart …: the drift affects both alike
+                    run = run_http(kind, mode, cohort, args, auth)
+                    run.update(round=round_no, share_of_bare=round(run["rate"] / bare["rate"], 3))
+                    by_run.setdefault((kind, mode, auth), []).append(run)
     bare = {**{k: v for k, v in bare_rounds[0].items() if k not in ("seconds", "rate", "us_per_resource", "round",
                                                                       "load_average_before")},
             "rate": round(statistics.median(b["rate"] for b in bare_rounds), 1),
             "us_per_resource": round(statistics.median(b["us_per_resource"] for b in bare_rounds), 1),
             "rounds": bare_rounds}
     runs = []
-    for (kind, mode), items in by_run.items():
+    for (kind, mode, auth), items in by_run.items():
         shares = [r["share_of_bare"] for r in items]
-        runs.append({"database": kind, "mode": mode, "resources": items[0]["resources"],
+        runs.append({"database": kind, "mode": mode, "auth": auth, "resources": items[0]["resources"],
                      "rate": round(statistics.median(r["rate"] for r in items), 1),
                      "share_of_bare": round(statistics.median(shares), 3),
                      "share_of_bare_range": [min(shares), max(shares)],
                      **{k: v for k, v in items[0].items() if k in ("clients", "replicas", "server_workers",
                                                                  "bundle_size")},
                      "rounds": items})
-    pg_bundle = next((r for r in runs if r["database"] == "postgres" and r["mode"] == "bundle"), None)
+    pg_bundle = next((r for r in runs if r["database"] == "postgres" and r["mode"] == "bundle"
+                      and r["auth"] == auths[0]), None)
+    comparison = auth_comparison(by_run) if {"off", "smart"} <= set(auths) else []
     result = {
         "benchmark": "ingest", "when": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "cohort": {"patients": args.patients, "observations": len(cohort.observations), "seed": args.seed},
+        "auth": auths,
         "bare": bare, "runs": runs,
-        "target": {"what": "Bundle ingest on PostgreSQL >= 50% of the bare model_validate rate",
+        "target": {"what": f"Bundle ingest on PostgreSQL >= 50% of the bare model_validate rate "
+                           f"(TRIAL_FHIR_AUTH={auths[0]})",
                    "ratio": pg_bundle["share_of_bare"] if pg_bundle else None,
                    "ratio_is": f"median over {args.rounds} rounds of "
                                "(run rate / the bare rate measured just before it)",
                    "met": (pg_bundle["share_of_bare"] >= 0.5) if pg_bundle else None},
     }
+    if comparison:
+        result["auth_comparison"] = comparison
+        result["auth_target"] = {
+            "what": "issue 10: throughput with TRIAL_FHIR_AUTH=smart drops by less than 10% against off, per "
+                    f"database and mode (median over {args.rounds} round(s) of each round's 1 - smart/off)",
+            **{f"{c['mode']} {c['database']}": c["met"] for c in comparison}}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    write_svg(args.output.with_suffix(".svg"), bare, runs)
+    write_svg(args.output.with_suffix(".svg"), bare, runs, comparison)
 
     table = Table(title=f"ingest (Observations/s, median of {args.rounds} rounds)")
     for col in ("what", "resources", "rate /s", "share of bare", "range", "CPU µs svc/pg/client"):
@@ -561,14 +650,17 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("bare model_validate", f"{bare['resources']:,}", f"{bare['rate']:,.0f}", "100%",
                   " ".join(f"{b['rate']:,.0f}" for b in bare_rounds), "")
     for r in runs:
+        what = f"{r['mode']} {r['database']}" + (f" ({r['auth']})" if len(auths) > 1 else "")
         cpu = statistics.median(x["cpu_us_per_resource"]["service"] for x in r["rounds"]), \
             statistics.median(x["cpu_us_per_resource"]["postgres"] for x in r["rounds"]), \
             statistics.median(x["cpu_us_per_resource"]["client"] for x in r["rounds"])
-        table.add_row(f"{r['mode']} {r['database']}", f"{r['resources']:,}", f"{r['rate']:,.0f}",
+        table.add_row(what, f"{r['resources']:,}", f"{r['rate']:,.0f}",
                       f"{100 * r['share_of_bare']:.0f}%",
                       "–".join(f"{100 * x:.0f}%" for x in r["share_of_bare_range"]),
                       "/".join(f"{x:.0f}" for x in cpu))
     console.print(table)
+    if comparison:
+        print_comparison(comparison, args.rounds)
     if pg_bundle:
         verdict = "met" if result["target"]["met"] else "NOT met"
         console.print(f"target (Bundle on PostgreSQL >= 50% of bare): {100 * pg_bundle['share_of_bare']:.0f}% "

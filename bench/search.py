@@ -52,6 +52,7 @@ import httpx
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from auth import Tokens, check_enforced, register_client  # bench/auth.py
 from cpu import CpuMeter  # bench/cpu.py (this folder is on sys.path when the script runs)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -211,10 +212,10 @@ async def app(scope, receive, send):
 """
 
 
-def _server_env(database_url: str, path: Path) -> dict[str, str]:
+def _server_env(database_url: str, path: Path, auth: str = "off") -> dict[str, str]:
     extra = os.environ.get("PYTHONPATH")
     return {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_EXPORT_WORKER": "false",
-            "TRIAL_FHIR_MIGRATE_ON_STARTUP": "false",
+            "TRIAL_FHIR_MIGRATE_ON_STARTUP": "false", "TRIAL_FHIR_AUTH": auth,
             "PYTHONPATH": os.pathsep.join([str(path), str(ROOT), *([extra] if extra else [])])}
 
 
@@ -228,11 +229,12 @@ def server_stack(database_url: str) -> dict[str, str]:
 
 
 def start_server(database_url: str, workers: int, app: str = "service.main:app",
-                 path: Path = ROOT) -> tuple[subprocess.Popen, str]:
+                 path: Path = ROOT, auth: str = "off") -> tuple[subprocess.Popen, str]:
+    """uvicorn `app` with TRIAL_FHIR_AUTH=`auth` (`off`: no access control; `smart`: a token on every request)."""
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=_server_env(database_url, path), cwd=path)
+    proc = subprocess.Popen(cmd, env=_server_env(database_url, path, auth), cwd=path)
     base = f"http://127.0.0.1:{port}"
     probe = "/healthz" if app == "service.main:app" else "/"
     for _ in range(300):
@@ -296,14 +298,18 @@ def run_load(clients: int, seconds: float, make_call) -> dict:
             "mean_ms": round(statistics.fmean(flat), 2)}
 
 
-def http_call(base: str, path_for, expect: int | None):
+def http_call(base: str, path_for, expect: int | None, headers: dict[str, str] | None = None,
+              refused: list[int] | None = None):
+    """A callable per client thread; statuses other than 2xx are appended to `refused`."""
     def make():
-        client = httpx.Client(base_url=base, timeout=30)
+        client = httpx.Client(base_url=base, timeout=30, headers=headers or {})
         rng = random.Random(threading.get_ident())
 
         def call() -> bool:
             r = client.get(path_for(rng))
             if r.status_code != 200:
+                if refused is not None and not 200 <= r.status_code < 300:
+                    refused.append(r.status_code)
                 return False
             return expect is None or r.content.count(b'"mode":"match"') == expect
         return call
@@ -330,6 +336,27 @@ end
 """
 
 
+# the same load, also counting each status >= 300 and keeping a sample answer: after a run with non-2xx answers
+# (a `response` function makes wrk hand every answer to Lua, so it is not used for the timed runs)
+WRK_STATUS_SCRIPT = WRK_SCRIPT.replace("function done(summary, latency, requests)\n", """
+local threads = {}
+function setup(thread) threads[#threads + 1] = thread end
+statuses, sample = {}, ""
+function response(status, headers, body)
+  if status >= 300 then
+    statuses[status] = (statuses[status] or 0) + 1
+    if sample == "" then sample = string.sub(body or "", 1, 400) end
+  end
+end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    for status, count in pairs(t:get("statuses")) do io.write(string.format("WRK_STATUS %d %d\\n", status, count)) end
+    local kept = t:get("sample")
+    if kept ~= "" then io.write("WRK_SAMPLE " .. string.gsub(kept, "\\n", " ") .. "\\n") end
+  end
+""", 1)
+
+
 def wrk_version() -> str | None:
     if shutil.which("wrk") is None:
         return None
@@ -337,26 +364,37 @@ def wrk_version() -> str | None:
     return (out.stdout or out.stderr).split()[1] if (out.stdout or out.stderr).startswith("wrk") else "wrk"
 
 
-def wrk_load(base: str, paths: list[str], clients: int, seconds: float) -> dict:
-    """`clients` keep-alive connections from one wrk thread for `seconds`, rotating over `paths`."""
+def wrk_load(base: str, paths: list[str], clients: int, seconds: float,
+             headers: dict[str, str] | None = None, statuses: bool = False) -> dict:
+    """`clients` keep-alive connections from one wrk thread for `seconds`, rotating over `paths`, sending
+    `headers` on every request (`-H`; the Lua script's `wrk.format` adds them). `statuses`: also count the answers
+    by status (>= 300) and keep a sample of one (slower: a diagnosis, not a measurement)."""
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as folder:
         script, urls = Path(folder) / "rotate.lua", Path(folder) / "paths.txt"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(WRK_STATUS_SCRIPT if statuses else WRK_SCRIPT)
         urls.write_text("\n".join(paths) + "\n")
         cmd = ["wrk", "-t", "1", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "10s", "-s", str(script),
+               *[arg for name, value in (headers or {}).items() for arg in ("-H", f"{name}: {value}")],
                base, str(urls)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRK_JSON "))
     w = json.loads(line[len("WRK_JSON "):])
     duration = w["duration_us"] / 1e6
+    found: dict[int, int] = {}
+    for ln in out.splitlines():
+        if ln.startswith("WRK_STATUS "):
+            status, count = map(int, ln.split()[1:3])
+            found[status] = found.get(status, 0) + count
+    sample = next((ln[len("WRK_SAMPLE "):] for ln in out.splitlines() if ln.startswith("WRK_SAMPLE ")), None)
     return {"clients": clients, "requests": w["requests"], "errors": w["errors"] + w["non_2xx"],
+            "non_2xx": w["non_2xx"], **({"statuses": found, "sample": sample} if statuses else {}),
             "throughput_rps": round(w["requests"] / duration, 1), "p50_ms": round(w["p50_us"] / 1000, 2),
             "p99_ms": round(w["p99_us"] / 1000, 2), "mean_ms": round(w["mean_us"] / 1000, 2)}
 
 
-def check_answers(base: str, paths: list[str], expect: int | None) -> None:
+def check_answers(base: str, paths: list[str], expect: int | None, headers: dict[str, str] | None = None) -> None:
     """Before timing with wrk (which only counts statuses): a sample of the URLs answers 200 with `expect` matches."""
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with httpx.Client(base_url=base, timeout=30, headers=headers or {}) as client:
         for path in paths[:: max(1, len(paths) // 20)]:
             r = client.get(path)
             matches = r.content.count(b'"mode":"match"')
@@ -364,11 +402,48 @@ def check_answers(base: str, paths: list[str], expect: int | None) -> None:
                 raise SystemExit(f"GET {path}: {r.status_code}, {matches} matches (expected {expect})")
 
 
-def measure(client: str, base: str, path_for, expect: int | None, clients: int, seconds: float) -> dict:
+WARM_UP_PROBLEMS: list[dict] = []  # non-2xx answers during warm-ups: reported and kept in the results
+
+
+def _warm_up_problem(base: str, run: dict, statuses, sample: str | None) -> None:
+    problem = {"base": base, "clients": run["clients"], "requests": run["requests"], "non_2xx": run["non_2xx"],
+               "statuses": statuses, "sample": sample}
+    WARM_UP_PROBLEMS.append(problem)
+    print(f"WARNING warm-up of {base}: {run['non_2xx']} of {run['requests']} answers non-2xx: {statuses}, "
+          f"e.g. {sample!r:.400}")
+
+
+def measure(client: str, base: str, path_for, expect: int | None, clients: int, seconds: float,
+            headers: dict[str, str] | None = None, warm_up: bool = False) -> dict:
+    """One timed load; any non-2xx answer (a 401 or 403 under TRIAL_FHIR_AUTH=smart above all) stops the benchmark,
+    so refused requests never count as throughput. A `warm_up` load (never counted) counts the statuses itself and
+    reports what was not 2xx (in WARM_UP_PROBLEMS, printed again at the end and kept in the results): a server's
+    first seconds under a burst of new connections show faults a timed run would not."""
     if client == "wrk":
         rng = random.Random(clients)
-        return wrk_load(base, [path_for(rng) for _ in range(2000)], clients, seconds)
-    return run_load(clients, seconds, http_call(base, path_for, expect))
+        paths = [path_for(rng) for _ in range(2000)]
+        run = wrk_load(base, paths, clients, seconds, headers, statuses=warm_up)
+        if warm_up:
+            if run["non_2xx"] or run["statuses"]:
+                _warm_up_problem(base, run, run["statuses"], run["sample"])
+            return run
+        if run["non_2xx"]:  # which statuses: the same load again for a moment, wrk handing each answer to Lua
+            again = wrk_load(base, paths, clients, min(seconds, 3), headers, statuses=True)
+            run["statuses"] = f"{again['statuses']} in a second look of {again['requests']} requests, e.g. " \
+                              f"{again['sample']!r:.400}"
+    else:
+        refused: list[int] = []
+        run = run_load(clients, seconds, http_call(base, path_for, expect, headers, refused))
+        run["non_2xx"] = len(refused)
+        if refused:
+            run["statuses"] = sorted(set(refused))
+            if warm_up:
+                _warm_up_problem(base, run, run["statuses"], None)
+                return run
+    if run.get("non_2xx"):
+        raise SystemExit(f"{run['non_2xx']} of {run['requests']} requests to {base} answered other than 2xx "
+                         f"{run.get('statuses')}: the run is void")
+    return run
 
 
 BARE_SQL = ("SELECT r.id, r.content FROM measurement m JOIN resource r ON r.resource_type = 'Observation' "
@@ -439,31 +514,47 @@ def explain(engine, data: dict) -> dict:
 # -- plot -------------------------------------------------------------------------------------------------
 
 def svg(results: dict) -> str:
-    """Throughput per concurrency (bars) for each search and the bare ceiling; p99 written above each bar."""
-    series = [("bare", "#888888"), ("http_floor", "#bbbbbb"), ("subject_code", "#1f77b4"),
-              ("study_code_date", "#ff7f0e")]
+    """Throughput per concurrency (bars) for each search and the bare ceiling; p99 written above each bar. With
+    several `--auth` modes each search has a bar per mode (smart: hatched), and the smart bar's drop against off."""
+    auths = results.get("auth", ["off"])
+    colours = {"subject_code": "#1f77b4", "study_code_date": "#ff7f0e"}
+    series = [("bare", None, "#888888"), ("http_floor", None, "#bbbbbb")]
+    series += [(name, auth, colour) for name, colour in colours.items() for auth in auths]
+    by_auth = results.get("summary_by_auth") or {auths[0]: results["summary"]}
+    comparison = results.get("auth_comparison", {})
     levels = [int(level) for level in results["summary"]["subject_code"]]
 
-    def figure(name: str, level: int) -> dict:  # medians over the rounds; the floor is measured once
+    def figure(name: str, auth: str | None, level: int) -> dict:  # medians over the rounds; the floor is measured once
+        if auth is not None:
+            return by_auth[auth][name].get(str(level), {})
         if name in results["summary"]:
             return results["summary"][name].get(str(level), {})
         return next((r for r in results["runs"][name] if r["clients"] == level), {})
 
+    def legend(name: str, auth: str | None) -> str:
+        return name if auth is None or len(auths) == 1 else f"{name} ({auth})"
+
     # the axis fits the searches and bare; a taller http_floor bar is cut at the top and labelled with its rate
-    top = max(figure(name, level).get("throughput_rps", 0) for name, _ in series if name != "http_floor"
-              for level in levels) or 1
-    width, height, left, bottom = 760, 420, 70, 60
+    top = max(figure(name, auth, level).get("throughput_rps", 0) for name, auth, _ in series
+              if name != "http_floor" for level in levels) or 1
+    step = 160 if len(series) <= 4 else 175
+    rows = 1 if len(series) <= 4 else 2
+    width, left = max(760, 70 + step * -(-len(series) // rows)), 70
+    height, bottom = (420, 60) if len(auths) == 1 else (460, 100)  # room for a second legend row and a note
     plot_h = height - bottom - 50
     group_w = (width - left - 20) / len(levels)
     bar_w = group_w / (len(series) + 1)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            'font-size="12">',
+           '<defs><pattern id="smart" width="6" height="6" patternUnits="userSpaceOnUse" '
+           'patternTransform="rotate(45)"><rect width="3" height="6" fill="white" fill-opacity="0.55"/></pattern>'
+           '</defs>',
            f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">FHIR search throughput, '
            f'{results["database"]}, {results["observations"]:,} observations (medians of {results["rounds"]} rounds, '
            'p99 ms above bars)</text>',
            f'<text x="{width / 2}" y="34" text-anchor="middle" font-size="10">client: {results["client"]}; '
            f'uvicorn {results["server"]["workers"]} worker(s), {results["server"]["loop"]}, '
-           f'{results["server"]["http"]}</text>']
+           f'{results["server"]["http"]}; TRIAL_FHIR_AUTH {", ".join(auths)}</text>']
     for i in range(5):
         y = 40 + plot_h - plot_h * i / 4
         out.append(f'<line x1="{left}" y1="{y}" x2="{width - 20}" y2="{y}" stroke="#ddd"/>')
@@ -472,22 +563,35 @@ def svg(results: dict) -> str:
                'text-anchor="middle">requests / s</text>')
     for g, level in enumerate(levels):
         x0 = left + g * group_w + bar_w / 2
-        for s, (name, colour) in enumerate(series):
-            run = figure(name, level)
+        for s, (name, auth, colour) in enumerate(series):
+            run = figure(name, auth, level)
             rps = run.get("throughput_rps", 0)
             h = plot_h * min(rps, top * 1.1) / top
             x = x0 + s * bar_w
             out.append(f'<rect x="{x:.1f}" y="{40 + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" height="{h:.1f}" '
                        f'fill="{colour}"/>')
+            if auth == "smart" and len(auths) > 1:
+                out.append(f'<rect x="{x:.1f}" y="{40 + plot_h - h:.1f}" width="{bar_w * 0.9:.1f}" '
+                           f'height="{h:.1f}" fill="url(#smart)"/>')
             label = f'{run.get("p99_ms", 0):.1f}' if rps <= top * 1.1 else f"{rps / 1000:,.0f}k/s"
             out.append(f'<text x="{x + bar_w * 0.45:.1f}" y="{40 + plot_h - h - 4:.1f}" text-anchor="middle" '
                        f'font-size="10">{label}</text>')
+            drop = comparison.get(name, {}).get(str(level), {}).get("drop") if auth == "smart" else None
+            if drop is not None:
+                out.append(f'<text x="{x + bar_w * 0.45:.1f}" y="{40 + plot_h - h - 16:.1f}" text-anchor="middle" '
+                           f'font-size="10" font-weight="bold">{-100 * drop:+.0f}%</text>')
         out.append(f'<text x="{x0 + bar_w * len(series) / 2:.1f}" y="{40 + plot_h + 18}" text-anchor="middle">'
                    f'{level} client{"s" if level > 1 else ""}</text>')
-    for s, (name, colour) in enumerate(series):
-        x = left + s * 160
-        out.append(f'<rect x="{x}" y="{height - 22}" width="12" height="12" fill="{colour}"/>')
-        out.append(f'<text x="{x + 18}" y="{height - 12}">{name}</text>')
+    per_row = -(-len(series) // rows)
+    for s, (name, auth, colour) in enumerate(series):
+        x, y = left + (s % per_row) * step, height - 22 - 18 * (rows - 1 - s // per_row) - (20 if rows > 1 else 0)
+        out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}"/>')
+        if auth == "smart" and len(auths) > 1:
+            out.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="url(#smart)"/>')
+        out.append(f'<text x="{x + 18}" y="{y + 10}">{legend(name, auth)}</text>')
+    if len(auths) > 1:
+        out.append(f'<text x="{left}" y="{height - 8}" font-size="11">hatched: TRIAL_FHIR_AUTH=smart, its throughput '
+                   'change against off (median of the rounds) in bold above the p99</text>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -507,6 +611,15 @@ def existing_data(engine) -> dict:
     return {"study": study, "patients": patients, "codes": codes, "observations": count}
 
 
+def audit_events(engine) -> int | None:
+    """Rows in the audit trail (None when the schema has none): counted around each run, outside its timing."""
+    from sqlalchemy import inspect, text
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("audit_event"):
+            return None
+        return int(conn.execute(text("SELECT count(*) FROM audit_event")).scalar_one())
+
+
 def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -524,8 +637,20 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (bare, every search at every level); medians are reported (default 3)")
+    parser.add_argument("--auth", default="off",
+                        help="TRIAL_FHIR_AUTH modes to compare, comma-separated: off, smart (default off). Each mode "
+                             "gets its own server on the same database; within a round they alternate at every "
+                             "search and level; smart requests carry a bearer token of a client registered by "
+                             "`trial-fhir clients add`")
+    parser.add_argument("--output", type=Path,
+                        help="results JSON (default bench/results/search-<db>.json; the SVG goes beside it)")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
+    auths = [a.strip() for a in args.auth.split(",") if a.strip()]
+    if not auths or not set(auths) <= {"off", "smart"} or len(set(auths)) != len(auths):
+        parser.error("--auth takes off, smart or off,smart")
+    if "smart" in auths and args.seconds > 150:
+        parser.error("--seconds must be at most 150 with --auth smart (tokens live 300 s; one is asked for per run)")
     wrk = wrk_version()
     client = ("wrk" if wrk else "httpx") if args.client == "auto" else args.client
     if client == "wrk" and wrk is None:
@@ -578,9 +703,16 @@ def main() -> None:
     for name, plan in plans.items():
         print(f"plan {name}:\n  " + "\n  ".join(plan))
 
+    bench_client = None
+    if "smart" in auths:
+        if args.database_url:
+            migrate(engine)  # a kept database from before issue 10 has no client tables
+        bench_client = register_client(database_url)
+        print(f"registered SMART client {bench_client.client_id} ({bench_client.scope}) with `trial-fhir clients add`")
+
     stack = server_stack(database_url)
     print(f"client: {client_text}; uvicorn {stack['uvicorn']} ({stack['loop']}, {stack['http']}), "
-          f"{args.workers} worker(s)")
+          f"{args.workers} worker(s); TRIAL_FHIR_AUTH {', '.join(auths)}")
     study, patients, codes = data["study"], data["patients"], data["codes"]
     queries = {
         "subject_code": (lambda rng: f"/fhir/Observation?subject={rng.choice(patients)}&code={rng.choice(codes)}"
@@ -594,29 +726,46 @@ def main() -> None:
         run["load_average"] = load
         runs[name].append(run)
         shown = {k: run[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors", "share_of_bare",
-                                     "cpu_us_per_request") if k in run}
-        print(f"{name:<15} {run['clients']:>2} clients: {shown}  load {load}")
+                                     "cpu_us_per_request", "service_busy", "audit_events") if k in run}
+        label = f"{name} ({run['auth']})" if "auth" in run and len(auths) > 1 else name
+        print(f"{label:<23} {run['clients']:>2} clients: {shown}  load {load}")
 
     floor_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     (floor_dir / "trivial_app.py").write_text(TRIVIAL_APP)
     floor, floor_base = start_server(database_url, args.workers, "trivial_app:app", floor_dir)
     try:  # the floor: a do-nothing ASGI app on the same uvicorn and client (what HTTP alone costs here)
-        measure(client, floor_base, lambda rng: "/", None, max(levels), 1)  # warm-up
+        measure(client, floor_base, lambda rng: "/", None, max(levels), 1, warm_up=True)
         for level in levels:
             load = _load()
             record("http_floor", measure(client, floor_base, lambda rng: "/", None, level, args.seconds), load)
     finally:
         stop_server(floor)
         shutil.rmtree(floor_dir, ignore_errors=True)
-    proc, base = start_server(database_url, args.workers)
-    fhir = f"{base}/fhir"
     for name in queries:
         runs[name] = []
+    # one server per auth mode on the same database, all up for the whole run, so the modes can alternate within
+    # each round (the machine's drift then affects them alike)
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
+    tokens: dict[str, Tokens] = {}
+
+    def headers_for(auth: str) -> dict[str, str]:
+        # a token per run: `Tokens` asks for a new one when the held one has less than the margin left
+        return tokens[auth].headers() if auth in tokens else {}
+
     try:
-        for path_for, expect in queries.values():
-            rng = random.Random(1)
-            check_answers(base, [path_for(rng) for _ in range(200)], expect)
-            measure(client, base, path_for, expect, max(levels), 2)  # warm-up: every worker's connections, caches
+        for auth in auths:
+            servers[auth] = start_server(database_url, args.workers, auth=auth)
+            if auth == "smart":
+                assert bench_client is not None
+                tokens[auth] = Tokens(servers[auth][1], bench_client, margin_s=min(250.0, args.seconds + 60))
+            base = servers[auth][1]
+            check_enforced(base, queries["subject_code"][0](random.Random(0)), auth, headers_for(auth))
+            for path_for, expect in queries.values():
+                rng = random.Random(1)
+                check_answers(base, [path_for(rng) for _ in range(200)], expect, headers_for(auth))
+                # warm-up: every worker's connections, caches (and under smart each worker's token cache)
+                measure(client, base, path_for, expect, max(levels), 2, headers_for(auth), warm_up=True)
+        fhir = f"{servers[auths[0]][1]}/fhir"
         # and the bare query's pages (other patients than the searches' sample): a first round on a cold cache
         # read from disk (~400 req/s where a warm one gives ~5,000)
         run_load(max(levels), 3, bare_call(database_url, data, fhir))
@@ -632,26 +781,40 @@ def main() -> None:
             best = max(r["throughput_rps"] for r in runs["bare"] if r["round"] == round_no)
             for name, (path_for, expect) in queries.items():
                 for level in levels:
-                    load = _load()
-                    meter = CpuMeter([proc.pid])
-                    meter.start()
-                    run = measure(client, base, path_for, expect, level, args.seconds)
-                    record(name, {**run, "round": round_no, "share_of_bare": round(run["throughput_rps"] / best, 3),
-                                  "cpu_us_per_request": meter.stop(run["requests"])}, load)
+                    for auth in auths:  # off, smart, off, smart …
+                        proc, base = servers[auth]
+                        headers = headers_for(auth)
+                        audited = audit_events(engine)
+                        load = _load()
+                        meter = CpuMeter([proc.pid])
+                        meter.start()
+                        run = measure(client, base, path_for, expect, level, args.seconds, headers)
+                        cpu = meter.stop(run["requests"])
+                        if audited is not None:  # what the run added to the audit trail (its cost is in the run)
+                            run["audit_events"] = (audit_events(engine) or 0) - audited
+                        record(name, {**run, "auth": auth, "round": round_no,
+                                      "share_of_bare": round(run["throughput_rps"] / best, 3),
+                                      "cpu_us_per_request": cpu, "service_busy": meter.service_busy}, load)
     finally:
-        stop_server(proc)
+        for proc, _ in servers.values():
+            stop_server(proc)
         engine.dispose()
         if args.keep and not args.database_url:
             print(f"kept {database_url}")
     top = max(levels)
 
-    def median_of(name: str, level: int, key: str) -> float:
-        return round(statistics.median(r[key] for r in runs[name] if r["clients"] == level), 3)
+    def median_of(name: str, level: int, key: str, auth: str | None = None) -> float:
+        return round(statistics.median(r[key] for r in runs[name]
+                                       if r["clients"] == level and r.get("auth", auth) == auth), 3)
 
-    summary = {name: {str(level): {key: median_of(name, level, key)
-                                   for key in ("throughput_rps", "p50_ms", "p99_ms", "share_of_bare")
-                                   if key in runs[name][0]} for level in levels}
-               for name in ["bare", *queries]}
+    keys = ("throughput_rps", "p50_ms", "p99_ms", "share_of_bare")
+    summary_by_auth = {auth: {name: {str(level): {key: median_of(name, level, key, auth) for key in keys}
+                                     for level in levels} for name in queries} for auth in auths}
+    summary = {"bare": {str(level): {key: median_of("bare", level, key) for key in keys if key in runs["bare"][0]}
+                        for level in levels},
+               **summary_by_auth[auths[0]]}  # the searches under the first --auth mode (off by default), as before
+    comparison = auth_comparison(runs, summary_by_auth, list(queries), levels) \
+        if {"off", "smart"} <= set(auths) else {}
     bare_best = max(summary["bare"][str(level)]["throughput_rps"] for level in levels)
     results = {
         "database": args.db, "observations": data["observations"], "patients": len(patients),
@@ -666,21 +829,90 @@ def main() -> None:
                     "http_floor": "GET / on a do-nothing ASGI app, same uvicorn and client: the HTTP cost "
                                   "alone on this machine"},
         "rounds": args.rounds,
+        "auth": auths,
+        "smart_client": {"scope": bench_client.scope, "tokens_issued": tokens["smart"].issued}
+        if bench_client and "smart" in tokens else None,
         "bare_best_rps": bare_best,
         "runs": runs,
         "summary": summary,
+        "summary_by_auth": summary_by_auth,
         "ratio_to_bare": {name: {level: v["share_of_bare"] for level, v in summary[name].items()} for name in queries},
         "target": {"rule": f"throughput >= 50% of the best bare figure of the same round and p99 < 50 ms at {top} "
-                           f"clients (medians over {args.rounds} round(s))",
+                           f"clients (medians over {args.rounds} round(s)), TRIAL_FHIR_AUTH={auths[0]}",
                    **{name: summary[name][str(top)]["share_of_bare"] >= 0.5 and summary[name][str(top)]["p99_ms"] < 50
                       for name in queries}},
         "plans": plans,
+        "warm_up_problems": WARM_UP_PROBLEMS,
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"search-{args.db}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / f"search-{args.db}.svg").write_text(svg(results))
+    if comparison:
+        results["auth_comparison"] = comparison
+        results["auth_target"] = {
+            "rule": "issue 10: smart throughput drops by less than 10% against off at every client level (median "
+                    f"over {args.rounds} round(s) of each round's 1 - smart/off)",
+            **{name: all(v["met"] for v in comparison[name].values()) for name in queries}}
+    output = args.output or RESULTS / f"search-{args.db}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2) + "\n")
+    output.with_suffix(".svg").write_text(svg(results))
+    if comparison:
+        print_comparison(comparison, args.rounds)
+        print(f"auth target met (drop < 10%): {results['auth_target']}")
+    for problem in WARM_UP_PROBLEMS:
+        print(f"WARNING (not in any figure) warm-up of {problem['base']}: {problem['non_2xx']} of "
+              f"{problem['requests']} answers non-2xx {problem['statuses']}, e.g. {problem['sample']!r:.300}")
     print(f"target met: {results['target']}")
-    print(f"wrote bench/results/search-{args.db}.json and .svg")
+    print(f"wrote {output} and {output.with_suffix('.svg').name}")
+
+
+def auth_comparison(runs: dict[str, list[dict]], summary_by_auth: dict, names: list[str], levels: list[int]) -> dict:
+    """Per search and level: off against smart (medians over the rounds), each round's drop 1 - smart/off (both
+    measured back to back in that round) and its median, and each mode as a share of the round's bare ceiling."""
+    out: dict[str, dict[str, dict]] = {}
+    for name in names:
+        out[name] = {}
+        for level in levels:
+            by_round: dict[int, dict[str, dict]] = {}
+            for r in runs[name]:
+                if r["clients"] == level:
+                    by_round.setdefault(r["round"], {})[r["auth"]] = r
+            drops = [round(1 - pair["smart"]["throughput_rps"] / pair["off"]["throughput_rps"], 4)
+                     for _, pair in sorted(by_round.items())
+                     if {"off", "smart"} <= set(pair) and pair["off"]["throughput_rps"]]
+            off, smart = summary_by_auth["off"][name][str(level)], summary_by_auth["smart"][name][str(level)]
+            drop = round(statistics.median(drops), 4)
+            out[name][str(level)] = {
+                "off_rps": off["throughput_rps"], "smart_rps": smart["throughput_rps"],
+                "drop": drop, "drop_range": [min(drops), max(drops)], "drop_rounds": drops,
+                "off_share_of_bare": off["share_of_bare"], "smart_share_of_bare": smart["share_of_bare"],
+                "off_p99_ms": off["p99_ms"], "smart_p99_ms": smart["p99_ms"],
+                # the service's CPU per search: what the access check costs, steadier than the rates on shared cores
+                "service_cpu_us_per_request": {
+                    auth: round(statistics.median(r["cpu_us_per_request"]["service"] for r in runs[name]
+                                                  if r["clients"] == level and r["auth"] == auth), 1)
+                    for auth in ("off", "smart")},
+                "audit_events_per_request": {  # 0 or None: the runs wrote no audit trail (none in the schema)
+                    auth: round(sum(r.get("audit_events", 0) for r in mine) / max(1, sum(r["requests"] for r in mine)),
+                                3) if any("audit_events" in r for r in mine) else None
+                    for auth in ("off", "smart")
+                    for mine in [[r for r in runs[name] if r["clients"] == level and r["auth"] == auth]]},
+                "met": drop < 0.10}
+    return out
+
+
+def print_comparison(comparison: dict, rounds: int) -> None:
+    print(f"\nTRIAL_FHIR_AUTH off against smart (req/s, medians of {rounds} round(s); drop = median of each round's "
+          "1 - smart/off; share = of the round's best bare figure)")
+    print(f"{'search':<16} {'clients':>7} {'off /s':>9} {'smart /s':>9} {'drop':>7} {'rounds':>15} "
+          f"{'off/bare':>9} {'smart/bare':>10} {'p99 off/smart ms':>17} {'svc CPU µs off/smart':>21} "
+          f"{'audit/req off/smart':>20}")
+    for name, per_level in comparison.items():
+        for level, c in per_level.items():
+            spread = "–".join(f"{100 * x:.1f}" for x in c["drop_range"]) + "%"
+            print(f"{name:<16} {level:>7} {c['off_rps']:>9,.0f} {c['smart_rps']:>9,.0f} {100 * c['drop']:>6.1f}% "
+                  f"{spread:>15} {100 * c['off_share_of_bare']:>8.0f}% {100 * c['smart_share_of_bare']:>9.0f}% "
+                  f"{c['off_p99_ms']:>8.1f}/{c['smart_p99_ms']:<8.1f} "
+                  f"{'/'.join(str(round(c['service_cpu_us_per_request'][a])) for a in ('off', 'smart')):>21} "
+                  f"{'/'.join(str(c['audit_events_per_request'][a]) for a in ('off', 'smart')):>20}")
 
 
 if __name__ == "__main__":
