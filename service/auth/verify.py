@@ -16,6 +16,7 @@ tokens are re-checked against their client's `disabled` flag, itself cached `DIS
 stops its tokens within seconds without a database read per request.
 """
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -90,6 +91,7 @@ class Authenticator:
         self._disabled: dict[str, tuple[bool, float]] = {}  # client id -> (disabled?, when read; monotonic)
         self._own_keys: dict[str, Key] = {}
         self._own_keys_read = float("-inf")
+        self._own_keys_lock = asyncio.Lock()
 
     async def authenticate(self, authorization: str | None, base_url: str) -> Caller:
         """The Caller of a request's `Authorization` header; Unauthorized naming what is wrong (never the token)."""
@@ -188,12 +190,17 @@ class Authenticator:
         """One of this server's keys by kid; the keys are read again (rate-limited) when the kid is unknown."""
         if isinstance(kid, str) and kid in self._own_keys:
             return self._own_keys[kid]
-        now = time.monotonic()
-        if now - self._own_keys_read >= OWN_KEYS_REFRESH_S:
-            self._own_keys_read = now
-            keep = self.settings.token_lifetime_s + self.settings.auth_leeway_s
-            published = await run_sync(lambda: keys.published_keys(self.engine, keep, create=False))
-            self._own_keys = {k.kid: k.key for k in published}
+        # one read at a time: requests arriving together at a fresh worker wait for the first one's read instead of
+        # finding the rate limit spent and no keys yet (they were answered 401)
+        async with self._own_keys_lock:
+            if isinstance(kid, str) and kid in self._own_keys:
+                return self._own_keys[kid]
+            now = time.monotonic()
+            if now - self._own_keys_read >= OWN_KEYS_REFRESH_S:
+                keep = self.settings.token_lifetime_s + self.settings.auth_leeway_s
+                published = await run_sync(lambda: keys.published_keys(self.engine, keep, create=False))
+                self._own_keys = {k.kid: k.key for k in published}
+                self._own_keys_read = time.monotonic()
         if not isinstance(kid, str) or kid not in self._own_keys:
             raise KeyProblem(f"no key of this server has kid {kid!r}")
         return self._own_keys[kid]

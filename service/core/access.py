@@ -11,6 +11,8 @@ touches nothing of another study by any path. Searches are limited where their S
 (existence is not revealed); a write that would touch another study (before or after it) is a 403.
 """
 
+from collections.abc import Sequence
+
 from sqlalchemy import exists, select
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
@@ -67,3 +69,23 @@ def require_own_studies(session: Session | Connection, caller: Caller, resource_
     if session.execute(stmt).scalar():
         raise Forbidden(f"{resource_type}/{id} belongs to a study this client has no access to",
                         expression=f"{resource_type}")
+
+
+def check_studies(session: Session | Connection, caller: Caller, written: Sequence[tuple[str, str, str, str]]) -> None:
+    """403 when a resource a study-limited caller wrote in this transaction (its typed rows sent) now belongs to a
+    study it may not touch: one query per (type, interaction) for a whole Bundle, naming the first entry at fault."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for resource_type, id, letter, where in written:
+        groups.setdefault((resource_type, letter), []).append((id, where))
+    for (resource_type, letter), items in groups.items():
+        studies = caller.studies_for(resource_type, letter)
+        if studies is None:
+            continue
+        table = TYPES[resource_type].table
+        ids = [id for id, _ in items]
+        foreign = set(session.execute(select(table.c.id).where(
+            table.c.id.in_(ids), compiler.foreign_condition(resource_type, studies))).scalars())
+        for id, where in items:
+            if id in foreign:
+                raise Forbidden(f"{resource_type}/{id} would belong to a study this client has no access to",
+                                expression=where or resource_type)

@@ -111,6 +111,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
         try:
             result = work(uow)
             uow.flush()
+            access.check_studies(uow.session, uow.caller, uow.study_checks)
             if audit is not None:
                 audit(uow)
             session.commit()
@@ -294,13 +295,14 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     access is checked before (the version it replaces) and after (what it now says)."""
     handler = writable(resource_type)  # also for follow-ups: no path writes a read-only type
     replacing = current is not None and not current.deleted
-    limited = on_behalf and not uow.caller.unrestricted
     letter = "u" if replacing else "c"
-    if limited:
-        if not replacing:
-            access.require(uow.caller, resource_type, "c")  # an update that creates
-        else:
-            access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)
+    if on_behalf and not uow.caller.unrestricted and not replacing:
+        access.require(uow.caller, resource_type, "c")  # an update that creates
+    # a caller limited to some studies: what the write replaces is checked now, what it says once the unit's typed
+    # rows are sent (access.check_studies, one query per type at the end, not a flush per Bundle entry)
+    limited = on_behalf and uow.caller.studies_for(resource_type, letter) is not None
+    if limited and replacing:
+        access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)
     identifiers = _identifiers(resource_type, payload)
     try:
         handler.index(uow, payload, id, current is not None and not current.deleted)
@@ -334,8 +336,7 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     stored = Stored(resource_type, id, version, uow.now, content, status=201 if created else 200, created=created)
     uow.touched.append((stored.location, patients_of(resource_type, body)))
     if limited:
-        uow.flush()
-        access.require_own_studies(uow.session, uow.caller, resource_type, id, letter)
+        uow.study_checks.append((resource_type, id, letter, uow.entry_prefix))
     _apply_follow_ups(uow)
     return stored
 

@@ -34,6 +34,8 @@ class UnitOfWork:
         self.caller = caller  # whose writes these are: service/core/access.py decides what it may touch
         #: what this unit wrote or read (`Type/id/_history/v`, the Patients it concerns): its audit event's entities
         self.touched: list[tuple[str, list[str]]] = []
+        #: what a caller limited to studies wrote: (type, id, letter, entry), checked once its rows are sent
+        self.study_checks: list[tuple[str, str, str, str]] = []
         self.now = utcnow()
         self.now_instant = fhir_instant(self.now)  # meta.lastUpdated of everything this unit writes
         self.base_url = base_url.rstrip("/")
