@@ -77,7 +77,7 @@ class Core:
 
     async def start(self) -> None:
         """Open what lives on the event loop (the async read pool on PostgreSQL) and start the audit writer."""
-        self.audit_log.start_sync()
+        await self.audit_log.start()
         if self.settings.async_search and not self.settings.sql_echo:
             self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections)
 
