@@ -5,8 +5,14 @@ Each HTTP request for an interaction reaches one of these methods through exactl
 routes in service/api/fhir_routes.py and service/bundle/router.py, or the front door in
 service/api/front_door.py for the hot paths). They take the request's values (type, id, body, the headers that
 matter, and a `Context` with the base URL and the caller) and return stored JSON (`Stored`, or a Bundle's bytes),
-or raise `FhirError`s, which each adapter renders the same way (service/errors.py). Access decisions and audit
-records belong here, once for every path.
+or raise `FhirError`s, which each adapter renders the same way (service/errors.py).
+
+Access is decided here and below, once for every path: the caller's scopes and studies (`Context.caller`, from the
+token the adapter verified) through service/core/access.py, in the write path (resources.py, so Bundle entries too)
+and where searches are compiled. Every interaction is audited here (`_audited`): a write's AuditEvent is appended in
+the write's own transaction, a read's committed (grouped) before the answer is released, a refusal recorded with
+its outcome. A de-identified client's answers are de-identified here too (service/deid), after the audit has named
+the real patients.
 
 Writes run in a worker thread, each in one unit of work (one database transaction); searches read on the
 event loop when they are one cached page statement on PostgreSQL (asyncpg), else in the search threads.
