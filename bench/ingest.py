@@ -390,8 +390,13 @@ def count_rows(url: str) -> dict:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            tables = ["measurement", "resource", *(["audit_event"] if inspect(conn).has_table("audit_event") else [])]
-            return {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in tables}
+            audited = inspect(conn).has_table("audit_event")
+            counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
+                      for t in ["measurement", *(["audit_event"] if audited else [])]}
+            # the clinical resources (the audit trail's AuditEvents are resources too, counted on their own)
+            counts["resource"] = conn.execute(text(
+                "SELECT count(*) FROM resource WHERE resource_type <> 'AuditEvent'")).scalar_one()
+            return counts
     finally:
         engine.dispose()
 

@@ -149,7 +149,8 @@ _SOURCE = {"observer": {"display": SERVER_NAME}, "type": [_coding(SOURCE_TYPE, "
 _ids: tuple[int, str, Iterator[int]] = (0, "", itertools.count())
 
 
-def _new_id() -> str:
+def new_id() -> str:
+    """A unique id (a valid FHIR id): this process's random prefix and a counter."""
     global _ids
     pid, prefix, counter = _ids
     if pid != os.getpid():
@@ -179,7 +180,7 @@ def build_event(*, subtype: str, outcome: int, client: str, client_system: str |
     moment = (recorded or datetime.now(UTC)).astimezone(UTC)
     moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # as `recorded` says it: milliseconds
     instant = fhir_instant(moment)
-    event_id = id or _new_id()
+    event_id = id or new_id()
 
     subtypes = [_coding(INTERACTION, subtype)]
     if operation:
