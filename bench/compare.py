@@ -15,6 +15,8 @@ def figures(result: dict) -> dict[str, tuple[float, float]]:
     found: dict[str, tuple[float, float]] = {}
     if "runs" in result and isinstance(result["runs"], list):  # ingest
         for run in result["runs"]:
+            if run.get("auth", "off") != "off":  # an --auth off,smart run: the smart side has its own comparison
+                continue
             found[f"{run['mode']} {run['database']}"] = (run["share_of_bare"], run["rate"])
     else:  # search
         for query, levels in result["summary"].items():
