@@ -52,6 +52,11 @@ def json_type_issues(payload: dict[str, Any], parsed: BaseModel, resource_type: 
         data, model, path, depth = stack.pop()
         names = _json_names(type(model))
         for key, sent in data.items():
+            if sent is None or sent == "" or sent == [] or sent == {}:  # R4 JSON: leave an absent element out
+                issues.append(issue("invalid", _EMPTY[type(sent)], _spell(resource_type, (path, key, None))))
+                continue
+            if isinstance(sent, list):
+                _check_items(data, key, sent, path, issues, resource_type)
             name = names.get(key)
             if name is None:
                 continue
@@ -67,6 +72,27 @@ def json_type_issues(payload: dict[str, Any], parsed: BaseModel, resource_type: 
                     return [issue("structure", TOO_DEEP, resource_type)]
                 _check(sent, value, (path, key, None), depth + 1, stack, issues, resource_type)
     return issues
+
+
+#: R4 JSON (hl7.org/fhir/R4/json.html): an element without a value is left out, never sent null, "", [] or {}
+_EMPTY = {type(None): "null is not a FHIR JSON value: leave the element out",
+          str: "An empty string is not a FHIR value: leave the element out",
+          list: "An empty array is not FHIR JSON: leave the element out",
+          dict: "An empty object is not FHIR JSON: leave the element out"}
+
+
+def _check_items(data: dict[str, Any], key: str, sent: list[Any], path: _Path | None, issues: list[Issue],
+                 resource_type: str) -> None:
+    """The items of an array: none empty; null only in an array of primitives whose `_key` array carries the
+    item's id or extensions at the same place (R4's way to extend one primitive of a list)."""
+    for i, item in enumerate(sent):
+        if item is None:
+            partner = data.get(f"_{key}") if not key.startswith("_") else data.get(key[1:])
+            if isinstance(partner, list) and i < len(partner) and partner[i] is not None:
+                continue
+            issues.append(issue("invalid", _EMPTY[type(None)], _spell(resource_type, (path, key, i))))
+        elif item == "" or item == {} or item == []:
+            issues.append(issue("invalid", _EMPTY[type(item)], _spell(resource_type, (path, key, i))))
 
 
 def _check(sent: Any, value: Any, at: _Path, depth: int, stack: list[_Frame], issues: list[Issue],
