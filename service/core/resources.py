@@ -189,7 +189,23 @@ def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
         if current.version_id != expected:
             raise PreconditionFailed(f"{resource_type}/{id} is at version {current.version_id}, not {expected}",
                                      expression="If-Match")
+    if current is not None and not current.deleted and current.content is not None \
+            and _unchanged(current.content, payload):
+        # the same content again (a retry after a time-out, an interface engine resending): the current version,
+        # not a new one, so history keeps only real changes (as HAPI does). Still the caller's to touch.
+        if uow.caller.studies_for(resource_type, "u") is not None:
+            access.require_own_studies(uow.session, uow.caller, resource_type, id, "u")
+        same = Stored(resource_type, id, current.version_id, current.last_updated, current.content)
+        uow.touched.append((same.location, patients_of(resource_type, orjson.loads(current.content))))
+        return same
     return _store(uow, resource_type, id, payload, current, "PUT")
+
+
+def _unchanged(stored: str, payload: dict[str, Any]) -> bool:
+    """Does `payload` say what the stored version says, `meta` aside (versionId and lastUpdated are the server's)?"""
+    current: dict[str, Any] = orjson.loads(stored)
+    current.pop("meta", None)
+    return current == {k: v for k, v in payload.items() if k != "meta"}
 
 
 def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload: dict[str, Any], *,

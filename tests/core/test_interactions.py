@@ -147,3 +147,17 @@ def test_cohort_export_and_figures_go_through_the_core(core):
     assert run(core.study_chart(CTX, study_id, "EASI")).startswith("<svg")
     with pytest.raises(NotFound):
         run(core.study_summary(CTX, "nobody"))
+
+
+def test_an_update_that_changes_nothing_keeps_the_current_version(core):
+    """Issue 11 §8: a retried PUT (the same content, `meta` aside) answers the current version and writes none."""
+    made = run(core.create(CTX, "Patient", patient("MRN-NOOP")))
+    body = orjson.loads(made.content)
+    again = run(core.update(CTX, "Patient", made.id, {**body, "meta": {"versionId": "7"}}))
+    assert (again.version_id, again.status, again.created) == (1, 200, False)
+    assert run(core.conditional_update(CTX, "Patient", f"identifier={MRN}|MRN-NOOP", body)).version_id == 1
+    history = orjson.loads(run(core.history(CTX, "Patient", made.id, count=10)))
+    assert [e["resource"]["meta"]["versionId"] for e in history["entry"]] == ["1"]
+    changed = run(core.update(CTX, "Patient", made.id, {**body, "gender": "male"}))
+    assert changed.version_id == 2
+    assert run(core.update(CTX, "Patient", made.id, {**body, "gender": "male"})).version_id == 2
