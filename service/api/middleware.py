@@ -26,7 +26,8 @@ def choose_output(query: dict[str, str], accept: str) -> str | None:
         return "application/json" if fmt == "application/json" else "application/fhir+json"
     if not accept:
         return "application/fhir+json"
-    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    # a media range asking for another FHIR version (`application/fhir+json; fhirVersion=5.0`) is not one we serve
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",") if _r4(part)]
     for media in wanted:
         if media in ("application/fhir+json", "application/json+fhir", "*/*", "application/*"):
             return "application/fhir+json"
@@ -35,6 +36,19 @@ def choose_output(query: dict[str, str], accept: str) -> str | None:
     if any(m.startswith("text/html") for m in wanted):  # a browser on a FHIR URL: give it JSON
         return "application/fhir+json"
     return None
+
+
+def _r4(media: str) -> bool:
+    """Does a media type (with parameters) allow FHIR R4? `fhirVersion` absent, or 4.0 / 4.0.x (FHIR's MIME
+    parameter, hl7.org/fhir/R4/http.html#version-parameter)."""
+    if "fhirversion" not in media.lower():
+        return True
+    for param in media.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "fhirversion":
+            value = value.strip().strip('"')
+            return value == "4.0" or value.startswith("4.0.")
+    return True
 
 
 def negotiate(query: dict[str, str], accept: str) -> str:
@@ -49,6 +63,9 @@ def negotiate(query: dict[str, str], accept: str) -> str:
 def check_body(path: str, content_type: str | None, length: str | None, max_body_bytes: int) -> None:
     """415 unless the body is JSON (or a search form), 413 when Content-Length is over the limit."""
     ctype = (content_type or "").split(";")[0].strip().lower()
+    if not _r4(content_type or ""):
+        raise UnsupportedMediaType(f"This server speaks FHIR R4 (fhirVersion=4.0), not what '{content_type}' says",
+                                   expression="Content-Type")
     if ctype not in JSON_TYPES and not (path.endswith("/_search") and ctype == "application/x-www-form-urlencoded"):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")

@@ -205,6 +205,31 @@ def test_media_types_are_negotiated(client, accept, fmt, expected):
     assert response.headers["content-type"].split(";")[0] == expected
 
 
+@pytest.mark.parametrize("accept,status", [
+    ("application/fhir+json; fhirVersion=4.0", 200),
+    ("application/fhir+json; fhirVersion=4.0.1", 200),
+    ("application/fhir+json; fhirVersion=5.0", 406),
+    ("application/fhir+json; fhirVersion=3.0", 406),
+    ("application/fhir+json; fhirVersion=5.0, application/json; fhirVersion=4.0", 200),
+])
+def test_the_fhir_version_of_accept_is_honoured(client, accept, status):
+    """Issue 11 §5: R4 only (hl7.org/fhir/R4/http.html#version-parameter): another version is a 406, by the front
+    door (search) and the routes (read) alike."""
+    rid = created(client.post("/fhir/Patient", json=patient()))["id"]
+    for url in (f"/fhir/Patient/{rid}", "/fhir/Patient"):
+        response = client.get(url, headers={"Accept": accept})
+        assert response.status_code == status, (url, response.text)
+        if status == 406:
+            assert response.json()["issue"][0]["expression"] == ["Accept"]
+
+
+@pytest.mark.parametrize("version,status", [("4.0", 201), ("5.0", 415)])
+def test_a_body_of_another_fhir_version_is_415(client, version, status):
+    response = client.post("/fhir/Patient", json=patient(),
+                           headers={"Content-Type": f"application/fhir+json; fhirVersion={version}"})
+    assert response.status_code == status, response.text
+
+
 def test_plain_json_bodies_are_accepted(client):
     import orjson
     response = client.post("/fhir/Patient", content=orjson.dumps(patient()),
