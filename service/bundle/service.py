@@ -131,6 +131,8 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
         else:
             deleted = resources.conditional_delete(uow, req.resource_type, req.query)
             done = deleted[0] if deleted else None
+        if done is not None:
+            _once(uow, done.resource_type, done.id, req)
         status = 204 if done else 204
         resp = {"status": STATUS_TEXT[status]}
         if done:
@@ -158,14 +160,27 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
             uow.placeholders[req.full_url] = (req.resource_type, stored.id)
     elif req.id:
         stored = resources.update(uow, req.resource_type, req.id, resource, if_match=req.if_match)
+        _once(uow, stored.resource_type, stored.id, req)
     else:
         stored = resources.conditional_update(uow, req.resource_type, req.query, resource, if_match=req.if_match)
+        _once(uow, stored.resource_type, stored.id, req)
         if req.full_url and req.full_url.startswith("urn:"):
             uow.placeholders[req.full_url] = (req.resource_type, stored.id)
     modified = uow.now_instant if stored.last_updated is uow.now else fhir_instant(stored.last_updated)
     response = {"status": STATUS_TEXT[stored.status], "location": f"{base}/{stored.location}",
                 "etag": stored.etag, "lastModified": modified}
     return stored.status, entry(f"{base}/{stored.resource_type}/{stored.id}", stored.content, response=response)
+
+
+def _once(uow: UnitOfWork, resource_type: str, id: str, req: Request) -> None:
+    """R4 (http.html#trules): a transaction SHALL fail when two of its updates or deletes (conditional ones as
+    resolved) are of the same resource: which would win is not defined. The unit of work is the transaction's
+    (a batch entry has one of its own, so its entries never meet here)."""
+    seen: dict[tuple[str, str], str] = uow.cache.setdefault(("bundle", "written"), {})
+    first = seen.setdefault((resource_type, id), req.prefix)
+    if first != req.prefix:
+        raise BadRequest(f"{resource_type}/{id} is updated or deleted twice in this transaction (also by {first})",
+                         expression=req.prefix)
 
 
 def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:

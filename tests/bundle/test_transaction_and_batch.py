@@ -150,3 +150,27 @@ def test_bundle_of_another_type_is_rejected(client):
     response = client.post("/fhir", json={"resourceType": "Bundle", "type": "collection", "entry": []})
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["Bundle.type"]
+
+
+def test_the_same_resource_twice_in_a_transaction_fails(client, engine):
+    """R4 (http.html#trules): updates or deletes of one resource twice in a transaction SHALL fail (which would
+    win is not defined); in a batch each entry stands alone."""
+    from tests.assertions import table_counts
+    from tests.factories import patient as a_patient
+
+    body = {**a_patient("MRN-TWICE"), "id": "twice-1"}
+    twice = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "PUT", "url": "Patient/twice-1"}},
+        {"resource": {**body, "gender": "male"}, "request": {"method": "PUT", "url": "Patient/twice-1"}}]}
+    before = table_counts(engine)
+    response = client.post("/fhir", json=twice)
+    assert response.status_code == 400, response.text
+    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    assert table_counts(engine) == before
+    assert client.put("/fhir/Patient/twice-1", json=body).status_code == 201
+    conditional = {**twice, "entry": [twice["entry"][0], {"request": {"method": "DELETE",
+                                                                       "url": "Patient?_id=twice-1"}}]}
+    refused = client.post("/fhir", json=conditional)  # the conditional delete resolves to the PUT's resource
+    assert refused.status_code == 400 and "twice" in refused.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Patient/twice-1").status_code == 200  # nothing of it happened
+    assert client.post("/fhir", json={**twice, "type": "batch"}).status_code == 200
