@@ -152,10 +152,14 @@ def register_error_handlers(app: FastAPI) -> None:
         where = "request"
         if exc.status_code == 404 and detail == "Not Found":
             detail, where = f"No such endpoint or resource type: {request.url.path}", "request.url"
-        elif exc.status_code == 405:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            from service.api.methods import allowed_methods  # the api layer: only for this answer
+
             detail, where = f"{request.method} is not supported on {request.url.path}", "request.method"
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request.app, request.scope))}
         code = _STATUS_CODES.get(exc.status_code, "exception")
-        return error_response(exc.status_code, [issue(code, detail, where)], getattr(exc, "headers", None))
+        return error_response(exc.status_code, [issue(code, detail, where)], headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:

@@ -12,6 +12,7 @@ from starlette.types import ASGIApp
 
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
+from service.api.methods import Methods
 from service.api.middleware import FhirFormatMiddleware
 from service.api.security_headers import secured
 from service.auth.router import router as auth_router
@@ -122,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routed = partial(FastAPI.__call__, app)
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
-    app.outer = secured(app.front_door or routed, settings)
+    app.outer = secured(Methods(app.front_door or routed, app), settings)
     quiet_access_log()
     _add_outcome_schema(app)
     return app
