@@ -13,7 +13,7 @@ from fastapi.routing import APIRoute
 
 from fhir_mappings.outcome import issue, outcome
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
-from service.api.http import CoreDep, Ctx, FhirBody, stored_response, version_headers
+from service.api.http import CoreDep, Ctx, FhirBody, not_modified_since, stored_response, version_headers
 from service.core.registry import EXAMPLES, TYPES
 from service.examples import stored
 from service.responses import FhirJSONResponse
@@ -113,7 +113,8 @@ def build_router(resource_type: str) -> APIRouter:
                            **error_docs(404, 410)})
     async def read(request: Request, id: IdPath, core: CoreDep, ctx: Ctx) -> Response:
         stored_ = await core.read(ctx, resource_type, id)
-        if request.headers.get("if-none-match") == stored_.etag:
+        if request.headers.get("if-none-match") == stored_.etag or not_modified_since(
+                request.headers.get("if-modified-since"), stored_.last_updated):
             return Response(status_code=304, headers=version_headers(stored_, ctx.base_url))
         return stored_response(stored_, ctx.base_url, request.headers.get("prefer"))
 
@@ -124,14 +125,16 @@ def build_router(resource_type: str) -> APIRouter:
                 responses={200: fhir_json(saved_v2, "Updated: a new version"),
                            201: fhir_json(saved, "Created with the client's id"),
                            **error_docs(400, 409, 412, 415, 422)})
-    async def update(id: IdPath, core: CoreDep, ctx: Ctx, body: FhirBody, if_match: IfMatch = None,
+    async def update(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, body: FhirBody, if_match: IfMatch = None,
                      prefer: Prefer = None) -> Response:
-        stored_ = await core.update(ctx, resource_type, id, body, if_match=if_match)
+        stored_ = await core.update(ctx, resource_type, id, body, if_match=if_match,
+                                    if_none_match=request.headers.get("if-none-match"))
         return stored_response(stored_, ctx.base_url, prefer, status_code=stored_.status, location=stored_.created)
 
     update.__doc__ = (f"Replace a {resource_type} with a new version; the body's `id` must match the URL. "
                       "With `If-Match: W/\"n\"` the update only happens when the resource is at version n (412 "
-                      "otherwise). An unknown id creates the resource (201).")
+                      "otherwise); with `If-None-Match: *` only when it does not exist yet (412 otherwise). An "
+                      "unknown id creates the resource (201).")
 
     @router.delete("/{id}", status_code=200, name=f"delete_{resource_type}", summary=f"Delete a {resource_type}",
                    responses={200: fhir_json(outcome([issue("informational", "Deleted", severity="information")]),

@@ -4,7 +4,8 @@ adapters can't answer differently."""
 
 import ipaddress
 from dataclasses import replace
-from email.utils import format_datetime
+from datetime import datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Annotated, Any, Protocol
 
@@ -227,6 +228,20 @@ async def the_core(request: Request) -> Core:
 
 
 CoreDep = Annotated[Core, Depends(the_core)]
+
+
+def not_modified_since(header: str | None, last_updated: datetime) -> bool:
+    """`If-Modified-Since` (RFC 9110 §13.1.3): is the version no newer than the date the client holds? HTTP dates
+    have whole seconds; an unreadable date is ignored, as the RFC says."""
+    if not header:
+        return False
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return last_updated.replace(microsecond=0) <= since
 
 
 def version_headers(stored: Stored, base: str, *, location: bool = False) -> dict[str, str]:

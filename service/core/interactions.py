@@ -155,10 +155,10 @@ class Core:
             uow, resource_type, body, if_none_exist=if_none_exist))
 
     async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
-                     if_match: str | None = None) -> Stored:
+                     if_match: str | None = None, if_none_match: str | None = None) -> Stored:
         """PUT [base]/{type}/{id}: a new version, or the resource itself with the client's id (201)."""
         return await self._write(ctx, "update", lambda uow: resources.update(
-            uow, resource_type, id, body, if_match=if_match))
+            uow, resource_type, id, body, if_match=if_match, if_none_match=if_none_match))
 
     async def conditional_update(self, ctx: Context, resource_type: str, query: str, body: dict[str, Any], *,
                                  if_match: str | None = None) -> Stored:

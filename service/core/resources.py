@@ -167,7 +167,7 @@ def new_resource_id() -> str:
 
 
 def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], *,
-           if_match: str | None = None) -> Stored:
+           if_match: str | None = None, if_none_match: str | None = None) -> Stored:
     """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
     writable(resource_type)
     access.require(uow.caller, resource_type, "u")
@@ -189,6 +189,9 @@ def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
         if current.version_id != expected:
             raise PreconditionFailed(f"{resource_type}/{id} is at version {current.version_id}, not {expected}",
                                      expression="If-Match")
+    if if_none_match is not None and if_none_match.strip() == "*" and current is not None and not current.deleted:
+        raise PreconditionFailed(f"{resource_type}/{id} exists: If-None-Match: * asks to create it only",
+                                 expression="If-None-Match")
     if current is not None and not current.deleted and current.content is not None \
             and _unchanged(current.content, payload):
         # the same content again (a retry after a time-out, an interface engine resending): the current version,

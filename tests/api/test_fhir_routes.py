@@ -277,3 +277,22 @@ def test_the_trial_code_system_is_readable(client):
 
 def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_if_none_match_star_creates_only_and_if_modified_since_answers_304(client):
+    """Issue 11 §6: `PUT` with `If-None-Match: *` creates only (412 when the resource exists); a read with
+    `If-Modified-Since` at or after the version's time is a 304."""
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    body = {**patient(), "id": "only-once"}
+    first = client.put("/fhir/Patient/only-once", json=body, headers={"If-None-Match": "*"})
+    assert first.status_code == 201, first.text
+    again = client.put("/fhir/Patient/only-once", json={**body, "gender": "male"}, headers={"If-None-Match": "*"})
+    assert again.status_code == 412 and again.json()["issue"][0]["expression"] == ["If-None-Match"]
+    assert client.get("/fhir/Patient/only-once").json()["gender"] == "female"
+    later = format_datetime(datetime.now(UTC) + timedelta(minutes=1), usegmt=True)
+    earlier = format_datetime(datetime.now(UTC) - timedelta(days=1), usegmt=True)
+    assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": later}).status_code == 304
+    assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": earlier}).status_code == 200
+    assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": "yesterday"}).status_code == 200
