@@ -23,11 +23,13 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from anyio import to_thread
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -39,6 +41,7 @@ from service.audit.log import AuditLog
 from service.bundle import service as bundles
 from service.core import access, resources
 from service.core.context import Context
+from service.core.registry import handler_for
 from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
@@ -46,10 +49,12 @@ from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_
 from service.errors import FhirError, Forbidden, NotFound
 from service.export import service as exports
 from service.group import service as groups
+from service.search.compiler import study_condition
 from service.search.service import plan_search, run_search, run_search_async
 from service.settings import Settings
 from service.stats import service as stats
 from service.stats.schemas import StudySummary
+from service.store import repository
 from service.store.driver import AsyncReadPool, async_read_pool
 from service.store.unit_of_work import UnitOfWork
 
@@ -259,6 +264,41 @@ class Core:
             links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
         total = None if before_version or more else len(page)
         return bundle("history", entries, total=total, links=links)
+
+    async def type_history(self, ctx: Context, resource_type: str, *, count: int, since: datetime | None = None,
+                           page: str | None = None) -> bytes:
+        """GET [base]/{type}/_history: every version of every resource of the type, newest first, paged by an
+        opaque cursor (`_page`); a caller limited to studies sees the versions of its studies' current resources."""
+        body = await self._audited(ctx, "history-type", self._type_history(ctx, resource_type, count, since, page),
+                                   _bundle_facts)
+        return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
+
+    async def _type_history(self, ctx: Context, resource_type: str, count: int, since: datetime | None,
+                            page: str | None) -> bytes:
+        stored_type = handler_for(resource_type)
+        access.require(ctx.caller, resource_type, "r")
+        before = resources.decode_history_page(page) if page else None
+        studies = ctx.caller.studies_for(resource_type, "r")
+        only = None
+        if studies is not None:
+            only = select(stored_type.table.c.id).where(study_condition(resource_type, studies))
+        rows = await self._read(lambda s: repository.find_type_history(
+            s, resource_type, limit=count + 1, since=since, before=before, only=only))
+        page_rows, more = rows[:count], len(rows) > count
+        base = ctx.base_url
+        entries = [entry(f"{base}/{resource_type}/{r.id}", r.content,
+                         request={"method": r.method, "url": resource_type if r.method == "POST"
+                                  else f"{resource_type}/{r.id}"},
+                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
+                                   "lastModified": fhir_instant(r.last_updated)}) for r in page_rows]
+        query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
+        here = f"{base}/{resource_type}/_history?{query}"
+        links = [("self", here + (f"&_page={page}" if page else ""))]
+        if more:
+            last = page_rows[-1]
+            cursor = resources.encode_history_page(last.last_updated, last.id, last.version_id)
+            links.append(("next", f"{here}&_page={cursor}"))
+        return bundle("history", entries, total=None if page or more else len(page_rows), links=links)
 
     async def search(self, ctx: Context, resource_type: str, params: list[tuple[str, str]]) -> bytes:
         """GET [base]/{type}?params: the searchset Bundle, audited as one event naming the query and every patient

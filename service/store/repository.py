@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import CursorResult, Row, Table, delete, select, update
+from sqlalchemy import CursorResult, Row, Table, delete, select, tuple_, update
 from sqlmodel import Session
 
 # add_rows: re-exported, the unit of work inserts through `repository.add_rows`
@@ -48,6 +48,24 @@ def find_history(session: Session, resource_type: str, id: str, *, limit: int, b
     return session.execute(stmt.order_by(V.c.version_id.desc()).limit(limit)).all()
 
 
+
+
+def find_type_history(session: Session, resource_type: str, *, limit: int, since: datetime | None = None,
+                      before: tuple[datetime, str, int] | None = None,
+                      only: Any = None) -> Sequence[Row[tuple[str, int, datetime, str, str | None]]]:
+    """Versions of every resource of a type, newest first ((last_updated, id, version) descending): (id, version,
+    last_updated, method, content). `before`: the page's cursor (the last row of the previous page); `only`: a
+    subquery of the ids the caller may see."""
+    stmt = select(V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
+        V.c.resource_type == resource_type)
+    if since is not None:
+        stmt = stmt.where(V.c.last_updated >= since)
+    if before is not None:
+        stmt = stmt.where(tuple_(V.c.last_updated, V.c.id, V.c.version_id) < tuple_(*before))
+    if only is not None:
+        stmt = stmt.where(V.c.id.in_(only))
+    order = (V.c.last_updated.desc(), V.c.id.desc(), V.c.version_id.desc())
+    return session.execute(stmt.order_by(*order).limit(limit)).all()
 
 
 def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:

@@ -296,3 +296,29 @@ def test_if_none_match_star_creates_only_and_if_modified_since_answers_304(clien
     assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": later}).status_code == 304
     assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": earlier}).status_code == 200
     assert client.get("/fhir/Patient/only-once", headers={"If-Modified-Since": "yesterday"}).status_code == 200
+
+
+def test_type_history_is_every_version_newest_first_paged(client):
+    """Issue 11 §5: `GET /fhir/{type}/_history` (it was "id '_history' is not known"), with `_count`, `_since` and
+    an opaque `next` cursor that neither repeats nor skips a version."""
+    from datetime import UTC, datetime, timedelta
+
+    first = created(client.post("/fhir/Patient", json=patient()))
+    for gender in ("male", "other"):
+        assert client.put(f"/fhir/Patient/{first['id']}", json={**first, "gender": gender}).status_code == 200
+    second = created(client.post("/fhir/Patient", json=patient()))
+    assert client.delete(f"/fhir/Patient/{second['id']}").status_code == 200
+    seen, url = [], "/fhir/Patient/_history?_count=2"
+    while url:
+        page = client.get(url)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert body["type"] == "history"
+        seen += [(e["request"]["method"], e["response"]["etag"]) for e in body["entry"]]
+        url = next((link["url"].replace("http://testserver", "") for link in body["link"]
+                    if link["relation"] == "next"), None)
+    assert seen == [("DELETE", 'W/"2"'), ("POST", 'W/"1"'), ("PUT", 'W/"3"'), ("PUT", 'W/"2"'), ("POST", 'W/"1"')]
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    assert client.get(f"/fhir/Patient/_history?_since={later}").json()["total"] == 0
+    assert client.get("/fhir/Patient/_history?_since=yesterday").status_code == 400
+    assert client.get("/fhir/Patient/_history?_page=x").status_code == 400

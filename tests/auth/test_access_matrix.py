@@ -147,6 +147,9 @@ def per_type(rtype: str) -> dict[str, Row]:
                               (f"{rtype}.r",)),
         f"history_{rtype}": Row(lambda s, k: s.send("GET", f"/fhir/{rtype}/{s.id(rtype, k)}/_history"),
                                 (f"{rtype}.r",)),
+        # every version of the type: another study's never shows (the "other" client asks for all of them)
+        f"history_type_{rtype}": Row(lambda s, k: s.send("GET", f"/fhir/{rtype}/_history?_count=1000"),
+                                     (f"{rtype}.r",), other="hidden"),
         f"search_{rtype}": Row(lambda s, k: s.send("GET", f"/fhir/{rtype}?_id={s.id(rtype, k)}"), (f"{rtype}.s",),
                                other="hidden"),
         f"search_{rtype}_post": Row(lambda s, k: s.send("POST", f"/fhir/{rtype}/_search",
