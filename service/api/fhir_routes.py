@@ -12,9 +12,12 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.search import subset
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
 from service.api.http import CoreDep, Ctx, FhirBody, not_modified_since, stored_response, version_headers
 from service.core.registry import EXAMPLES, TYPES
+from service.core.resources import Stored
+from service.errors import BadRequest
 from service.examples import stored
 from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
@@ -132,7 +135,7 @@ def build_router(resource_type: str) -> APIRouter:
         if request.headers.get("if-none-match") == stored_.etag or not_modified_since(
                 request.headers.get("if-modified-since"), stored_.last_updated):
             return Response(status_code=304, headers=version_headers(stored_, ctx.base_url))
-        return stored_response(stored_, ctx.base_url, request.headers.get("prefer"))
+        return read_response(request, stored_, ctx.base_url)
 
     read.__doc__ = f"Read the current version of a {resource_type}, as it was received (plus `id` and `meta`)."
 
@@ -179,8 +182,7 @@ def build_router(resource_type: str) -> APIRouter:
                 responses={200: fhir_json(saved, "That version"), **error_docs(404, 410)})
     async def vread(request: Request, id: IdPath, vid: Annotated[str, Path(description="versionId", examples=["1"])],
                     core: CoreDep, ctx: Ctx) -> Response:
-        return stored_response(await core.vread(ctx, resource_type, id, vid), ctx.base_url,
-                               request.headers.get("prefer"))
+        return read_response(request, await core.vread(ctx, resource_type, id, vid), ctx.base_url)
 
     vread.__doc__ = f"Read version `vid` of a {resource_type} (`meta.versionId`)."
     if not TYPES[resource_type].writable:
@@ -189,6 +191,19 @@ def build_router(resource_type: str) -> APIRouter:
         router.routes = [r for r in router.routes if isinstance(r, APIRoute) and (
             (r.methods or set()) <= {"GET", "HEAD"} or r.path.endswith("/_search"))]
     return router
+
+
+def read_response(request: Request, stored_: Stored, base: str) -> Response:
+    """A read's answer: the stored version, or with `_summary=true|data` / `_elements=a,b` the subset of it that a
+    search would give (tagged SUBSETTED), as on searches (issue 11 §6)."""
+    summary, elements = request.query_params.get("_summary"), request.query_params.get("_elements")
+    if summary not in (None, "false", "true", "data"):
+        raise BadRequest(f"_summary must be true, data or false on a read, not '{summary}'", expression="_summary")
+    if stored_.content is None or (summary in (None, "false") and not elements):
+        return stored_response(stored_, base, request.headers.get("prefer"))
+    names = tuple(e.strip() for e in elements.split(",") if e.strip()) if elements else None
+    content = subset(stored_.content, TYPES[stored_.resource_type].model, summary=summary, elements=names)
+    return FhirJSONResponse(content, headers=version_headers(stored_, base))
 
 
 def build_routers() -> list[APIRouter]:

@@ -322,3 +322,21 @@ def test_type_history_is_every_version_newest_first_paged(client):
     assert client.get(f"/fhir/Patient/_history?_since={later}").json()["total"] == 0
     assert client.get("/fhir/Patient/_history?_since=yesterday").status_code == 400
     assert client.get("/fhir/Patient/_history?_page=x").status_code == 400
+
+
+def test_summary_and_elements_on_reads_as_on_searches(client):
+    """Issue 11 §6: `_elements` and `_summary` on read and vread give what a search would (tagged SUBSETTED)."""
+    rid = created(client.post("/fhir/Patient", json=patient("MRN-ELEM")))["id"]
+    for url in (f"/fhir/Patient/{rid}", f"/fhir/Patient/{rid}/_history/1"):
+        slim = client.get(f"{url}?_elements=gender")
+        assert slim.status_code == 200
+        body = slim.json()
+        assert set(body) == {"resourceType", "id", "meta", "gender"}
+        assert body["meta"]["tag"][-1]["code"] == "SUBSETTED"
+        assert slim.headers["etag"] == 'W/"1"'
+        searched = client.get(f"/fhir/Patient?_id={rid}&_elements=gender").json()["entry"][0]["resource"]
+        assert {k: v for k, v in body.items() if k != "meta"} == {k: v for k, v in searched.items() if k != "meta"}
+        summary = client.get(f"{url}?_summary=true").json()  # the summary elements (gender is one)
+        assert summary["gender"] == "female" and summary["meta"]["tag"][-1]["code"] == "SUBSETTED"
+        assert client.get(f"{url}?_summary=false").json()["identifier"][0]["value"] == "MRN-ELEM"
+        assert client.get(f"{url}?_summary=bogus").status_code == 400
