@@ -41,7 +41,7 @@ from service.audit.log import AuditLog
 from service.bundle import service as bundles
 from service.core import access, resources
 from service.core.context import Context
-from service.core.registry import handler_for
+from service.core.registry import REGISTRY, handler_for
 from service.core.resources import Stored
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
@@ -297,6 +297,44 @@ class Core:
         if more:
             last = page_rows[-1]
             cursor = resources.encode_history_page(last.last_updated, last.id, last.version_id)
+            links.append(("next", f"{here}&_page={cursor}"))
+        return bundle("history", entries, total=None if page or more else len(page_rows), links=links)
+
+    async def system_history(self, ctx: Context, *, count: int, since: datetime | None = None,
+                             page: str | None = None) -> bytes:
+        """GET [base]/_history: every version of every resource the caller may read (each type it holds `r` on, in
+        its studies), newest first, paged by an opaque cursor; the audit trail itself is not in it."""
+        body = await self._audited(ctx, "history-system", self._system_history(ctx, count, since, page),
+                                   _bundle_facts)
+        return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
+
+    async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None) -> bytes:
+        types: list[tuple[str, Any]] = []
+        for stored_type in REGISTRY:
+            if not stored_type.exported or not ctx.caller.may(stored_type.name, "r"):
+                continue
+            studies = ctx.caller.studies_for(stored_type.name, "r")
+            only = None if studies is None else select(stored_type.table.c.id).where(
+                study_condition(stored_type.name, studies))
+            types.append((stored_type.name, only))
+        if not types:
+            access.require(ctx.caller, "*", "r")  # 403 naming system/*.r
+        before = resources.decode_history_page(page, system=True) if page else None
+        rows = await self._read(lambda s: repository.find_system_history(
+            s, types, limit=count + 1, since=since, before=before))
+        page_rows, more = rows[:count], len(rows) > count
+        base = ctx.base_url
+        entries = [entry(f"{base}/{r.resource_type}/{r.id}", r.content,
+                         request={"method": r.method, "url": r.resource_type if r.method == "POST"
+                                  else f"{r.resource_type}/{r.id}"},
+                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
+                                   "lastModified": fhir_instant(r.last_updated)}) for r in page_rows]
+        query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
+        here = f"{base}/_history?{query}"
+        links = [("self", here + (f"&_page={page}" if page else ""))]
+        if more:
+            last = page_rows[-1]
+            cursor = resources.encode_history_page(last.last_updated, last.resource_type, last.id, last.version_id)
             links.append(("next", f"{here}&_page={cursor}"))
         return bundle("history", entries, total=None if page or more else len(page_rows), links=links)
 

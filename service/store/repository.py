@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import CursorResult, Row, Table, delete, select, tuple_, update
+from sqlalchemy import CursorResult, Row, Table, and_, delete, or_, select, tuple_, update
 from sqlmodel import Session
 
 # add_rows: re-exported, the unit of work inserts through `repository.add_rows`
@@ -65,6 +65,23 @@ def find_type_history(session: Session, resource_type: str, *, limit: int, since
     if only is not None:
         stmt = stmt.where(V.c.id.in_(only))
     order = (V.c.last_updated.desc(), V.c.id.desc(), V.c.version_id.desc())
+    return session.execute(stmt.order_by(*order).limit(limit)).all()
+
+
+def find_system_history(session: Session, types: Sequence[tuple[str, Any]], *, limit: int,
+                        since: datetime | None = None, before: tuple[datetime, str, str, int] | None = None
+                        ) -> Sequence[Row[tuple[str, str, int, datetime, str, str | None]]]:
+    """Versions of every resource of `types` ((type, a subquery of the ids the caller may see, or None for all)),
+    newest first ((last_updated, type, id, version) descending): (type, id, version, last_updated, method,
+    content)."""
+    which = or_(*[and_(V.c.resource_type == t, V.c.id.in_(only)) if only is not None else V.c.resource_type == t
+                  for t, only in types])
+    stmt = select(V.c.resource_type, V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(which)
+    if since is not None:
+        stmt = stmt.where(V.c.last_updated >= since)
+    if before is not None:
+        stmt = stmt.where(tuple_(V.c.last_updated, V.c.resource_type, V.c.id, V.c.version_id) < tuple_(*before))
+    order = (V.c.last_updated.desc(), V.c.resource_type.desc(), V.c.id.desc(), V.c.version_id.desc())
     return session.execute(stmt.order_by(*order).limit(limit)).all()
 
 

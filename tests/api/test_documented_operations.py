@@ -266,6 +266,9 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/fhir/{t}/_history?_count=1&_since=2024-01-01T00:00:00Z", 200)
         send("GET", f"/fhir/{t}/_history?_page=nonsense", 400)
     send("GET", "/fhir/AuditEvent/_history?_since=2999-01-01T00:00:00Z", 200)
+    send("GET", "/fhir/_history", 200)  # one resource of each type, so one order
+    send("GET", "/fhir/_history?_since=2024-01-01T00:00:00Z", 200)  # (a next link's cursor holds instants and ids)
+    send("GET", "/fhir/_history?_page=nonsense", 400)
     two_hosts = [("Host", "proxy.example"), ("Host", "testserver")]  # the first one counts, as in Starlette
     send("GET", "/fhir/Patient", 200, headers=two_hosts)
     send("POST", "/fhir", 200, json_body={"resourceType": "Bundle", "type": "batch"}, headers=two_hosts)

@@ -340,3 +340,18 @@ def test_summary_and_elements_on_reads_as_on_searches(client):
         assert summary["gender"] == "female" and summary["meta"]["tag"][-1]["code"] == "SUBSETTED"
         assert client.get(f"{url}?_summary=false").json()["identifier"][0]["value"] == "MRN-ELEM"
         assert client.get(f"{url}?_summary=bogus").status_code == 400
+
+
+def test_system_history_is_every_version_of_every_type_paged(client):
+    """Issue 11 §5: `GET /fhir/_history`: every version of every stored type (not the audit trail), newest first,
+    paged without repeats or gaps."""
+    ids = enrol(client)
+    seen, url = [], "/fhir/_history?_count=2"
+    while url:
+        body = client.get(url).json()
+        seen += [e["fullUrl"].split("/fhir/")[1] for e in body["entry"]]
+        url = next((link["url"].replace("http://testserver", "") for link in body["link"]
+                    if link["relation"] == "next"), None)
+    assert seen == [f"ResearchSubject/{ids['subject']}", f"Patient/{ids['patient']}",
+                    f"ResearchStudy/{ids['study']}"]
+    assert client.get("/fhir/_history?_page=x").status_code == 400

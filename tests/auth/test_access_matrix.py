@@ -205,6 +205,8 @@ ROWS: dict[str, Row] = {
     "token": Row(lambda s, k: s.send("POST", "/auth/token", data={"grant_type": "client_credentials"}), public=True,
                  ok=(400, 401)),  # the OAuth endpoint authenticates its clients itself (tests/auth/test_token.py)
     "transaction_or_batch": Row(_transaction, ("Observation.c",), other=403, deid=(403,)),
+    # every version the token may read: any `r` scope lets it in; another study's versions never show
+    "history_system": Row(lambda s, k: s.send("GET", "/fhir/_history?_count=1000"), other="hidden"),
     "read_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group/{s.ids[k]['Group']}"), ("Group.r",)),
     "search_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group?_id={s.ids[k]['Group']}"), ("Group.s",),
                         other="hidden"),
@@ -319,7 +321,7 @@ def test_every_route_by_every_kind_of_caller(scene):
         if row.owned:  # another client's job: the admin's
             check(name, "another client's job", row, "B", 404)
         elif row.other is not None:
-            limited = scene.token_for(_scopes(row.needs), (scene.ids["A"]["ResearchStudy"],))
+            limited = scene.token_for(_scopes(row.needs) or "system/Observation.r", (scene.ids["A"]["ResearchStudy"],))
             scene.token = limited
             check(name, "other study", row, "B", row.other)
         scene.token = scene.token_for(_scopes(row.needs) or "system/Observation.r",
