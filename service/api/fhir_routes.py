@@ -14,12 +14,21 @@ from fastapi.routing import APIRoute
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.search import subset
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
-from service.api.http import CoreDep, Ctx, FhirBody, not_modified_since, stored_response, version_headers
+from service.api.http import (
+    CoreDep,
+    Ctx,
+    FhirBody,
+    HistoryCount,
+    HistoryPage,
+    HistorySince,
+    not_modified_since,
+    stored_response,
+    version_headers,
+)
 from service.core.registry import EXAMPLES, TYPES
 from service.core.resources import Stored
 from service.errors import BadRequest
 from service.examples import stored
-from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
 
 IdPath = Annotated[str, Path(description="Logical id of the resource",
@@ -114,15 +123,9 @@ def build_router(resource_type: str) -> APIRouter:
 
     @router.get("/_history", name=f"history_type_{resource_type}", summary=f"History of every {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(400)})
-    async def type_history(core: CoreDep, ctx: Ctx,
-                           count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 50,
-                           since: Annotated[str | None, Query(alias="_since", description="Only versions made at "
-                                                             "or after this instant", examples=["2024-01-01T00:00:00Z"])
-                                            ] = None,
-                           page: Annotated[str | None, Query(alias="_page", description="paging cursor")] = None
-                           ) -> Response:
-        moment = parse_since(since) if since else None
-        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=moment, page=page))
+    async def type_history(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
+                           page: HistoryPage = None) -> Response:
+        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page))
 
     type_history.__doc__ = (f"Every version of every {resource_type}, newest first (deletions included), paged by "
                             "the `next` link; `_since` keeps the versions made at or after an instant.")
@@ -171,7 +174,7 @@ def build_router(resource_type: str) -> APIRouter:
     @router.get("/{id}/_history", name=f"history_{resource_type}", summary=f"History of a {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(404)})
     async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx,
-                               count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 50,
+                               count: HistoryCount = 50,
                                before: Annotated[int | None, Query(alias="_before_version", ge=1,
                                                                    description="paging cursor")] = None) -> Response:
         return FhirJSONResponse(await core.history(ctx, resource_type, id, count=count, before_version=before))

@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Annotated, Any, Protocol
 
 import orjson
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from starlette.types import Scope
 
 from fhir_mappings.outcome import informational
@@ -20,6 +20,7 @@ from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
 from service.core.resources import Stored
 from service.errors import ResourceInvalid, Unauthorized
+from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
 from service.settings import Settings
 
@@ -220,6 +221,21 @@ async def request_context(request: Request) -> Context:
 
 
 Ctx = Annotated[Context, Depends(request_context)]
+
+
+#: the paging and `_since` of instance, type and system history
+HistoryCount = Annotated[int, Query(alias="_count", ge=1, le=1000)]
+HistoryPage = Annotated[str | None, Query(alias="_page", description="paging cursor")]
+
+
+async def history_since(since: Annotated[str | None, Query(
+        alias="_since", description="Only versions made at or after this instant",
+        examples=["2024-01-01T00:00:00Z"])] = None) -> datetime | None:
+    """`_since` of a history, as `$export` reads it (400 naming `_since` for what is not an instant)."""
+    return parse_since(since) if since else None
+
+
+HistorySince = Annotated[datetime | None, Depends(history_since)]
 
 
 async def the_core(request: Request) -> Core:

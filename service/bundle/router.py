@@ -1,15 +1,12 @@
 """`POST /fhir`: transaction and batch Bundles."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
-from service.api.http import CoreDep, Ctx, FhirBody
+from service.api.http import CoreDep, Ctx, FhirBody, HistoryCount, HistoryPage, HistorySince
 from service.core.context import prefers
 from service.examples import TRANSACTION
-from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
 
 router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, responses=ANY_ERROR)
@@ -38,15 +35,9 @@ async def transaction_or_batch(request: Request, core: CoreDep, ctx: Ctx, body: 
 @router.get("/_history", tags=["System"], name="history_system", summary="History of everything",
             responses={200: fhir_json({"resourceType": "Bundle", "type": "history", "entry": []},
                                       "A history Bundle, newest first"), **error_docs(400)})
-async def history_system(core: CoreDep, ctx: Ctx,
-                         count: Annotated[int, Query(alias="_count", ge=1, le=1000)] = 50,
-                         since: Annotated[str | None, Query(alias="_since", description="Only versions made at or "
-                                                           "after this instant", examples=["2024-01-01T00:00:00Z"])
-                                          ] = None,
-                         page: Annotated[str | None, Query(alias="_page", description="paging cursor")] = None
-                         ) -> Response:
+async def history_system(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
+                         page: HistoryPage = None) -> Response:
     """Every version of every resource the token may read (each type it holds `r` on, in its studies), newest
     first (deletions included), paged by the `next` link; `_since` keeps those made at or after an instant. The
     audit trail is searched at `/fhir/AuditEvent`, not listed here."""
-    moment = parse_since(since) if since else None
-    return FhirJSONResponse(await core.system_history(ctx, count=count, since=moment, page=page))
+    return FhirJSONResponse(await core.system_history(ctx, count=count, since=since, page=page))

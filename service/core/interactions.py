@@ -43,6 +43,7 @@ from service.core import access, resources
 from service.core.context import Context
 from service.core.registry import REGISTRY, handler_for
 from service.core.resources import Stored
+from service.core.stored_type import StoredType
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
@@ -253,11 +254,7 @@ class Core:
             s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
-        entries = [entry(f"{base}/{resource_type}/{id}", r.content,
-                         request={"method": r.method, "url": resource_type if r.method == "POST"
-                                  else f"{resource_type}/{id}"},
-                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
-                                   "lastModified": fhir_instant(r.last_updated)}) for r in page]
+        entries = [_history_entry(base, resource_type, id, r) for r in page]
         here = f"{base}/{resource_type}/{id}/_history?_count={count}"
         links = [("self", here + (f"&_before_version={before_version}" if before_version else ""))]
         if more:
@@ -277,28 +274,8 @@ class Core:
                             page: str | None) -> bytes:
         stored_type = handler_for(resource_type)
         access.require(ctx.caller, resource_type, "r")
-        before = resources.decode_history_page(page) if page else None
-        studies = ctx.caller.studies_for(resource_type, "r")
-        only = None
-        if studies is not None:
-            only = select(stored_type.table.c.id).where(study_condition(resource_type, studies))
-        rows = await self._read(lambda s: repository.find_type_history(
-            s, resource_type, limit=count + 1, since=since, before=before, only=only))
-        page_rows, more = rows[:count], len(rows) > count
-        base = ctx.base_url
-        entries = [entry(f"{base}/{resource_type}/{r.id}", r.content,
-                         request={"method": r.method, "url": resource_type if r.method == "POST"
-                                  else f"{resource_type}/{r.id}"},
-                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
-                                   "lastModified": fhir_instant(r.last_updated)}) for r in page_rows]
-        query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
-        here = f"{base}/{resource_type}/_history?{query}"
-        links = [("self", here + (f"&_page={page}" if page else ""))]
-        if more:
-            last = page_rows[-1]
-            cursor = resources.encode_history_page(last.last_updated, last.id, last.version_id)
-            links.append(("next", f"{here}&_page={cursor}"))
-        return bundle("history", entries, total=None if page or more else len(page_rows), links=links)
+        return await self._versions(ctx, [self._readable(ctx, stored_type)], f"{resource_type}/_history", count,
+                                    since, page)
 
     async def system_history(self, ctx: Context, *, count: int, since: datetime | None = None,
                              page: str | None = None) -> bytes:
@@ -309,28 +286,31 @@ class Core:
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None) -> bytes:
-        types: list[tuple[str, Any]] = []
-        for stored_type in REGISTRY:
-            if not stored_type.exported or not ctx.caller.may(stored_type.name, "r"):
-                continue
-            studies = ctx.caller.studies_for(stored_type.name, "r")
-            only = None if studies is None else select(stored_type.table.c.id).where(
-                study_condition(stored_type.name, studies))
-            types.append((stored_type.name, only))
+        types = [self._readable(ctx, t) for t in REGISTRY if t.exported and ctx.caller.may(t.name, "r")]
         if not types:
             access.require(ctx.caller, "*", "r")  # 403 naming system/*.r
-        before = resources.decode_history_page(page, system=True) if page else None
-        rows = await self._read(lambda s: repository.find_system_history(
+        return await self._versions(ctx, types, "_history", count, since, page)
+
+    @staticmethod
+    def _readable(ctx: Context, stored_type: StoredType) -> tuple[str, Any]:
+        """(type, the subquery of its ids in the caller's studies, or None when it is not limited to any)."""
+        studies = ctx.caller.studies_for(stored_type.name, "r")
+        only = None if studies is None else select(stored_type.table.c.id).where(
+            study_condition(stored_type.name, studies))
+        return stored_type.name, only
+
+    async def _versions(self, ctx: Context, types: list[tuple[str, Any]], path: str, count: int,
+                        since: datetime | None, page: str | None) -> bytes:
+        """The history Bundle of every version of `types` (type and system history): newest first, `count` a page,
+        paged by an opaque cursor of the page's last row."""
+        before = resources.decode_history_page(page) if page else None
+        rows = await self._read(lambda s: repository.find_history_of_types(
             s, types, limit=count + 1, since=since, before=before))
         page_rows, more = rows[:count], len(rows) > count
         base = ctx.base_url
-        entries = [entry(f"{base}/{r.resource_type}/{r.id}", r.content,
-                         request={"method": r.method, "url": r.resource_type if r.method == "POST"
-                                  else f"{r.resource_type}/{r.id}"},
-                         response={"status": HISTORY_STATUS[r.method], "etag": f'W/"{r.version_id}"',
-                                   "lastModified": fhir_instant(r.last_updated)}) for r in page_rows]
+        entries = [_history_entry(base, r.resource_type, r.id, r) for r in page_rows]
         query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
-        here = f"{base}/_history?{query}"
+        here = f"{base}/{path}?{query}"
         links = [("self", here + (f"&_page={page}" if page else ""))]
         if more:
             last = page_rows[-1]
@@ -473,6 +453,16 @@ class Core:
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
         return self.settings.deid_min_cell if ctx.caller.deidentified else None
+
+
+def _history_entry(base: str, resource_type: str, id: str, row: Any) -> dict[str, Any]:
+    """One version in a history Bundle (instance, type or system history): the resource, how it was made, and its
+    version."""
+    return entry(f"{base}/{resource_type}/{id}", row.content,
+                 request={"method": row.method, "url": resource_type if row.method == "POST"
+                          else f"{resource_type}/{id}"},
+                 response={"status": HISTORY_STATUS[row.method], "etag": f'W/"{row.version_id}"',
+                           "lastModified": fhir_instant(row.last_updated)})
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -374,25 +374,23 @@ def _apply_follow_ups(uow: UnitOfWork) -> None:
 MAX_VERSION = 2**31 - 1  # version_id is a 32-bit INTEGER column
 
 
-def encode_history_page(last_updated: datetime, *key: str | int) -> str:
-    """The opaque cursor of a type or system history page: the last row it showed (its time, then its type (system
-    history), id and version)."""
-    raw = orjson.dumps([last_updated.isoformat(), *key])
+def encode_history_page(last_updated: datetime, resource_type: str, id: str, version_id: int) -> str:
+    """The opaque cursor of a type or system history page: the last row it showed."""
+    raw = orjson.dumps([last_updated.isoformat(), resource_type, id, version_id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_history_page(page: str, *, system: bool = False) -> Any:
-    """A history cursor back, (time, [type,] id, version); 400 naming `_page` when it is not one this server made."""
+def decode_history_page(page: str) -> tuple[datetime, str, str, int]:
+    """A history cursor back, (time, type, id, version); 400 naming `_page` when it is not one this server made."""
     try:
-        at, *key = orjson.loads(base64.urlsafe_b64decode(page + "=" * (-len(page) % 4)))
+        at, resource_type, id, version = orjson.loads(base64.urlsafe_b64decode(page + "=" * (-len(page) % 4)))
         moment = datetime.fromisoformat(at)
-        kinds = (str, str, int) if system else (str, int)
-        if len(key) != len(kinds) or not all(isinstance(k, t) for k, t in zip(key, kinds, strict=True)) \
+        if not (isinstance(resource_type, str) and isinstance(id, str) and isinstance(version, int)) \
                 or moment.tzinfo is None:
             raise ValueError("not a cursor")
     except (ValueError, TypeError, orjson.JSONDecodeError):
         raise BadRequest("_page is not a history page this server made", expression="_page") from None
-    return (moment, *key)
+    return moment, resource_type, id, version
 
 # -- reads -----------------------------------------------------------------------------------------------
 

@@ -50,30 +50,12 @@ def find_history(session: Session, resource_type: str, id: str, *, limit: int, b
 
 
 
-def find_type_history(session: Session, resource_type: str, *, limit: int, since: datetime | None = None,
-                      before: tuple[datetime, str, int] | None = None,
-                      only: Any = None) -> Sequence[Row[tuple[str, int, datetime, str, str | None]]]:
-    """Versions of every resource of a type, newest first ((last_updated, id, version) descending): (id, version,
-    last_updated, method, content). `before`: the page's cursor (the last row of the previous page); `only`: a
-    subquery of the ids the caller may see."""
-    stmt = select(V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
-        V.c.resource_type == resource_type)
-    if since is not None:
-        stmt = stmt.where(V.c.last_updated >= since)
-    if before is not None:
-        stmt = stmt.where(tuple_(V.c.last_updated, V.c.id, V.c.version_id) < tuple_(*before))
-    if only is not None:
-        stmt = stmt.where(V.c.id.in_(only))
-    order = (V.c.last_updated.desc(), V.c.id.desc(), V.c.version_id.desc())
-    return session.execute(stmt.order_by(*order).limit(limit)).all()
-
-
-def find_system_history(session: Session, types: Sequence[tuple[str, Any]], *, limit: int,
+def find_history_of_types(session: Session, types: Sequence[tuple[str, Any]], *, limit: int,
                         since: datetime | None = None, before: tuple[datetime, str, str, int] | None = None
                         ) -> Sequence[Row[tuple[str, str, int, datetime, str, str | None]]]:
     """Versions of every resource of `types` ((type, a subquery of the ids the caller may see, or None for all)),
     newest first ((last_updated, type, id, version) descending): (type, id, version, last_updated, method,
-    content)."""
+    content). `before`: the page's cursor, the last row of the previous page. Type history is one type of it."""
     which = or_(*[and_(V.c.resource_type == t, V.c.id.in_(only)) if only is not None else V.c.resource_type == t
                   for t, only in types])
     stmt = select(V.c.resource_type, V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(which)
