@@ -3,15 +3,12 @@ caller's studies decide the rows, on every path (read, vread, history, search an
 writes, transaction and batch entries, Group, the study's figures). Both databases."""
 
 import asyncio
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from service.auth.scopes import parse_scopes
 from service.core.context import Caller, Context
-from service.core.interactions import Core
-from service.db import make_engine
 from service.errors import Forbidden, NotFound
 from tests.factories import MRN, adverse_event, observation, patient, study, subject
 
@@ -26,15 +23,6 @@ def ctx(scopes: str, studies: tuple[str, ...] | None = None) -> Context:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-@pytest.fixture
-def core(database_url, settings) -> Iterator[Core]:
-    engine = make_engine(database_url)
-    core = Core(engine, settings)
-    yield core
-    asyncio.run(core.stop())
-    engine.dispose()
 
 
 @pytest.fixture

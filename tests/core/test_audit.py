@@ -5,7 +5,6 @@ databases."""
 
 import asyncio
 import base64
-from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -15,8 +14,6 @@ from service.audit.chain import verify
 from service.auth.scopes import parse_scopes
 from service.core import interactions
 from service.core.context import Caller, Context
-from service.core.interactions import Core
-from service.db import make_engine
 from service.errors import Forbidden, NotFound, RuleViolation
 from tests.factories import observation, patient, study, subject
 
@@ -30,15 +27,6 @@ def ctx(name: str = "portal", scopes: str | None = None, **extra) -> Context:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-@pytest.fixture
-def core(database_url, settings) -> Iterator[Core]:
-    engine = make_engine(database_url)
-    core = Core(engine, settings)
-    yield core
-    asyncio.run(core.stop())
-    engine.dispose()
 
 
 @pytest.fixture

@@ -2,28 +2,16 @@
 returns stored JSON, or raises the FhirError an adapter renders (both databases)."""
 
 import asyncio
-from collections.abc import Iterator
 
 import orjson
 import pytest
 
 from service.core.context import Context
-from service.core.interactions import Core
-from service.db import make_engine
 from service.errors import BadRequest, Gone, NotFound, PreconditionFailed, RuleViolation
 from tests.factories import MRN, observation, patient, study, subject
 
 BASE = "https://fhir.example.org/fhir"
 CTX = Context(BASE)
-
-
-@pytest.fixture
-def core(database_url, settings) -> Iterator[Core]:
-    engine = make_engine(database_url)
-    core = Core(engine, settings)
-    yield core
-    asyncio.run(core.stop())
-    engine.dispose()
 
 
 def run(coroutine):
