@@ -97,6 +97,8 @@ class AuditLog:
         if writer is not None and writer.loop is asyncio.get_running_loop():
             await writer.commit(records)
             return
+        if self._thread is None:  # a log its owner never started (a core used by the CLI or a test): start it now
+            self.start_sync()
         await asyncio.wrap_future(self.submit(records))
 
     def submit(self, records: Sequence[AuditRecord]) -> "Future[None]":

@@ -123,7 +123,6 @@ class Core:
 
     async def record(self, records: Sequence[AuditRecord]) -> None:
         """Commit audit events (group commit: service/audit/log.py) before the answer goes out."""
-        self.audit_log.start_sync()  # started by `start`; a core used without it (CLI, tests) starts it here
         await self.audit_log.commit(records)
 
     @staticmethod
