@@ -305,7 +305,8 @@ def duplicate_key_issues(raw: bytes | str, data: Any) -> list[Issue]:
     """
     text = raw.encode() if isinstance(raw, str) else raw
     try:
-        if orjson.dumps(data).count(b'"') == text.count(b'"') + text.count(b"\\u0022"):
+        escaped = text.count(b"\\u0022") if b"\\" in text else 0  # the search only when there is an escape at all
+        if orjson.dumps(data).count(b'"') == text.count(b'"') + escaped:
             return []
     except (TypeError, orjson.JSONEncodeError):
         pass
