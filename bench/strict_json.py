@@ -1,6 +1,6 @@
 """What the strict R4 JSON checks (issue 11 §1) cost per resource, in process, against the bare ceiling.
 
-    .venv/bin/python bench/strict_json.py [--before /path/to/an/older/checkout] [--output FILE]
+    PYTHONPATH=. .venv/bin/python bench/strict_json.py [--before /path/to/an/older/checkout] [--output FILE]
 
 Per Observation (the ingest hot path's resource, as bench/ingest.py makes them) and per transaction Bundle of 100:
 `bare` is fhir.resources R4B `model_validate` alone; `structure` is `structure_issues` (the walk + the models), the
@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +22,9 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from fhir_mappings import fhir, validation
 
-from fhir_mappings import fhir  # noqa: E402
-from fhir_mappings import validation  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OBSERVATION: dict[str, Any] = {
     "resourceType": "Observation", "status": "final",

@@ -77,9 +77,9 @@ _PYDANTIC_WORDS = {
     "model_field_validation.missing": "This element is required",
     "string_type": "Expected a JSON string", "string_pattern_mismatch": "Not a valid value for this element",
     "string_too_long": "This value is too long for this element", "string_too_short": "This value is too short",
-    "int_type": "Expected a whole JSON number", "int_parsing": "Expected a whole JSON number",
+    "int_type": "Expected a whole JSON number", "int_parsing": "Expected a whole number",
     "int_from_float": "Expected a whole JSON number, without a fraction",
-    "float_type": "Expected a JSON number", "float_parsing": "Expected a JSON number",
+    "float_type": "Expected a JSON number", "float_parsing": "Expected a number",
     "decimal_type": "Expected a JSON number", "decimal_parsing": "Expected a JSON number",
     "bool_type": "Expected JSON true or false", "bool_parsing": "Expected JSON true or false",
     "list_type": "Expected a JSON array", "tuple_type": "Expected a JSON array",
@@ -110,7 +110,7 @@ def issues_from_validation_error(resource_type: str, error: ValidationError,
         if code == "structure":
             message = f"Unknown element '{loc[-1] if loc else ''}' for {resource_type}"
         else:
-            message = _words(kind, str(err.get("msg", "")), kind_at(loc) if kind_at and loc else None)
+            message = pydantic_words(err, kind_at(loc) if kind_at and loc else None)
         issues.append(issue(code, message, fhirpath(resource_type, loc)))
     return issues or [issue("invalid", f"This is not a valid {resource_type}", resource_type)]
 
@@ -118,7 +118,20 @@ def issues_from_validation_error(resource_type: str, error: ValidationError,
 _CHOICE_LIST = re.compile(r"\[([^\]]*)\]")
 
 
-def _words(kind: str, raw: str, fhir_type: str | None) -> str:
+_LIMITS = {"less_than_equal": ("le", "at most"), "less_than": ("lt", "less than"),
+           "greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "more than"),
+           "string_too_long": ("max_length", "at most {} characters long"),
+           "string_too_short": ("min_length", "at least {} characters long")}
+
+
+def pydantic_words(err: Any, fhir_type: str | None = None) -> str:
+    """One pydantic error (an item of `ValidationError.errors()`) in our words: never pydantic's own message, which
+    names Python types and links to its site. `fhir_type`: the FHIR type of the element, when known."""
+    kind, raw = str(err.get("type", "")), str(err.get("msg", ""))
+    ctx = err.get("ctx") or {}
+    if kind in _LIMITS and _LIMITS[kind][0] in ctx:
+        key, words = _LIMITS[kind]
+        return f"Must be {words.format(ctx[key]) if '{}' in words else f'{words} {ctx[key]}'}"
     if kind == "value_error":
         if "Any of one field value is expected" in raw or "Expect any of field value" in raw:
             choices = _CHOICE_LIST.search(raw)

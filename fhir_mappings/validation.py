@@ -86,9 +86,7 @@ def _fields(cls: type[BaseModel]) -> dict[str, _Field]:
         for name, info in cls.model_fields.items():
             if name in _NOT_R4:
                 continue
-            described = _describe(info.annotation)
-            if described is not None:
-                fields[info.alias or name] = described
+            fields[info.alias or name] = _describe(info.annotation)
         _FIELDS[cls] = fields
     return fields
 
@@ -105,11 +103,11 @@ def _required(cls: type[BaseModel]) -> tuple[str, ...]:
     return required
 
 
-def _describe(annotation: Any, many: bool = False) -> _Field | None:
+def _describe(annotation: Any, many: bool = False) -> _Field:
     origin = get_origin(annotation)
     if origin in (Union, UnionType):
         args = [a for a in get_args(annotation) if a is not type(None)]
-        return _describe(args[0], many) if len(args) == 1 else None
+        return _describe(args[0], many) if len(args) == 1 else _Field(many, kind="unchecked")
     if origin is list:
         return _describe(get_args(annotation)[0], True)
     if origin is Annotated:
@@ -154,7 +152,7 @@ class _FieldTypes:
             if found is None:
                 return None
             cls = found.model
-        return found.kind if found is not None else None
+        return found.kind if found is not None and found.kind in CHECKS else None
 
 
 def json_issues(payload: dict[str, Any], model: type[BaseModel], resource_type: str) -> list[Issue]:
@@ -166,6 +164,8 @@ def json_issues(payload: dict[str, Any], model: type[BaseModel], resource_type: 
       into a decimal, `1` into a boolean and `1.0` into an integer, and lets ids of any length, uris with spaces
       and control characters through);
     - no element R4 does not define (also inside contained resources and as `_element` primitive extensions);
+    - every element R4 requires present (the models check required primitives only once all else is valid);
+    - an array where the element repeats, a single value where it does not;
     - nothing nested deeper than MAX_DEPTH (objects and arrays, the resource being 1).
 
     Paths are kept as parent links and only spelled out for an issue.

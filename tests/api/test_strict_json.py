@@ -244,3 +244,14 @@ def test_hl7_examples_are_stored_or_refused_by_a_trial_rule_never_as_bad_json(cl
             outcome = response.json()
             assert outcome["issue"][0]["code"] in ("business-rule", "code-invalid"), outcome
             assert outcome["issue"][0]["expression"] == [where], outcome
+
+
+@pytest.mark.parametrize(("value", "words"), [("0", "Must be at least 1"), ("5000", "Must be at most 1000"),
+                                              ("many", "Expected a whole number")])
+def test_a_bad_request_parameter_is_named_in_our_words(client, value, words):
+    response = client.get("/fhir/_history", params={"_count": value})
+    assert response.status_code == 400, response.text
+    outcome = response.json()
+    assert [i["expression"] for i in outcome["issue"]] == [["_count"]], outcome
+    assert words in outcome["issue"][0]["diagnostics"], outcome
+    no_pydantic_words(outcome)
