@@ -255,3 +255,22 @@ def test_a_bad_request_parameter_is_named_in_our_words(client, value, words):
     assert [i["expression"] for i in outcome["issue"]] == [["_count"]], outcome
     assert words in outcome["issue"][0]["diagnostics"], outcome
     no_pydantic_words(outcome)
+
+
+def test_every_resource_of_the_shared_examples_passes_the_structure_checks(fhir_examples):
+    """Not only the stored types: every resource of the HL7 examples and of both Synthea transactions (Encounter,
+    Claim, ExplanationOfBenefit with contained resources, …) is valid R4, so none may be refused as bad JSON."""
+    from fhir_mappings.validation import duplicate_key_issues, structure_issues
+    checked = 0
+    for path in sorted(fhir_examples.glob("*/*.json")):
+        raw = path.read_bytes()
+        data = orjson.loads(raw)
+        assert duplicate_key_issues(raw, data) == [], path.name
+        items = [e["resource"] for e in data.get("entry", []) if "resource" in e] \
+            if data["resourceType"] == "Bundle" else [data]
+        for resource in items:
+            model = fhir.resource_class(resource["resourceType"])
+            assert model is not None, resource["resourceType"]
+            assert structure_issues(resource, resource["resourceType"], model) == [], (path.name, resource.get("id"))
+            checked += 1
+    assert checked > 500
