@@ -5,6 +5,7 @@ ResearchSubject, Observation, AdverseEvent, AuditEvent, Bundle, OperationOutcome
 Group, SearchParameter, MeasureReport).
 """
 
+from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.adverseevent import AdverseEvent, AdverseEventSuspectEntity, AdverseEventSuspectEntityCausality
 from fhir.resources.R4B.auditevent import AuditEvent
 from fhir.resources.R4B.bundle import (
@@ -37,6 +38,17 @@ from fhir.resources.R4B.searchparameter import SearchParameter
 
 FHIR_VERSION = "4.0.1"
 
+
+def resource_class(resource_type: object) -> type[Resource] | None:
+    """The model of any R4 resource type by name (e.g. a contained resource's), None for a name that is none."""
+    if not isinstance(resource_type, str) or not resource_type[:1].isupper():
+        return None
+    try:
+        cls = get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, ImportError, AttributeError):
+        return None
+    return cls if issubclass(cls, Resource) else None
+
 #: spelled out (it was `[name for name in dir() if name[0].isupper()]`) so that type checkers and linters see
 #: the re-exports: other modules use these names as `fhir.Patient`, ...
 __all__ = [
@@ -45,5 +57,5 @@ __all__ = [
     "CodeSystem", "CodeableConcept", "Coding", "Extension", "FHIR_VERSION", "Group", "HumanName", "Identifier",
     "MeasureReport", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
     "Period", "Quantity", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
-    "Resource", "SearchParameter", "BundleEntryRequest",
+    "Resource", "SearchParameter", "BundleEntryRequest", "resource_class",
 ]

@@ -6,7 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fhir_mappings.outcome import Issue, issue, outcome
+from fhir_mappings.outcome import Issue, issue, outcome, pydantic_words
 from service.responses import FhirJSONResponse
 
 log = logging.getLogger("trial_fhir")
@@ -143,7 +143,7 @@ def register_error_handlers(app: FastAPI) -> None:
             loc = [str(p) for p in err.get("loc", ())]
             where = loc[0] if loc else "request"
             name = ".".join(loc[1:]) or where
-            issues.append(issue("invalid", f"{where} parameter '{name}': {err.get('msg', 'invalid')}", name))
+            issues.append(issue("invalid", f"{where} parameter '{name}': {pydantic_words(err)}", name))
         return error_response(400, issues or [issue("invalid", "Invalid request")])
 
     @app.exception_handler(StarletteHTTPException)

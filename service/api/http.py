@@ -9,7 +9,6 @@ from email.utils import format_datetime, parsedate_to_datetime
 from functools import lru_cache
 from typing import Annotated, Any, Protocol
 
-import orjson
 from fastapi import Depends, Query, Request
 from starlette.types import Scope
 
@@ -18,7 +17,7 @@ from fhir_mappings.validation import MAX_DEPTH, too_deep
 from service.audit.events import event_for, new_id, outcome_for
 from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
-from service.core.resources import Stored
+from service.core.resources import Stored, read_json
 from service.errors import ResourceInvalid, Unauthorized
 from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
@@ -29,10 +28,7 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     """A request body as a FHIR resource's JSON object; 400 naming `body` (or `resourceType`) when it isn't one."""
     if not raw.strip():
         raise ResourceInvalid("The request has no body: send a FHIR resource as JSON", expression="body")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ResourceInvalid(f"Malformed JSON: {exc}", expression="body") from None
+    data = read_json(raw)  # malformed JSON and names given twice: 400
     if not isinstance(data, dict):
         raise ResourceInvalid("The body must be a JSON object (a FHIR resource)", expression="body")
     if "resourceType" not in data:

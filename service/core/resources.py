@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mappings.references import ID_RE
-from fhir_mappings.validation import structure_issues
+from fhir_mappings.validation import duplicate_key_issues, structure_issues
 from service.audit.events import patients_of
 from service.core import access
 from service.core.context import SYSTEM, Caller
@@ -87,6 +87,20 @@ def writable(resource_type: str) -> StoredType:
                                "updated or deleted through the API", expression=resource_type,
                                headers={"Allow": "GET, HEAD"})
     return handler
+
+
+def read_json(raw: bytes | str) -> Any:
+    """JSON text as received (an HTTP body, a file, an EHR's answer): 400 for malformed JSON and for a name given
+    twice in one object (each repeat named by its element path). Every source of JSON resources reads them through
+    here before `create`/`update` (or a Bundle) run `check_structure` on them: one reader, one set of JSON rules."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ResourceInvalid(f"Malformed JSON: {exc}", expression="body") from None
+    repeated = duplicate_key_issues(raw, data)
+    if repeated:
+        raise ResourceInvalid(repeated[0].diagnostics, issues=repeated)
+    return data
 
 
 def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:

@@ -98,7 +98,7 @@ CASES = [
      lambda c, x: c.post("/fhir/Patient", json=patient(name=[{"family": "Kim", "given": "Jin"}])),
      400, "invalid", "Patient.name[0].given"),
     ("null-in-array", _none, lambda c, x: c.post("/fhir/Patient", json=patient(name=[None])),
-     400, "invalid", "Patient.name"),
+     400, "invalid", "Patient.name[0]"),
     ("string-where-object", _none, lambda c, x: c.post("/fhir/Patient", json=patient(meta="v1")),
      400, "invalid", "Patient.meta"),
     ("number-where-id", _none, lambda c, x: c.post("/fhir/Patient", json={"resourceType": "Patient", "id": 5}),
