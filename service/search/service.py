@@ -22,6 +22,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.search import (
     MAX_REVINCLUDE,
+    Criterion,
     Cursor,
     SearchRequest,
     encode_cursor,
@@ -31,7 +32,8 @@ from fhir_mappings.search import (
 )
 from service.audit.events import patients_of
 from service.core.context import SYSTEM, Caller
-from service.core.registry import REGISTRY, TYPES, search_spec
+from service.core import access
+from service.core.registry import REGISTRY, TYPES, find_search_spec, search_spec
 from service.errors import BadRequest, NotFound
 from service.search import compiler
 from service.search.compiler import Compiled
@@ -47,7 +49,7 @@ class SearchPlan:
     """A parsed, checked search and its criteria compiled (service/search/compiler.py): no SQL built yet."""
 
     req: SearchRequest
-    params: list[tuple[str, str]]  # as sent (the self link)
+    params: list[tuple[str, str]]  # those applied (the self link): an unknown parameter ignored is left out
     compiled: Compiled
     not_null: bool
     caller: Caller = SYSTEM  # whose search: includes are limited to what it may search, in its studies
@@ -67,12 +69,15 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
     For a caller limited to some studies the criteria are limited to them (compiler.within_studies), and
     `_include`/`_revinclude` of a type it may not search are left out, with a warning naming the scope: an
     included resource is never a way around a scope."""
-    req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count)
-    if req.errors:
-        raise BadRequest(req.errors[0].diagnostics, issues=req.errors)
-    if strict and req.warnings:
-        errors = [replace(w, severity="error") for w in req.warnings]
-        raise BadRequest(errors[0].diagnostics, issues=errors)
+    req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count,
+                       lookup=find_search_spec)
+    errors = req.errors + ([replace(w, severity="error") for w in req.warnings] if strict else [])
+    if errors:
+        raise BadRequest(errors[0].diagnostics if len(errors) == 1 else
+                         f"{len(errors)} search parameters can't be applied: "
+                         + "; ".join(e.diagnostics or "" for e in errors), issues=errors)
+    if not caller.unrestricted and any(c.chain is not None for c in req.criteria):
+        req = replace(req, criteria=[_chain_for(caller, c) for c in req.criteria])
     compiled = compiler.compile_criteria(resource_type, req.criteria)
     if not caller.unrestricted:
         studies = caller.studies_for(resource_type, "s")
@@ -88,8 +93,18 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
                            "_include" if i in req.includes else "_revinclude", severity="warning")
                      for i in left_out]
             req = replace(req, includes=includes, revincludes=revincludes, warnings=[*req.warnings, *notes])
-    return SearchPlan(req, list(params), compiled, compiler.excludes_missing(resource_type, req.sort, req.criteria),
-                      caller)
+    return SearchPlan(req, list(req.params), compiled,
+                      compiler.excludes_missing(resource_type, req.sort, req.criteria), caller)
+
+
+def _chain_for(caller: Caller, crit: Criterion) -> Criterion:
+    """A chained criterion (or `_has`) as `caller` may search it: 403 without a search scope on the other type,
+    else limited to that type's resources in the caller's studies (a chain never reads what a search could not)."""
+    chain = crit.chain
+    if chain is None:
+        return crit
+    access.require(caller, chain.target, "s")
+    return replace(crit, chain=replace(chain, studies=caller.studies_for(chain.target, "s")))
 
 
 def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
@@ -140,16 +155,19 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     if rows:
         has_next = more if not backwards else True
         has_previous = more if backwards else req.cursor is not None
+        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor
+            links.append(("first", _url(base, resource_type, req.params)))
         if has_next:
             links.append(("next", _page_url(base, req, rows[-1], before=False)))
         if has_previous:
             links.append(("previous", _page_url(base, req, rows[0], before=True)))
 
     total = None
-    if req.total in ("accurate", "estimate"):
+    whole = req.cursor is None and not more  # the page holds every match: the total is its length
+    if req.total == "accurate" or (req.total == "estimate" and not whole):
         assert session is not None, "a search read without a session (run_search_async) counts nothing"
         total = compiler.count_matches(session, plan.compiled)
-    elif req.total is None and req.cursor is None and not more:
+    elif req.total != "none" and whole:
         total = len(rows)
 
     if seen is not None:
@@ -169,34 +187,57 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
                   timestamp=fhir_instant(utcnow()))
 
 
+#: how many times `_include:iterate` / `_revinclude:iterate` follow what the previous pass brought in
+MAX_ITERATE = 3
+
+
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
               warnings: list[Issue], caller: Caller, patients: list[str] | None = None) -> list[dict[str, Any]]:
-    seen: set[tuple[str, str]] = set()
+    """The `_include`/`_revinclude` entries of a page whose matches are `ids`: each include from the matches,
+    then the `:iterate` ones again from what the previous pass added (up to MAX_ITERATE passes); a resource is
+    never served twice."""
+    seen: set[tuple[str, str]] = {(req.resource_type, rid) for rid in ids}
     entries = []
 
-    def add(rtype: str, found: Sequence[tuple[str, str | bytes]]) -> None:
+    def add(rtype: str, found: Sequence[tuple[str, str | bytes]], added: dict[str, list[str]]) -> None:
         for rid, content in found:
             if (rtype, rid) in seen:
                 continue
             seen.add((rtype, rid))
+            added.setdefault(rtype, []).append(rid)
             if patients is not None:  # an included resource is parsed for its patient: includes are the rare page
                 patients.extend(patients_of(rtype, orjson.loads(content)))
             if req.summary in ("true", "data"):
                 content = subset(content, TYPES[rtype].model, summary=req.summary, elements=None)
             entries.append(entry(f"{base}/{rtype}/{rid}", content, search={"mode": "include"}))
 
-    for include in req.includes:
-        add(include.target, compiler.find_included(session, include, ids,
-                                                   studies=caller.studies_for(include.target, "s")))
-    for include in req.revincludes:
-        found = compiler.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1,
-                                          studies=caller.studies_for(include.source, "s"))
-        if len(found) > MAX_REVINCLUDE:
-            found = found[:MAX_REVINCLUDE]
-            warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} resources; "
-                                  "use a smaller _count or search them directly", "_revinclude",
-                                  severity="warning"))
-        add(include.source, found)
+    def one_pass(from_ids: dict[str, list[str]], iterating: bool) -> dict[str, list[str]]:
+        added: dict[str, list[str]] = {}
+        for include in req.includes:
+            sources = from_ids.get(include.source)
+            if sources and (include.iterate or not iterating):
+                add(include.target, compiler.find_included(session, include, sources,
+                                                           studies=caller.studies_for(include.target, "s")), added)
+        for include in req.revincludes:
+            targets = from_ids.get(include.target)
+            if not targets or not (include.iterate or not iterating):
+                continue
+            found = compiler.find_revincluded(session, include, targets, MAX_REVINCLUDE + 1,
+                                              studies=caller.studies_for(include.source, "s"))
+            if len(found) > MAX_REVINCLUDE:
+                found = found[:MAX_REVINCLUDE]
+                warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} "
+                                      "resources; use a smaller _count or search them directly", "_revinclude",
+                                      severity="warning"))
+            add(include.source, found, added)
+        return added
+
+    added = one_pass({req.resource_type: ids}, False)
+    if any(i.iterate for i in [*req.includes, *req.revincludes]):
+        for _ in range(MAX_ITERATE):
+            if not added:
+                break
+            added = one_pass(added, True)
     return entries
 
 
