@@ -529,7 +529,8 @@ def parse_criterion(spec: SearchSpec, name: str, value: str, lookup: SpecLookup 
         type_modifier = param.type == "reference" and modifier in param.targets
         allowed = () if param.name in ("_id", "_lastUpdated") else MODIFIERS.get(param.type, ())
         if not type_modifier and modifier not in allowed:
-            raise Rejected(name, f"Modifier ':{modifier}' is not supported on '{base}' ({param.type}); supported: "
+            raise Rejected(name, f"Parameter '{name}': the modifier ':{modifier}' is not supported on '{base}' "
+                           f"({param.type}); supported: "
                            f"{', '.join(':' + m for m in allowed) or 'none'}", "not-supported")
     try:
         values = parse_values(param, modifier, value)

@@ -719,6 +719,15 @@ async def find_page_async(pool: AsyncReadPool, compiled: Compiled, sort: Sort, c
     return planned.rows(driver.rows(await pool.fetch(driver.sql, driver.args(planned.binds)), edges=True))
 
 
+def find_ids(session: Reader, compiled: Compiled, limit: int) -> list[str]:
+    """The ids of up to `limit` resources matching `compiled`, by id (conditional interactions, study look-ups)."""
+    stype = TYPES[compiled.resource_type]
+    source = _joined(stype) if compiled.uses_resource else stype.table
+    stmt = select(stype.table.c.id).select_from(source).where(*conditions_of(compiled)).order_by(
+        stype.table.c.id).limit(limit)
+    return list(_connection(session).execute(stmt).scalars())
+
+
 def count_matches(session: Reader, compiled: Compiled) -> int:
     stype = TYPES[compiled.resource_type]
     source = _joined(stype) if compiled.uses_resource else stype.table

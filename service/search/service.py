@@ -20,19 +20,24 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import Issue, issue, outcome
+from fhir_mappings.references import ID_RE
 from fhir_mappings.search import (
+    IGNORED_PARAMS,
     MAX_REVINCLUDE,
+    RESULT_PARAMS,
     Criterion,
     Cursor,
+    Malformed,
     SearchRequest,
     encode_cursor,
     parse_search,
+    parse_token,
     search_parameter_resource,
     subset,
 )
 from service.audit.events import patients_of
-from service.core.context import SYSTEM, Caller
 from service.core import access
+from service.core.context import SYSTEM, Caller
 from service.core.registry import REGISTRY, TYPES, find_search_spec, search_spec
 from service.errors import BadRequest, NotFound
 from service.search import compiler
@@ -255,6 +260,54 @@ def _page_url(base: str, req: SearchRequest, row: PageRow, *, before: bool) -> s
     phase, value, rid, _, _ = row
     cursor = Cursor(req.sort.text, before, phase, value if req.sort.key != "_id" else None, rid)
     return _url(base, req.resource_type, req.params + [("_cursor", encode_cursor(cursor))])
+
+
+# -- the search as a selector: conditional interactions, a study named by its registry number -----------------
+
+def match_ids(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], *, where: str,
+              caller: Caller = SYSTEM, limit: int = 100) -> list[str]:
+    """The ids (up to `limit`) of the resources a conditional interaction's criteria select (`If-None-Exist`,
+    `PUT/DELETE Type?criteria`): any search parameter of the type, chains and `_has` included, read by the
+    search's own parser and compiler. Strict: an unknown or malformed parameter, or a result parameter (`_count`,
+    `_sort`, …, which select nothing), is a 400 naming `where` and the parameter.
+
+    The caller's studies limit what a chain or `_has` reads (as in a search), but not the matches themselves: a
+    match in a study the caller may not write is refused by the write (403, service/core/resources.py), never
+    taken for "no match", which would write a duplicate of a resource the caller can't see."""
+    if not params:
+        raise BadRequest(f"{where} needs search criteria, e.g. identifier=system|value", expression=where)
+    result = [name for name, _ in params if name.split(":", 1)[0] in (*RESULT_PARAMS, *IGNORED_PARAMS)]
+    if result:
+        raise BadRequest(f"{where}: {', '.join(result)} is not a search criterion", expression=where,
+                         issues=[issue("invalid", f"{where}: {name} is not a search criterion", where)
+                                 for name in result])
+    try:
+        plan = plan_search(resource_type, params, strict=True, caller=caller)
+    except BadRequest as exc:
+        found = [replace(i, code="invalid", diagnostics=f"{where}: {i.diagnostics}",
+                         expression=(where, *i.expression)) for i in exc.issues]
+        raise BadRequest(f"{where}: {exc}", issues=found) from None
+    return compiler.find_ids(session, compiler.compile_criteria(resource_type, plan.req.criteria), limit)
+
+
+def resolve_study(session: Session | Connection, key: str, *, studies: frozenset[str] | None = None) -> str:
+    """The id of the ResearchStudy a study-scoped URL names by `key`: its id, or else one of its business
+    identifiers (an NCT number: `NCT01234567`, or `system|value`) naming exactly one study (of `studies`, those the
+    caller may read, when limited); else `key` unchanged (which then names no study: 404)."""
+    if not key:
+        return key
+    if ID_RE.match(key) and compiler.find_ids(
+            session, compiler.compile_criteria("ResearchStudy", [Criterion("_id", "token", None, (key,))]), 1):
+        return key
+    try:
+        token = parse_token(key)
+    except Malformed:
+        return key
+    compiled = compiler.compile_criteria("ResearchStudy", [Criterion("identifier", "token", None, (token,))])
+    if studies is not None:
+        compiled = compiler.within_studies(compiled, studies)
+    found = compiler.find_ids(session, compiled, 2)
+    return found[0] if len(found) == 1 else key
 
 
 # -- SearchParameter (the trial's own parameters, served from their declarations) ---------------------------
