@@ -157,7 +157,7 @@ class Criterion:
 
 @dataclass(frozen=True, slots=True)
 class Sort:
-    key: str  # _id | _lastUpdated | date
+    key: str  # _id | _lastUpdated | a search parameter with a sortable column (SearchSpec.sorts)
     descending: bool = False
 
     @property
@@ -172,7 +172,7 @@ class Cursor:
     sort: str
     before: bool  # True: the page before this position (previous link)
     phase: int  # 0: rows with a sort value; 1: rows without one (served last)
-    value: datetime | None
+    value: Any  # the sort value (an instant, a date, a number or a text), None by _id or in phase 1
     id: str
 
 
@@ -421,9 +421,39 @@ def _split_commas(raw: str) -> list[str]:
 
 # -- cursors ---------------------------------------------------------------------------------------------
 
+def _cursor_value(value: Any) -> Any:
+    """A sort value as JSON: an instant as its ISO text; a date, number or text tagged with its kind."""
+    if value is None or isinstance(value, datetime):
+        return value.isoformat() if value is not None else None
+    if isinstance(value, date):
+        return {"d": value.isoformat()}
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return {"n": float(value)}
+    return {"s": str(value)}
+
+
+def _sort_value(data: Any) -> Any:
+    """The sort value `_cursor_value` wrote; ValueError for anything else."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        moment = datetime.fromisoformat(data)
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        return moment
+    if isinstance(data, dict) and len(data) == 1:
+        ((tag, value),) = data.items()
+        if tag == "d" and isinstance(value, str):
+            return date.fromisoformat(value)
+        if tag == "n" and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if tag == "s" and isinstance(value, str):
+            return value
+    raise ValueError("bad sort value")
+
+
 def encode_cursor(cursor: Cursor) -> str:
-    data = [cursor.sort, int(cursor.before), cursor.phase,
-            cursor.value.isoformat() if cursor.value is not None else None, cursor.id]
+    data = [cursor.sort, int(cursor.before), cursor.phase, _cursor_value(cursor.value), cursor.id]
     return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
 
 
@@ -433,10 +463,7 @@ def decode_cursor(text: str) -> Cursor:
         sort, before, phase, value, rid = orjson.loads(raw)
         if not isinstance(sort, str) or phase not in (0, 1) or not isinstance(rid, str) or not ID_RE.match(rid):
             raise ValueError("bad fields")
-        moment = datetime.fromisoformat(value) if value is not None else None
-        if moment is not None and moment.tzinfo is None:
-            raise ValueError("naive")
-        return Cursor(sort, bool(before), phase, moment, rid)
+        return Cursor(sort, bool(before), phase, _sort_value(value), rid)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise Malformed("the paging cursor is not one this server issued; follow the Bundle's next/previous "
                         "link") from None

@@ -1,20 +1,26 @@
 """The search parser, pure (no database, no HTTP): what is applied, what is ignored (unknown, lenient) and what is
 always refused (malformed values, unsupported modifiers and chains, bad result parameters), issue 11 §4."""
 
-from datetime import UTC, datetime
+import base64
+from datetime import UTC, date, datetime
 
+import orjson
 import pytest
 
 from fhir_mappings import fhir
 from fhir_mappings.search import (
     Chain,
     Criterion,
+    Cursor,
     Include,
+    Malformed,
     ParamDef,
     SearchSpec,
     Sort,
     Token,
     common_params,
+    decode_cursor,
+    encode_cursor,
     parse_search,
 )
 
@@ -153,3 +159,21 @@ def test_iterate_includes_may_start_from_any_type():
     assert req.includes == [Include("Observation", "subject", "Patient"),
                             Include("ResearchSubject", "study", "ResearchStudy", iterate=True)]
     assert req.revincludes == [Include("ResearchSubject", "individual", "Patient", iterate=True)]
+
+
+@pytest.mark.parametrize("value", [None, datetime(2024, 1, 10, 9, 30, tzinfo=UTC), date(1990, 1, 1), 12.5, 3,
+                                   "moderate", ""])
+def test_cursor_round_trips_every_kind_of_sort_value(value):
+    cursor = Cursor("value-quantity", True, 0, value, "abc-1")
+    back = decode_cursor(encode_cursor(cursor))
+    assert back == cursor and type(back.value) is (float if isinstance(value, int) else type(value))
+
+
+@pytest.mark.parametrize("data", [["date", 0, 0, "2024-01-10T00:00:00", "x"], ["d", 0, 0, {"d": 5}, "x"],
+                                  ["d", 0, 0, {"n": True}, "x"], ["d", 0, 0, {"s": 1}, "x"],
+                                  ["d", 0, 0, {"x": "1"}, "x"], ["d", 0, 0, {"d": "1990-13-01"}, "x"],
+                                  ["d", 0, 0, {"s": "a", "n": 1}, "x"], ["d", 0, 0, [1], "x"]])
+def test_a_cursor_this_server_did_not_write_is_refused(data):
+    text = base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
+    with pytest.raises(Malformed):
+        decode_cursor(text)

@@ -138,3 +138,12 @@ def test_chained_search_pages(shared):
         url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
     assert sorted(seen) == sorted(names(trial, "easi1_base", "easi1_w4", "easi1_w12", "easi3", "easi3_partial"))
     assert set(EASI_ALL) >= {k for k in trial if trial[k] in seen}
+
+
+def test_capability_statement_says_the_default_handling_and_the_chains(client):
+    statement = client.get("/fhir/metadata").json()
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    doc = resources["Observation"]["documentation"]
+    assert "lenient by default" in doc and "handling=strict" in doc
+    assert "subject:Patient." in doc and "study:ResearchStudy." in doc and "_has:" in doc
+    assert "_total=accurate|estimate|none" in doc

@@ -169,6 +169,31 @@ def test_sort_by_date_and_id(shared):
     assert order("Patient?_sort=_id") == sorted(names(trial, "p1", "p2", "p3"))
 
 
+@pytest.mark.parametrize("query, key", [
+    ("Observation?_sort={}", lambda r: r["valueQuantity"]["value"] if r["valueQuantity"]["code"] != "ng/mL"
+     else r["valueQuantity"]["value"] / 2.4),  # sorted by the value in the measure's canonical unit
+    ("Observation?_sort={}&code=EASI", lambda r: r["valueQuantity"]["value"]),
+    ("Patient?_sort={}", lambda r: r["birthDate"]),
+    ("ResearchStudy?_sort={}", lambda r: r["title"]),
+    ("AdverseEvent?_sort={}", lambda r: r["severity"]["coding"][0]["code"]),
+])
+def test_sort_by_any_parameter_with_a_column(shared, query, key):
+    client, trial = shared
+    param = {"Observation": "value-quantity", "Patient": "birthdate", "ResearchStudy": "title",
+             "AdverseEvent": "severity"}[query.split("?")[0]]
+    for descending in (False, True):
+        url = "/fhir/" + query.format(("-" if descending else "") + param) + "&_count=2"
+        resources = []
+        while url:
+            body = client.get(url).json()
+            resources += [e["resource"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
+            url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+        values = [key(r) for r in resources]
+        assert values == sorted(values, reverse=descending) and len(values) == len({r["id"] for r in resources})
+    assert client.get("/fhir/Observation?_sort=identifier").status_code == 400  # no column of its own
+    assert client.get("/fhir/Observation?_sort=arm").status_code == 400  # the arm is the subject's
+
+
 # -- AdverseEvent, ResearchSubject, ResearchStudy, Patient -------------------------------------------------
 
 def test_adverse_event_parameters(shared):
@@ -304,7 +329,9 @@ def _walk(client, url: str, relation: str = "next") -> list[list[str]]:
 
 
 @pytest.mark.parametrize("sort", ["", "&_sort=date", "&_sort=-date", "&_sort=_id", "&_sort=-_id",
-                                  "&_sort=_lastUpdated", "&_sort=-_lastUpdated"])
+                                  "&_sort=_lastUpdated", "&_sort=-_lastUpdated", "&_sort=value-quantity",
+                                  "&_sort=-value-quantity", "&_sort=code", "&_sort=-status", "&_sort=subject",
+                                  "&_sort=category", "&_sort=-visit"])
 def test_paging_follows_next_and_previous_links(shared, sort):
     client, trial = shared
     pages = _walk(client, f"/fhir/Observation?_count=3{sort}")
