@@ -165,13 +165,18 @@ class Sort:
         return ("-" if self.descending else "") + self.key
 
 
+#: the phase of the cursor past the last row (the `last` link: the page before it)
+END = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """A position in the sort order: the (phase, sort value, id) of the last (or first) row served."""
+    """A position in the sort order: the (phase, sort value, id) of the last (or first) row served; phase END (with
+    `before`) is the position after every row, whose previous page is the last page."""
 
     sort: str
     before: bool  # True: the page before this position (previous link)
-    phase: int  # 0: rows with a sort value; 1: rows without one (served last)
+    phase: int  # 0: rows with a sort value; 1: rows without one (served last); END: after both
     value: Any  # the sort value (an instant, a date, a number or a text), None by _id or in phase 1
     id: str
 
@@ -461,7 +466,8 @@ def decode_cursor(text: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         sort, before, phase, value, rid = orjson.loads(raw)
-        if not isinstance(sort, str) or phase not in (0, 1) or not isinstance(rid, str) or not ID_RE.match(rid):
+        if not isinstance(sort, str) or phase not in (0, 1, END) or not isinstance(rid, str) or not ID_RE.match(rid) \
+                or phase == END and not before:
             raise ValueError("bad fields")
         return Cursor(sort, bool(before), phase, _sort_value(value), rid)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):

@@ -22,6 +22,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.references import ID_RE
 from fhir_mappings.search import (
+    END,
     IGNORED_PARAMS,
     MAX_REVINCLUDE,
     RESULT_PARAMS,
@@ -153,15 +154,19 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     resource_type = req.resource_type
     warnings = list(req.warnings)
     backwards = req.cursor is not None and req.cursor.before
+    at_end = req.cursor is not None and req.cursor.phase == END  # the last page
     more = len(rows) > req.count
     if more:
         rows = rows[1:] if backwards else rows[:-1]
     links = [("self", _url(base, resource_type, plan.params))]
     if rows:
-        has_next = more if not backwards else True
+        has_next = more if not backwards else not at_end
         has_previous = more if backwards else req.cursor is not None
-        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor
+        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor, the last the
+            # page before the end (both one index-ordered read, as cheap as any page)
             links.append(("first", _url(base, resource_type, req.params)))
+            links.append(("last", _url(base, resource_type, req.params + [("_cursor", encode_cursor(
+                Cursor(req.sort.text, True, END, None, "end")))])))
         if has_next:
             links.append(("next", _page_url(base, req, rows[-1], before=False)))
         if has_previous:

@@ -172,7 +172,8 @@ def test_cursor_round_trips_every_kind_of_sort_value(value):
 @pytest.mark.parametrize("data", [["date", 0, 0, "2024-01-10T00:00:00", "x"], ["d", 0, 0, {"d": 5}, "x"],
                                   ["d", 0, 0, {"n": True}, "x"], ["d", 0, 0, {"s": 1}, "x"],
                                   ["d", 0, 0, {"x": "1"}, "x"], ["d", 0, 0, {"d": "1990-13-01"}, "x"],
-                                  ["d", 0, 0, {"s": "a", "n": 1}, "x"], ["d", 0, 0, [1], "x"]])
+                                  ["d", 0, 0, {"s": "a", "n": 1}, "x"], ["d", 0, 0, [1], "x"],
+                                  ["d", 0, 2, None, "end"], ["d", 1, 3, None, "x"]])
 def test_a_cursor_this_server_did_not_write_is_refused(data):
     text = base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
     with pytest.raises(Malformed):

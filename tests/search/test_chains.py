@@ -113,7 +113,7 @@ def test_total_and_first_link(shared):
     client, trial = shared
     first = client.get("/fhir/Observation?code=EASI&_count=2").json()
     links = {link["relation"]: link["url"] for link in first["link"]}
-    assert set(links) == {"self", "first", "next"} and links["first"] == links["self"]
+    assert set(links) == {"self", "first", "last", "next"} and links["first"] == links["self"]
     assert "total" not in first
     second = client.get(links["next"]).json()
     links2 = {link["relation"]: link["url"] for link in second["link"]}
@@ -147,3 +147,26 @@ def test_capability_statement_says_the_default_handling_and_the_chains(client):
     assert "lenient by default" in doc and "handling=strict" in doc
     assert "subject:Patient." in doc and "study:ResearchStudy." in doc and "_has:" in doc
     assert "_total=accurate|estimate|none" in doc
+
+
+@pytest.mark.parametrize("query", ["Observation?_count=2", "Observation?_count=4&_sort=-date", "Observation?_count=2&"
+                                   "_sort=value-quantity", "Observation?_count=3&_sort=_id", "Patient?_count=2",
+                                   "Observation?_count=2&subject.gender=female&_sort=-_lastUpdated"])
+def test_last_link_and_walking_back_from_it(shared, query):
+    client, trial = shared
+
+    def walk(url, relation):
+        pages = []
+        while url:
+            body = client.get(url).json()
+            pages.append([e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"])
+            url = next((link["url"] for link in body["link"] if link["relation"] == relation), None)
+        return pages
+
+    forward = [i for page in walk(f"/fhir/{query}", "next") for i in page]
+    body = client.get(f"/fhir/{query}").json()
+    last_url = next(link["url"] for link in body["link"] if link["relation"] == "last")
+    last = client.get(last_url).json()
+    assert not any(link["relation"] == "next" for link in last["link"]), "nothing follows the last page"
+    backward = [i for page in walk(last_url, "previous")[::-1] for i in page]
+    assert backward == forward
