@@ -82,7 +82,12 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
         raise BadRequest(errors[0].diagnostics if len(errors) == 1 else
                          f"{len(errors)} search parameters can't be applied: "
                          + "; ".join(e.diagnostics or "" for e in errors), issues=errors)
-    if not caller.unrestricted and any(c.chain is not None for c in req.criteria):
+    chained = [name for c, (name, _) in zip(req.criteria, _criteria_params(req), strict=True) if c.chain is not None]
+    if chained and caller.deidentified:  # its values would be compared with real identifiers, dates and codes
+        raise BadRequest(f"{chained[0]}: de-identified views can't be searched through chained parameters or _has",
+                         issues=[issue("forbidden", f"{name}: de-identified views can't be searched through "
+                                       "chained parameters or _has", name) for name in chained])
+    if chained and not caller.unrestricted:
         req = replace(req, criteria=[_chain_for(caller, c) for c in req.criteria])
     compiled = compiler.compile_criteria(resource_type, req.criteria)
     if not caller.unrestricted:
@@ -101,6 +106,11 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
             req = replace(req, includes=includes, revincludes=revincludes, warnings=[*req.warnings, *notes])
     return SearchPlan(req, list(req.params), compiled,
                       compiler.excludes_missing(resource_type, req.sort, req.criteria), caller)
+
+
+def _criteria_params(req: SearchRequest) -> list[tuple[str, str]]:
+    """The applied parameters that became criteria, in order (one each): the others are result parameters."""
+    return [(n, v) for n, v in req.params if n.split(":", 1)[0] not in (*RESULT_PARAMS, *IGNORED_PARAMS)]
 
 
 def _chain_for(caller: Caller, crit: Criterion) -> Criterion:

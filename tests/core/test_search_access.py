@@ -8,7 +8,7 @@ import pytest
 
 from service.auth.scopes import parse_scopes
 from service.core.context import Caller, Context
-from service.errors import Forbidden
+from service.errors import BadRequest, Forbidden
 from tests.factories import adverse_event, observation, patient, study, subject
 
 BASE = "https://fhir.example.org/fhir"
@@ -96,3 +96,14 @@ def test_conditional_match_in_another_study_is_refused_not_taken_for_none(core, 
     with pytest.raises(Forbidden):
         run(core.create(in_a, "Observation", observation(scene["only_b"]),
                         if_none_exist="patient.identifier=MRN-ONLY-B"))
+
+
+@pytest.mark.parametrize("rtype, name, value", [
+    ("Observation", "subject.identifier", "MRN-ONLY-B"), ("Observation", "patient:Patient.birthdate", "1990-01-01"),
+    ("AdverseEvent", "subject.gender", "female"), ("Patient", "_has:AdverseEvent:subject:date", "2024-01-20"),
+    ("Patient", "_has:Observation:patient:code", "EASI")])
+def test_de_identified_clients_cant_search_through_chains(core, scene, rtype, name, value):
+    deid = Context(BASE, Caller("research-1", parse_scopes("system/*.rs"), None, deidentified=True))
+    with pytest.raises(BadRequest) as refused:
+        run(core.search(deid, rtype, [(name, value)]))
+    assert refused.value.issues[0].expression == (name,)
