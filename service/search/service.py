@@ -168,15 +168,15 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     more = len(rows) > req.count
     if more:
         rows = rows[1:] if backwards else rows[:-1]
-    links = [("self", _url(base, resource_type, plan.params))]
+    self_url = _url(base, resource_type, plan.params)
+    links = [("self", self_url)]
     if rows:
         has_next = more if not backwards else not at_end
         has_previous = more if backwards else req.cursor is not None
-        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor, the last the
-            # page before the end (both one index-ordered read, as cheap as any page)
-            links.append(("first", _url(base, resource_type, req.params)))
-            links.append(("last", _url(base, resource_type, req.params + [("_cursor", encode_cursor(
-                Cursor(req.sort.text, True, END, None, "end")))])))
+        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor (the self link
+            # holds no cursor), the last the page before the end (each one index-ordered read, as cheap as any page)
+            links.append(("first", self_url))
+            links.append(("last", f"{self_url}{'&' if plan.params else '?'}_cursor={_end_cursor(req.sort.text)}"))
         if has_next:
             links.append(("next", _page_url(base, req, rows[-1], before=False)))
         if has_previous:
@@ -269,6 +269,12 @@ def _outcome_entries(warnings: list[Issue]) -> list[dict[str, Any]]:
 
 def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
     return f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
+
+
+@lru_cache(maxsize=256)
+def _end_cursor(sort: str) -> str:
+    """The cursor past the last row of a `_sort` order (URL-safe base64: written into a URL as it is)."""
+    return encode_cursor(Cursor(sort, True, END, None, "end"))
 
 
 def _page_url(base: str, req: SearchRequest, row: PageRow, *, before: bool) -> str:
