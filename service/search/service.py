@@ -82,7 +82,8 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
         raise BadRequest(errors[0].diagnostics if len(errors) == 1 else
                          f"{len(errors)} search parameters can't be applied: "
                          + "; ".join(e.diagnostics or "" for e in errors), issues=errors)
-    chained = [name for c, (name, _) in zip(req.criteria, _criteria_params(req), strict=True) if c.chain is not None]
+    chained = [] if all(c.chain is None for c in req.criteria) else \
+        [name for c, (name, _) in zip(req.criteria, _criteria_params(req), strict=True) if c.chain is not None]
     if chained and caller.deidentified:  # its values would be compared with real identifiers, dates and codes
         raise BadRequest(f"{chained[0]}: de-identified views can't be searched through chained parameters or _has",
                          issues=[issue("forbidden", f"{name}: de-identified views can't be searched through "
@@ -108,9 +109,12 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
                       compiler.excludes_missing(resource_type, req.sort, req.criteria), caller)
 
 
+NOT_CRITERIA = frozenset((*RESULT_PARAMS, *IGNORED_PARAMS))
+
+
 def _criteria_params(req: SearchRequest) -> list[tuple[str, str]]:
     """The applied parameters that became criteria, in order (one each): the others are result parameters."""
-    return [(n, v) for n, v in req.params if n.split(":", 1)[0] not in (*RESULT_PARAMS, *IGNORED_PARAMS)]
+    return [(n, v) for n, v in req.params if n.split(":", 1)[0] not in NOT_CRITERIA]
 
 
 def _chain_for(caller: Caller, crit: Criterion) -> Criterion:
