@@ -55,7 +55,7 @@ class SearchPlan:
     """A parsed, checked search and its criteria compiled (service/search/compiler.py): no SQL built yet."""
 
     req: SearchRequest
-    params: list[tuple[str, str]]  # those applied (the self link): an unknown parameter ignored is left out
+    params: list[tuple[str, str]]  # those applied, and the page's cursor (the self link): an unknown one is left out
     compiled: Compiled
     not_null: bool
     caller: Caller = SYSTEM  # whose search: includes are limited to what it may search, in its studies
@@ -105,7 +105,8 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
                            "_include" if i in req.includes else "_revinclude", severity="warning")
                      for i in left_out]
             req = replace(req, includes=includes, revincludes=revincludes, warnings=[*req.warnings, *notes])
-    return SearchPlan(req, list(req.params), compiled,
+    cursor = [(name, value) for name, value in params if name == "_cursor"][-1:]  # this page's position
+    return SearchPlan(req, req.params + cursor, compiled,
                       compiler.excludes_missing(resource_type, req.sort, req.criteria), caller)
 
 
@@ -177,10 +178,11 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     if rows:
         has_next = more if not backwards else not at_end
         has_previous = more if backwards else req.cursor is not None
-        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor (the self link
-            # holds no cursor), the last the page before the end (each one index-ordered read, as cheap as any page)
-            links.append(("first", self_url))
-            links.append(("last", f"{self_url}{'&' if plan.params else '?'}_cursor={_end_cursor(req.sort.text)}"))
+        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor, the last the
+            # page before the end (each one index-ordered read, as cheap as any page)
+            first = self_url if req.cursor is None else _url(base, resource_type, req.params)
+            links.append(("first", first))
+            links.append(("last", f"{first}{'&' if req.params else '?'}_cursor={_end_cursor(req.sort.text)}"))
         if has_next:
             links.append(("next", _page_url(base, req, rows[-1], before=False)))
         if has_previous:

@@ -119,6 +119,7 @@ def test_total_and_first_link(shared):
     links2 = {link["relation"]: link["url"] for link in second["link"]}
     assert links2["first"] == links["self"] and {"previous", "next"} <= set(links2)
     assert "_cursor" not in links2["first"]
+    assert links2["self"] == links["next"], "a page's self link is the URL that gave it, cursor included"
     assert [e["resource"]["id"] for e in client.get(links2["first"]).json()["entry"]] == \
         [e["resource"]["id"] for e in first["entry"]]
     whole = client.get("/fhir/Observation?code=EASI&_total=estimate").json()
