@@ -3,6 +3,7 @@
 import pytest
 
 from tests.factories import LOINC, MRN, created, observation
+from tests.search.conftest import build_trial  # noqa: F401 (other suites import it from here)
 
 AD = "https://trial-fhir.org/CodeSystem/ad-scores"
 LAB = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}
