@@ -30,12 +30,16 @@ NCT = "urn:nct"
     ("AdverseEvent?study.title=second", ("ae3",)),
     ("ResearchSubject?individual.gender=female", ("s1", "s3")),
     ("ResearchSubject?study.identifier=NCT01", ("s1", "s2")),
+    ("Observation?subject._lastUpdated=ge2000-01-01&code=19113-0", ("ige1", "ige2")),  # reads resource rows
+    ("Observation?subject._lastUpdated=lt2000-01-01", ()),
+    ("Observation?subject._id=PID_p3", ("easi3", "easi3_partial")),
+    ("Observation?subject.gender:missing=true", ()),
     ("ResearchStudy?identifier=NCT01", ("A",)),
     (f"ResearchStudy?identifier={NCT}|NCT01", ("A",)),
 ])
 def test_chained_parameters(shared, query, expected):
     client, trial = shared
-    assert found(client, query) == names(trial, *expected)
+    assert found(client, query.replace("PID_p3", trial["p3"])) == names(trial, *expected)
 
 
 @pytest.mark.parametrize("query, expected", [
