@@ -11,8 +11,8 @@ Dates without a time zone are read as UTC; a partial date is the range it covers
 import base64
 import binascii
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import cache, lru_cache
@@ -129,19 +129,35 @@ class Quantity:
 
 
 @dataclass(frozen=True, slots=True)
+class Chain:
+    """A criterion on other resources: `subject:Patient.gender=female` (forward: the reference `param` of the
+    searched type points at a `target` matching `inner`), or `_has:Observation:patient:code=x` (reverse: a
+    `target` resource matching `inner` points at the searched one through its reference `param`). `studies`: the
+    studies whose `target` resources the caller may see (None: not limited), set by the search service."""
+
+    target: str
+    param: str
+    inner: "Criterion"
+    reverse: bool = False
+    studies: frozenset[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Criterion:
-    """One `name[:modifier]=v1,v2` pair: its values are OR'd; criteria are AND'd."""
+    """One `name[:modifier]=v1,v2` pair: its values are OR'd; criteria are AND'd. A chained parameter or `_has`
+    carries its `chain` (the criterion on the other type) and no values of its own."""
 
     name: str
     type: str
     modifier: str | None
     values: tuple[Any, ...]
     missing: bool | None = None
+    chain: Chain | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Sort:
-    key: str  # _id | _lastUpdated | date
+    key: str  # _id | _lastUpdated | a search parameter with a sortable column (SearchSpec.sorts)
     descending: bool = False
 
     @property
@@ -149,14 +165,19 @@ class Sort:
         return ("-" if self.descending else "") + self.key
 
 
+#: the phase of the cursor past the last row (the `last` link: the page before it)
+END = 2
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """A position in the sort order: the (phase, sort value, id) of the last (or first) row served."""
+    """A position in the sort order: the (phase, sort value, id) of the last (or first) row served; phase END (with
+    `before`) is the position after every row, whose previous page is the last page."""
 
     sort: str
     before: bool  # True: the page before this position (previous link)
-    phase: int  # 0: rows with a sort value; 1: rows without one (served last)
-    value: datetime | None
+    phase: int  # 0: rows with a sort value; 1: rows without one (served last); END: after both
+    value: Any  # the sort value (an instant, a date, a number or a text), None by _id or in phase 1
     id: str
 
 
@@ -165,6 +186,7 @@ class Include:
     source: str
     param: str
     target: str
+    iterate: bool = False  # `_include:iterate`: also from the resources other includes brought in
 
     @property
     def text(self) -> str:
@@ -181,6 +203,10 @@ class SearchSpec:
     default_sort: str = "_id"  # the order of a search without _sort
     includes: tuple[Include, ...] = ()  # those with this type as source (_include) or target (_revinclude)
     model: type[fhir.Resource] | None = None  # the type's FHIR model: the element names `_elements` accepts
+    #: chainable reference parameters: name -> the stored types it may point at (`subject` -> ("Patient",))
+    chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: every include of any type (`_include:iterate` may start from a type other than the searched one)
+    all_includes: tuple[Include, ...] = ()
 
 
 @dataclass
@@ -195,9 +221,9 @@ class SearchRequest:
     summary: str | None = None  # count | true | data | false
     elements: tuple[str, ...] | None = None
     total: str | None = None  # accurate | none | estimate
-    warnings: list[Issue] = field(default_factory=list)  # unknown or malformed: ignored (400 when strict)
-    errors: list[Issue] = field(default_factory=list)  # always 400 (a cursor that can't be read)
-    params: list[tuple[str, str]] = field(default_factory=list)  # what was asked, minus the cursor
+    warnings: list[Issue] = field(default_factory=list)  # unknown parameters: ignored (400 when strict)
+    errors: list[Issue] = field(default_factory=list)  # always 400: a malformed value, an unsupported modifier…
+    params: list[tuple[str, str]] = field(default_factory=list)  # what was applied, minus the cursor (self link)
 
 
 class Malformed(ValueError):
@@ -400,9 +426,39 @@ def _split_commas(raw: str) -> list[str]:
 
 # -- cursors ---------------------------------------------------------------------------------------------
 
+def _cursor_value(value: Any) -> Any:
+    """A sort value as JSON: an instant as its ISO text; a date, number or text tagged with its kind."""
+    if value is None or isinstance(value, datetime):
+        return value.isoformat() if value is not None else None
+    if isinstance(value, date):
+        return {"d": value.isoformat()}
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        return {"n": float(value)}
+    return {"s": str(value)}
+
+
+def _sort_value(data: Any) -> Any:
+    """The sort value `_cursor_value` wrote; ValueError for anything else."""
+    if data is None:
+        return None
+    if isinstance(data, str):
+        moment = datetime.fromisoformat(data)
+        if moment.tzinfo is None:
+            raise ValueError("naive")
+        return moment
+    if isinstance(data, dict) and len(data) == 1:
+        ((tag, value),) = data.items()
+        if tag == "d" and isinstance(value, str):
+            return date.fromisoformat(value)
+        if tag == "n" and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if tag == "s" and isinstance(value, str):
+            return value
+    raise ValueError("bad sort value")
+
+
 def encode_cursor(cursor: Cursor) -> str:
-    data = [cursor.sort, int(cursor.before), cursor.phase,
-            cursor.value.isoformat() if cursor.value is not None else None, cursor.id]
+    data = [cursor.sort, int(cursor.before), cursor.phase, _cursor_value(cursor.value), cursor.id]
     return base64.urlsafe_b64encode(orjson.dumps(data)).decode().rstrip("=")
 
 
@@ -410,12 +466,10 @@ def decode_cursor(text: str) -> Cursor:
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         sort, before, phase, value, rid = orjson.loads(raw)
-        if not isinstance(sort, str) or phase not in (0, 1) or not isinstance(rid, str) or not ID_RE.match(rid):
+        if not isinstance(sort, str) or phase not in (0, 1, END) or not isinstance(rid, str) or not ID_RE.match(rid) \
+                or phase == END and not before:
             raise ValueError("bad fields")
-        moment = datetime.fromisoformat(value) if value is not None else None
-        if moment is not None and moment.tzinfo is None:
-            raise ValueError("naive")
-        return Cursor(sort, bool(before), phase, moment, rid)
+        return Cursor(sort, bool(before), phase, _sort_value(value), rid)
     except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
         raise Malformed("the paging cursor is not one this server issued; follow the Bundle's next/previous "
                         "link") from None
@@ -423,59 +477,54 @@ def decode_cursor(text: str) -> Cursor:
 
 # -- the whole query -------------------------------------------------------------------------------------
 
+#: how far a search's parameters may reach into other types: `a.b` (one link) and `_has:T:p:x` (one level)
+SpecLookup = Callable[[str], "SearchSpec | None"]
+
+
+class Rejected(Exception):
+    """A parameter this search can't apply as asked: always a 400 (a search is never silently wider)."""
+
+    def __init__(self, name: str, text: str, code: str = "invalid") -> None:
+        super().__init__(text)
+        self.issue = issue(code, text, name)
+
+
+class Unknown(Exception):
+    """A parameter this type does not have: ignored under lenient handling, a 400 under strict."""
+
+
 def _warn(req: SearchRequest, name: str, text: str, code: str = "not-supported") -> None:
     req.warnings.append(issue(code, text, name, severity="warning"))
 
 
 def parse_search(spec: SearchSpec, params: list[tuple[str, str]], *, default_count: int = 50,
-                 max_count: int = 1000) -> SearchRequest:
+                 max_count: int = 1000, lookup: SpecLookup | None = None) -> SearchRequest:
     """Read a query string (as (name, value) pairs) into a SearchRequest for a search that `spec` describes.
-    Nothing raises: what can't be used is listed in `warnings` (ignored, or 400 with strict handling) or `errors`
-    (always 400)."""
+    Nothing raises. A parameter the type does not have is listed in `warnings` (ignored, and left out of
+    `params`, the self link; 400 under strict handling); anything else that can't be applied as asked (a
+    malformed value, an unsupported modifier or chain, a bad result parameter) is listed in `errors`: always a
+    400, because dropping it would widen the search. `lookup` gives the spec of another type (chains, `_has`)."""
     resource_type = spec.resource_type
     req = SearchRequest(resource_type, count=default_count, sort=Sort(spec.default_sort))
-    supported = spec.params
     cursor_text = None
-    modifier: str | None  # the `:modifier` of a name, None for a bare name
     for name, value in params:
         if name == "_cursor":
             cursor_text = value
             continue
-        req.params.append((name, value))
-        if name in IGNORED_PARAMS:
-            continue
-        if name in RESULT_PARAMS:
-            _result_param(req, spec, name, value, max_count)
-            continue
-        base, _, modifier = name.partition(":")
-        if "." in name:
-            _warn(req, name, f"Chained parameter '{name}' is not supported; search by reference id instead")
-            continue
-        param = supported.get(base)
-        if param is None:
-            _warn(req, name, f"Unknown search parameter '{base}' for {resource_type}; supported: "
-                  f"{', '.join(sorted(supported))}")
-            continue
-        modifier = modifier or None
-        if modifier == "missing" and param.name not in ("_id", "_lastUpdated"):
-            if value not in ("true", "false"):
-                _warn(req, name, f"{name} must be true or false, got '{value}'", "invalid")
-                continue
-            req.criteria.append(Criterion(param.name, param.type, "missing", (), missing=value == "true"))
-            continue
-        if modifier is not None:
-            type_modifier = param.type == "reference" and modifier in param.targets
-            allowed = () if param.name in ("_id", "_lastUpdated") else MODIFIERS.get(param.type, ())
-            if not type_modifier and modifier not in allowed:
-                _warn(req, name, f"Modifier ':{modifier}' is not supported on '{base}' ({param.type}); "
-                      f"supported: {', '.join(':' + m for m in allowed) or 'none'}")
-                continue
         try:
-            values = parse_values(param, modifier, value)
-        except (Malformed, ArithmeticError, ValueError, OverflowError) as exc:
-            _warn(req, name, f"Parameter '{name}' was ignored: {exc}", "invalid")
+            if name in IGNORED_PARAMS:
+                pass
+            elif name.split(":", 1)[0] in RESULT_PARAMS:
+                _result_param(req, spec, name, value, max_count)
+            else:
+                req.criteria.append(parse_criterion(spec, name, value, lookup))
+        except Unknown as exc:
+            _warn(req, name, str(exc))
             continue
-        req.criteria.append(Criterion(param.name, param.type, modifier, values))
+        except Rejected as exc:
+            req.errors.append(exc.issue)
+            continue
+        req.params.append((name, value))
     if cursor_text is not None:
         try:
             cursor = decode_cursor(cursor_text)
@@ -487,70 +536,168 @@ def parse_search(spec: SearchSpec, params: list[tuple[str, str]], *, default_cou
     return req
 
 
+def parse_criterion(spec: SearchSpec, name: str, value: str, lookup: SpecLookup | None = None, *,
+                    chained: bool = True) -> Criterion:
+    """One `name[:modifier][.chain]=value` of a `spec` search; raises Unknown (a parameter the type does not have)
+    or Rejected (anything else that can't be applied as asked). `chained`: may it reach another type?"""
+    resource_type = spec.resource_type
+    if name.startswith("_has:") or name == "_has":
+        if not chained or lookup is None:
+            raise Rejected(name, f"'{name}': _has can't be nested or used here", "not-supported")
+        return _parse_has(spec, name, value, lookup)
+    head, dot, rest = name.partition(".")
+    base, _, modifier_text = head.partition(":")
+    param = spec.params.get(base)
+    if param is None:
+        raise Unknown(f"Unknown search parameter '{base}' for {resource_type}; supported: "
+                      f"{', '.join(sorted(spec.params))}")
+    modifier = modifier_text or None
+    if dot:
+        return _parse_chain(spec, param, name, modifier, rest, value, lookup if chained else None)
+    if modifier == "missing" and param.name not in ("_id", "_lastUpdated"):
+        if value not in ("true", "false"):
+            raise Rejected(name, f"Parameter '{name}': the value must be true or false, not '{value}'")
+        return Criterion(param.name, param.type, "missing", (), missing=value == "true")
+    if modifier is not None:
+        type_modifier = param.type == "reference" and modifier in param.targets
+        allowed = () if param.name in ("_id", "_lastUpdated") else MODIFIERS.get(param.type, ())
+        if not type_modifier and modifier not in allowed:
+            raise Rejected(name, f"Parameter '{name}': the modifier ':{modifier}' is not supported on '{base}' "
+                           f"({param.type}); supported: "
+                           f"{', '.join(':' + m for m in allowed) or 'none'}", "not-supported")
+    try:
+        values = parse_values(param, modifier, value)
+    except (Malformed, ArithmeticError, ValueError, OverflowError) as exc:
+        raise Rejected(name, f"Parameter '{name}' has a malformed value '{value}': {exc}") from None
+    return Criterion(param.name, param.type, modifier, values)
+
+
+def _parse_chain(spec: SearchSpec, param: ParamDef, name: str, modifier: str | None, rest: str, value: str,
+                 lookup: SpecLookup | None) -> Criterion:
+    """`subject.identifier=…`, `subject:Patient.gender=…`: the resources whose `param` points at a resource
+    matching the chained parameter (one link; the target type named by the modifier, or the only one)."""
+    targets = spec.chains.get(param.name, ())
+    if lookup is None or not targets:
+        raise Rejected(name, f"Chained parameter '{name}' is not supported: '{param.name}' can't be chained on "
+                       f"{spec.resource_type}", "not-supported")
+    if modifier is not None and modifier not in targets:
+        raise Rejected(name, f"'{name}': '{param.name}' can be chained through "
+                       f"{', '.join(':' + t for t in targets)}, not ':{modifier}'", "not-supported")
+    if modifier is None and len(targets) > 1:
+        raise Rejected(name, f"'{name}': name the type the chain goes through "
+                       f"({', '.join(param.name + ':' + t for t in targets)})", "not-supported")
+    target = modifier or targets[0]
+    target_spec = lookup(target)
+    if target_spec is None:
+        raise Rejected(name, f"Chained parameter '{name}': {target} is not searchable here", "not-supported")
+    if "." in rest or rest.startswith("_has"):
+        raise Rejected(name, f"Chained parameter '{name}': only one link of a chain is supported",
+                       "not-supported")
+    try:
+        inner = parse_criterion(target_spec, rest, value, chained=False)
+    except Unknown:
+        raise Rejected(name, f"Chained parameter '{name}': {target} has no search parameter "
+                       f"'{rest.split(':')[0]}'; supported: {', '.join(sorted(target_spec.params))}",
+                       "not-supported") from None
+    except Rejected as exc:
+        raise Rejected(name, f"Chained parameter '{name}': {exc}", exc.issue.code) from None
+    return Criterion(param.name, "reference", modifier, (), chain=Chain(target, param.name, inner))
+
+
+def _parse_has(spec: SearchSpec, name: str, value: str, lookup: SpecLookup) -> Criterion:
+    """`_has:Observation:patient:code=x`: the resources some Observation matching `code=x` points at through its
+    `patient` parameter."""
+    parts = name.split(":", 3)
+    if len(parts) < 4 or not all(parts[1:]):
+        raise Rejected(name, f"'{name}' is not of the form _has:Type:reference:parameter")
+    _, source, ref, inner_name = parts
+    source_spec = lookup(source)
+    if source_spec is None or spec.resource_type not in source_spec.chains.get(ref, ()):
+        raise Rejected(name, f"'{name}': no {source} search parameter '{ref}' points at a {spec.resource_type}",
+                       "not-supported")
+    if inner_name.startswith("_has") or "." in inner_name:
+        raise Rejected(name, f"'{name}': a _has can't be nested or chained here", "not-supported")
+    try:
+        inner = parse_criterion(source_spec, inner_name, value, chained=False)
+    except Unknown:
+        raise Rejected(name, f"'{name}': {source} has no search parameter '{inner_name.split(':')[0]}'",
+                       "not-supported") from None
+    except Rejected as exc:
+        raise Rejected(name, f"'{name}': {exc}", exc.issue.code) from None
+    return Criterion("_has", "special", None, (), chain=Chain(source, ref, inner, reverse=True))
+
+
 def _result_param(req: SearchRequest, spec: SearchSpec, name: str, value: str, max_count: int) -> None:
+    """A result parameter; raises Rejected for a value it can't apply (Unknown for an unknown element name)."""
     rtype = req.resource_type
+    base, _, modifier = name.partition(":")
+    if modifier and not (base in ("_include", "_revinclude") and modifier == "iterate"):
+        raise Rejected(name, f"'{name}': {base} takes no modifier"
+                       + (" but :iterate" if base in ("_include", "_revinclude") else ""), "not-supported")
     if name == "_count":
         if not value.strip().isdigit():
-            _warn(req, name, f"_count must be a whole number, got '{value}'; the default {req.count} was used",
-                  "invalid")
-            return
+            raise Rejected(name, f"Parameter '_count' has a malformed value '{value}': use a whole number ≥ 0")
         count = int(value)
         req.count = min(count, max_count)
         if count == 0:
             req.summary = "count"
     elif name == "_sort":
-        keys = [k.strip() for k in value.split(",") if k.strip()]
+        keys = [k.strip() for k in value.split(",")]
         allowed = ("_id", "_lastUpdated") + spec.sorts
-        if not keys:
-            _warn(req, name, "_sort is empty", "invalid")
-            return
+        if not value.strip() or not all(keys):
+            raise Rejected(name, f"Parameter '_sort' has a malformed value '{value}'")
+        bad = [k for k in keys if k.lstrip("-") not in allowed]
+        if bad:
+            raise Rejected(name, f"Parameter '_sort' has a value '{value}' this server can't sort {rtype} by "
+                           f"({', '.join(bad)}); sortable: {', '.join(allowed)} (each also descending, -key)",
+                           "not-supported")
         first = keys[0]
-        key = first.lstrip("-")
-        if key not in allowed:
-            _warn(req, name, f"_sort={first} is not supported for {rtype}; use one of "
-                  f"{', '.join(a for k in allowed for a in (k, '-' + k))}")
-            return
-        req.sort = Sort(key, first.startswith("-"))
         extra = [k for k in keys[1:] if k.lstrip("-") != "_id"]
         if extra:
-            _warn(req, name, f"Only one sort key is supported (ties are ordered by _id); ignored: {', '.join(extra)}")
-    elif name in ("_include", "_revinclude"):
+            raise Rejected(name, f"Parameter '_sort={value}': only one sort key is supported (ties are ordered by "
+                           f"_id); can't also sort by {', '.join(extra)}", "not-supported")
+        req.sort = Sort(first.lstrip("-"), first.startswith("-"))
+    elif base in ("_include", "_revinclude"):
+        iterate = modifier == "iterate"
         parts = value.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2]):
-            _warn(req, name, f"{name}={value} is not of the form SourceType:parameter[:TargetType]", "invalid")
-            return
+        if len(parts) not in (2, 3) or not all(parts):
+            raise Rejected(name, f"Parameter '{name}' has a malformed value '{value}': use "
+                           "SourceType:parameter[:TargetType]")
         source, param = parts[0], parts[1]
-        reverse = name == "_revinclude"
-        usable = [i for i in spec.includes if (i.target if reverse else i.source) == rtype]
+        reverse = base == "_revinclude"
+        pool = spec.all_includes if iterate else spec.includes
+        usable = pool if iterate else [i for i in pool if (i.target if reverse else i.source) == rtype]
         include = next((i for i in usable if i.source == source and i.param == param
                         and (len(parts) == 2 or parts[2] == i.target)), None)
         if include is None:
-            _warn(req, name, f"{name}={value} is not supported on a {rtype} search; supported: "
-                  f"{', '.join(i.text for i in usable) or 'none'}")
-            return
+            raise Rejected(name, f"{name}={value} is not supported on a {rtype} search; supported: "
+                           f"{', '.join(dict.fromkeys(i.text for i in usable)) or 'none'}", "not-supported")
+        include = replace(include, iterate=iterate)
         found = req.revincludes if reverse else req.includes
         if include not in found:
             found.append(include)
     elif name == "_summary":
         if value not in ("count", "true", "false", "data"):
-            _warn(req, name, f"_summary={value} is not supported; use count, true, data or false")
-            return
+            raise Rejected(name, f"Parameter '_summary' has a value '{value}' this server does not support; use "
+                           "count, true, data or false", "not-supported")
         req.summary = None if value == "false" else value
     elif name == "_elements":
         names = tuple(e.strip() for e in value.split(",") if e.strip())
         if not names:
-            _warn(req, name, "_elements is empty", "invalid")
-            return
+            raise Rejected(name, "Parameter '_elements' is empty")
         known = element_names(spec.model) if spec.model is not None else frozenset()
         unknown = [e for e in names if known and e not in known]
         if unknown:
-            _warn(req, name, f"Unknown element(s) for {rtype} in _elements: {', '.join(unknown)}", "invalid")
-        req.elements = tuple(e for e in names if e not in unknown)
+            raise Rejected(name, f"Parameter '_elements' names element(s) {rtype} does not have: "
+                           f"{', '.join(unknown)}")
+        req.elements = names
     elif name == "_total":
         if value not in ("none", "estimate", "accurate"):
-            _warn(req, name, f"_total={value} is not supported; use none, estimate or accurate", "invalid")
-            return
+            raise Rejected(name, f"Parameter '_total' has a malformed value '{value}': use none, estimate or "
+                           "accurate")
         req.total = value
+    else:
+        raise Unknown(f"Unknown search parameter '{name}'")
 
 
 # -- subsetting (_summary, _elements) ---------------------------------------------------------------------

@@ -6,15 +6,19 @@ from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.terminology import catalogue_names, code_system_resource, load_catalogue
-from service.core.registry import INCLUDES, REGISTRY
+from service.core.registry import INCLUDES, REGISTRY, search_spec
 from service.errors import NotFound
 
 SERVER_VERSION = "0.1.0"
 _RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort ({sorts}; '-' for descending), "
-                      "_include, _revinclude, _summary=count|true|data, _elements, _total=accurate|none; paging by "
-                      "opaque _cursor links. Modifiers: :missing, :not (tokens), :exact and :contains (strings). "
-                      "Unknown or malformed parameters are ignored with a warning (Prefer: handling=strict makes "
-                      "them a 400).")
+                      "_include, _revinclude (at most 1000 resources each, with a warning when cut), :iterate on "
+                      "both, _summary=count|true|data, _elements, _total=accurate|estimate|none; paging by opaque "
+                      "_cursor links (self, first, last, next, previous). Modifiers: :missing, :not (tokens), "
+                      ":exact and :contains (strings), the target type on references. Chains (one link): {chains}; "
+                      "_has:Type:reference:parameter. Handling: lenient by default: an unknown parameter is ignored, "
+                      "reported in an OperationOutcome entry and left out of the self link (Prefer: handling=strict "
+                      "makes it a 400); a malformed value, an unsupported modifier or chain, or a bad result "
+                      "parameter is always a 400 naming it.")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,9 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
             del entry["referencePolicy"]
         entry["searchInclude"] = [i.text for i in INCLUDES if i.source == rtype]
         entry["searchRevInclude"] = [i.text for i in INCLUDES if i.target == rtype]
-        entry["documentation"] = _RESULT_PARAMS_DOC.format(sorts=", ".join(("_id", "_lastUpdated", *stored.sorts)))
+        chains = [f"{p}:{t}.<any {t} parameter>" for p, ts in search_spec(rtype).chains.items() for t in ts]
+        entry["documentation"] = _RESULT_PARAMS_DOC.format(sorts=", ".join(("_id", "_lastUpdated", *stored.sorts)),
+                                                           chains="; ".join(chains) or "none")
         ops = operations.get(rtype)
         if ops:
             entry["operation"] = ops

@@ -35,6 +35,7 @@ from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
+from fhir_mappings.references import ID_RE
 from service.audit.chain import append
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
@@ -51,7 +52,7 @@ from service.errors import FhirError, Forbidden, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.compiler import study_condition
-from service.search.service import plan_search, run_search, run_search_async
+from service.search.service import plan_search, resolve_study, run_search, run_search_async
 from service.settings import Settings
 from service.stats import service as stats
 from service.stats.schemas import StudySummary
@@ -359,10 +360,20 @@ class Core:
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
+    async def resolve_study_id(self, ctx: Context, key: str) -> str:
+        """The id of the study a study-scoped URL names (`/studies/{key}/…`, `Group/{key}`, `ResearchStudy/{key}/
+        $summary`, a Group `$export`): its id, or its registry number (e.g. an NCT identifier), resolved here for
+        every such URL (service/search/service.py `resolve_study`, among the studies the caller may read)."""
+        studies = ctx.caller.studies_for("ResearchStudy", "r")
+        return await self._read(lambda s: resolve_study(s, key, studies=studies))
+
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
-        """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group)."""
+        """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group); the study may be
+        named by its registry number."""
         async def run() -> dict[str, Any]:
             access.require(ctx.caller, "Group", "r")
+            nonlocal id
+            id = await self.resolve_study_id(ctx, id)
             return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
         group = await self._audited(ctx, "read", run(), _group_facts)
         return (await self._deidentifier()).resource(group, None) if ctx.caller.deidentified else group
@@ -382,12 +393,15 @@ class Core:
                               request_url: str, *, group_id: str | None = None) -> str:
         """$export (system, or of the study's Group): the queued job's id. The job is the caller's: it exports
         what the caller may read (`r` on each type, its studies), de-identified for a de-identified client."""
+        if group_id is not None:
+            group_id = await self.resolve_study_id(ctx, group_id)
+
         async def run() -> str:
             deid = await self._deidentifier() if ctx.caller.deidentified else None
             return await self._in_write_session(lambda session: exports.kick_off(
                 session, params, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid))
         return await self._audited(ctx, "operation", run(), lambda job: ((), [f"ExportJob/{job}"]),
-                                   operation="export", resources_named=[f"Group/{group_id}"] if group_id else ())
+                                   operation="export", resources_named=_named("Group", group_id))
 
     async def export_status(self, ctx: Context, job_id: str) -> exports.JobStatus:
         """The status of an export job: queued or running (202), its manifest (200), or failed."""
@@ -409,10 +423,13 @@ class Core:
 
     # -- the study's figures ------------------------------------------------------------------------------
 
-    async def _figures(self, ctx: Context, study_id: str, operation: str, work: Callable[[Session], T]) -> T:
-        """`work` on a study's figures, for a caller that may read what they are computed from (403 naming the
-        scope) in that study (404 for another study's, as for an unknown one); audited as an operation on the
-        study (aggregates name no patient)."""
+    async def _figures(self, ctx: Context, key: str, operation: str, work: Callable[[Session, str], T]) -> T:
+        """`work` (on a session and the study's id) on a study's figures, the study named by its id or registry
+        number, for a caller that may read what they are computed from (403 naming the scope) in that study (404
+        for another study's, as for an unknown one); audited as an operation on the study (aggregates name no
+        patient)."""
+        study_id = await self.resolve_study_id(ctx, key)
+
         async def run() -> T:
             for resource_type in access.FIGURES_READ:
                 access.require(ctx.caller, resource_type, "r")
@@ -421,33 +438,33 @@ class Core:
                     studies = ctx.caller.studies_for(resource_type, "r")
                     if studies is not None and study_id not in studies:
                         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-            return await self._read(work)
+            return await self._read(lambda s: work(s, study_id))
         return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
-                                   resources_named=[f"ResearchStudy/{study_id}"])
+                                   resources_named=_named("ResearchStudy", study_id))
 
     async def study_summary(self, ctx: Context, study_id: str) -> StudySummary:
         """Efficacy and safety per arm and visit."""
-        return await self._figures(ctx, study_id, "summary", lambda s: stats.summarize_study(
-            s, study_id, min_cell=self._min_cell(ctx)))
+        return await self._figures(ctx, study_id, "summary", lambda s, sid: stats.summarize_study(
+            s, sid, min_cell=self._min_cell(ctx)))
 
     async def study_summary_csv(self, ctx: Context, study_id: str) -> str:
-        return await self._figures(ctx, study_id, "summary-csv", lambda s: stats.study_summary_csv(
-            s, study_id, min_cell=self._min_cell(ctx)))
+        return await self._figures(ctx, study_id, "summary-csv", lambda s, sid: stats.study_summary_csv(
+            s, sid, min_cell=self._min_cell(ctx)))
 
     async def study_measure_report(self, ctx: Context, study_id: str) -> dict[str, Any]:
         """ResearchStudy/{id}/$summary: the summary as a MeasureReport."""
-        return await self._figures(ctx, study_id, "summary-measure-report", lambda s: stats.study_measure_report(
-            s, study_id, min_cell=self._min_cell(ctx)))
+        return await self._figures(ctx, study_id, "summary-measure-report",
+                                   lambda s, sid: stats.study_measure_report(s, sid, min_cell=self._min_cell(ctx)))
 
     async def study_chart(self, ctx: Context, study_id: str, key: str) -> str:
         """One measure's or responder key's chart (SVG)."""
-        return await self._figures(ctx, study_id, "chart", lambda s: stats.study_chart(
-            s, study_id, key, min_cell=self._min_cell(ctx)))
+        return await self._figures(ctx, study_id, "chart", lambda s, sid: stats.study_chart(
+            s, sid, key, min_cell=self._min_cell(ctx)))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""
-        return await self._figures(ctx, study_id, "report", lambda s: stats.study_report(
-            s, study_id, min_cell=self._min_cell(ctx)))
+        return await self._figures(ctx, study_id, "report", lambda s, sid: stats.study_report(
+            s, sid, min_cell=self._min_cell(ctx)))
 
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
@@ -462,6 +479,12 @@ def _history_entry(base: str, resource_type: str, id: str, row: Any) -> dict[str
                           else f"{resource_type}/{id}"},
                  response={"status": HISTORY_STATUS[row.method], "etag": f'W/"{row.version_id}"',
                            "lastModified": fhir_instant(row.last_updated)})
+
+
+def _named(resource_type: str, id: str | None) -> list[str]:
+    """The resource a request names, for its audit event: none when the URL holds no valid id (a registry number
+    that named no study)."""
+    return [f"{resource_type}/{id}"] if id and ID_RE.match(id) else []
 
 
 def _unique(items: Iterable[str]) -> list[str]:

@@ -24,7 +24,11 @@ INCLUDES: tuple[Include, ...] = tuple(
     for target in p.fhir.targets if target in TYPES)
 
 _SPECS = {t.name: SearchSpec(t.name, {name: p.fhir for name, p in t.params.items()}, tuple(t.sorts), t.default_sort,
-                             tuple(i for i in INCLUDES if t.name in (i.source, i.target)), t.model)
+                             tuple(i for i in INCLUDES if t.name in (i.source, i.target)), t.model,
+                             # chains (`subject.gender`, `_has`): the reference parameters to stored types
+                             {p.name: tuple(x for x in p.fhir.targets if x in TYPES) for p in t.search
+                              if p.kind == "reference" and any(x in TYPES for x in p.fhir.targets)},
+                             INCLUDES)
           for t in REGISTRY}
 
 
@@ -34,6 +38,12 @@ def handler_for(resource_type: str) -> StoredType:
     if found is None:
         raise NotFound(f"Resource type '{resource_type}' is not supported by this server")
     return found
+
+
+def find_search_spec(resource_type: str) -> SearchSpec | None:
+    """What a search of `resource_type` may use; None for a type this server does not store (the `lookup` of
+    chained parameters and `_has`)."""
+    return _SPECS.get(resource_type)
 
 
 def search_spec(resource_type: str) -> SearchSpec:

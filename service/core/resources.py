@@ -32,6 +32,7 @@ from service.errors import (
     ResourceInvalid,
     RuleViolation,
 )
+from service.search.service import match_ids
 from service.store import repository
 from service.store.models import ResourceRecord, ResourceVersion, table_of
 from service.store.repository import CurrentRow, VersionRow
@@ -287,12 +288,11 @@ def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[
 
 
 def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) -> list[str]:
-    """Ids matching a conditional-interaction query (`identifier=system|value`, `_id=…`)."""
+    """Ids matching a conditional interaction's criteria (`If-None-Exist`, `PUT/DELETE Type?criteria`): any search
+    the type supports (service/search/service.py `match_ids`); the write checks the caller's studies of a match."""
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
-    if not params:
-        raise BadRequest(f"{where} needs search parameters, e.g. identifier=system|value", expression=where)
-    return uow.match(resource_type, params, lambda name: BadRequest(
-        f"{where}: only 'identifier' and '_id' can select a resource here, not '{name}'", expression=where))
+    uow.flush()  # what this unit of work wrote so far is matched too
+    return match_ids(uow.session, resource_type, params, where=where, caller=uow.caller)
 
 
 def _identifiers(resource_type: str, payload: dict[str, Any]) -> list[tuple[str, str, str]]:

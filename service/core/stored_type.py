@@ -42,6 +42,10 @@ KINDS = {"id": "token", "last_updated": "date", "identifier": "token", "referenc
          "string": "string", "linked": "reference"}
 
 
+#: the kinds of parameter a search may sort by (`_sort`), and which of their columns holds the sort value
+SORT_COLUMN = {"reference": 0, "code": 0, "coding": 1, "datetime": 0, "date": 0, "quantity": 0, "string": 0}
+
+
 @dataclass(frozen=True, slots=True)
 class SearchParam:
     """A search parameter of a stored type: as FHIR defines it (`fhir`), and how it is answered (`kind`, `columns`)."""
@@ -95,7 +99,8 @@ class StoredType:
     index: IndexFn
     example: dict[str, Any]  # what a client would send (OpenAPI examples)
     search: tuple[SearchParam, ...] = ()  # the type's own search parameters (beside the common ones)
-    sorts: Mapping[str, Column[Any]] = field(default_factory=dict)  # sort keys besides _id and _lastUpdated
+    #: sort keys besides _id and _lastUpdated: declared, plus every parameter answered by one column of `table`
+    sorts: Mapping[str, Column[Any]] = field(default_factory=dict)
     default_sort: str = "_id"
     #: Group export: the search parameter of this type that names its study (`study`; `_id` for ResearchStudy)
     study_param: str | None = None
@@ -126,6 +131,11 @@ class StoredType:
         if self.patient_param is not None and self.patient_param not in params:
             raise ValueError(f"{self.name}: patient_param {self.patient_param} is not a search parameter")
         object.__setattr__(self, "params", params)
+        # every parameter answered by one column of the type's own table sorts by it (`_sort`); those declared in
+        # `sorts` keep their column
+        auto = {p.name: p.columns[SORT_COLUMN[p.kind]] for p in self.search
+                if p.kind in SORT_COLUMN and p.columns[SORT_COLUMN[p.kind]].table is self.table}
+        object.__setattr__(self, "sorts", {**auto, **self.sorts})
 
     @property
     def tables(self) -> tuple[Table, ...]:

@@ -76,7 +76,8 @@ export_system.__doc__ = "Start an asynchronous export of every stored resource, 
 
 @router.get("/fhir/Group/{id}/$export", name="export_group", summary="Export one study's data (Group $export)",
             responses={**KICK_OFF_DOCS, **error_docs(400, 404)})
-async def export_group(request: Request, id: Annotated[str, Path(description="Group id = the study's id")],
+async def export_group(request: Request, id: Annotated[str, Path(description="Group id = the study's id, or its "
+                                                                             "registry number (e.g. NCT01927705)")],
                        core: CoreDep, ctx: Ctx, prefer: PreferAsync = None) -> Response:
     job_id = await core.export_kick_off(ctx, list(request.query_params.multi_items()), prefer, str(request.url),
                                         group_id=id)

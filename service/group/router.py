@@ -26,7 +26,8 @@ GROUP_EXAMPLE = {
                {"entity": {"reference": "Patient/5e0c2a4b-1111-4d7e-8f00-000000000002"},
                 "period": {"start": "2024-01-12", "end": "2024-02-20"}, "inactive": True}]}
 GroupId = Annotated[str, Path(description="The id of the study whose cohort this is (Group/X is the cohort of "
-                                          "ResearchStudy/X)", examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]
+                                          "ResearchStudy/X), or the study's registry number (e.g. NCT01927705)",
+                              examples=["0b9a1c6e-3e55-4a3e-9a7e-4e7d7c2f1a10"])]
 
 
 @router.get("/{id}", name="read_Group", summary="Read a study's cohort Group",

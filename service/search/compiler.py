@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.sql import FromClause
 from sqlmodel import Session
 
-from fhir_mappings.search import Criterion, Cursor, DateRange, Include, Quantity, Ref, Sort, Token
+from fhir_mappings.search import Chain, Criterion, Cursor, DateRange, Include, Quantity, Ref, Sort, Token
 from service.core.registry import TYPES
 from service.core.stored_type import SearchParam, StoredType
 from service.store.driver import AsyncReadPool, DriverStatement
@@ -95,15 +95,41 @@ def compile_criteria(resource_type: str, criteria: Sequence[Criterion]) -> Compi
     shape: list[tuple[Any, ...]] = []
     values: dict[str, Any] = {}
     cached = True
+    uses_resource = False
     for n, crit in enumerate(criteria):
-        param = stype.params[crit.name]
-        form, found = ((crit.missing,), []) if crit.modifier == "missing" else _REDUCE[param.kind](param, crit)
+        if crit.chain is not None:
+            form, found, chain_cached = _reduce_chain(crit.chain)
+            cached = cached and chain_cached
+        else:
+            param = stype.params[crit.name]
+            form, found = ((crit.missing,), []) if crit.modifier == "missing" else _REDUCE[param.kind](param, crit)
+            cached = cached and _cacheable(param, crit)
+            uses_resource = uses_resource or param.kind == "last_updated"
         shape.append((crit.name, crit.modifier, *form))
         for i, value in enumerate(found):
             values[f"c{n}_{i}"] = value
-        cached = cached and _cacheable(param, crit)
-    return Compiled(resource_type, tuple(shape), values, cached,
-                    any(stype.params[c.name].kind == "last_updated" for c in criteria))
+    return Compiled(resource_type, tuple(shape), values, cached, uses_resource)
+
+
+#: the first element of the form of a chained criterion (`subject.gender=…`) and of a `_has`
+CHAIN, HAS = "chain", "has"
+
+
+def _reduce_chain(chain: Chain) -> tuple[tuple[Any, ...], list[Any], bool]:
+    """(form, values, cacheable) of a chained parameter or `_has`: the other type's criterion compiled as its own
+    search, then the caller's studies of that type (a chain never reaches a resource its caller can't see)."""
+    inner = compile_criteria(chain.target, [chain.inner])
+    found = [inner.values[f"c0_{i}"] for i in range(len(inner.values))]
+    studies: int | None = None
+    if chain.studies is not None:
+        ordered = sorted(chain.studies)
+        studies = min(len(ordered), 2)
+        if len(ordered) == 1:
+            found.append(ordered[0])
+        elif ordered:
+            found.append(ordered)
+    form = (HAS if chain.reverse else CHAIN, chain.target, chain.param, inner.shape[0], studies, inner.uses_resource)
+    return form, found, inner.cached
 
 
 def _cacheable(param: SearchParam, crit: Criterion) -> bool:
@@ -264,21 +290,43 @@ def conditions_of(compiled: Compiled, *, bound: bool = False) -> list[ColumnElem
     """The conditions (AND'd) of compiled criteria: their values written in (`bound=False`), or as the named bind
     parameters that `compiled.values` fills (`bound=True`, the form of a statement cached per shape)."""
     stype = TYPES[compiled.resource_type]
-    found = []
-    for n, (name, modifier, *form) in enumerate(compiled.shape):
-        values = _Values(compiled.values, f"c{n}", bound)
-        if name == STUDIES:
-            found.append(_in_studies(stype, values, form[0]))
-            continue
-        param = stype.params[name]
-        if modifier == "missing":
-            found.append(_missing(stype, param, form[0]))
-        elif param.kind == "linked":
-            found.append(_build_linked(stype, param, modifier, tuple(form), values,
-                                       _mirrored_dates(stype, compiled, param, bound)))
-        else:
-            found.append(_BUILD[param.kind](stype, param, modifier, tuple(form), values))
-    return found
+    return [_condition(stype, compiled, name, modifier, tuple(form), _Values(compiled.values, f"c{n}", bound), bound)
+            for n, (name, modifier, *form) in enumerate(compiled.shape)]
+
+
+def _condition(stype: StoredType, compiled: Compiled | None, name: str, modifier: str | None, form: tuple[Any, ...],
+               values: _Values, bound: bool) -> ColumnElement[bool]:
+    """The condition of one criterion of a shape (`compiled`: the whole shape, None for a chain's criterion)."""
+    if name == STUDIES:
+        return _in_studies(stype, values, form[0])
+    if form and form[0] == HAS:
+        return _build_chain(stype, None, form, values, bound)
+    param = stype.params[name]
+    if modifier == "missing":
+        return _missing(stype, param, form[0])
+    if form and form[0] == CHAIN:
+        return _build_chain(stype, param, form, values, bound)
+    if param.kind == "linked":
+        return _build_linked(stype, param, modifier, form, values,
+                             _mirrored_dates(stype, compiled, param, bound) if compiled is not None else [])
+    return _BUILD[param.kind](stype, param, modifier, form, values)
+
+
+def _build_chain(stype: StoredType, param: SearchParam | None, form: tuple[Any, ...], values: _Values,
+                 bound: bool) -> ColumnElement[bool]:
+    """A chain (`param`: `subject.gender=f` → `subject IN (Patients with gender f)`) or a `_has` (`param` None:
+    `_has:Observation:patient:code=x` → `id IN (the patient of Observations with code x)`), each limited to the
+    other type's resources in the caller's studies."""
+    _, other, ref, (name, modifier, *inner_form), studies, uses_resource = form
+    otype = TYPES[other]
+    conds = [_condition(otype, None, name, modifier, tuple(inner_form), values, bound)]
+    if studies is not None:
+        conds.append(_in_studies(otype, values, studies))
+    source = _joined(otype) if uses_resource else otype.table
+    if param is not None:
+        return param.column.in_(select(otype.table.c.id).select_from(source).where(*conds))
+    pointer = otype.params[ref].column
+    return stype.table.c.id.in_(select(pointer).select_from(source).where(pointer.is_not(None), *conds))
 
 
 def _mirrored_dates(stype: StoredType, compiled: Compiled, param: SearchParam,
@@ -669,6 +717,15 @@ async def find_page_async(pool: AsyncReadPool, compiled: Compiled, sort: Sort, c
     if driver is None:
         return None
     return planned.rows(driver.rows(await pool.fetch(driver.sql, driver.args(planned.binds)), edges=True))
+
+
+def find_ids(session: Reader, compiled: Compiled, limit: int) -> list[str]:
+    """The ids of up to `limit` resources matching `compiled`, by id (conditional interactions, study look-ups)."""
+    stype = TYPES[compiled.resource_type]
+    source = _joined(stype) if compiled.uses_resource else stype.table
+    stmt = select(stype.table.c.id).select_from(source).where(*conditions_of(compiled)).order_by(
+        stype.table.c.id).limit(limit)
+    return list(_connection(session).execute(stmt).scalars())
 
 
 def count_matches(session: Reader, compiled: Compiled) -> int:

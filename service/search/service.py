@@ -20,18 +20,26 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import Issue, issue, outcome
+from fhir_mappings.references import ID_RE
 from fhir_mappings.search import (
+    END,
+    IGNORED_PARAMS,
     MAX_REVINCLUDE,
+    RESULT_PARAMS,
+    Criterion,
     Cursor,
+    Malformed,
     SearchRequest,
     encode_cursor,
     parse_search,
+    parse_token,
     search_parameter_resource,
     subset,
 )
 from service.audit.events import patients_of
+from service.core import access
 from service.core.context import SYSTEM, Caller
-from service.core.registry import REGISTRY, TYPES, search_spec
+from service.core.registry import REGISTRY, TYPES, find_search_spec, search_spec
 from service.errors import BadRequest, NotFound
 from service.search import compiler
 from service.search.compiler import Compiled
@@ -47,7 +55,7 @@ class SearchPlan:
     """A parsed, checked search and its criteria compiled (service/search/compiler.py): no SQL built yet."""
 
     req: SearchRequest
-    params: list[tuple[str, str]]  # as sent (the self link)
+    params: list[tuple[str, str]]  # those applied, and the page's cursor (the self link): an unknown one is left out
     compiled: Compiled
     not_null: bool
     caller: Caller = SYSTEM  # whose search: includes are limited to what it may search, in its studies
@@ -67,12 +75,21 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
     For a caller limited to some studies the criteria are limited to them (compiler.within_studies), and
     `_include`/`_revinclude` of a type it may not search are left out, with a warning naming the scope: an
     included resource is never a way around a scope."""
-    req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count)
-    if req.errors:
-        raise BadRequest(req.errors[0].diagnostics, issues=req.errors)
-    if strict and req.warnings:
-        errors = [replace(w, severity="error") for w in req.warnings]
-        raise BadRequest(errors[0].diagnostics, issues=errors)
+    req = parse_search(search_spec(resource_type), list(params), default_count=default_count, max_count=max_count,
+                       lookup=find_search_spec)
+    errors = req.errors + ([replace(w, severity="error") for w in req.warnings] if strict else [])
+    if errors:
+        raise BadRequest(errors[0].diagnostics if len(errors) == 1 else
+                         f"{len(errors)} search parameters can't be applied: "
+                         + "; ".join(e.diagnostics or "" for e in errors), issues=errors)
+    chained = [] if all(c.chain is None for c in req.criteria) else \
+        [name for c, (name, _) in zip(req.criteria, _criteria_params(req), strict=True) if c.chain is not None]
+    if chained and caller.deidentified:  # its values would be compared with real identifiers, dates and codes
+        raise BadRequest(f"{chained[0]}: de-identified views can't be searched through chained parameters or _has",
+                         issues=[issue("forbidden", f"{name}: de-identified views can't be searched through "
+                                       "chained parameters or _has", name) for name in chained])
+    if chained and not caller.unrestricted:
+        req = replace(req, criteria=[_chain_for(caller, c) for c in req.criteria])
     compiled = compiler.compile_criteria(resource_type, req.criteria)
     if not caller.unrestricted:
         studies = caller.studies_for(resource_type, "s")
@@ -88,8 +105,27 @@ def plan_search(resource_type: str, params: list[tuple[str, str]], *, strict: bo
                            "_include" if i in req.includes else "_revinclude", severity="warning")
                      for i in left_out]
             req = replace(req, includes=includes, revincludes=revincludes, warnings=[*req.warnings, *notes])
-    return SearchPlan(req, list(params), compiled, compiler.excludes_missing(resource_type, req.sort, req.criteria),
-                      caller)
+    cursor = [(name, value) for name, value in params if name == "_cursor"][-1:]  # this page's position
+    return SearchPlan(req, req.params + cursor, compiled,
+                      compiler.excludes_missing(resource_type, req.sort, req.criteria), caller)
+
+
+NOT_CRITERIA = frozenset((*RESULT_PARAMS, *IGNORED_PARAMS))
+
+
+def _criteria_params(req: SearchRequest) -> list[tuple[str, str]]:
+    """The applied parameters that became criteria, in order (one each): the others are result parameters."""
+    return [(n, v) for n, v in req.params if n.split(":", 1)[0] not in NOT_CRITERIA]
+
+
+def _chain_for(caller: Caller, crit: Criterion) -> Criterion:
+    """A chained criterion (or `_has`) as `caller` may search it: 403 without a search scope on the other type,
+    else limited to that type's resources in the caller's studies (a chain never reads what a search could not)."""
+    chain = crit.chain
+    if chain is None:
+        return crit
+    access.require(caller, chain.target, "s")
+    return replace(crit, chain=replace(chain, studies=caller.studies_for(chain.target, "s")))
 
 
 def search(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], base: str, *,
@@ -133,23 +169,31 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
     resource_type = req.resource_type
     warnings = list(req.warnings)
     backwards = req.cursor is not None and req.cursor.before
+    at_end = req.cursor is not None and req.cursor.phase == END  # the last page
     more = len(rows) > req.count
     if more:
         rows = rows[1:] if backwards else rows[:-1]
-    links = [("self", _url(base, resource_type, plan.params))]
+    self_url = _url(base, resource_type, plan.params)
+    links = [("self", self_url)]
     if rows:
-        has_next = more if not backwards else True
+        has_next = more if not backwards else not at_end
         has_previous = more if backwards else req.cursor is not None
+        if has_next or has_previous:  # keyset paging: the first page is the query without a cursor, the last the
+            # page before the end (each one index-ordered read, as cheap as any page)
+            first = self_url if req.cursor is None else _url(base, resource_type, req.params)
+            links.append(("first", first))
+            links.append(("last", f"{first}{'&' if req.params else '?'}_cursor={_end_cursor(req.sort.text)}"))
         if has_next:
             links.append(("next", _page_url(base, req, rows[-1], before=False)))
         if has_previous:
             links.append(("previous", _page_url(base, req, rows[0], before=True)))
 
     total = None
-    if req.total in ("accurate", "estimate"):
+    whole = req.cursor is None and not more  # the page holds every match: the total is its length
+    if req.total == "accurate" or (req.total == "estimate" and not whole):
         assert session is not None, "a search read without a session (run_search_async) counts nothing"
         total = compiler.count_matches(session, plan.compiled)
-    elif req.total is None and req.cursor is None and not more:
+    elif req.total != "none" and whole:
         total = len(rows)
 
     if seen is not None:
@@ -169,34 +213,57 @@ def _searchset(session: Session | Connection | None, plan: SearchPlan, rows: lis
                   timestamp=fhir_instant(utcnow()))
 
 
+#: how many times `_include:iterate` / `_revinclude:iterate` follow what the previous pass brought in
+MAX_ITERATE = 3
+
+
 def _included(session: Session | Connection, req: SearchRequest, ids: list[str], base: str,
               warnings: list[Issue], caller: Caller, patients: list[str] | None = None) -> list[dict[str, Any]]:
-    seen: set[tuple[str, str]] = set()
+    """The `_include`/`_revinclude` entries of a page whose matches are `ids`: each include from the matches,
+    then the `:iterate` ones again from what the previous pass added (up to MAX_ITERATE passes); a resource is
+    never served twice."""
+    seen: set[tuple[str, str]] = {(req.resource_type, rid) for rid in ids}
     entries = []
 
-    def add(rtype: str, found: Sequence[tuple[str, str | bytes]]) -> None:
+    def add(rtype: str, found: Sequence[tuple[str, str | bytes]], added: dict[str, list[str]]) -> None:
         for rid, content in found:
             if (rtype, rid) in seen:
                 continue
             seen.add((rtype, rid))
+            added.setdefault(rtype, []).append(rid)
             if patients is not None:  # an included resource is parsed for its patient: includes are the rare page
                 patients.extend(patients_of(rtype, orjson.loads(content)))
             if req.summary in ("true", "data"):
                 content = subset(content, TYPES[rtype].model, summary=req.summary, elements=None)
             entries.append(entry(f"{base}/{rtype}/{rid}", content, search={"mode": "include"}))
 
-    for include in req.includes:
-        add(include.target, compiler.find_included(session, include, ids,
-                                                   studies=caller.studies_for(include.target, "s")))
-    for include in req.revincludes:
-        found = compiler.find_revincluded(session, include, ids, MAX_REVINCLUDE + 1,
-                                          studies=caller.studies_for(include.source, "s"))
-        if len(found) > MAX_REVINCLUDE:
-            found = found[:MAX_REVINCLUDE]
-            warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} resources; "
-                                  "use a smaller _count or search them directly", "_revinclude",
-                                  severity="warning"))
-        add(include.source, found)
+    def one_pass(from_ids: dict[str, list[str]], iterating: bool) -> dict[str, list[str]]:
+        added: dict[str, list[str]] = {}
+        for include in req.includes:
+            sources = from_ids.get(include.source)
+            if sources and (include.iterate or not iterating):
+                add(include.target, compiler.find_included(session, include, sources,
+                                                           studies=caller.studies_for(include.target, "s")), added)
+        for include in req.revincludes:
+            targets = from_ids.get(include.target)
+            if not targets or not (include.iterate or not iterating):
+                continue
+            found = compiler.find_revincluded(session, include, targets, MAX_REVINCLUDE + 1,
+                                              studies=caller.studies_for(include.source, "s"))
+            if len(found) > MAX_REVINCLUDE:
+                found = found[:MAX_REVINCLUDE]
+                warnings.append(issue("too-costly", f"_revinclude={include.text} was cut at {MAX_REVINCLUDE} "
+                                      "resources; use a smaller _count or search them directly", "_revinclude",
+                                      severity="warning"))
+            add(include.source, found, added)
+        return added
+
+    added = one_pass({req.resource_type: ids}, False)
+    if any(i.iterate for i in [*req.includes, *req.revincludes]):
+        for _ in range(MAX_ITERATE):
+            if not added:
+                break
+            added = one_pass(added, True)
     return entries
 
 
@@ -210,10 +277,64 @@ def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
     return f"{base}/{resource_type}" + (f"?{urlencode(params)}" if params else "")
 
 
+@lru_cache(maxsize=256)
+def _end_cursor(sort: str) -> str:
+    """The cursor past the last row of a `_sort` order (URL-safe base64: written into a URL as it is)."""
+    return encode_cursor(Cursor(sort, True, END, None, "end"))
+
+
 def _page_url(base: str, req: SearchRequest, row: PageRow, *, before: bool) -> str:
     phase, value, rid, _, _ = row
     cursor = Cursor(req.sort.text, before, phase, value if req.sort.key != "_id" else None, rid)
     return _url(base, req.resource_type, req.params + [("_cursor", encode_cursor(cursor))])
+
+
+# -- the search as a selector: conditional interactions, a study named by its registry number -----------------
+
+def match_ids(session: Session | Connection, resource_type: str, params: list[tuple[str, str]], *, where: str,
+              caller: Caller = SYSTEM, limit: int = 100) -> list[str]:
+    """The ids (up to `limit`) of the resources a conditional interaction's criteria select (`If-None-Exist`,
+    `PUT/DELETE Type?criteria`): any search parameter of the type, chains and `_has` included, read by the
+    search's own parser and compiler. Strict: an unknown or malformed parameter, or a result parameter (`_count`,
+    `_sort`, …, which select nothing), is a 400 naming `where` and the parameter.
+
+    The caller's studies limit what a chain or `_has` reads (as in a search), but not the matches themselves: a
+    match in a study the caller may not write is refused by the write (403, service/core/resources.py), never
+    taken for "no match", which would write a duplicate of a resource the caller can't see."""
+    if not params:
+        raise BadRequest(f"{where} needs search criteria, e.g. identifier=system|value", expression=where)
+    result = [name for name, _ in params if name.split(":", 1)[0] in (*RESULT_PARAMS, *IGNORED_PARAMS)]
+    if result:
+        raise BadRequest(f"{where}: {', '.join(result)} is not a search criterion", expression=where,
+                         issues=[issue("invalid", f"{where}: {name} is not a search criterion", where)
+                                 for name in result])
+    try:
+        plan = plan_search(resource_type, params, strict=True, caller=caller)
+    except BadRequest as exc:
+        found = [replace(i, code="invalid", diagnostics=f"{where}: {i.diagnostics}",
+                         expression=(where, *i.expression)) for i in exc.issues]
+        raise BadRequest(f"{where}: {exc}", issues=found) from None
+    return compiler.find_ids(session, compiler.compile_criteria(resource_type, plan.req.criteria), limit)
+
+
+def resolve_study(session: Session | Connection, key: str, *, studies: frozenset[str] | None = None) -> str:
+    """The id of the ResearchStudy a study-scoped URL names by `key`: its id, or else one of its business
+    identifiers (an NCT number: `NCT01234567`, or `system|value`) naming exactly one study (of `studies`, those the
+    caller may read, when limited); else `key` unchanged (which then names no study: 404)."""
+    if not key:
+        return key
+    if ID_RE.match(key) and compiler.find_ids(
+            session, compiler.compile_criteria("ResearchStudy", [Criterion("_id", "token", None, (key,))]), 1):
+        return key
+    try:
+        token = parse_token(key)
+    except Malformed:
+        return key
+    compiled = compiler.compile_criteria("ResearchStudy", [Criterion("identifier", "token", None, (token,))])
+    if studies is not None:
+        compiled = compiler.within_studies(compiled, studies)
+    found = compiler.find_ids(session, compiled, 2)
+    return found[0] if len(found) == 1 else key
 
 
 # -- SearchParameter (the trial's own parameters, served from their declarations) ---------------------------

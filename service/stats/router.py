@@ -22,7 +22,8 @@ CAPABILITY = Contribution(operations={"ResearchStudy": ({
                      "and visit as a MeasureReport (type summary, one group per arm, stratified by visit).",
 },)})
 
-StudyId = Annotated[str, Path(description="Logical id of the ResearchStudy", examples=["nct01927705"])]
+StudyId = Annotated[str, Path(description="Logical id of the ResearchStudy, or its registry number (an identifier "
+                                          "value such as NCT01927705, or system|value)", examples=["nct01927705"])]
 CSV_EXAMPLE = ("arm,visit,measure,statistic,value\n"
                "high-dose,baseline,EASI,n,11\n"
                "high-dose,baseline,EASI,mean,26.436363636363637\n"

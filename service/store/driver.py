@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Select, Table, insert
+from sqlalchemy import Float, Select, Table, insert
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -113,6 +113,18 @@ def as_sqlalchemy_errors(statement: str) -> Iterator[None]:
         raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
 
 
+def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
+    """SQLAlchemy's conversion of a selected column's values. PostgreSQL's numeric types ask for the column's
+    driver type code, unknown here: a float column (a page sorted by a quantity) is a float from both drivers,
+    with nothing to convert."""
+    try:
+        return cast(Callable[[Any], Any] | None, type_.dialect_impl(dialect).result_processor(dialect, None))
+    except TypeError:
+        if isinstance(type_, Float) and not type_.asdecimal:
+            return None
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class DriverStatement:
     """A cached page statement compiled once for one dialect, run straight on the driver's cursor.
@@ -141,8 +153,7 @@ class DriverStatement:
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 binds.append((name, process))
-        results = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None)
-                        for column in stmt.selected_columns)
+        results = tuple(_result_processor(column.type, dialect) for column in stmt.selected_columns)
         # a positional compiler lists its bind names in order (positiontup is None only for named paramstyles)
         positions = tuple(cast(list[str], compiled.positiontup)) if compiled.positional else None
         return DriverStatement(compiled.string, compiled, positions, tuple(binds), results)

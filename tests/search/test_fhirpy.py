@@ -1,0 +1,66 @@
+"""fhirpy, a FHIR client library, as a portal would use it against the server over real HTTP: chained search,
+`_has`, paging through `fetch_all` (next links), and a malformed value refused (issue 11: a real client in a test
+of chained search)."""
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+
+from service.main import create_app
+from tests.factories import MRN
+from tests.search.conftest import build_trial
+
+fhirpy = pytest.importorskip("fhirpy")  # a test dependency (the shared venv has fhirpy 2.3.1)
+SyncFHIRClient = fhirpy.SyncFHIRClient
+OperationOutcome = pytest.importorskip("fhirpy.base.exceptions").OperationOutcome
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def served(settings) -> Iterator[tuple[str, dict]]:
+    """The app on a real socket (uvicorn in a thread) and the trial loaded into it over HTTP."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            yield base, build_trial(http)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_fhirpy_chained_search_has_and_paging(served):
+    base, trial = served
+    fhir = SyncFHIRClient(f"{base}/fhir")
+    found = fhir.resources("Observation").search(subject__Patient__identifier=f"{MRN}|MRN-2").fetch_all()
+    assert {o.id for o in found} == {trial["easi2_base"], trial["ige2"]}
+    found = fhir.resources("AdverseEvent").search(subject__Patient__gender="female").fetch_all()
+    assert {o.id for o in found} == {trial["ae1"], trial["ae3"]}
+    patients = fhir.resources("Patient").has("Observation", "patient", code="19113-0").fetch_all()
+    assert {p.id for p in patients} == {trial["p1"], trial["p2"]}
+    # fetch_all follows the next links of a chained search two results at a time
+    pages = fhir.resources("Observation").search(subject__Patient__gender="female", code="EASI").limit(2)
+    assert len(pages.fetch()) == 2
+    assert {o.id for o in pages.fetch_all()} == {trial[k] for k in ("easi1_base", "easi1_w4", "easi1_w12",
+                                                                      "easi3", "easi3_partial")}
+    assert fhir.resources("Observation").search(subject__Patient__gender="male").count() == 2
+    with pytest.raises(OperationOutcome) as refused:  # a malformed value is refused, never dropped
+        fhir.resources("Observation").search(date="2014-13-45").fetch()
+    assert "date" in str(refused.value)
