@@ -10,14 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import uvicorn
+from fhirpy import SyncFHIRClient
+from fhirpy.base.exceptions import OperationOutcome
 
 from service.main import create_app
 from tests.factories import MRN
 from tests.search.conftest import build_trial
-
-fhirpy = pytest.importorskip("fhirpy")  # a test dependency (the shared venv has fhirpy 2.3.1)
-SyncFHIRClient = fhirpy.SyncFHIRClient
-OperationOutcome = pytest.importorskip("fhirpy.base.exceptions").OperationOutcome
 
 
 def _free_port() -> int:
