@@ -11,12 +11,12 @@ from fhir_mappings.observation import (
 )
 from service import examples
 from service.core.stored_type import StoredType, param
-from service.errors import RuleViolation, raise_for_issues
+from service.errors import OutOfScope, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
 from service.trial.models import SubjectRecord
-from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects
+from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects, study_policy
 
 M = table_of(MeasurementRecord)
 
@@ -29,13 +29,18 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
         study_id = uow.resolve(study_ref, "ResearchStudy", "Observation.extension.valueReference")
     elif len(enrolments(uow, patient_id)) > 1:
         # several studies: the one whose catalogue knows this code, if exactly one does
-        knowing = [e for e in enrolments(uow, patient_id) if find_measure(payload, e.catalogue)]
+        found_in = enrolments(uow, patient_id)
+        knowing = [e for e in found_in if find_measure(payload, e.catalogue)]
         if len(knowing) == 1:
             study_id = knowing[0].study_id
+        elif not knowing:
+            raise OutOfScope("unknown code", issues=[unknown_code_issue(payload, found_in[0].catalogue)],
+                             policy=study_policy(found_in))
     enrolment = enrolment_in(uow, patient_id, study_id, "Observation", "Observation.subject")
     found = find_measure(payload, enrolment.catalogue)
-    if found is None:
-        raise RuleViolation("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)])
+    if found is None:  # outside the study's catalogue: out of scope (the trial keeps what its protocol measures)
+        raise OutOfScope("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)],
+                         policy=enrolment.out_of_scope)
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
     row = measurement_row(payload, id, enrolment, measure, coding)

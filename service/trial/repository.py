@@ -18,23 +18,26 @@ AE = table_of(AdverseEventRecord)
 
 
 def find_enrolments(session: Session, patient_id: str):
-    """(subject id, study id, day0, arm, status, catalogue) of each of the patient's enrolments."""
-    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+    """(subject id, study id, day0, arm, status, catalogue, out-of-scope policy) of each of the patient's
+    enrolments."""
+    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue, ST.c.out_of_scope)
             .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id == patient_id).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
 def find_enrolments_of(session: Session, patient_ids: list[str]):
-    """(patient id, subject id, study id, day0, arm, status, catalogue) of the enrolments of many patients."""
+    """(patient id, subject id, study id, day0, arm, status, catalogue, out-of-scope policy) of the enrolments of
+    many patients."""
     if session.get_bind().dialect.name == "postgresql":  # one JSON parameter: see resource.repository
         return driver_rows(session, _ENROLMENTS_POSTGRES, {"patients": orjson.dumps(list(patient_ids)).decode()})
-    stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+    stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue,
+                   ST.c.out_of_scope)
             .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
 _ENROLMENTS_POSTGRES = """
-    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue
+    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope
     FROM research_subject s JOIN study st ON st.id = s.study_id
     WHERE s.patient_id = ANY(ARRAY(SELECT json_array_elements_text(%(patients)s::json)))
     ORDER BY s.study_id"""
