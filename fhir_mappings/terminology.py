@@ -25,6 +25,11 @@ DISCONTINUED_EXT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefi
 #: R4 core extension linking an event (here: an Observation) to the research study it belongs to
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 SUBCUTANEOUS_ROUTE = (SNOMED, "263887005")
+#: the trial's visits (baseline, week-4, week-12, unscheduled: a catalogue's visit names); an Observation's
+#: `meta.tag` carries the one it was assigned
+VISIT_SYSTEM = "https://trial-fhir.org/CodeSystem/visit"
+#: study days (days since the subject's day 0, e.g. `28`, `-3`); an Observation's `meta.tag` carries its own
+STUDY_DAY_SYSTEM = "https://trial-fhir.org/CodeSystem/study-day"
 
 # Required bindings of the elements the service uses (FHIR R4 value sets).
 OBSERVATION_STATUS = frozenset(

@@ -8,6 +8,7 @@ from fhir_mappings.observation import (
     measurement_row,
     study_extension_reference,
     unknown_code_issue,
+    with_derived_tags,
 )
 from service import examples
 from service.core.stored_type import StoredType, param
@@ -45,6 +46,7 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
     raise_for_issues(check_observation(payload, measure))
     row = measurement_row(payload, id, enrolment, measure, coding)
     row["study_day"], row["visit"] = assign_visit(row["local_date"], enrolment.day0, enrolment.catalogue)
+    payload["meta"] = with_derived_tags(payload.get("meta"), row["visit"], row["study_day"])
     uow.add(M, row)
 
 

@@ -1,7 +1,7 @@
 """SQL for patients, studies, arms and enrolments."""
 
 import orjson
-from sqlalchemy import Table, exists, select, update
+from sqlalchemy import Table, exists, select
 from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
@@ -62,15 +62,6 @@ def find_arms_in_use(session: Session, study_id: str) -> set[str]:
 
 def find_measurement_dates(session: Session, subject_id: str):
     return session.execute(select(M.c.id, M.c.local_date).where(M.c.subject_id == subject_id)).all()
-
-
-def update_measurement_visits(session: Session, rows: list[dict]) -> None:
-    """rows: {"mid": id, "study_day": …, "visit": …}"""
-    if rows:
-        from sqlalchemy import bindparam
-        stmt = update(M).where(M.c.id == bindparam("mid")).values(study_day=bindparam("study_day"),
-                                                                   visit=bindparam("visit"))
-        session.execute(stmt, rows)
 
 
 def is_referenced(session: Session, table: Table, column: str, value: str) -> bool:

@@ -141,7 +141,7 @@ def index_research_subject(uow: UnitOfWork, payload: dict, id: str, replacing: b
     for pid in {patient_id, old.patient_id if old else patient_id}:
         uow.cache.pop(("enrolments", pid), None)
     if old is not None and old.day0 != record.day0:
-        reassign_visits(uow, id, record.day0, study_id)
+        reassign_visits(uow, id)
 
 
 def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogue) -> tuple[int | None, str]:
@@ -153,14 +153,17 @@ def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogu
     return day, catalogue.visit_for_day(day)
 
 
-def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> None:
-    """Day 0 moved: every result of the subject goes to the visit its date now falls in."""
-    catalogue = load_catalogue(repository.get_study(uow.session, study_id).catalogue)
-    rows = []
+def reassign_visits(uow: UnitOfWork, subject_id: str) -> None:
+    """Day 0 moved: every dated result of the subject goes to the visit its date now falls in. Each gets a new
+    version (a follow-up write of the server, run again through the Observation's index), because its study day
+    and visit are in its `meta.tag`: what a reader sees of it changes."""
     for mid, local_date in repository.find_measurement_dates(uow.session, subject_id):
-        day, visit = assign_visit(local_date, day0, catalogue)
-        rows.append({"mid": mid, "study_day": day, "visit": visit})
-    repository.update_measurement_visits(uow.session, rows)
+        if local_date is not None:
+            uow.follow_ups.append(("Observation", mid, _same))
+
+
+def _same(payload: dict) -> dict:
+    return payload
 
 
 def guard_patient_delete(uow: UnitOfWork, id: str) -> None:
