@@ -46,6 +46,12 @@ RESEARCH_SUBJECT_STATUS = frozenset({
     "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate", "screening",
     "withdrawn",
 })
+ENCOUNTER_STATUS = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+                              "entered-in-error", "unknown"})
+MEDICATION_ADMIN_STATUS = frozenset({"in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped",
+                                     "unknown"})
+EVENT_STATUS = frozenset({"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
+                          "entered-in-error", "unknown"})  # Procedure.status
 AE_ACTUALITY = frozenset({"actual", "potential"})
 AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # lower-cased code -> canonical
 AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})

@@ -78,6 +78,40 @@ ADVERSE_EVENT = {
          "display": "Possibly Related"}]}}]}],
 }
 
+ENCOUNTER = {
+    "resourceType": "Encounter",
+    "status": "finished",
+    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+    "subject": {"reference": "Patient/example"},
+    "period": {"start": "2024-02-07T09:00:00+09:00", "end": "2024-02-07T10:30:00+09:00"},
+}
+
+MEDICATION_ADMINISTRATION = {
+    "resourceType": "MedicationAdministration",
+    "status": "completed",
+    "medicationCodeableConcept": {"text": "hUCB-MSC (human umbilical cord blood-derived mesenchymal stem cells)"},
+    "subject": {"reference": "Patient/example"},
+    "effectiveDateTime": "2024-01-10T10:00:00+09:00",
+    "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "263887005",
+                                     "display": "Subcutaneous"}]},
+               "dose": {"value": 50000000, "unit": "cells", "system": "http://unitsofmeasure.org", "code": "{cells}"}},
+}
+
+PROCEDURE = {
+    "resourceType": "Procedure",
+    "status": "completed",
+    "code": {"text": "Subcutaneous injection of hUCB-MSC"},
+    "subject": {"reference": "Patient/example"},
+    "performedDateTime": "2024-01-10T10:00:00+09:00",
+}
+
+PROVENANCE = {
+    "resourceType": "Provenance",
+    "target": [{"reference": "Observation/example"}],
+    "recorded": "2024-02-07T10:31:00+09:00",
+    "agent": [{"who": {"display": "Site EHR interface"}}],
+}
+
 TRANSACTION = {
     "resourceType": "Bundle",
     "type": "transaction",

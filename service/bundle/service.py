@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -19,7 +19,7 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import issue, outcome
-from fhir_mappings.references import ID_RE, parse_reference
+from fhir_mappings.references import ID_RE, parse_reference, split_token
 from fhir_mappings.validation import TOO_DEEP
 from service.audit.events import patients_of, touched
 from service.core import resources
@@ -158,7 +158,6 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
             return 200, entry(f"{base}/{req.resource_type}/{req.id}", stored.content,
                               response={"status": "200 OK", "etag": stored.etag,
                                         "lastModified": fhir_instant(stored.last_updated)})
-        from urllib.parse import parse_qsl
         uow.flush()
         found = search(uow.session, req.resource_type, parse_qsl(req.query), base, caller=uow.caller)
         uow.touched.extend(touched(found))
@@ -276,7 +275,10 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]],
         item = stack.pop()
         if isinstance(item, dict):
             ref = item.get("reference")
-            if isinstance(ref, str) and ref in skipped:
+            if isinstance(ref, str) and "?identifier=" in ref and ref.split("?", 1)[0] not in TYPES \
+                    and not ref.startswith("http"):
+                _to_logical(item, ref)
+            elif isinstance(ref, str) and ref in skipped:
                 del item["reference"]
                 item.setdefault("type", skipped[ref])
                 item.setdefault("display", f"{skipped[ref]} not kept by this server")
@@ -287,6 +289,21 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]],
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, (dict, list)))
     return node
+
+
+def _to_logical(item: dict[str, Any], ref: str) -> None:
+    """A conditional reference to a type this server does not store (Synthea's `Practitioner?identifier=…`) can't be
+    resolved here: it is kept as the logical reference it means (`type` and `identifier`), not as a query."""
+    rtype, _, query = ref.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return
+    system, value = split_token(pairs[0][1])
+    if not value:
+        return
+    del item["reference"]
+    item.setdefault("type", rtype)
+    item.setdefault("identifier", {**({"system": system} if system else {}), "value": value})
 
 
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,

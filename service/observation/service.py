@@ -11,6 +11,7 @@ from fhir_mappings.observation import (
     with_derived_tags,
 )
 from service import examples
+from service.clinical.service import encounter_start
 from service.core.stored_type import StoredType, param
 from service.errors import OutOfScope, raise_for_issues
 from service.observation.models import MeasurementRecord
@@ -45,6 +46,9 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
     row = measurement_row(payload, id, enrolment, measure, coding)
+    if row["local_date"] is None and payload.get("encounter"):
+        # no date of its own: the encounter it happened in (stored, with a start) dates it for its visit
+        row["local_date"] = encounter_start(uow, payload["encounter"])
     row["study_day"], row["visit"] = assign_visit(row["local_date"], enrolment.day0, enrolment.catalogue)
     payload["meta"] = with_derived_tags(payload.get("meta"), row["visit"], row["study_day"])
     uow.add(M, row)
@@ -54,7 +58,7 @@ S = table_of(SubjectRecord)
 _STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
 
 OBSERVATION = StoredType(
-    "Observation", fhir.Observation, M, index_observation, examples.OBSERVATION, rank=2, prefetch=prefetch_subjects,
+    "Observation", fhir.Observation, M, index_observation, examples.OBSERVATION, rank=3, prefetch=prefetch_subjects,
     search=(
         param("subject", "reference", M.c.patient_id, "Observation.subject", "The patient the result is about",
               targets=("Patient",)),

@@ -49,7 +49,7 @@ def test_synthea_transaction_under_reject_names_every_offender(client, fhir_exam
     offenders = {f"Bundle.entry[{i}]" for i, e in enumerate(bundle["entry"])
                  if e["resource"]["resourceType"] != "Patient"}
     assert named == offenders
-    assert any("'Encounter' is not supported" in i["diagnostics"] for i in outcome["issue"])
+    assert any("'Immunization' is not supported" in i["diagnostics"] for i in outcome["issue"])
     assert any("not enrolled in any study" in i["diagnostics"] for i in outcome["issue"])
     assert _stored(client) == {}
 
