@@ -18,13 +18,14 @@ from fhir_mappings.references import parse_reference
 
 
 def provenance_targets(payload: dict[str, Any], stored_types: Collection[str]) -> list[tuple[int, str, dict[str, Any]]]:
-    """(index, type, Reference) of each target naming a resource of one of `stored_types` (literally, conditionally
-    or by identifier): those are resolved and indexed; the others (a type not stored, a reference not kept) name
-    nothing on this server and stay as sent."""
+    """(index, type, Reference) of each target naming a resource of one of `stored_types` (a relative literal,
+    conditional or identifier reference): those are resolved and indexed; the others (a type not stored, another
+    server's resource, a reference not kept) name nothing on this server and stay as sent."""
     found = []
     for i, target in enumerate(payload.get("target") or []):
         parsed = parse_reference(target)
-        if parsed.kind in ("literal", "conditional", "identifier") and parsed.resource_type in stored_types:
+        if parsed.kind in ("literal", "conditional", "identifier") and parsed.resource_type in stored_types \
+                and not parsed.base:  # an absolute URL names a resource of another server
             found.append((i, cast(str, parsed.resource_type), target))
     return found
 

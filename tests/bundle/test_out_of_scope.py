@@ -87,7 +87,18 @@ def test_synthea_patient_enrolled_in_the_transaction_keeps_its_trial_relevant_ob
     r = skip_client.post("/fhir", json=bundle)
     assert r.status_code == 200, r.text
     stored = _stored(skip_client)
-    assert stored["Patient"] == 1 and stored["ResearchSubject"] == 1 and stored["Observation"] == 1
+    encounters = sum(e["resource"]["resourceType"] == "Encounter" for e in bundle["entry"])
+    # the enrolled patient's encounters are kept (a stored type), with the Provenance of the feed
+    assert stored == {"ResearchStudy": 1, "Patient": 1, "ResearchSubject": 1, "Observation": 1,
+                      "Encounter": encounters, "Provenance": 1}
+    prov = skip_client.get("/fhir/Provenance").json()["entry"][0]["resource"]
+    kept = [t["reference"].split("/")[0] for t in prov["target"] if "reference" in t]
+    assert set(kept) == {"Patient", "Encounter"}
+    assert all(t["display"].endswith("not kept by this server") for t in prov["target"] if "reference" not in t)
+    enc = skip_client.get("/fhir/Encounter?_count=1").json()["entry"][0]["resource"]
+    # Synthea's conditional references to practitioners and places (not stored here) are kept as logical ones
+    assert enc["participant"][0]["individual"]["type"] == "Practitioner"
+    assert enc["participant"][0]["individual"]["identifier"]["system"] == "http://hl7.org/fhir/sid/us-npi"
     found = skip_client.get(f"/fhir/Observation?study=ResearchStudy/{study_id}").json()
     assert [e["resource"]["code"]["coding"][0]["code"] for e in found["entry"]] == ["EASI"]
     skipped = [e for e in r.json()["entry"] if "outcome" in e["response"]]
