@@ -47,7 +47,8 @@ __all__ = [
     "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "AuditEvent", "Bundle",
     "BundleEntry", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
     "CodeSystem", "CodeableConcept", "Coding", "Encounter", "Extension", "FHIR_VERSION", "Group", "HumanName",
-    "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
-    "Period", "Procedure", "Provenance", "Quantity", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
-    "Resource", "SearchParameter", "BundleEntryRequest",
+    "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
+    "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "Procedure", "Provenance", "Quantity",
+    "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject", "Resource", "SearchParameter",
+    "BundleEntryRequest",
 ]

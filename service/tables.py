@@ -2,6 +2,7 @@
 
 from service.adverse_event.models import AdverseEventRecord
 from service.audit.models import AuditEntityRecord, AuditEventRecord
+from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
 from service.clinical.models import (
     AdministrationRecord,
     EncounterRecord,
@@ -9,7 +10,6 @@ from service.clinical.models import (
     ProvenanceRecord,
     ProvenanceTargetRecord,
 )
-from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
 from service.deid.models import DeidSecretRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
@@ -19,6 +19,7 @@ from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectR
 
 __all__ = [
     "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
-    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord", "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord", "ResourceVersion",
+    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
+    "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord", "ResourceVersion",
     "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -56,7 +56,7 @@ class Request:
         return f"Bundle.entry[{self.index}]"
 
 
-def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list[Request]]:
+def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list["Request | FhirError"]]:
     if body.get("resourceType") != "Bundle":
         raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}",
                          expression="Bundle.resourceType")

@@ -78,8 +78,9 @@ REMOVED = ("text", "note", "identifier", "contained")
 STUDY_LEVEL = frozenset({"ResearchStudy"})
 
 #: R4 elements of type date, dateTime or instant in the stored types (Patient, ResearchStudy, ResearchSubject,
-#: Observation, AdverseEvent, Group, Encounter, MedicationAdministration, Procedure, Provenance) and the extensions and components they carry; `start`/`end` of a Period
-#: (an element named `period` or ending in `Period`) are handled with them
+#: Observation, AdverseEvent, Group, Encounter, MedicationAdministration, Procedure, Provenance) and the extensions
+#: and components they carry; `start`/`end` of a Period (an element named `period` or ending in `Period`) are
+#: handled with them
 DATE_ELEMENTS = frozenset({
     "birthDate", "deceasedDateTime",  # Patient (reduced to the year, never shifted)
     "effectiveDateTime", "effectiveInstant", "issued", "valueDateTime", "valueDate", "valueInstant",  # Observation

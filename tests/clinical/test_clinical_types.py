@@ -41,7 +41,7 @@ def test_crud_and_search_of_a_subjects_resource(client, rtype):
                   f"{DATE_PARAM[rtype]}=ge2024-01-01", "_lastUpdated=gt2000-01-01"):
         found = client.get(f"/fhir/{rtype}?{query}").json()
         assert [e["resource"]["id"] for e in found["entry"]] == [rid], query
-    for query in (f"status=entered-in-error", f"{DATE_PARAM[rtype]}=lt2020-01-01", "patient=nobody"):
+    for query in ("status=entered-in-error", f"{DATE_PARAM[rtype]}=lt2020-01-01", "patient=nobody"):
         assert client.get(f"/fhir/{rtype}?{query}").json()["total"] == 0, query
     # update
     changed = {**{k: v for k, v in made.items() if k != "meta"}, "status": "entered-in-error"}
