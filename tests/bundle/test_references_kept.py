@@ -4,7 +4,8 @@ entries skipped as out of scope, and conditional ones to types this server does 
 from service.bundle.service import _all_failures, _rewrite_placeholders
 from service.errors import BadRequest, Conflict, RuleViolation
 
-PLACEHOLDERS = {"urn:uuid:p": ("Patient", "p1"), "urn:uuid:e": ("Encounter", "e1"), "urn:uuid:i": ("Immunization", "i1")}
+PLACEHOLDERS = {"urn:uuid:p": ("Patient", "p1"), "urn:uuid:e": ("Encounter", "e1"),
+                "urn:uuid:i": ("Immunization", "i1")}
 
 
 def test_references_to_entries_made_become_literal_and_to_skipped_ones_are_not_kept():
