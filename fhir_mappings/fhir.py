@@ -1,8 +1,8 @@
 """The only module that imports fhir.resources: the FHIR release (R4B models for R4 JSON) is chosen here.
 
 R4B is wire-compatible with R4 for every resource type this service handles (Patient, ResearchStudy,
-ResearchSubject, Observation, AdverseEvent, AuditEvent, Bundle, OperationOutcome, CapabilityStatement, CodeSystem,
-Group, SearchParameter, MeasureReport).
+ResearchSubject, Observation, AdverseEvent, AuditEvent, Encounter, MedicationAdministration, Procedure, Provenance,
+Bundle, OperationOutcome, CapabilityStatement, CodeSystem, Group, SearchParameter, MeasureReport).
 """
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -20,15 +20,19 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.extension import Extension
 from fhir.resources.R4B.group import Group
 from fhir.resources.R4B.humanname import HumanName
 from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.measurereport import MeasureReport
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.observation import Observation, ObservationComponent
 from fhir.resources.R4B.operationoutcome import OperationOutcome, OperationOutcomeIssue
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.period import Period
+from fhir.resources.R4B.procedure import Procedure
+from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.quantity import Quantity
 from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.researchstudy import ResearchStudy, ResearchStudyArm
@@ -54,8 +58,9 @@ def resource_class(resource_type: object) -> type[Resource] | None:
 __all__ = [
     "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "AuditEvent", "Bundle",
     "BundleEntry", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
-    "CodeSystem", "CodeableConcept", "Coding", "Extension", "FHIR_VERSION", "Group", "HumanName", "Identifier",
-    "MeasureReport", "Observation", "ObservationComponent", "OperationOutcome", "OperationOutcomeIssue", "Patient",
-    "Period", "Quantity", "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject",
-    "Resource", "SearchParameter", "BundleEntryRequest", "resource_class",
+    "CodeSystem", "CodeableConcept", "Coding", "Encounter", "Extension", "FHIR_VERSION", "Group", "HumanName",
+    "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
+    "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "Procedure", "Provenance", "Quantity",
+    "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject", "Resource", "SearchParameter",
+    "BundleEntryRequest", "resource_class",
 ]

@@ -13,6 +13,7 @@
 | `original_value`, `original_unit` | `Observation.valueQuantity.value` / `.code` (or `.unit`) | as sent                     |
 | `effective`, `local_date`    | `Observation.effectiveDateTime` or `effectivePeriod.start` | instant in UTC; date as written |
 | `study_day`, `visit`         | derived: local date − day 0 (`ResearchSubject.period.start`) | baseline / week-4 / week-12 / unscheduled |
+| `visit`, `study_day` (out)  | `Observation.meta.tag` (added by the server) | https://trial-fhir.org/CodeSystem/visit `week-4`; https://trial-fhir.org/CodeSystem/study-day `28` |
 | EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
 """  # noqa: E501 (the mapping table is wider than the code)
 
@@ -23,7 +24,16 @@ from typing import Any, cast
 from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
 from fhir_mappings.outcome import Issue, issue
-from fhir_mappings.terminology import AD_SCORES, OBSERVATION_STATUS, RESEARCH_STUDY_EXT, UCUM, Catalogue, Measure
+from fhir_mappings.terminology import (
+    AD_SCORES,
+    OBSERVATION_STATUS,
+    RESEARCH_STUDY_EXT,
+    STUDY_DAY_SYSTEM,
+    UCUM,
+    VISIT_SYSTEM,
+    Catalogue,
+    Measure,
+)
 from service.observation.models import MeasurementRecord
 from service.trial.models import Enrolment
 
@@ -202,6 +212,19 @@ def measurement_row(payload: dict[str, Any], id: str, enrolment: Enrolment, meas
         unit=measure.unit, original_value=str(quantity["value"]), original_unit=unit,
         effective=instant, local_date=local, study_day=None, visit="unscheduled",
     )
+
+
+def with_derived_tags(meta: dict[str, Any] | None, visit: str, study_day: int | None) -> dict[str, Any]:
+    """`meta` with the values the server derives put in `meta.tag`: the assigned visit (VISIT_SYSTEM) and, when
+    known, the study day (STUDY_DAY_SYSTEM), so that a reader of the resource (an export) needs no copy of the
+    visit windows. Tags of those two systems are the server's: any the client sent are replaced; every other tag
+    and element of `meta` is kept as sent."""
+    tags = [t for t in (meta or {}).get("tag") or []
+            if not (isinstance(t, dict) and t.get("system") in (VISIT_SYSTEM, STUDY_DAY_SYSTEM))]
+    tags.append({"system": VISIT_SYSTEM, "code": visit})
+    if study_day is not None:
+        tags.append({"system": STUDY_DAY_SYSTEM, "code": str(study_day)})
+    return {**(meta or {}), "tag": tags}
 
 
 def observation_to_fhir(record: MeasurementRecord, measure: Measure, effective: str | None = None,

@@ -6,6 +6,7 @@
 | `study.title`              | `ResearchStudy.title`                       |                                        |
 | `study.status`             | `ResearchStudy.status`                      | http://hl7.org/fhir/research-study-status (required) |
 | `study.catalogue`          | `ResearchStudy.extension[measure-catalogue].valueCode` | trial-fhir catalogue name; default `atopic-dermatitis` |
+| `study.out_of_scope`       | `ResearchStudy.extension[out-of-scope-policy].valueCode` | `reject` or `skip`; absent: the server's setting |
 | `study_arm.name`           | `ResearchStudy.arm[].name`                  | unique within the study                |
 | `study_arm.description`    | `ResearchStudy.arm[].description`           | the dose, e.g. 2.5 × 10^7 cells        |
 | identifiers                | `ResearchStudy.identifier[]` (e.g. NCT id)  | `resource_identifier`                  |
@@ -21,6 +22,17 @@ from fhir_mappings.terminology import DEFAULT_CATALOGUE, RESEARCH_STUDY_STATUS, 
 from service.trial.models import ArmRecord, StudyRecord
 
 CATALOGUE_EXT = "https://trial-fhir.org/StructureDefinition/measure-catalogue"
+#: the study's own out-of-scope policy (what a feed's entries the trial does not keep get): reject | skip
+OUT_OF_SCOPE_EXT = "https://trial-fhir.org/StructureDefinition/out-of-scope-policy"
+OUT_OF_SCOPE_POLICIES = ("reject", "skip")
+
+
+def study_out_of_scope(payload: dict[str, Any]) -> tuple[int, Any] | None:
+    """(index, value) of the study's out-of-scope policy extension; None when it sets none."""
+    for i, ext in enumerate(payload.get("extension") or []):
+        if ext.get("url") == OUT_OF_SCOPE_EXT:
+            return i, ext.get("valueCode")
+    return None
 
 
 def study_catalogue(payload: dict[str, Any]) -> str:
@@ -44,6 +56,10 @@ def check_research_study(payload: dict[str, Any]) -> list[Issue]:
         if name in seen:
             issues.append(issue("business-rule", f"Arm name '{name}' is used twice", f"ResearchStudy.arm[{i}].name"))
         seen.add(name)
+    policy = study_out_of_scope(payload)
+    if policy is not None and policy[1] not in OUT_OF_SCOPE_POLICIES:
+        issues.append(issue("code-invalid", f"The out-of-scope policy is a valueCode, one of "
+                            f"{', '.join(OUT_OF_SCOPE_POLICIES)}", f"ResearchStudy.extension[{policy[0]}]"))
     catalogue = study_catalogue(payload)
     if catalogue not in catalogue_names():
         issues.append(issue("code-invalid", f"Unknown measure catalogue '{catalogue}': one of {catalogue_names()}",
@@ -52,8 +68,9 @@ def check_research_study(payload: dict[str, Any]) -> list[Issue]:
 
 
 def research_study_from_fhir(payload: dict[str, Any], id: str) -> tuple[StudyRecord, list[ArmRecord]]:
+    policy = study_out_of_scope(payload)
     study = StudyRecord(id=id, title=payload.get("title"), status=payload["status"],
-                        catalogue=study_catalogue(payload))
+                        catalogue=study_catalogue(payload), out_of_scope=policy[1] if policy else None)
     arms = [ArmRecord(study_id=id, name=a["name"], description=a.get("description")) for a in payload.get("arm") or []]
     return study, arms
 
@@ -65,8 +82,10 @@ def research_study_to_fhir(study: StudyRecord, arms: list[ArmRecord], identifier
         identifier=[fhir.Identifier(system=s, value=v) for s, v in identifiers] or None,
         title=study.title,
         status=study.status,
-        extension=None if study.catalogue == DEFAULT_CATALOGUE
-        else [fhir.Extension(url=CATALOGUE_EXT, valueCode=study.catalogue)],
+        extension=[*([] if study.catalogue == DEFAULT_CATALOGUE
+                     else [fhir.Extension(url=CATALOGUE_EXT, valueCode=study.catalogue)]),
+                   *([fhir.Extension(url=OUT_OF_SCOPE_EXT, valueCode=study.out_of_scope)] if study.out_of_scope
+                     else [])] or None,
         arm=[fhir.ResearchStudyArm(name=a.name, description=a.description) for a in arms] or None,
         enrollment=[fhir.Reference(reference=f"Group/{group_id}")] if group_id else None,
     )

@@ -25,6 +25,11 @@ DISCONTINUED_EXT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefi
 #: R4 core extension linking an event (here: an Observation) to the research study it belongs to
 RESEARCH_STUDY_EXT = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
 SUBCUTANEOUS_ROUTE = (SNOMED, "263887005")
+#: the trial's visits (baseline, week-4, week-12, unscheduled: a catalogue's visit names); an Observation's
+#: `meta.tag` carries the one it was assigned
+VISIT_SYSTEM = "https://trial-fhir.org/CodeSystem/visit"
+#: study days (days since the subject's day 0, e.g. `28`, `-3`); an Observation's `meta.tag` carries its own
+STUDY_DAY_SYSTEM = "https://trial-fhir.org/CodeSystem/study-day"
 
 # Required bindings of the elements the service uses (FHIR R4 value sets).
 OBSERVATION_STATUS = frozenset(
@@ -41,6 +46,12 @@ RESEARCH_SUBJECT_STATUS = frozenset({
     "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate", "screening",
     "withdrawn",
 })
+ENCOUNTER_STATUS = frozenset({"planned", "arrived", "triaged", "in-progress", "onleave", "finished", "cancelled",
+                              "entered-in-error", "unknown"})
+MEDICATION_ADMIN_STATUS = frozenset({"in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped",
+                                     "unknown"})
+EVENT_STATUS = frozenset({"preparation", "in-progress", "not-done", "on-hold", "stopped", "completed",
+                          "entered-in-error", "unknown"})  # Procedure.status
 AE_ACTUALITY = frozenset({"actual", "potential"})
 AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # lower-cased code -> canonical
 AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})

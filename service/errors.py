@@ -106,6 +106,22 @@ class RuleViolation(FhirError):
     status_code, issue_code = 422, "business-rule"
 
 
+class OutOfScope(RuleViolation):
+    """A resource the trial does not keep: an Observation outside its study's catalogue, a resource about a patient
+    enrolled in no study. Under the `reject` out-of-scope policy it is a 422 like any broken rule; under `skip` a
+    Bundle entry holding it answers 200 with a warning and nothing of it is stored. `policy`: the policy of the
+    study it would belong to, when that study sets one (else the server's setting decides)."""
+
+    def __init__(self, diagnostics: str, *, issues: list[Issue] | None = None, expression: str | None = None,
+                 headers: dict[str, str] | None = None, policy: str | None = None) -> None:
+        super().__init__(diagnostics, issues=issues, expression=expression, headers=headers)
+        self.policy = policy
+
+    def prefixed(self, prefix: str) -> "FhirError":
+        return OutOfScope(str(self), issues=[i.prefixed(prefix) for i in self.issues], headers=self.headers,
+                          policy=self.policy)
+
+
 def raise_for_issues(issues: list[Issue]) -> None:
     errors = [i for i in issues if i.severity in ("error", "fatal")]
     if errors:

@@ -78,6 +78,44 @@ ADVERSE_EVENT = {
          "display": "Possibly Related"}]}}]}],
 }
 
+ENCOUNTER = {
+    "resourceType": "Encounter",
+    "identifier": [{"system": "urn:oid:1.2.410.200001.7", "value": "ENC-2024-0207-01"}],
+    "status": "finished",
+    "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+    "subject": {"identifier": {"system": MRN, "value": "MRN-000123"}},
+    "period": {"start": "2024-02-07T09:00:00+09:00", "end": "2024-02-07T10:30:00+09:00"},
+}
+
+MEDICATION_ADMINISTRATION = {
+    "resourceType": "MedicationAdministration",
+    "identifier": [{"system": "urn:oid:1.2.410.200001.8", "value": "ADM-2024-0110-01"}],
+    "status": "completed",
+    "medicationCodeableConcept": {"text": "hUCB-MSC (human umbilical cord blood-derived mesenchymal stem cells)"},
+    "subject": {"identifier": {"system": MRN, "value": "MRN-000123"}},
+    "effectiveDateTime": "2024-01-10T10:00:00+09:00",
+    "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "263887005",
+                                     "display": "Subcutaneous"}]},
+               "dose": {"value": 50000000, "unit": "cells", "system": "http://unitsofmeasure.org", "code": "{cells}"}},
+}
+
+PROCEDURE = {
+    "resourceType": "Procedure",
+    "identifier": [{"system": "urn:oid:1.2.410.200001.8", "value": "PRC-2024-0110-01"}],
+    "status": "completed",
+    "code": {"text": "Subcutaneous injection of hUCB-MSC"},
+    "subject": {"identifier": {"system": MRN, "value": "MRN-000123"}},
+    "performedDateTime": "2024-01-10T10:00:00+09:00",
+}
+
+PROVENANCE = {
+    "resourceType": "Provenance",
+    "target": [{"type": "Observation",  # the Observation example, by its identifier
+                "identifier": {"system": "urn:oid:1.2.410.200001.9", "value": "LAB-2024-88812"}}],
+    "recorded": "2024-02-07T10:31:00+09:00",
+    "agent": [{"who": {"display": "Site EHR interface"}}],
+}
+
 TRANSACTION = {
     "resourceType": "Bundle",
     "type": "transaction",

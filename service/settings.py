@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     enforce_trial_rules: bool = Field(
         True, description="Reject (422) resources that break the trial's rules; when off, violations are logged."
     )
+    out_of_scope: Literal["reject", "skip"] = Field(
+        "reject", description="What a transaction or batch entry the trial does not keep gets (a resource type this "
+        "server does not store, an Observation whose code is outside its study's catalogue, a resource about a patient "
+        "enrolled in no study): `reject` (400/422) or `skip` (200 with a warning, nothing stored). A study may set "
+        "its own (ResearchStudy extension https://trial-fhir.org/StructureDefinition/out-of-scope-policy).")
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted request body (413 above).")
     max_bundle_entries: int = Field(10_000, description="Largest transaction/batch Bundle accepted (413 above).")
     default_page_size: int = Field(50, description="Default `_count` of a search.")

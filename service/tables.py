@@ -3,6 +3,13 @@
 from service.adverse_event.models import AdverseEventRecord
 from service.audit.models import AuditEntityRecord, AuditEventRecord
 from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
+from service.clinical.models import (
+    AdministrationRecord,
+    EncounterRecord,
+    ProcedureRecord,
+    ProvenanceRecord,
+    ProvenanceTargetRecord,
+)
 from service.deid.models import DeidSecretRecord
 from service.export.models import ExportJobRecord
 from service.observation.models import MeasurementRecord
@@ -11,7 +18,8 @@ from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersi
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
-    "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord", "DeidSecretRecord",
-    "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord", "ResourceRecord", "ResourceVersion",
+    "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
+    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
+    "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord", "ResourceVersion",
     "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -77,3 +77,32 @@ def enrol(client, arm: str = "high-dose", day0: str | None = "2024-01-10", study
     patient_id = created(client.post("/fhir/Patient", json=patient(mrn)))["id"]
     subject_id = created(client.post("/fhir/ResearchSubject", json=subject(study_id, patient_id, arm, day0)))["id"]
     return {"study": study_id, "patient": patient_id, "subject": subject_id}
+
+
+def encounter(patient_id: str, start: str = "2024-02-07T09:00:00+09:00", status: str = "finished", **extra) -> dict:
+    return {"resourceType": "Encounter", "status": status,
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "period": {"start": start, "end": start[:11] + "10:30:00" + start[19:]}, **extra}
+
+
+def medication_administration(patient_id: str, date: str = "2024-01-10T10:00:00+09:00", dose=5.0e7,
+                              status: str = "completed", **extra) -> dict:
+    return {"resourceType": "MedicationAdministration", "status": status,
+            "medicationCodeableConcept": {"coding": [{"system": "https://trial-fhir.org/CodeSystem/product",
+                                                      "code": "hUCB-MSC"}], "text": "hUCB-MSC"},
+            "subject": {"reference": f"Patient/{patient_id}"}, "effectiveDateTime": date,
+            "dosage": {"route": {"coding": [{"system": "http://snomed.info/sct", "code": "263887005"}]},
+                       "dose": {"value": dose, "unit": "cells", "system": UCUM, "code": "{cells}"}}, **extra}
+
+
+def procedure(patient_id: str, date: str = "2024-01-10T10:00:00+09:00", status: str = "completed", **extra) -> dict:
+    return {"resourceType": "Procedure", "status": status,
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "422145002"}],
+                     "text": "Subcutaneous injection"},
+            "subject": {"reference": f"Patient/{patient_id}"}, "performedDateTime": date, **extra}
+
+
+def provenance(*targets: str, recorded: str = "2024-02-07T10:31:00+09:00", **extra) -> dict:
+    return {"resourceType": "Provenance", "target": [{"reference": t} for t in targets], "recorded": recorded,
+            "agent": [{"who": {"display": "Site EHR interface"}}], **extra}

@@ -114,7 +114,8 @@ def _patient_of(value: Any) -> list[str]:
 
 
 #: where each type names the patient it concerns
-_PATIENT_ELEMENTS = {"Observation": "subject", "AdverseEvent": "subject", "ResearchSubject": "individual"}
+_PATIENT_ELEMENTS = {"Observation": "subject", "AdverseEvent": "subject", "ResearchSubject": "individual",
+                     "Encounter": "subject", "MedicationAdministration": "subject", "Procedure": "subject"}
 
 
 def patients_of(resource_type: str, resource: dict[str, Any]) -> list[str]:
@@ -124,6 +125,8 @@ def patients_of(resource_type: str, resource: dict[str, Any]) -> list[str]:
     if resource_type == "Patient":
         rid = resource.get("id")
         return [rid] if isinstance(rid, str) and rid else []
+    if resource_type == "Provenance":  # the Patients among its targets
+        return [p for target in resource.get("target") or [] for p in _patient_of(target)]
     element = _PATIENT_ELEMENTS.get(resource_type)
     return _patient_of(resource.get(element)) if element else []
 

@@ -23,11 +23,15 @@ TRANSACTION_RESPONSE = {"resourceType": "Bundle", "type": "transaction-response"
              responses={200: fhir_json(TRANSACTION_RESPONSE, "transaction-response or batch-response Bundle"),
                         **error_docs(400, 404, 409, 412, 413, 415, 422)})
 async def transaction_or_batch(request: Request, core: CoreDep, ctx: Ctx, body: FhirBody) -> Response:
-    """Process a `transaction` Bundle as one database transaction (any failing entry fails all, with an
-    OperationOutcome naming `Bundle.entry[i]`), or a `batch` Bundle entry by entry (each with its own status
-    and OperationOutcome). `urn:uuid:` fullUrls and references to them resolve to the new ids; conditional
-    creates (`request.ifNoneExist`) and conditional references work inside a transaction.
-    `Prefer: return=representation` puts each resulting resource in the response."""
+    """Process a `transaction` Bundle as one database transaction (any failing entry fails all: every entry is
+    checked, and one OperationOutcome lists each failing one as `Bundle.entry[i]…`), or a `batch` Bundle entry by
+    entry (each with its own status and OperationOutcome in `response.outcome`, an unreadable entry too).
+    `urn:uuid:` fullUrls and references to them resolve to the new ids; conditional creates
+    (`request.ifNoneExist`) and conditional references work inside a transaction. Entries the trial does not keep
+    (a type not stored, an Observation outside its study's catalogue, a resource about a patient enrolled in no
+    study) are refused, or, under the out-of-scope policy `skip` (TRIAL_FHIR_OUT_OF_SCOPE or the study's own),
+    answered `200 OK` with a warning and not stored. `Prefer: return=representation` puts each resulting resource
+    in the response."""
     representation = prefers(request.headers.get("prefer"), "return=representation")
     return FhirJSONResponse(await core.transaction(ctx, body, representation=representation))
 

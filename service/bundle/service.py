@@ -10,23 +10,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
-from fhir_mappings.outcome import outcome
-from fhir_mappings.references import ID_RE
+from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.references import ID_RE, parse_reference, split_token
 from fhir_mappings.validation import TOO_DEEP
 from service.audit.events import patients_of, touched
 from service.core import resources
 from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
-from service.errors import BadRequest, FhirError, PayloadTooLarge
+from service.errors import BadRequest, FhirError, OutOfScope, PayloadTooLarge, RuleViolation
 from service.search.service import search
 from service.store.unit_of_work import UnitOfWork, utcnow
+from service.trial.service import enrolments, study_policy
 
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
                404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict", 410: "410 Gone",
@@ -54,7 +56,7 @@ class Request:
         return f"Bundle.entry[{self.index}]"
 
 
-def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list[Request]]:
+def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list["Request | FhirError"]]:
     if body.get("resourceType") != "Bundle":
         raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}",
                          expression="Bundle.resourceType")
@@ -68,7 +70,16 @@ def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list[Reque
     if len(entries) > max_entries:
         raise PayloadTooLarge(f"Bundle has {len(entries)} entries; the limit is {max_entries}",
                               expression="Bundle.entry")
-    return kind, [_read_entry(i, e) for i, e in enumerate(entries)]
+    return kind, [_read_or_error(i, e) for i, e in enumerate(entries)]
+
+
+def _read_or_error(i: int, item: Any) -> "Request | FhirError":
+    """The entry's request, or what is wrong with it (the error of that entry alone: a batch's other entries go on,
+    a transaction lists it with every other failing entry)."""
+    try:
+        return _read_entry(i, item)
+    except FhirError as err:
+        return err
 
 
 def _read_entry(i: int, item: Any) -> Request:
@@ -115,9 +126,10 @@ def _read_entry(i: int, item: Any) -> Request:
         raise BadRequest("A DELETE entry needs Type/id or Type?search", expression=f"{where}.request.url")
     if rid is not None and not ID_RE.match(rid):
         raise BadRequest(f"'{rid}' is not a valid id", expression=f"{where}.request.url")
-    if rtype not in TYPES and not (method == "GET" and rtype in ("metadata",)):
+    if rtype not in TYPES and not (method == "GET" and rtype in ("metadata",)) and method not in ("POST", "PUT"):
         raise BadRequest(f"Resource type '{rtype}' is not supported by this server",
                          expression=f"{where}.request.url")
+    # a POST or PUT of a type this server does not store is out of scope: the policy decides when it runs
     return Request(i, method, rtype, rid, query, item.get("fullUrl"), resource, req.get("ifNoneExist"),
                    req.get("ifMatch"))
 
@@ -146,13 +158,68 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
             return 200, entry(f"{base}/{req.resource_type}/{req.id}", stored.content,
                               response={"status": "200 OK", "etag": stored.etag,
                                         "lastModified": fhir_instant(stored.last_updated)})
-        from urllib.parse import parse_qsl
         uow.flush()
         found = search(uow.session, req.resource_type, parse_qsl(req.query), base, caller=uow.caller)
         uow.touched.extend(touched(found))
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
-    resource = _rewrite_placeholders(req.resource, uow.placeholders) if req.may_refer else req.resource
+    if req.resource_type not in TYPES:
+        return _not_stored(uow, req)
+    resource = _rewrite_placeholders(req.resource, uow.placeholders, uow.skipped) if req.may_refer else req.resource
     assert resource is not None, "_read_entry gives every POST and PUT entry a resource"
+    try:
+        return _write_entry(uow, req, resource, base)
+    except OutOfScope as err:
+        if (err.policy or uow.out_of_scope) != "skip":
+            raise
+        return _skipped(uow, req, err.issues[0].diagnostics)
+
+
+def _not_stored(uow: UnitOfWork, req: Request) -> tuple[int, dict[str, Any]]:
+    """A POST or PUT entry of a type this server does not store: skipped (200, a warning) under the `skip` policy,
+    else 400. The policy is the study's of the patient the resource names (`subject`, `patient`, ...), as enrolled
+    when the entry runs (entries of types not stored run first), else the server's."""
+    policy = uow.out_of_scope
+    patient_id = _patient_named(uow, req.resource or {})
+    if patient_id is not None:
+        policy = study_policy(enrolments(uow, patient_id)) or policy
+    if policy != "skip":
+        raise BadRequest(f"Resource type '{req.resource_type}' is not supported by this server",
+                         expression=f"{req.prefix}.request.url")
+    return _skipped(uow, req, f"this server does not store {req.resource_type} resources")
+
+
+#: where resources of types this server does not store name their patient (the out-of-scope policy is its study's)
+_PATIENT_ELEMENTS = ("subject", "patient", "beneficiary", "individual")
+
+
+def _patient_named(uow: UnitOfWork, resource: dict[str, Any]) -> str | None:
+    """The id of the existing or Bundle-made Patient that `resource` names by literal or urn reference, if any."""
+    for name in _PATIENT_ELEMENTS:
+        value = resource.get(name)
+        ref = value.get("reference") if isinstance(value, dict) else None
+        if not isinstance(ref, str):
+            continue
+        target = uow.placeholders.get(ref)
+        if target is not None:
+            return target[1] if target[0] == "Patient" else None
+        parsed = parse_reference(value, "Patient")
+        if parsed.kind == "literal" and not parsed.base and parsed.resource_type == "Patient" and parsed.id \
+                and uow.exists("Patient", parsed.id):
+            return parsed.id
+    return None
+
+
+def _skipped(uow: UnitOfWork, req: Request, reason: str) -> tuple[int, dict[str, Any]]:
+    """The answer of an entry not kept (out of scope under the `skip` policy): 200 with a warning; nothing of it
+    is stored, and references to it from the entries kept are not kept either (see _rewrite_placeholders)."""
+    if req.full_url:
+        uow.skipped[req.full_url] = req.resource_type
+    warning = issue("not-supported", f"not kept: {reason} (out of the trial's scope)", f"{req.prefix}.resource",
+                    severity="warning")
+    return 200, {"response": {"status": STATUS_TEXT[200], "outcome": outcome([warning])}}
+
+
+def _write_entry(uow: UnitOfWork, req: Request, resource: dict[str, Any], base: str) -> tuple[int, dict[str, Any]]:
     if req.method == "POST":
         new_id = uow.placeholders.get(req.full_url, (None, None))[1] if req.full_url else None
         stored = resources.create(uow, req.resource_type, resource, if_none_exist=req.if_none_exist, new_id=new_id)
@@ -187,7 +254,7 @@ def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
     """Let each type's handler batch the look-ups its entries will need (one query per Bundle, not per entry)."""
     payloads: dict[str, list[dict[str, Any]]] = {}
     for r in reqs:
-        if r.method in ("POST", "PUT") and r.resource is not None:
+        if r.method in ("POST", "PUT") and r.resource is not None and r.resource_type in TYPES:
             payloads.setdefault(r.resource_type, []).append(r.resource)
     for rtype, items in payloads.items():
         hook = TYPES[rtype].prefetch
@@ -195,16 +262,27 @@ def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
             hook(uow, items)
 
 
-def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -> Any:
-    """Every `reference` to a urn:uuid fullUrl of this Bundle becomes `Type/id` (in place)."""
+def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]],
+                          skipped: dict[str, str] | None = None) -> Any:
+    """Every `reference` to a urn:uuid fullUrl of this Bundle becomes `Type/id` (in place). A reference to an entry
+    skipped as out of scope is not kept: it would point at nothing on this server. The Reference keeps what else it
+    says (`display`, `identifier`) and gets the type it pointed at (`type`), plus a `display` when it had none."""
     if not placeholders:
         return node
+    skipped = skipped or {}
     stack = [node]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             ref = item.get("reference")
-            if isinstance(ref, str) and ref in placeholders:
+            if isinstance(ref, str) and "?identifier=" in ref and ref.split("?", 1)[0] not in TYPES \
+                    and not ref.startswith("http"):
+                _to_logical(item, ref)
+            elif isinstance(ref, str) and ref in skipped:
+                del item["reference"]
+                item.setdefault("type", skipped[ref])
+                item.setdefault("display", f"{skipped[ref]} not kept by this server")
+            elif isinstance(ref, str) and ref in placeholders:
                 rtype, rid = placeholders[ref]
                 item["reference"] = f"{rtype}/{rid}"
             stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
@@ -213,11 +291,37 @@ def _rewrite_placeholders(node: Any, placeholders: dict[str, tuple[str, str]]) -
     return node
 
 
+def _to_logical(item: dict[str, Any], ref: str) -> None:
+    """A conditional reference to a type this server does not store (Synthea's `Practitioner?identifier=…`) can't be
+    resolved here: it is kept as the logical reference it means (`type` and `identifier`), not as a query."""
+    rtype, _, query = ref.partition("?")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if len(pairs) != 1 or pairs[0][0] != "identifier":
+        return
+    system, value = split_token(pairs[0][1])
+    if not value:
+        return
+    del item["reference"]
+    item.setdefault("type", rtype)
+    item.setdefault("identifier", {**({"system": system} if system else {}), "value": value})
+
+
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False, caller: Caller = SYSTEM,
-                audit: Callable[[UnitOfWork], None] | None = None) -> bytes:
-    _, requests = read_bundle(body, max_entries)
-    texts = [_resource_text(r) for r in requests]
+                audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> bytes:
+    """All or nothing. Every entry is checked before the transaction gives up: a failing one answers with one
+    OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored."""
+    _, read = read_bundle(body, max_entries)
+    failed: list[FhirError] = [e for e in read if isinstance(e, FhirError)]
+    requests = [r for r in read if isinstance(r, Request)]
+    texts: dict[int, bytes | None] = {}
+    for r in requests:
+        try:
+            texts[r.index] = _resource_text(r)
+        except FhirError as err:
+            failed.append(err)
+            texts[r.index] = None
+    requests = [r for r in requests if r.resource is None or texts[r.index] is not None]
     # which resources hold a reference that may name another entry's fullUrl: only those are walked to rewrite it
     # (fullUrls that aren't urn: are rare, and then every resource is walked)
     urn_only = all(r.full_url.startswith("urn:") for r in requests if r.full_url)
@@ -232,31 +336,61 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
         attempts[0] += 1
         reqs = requests if attempts[0] == 1 else [replace(r, resource=orjson.loads(text))
                                                   if (text := texts[r.index]) is not None else r for r in requests]
-        seen_urls = set()
+        failures = list(failed)
+        seen_urls: dict[str, str] = {}
         for r in reqs:
             if r.full_url:
                 if r.full_url in seen_urls:
-                    raise BadRequest(f"fullUrl {r.full_url} appears twice", expression=f"{r.prefix}.fullUrl")
-                seen_urls.add(r.full_url)
+                    failures.append(BadRequest(f"fullUrl {r.full_url} appears twice (also in {seen_urls[r.full_url]})",
+                                               expression=f"{r.prefix}.fullUrl"))
+                seen_urls.setdefault(r.full_url, r.prefix)
             if r.method == "POST" and r.full_url:
                 uow.placeholders[r.full_url] = (r.resource_type, resources.new_resource_id())
             elif r.method == "PUT" and r.id and r.full_url and r.full_url.startswith("urn:"):
                 uow.placeholders[r.full_url] = (r.resource_type, r.id)
+        # entries of types not stored run first (they write nothing): the references to those skipped are known
         order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], TYPES[r.resource_type].rank
-                                            if r.resource_type in TYPES else 9, r.index))
+                                            if r.resource_type in TYPES else -1, r.index))
         _prefetch(uow, reqs)
         results: dict[int, dict[str, Any]] = {}
         for r in order:
+            mark = uow.mark()
             try:
                 _, results[r.index] = _run_entry(uow, r, base)
             except FhirError as err:
-                raise err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix) from None
+                uow.rewind(mark)
+                failures.append(err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix))
+            except (IntegrityError, OperationalError):
+                if not failures:
+                    raise  # a write race: run_write runs the transaction again
+                break  # after an entry failed the database may refuse what follows: report what is known
         uow.entry_prefix = ""
+        if failures:
+            raise _all_failures(failures)
         entries = [results[r.index] if representation or r.method == "GET" else _minimal(results[r.index])
                    for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
-    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller, audit=audit)
+    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller, audit=audit,
+                               out_of_scope=out_of_scope)
+
+
+def _all_failures(failures: list[FhirError]) -> FhirError:
+    """One error listing the issues of every failing entry, in entry order: with their common status (one kind of
+    failure), else 400."""
+    def entry_index(err: FhirError) -> int:
+        where = next((e for i in err.issues for e in i.expression), "")
+        digits = where.removeprefix("Bundle.entry[").split("]", 1)[0]
+        return int(digits) if digits.isdigit() else -1
+    ordered = sorted(failures, key=entry_index)
+    issues = [i for err in ordered for i in err.issues]
+    statuses = {err.status_code for err in ordered}
+    kind: type[FhirError] = type(ordered[0]) if len(statuses) == 1 else BadRequest
+    text = str(ordered[0]) if len(ordered) == 1 else \
+        f"{len(ordered)} entries of the transaction failed; nothing was stored"
+    if kind is OutOfScope:
+        kind = RuleViolation
+    return kind(text, issues=issues)
 
 
 def _resource_text(req: Request) -> bytes | None:
@@ -276,17 +410,23 @@ def _minimal(item: dict[str, Any]) -> dict[str, Any]:
 
 def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
           representation: bool = False, caller: Caller = SYSTEM,
-          audit: Callable[[UnitOfWork], None] | None = None) -> bytes:
-    """Each entry in its own transaction, with its own audit event (`audit`)."""
+          audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> bytes:
+    """Each entry in its own transaction, with its own audit event (`audit`): an entry that fails (it can't be
+    read, its type is not stored, its resource is invalid, a reference or a trial rule is broken) is that entry's
+    4xx with its OperationOutcome in `response.outcome`; the others proceed."""
     _, requests = read_bundle(body, max_entries)
     entries = []
     for r in requests:
         try:
+            if isinstance(r, FhirError):  # the entry could not be read: its own error, the others go on
+                raise r
             _, item = resources.run_write(session, partial(_run_entry, req=r, base=base), base_url=base,
-                                          enforce_rules=enforce_rules, caller=caller, audit=audit)
+                                          enforce_rules=enforce_rules, caller=caller, audit=audit,
+                                          out_of_scope=out_of_scope)
             entries.append(item if representation or r.method == "GET" else _minimal(item))
         except FhirError as err:
-            prefixed = err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)
+            prefixed = err if isinstance(r, FhirError) else \
+                err.prefixed(f"{r.prefix}.resource" if r.resource is not None else r.prefix)
             entries.append({"response": {"status": STATUS_TEXT.get(err.status_code, str(err.status_code)),
                                          "outcome": outcome(prefixed.issues)}})
     return bundle("batch-response", entries, timestamp=fhir_instant(utcnow()))

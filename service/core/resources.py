@@ -28,6 +28,7 @@ from service.errors import (
     IdentifierTaken,
     MethodNotAllowed,
     NotFound,
+    OutOfScope,
     PreconditionFailed,
     ResourceInvalid,
     RuleViolation,
@@ -117,13 +118,14 @@ def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
 
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
               enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM,
-              audit: Callable[[UnitOfWork], None] | None = None) -> T:
+              audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> T:
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
     with one identifier) rolls back and runs again, so the second sees the first's resource. `audit` runs last,
     in the same transaction (it appends the write's AuditEvent: committed with the write, or rolled back with it)."""
     for attempt in range(attempts):
         last = attempt == attempts - 1
-        uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules, caller=caller)
+        uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules, caller=caller,
+                         out_of_scope=out_of_scope)
         try:
             result = work(uow)
             uow.flush()
@@ -341,7 +343,7 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     try:
         handler.index(uow, payload, id, current is not None and not current.deleted)
     except RuleViolation as violation:
-        if uow.enforce_rules:
+        if uow.enforce_rules or isinstance(violation, OutOfScope) and (violation.policy or uow.out_of_scope) == "skip":
             raise
         # the elements at fault, not the diagnostics: those quote the values
         log.warning("trial rule not enforced for %s/%s: %s", resource_type, id,

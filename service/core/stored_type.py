@@ -118,6 +118,8 @@ class StoredType:
     #: the search parameter whose column holds the Patient a resource is about (`subject`; `_id` for Patient): a
     #: search page reads it beside each row, so the audit names the patients a search showed without parsing JSON
     patient_param: str | None = None
+    #: more tables of its rows keyed by its id (`id`), emptied with the typed table (Provenance's targets)
+    child_tables: tuple[Table, ...] = ()
     params: dict[str, SearchParam] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -139,4 +141,4 @@ class StoredType:
 
     @property
     def tables(self) -> tuple[Table, ...]:
-        return (self.table,)
+        return (self.table, *self.child_tables)

@@ -78,13 +78,15 @@ REMOVED = ("text", "note", "identifier", "contained")
 STUDY_LEVEL = frozenset({"ResearchStudy"})
 
 #: R4 elements of type date, dateTime or instant in the stored types (Patient, ResearchStudy, ResearchSubject,
-#: Observation, AdverseEvent, Group) and the extensions and components they carry; `start`/`end` of a Period
-#: (an element named `period` or ending in `Period`) are handled with them
+#: Observation, AdverseEvent, Group, Encounter, MedicationAdministration, Procedure, Provenance) and the extensions
+#: and components they carry; `start`/`end` of a Period (an element named `period` or ending in `Period`) are
+#: handled with them
 DATE_ELEMENTS = frozenset({
     "birthDate", "deceasedDateTime",  # Patient (reduced to the year, never shifted)
     "effectiveDateTime", "effectiveInstant", "issued", "valueDateTime", "valueDate", "valueInstant",  # Observation
     "date", "detected", "recordedDate", "onsetDateTime", "abatementDateTime",  # AdverseEvent, Condition-like
     "occurrenceDateTime", "authoredOn", "recorded", "lastModified",
+    "performedDateTime", "occurredDateTime",  # Procedure, Provenance (Encounter and the others: their periods)
 })
 YEAR_ONLY = frozenset({"birthDate", "deceasedDateTime"})
 #: FHIR's date / dateTime / instant syntax (R4 datatypes), capturing the calendar part and whatever follows it
@@ -105,6 +107,11 @@ def patient_of(resource: dict[str, Any]) -> str | None:
     for key in ("subject", "individual", "patient"):
         ref = resource.get(key)
         if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            match = _PATIENT_REF.match(ref["reference"])
+            if match:
+                return match.group("id")
+    for ref in resource.get("target") or [] if resource.get("resourceType") == "Provenance" else []:
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):  # a Provenance of a Patient
             match = _PATIENT_REF.match(ref["reference"])
             if match:
                 return match.group("id")

@@ -8,15 +8,17 @@ from fhir_mappings.observation import (
     measurement_row,
     study_extension_reference,
     unknown_code_issue,
+    with_derived_tags,
 )
 from service import examples
+from service.clinical.service import encounter_start
 from service.core.stored_type import StoredType, param
-from service.errors import RuleViolation, raise_for_issues
+from service.errors import OutOfScope, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
 from service.trial.models import SubjectRecord
-from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects
+from service.trial.service import assign_visit, enrolment_in, enrolments, prefetch_subjects, study_policy
 
 M = table_of(MeasurementRecord)
 
@@ -29,17 +31,26 @@ def index_observation(uow: UnitOfWork, payload: dict, id: str, replacing: bool) 
         study_id = uow.resolve(study_ref, "ResearchStudy", "Observation.extension.valueReference")
     elif len(enrolments(uow, patient_id)) > 1:
         # several studies: the one whose catalogue knows this code, if exactly one does
-        knowing = [e for e in enrolments(uow, patient_id) if find_measure(payload, e.catalogue)]
+        found_in = enrolments(uow, patient_id)
+        knowing = [e for e in found_in if find_measure(payload, e.catalogue)]
         if len(knowing) == 1:
             study_id = knowing[0].study_id
+        elif not knowing:
+            raise OutOfScope("unknown code", issues=[unknown_code_issue(payload, found_in[0].catalogue)],
+                             policy=study_policy(found_in))
     enrolment = enrolment_in(uow, patient_id, study_id, "Observation", "Observation.subject")
     found = find_measure(payload, enrolment.catalogue)
-    if found is None:
-        raise RuleViolation("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)])
+    if found is None:  # outside the study's catalogue: out of scope (the trial keeps what its protocol measures)
+        raise OutOfScope("unknown code", issues=[unknown_code_issue(payload, enrolment.catalogue)],
+                         policy=enrolment.out_of_scope)
     measure, coding = found
     raise_for_issues(check_observation(payload, measure))
     row = measurement_row(payload, id, enrolment, measure, coding)
+    if row["local_date"] is None and payload.get("encounter"):
+        # no date of its own: the encounter it happened in (stored, with a start) dates it for its visit
+        row["local_date"] = encounter_start(uow, payload["encounter"])
     row["study_day"], row["visit"] = assign_visit(row["local_date"], enrolment.day0, enrolment.catalogue)
+    payload["meta"] = with_derived_tags(payload.get("meta"), row["visit"], row["study_day"])
     uow.add(M, row)
 
 
@@ -47,7 +58,7 @@ S = table_of(SubjectRecord)
 _STUDY_EXT = "extension('http://hl7.org/fhir/StructureDefinition/workflow-researchStudy').value"
 
 OBSERVATION = StoredType(
-    "Observation", fhir.Observation, M, index_observation, examples.OBSERVATION, rank=2, prefetch=prefetch_subjects,
+    "Observation", fhir.Observation, M, index_observation, examples.OBSERVATION, rank=3, prefetch=prefetch_subjects,
     search=(
         param("subject", "reference", M.c.patient_id, "Observation.subject", "The patient the result is about",
               targets=("Patient",)),

@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 class UnitOfWork:
     def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True,
-                 caller: Caller = SYSTEM) -> None:
+                 caller: Caller = SYSTEM, out_of_scope: str = "reject") -> None:
         self.session = session
         self.caller = caller  # whose writes these are: service/core/access.py decides what it may touch
         #: what this unit wrote or read (`Type/id/_history/v`, the Patients it concerns): its audit event's entities
@@ -40,6 +40,11 @@ class UnitOfWork:
         self.now_instant = fhir_instant(self.now)  # meta.lastUpdated of everything this unit writes
         self.base_url = base_url.rstrip("/")
         self.enforce_rules = enforce_rules
+        #: the server's out-of-scope policy (`reject` or `skip`; a study may set its own): what a Bundle entry the
+        #: trial does not keep gets
+        self.out_of_scope = out_of_scope
+        #: fullUrls of the Bundle entries skipped as out of scope: references to them are not kept
+        self.skipped: dict[str, str] = {}  # fullUrl -> resource type
         self.placeholders: dict[str, tuple[str, str]] = {}  # urn:uuid:… -> (type, id)
         self.entry_prefix = ""  # "Bundle.entry[3].resource" while a Bundle entry is processed
         self._pending: dict[Table, list[dict[str, Any]]] = defaultdict(list)
@@ -51,6 +56,22 @@ class UnitOfWork:
         self.follow_ups: list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = []
 
     # -- inserts -------------------------------------------------------------------------------------
+    def mark(self) -> tuple[dict[Table, int], int, int, int]:
+        """Where the gathered work stands (before a Bundle entry), for `rewind`."""
+        return ({t: len(rows) for t, rows in self._pending.items()}, len(self._pending_identifiers),
+                len(self.touched), len(self.study_checks))
+
+    def rewind(self, mark: tuple[dict[Table, int], int, int, int]) -> None:
+        """Forget the inserts gathered since `mark` (an entry of a failing transaction), so that the entries
+        checked after it are not disturbed by its half-made rows (the transaction is rolled back anyway)."""
+        lengths, identifiers, touched, checks = mark
+        for table, rows in self._pending.items():
+            del rows[lengths.get(table, 0):]
+        del self._pending_identifiers[identifiers:]
+        del self.touched[touched:]
+        del self.study_checks[checks:]
+        self.follow_ups.clear()
+
     def add(self, table: Table, row: dict[str, Any]) -> None:
         self._pending[table].append(row)
 

@@ -27,6 +27,8 @@ class StudyRecord(SQLModel, table=True):
     title: str | None = Field(default=None, sa_type=Text)
     status: str = Field(max_length=64, index=True)
     catalogue: str = Field(default="atopic-dermatitis", max_length=64)
+    #: the study's own out-of-scope policy (`reject` or `skip`), None: the server's TRIAL_FHIR_OUT_OF_SCOPE
+    out_of_scope: str | None = Field(default=None, max_length=16)
 
 
 class ArmRecord(SQLModel, table=True):
@@ -72,3 +74,4 @@ class Enrolment:
     catalogue: Catalogue
     arm: str | None = None
     status: str | None = None
+    out_of_scope: str | None = None  # the study's out-of-scope policy, if it sets one

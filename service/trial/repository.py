@@ -1,7 +1,7 @@
 """SQL for patients, studies, arms and enrolments."""
 
 import orjson
-from sqlalchemy import Table, exists, select, update
+from sqlalchemy import Table, exists, select
 from sqlmodel import Session
 
 from service.adverse_event.models import AdverseEventRecord
@@ -18,23 +18,26 @@ AE = table_of(AdverseEventRecord)
 
 
 def find_enrolments(session: Session, patient_id: str):
-    """(subject id, study id, day0, arm, status, catalogue) of each of the patient's enrolments."""
-    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+    """(subject id, study id, day0, arm, status, catalogue, out-of-scope policy) of each of the patient's
+    enrolments."""
+    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue, ST.c.out_of_scope)
             .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id == patient_id).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
 def find_enrolments_of(session: Session, patient_ids: list[str]):
-    """(patient id, subject id, study id, day0, arm, status, catalogue) of the enrolments of many patients."""
+    """(patient id, subject id, study id, day0, arm, status, catalogue, out-of-scope policy) of the enrolments of
+    many patients."""
     if session.get_bind().dialect.name == "postgresql":  # one JSON parameter: see resource.repository
         return driver_rows(session, _ENROLMENTS_POSTGRES, {"patients": orjson.dumps(list(patient_ids)).decode()})
-    stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue)
+    stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue,
+                   ST.c.out_of_scope)
             .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
 _ENROLMENTS_POSTGRES = """
-    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue
+    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope
     FROM research_subject s JOIN study st ON st.id = s.study_id
     WHERE s.patient_id = ANY(ARRAY(SELECT json_array_elements_text(%(patients)s::json)))
     ORDER BY s.study_id"""
@@ -59,15 +62,6 @@ def find_arms_in_use(session: Session, study_id: str) -> set[str]:
 
 def find_measurement_dates(session: Session, subject_id: str):
     return session.execute(select(M.c.id, M.c.local_date).where(M.c.subject_id == subject_id)).all()
-
-
-def update_measurement_visits(session: Session, rows: list[dict]) -> None:
-    """rows: {"mid": id, "study_day": …, "visit": …}"""
-    if rows:
-        from sqlalchemy import bindparam
-        stmt = update(M).where(M.c.id == bindparam("mid")).values(study_day=bindparam("study_day"),
-                                                                   visit=bindparam("visit"))
-        session.execute(stmt, rows)
 
 
 def is_referenced(session: Session, table: Table, column: str, value: str) -> bool:

@@ -15,7 +15,7 @@ from fhir_mappings.terminology import Catalogue, load_catalogue
 from service import examples
 from service.adverse_event.models import AdverseEventRecord
 from service.core.stored_type import StoredType, param
-from service.errors import Conflict, RuleViolation, raise_for_issues
+from service.errors import Conflict, OutOfScope, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
 from service.store.models import table_of
 from service.store.unit_of_work import UnitOfWork
@@ -37,8 +37,9 @@ def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
             uow.flush()
         uow.cache[key] = [
             Enrolment(study_id=study_id, subject_id=sid, patient_id=patient_id, day0=day0,
-                      catalogue=load_catalogue(catalogue), arm=arm, status=status)
-            for sid, study_id, day0, arm, status, catalogue in repository.find_enrolments(uow.session, patient_id)
+                      catalogue=load_catalogue(catalogue), arm=arm, status=status, out_of_scope=policy)
+            for sid, study_id, day0, arm, status, catalogue, policy in repository.find_enrolments(uow.session,
+                                                                                                   patient_id)
         ]
     return uow.cache[key]
 
@@ -58,20 +59,28 @@ def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
         uow.flush()
     found: dict[str, list[Enrolment]] = {p: [] for p in wanted}
     for start in range(0, len(wanted), 500):
-        for pid, sid, study_id, day0, arm, status, catalogue in repository.find_enrolments_of(
+        for pid, sid, study_id, day0, arm, status, catalogue, policy in repository.find_enrolments_of(
                 uow.session, wanted[start:start + 500]):
             found[pid].append(Enrolment(study_id=study_id, subject_id=sid, patient_id=pid, day0=day0,
-                                        catalogue=load_catalogue(catalogue), arm=arm, status=status))
+                                        catalogue=load_catalogue(catalogue), arm=arm, status=status,
+                                        out_of_scope=policy))
     for pid, items in found.items():
         uow.cache[("enrolments", pid)] = items
+
+
+def study_policy(found: list[Enrolment]) -> str | None:
+    """The out-of-scope policy the studies of `found` agree on (None: they set none, or disagree, and the
+    server's setting decides)."""
+    policies = {e.out_of_scope for e in found}
+    return policies.pop() if len(policies) == 1 else None
 
 
 def enrolment_in(uow: UnitOfWork, patient_id: str, study_id: str | None, what: str, where: str) -> Enrolment:
     """The patient's enrolment in `study_id` (or in its only study); 422 when there is none or it's ambiguous."""
     found = enrolments(uow, patient_id)
-    if not found:
-        raise RuleViolation(f"Patient/{patient_id} is not enrolled in any study (no ResearchSubject): "
-                            f"{what} can't be accepted", expression=where)
+    if not found:  # the trial keeps nothing of a patient outside its studies: out of scope
+        raise OutOfScope(f"Patient/{patient_id} is not enrolled in any study (no ResearchSubject): "
+                         f"{what} can't be accepted", expression=where)
     if study_id is not None:
         match = [e for e in found if e.study_id == study_id]
         if not match:
@@ -132,7 +141,7 @@ def index_research_subject(uow: UnitOfWork, payload: dict, id: str, replacing: b
     for pid in {patient_id, old.patient_id if old else patient_id}:
         uow.cache.pop(("enrolments", pid), None)
     if old is not None and old.day0 != record.day0:
-        reassign_visits(uow, id, record.day0, study_id)
+        reassign_visits(uow, id)
 
 
 def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogue) -> tuple[int | None, str]:
@@ -144,14 +153,17 @@ def assign_visit(local_date: date | None, day0: date | None, catalogue: Catalogu
     return day, catalogue.visit_for_day(day)
 
 
-def reassign_visits(uow: UnitOfWork, subject_id: str, day0, study_id: str) -> None:
-    """Day 0 moved: every result of the subject goes to the visit its date now falls in."""
-    catalogue = load_catalogue(repository.get_study(uow.session, study_id).catalogue)
-    rows = []
+def reassign_visits(uow: UnitOfWork, subject_id: str) -> None:
+    """Day 0 moved: every dated result of the subject goes to the visit its date now falls in. Each gets a new
+    version (a follow-up write of the server, run again through the Observation's index), because its study day
+    and visit are in its `meta.tag`: what a reader sees of it changes."""
     for mid, local_date in repository.find_measurement_dates(uow.session, subject_id):
-        day, visit = assign_visit(local_date, day0, catalogue)
-        rows.append({"mid": mid, "study_day": day, "visit": visit})
-    repository.update_measurement_visits(uow.session, rows)
+        if local_date is not None:
+            uow.follow_ups.append(("Observation", mid, _same))
+
+
+def _same(payload: dict) -> dict:
+    return payload
 
 
 def guard_patient_delete(uow: UnitOfWork, id: str) -> None:

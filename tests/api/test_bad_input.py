@@ -260,7 +260,7 @@ CASES = [
      400, "invalid", "Bundle.entry[2].resource.gender"),
     ("transaction-unsupported-type", _none,
      lambda c, x: c.post("/fhir", json=transaction(
-         post(patient("MRN-TX-1")), post({"resourceType": "Encounter", "status": "finished"}))),
+         post(patient("MRN-TX-1")), post({"resourceType": "Immunization", "status": "completed"}))),
      400, "invalid", "Bundle.entry[1].request.url"),
     ("transaction-url-type-mismatch", _none,
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1"), url="Observation"))),
@@ -297,10 +297,9 @@ CASES = [
     ("transaction-fullurl-not-a-string", _none,
      lambda c, x: c.post("/fhir", json=transaction({**post(patient()), "fullUrl": ["urn:uuid:x"]})),
      400, "invalid", "Bundle.entry[0].fullUrl"),
-    ("batch-ifnoneexist-not-a-string", _none,
+    ("transaction-ifnoneexist-not-a-string", _none,  # in a batch: that entry's 400 (tests/bundle/test_entry_errors)
      lambda c, x: c.post("/fhir", json=transaction(
-         {"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneExist": {"a": 1}}},
-         kind="batch")),
+         {"resource": patient(), "request": {"method": "POST", "url": "Patient", "ifNoneExist": {"a": 1}}})),
      400, "invalid", "Bundle.entry[0].request.ifNoneExist"),
     ("transaction-unenrolled-subject", lambda c: created(c.post("/fhir/Patient", json=patient())),
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1")), post(observation(x["id"])))),

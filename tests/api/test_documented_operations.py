@@ -30,7 +30,9 @@ from service.export.worker import ExportWorker
 from service.main import create_app
 
 STUDY = "nct01927705"  # the id the examples' ResearchStudy references name
-TYPES = ("Patient", "ResearchStudy", "ResearchSubject", "Observation", "AdverseEvent")  # creation order
+TYPES = ("Patient", "ResearchStudy", "ResearchSubject", "Observation", "AdverseEvent", "Encounter",
+         "MedicationAdministration", "Procedure")  # creation order
+NO_IDENTIFIER_TYPES = ("Provenance",)  # R4 gives it no identifier: its conditional writes select by _id
 READ_ONLY_TYPES = ("AuditEvent",)  # recorded by the server: read and searched only
 MRN = "urn:oid:1.2.410.200001.1"
 EASI = "https://trial-fhir.org/CodeSystem/ad-scores|EASI"
@@ -214,6 +216,15 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
                   "subject": {"reference": f"Patient?identifier={MRN}|MRN-000124"}}
     pair.learn("AdverseEvent", send("POST", "/fhir/AdverseEvent", 201, json_body=seed_event),
                lambda r: r.json()["id"])
+    for t in ("Encounter", "MedicationAdministration", "Procedure"):
+        seed = {**with_identifier(examples[t], f"{t}-SEED"),
+                "subject": {"reference": f"Patient?identifier={MRN}|MRN-000124"}}
+        pair.learn(t, send("POST", f"/fhir/{t}", 201, json_body=seed), lambda r: r.json()["id"])
+    seed_provenance = {**request_example(app, "POST", "/fhir/Provenance"),
+                       "target": [{"reference": f"Patient?identifier={MRN}|MRN-000124"}],
+                       "recorded": "2024-01-05T10:00:00+09:00"}  # before the example's: one order by date
+    pair.learn("Provenance", send("POST", "/fhir/Provenance", 201, json_body=seed_provenance),
+               lambda r: r.json()["id"])
     audit = build_event(subtype="read", outcome=0, client="ehr", patients=["p1"], id="audit-seed")
     for side in pair.sides:  # the same event recorded by each server
         commit_now(side.app.state.engine, [audit])
@@ -233,7 +244,7 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     def mine(t: str) -> str:
         return "agent=ehr" if t in READ_ONLY_TYPES else ""
 
-    for t in TYPES + READ_ONLY_TYPES:
+    for t in TYPES + NO_IDENTIFIER_TYPES + READ_ONLY_TYPES:
         # the front door's GET, and its errors
         send("GET", f"/fhir/{t}?{mine(t)}", 200)
         send("GET", f"/fhir/{t}?{mine(t)}&_id=<{t}>", 200)
@@ -261,7 +272,7 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/fhir/{t}/<{t}>/_history?_count=0", 400)
         send("GET", f"/fhir/{t}/<{t}>/_history/1", 200)
         send("GET", f"/fhir/{t}/<{t}>/_history/9", 404)
-    for t in TYPES:  # type history (each type holds one resource here: its versions come in one order)
+    for t in TYPES + NO_IDENTIFIER_TYPES:  # type history (each type holds one resource: one order)
         send("GET", f"/fhir/{t}/_history", 200)
         send("GET", f"/fhir/{t}/_history?_count=1&_since=2024-01-01T00:00:00Z", 200)
         send("GET", f"/fhir/{t}/_history?_page=nonsense", 400)
@@ -358,6 +369,12 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("POST", f"/fhir/{t}", 400, json_body={**example, "status": 7})
         send("POST", f"/fhir/{t}/_search", 200, data={"identifier": identifier_query(example).split("=", 1)[1]})
         send("POST", f"/fhir/{t}/_search", 400, data={"bogus": "1"}, headers={"Prefer": "handling=strict"})
+    provenance = request_example(app, "POST", "/fhir/Provenance")  # of the Observation example, by identifier
+    pair.learn("Provenance_example", send("POST", "/fhir/Provenance", 201, json_body=provenance),
+               lambda r: r.json()["id"])
+    send("POST", "/fhir/Provenance", 400, json_body={**provenance, "status": 7})
+    send("POST", "/fhir/Provenance", 422, json_body={**provenance, "target": [{"reference": "Observation/nobody"}]})
+    send("POST", "/fhir/Provenance/_search", 200, data={"recorded": "ge2024-01-01"})
     minimal = send("POST", "/fhir/Patient", 201, json_body=with_identifier(examples["Patient"], "MRN-9"),
                    headers={"Prefer": "return=minimal"})
     pair.learn("new_patient", minimal, lambda r: location_id(r.headers["location"]))
@@ -393,6 +410,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("PUT", f"/fhir/{t}/<{t}_example>", 200, json_body=last, headers={"If-Match": 'W/"5"'})  # the same: v5
         send("PUT", f"/fhir/{t}/<{t}_example>", 400, json_body={**by_id, "id": "another"})
         send("PUT", f"/fhir/{t}/<{t}_example>", 415, content=json.dumps(by_id), headers={"Content-Type": "text/plain"})
+    by_id = {**request_example(app, "PUT", "/fhir/Provenance/{id}"), "id": "<Provenance_example>"}
+    send("PUT", "/fhir/Provenance?_id=<Provenance_example>", 200, json_body={**by_id, "language": "en"})
+    send("PUT", "/fhir/Provenance/<Provenance_example>", 200, json_body={**by_id, "language": "ko"})
+    send("PUT", "/fhir/Provenance/<Provenance_example>", 412, json_body=by_id, headers={"If-Match": 'W/"1"'})
     send("PUT", "/fhir/Patient/client-chosen", 201, json_body={**with_identifier(examples["Patient"], "MRN-11"),
                                                                 "id": "client-chosen"})
     send("PUT", "/fhir/Patient?identifier=" + MRN + "|MRN-12", 201,
@@ -405,6 +426,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("DELETE", "/fhir/Patient/<Patient>", 409)  # enrolled
     send("DELETE", "/fhir/Patient?name=Kim", 400)  # Patient has no name parameter: a condition never ignores one
     send("DELETE", "/fhir/Patient?gender=female", 412)  # any search criteria select; several matches: 412
+    send("DELETE", "/fhir/Provenance?_id=<Provenance_example>", 204)
+    for t in NO_IDENTIFIER_TYPES:
+        send("DELETE", f"/fhir/{t}/<{t}>", 200)
+        send("GET", f"/fhir/{t}/<{t}>", 410)
     for t in reversed(TYPES):
         if t == "ResearchStudy":
             continue

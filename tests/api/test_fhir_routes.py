@@ -9,7 +9,20 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codesystem import CodeSystem
 
 from service.core.registry import TYPES
-from tests.factories import MRN, adverse_event, created, enrol, observation, patient, study, subject
+from tests.factories import (
+    MRN,
+    adverse_event,
+    created,
+    encounter,
+    enrol,
+    medication_administration,
+    observation,
+    patient,
+    procedure,
+    provenance,
+    study,
+    subject,
+)
 
 
 def payloads(client) -> dict[str, dict]:
@@ -22,6 +35,10 @@ def payloads(client) -> dict[str, dict]:
         "ResearchSubject": subject(ids["study"], other),
         "Observation": observation(ids["patient"], "IGA", 3, "2024-01-09"),
         "AdverseEvent": adverse_event(ids["patient"], ids["study"]),
+        "Encounter": encounter(ids["patient"]),
+        "MedicationAdministration": medication_administration(ids["patient"]),
+        "Procedure": procedure(ids["patient"]),
+        "Provenance": provenance(f"Patient/{ids['patient']}"),
     }
 
 
@@ -55,6 +72,10 @@ def test_create_read_vread_update_delete_history_of_every_type(client, resource_
         changed["status"] = "follow-up"
     elif resource_type == "Observation":
         changed["status"] = "amended"
+    elif resource_type in ("Encounter", "MedicationAdministration", "Procedure"):
+        changed["status"] = "entered-in-error"
+    elif resource_type == "Provenance":
+        changed["recorded"] = "2024-03-01T00:00:00Z"
     else:
         changed["severity"]["coding"][0]["code"] = "moderate"
     update = client.put(f"/fhir/{resource_type}/{rid}", json=changed)
@@ -260,7 +281,7 @@ def test_capability_statement_lists_what_the_server_supports(client):
     assert patient_entry["conditionalCreate"] and patient_entry["conditionalUpdate"]
     assert "identifier" in {p["name"] for p in patient_entry["searchParam"]}
     # every interaction it claims answers: a type it does not list is a 404
-    assert client.get("/fhir/Encounter").status_code == 404
+    assert client.get("/fhir/Immunization").status_code == 404
 
 
 def test_the_trial_code_system_is_readable(client):

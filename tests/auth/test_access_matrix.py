@@ -23,7 +23,17 @@ from sqlalchemy import text
 from service.core.registry import TYPES
 from service.export.worker import ExportWorker
 from tests.auth.tokens import get_token, register_client
-from tests.factories import adverse_event, observation, patient, study, subject
+from tests.factories import (
+    adverse_event,
+    encounter,
+    medication_administration,
+    observation,
+    patient,
+    procedure,
+    provenance,
+    study,
+    subject,
+)
 
 LETTERS = "cruds"
 SCOPED = (*TYPES, "Group")
@@ -68,6 +78,8 @@ class Scene:
             ae = self.make("AdverseEvent", adverse_event(pid, sid))
             self.ids[name] = {"ResearchStudy": sid, "Patient": pid, "ResearchSubject": subj, "Observation": obs,
                               "AdverseEvent": ae, "Group": sid}
+            for rtype in ("Encounter", "MedicationAdministration", "Procedure", "Provenance"):
+                self.ids[name][rtype] = self.make(rtype, self.body_of(rtype, name))
         with self.engine.connect() as conn:  # an event of the trail these requests wrote (it belongs to no study)
             event = conn.execute(text("SELECT id FROM resource WHERE resource_type = 'AuditEvent' LIMIT 1")).scalar()
         for name in ("A", "B"):
@@ -104,7 +116,10 @@ class Scene:
         if rtype == "ResearchSubject":  # a new enrolment: of a patient enrolled nowhere yet
             return subject(sid, self.make("Patient", patient()))
         return {"Patient": patient(), "ResearchStudy": study(),
-                "Observation": observation(pid), "AdverseEvent": adverse_event(pid, sid)}[rtype]
+                "Observation": observation(pid), "AdverseEvent": adverse_event(pid, sid),
+                "Encounter": encounter(pid), "MedicationAdministration": medication_administration(pid),
+                "Procedure": procedure(pid), "Provenance": provenance(f"Observation/{self.ids[key]['Observation']}")
+                }[rtype]
 
     def fresh(self, rtype: str, key: str) -> str:
         """A resource to delete: a new one in study A (a Patient enrolled nowhere, a study of its own), or B's."""

@@ -419,8 +419,15 @@ def test_visits_are_reassigned_when_day0_changes(client, engine, ids):
     move_day0(client, ids["subject"], "2023-11-15")  # first is now day 56, second day 84
     assert (measurement(engine, first)["study_day"], measurement(engine, first)["visit"]) == (56, "unscheduled")
     assert (measurement(engine, second)["study_day"], measurement(engine, second)["visit"]) == (84, "week-12")
-    # the Observations themselves are untouched
-    assert client.get(f"/fhir/Observation/{first}").json()["meta"]["versionId"] == "1"
+    # each Observation gets a new version whose meta.tag shows its new visit and study day (issue 11 §9); what the
+    # EHR sent is untouched
+    now = client.get(f"/fhir/Observation/{first}").json()
+    assert now["meta"]["versionId"] == "2"
+    assert [(t["system"].rsplit("/", 1)[1], t["code"]) for t in now["meta"]["tag"]] == [("visit", "unscheduled"),
+                                                                                         ("study-day", "56")]
+    before = client.get(f"/fhir/Observation/{first}/_history/1").json()
+    assert [t["code"] for t in before["meta"]["tag"]] == ["baseline", "0"]
+    assert {k: v for k, v in now.items() if k != "meta"} == {k: v for k, v in before.items() if k != "meta"}
 
 
 def test_results_before_day0_is_set_are_unscheduled_then_reassigned(client, engine):
