@@ -247,7 +247,9 @@ def test_type_filter(client, two_studies):
     ({"_typeFilter": "Observation?_sort=date"}, ASYNC, "_typeFilter"),
     ({"_typeFilter": "Patient?_include=Patient:general-practitioner"}, ASYNC, "_typeFilter"),
     ({"_type": "Patient", "_typeFilter": "Observation?code=EASI"}, ASYNC, "_typeFilter"),
-    ({"_elements": "id"}, ASYNC, "_elements"),
+    ({"_elements": "Observation.code.coding"}, ASYNC, "_elements"),  # top-level elements only
+    ({"_elements": "colour"}, ASYNC, "_elements"),
+    ({"patient": "Patient/x"}, ASYNC, "patient"),  # no patients in a system export; not a member of the Group
     ({"colour": "red"}, ASYNC, "colour"),
 ])
 def test_kick_off_errors_are_400_outcomes(client, params, headers, where):
