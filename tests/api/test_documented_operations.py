@@ -321,7 +321,8 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("POST", f"/fhir/Group/{STUDY}/$export", 202, headers={"Prefer": "respond-async"}, json_body={
         "resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {
             "reference": "Patient/<Patient>"}}]})
-    send("POST", "/fhir/Patient/$export", 202, json_body=kick_off, headers={"Prefer": "respond-async, handling=lenient"})
+    send("POST", "/fhir/Patient/$export", 202, json_body=kick_off,
+         headers={"Prefer": "respond-async, handling=lenient"})
     send("GET", "/fhir/$export-status/<job>", 202)  # queued: no worker runs
     send("GET", "/export-files/<job>/Patient.ndjson", 404)  # not complete yet
     for side in pair.sides:  # the worker's turn, by hand: every queued job of this app

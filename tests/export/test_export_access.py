@@ -14,7 +14,6 @@ from service.deid.deidentify import V3_OBSERVATION_VALUE
 from service.deid.service import deidentifier_from
 from service.errors import Forbidden, NotFound
 from service.export import service
-from tests.export.test_export import two_studies  # noqa: F401  (the fixture)
 
 BASE = "http://testserver/fhir"
 FILES = service.files_base(BASE)
@@ -72,7 +71,7 @@ def ids(found: dict, rtype: str) -> set[str]:
     return {r["id"] for r in found.get(rtype, [])}
 
 
-def test_another_clients_job_is_404_for_status_files_and_cancel(client, engine, settings, two_studies):  # noqa: F811
+def test_another_clients_job_is_404_for_status_files_and_cancel(client, engine, settings, two_studies):
     alice, bob = caller("alice"), caller("bob")
     job_id = kick_off(engine, alice, _type="Patient")
     manifest = finished(engine, job_id, alice)
@@ -94,7 +93,7 @@ def test_another_clients_job_is_404_for_status_files_and_cancel(client, engine, 
         service.job_status(session, job_id, FILES, alice)
 
 
-def test_a_job_started_without_access_control_needs_no_token(client, engine, two_studies):  # noqa: F811
+def test_a_job_started_without_access_control_needs_no_token(client, engine, two_studies):
     manifest = finished(engine, kick_off(engine, SYSTEM, _type="ResearchStudy"), SYSTEM)
     assert manifest["requiresAccessToken"] is False
     # and over HTTP, as before (the Core passes no caller yet: the system caller)
@@ -102,7 +101,7 @@ def test_a_job_started_without_access_control_needs_no_token(client, engine, two
     assert response.status_code == 202
 
 
-def test_types_the_client_may_not_read_are_refused_or_left_out(client, engine, settings, two_studies):  # noqa: F811
+def test_types_the_client_may_not_read_are_refused_or_left_out(client, engine, settings, two_studies):
     labs = caller("labs", "system/Observation.rs system/ResearchStudy.r")
     with write_session(engine) as session, pytest.raises(Forbidden, match=r"system/Patient\.r"):
         service.kick_off(session, [("_type", "Observation,Patient")], "respond-async", BASE, caller=labs)
@@ -114,7 +113,7 @@ def test_types_the_client_may_not_read_are_refused_or_left_out(client, engine, s
         service.kick_off(session, [], "respond-async", BASE, caller=nobody)
 
 
-def test_a_study_limited_client_exports_only_its_studys_data(client, engine, settings, two_studies):  # noqa: F811
+def test_a_study_limited_client_exports_only_its_studys_data(client, engine, settings, two_studies):
     s = two_studies
     only_a = caller("site-a", studies=frozenset({s["A"]}))
     job_id = kick_off(engine, only_a)
@@ -139,7 +138,7 @@ def test_a_study_limited_client_exports_only_its_studys_data(client, engine, set
     assert ids(found, "Observation") == s["a_obs"]
 
 
-def test_a_deidentified_client_exports_deidentified_resources(client, engine, settings, two_studies):  # noqa: F811
+def test_a_deidentified_client_exports_deidentified_resources(client, engine, settings, two_studies):
     s = two_studies
     deid = deidentifier_from(settings, engine)
     researcher = caller("researcher", deidentified=True)
@@ -163,7 +162,7 @@ def test_a_deidentified_client_exports_deidentified_resources(client, engine, se
     assert len(subjects) == 2 and all(r["period"]["start"] == _shifted("2024-01-10", shift) for r in subjects)
 
 
-def test_a_deidentified_type_filter_names_patients_by_pseudonym(client, engine, settings, two_studies):  # noqa: F811
+def test_a_deidentified_type_filter_names_patients_by_pseudonym(client, engine, settings, two_studies):
     s = two_studies
     deid = deidentifier_from(settings, engine)
     researcher = caller("researcher", deidentified=True)

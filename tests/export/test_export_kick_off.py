@@ -10,7 +10,7 @@ from fhir_mappings.search import SUBSETTED
 from service.core.registry import REGISTRY
 from service.export import repository, service
 from service.export.repository import Selection
-from tests.export.test_export import ASYNC, download, export, ids, kick_off, two_studies, wait_for  # noqa: F401
+from tests.export.test_export import ASYNC, download, export, ids, kick_off, wait_for
 from tests.factories import created, enrol, observation
 
 LENIENT = {"Prefer": "respond-async, handling=lenient"}
