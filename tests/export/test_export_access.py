@@ -6,13 +6,14 @@ import time
 
 import orjson
 import pytest
+from sqlalchemy import text
 
 from service.auth.scopes import parse_scopes
 from service.core.context import SYSTEM, Caller
 from service.db import read_session, write_session
 from service.deid.deidentify import V3_OBSERVATION_VALUE
 from service.deid.service import deidentifier_from
-from service.errors import Forbidden, NotFound
+from service.errors import BadRequest, Forbidden, NotFound
 from service.export import service
 
 BASE = "http://testserver/fhir"
@@ -180,3 +181,79 @@ def _shifted(day: str, shift: int) -> str:
     from service.deid.deidentify import shift_date
 
     return shift_date(day, shift)
+
+
+def test_a_study_limited_client_exports_the_patients_of_its_studies_and_their_data_there(
+        client, engine, settings, two_studies):
+    s = two_studies
+    only_a = caller("site-a", studies=frozenset({s["A"]}))
+    with write_session(engine) as session:
+        job_id = service.kick_off(session, [], "respond-async", f"{BASE}/Patient/$export", caller=only_a,
+                                  level="patient")
+    WORKERS[0].wake()
+    found = contents(engine, settings, job_id, finished(engine, job_id, only_a), only_a)
+    assert ids(found, "Patient") == {s["shared"], s["a_only"]}
+    assert ids(found, "ResearchSubject") == s["a_subjects"]
+    assert ids(found, "Observation") == s["a_obs"]  # not study B's, though the shared patient has some
+    assert ids(found, "AdverseEvent") == s["a_ae"] and "ResearchStudy" not in found
+    # a patient of another study is one it can't see: refused, as an unknown one is
+    for level, group in (("patient", None), ("group", s["A"])):
+        with write_session(engine) as session, pytest.raises(BadRequest, match="not") as err:
+            service.kick_off(session, [("patient", f"Patient/{s['b_only']}")], "respond-async", BASE,
+                             caller=only_a, level=level, group_id=group)
+        assert err.value.issues[0].expression == ("patient",)
+
+
+def test_a_deidentified_client_names_patients_by_pseudonym(client, engine, settings, two_studies):
+    s = two_studies
+    deid = deidentifier_from(settings, engine)
+    researcher = caller("researcher", deidentified=True)
+    pseudonym = deid.pseudonym(s["b_only"])
+    with write_session(engine) as session:
+        job_id = service.kick_off(session, [("patient", f"Patient/{pseudonym}")], "respond-async", BASE,
+                                  caller=researcher, deid=deid, level="patient")
+    WORKERS[0].wake()
+    found = contents(engine, settings, job_id, finished(engine, job_id, researcher), researcher)
+    assert ids(found, "Patient") == {pseudonym}
+    assert {o["subject"]["reference"] for o in found["Observation"]} == {f"Patient/{pseudonym}"}
+    with write_session(engine) as session, pytest.raises(BadRequest) as err:  # a real id names nobody
+        service.kick_off(session, [("patient", f"Patient/{s['b_only']}")], "respond-async", BASE,
+                         caller=researcher, deid=deid, level="patient")
+    assert f"Patient/{s['b_only']}" in str(err.value)  # named as it was asked: nothing more
+
+
+def test_an_entry_that_fails_deidentification_is_left_out_and_named_by_pseudonym(client, engine, settings,
+                                                                                 two_studies, tmp_path):
+    s = two_studies
+    deid = deidentifier_from(settings, engine)
+
+    class Flaky:
+        """The app's de-identifier, failing on the resources about one patient."""
+
+        def content(self, text):
+            if s["a_only"] in text:
+                raise ValueError("no shift for this date")
+            return deid.content(text)
+
+        def pseudonym(self, rid):
+            return deid.pseudonym(rid)
+
+    spec = service.ExportSpec(group_id=s["A"], types=("Patient", "Observation"), level="group")
+    _, outputs = service.write_export(engine, spec, tmp_path / "out", deid=Flaky())  # type: ignore[arg-type]
+    counts = {o["type"]: o["count"] for o in outputs}
+    assert counts == {"Patient": 1, "Observation": 2, "OperationOutcome": 2}
+    written = (tmp_path / "out" / "Patient.ndjson").read_text() + (tmp_path / "out" / "Observation.ndjson").read_text()
+    assert s["a_only"] not in written  # never the identified resource instead
+    errors = [orjson.loads(line) for line in (tmp_path / "out" / "OperationOutcome.ndjson").read_text().splitlines()]
+    assert {e["issue"][0]["diagnostics"].split(" ")[0] for e in errors} == {
+        f"Patient/{deid.pseudonym(s['a_only'])}", *(f"Observation/{o}" for o in s["a_obs"]
+                                                    if s["a_only"] in _content(engine, o))}
+    assert all("could not be de-identified (ValueError)" in e["issue"][0]["diagnostics"] for e in errors)
+    assert s["a_only"] not in orjson.dumps(errors).decode()
+    assert next(o for o in outputs if o["type"] == "OperationOutcome")["error"] is True
+
+
+def _content(engine, observation_id: str) -> str:
+    with read_session(engine) as session:
+        return session.execute(text("SELECT content FROM resource WHERE resource_type = 'Observation' AND id = :id"),
+                               {"id": observation_id}).scalar_one()
