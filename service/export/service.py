@@ -568,17 +568,30 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
 ERROR_FILE = "OperationOutcome.ndjson"
 
 
-def _framed(chunk: Sequence[tuple[str, str | None]]) -> bytes | None:
-    """The rows' stored texts as NDJSON lines, when each is one `{…}` without a line break (what the write path
-    stores); None when one is not (a missing text, a line break inside): those rows are written one by one."""
+def _framed(chunk: Sequence[str | None]) -> bytes | None:
+    """The stored texts as NDJSON lines, when each is one `{…}` without a line break (what the write path stores);
+    None when one is not (a missing text, a line break inside): those rows are written one by one. The check is one
+    pass of `in` and two index reads per text (~0.1 µs each): `str.count` over the joined chunk cost 6× more,
+    ~20% of a system export (measured)."""
     try:
-        text = "\n".join([row[1] for row in chunk])  # type: ignore[misc]  # a None is a TypeError: one by one
-    except TypeError:
+        if any("\n" in text or text[:1] != "{" or text[-1:] != "}" for text in chunk):  # type: ignore[operator,index]
+            return None
+    except TypeError:  # a None: one by one
         return None
-    n = len(chunk)
-    if text.count("\n") != n - 1 or text.count("}\n{") != n - 1 or text[:1] != "{" or text[-1:] != "}":
+    return ("\n".join(chunk) + "\n").encode()  # type: ignore[arg-type]
+
+
+#: the id of a stored text: the write path stores `{"resourceType":"…","id":"…",…}`; else any `"id":"…"` in it
+_STORED_ID = re.compile(r'^\{"resourceType":"[A-Za-z]+","id":"([A-Za-z0-9\-.]{1,64})"')
+_ANY_ID = re.compile(r'"id"\s*:\s*"([A-Za-z0-9\-.]{1,64})"')
+
+
+def _id_in(text: str | None) -> str | None:
+    """The resource id a stored text names (read only when its entry fails: the export streams texts, not ids)."""
+    if text is None:
         return None
-    return (text + "\n").encode()
+    found = _STORED_ID.match(text) or _ANY_ID.search(text)
+    return found.group(1) if found else None
 
 
 def _transform(rtype: str, deid: Deidentifier | None, elements: tuple[str, ...] | None
@@ -606,21 +619,22 @@ class _EntryFailed(Exception):
     """One entry of an export that can't be written (why, in the service's words)."""
 
 
-def _one_by_one(rtype: str, chunk: Sequence[tuple[str, str | None]], transform: Callable[[str], bytes] | None,
+def _one_by_one(rtype: str, chunk: Sequence[str | None], transform: Callable[[str], bytes] | None,
                 errors: list[dict[str, Any]], name_of: Callable[[str], str] | None) -> tuple[bytes, int]:
-    """The rows as NDJSON lines, each on its own: a row that fails is left out and named in `errors` (by the name
-    the client knows it by: a de-identified Patient by its pseudonym). (bytes, rows written)."""
+    """The stored texts as NDJSON lines, each on its own: one that fails is left out and named in `errors` (by the
+    name the client knows it by: a de-identified Patient by its pseudonym). (bytes, rows written)."""
     lines = []
-    for rid, text in chunk:
+    for text in chunk:
         try:
             if text is None:
                 raise _EntryFailed("it has no stored content")
             lines.append(transform(text) if transform is not None else _one_line(text, rtype))
         except Exception as exc:  # noqa: BLE001 — one entry's failure is reported in the error file, not the job's
             reason = str(exc) if isinstance(exc, _EntryFailed) else f"it could not be serialised ({type(exc).__name__})"
-            shown = name_of(rid) if name_of is not None else rid
-            log.warning("export: %s/%s left out: %s", rtype, shown, reason)
-            errors.append(outcome([issue("exception", f"{rtype}/{shown} was not exported: {reason}", rtype)]))
+            rid = _id_in(text)
+            shown = f"{rtype}/{name_of(rid) if name_of is not None else rid}" if rid else f"{rtype} (its id unreadable)"
+            log.warning("export: %s left out: %s", shown, reason)
+            errors.append(outcome([issue("exception", f"{shown} was not exported: {reason}", rtype)]))
     return b"".join(line + b"\n" for line in lines), len(lines)
 
 

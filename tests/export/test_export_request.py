@@ -137,24 +137,26 @@ def test_parameters_body_errors_name_every_element():
 # -- rows to NDJSON lines ---------------------------------------------------------------------------------
 
 def test_stored_texts_are_written_as_they_are_when_each_is_one_line():
-    rows = [("a", '{"resourceType":"Patient","id":"a"}'), ("b", '{"resourceType":"Patient","id":"b"}')]
-    assert service._framed(rows) == b'{"resourceType":"Patient","id":"a"}\n{"resourceType":"Patient","id":"b"}\n'
-    for bad in ([("a", None)], [("a", '{"x":\n1}')], [("a", "[1]")], [("a", '{"a":1} ')]):
+    texts = ['{"resourceType":"Patient","id":"a"}', '{"resourceType":"Patient","id":"b"}']
+    assert service._framed(texts) == b'{"resourceType":"Patient","id":"a"}\n{"resourceType":"Patient","id":"b"}\n'
+    for bad in ([None], ['{"x":\n1}'], ["[1]"], ['{"a":1} '], [texts[0], None]):
         assert service._framed(bad) is None
 
 
-def test_rows_one_by_one_report_each_failure_and_keep_the_rest():
+def test_rows_one_by_one_report_each_failure_by_the_id_it_names_and_keep_the_rest():
     errors: list[dict] = []
-    rows = [("a", '{"resourceType": "Observation",\n "id": "a"}'), ("b", '{"resourceType": "Observ'), ("c", None),
-            ("d", '{"resourceType": "Patient", "id": "d"}'), ("e", '{"resourceType":"Observation","id":"e"}')]
-    data, written = service._one_by_one("Observation", rows, None, errors, None)
+    texts = ['{"resourceType": "Observation",\n "id": "a"}', '{"resourceType":"Observation","id":"b","status":',
+             None, '{"resourceType":"Patient","id":"d"}', '{"resourceType":"Observation","id":"e"}', '{"id": "f", [']
+    data, written = service._one_by_one("Observation", texts, None, errors, None)
     assert written == 2
     assert data == b'{"resourceType":"Observation","id":"a"}\n{"resourceType":"Observation","id":"e"}\n'
     assert [e["issue"][0]["diagnostics"] for e in errors] == [
         "Observation/b was not exported: its stored JSON is not valid",
-        "Observation/c was not exported: it has no stored content",
-        "Observation/d was not exported: its stored JSON is not a Observation"]
+        "Observation (its id unreadable) was not exported: it has no stored content",
+        "Observation/d was not exported: its stored JSON is not a Observation",
+        "Observation/f was not exported: its stored JSON is not valid"]
     assert all(e["resourceType"] == "OperationOutcome" and e["issue"][0]["severity"] == "error" for e in errors)
+    assert all(e["issue"][0]["expression"] == ["Observation"] for e in errors)
 
 
 def test_transform_subsets_after_deidentifying_and_a_failure_is_named_by_pseudonym():
@@ -171,8 +173,8 @@ def test_transform_subsets_after_deidentifying_and_a_failure_is_named_by_pseudon
     assert set(out) == {"resourceType", "id", "meta", "status", "code"} and out["meta"]["tag"] == [SUBSETTED]
     errors: list[dict] = []
     failing = service._transform("Patient", Failing(), None)  # type: ignore[arg-type]
-    data, written = service._one_by_one("Patient", [("real-id", '{"resourceType":"Patient","id":"real-id"}')],
-                                        failing, errors, Failing().pseudonym)
+    data, written = service._one_by_one("Patient", ['{"resourceType":"Patient","id":"real-id"}'], failing, errors,
+                                        Failing().pseudonym)
     assert (data, written) == (b"", 0)
     assert errors[0]["issue"][0]["diagnostics"] == ("Patient/pseudo-real-id was not exported: it could not be "
                                                     "de-identified (ValueError)")
