@@ -266,3 +266,21 @@ def test_a_new_observation_lands_in_the_next_patient_export(client):
     status = kick_off(client, "/fhir/Patient/$export")
     manifest = wait_for(client, status).json()
     assert new in ids(download(client, manifest), "Observation")
+
+
+def test_kick_offs_are_audited_with_their_outcome(client, two_studies):
+    accepted = client.post("/fhir/Patient/$export", json=parameters(("_type", "valueString", "Patient")),
+                           headers=ASYNC)
+    job = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+    refused = client.post("/fhir/Patient/$export", json=parameters(("_type", "valueString", "ResearchStudy")),
+                          headers=ASYNC)
+    assert refused.status_code == 400
+    bundle = client.get("/fhir/AuditEvent", params={
+        "subtype": "operation", "_count": 100}).json()
+    export = {"system": "https://trial-fhir.org/CodeSystem/operation", "code": "$export"}
+    events = [e["resource"] for e in bundle["entry"] if export in e["resource"]["subtype"]]
+    assert len(events) == 2
+    done = [e for e in events if {"reference": f"ExportJob/{job}"} in [x["what"] for x in e["entity"]]]
+    assert len(done) == 1 and done[0]["outcome"] == "0"
+    [failed] = [e for e in events if e is not done[0]]
+    assert failed["outcome"] == "4" and failed["outcomeDesc"] == "400 Bad Request"
