@@ -379,3 +379,30 @@ def test_cli_exports_a_group_to_a_folder(client, settings, tmp_path, monkeypatch
         assert bad.exit_code == 2
     finally:
         get_settings.cache_clear()
+
+
+def test_cli_exports_the_patients_with_elements(client, settings, tmp_path, monkeypatch, two_studies):
+    from typer.testing import CliRunner
+
+    from fhir_mappings.search import SUBSETTED
+    from service.cli import app as cli
+    from service.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "out"), "--patients",
+                                          "--elements", "Observation.code,gender"])
+        assert result.exit_code == 0, result.output
+        assert not (tmp_path / "out" / "ResearchStudy.ndjson").exists()  # in no patient's compartment
+        observations = [orjson.loads(line) for line in (tmp_path / "out" / "Observation.ndjson").read_text()
+                        .splitlines()]
+        assert len(observations) == 5
+        assert all(set(o) == {"resourceType", "id", "meta", "code", "status"} and SUBSETTED in o["meta"]["tag"]
+                   for o in observations)
+        patients = [orjson.loads(line) for line in (tmp_path / "out" / "Patient.ndjson").read_text().splitlines()]
+        assert all(set(p) == {"resourceType", "id", "meta", "gender"} for p in patients) and len(patients) == 3
+        bad = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "bad"), "--patients", "-t", "ResearchStudy"])
+        assert bad.exit_code == 2 and "Patient compartment" in bad.output
+    finally:
+        get_settings.cache_clear()
