@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -44,6 +44,7 @@ from service.export.repository import Selection
 from service.group import repository as groups
 
 log = logging.getLogger("trial_fhir.export")
+T = TypeVar("T")
 
 OUTPUT_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 NDJSON = "application/fhir+ndjson"
@@ -159,18 +160,41 @@ def parse_since(value: str) -> datetime:
 
 
 class _Leniency:
-    """What the request asks that this server can't honour: a 400 (or 403) naming it by default (Bulk Data:
-    `Prefer: handling=strict`, the default), left out with a warning for the error file under
-    `Prefer: handling=lenient`. A malformed value is a 400 either way (never passes through here)."""
+    """What is wrong with a kick-off, gathered so that one answer names every offending parameter. What the server
+    can't honour (`problem`: an unsupported type or parameter, a type the client may not read, an unknown element) is
+    refused by default (Bulk Data: `Prefer: handling=strict`) and left out with a warning for the error file under
+    `Prefer: handling=lenient`; a malformed value (`malformed`) is refused either way. `raise_if_any` answers 400
+    naming them all (403 when all that is wrong is scopes)."""
 
     def __init__(self, lenient: bool) -> None:
         self.lenient = lenient
         self.warnings: list[tuple[str, str]] = []
+        self.errors: list[tuple[Issue, bool]] = []  # (issue, is it a missing scope)
 
     def problem(self, diagnostics: str, expression: str, error: type[FhirError] = BadRequest) -> None:
-        if not self.lenient:
-            raise error(diagnostics, expression=expression)
-        self.warnings.append((f"{diagnostics} (left out: Prefer handling=lenient)", expression))
+        if self.lenient:
+            self.warnings.append((f"{diagnostics} (left out: Prefer handling=lenient)", expression))
+        else:
+            self.errors.append((issue(error.issue_code if error is Forbidden else "not-supported", diagnostics,
+                                      expression), error is Forbidden))
+
+    def malformed(self, diagnostics: str, expression: str) -> None:
+        self.errors.append((issue("invalid", diagnostics, expression), False))
+
+    def check(self, work: Callable[[], T]) -> T | None:
+        """`work`, its BadRequest gathered as a malformed value (None then)."""
+        try:
+            return work()
+        except BadRequest as err:
+            self.errors += [(i, False) for i in err.issues]
+            return None
+
+    def raise_if_any(self) -> None:
+        if not self.errors:
+            return
+        issues = [i for i, _ in self.errors]
+        error = Forbidden if all(scope for _, scope in self.errors) else BadRequest
+        raise error("; ".join(i.diagnostics for i in issues), issues=issues)
 
 
 def patient_id_of(reference: str) -> str | None:
@@ -190,8 +214,7 @@ def parse_elements(values: list[str], types: tuple[str, ...], checks: _Leniency)
     prefixed: dict[str, list[str]] = {}
     names = [n.strip() for v in values for n in v.split(",") if n.strip()]
     if not names:
-        raise BadRequest("_elements is empty: name the elements to keep, e.g. Observation.code,status",
-                         expression="_elements")
+        checks.malformed("_elements is empty: name the elements to keep, e.g. Observation.code,status", "_elements")
     for name in names:
         rtype, dot, element = name.rpartition(".") if "." in name else ("", "", name)
         if "." in rtype:
@@ -238,21 +261,21 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
         if name == "_type":
             wanted = [t.strip() for t in value.split(",") if t.strip()]
             types = types or []
-            for t in wanted:
-                if t not in EXPORT_TYPES:
-                    checks.problem(f"_type: {t} can't be exported; this server exports {', '.join(EXPORT_TYPES)}",
-                                   "_type")
-                elif t not in exportable:
-                    checks.problem(f"_type: {t} is not in the Patient compartment; a Patient-level export writes "
-                                   f"{', '.join(exportable)}", "_type")
-                elif t not in types:
-                    types.append(t)
+            unknown = [t for t in wanted if t not in EXPORT_TYPES]
+            outside = [t for t in wanted if t in EXPORT_TYPES and t not in exportable]
+            if unknown:
+                checks.problem(f"_type: {', '.join(unknown)} can't be exported; this server exports "
+                               f"{', '.join(EXPORT_TYPES)}", "_type")
+            if outside:
+                checks.problem(f"_type: {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} not in the "
+                               f"Patient compartment; a Patient-level export writes {', '.join(exportable)}", "_type")
+            types += [t for t in wanted if t in exportable and t not in types]
         elif name == "_since":
-            since = parse_since(value)
+            since = checks.check(partial(parse_since, value))
         elif name == "_outputFormat":
             if value not in OUTPUT_FORMATS:
-                raise BadRequest(f"_outputFormat '{value}' is not supported: use {', '.join(OUTPUT_FORMATS)}",
-                                 expression="_outputFormat")
+                checks.malformed(f"_outputFormat '{value}' is not supported: use {', '.join(OUTPUT_FORMATS)}",
+                                 "_outputFormat")
             output_format = value
         elif name == "_typeFilter":
             raw_filters += [f for f in _FILTER_SPLIT.split(value) if f]
@@ -266,35 +289,40 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str | None, grou
             for ref in (r for r in value.split(",") if r.strip()):
                 rid = patient_id_of(ref)
                 if rid is None:
-                    raise BadRequest(f"patient '{ref}' is not a Patient reference such as Patient/123",
-                                     expression="patient")
-                patients = [*(patients or []), rid]
+                    checks.malformed(f"patient '{ref.strip()}' is not a Patient reference such as Patient/123",
+                                     "patient")
+                else:
+                    patients = [*(patients or []), rid]
         elif name in ("_format",):
             continue
         elif name in UNSUPPORTED:
             checks.problem(UNSUPPORTED[name], name)
         else:
             checks.problem(f"Unknown $export parameter '{name}'; supported: {', '.join(PARAMETERS)}", name)
-    if types is not None and not types:
-        raise BadRequest("_type names no type this export can write", expression="_type")
-    for t in [t for t in (types or ()) if not caller.may(t, "r")]:
-        checks.problem(f"_type names {t}, which this client may not read: it lacks system/{t}.r", "_type", Forbidden)
+    denied = [t for t in (types or ()) if not caller.may(t, "r")]
+    if denied:
+        checks.problem(f"_type names {', '.join(denied)}, which this client may not read: it lacks "
+                       f"{', '.join(f'system/{t}.r' for t in denied)}", "_type", Forbidden)
     chosen = tuple(t for t in exportable if (types is None or t in types) and caller.may(t, "r"))
-    if not chosen:
-        raise Forbidden("This client may read no resource type (no system/<type>.r scope): nothing to export",
-                        expression="_type")
     filters: dict[str, list[list[tuple[str, str]]]] = {}
     for text in raw_filters:
         rtype, sep, query = text.partition("?")
         if not sep or rtype not in EXPORT_TYPES:
-            raise BadRequest(f"_typeFilter '{text}' must look like Observation?code=…, for one of "
-                             f"{', '.join(EXPORT_TYPES)}", expression="_typeFilter")
-        if rtype not in chosen:
-            raise BadRequest(f"_typeFilter names {rtype}, which _type does not include", expression="_typeFilter")
-        pairs = parse_qsl(query, keep_blank_values=True)
-        filter_criteria(rtype, pairs, text)  # fail now (400), not in the worker
-        filters.setdefault(rtype, []).append(pairs)
+            checks.malformed(f"_typeFilter '{text}' must look like Observation?code=…, for one of "
+                             f"{', '.join(EXPORT_TYPES)}", "_typeFilter")
+        elif rtype not in chosen:
+            checks.malformed(f"_typeFilter names {rtype}, which _type does not include", "_typeFilter")
+        else:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            if checks.check(partial(filter_criteria, rtype, pairs, text)) is not None:  # 400 now
+                filters.setdefault(rtype, []).append(pairs)
     kept = parse_elements(elements, chosen, checks) if elements else {}
+    checks.raise_if_any()
+    if types is not None and not types:
+        raise BadRequest("_type names no type this export can write", expression="_type")
+    if not chosen:
+        raise Forbidden("This client may read no resource type (no system/<type>.r scope): nothing to export",
+                        expression="_type")
     return ExportSpec(group_id=group_id, types=chosen, since=since, type_filters=filters, output_format=output_format,
                       level=level, patients=None if patients is None else tuple(dict.fromkeys(patients)),
                       elements=kept, warnings=tuple(checks.warnings))

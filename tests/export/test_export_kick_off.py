@@ -82,8 +82,8 @@ def test_patient_export_refuses_a_type_outside_the_compartment_unless_lenient(cl
     warnings = error_lines(client, manifest)
     assert [w["issue"][0]["severity"] for w in warnings] == ["warning", "warning"]
     assert [w["issue"][0]["expression"] for w in warnings] == [["_type"], ["_type"]]
-    assert "ResearchStudy" in warnings[0]["issue"][0]["diagnostics"]
-    assert "Condition" in warnings[1]["issue"][0]["diagnostics"]
+    said = " ".join(w["issue"][0]["diagnostics"] for w in warnings)
+    assert "ResearchStudy is not in the Patient compartment" in said and "Condition can't be exported" in said
 
 
 def export_lenient(client, url: str, **params) -> tuple[dict, dict]:
@@ -103,6 +103,19 @@ def test_lenient_kick_off_leaves_out_unknown_parameters_with_a_warning(client, t
     # a malformed value is a 400 all the same
     response = client.get("/fhir/$export", params={"_since": "yesterday"}, headers=LENIENT)
     assert response.status_code == 400 and response.json()["issue"][0]["expression"] == ["_since"]
+
+
+def test_a_refused_kick_off_names_every_offending_parameter_at_once(client, two_studies):
+    response = client.get("/fhir/Patient/$export", headers=ASYNC, params=[
+        ("_type", "Condition,ResearchStudy,Observation"), ("colour", "red"), ("_since", "yesterday"),
+        ("_elements", "Observation.code.coding"), ("_typeFilter", "Observation?date=2024-13-45"),
+        ("patient", "Observation/1")])
+    assert response.status_code == 400
+    issues = response.json()["issue"]
+    assert [i["expression"] for i in issues] == [["_type"], ["_type"], ["colour"], ["_since"], ["patient"],
+                                                 ["_typeFilter"], ["_elements"]]
+    assert [i["code"] for i in issues] == ["not-supported", "not-supported", "not-supported", "invalid", "invalid",
+                                           "invalid", "not-supported"]
 
 
 # -- POST kick-off ----------------------------------------------------------------------------------------

@@ -179,3 +179,15 @@ def test_transform_subsets_after_deidentifying_and_a_failure_is_named_by_pseudon
     assert errors[0]["issue"][0]["diagnostics"] == ("Patient/pseudo-real-id was not exported: it could not be "
                                                     "de-identified (ValueError)")
     assert "real-id" not in orjson.dumps(errors).decode().replace("pseudo-real-id", "")
+
+
+def test_a_missing_scope_alone_is_403_and_beside_a_bad_parameter_a_400_naming_both():
+    labs = Caller(name="labs", scopes=parse_scopes("system/Observation.rs"))
+    with pytest.raises(Forbidden) as only_scope:
+        spec([("_type", "Observation,Patient,ResearchStudy")], caller=labs)
+    assert [i.code for i in only_scope.value.issues] == ["forbidden"]
+    assert "system/Patient.r, system/ResearchStudy.r" in only_scope.value.issues[0].diagnostics
+    with pytest.raises(BadRequest) as both:
+        spec([("_type", "Observation,Patient"), ("colour", "red")], caller=labs)
+    assert [(i.code, i.expression) for i in both.value.issues] == [("not-supported", ("colour",)),
+                                                                    ("forbidden", ("_type",))]
