@@ -8,6 +8,7 @@ import orjson
 import pytest
 from sqlalchemy import text
 
+from fhir_mappings.search import SUBSETTED
 from service.auth.scopes import parse_scopes
 from service.core.context import SYSTEM, Caller
 from service.db import read_session, write_session
@@ -257,3 +258,19 @@ def _content(engine, observation_id: str) -> str:
     with read_session(engine) as session:
         return session.execute(text("SELECT content FROM resource WHERE resource_type = 'Observation' AND id = :id"),
                                {"id": observation_id}).scalar_one()
+
+
+def test_a_deidentified_client_gets_subsetted_resources_de_identified_first(client, engine, settings,
+                                                                           two_studies):
+    s = two_studies
+    deid = deidentifier_from(settings, engine)
+    researcher = caller("researcher", deidentified=True)
+    job_id = kick_off(engine, researcher, _type="Observation,Patient", _elements="Observation.subject,gender")
+    found = contents(engine, settings, job_id, finished(engine, job_id, researcher), researcher)
+    real = {s["shared"], s["a_only"], s["b_only"]}
+    assert {o["subject"]["reference"] for o in found["Observation"]} <= {f"Patient/{deid.pseudonym(p)}" for p in real}
+    for resource in found["Observation"] + found["Patient"]:
+        assert SUBSETTED in resource["meta"]["tag"]
+        assert {x["code"] for x in resource["meta"]["security"]} >= {"PSEUDED", "REDACTED"}
+    assert all(set(o) == {"resourceType", "id", "meta", "status", "code", "subject"} for o in found["Observation"])
+    assert not any(p in orjson.dumps(found).decode() for p in real)
