@@ -11,13 +11,16 @@ run's own), on the same data in the same run:
              for each type, lines written to a file. No joins, no filters, no job bookkeeping.
 * `system` — `service.export.service.write_export` of everything (what `GET /fhir/$export` runs).
 * `group`  — the same for the big study's Group (joins on the typed tables: exactly that study's data).
+* `patient` — the Patient-level export (`GET /fhir/Patient/$export`: every type of the Patient compartment).
+* `elements` — the system export with `_elements=Observation.code,Observation.subject,Observation.valueQuantity,
+             Observation.effectiveDateTime` (each Observation parsed, subsetted, tagged SUBSETTED and written again).
 * `http`   — the full path: the app in process, `GET /fhir/Group/{id}/$export` with `Prefer:
              respond-async`, polled until the manifest; the worker thread runs the job (heartbeats and all).
 
 Each child samples its RSS every 20 ms; the result keeps RSS before the export, the peak during it, and the
 timeline, which shows whether memory stays flat. Target: export >= 100 MB/s with flat memory.
 
-Results: bench/results/export-<db>.json and bench/results/export-<db>.svg.
+Results: bench/results/export-<db>.json and bench/results/export-<db>.svg (`--results DIR` to write them elsewhere).
 
     .venv/bin/python bench/export.py                         # both databases, 200k observations
     .venv/bin/python bench/export.py --observations 100000 --databases sqlite
@@ -242,11 +245,20 @@ def bare(url: str, out: Path, batch: int) -> int:
     return written
 
 
-def exported(url: str, out: Path, batch: int, group: str | None) -> int:
+ELEMENTS = ("code", "subject", "valueQuantity", "effectiveDateTime")
+
+
+def exported(url: str, out: Path, batch: int, group: str | None, level: str | None = None,
+             elements: bool = False) -> int:
     from service.db import make_engine
-    from service.export.service import ExportSpec, write_export
+    from service.export.service import COMPARTMENT_TYPES, ExportSpec, write_export
     engine = make_engine(url)
-    _, outputs = write_export(engine, ExportSpec(group_id=group), out, batch=batch)
+    if level == "patient":
+        spec = ExportSpec(types=COMPARTMENT_TYPES, level="patient")
+    else:
+        spec = ExportSpec(group_id=group, level="group" if group else "system",
+                          elements={"Observation": ELEMENTS} if elements else {})
+    _, outputs = write_export(engine, spec, out, batch=batch)
     engine.dispose()
     return sum(o["bytes"] for o in outputs)
 
@@ -257,7 +269,7 @@ def over_http(url: str, out: Path, batch: int, group: str) -> int:
     from service.main import create_app
     from service.settings import Settings
     settings = Settings(database_url=url, export_dir=out, export_batch_rows=batch, migrate_on_startup=False,
-                        _env_file=None)
+                        auth="off", _env_file=None)  # the export path, not the token check (bench/auth.py)
     with TestClient(create_app(settings)) as client:
         status = client.get(f"/fhir/Group/{group}/$export", headers={"Prefer": "respond-async"})
         assert status.status_code == 202, status.text
@@ -284,6 +296,10 @@ def child(mode: str, url: str, out: str, batch: int, group: str) -> None:
             size = exported(url, Path(out), batch, None)
         elif mode == "group":
             size = exported(url, Path(out), batch, group)
+        elif mode == "patient":
+            size = exported(url, Path(out), batch, None, level="patient")
+        elif mode == "elements":
+            size = exported(url, Path(out), batch, None, elements=True)
         else:
             size = over_http(url, Path(out), batch, group)
         elapsed = time.perf_counter() - t0
@@ -314,7 +330,8 @@ def write_svg(path: Path, db: str, runs: list[dict]) -> None:
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="13">', f'<text x="10" y="24" font-size="16">Bulk export on {db}: MB/s (peak RSS '
              f'growth during the run)</text>']
-    colours = {"bare": "#999999", "system": "#2b7bb9", "group": "#1f9d55", "http": "#d97706"}
+    colours = {"bare": "#999999", "system": "#2b7bb9", "group": "#1f9d55", "patient": "#7c3aed",
+               "elements": "#db2777", "http": "#d97706"}
     for i, r in enumerate(runs):
         y = top + i * (bar_h + gap)
         w = r["mb_per_s"] * scale
@@ -362,7 +379,7 @@ def bench_database(db: str, args) -> dict:
                 r = run_child(mode, url, args.batch, group)
                 best = r if best is None or r["mb_per_s"] > best["mb_per_s"] else best
             runs.append(best)
-            print(f"[{db}] {mode:<6} {best['mb_per_s']:>7.1f} MB/s  {best['bytes'] / 1e6:7.1f} MB in "
+            print(f"[{db}] {mode:<8} {best['mb_per_s']:>7.1f} MB/s  {best['bytes'] / 1e6:7.1f} MB in "
                   f"{best['seconds']:.2f} s   RSS {best['rss_before_mb']} -> peak {best['rss_peak_mb']} MB "
                   f"({best['rss_growth_mb']:+} MB)", flush=True)
         bare_rate = next((r["mb_per_s"] for r in runs if r["mode"] == "bare"), None)
@@ -375,9 +392,10 @@ def bench_database(db: str, args) -> dict:
                               "platform": platform.platform(),
                               "load_average_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()]},
                   "measured_at": datetime.now(UTC).isoformat(timespec="seconds"), "runs": runs}
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"export-{db}.json").write_text(json.dumps(result, indent=2))
-        write_svg(RESULTS / f"export-{db}.svg", db, runs)
+        results = Path(args.results)
+        results.mkdir(parents=True, exist_ok=True)
+        (results / f"export-{db}.json").write_text(json.dumps(result, indent=2))
+        write_svg(results / f"export-{db}.svg", db, runs)
         return result
     finally:
         if admin is not None:
@@ -394,7 +412,8 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--events", type=int, default=2_000)
     parser.add_argument("--databases", default="sqlite,postgres")
-    parser.add_argument("--modes", default="bare,system,group,http")
+    parser.add_argument("--modes", default="bare,system,group,patient,elements,http")
+    parser.add_argument("--results", default=str(RESULTS), help="folder for the JSON and SVG results")
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=2, help="runs per mode; the best is kept")
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -390,16 +390,19 @@ class Core:
     # -- Bulk Data export --------------------------------------------------------------------------------
 
     async def export_kick_off(self, ctx: Context, params: list[tuple[str, str]], prefer: str | None,
-                              request_url: str, *, group_id: str | None = None) -> str:
-        """$export (system, or of the study's Group): the queued job's id. The job is the caller's: it exports
-        what the caller may read (`r` on each type, its studies), de-identified for a de-identified client."""
+                              request_url: str, *, group_id: str | None = None, level: str | None = None,
+                              body: dict[str, Any] | None = None) -> str:
+        """$export (system, Patient-level, or of the study's Group; `body`: a POST kick-off's Parameters, read as
+        the GET's query): the queued job's id. The job is the caller's: it exports what the caller may read (`r` on
+        each type, its studies), de-identified for a de-identified client."""
         if group_id is not None:
             group_id = await self.resolve_study_id(ctx, group_id)
 
         async def run() -> str:
+            asked = params if body is None else exports.parameters_to_params(body)
             deid = await self._deidentifier() if ctx.caller.deidentified else None
             return await self._in_write_session(lambda session: exports.kick_off(
-                session, params, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid))
+                session, asked, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid, level=level))
         return await self._audited(ctx, "operation", run(), lambda job: ((), [f"ExportJob/{job}"]),
                                    operation="export", resources_named=_named("Group", group_id))
 

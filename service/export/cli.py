@@ -20,6 +20,9 @@ def export(
     types: list[str] = typer.Option(None, "--type", "-t", help="Resource type(s) to export (repeat or comma-separate)"),
     since: str = typer.Option(None, help="Only resources changed after this instant, e.g. 2024-01-10T00:00:00Z"),
     type_filters: list[str] = typer.Option(None, "--type-filter", help="e.g. 'Observation?code=EASI&date=ge2024-02'"),
+    elements: str = typer.Option(None, help="Top-level elements to keep, e.g. 'Observation.code,status' (_elements)"),
+    patient_level: bool = typer.Option(False, "--patients", help="Patient-level export: every Patient and the "
+                                       "resources about them (not the studies)"),
     batch: int = typer.Option(None, help="Rows fetched per round trip (default: TRIAL_FHIR_EXPORT_BATCH_ROWS)"),
 ) -> None:
     """Export stored resources as NDJSON into OUT, with the $export parameters' meaning."""
@@ -36,8 +39,14 @@ def export(
     params = [("_type", t) for t in types or []] + [("_typeFilter", f) for f in type_filters or []]
     if since:
         params.append(("_since", since))
+    if elements:
+        params.append(("_elements", elements))
+    if patient_level and group is not None:
+        console.print("[red]error:[/red] --patients and --group are two different exports: choose one")
+        raise typer.Exit(2)
     try:
-        spec = service.parse_export_request(params, "respond-async", group)
+        spec = service.parse_export_request(params, "respond-async", group,
+                                            level="patient" if patient_level else None)
     except FhirError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from None

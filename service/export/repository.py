@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import and_, delete, false, func, or_, select, update
+from sqlalchemy import Column, and_, delete, false, func, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult, Result
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement, Select
@@ -38,6 +38,11 @@ class Selection:
     filters: tuple[tuple[Criterion, ...], ...] = ()
     #: the studies the client may see of this type (None: any); a resource in none of them is not exported
     studies: tuple[str, ...] | None = None
+    #: only the resources about these Patients (the `patient` kick-off parameter; None: any). For a type about
+    #: patients (its `patient_param`); other types are not narrowed
+    patients: tuple[str, ...] | None = None
+    #: Patient-level export: only resources about some Patient (the Patient compartment)
+    compartment: bool = False
 
 
 class DrivingJoin(Join):
@@ -56,15 +61,17 @@ def _driving_join_sqlite(element, sql, **kw):
 
 
 def _select(sel: Selection, columns) -> Select:
-    """The query of one type's resources. With a study or a filter, the typed table (its index on the study or
-    on the filtered column) picks the rows and the resource is fetched by primary key; with `_since` alone, the
-    (resource_type, last_updated) index does. A type that belongs to a study through another type's rows (a
-    Patient through its ResearchSubjects) is picked by that type's typed table."""
+    """The query of one type's resources. With a study or a condition on the typed table (a filter, the patients),
+    the typed table (its index on the study or on the filtered column) picks the rows and the resource is fetched
+    by primary key; with `_since` alone, the (resource_type, last_updated) index does. A type that belongs to a
+    study through another type's rows (a Patient through its ResearchSubjects) is picked by that type's typed
+    table."""
     rtype = sel.resource_type
     stored = TYPES[rtype]
     typed = stored.table
     on_resource = and_(R.c.resource_type == rtype, R.c.deleted.is_(False))
     conditions = []
+    on_typed = []  # conditions on the typed table: it must be joined
     via = None
     if sel.study_id is not None and stored.study_via is not None:
         via_type, via_param = stored.study_via
@@ -75,25 +82,44 @@ def _select(sel: Selection, columns) -> Select:
     elif sel.study_id is not None:
         conditions.append(false())  # a type that belongs to no study: none of it in a Group export
     if sel.filters:
-        conditions.append(or_(*(and_(*compiler.conditions(rtype, f)) for f in sel.filters)))
+        on_typed.append(or_(*(and_(*compiler.conditions(rtype, f)) for f in sel.filters)))
+    patient = patient_column(rtype)
+    if patient is None:
+        if sel.compartment:
+            conditions.append(false())  # a type about no patient is in no Patient compartment
+    elif patient is typed.c.id:  # the Patient itself: its id is the resource's
+        if sel.patients is not None:
+            conditions.append(R.c.id.in_(sel.patients))
+    elif sel.patients is not None:
+        on_typed.append(patient.in_(sel.patients))
+    elif sel.compartment and patient.nullable:  # a NOT NULL column (every type today): all of the type, unjoined
+        on_typed.append(patient.is_not(None))
     if sel.since is not None:
         conditions.append(R.c.last_updated > sel.since)
     if sel.studies is not None:
         conditions.append(allowed(rtype, sel.studies))
+    conditions += on_typed
     source: FromClause
-    if not sel.filters and sel.study_id is None:
+    if not on_typed and sel.study_id is None:
         source = R
         conditions.insert(0, on_resource)
     elif via is not None:
         # one research_subject row per (study, patient): the join never duplicates a patient
         link_table, link_column = via
         link = and_(on_resource, R.c.id == link_column)
-        source = link_table if not sel.filters else DrivingJoin(link_table, typed, typed.c.id == link_column)
+        source = link_table if not on_typed else DrivingJoin(link_table, typed, typed.c.id == link_column)
         source = DrivingJoin(source, R, link) if sel.since is None else R.join(source, link)
     else:
         link = and_(on_resource, R.c.id == typed.c.id)
         source = DrivingJoin(typed, R, link) if sel.since is None else R.join(typed, link)
     return select(*columns).select_from(source).where(*conditions)
+
+
+def patient_column(resource_type: str) -> Column[Any] | None:
+    """The typed column naming the Patient a resource of `resource_type` is about (its `patient_param`: the id
+    itself for a Patient); None for a type about no patient (outside the Patient compartment)."""
+    stored = TYPES[resource_type]
+    return None if stored.patient_param is None else stored.params[stored.patient_param].column
 
 
 def allowed(resource_type: str, studies: tuple[str, ...]) -> ColumnElement[bool]:
@@ -117,6 +143,8 @@ def allowed(resource_type: str, studies: tuple[str, ...]) -> ColumnElement[bool]
 
 
 def content_query(sel: Selection) -> Select:
+    """The stored texts only: selecting the id beside them made the SQLite read ~50% slower (measured), and every
+    stored text names its id at its start (service/export/service.py `_id_in` reads it when an entry fails)."""
     return _select(sel, [R.c.content])
 
 
@@ -141,6 +169,18 @@ def stream_contents(conn: Connection, sel: Selection, batch: int):
     """Lists of stored JSON texts, `batch` at a time, from a server-side cursor (bounded memory)."""
     result = conn.execution_options(stream_results=True, yield_per=batch).execute(content_query(sel))
     yield from result.scalars().partitions(batch)
+
+
+def find_patients(session: Session, ids: list[str], *, study_id: str | None = None,
+                  studies: frozenset[str] | None = None) -> set[str]:
+    """Which of `ids` are current Patients, members of `study_id`'s cohort (its ResearchSubjects) when given, and
+    in one of `studies` (those a client may see) when it is limited."""
+    conditions = [R.c.resource_type == "Patient", R.c.deleted.is_(False), R.c.id.in_(ids)]
+    if study_id is not None:
+        conditions.append(allowed("Patient", (study_id,)))
+    if studies is not None:
+        conditions.append(allowed("Patient", tuple(sorted(studies))))
+    return set(session.execute(select(R.c.id).where(*conditions)).scalars())
 
 
 # -- jobs -------------------------------------------------------------------------------------------

@@ -321,6 +321,19 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
                      headers={"Prefer": "respond-async"})
     pair.learn("group_job", group_job, lambda r: r.headers["content-location"].rsplit("/", 1)[-1])
     send("GET", "/fhir/Group/unknown-study/$export", 404, headers={"Prefer": "respond-async"})
+    patient_job = send("GET", "/fhir/Patient/$export?_type=Patient,Observation&_elements=Observation.code", 202,
+                       headers={"Prefer": "respond-async"})
+    pair.learn("patient_job", patient_job, lambda r: r.headers["content-location"].rsplit("/", 1)[-1])
+    send("GET", "/fhir/Patient/$export?_type=ResearchStudy", 400, headers={"Prefer": "respond-async"})
+    kick_off = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Patient"}]}
+    send("POST", "/fhir/$export", 202, json_body=kick_off, headers={"Prefer": "respond-async"})
+    send("POST", "/fhir/$export", 400, json_body={"resourceType": "Parameters", "parameter": [
+        {"name": "_since", "valueString": "yesterday"}]}, headers={"Prefer": "respond-async"})
+    send("POST", f"/fhir/Group/{STUDY}/$export", 202, headers={"Prefer": "respond-async"}, json_body={
+        "resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {
+            "reference": "Patient/<Patient>"}}]})
+    send("POST", "/fhir/Patient/$export", 202, json_body=kick_off,
+         headers={"Prefer": "respond-async, handling=lenient"})
     send("GET", "/fhir/$export-status/<job>", 202)  # queued: no worker runs
     send("GET", "/export-files/<job>/Patient.ndjson", 404)  # not complete yet
     for side in pair.sides:  # the worker's turn, by hand: every queued job of this app
@@ -334,6 +347,8 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/export-files/<job>/{name}.ndjson", 200)
     send("GET", "/export-files/<group_job>/Observation.ndjson", 200)
     send("GET", "/export-files/<group_job>/AdverseEvent.ndjson", 404)
+    send("GET", "/fhir/$export-status/<patient_job>", 200)
+    send("GET", "/export-files/<patient_job>/Observation.ndjson", 200)
 
     # -- writes: the examples created, created again (conditionally), updated --------------------------------
     send("POST", "/fhir", 400, content=b"{not json", headers={"Content-Type": "application/fhir+json"})

@@ -235,6 +235,19 @@ ROWS: dict[str, Row] = {
                          ("Observation.r",), ok=(202,), other=None),
     "export_group": Row(lambda s, k: s.send("GET", f"/fhir/Group/{s.ids[k]['Group']}/$export?_type=Observation",
                                             headers={"Prefer": "respond-async"}), ("Observation.r",), ok=(202,)),
+    "export_system_post": Row(lambda s, k: s.send("POST", "/fhir/$export", json=_export_parameters(),
+                                                  headers={"Prefer": "respond-async"}),
+                              ("Observation.r",), ok=(202,), other=None),
+    "export_group_post": Row(lambda s, k: s.send("POST", f"/fhir/Group/{s.ids[k]['Group']}/$export",
+                                                 json=_export_parameters(), headers={"Prefer": "respond-async"}),
+                             ("Observation.r",), ok=(202,)),
+    # every patient the client may see (its studies'): no study in the URL
+    "export_patient": Row(lambda s, k: s.send("GET", "/fhir/Patient/$export?_type=Observation",
+                                              headers={"Prefer": "respond-async"}),
+                          ("Observation.r",), ok=(202,), other=None),
+    "export_patient_post": Row(lambda s, k: s.send("POST", "/fhir/Patient/$export", json=_export_parameters(),
+                                                   headers={"Prefer": "respond-async"}),
+                               ("Observation.r",), ok=(202,), other=None),
     # a job's URLs: the client that started it gets them, any other client 404 ("other": the admin's job)
     "export_status": Row(lambda s, k: s.send("GET", s.export_job(s.job_owner(k))),
                          ok=(202,), owned=True),
@@ -242,6 +255,10 @@ ROWS: dict[str, Row] = {
                          ok=(202,), owned=True),
     "download_export_file": Row(lambda s, k: _download(s, s.job_owner(k)), owned=True),
 }
+
+
+def _export_parameters() -> dict:
+    return {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation"}]}
 
 
 def _download(scene: Scene, token: str) -> Any:

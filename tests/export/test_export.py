@@ -15,7 +15,7 @@ from fhir_mappings import fhir
 from service.core.registry import TYPES
 from service.export import repository, service
 from service.main import create_app
-from tests.factories import AD, adverse_event, created, enrol, observation, study, subject
+from tests.factories import AD, created, enrol, observation, study, subject
 
 ASYNC = {"Prefer": "respond-async"}
 
@@ -65,34 +65,6 @@ def export(client, url: str, **params) -> tuple[dict, dict[str, list[dict]]]:
 
 def ids(found: dict, rtype: str) -> set[str]:
     return {r["id"] for r in found.get(rtype, [])}
-
-
-@pytest.fixture
-def two_studies(client):
-    """Study A with two patients, study B with one of them plus another; results and events in each."""
-    a = enrol(client)
-    a2 = enrol(client, study_id=a["study"])
-    b = created(client.post("/fhir/ResearchStudy", json=study(title="Study B")))["id"]
-    shared_b = created(client.post("/fhir/ResearchSubject", json=subject(b, a["patient"])))["id"]
-    b2 = enrol(client, study_id=b)
-    ext = "http://hl7.org/fhir/StructureDefinition/workflow-researchStudy"
-
-    def obs(pid, sid, measure="EASI", date="2024-01-10", value=10):
-        body = observation(pid, measure, value=value, date=date)
-        body["extension"] = [{"url": ext, "valueReference": {"reference": f"ResearchStudy/{sid}"}}]
-        return created(client.post("/fhir/Observation", json=body))["id"]
-
-    data = {
-        "A": a["study"], "B": b, "shared": a["patient"], "a_only": a2["patient"], "b_only": b2["patient"],
-        "a_subjects": {a["subject"], a2["subject"]}, "b_subjects": {shared_b, b2["subject"]},
-        "a_obs": {obs(a["patient"], a["study"]), obs(a["patient"], a["study"], "IGE", value=120),
-                  obs(a2["patient"], a["study"], date="2024-03-01")},
-        "b_obs": {obs(a["patient"], b), obs(b2["patient"], b)},
-        "a_ae": {created(client.post("/fhir/AdverseEvent", json=adverse_event(a["patient"], a["study"],
-                                                                              serious=True)))["id"]},
-        "b_ae": {created(client.post("/fhir/AdverseEvent", json=adverse_event(a["patient"], b)))["id"]},
-    }
-    return data
 
 
 # -- Group --------------------------------------------------------------------------------------------------
@@ -247,7 +219,9 @@ def test_type_filter(client, two_studies):
     ({"_typeFilter": "Observation?_sort=date"}, ASYNC, "_typeFilter"),
     ({"_typeFilter": "Patient?_include=Patient:general-practitioner"}, ASYNC, "_typeFilter"),
     ({"_type": "Patient", "_typeFilter": "Observation?code=EASI"}, ASYNC, "_typeFilter"),
-    ({"_elements": "id"}, ASYNC, "_elements"),
+    ({"_elements": "Observation.code.coding"}, ASYNC, "_elements"),  # top-level elements only
+    ({"_elements": "colour"}, ASYNC, "_elements"),
+    ({"patient": "Patient/x"}, ASYNC, "patient"),  # no patients in a system export; not a member of the Group
     ({"colour": "red"}, ASYNC, "colour"),
 ])
 def test_kick_off_errors_are_400_outcomes(client, params, headers, where):
@@ -403,5 +377,32 @@ def test_cli_exports_a_group_to_a_folder(client, settings, tmp_path, monkeypatch
         assert not (tmp_path / "out" / "AdverseEvent.ndjson").exists()
         bad = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "bad"), "--type", "Condition"])
         assert bad.exit_code == 2
+    finally:
+        get_settings.cache_clear()
+
+
+def test_cli_exports_the_patients_with_elements(client, settings, tmp_path, monkeypatch, two_studies):
+    from typer.testing import CliRunner
+
+    from fhir_mappings.search import SUBSETTED
+    from service.cli import app as cli
+    from service.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "out"), "--patients",
+                                          "--elements", "Observation.code,gender"])
+        assert result.exit_code == 0, result.output
+        assert not (tmp_path / "out" / "ResearchStudy.ndjson").exists()  # in no patient's compartment
+        observations = [orjson.loads(line) for line in (tmp_path / "out" / "Observation.ndjson").read_text()
+                        .splitlines()]
+        assert len(observations) == 5
+        assert all(set(o) == {"resourceType", "id", "meta", "code", "status"} and SUBSETTED in o["meta"]["tag"]
+                   for o in observations)
+        patients = [orjson.loads(line) for line in (tmp_path / "out" / "Patient.ndjson").read_text().splitlines()]
+        assert all(set(p) == {"resourceType", "id", "meta", "gender"} for p in patients) and len(patients) == 3
+        bad = CliRunner().invoke(cli, ["export", "run", str(tmp_path / "bad"), "--patients", "-t", "ResearchStudy"])
+        assert bad.exit_code == 2 and "Patient compartment" in bad.output
     finally:
         get_settings.cache_clear()
