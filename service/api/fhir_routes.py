@@ -21,6 +21,7 @@ from service.api.http import (
     HistoryCount,
     HistoryPage,
     HistorySince,
+    PatchBody,
     not_modified_since,
     stored_response,
     version_headers,
@@ -157,6 +158,41 @@ def build_router(resource_type: str) -> APIRouter:
                       "With `If-Match: W/\"n\"` the update only happens when the resource is at version n (412 "
                       "otherwise); with `If-None-Match: *` only when it does not exist yet (412 otherwise). An "
                       "unknown id creates the resource (201).")
+
+    patch_example = [{"op": "test", "path": "/id", "value": saved["id"]},
+                     *([{"op": "replace", "path": f"/{key}", "value": example[key]}
+                        for key in ("status", "gender", "birthDate") if key in example][:1])]
+    patch_doc = {"requestBody": {"required": True, "description": "A JSON Patch (RFC 6902)", "content": {
+        "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}},
+                                        "example": patch_example}}}}
+
+    @router.patch("/{id}", name=f"patch_{resource_type}", summary=f"Patch a {resource_type}",
+                  openapi_extra=patch_doc,
+                  responses={200: fhir_json(saved_v2, "Patched: a new version (or the current one, when the patch "
+                                            "changed nothing)"), **error_docs(400, 404, 410, 412, 415, 422)})
+    async def patch(id: IdPath, core: CoreDep, ctx: Ctx, body: PatchBody, if_match: IfMatch = None,
+                    prefer: Prefer = None) -> Response:
+        stored_ = await core.patch(ctx, resource_type, id, body, if_match=if_match)
+        return stored_response(stored_, ctx.base_url, prefer)
+
+    patch.__doc__ = (
+        f"Change part of a {resource_type} with a JSON Patch (`Content-Type: application/json-patch+json`, RFC 6902: "
+        "add, remove, replace, move, copy, test). The patched resource is checked and stored as a PUT of it would "
+        "be (400/422 naming the element). `If-Match: W/\"n\"` patches only version n (412 otherwise). A malformed "
+        "patch is a 400, one that can't be applied (a path that isn't there, a failed `test`) a 422, each naming "
+        "the operation (`Patch[i].path`).")
+
+    @router.patch("", name=f"conditional_patch_{resource_type}", summary=f"Conditional patch of a {resource_type}",
+                  openapi_extra=patch_doc,
+                  responses={200: fhir_json(saved_v2, "Patched the one match"),
+                             **error_docs(400, 404, 412, 415, 422)})
+    async def conditional_patch(request: Request, core: CoreDep, ctx: Ctx, body: PatchBody,
+                                if_match: IfMatch = None, prefer: Prefer = None) -> Response:
+        stored_ = await core.conditional_patch(ctx, resource_type, str(request.url.query), body, if_match=if_match)
+        return stored_response(stored_, ctx.base_url, prefer)
+
+    conditional_patch.__doc__ = (f"`PATCH /fhir/{resource_type}?identifier=system|value`: patch the one resource "
+                                 "that matches (404 when none does, 412 when several do).")
 
     @router.delete("/{id}", status_code=200, name=f"delete_{resource_type}", summary=f"Delete a {resource_type}",
                    responses={200: fhir_json(outcome([issue("informational", "Deleted", severity="information")]),

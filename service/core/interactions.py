@@ -182,6 +182,18 @@ class Core:
         return await self._write(ctx, "delete", lambda uow: resources.conditional_delete(
             uow, resource_type, query))
 
+    async def patch(self, ctx: Context, resource_type: str, id: str, operations: Any, *,
+                    if_match: str | None = None) -> Stored:
+        """PATCH [base]/{type}/{id} with a JSON Patch: the patched resource stored as an update would store it."""
+        return await self._write(ctx, "patch", lambda uow: resources.patch(
+            uow, resource_type, id, operations, if_match=if_match))
+
+    async def conditional_patch(self, ctx: Context, resource_type: str, query: str, operations: Any, *,
+                                if_match: str | None = None) -> Stored:
+        """PATCH [base]/{type}?search: patch the one match (404 none, 412 several)."""
+        return await self._write(ctx, "patch", lambda uow: resources.conditional_patch(
+            uow, resource_type, query, operations, if_match=if_match))
+
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing, one AuditEvent in its transaction) or a batch
         Bundle (entry by entry, each its own transaction and AuditEvent)."""

@@ -14,6 +14,8 @@ import orjson
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+from fhir_mappings import json_patch
+from fhir_mappings.outcome import issue
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
 from service.audit.events import patients_of
@@ -28,6 +30,7 @@ from service.errors import (
     IdentifierTaken,
     MethodNotAllowed,
     NotFound,
+    PatchNotApplicable,
     PreconditionFailed,
     ResourceInvalid,
     RuleViolation,
@@ -230,6 +233,51 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
         raise BadRequest(f"Resource id '{payload['id']}' does not match the resource found ({matches[0]})",
                          expression=f"{resource_type}.id")
     return update(uow, resource_type, matches[0], {**payload, "id": matches[0]}, if_match=if_match)
+
+
+def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_match: str | None = None) -> Stored:
+    """PATCH: the current version with a JSON Patch (RFC 6902) applied, stored through `update` (the same structure
+    checks, trial rules, study access and no-op rule as a PUT). 404/410 for a resource that is not there, 412 when
+    `If-Match` names another version, 400 for a malformed patch, 422 for one that can't be applied."""
+    writable(resource_type)
+    access.require(uow.caller, resource_type, "u")
+    uow.flush()
+    current = repository.get_current(uow.session, resource_type, id, for_update=True)
+    if current is None:
+        raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
+    # a caller limited to studies learns nothing of another study's resource (a `test` operation would probe it)
+    access.require_own_studies(uow.session, uow.caller, resource_type, id, "u")
+    expected = parse_version(if_match)
+    if expected is not None and current.version_id != expected:
+        raise PreconditionFailed(f"{resource_type}/{id} is at version {current.version_id}, not {expected}",
+                                 expression="If-Match")
+    if current.deleted or current.content is None:
+        raise Gone(f"{resource_type}/{id} was deleted (version {current.version_id}): there is nothing to patch",
+                   expression=f"{resource_type}.id", headers={"ETag": f'W/"{current.version_id}"'})
+    try:
+        patched = json_patch.apply_patch(orjson.loads(current.content), operations)
+    except json_patch.PatchInvalid as bad:
+        raise BadRequest(str(bad), issues=[issue("invalid", p.message, p.expression) for p in bad.problems]) from None
+    except json_patch.PatchFailed as failed:
+        raise PatchNotApplicable(str(failed), issues=[issue("processing", p.message, p.expression)
+                                                      for p in failed.problems]) from None
+    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+        raise BadRequest(f"The patched resource must still be a {resource_type}", expression="resourceType")
+    return update(uow, resource_type, id, patched, if_match=if_match)
+
+
+def conditional_patch(uow: UnitOfWork, resource_type: str, query: str, operations: Any, *,
+                      if_match: str | None = None) -> Stored:
+    """PATCH Type?search: patch the one match; 404 when none matches (there is nothing to patch), 412 when several
+    do."""
+    writable(resource_type)
+    access.require(uow.caller, resource_type, "us")
+    matches = find_matches(uow, resource_type, query, "search")
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional patch '{query}' matches {len(matches)} resources", expression="search")
+    if not matches:
+        raise NotFound(f"Conditional patch '{query}' matches no {resource_type}", expression="search")
+    return patch(uow, resource_type, matches[0], operations, if_match=if_match)
 
 
 def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:

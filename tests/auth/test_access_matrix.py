@@ -135,6 +135,11 @@ class Scene:
         return status
 
 
+#: a JSON Patch that changes nothing (no operations): what the row checks is who may send it
+_NO_CHANGE: list[dict] = []
+_JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+
+
 def per_type(rtype: str) -> dict[str, Row]:
     """The rows of the routes every stored type gets."""
     def current(scene: Scene, key: str) -> dict:
@@ -163,6 +168,11 @@ def per_type(rtype: str) -> dict[str, Row]:
         f"conditional_update_{rtype}": Row(lambda s, k: s.send("PUT", f"/fhir/{rtype}?_id={s.ids[k][rtype]}",
                                                                json=current(s, k)),
                                            (f"{rtype}.us",), other=403, deid=(403,)),
+        f"patch_{rtype}": Row(lambda s, k: s.send("PATCH", f"/fhir/{rtype}/{s.ids[k][rtype]}", json=_NO_CHANGE,
+                                                  headers=_JSON_PATCH), (f"{rtype}.u",), other=403, deid=(403,)),
+        f"conditional_patch_{rtype}": Row(lambda s, k: s.send("PATCH", f"/fhir/{rtype}?_id={s.ids[k][rtype]}",
+                                                              json=_NO_CHANGE, headers=_JSON_PATCH),
+                                          (f"{rtype}.us",), other=403, deid=(403,)),
         f"delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}/{s.fresh(rtype, k)}"), (f"{rtype}.d",),
                                other=403, deid=(403,), unlimited=study_level),
         f"conditional_delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}?_id={s.fresh(rtype, k)}"),
