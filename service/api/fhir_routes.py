@@ -21,6 +21,7 @@ from service.api.http import (
     HistoryCount,
     HistoryPage,
     HistorySince,
+    OptionalFhirBody,
     PatchBody,
     not_modified_since,
     stored_response,
@@ -130,6 +131,46 @@ def build_router(resource_type: str) -> APIRouter:
 
     type_history.__doc__ = (f"Every version of every {resource_type}, newest first (deletions included), paged by "
                             "the `next` link; `_since` keeps the versions made at or after an instant.")
+
+    valid = outcome([issue("informational", f"The {resource_type} is valid", severity="information")])
+    invalid = outcome([issue("code-invalid", "Unknown status 'bogus'", f"{resource_type}.status")])
+    validate_doc = {"requestBody": {"required": False, "description": f"The {resource_type} to validate, or a "
+                                    "Parameters with `resource`, `mode` (create, update, delete) and `profile`",
+                                    "content": {"application/fhir+json": {"schema": {"type": "object"},
+                                                                          "example": example}}}}
+    validate_responses = {200: fhir_json(valid, "The validation's OperationOutcome: an `information` issue when the "
+                                         "resource is valid, else its errors (still 200)"),
+                          **error_docs(400, 404, 410)}
+    validate_responses[200]["content"]["application/fhir+json"]["examples"] = {
+        "valid": {"value": valid}, "invalid": {"value": invalid}}
+    mode_query = Annotated[str | None, Query(alias="mode", description="create (default at type level), update or "
+                                             "delete (at instance level)")]
+
+    @router.post("/$validate", name=f"validate_{resource_type}", summary=f"Validate a {resource_type}",
+                 openapi_extra=validate_doc, responses=validate_responses)
+    async def validate_type(request: Request, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
+                            mode: mode_query = None) -> Response:
+        return FhirJSONResponse(await core.validate(ctx, resource_type, body, request.query_params.multi_items()))
+
+    validate_type.__doc__ = (
+        f"`$validate`: check a {resource_type} as a create of it would be checked (FHIR R4 structure, value sets, "
+        "the trial's rules, identifiers already taken), storing nothing. The answer is 200 with an OperationOutcome "
+        "either way, as R4's $validate defines it: its error issues name each element at fault, or one "
+        "`information` issue says the resource is valid. A 4xx means the validation could not be done (a bad "
+        "mode, an unknown profile). Needs the scope the write would.")
+
+    @router.post("/{id}/$validate", name=f"validate_instance_{resource_type}",
+                 summary=f"Validate an update or delete of a {resource_type}", openapi_extra=validate_doc,
+                 responses=validate_responses)
+    async def validate_instance(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
+                                mode: mode_query = None) -> Response:
+        return FhirJSONResponse(await core.validate(ctx, resource_type, body, request.query_params.multi_items(),
+                                                    id=id))
+
+    validate_instance.__doc__ = (
+        f"`$validate` against the stored {resource_type}: `mode=update` (the default here) checks the body as a PUT "
+        "of it would be checked; `mode=delete` (no body) whether the resource may be deleted (409 issues when "
+        "others depend on it). Nothing is stored; 200 with the OperationOutcome either way.")
 
     @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read a {resource_type}",
                 responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set"),

@@ -52,6 +52,15 @@ async def fhir_body(request: Request) -> dict[str, Any]:
 FhirBody = Annotated[dict[str, Any], Depends(fhir_body)]
 
 
+async def optional_fhir_body(request: Request) -> dict[str, Any] | None:
+    """A FHIR resource body, or None when there is none (an operation whose inputs may all be in the query)."""
+    raw = await request.body()
+    return parse_body(raw) if raw.strip() else None
+
+
+OptionalFhirBody = Annotated[dict[str, Any] | None, Depends(optional_fhir_body)]
+
+
 async def patch_body(request: Request) -> Any:
     """A PATCH's body: a JSON Patch document (`application/json-patch+json`, 415 otherwise: FHIRPath Patch is not
     supported), parsed as JSON (400 naming `body` when it is not JSON); its operations are checked when applied."""

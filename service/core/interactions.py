@@ -35,6 +35,8 @@ from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
+from fhir_mappings.outcome import Issue, issue, outcome
+from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from service.audit.chain import append
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
@@ -47,7 +49,7 @@ from service.core.stored_type import StoredType
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
-from service.errors import FhirError, Forbidden, NotFound
+from service.errors import BadRequest, FhirError, Forbidden, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.compiler import study_condition
@@ -193,6 +195,30 @@ class Core:
         """PATCH [base]/{type}?search: patch the one match (404 none, 412 several)."""
         return await self._write(ctx, "patch", lambda uow: resources.conditional_patch(
             uow, resource_type, query, operations, if_match=if_match))
+
+    async def validate(self, ctx: Context, resource_type: str, body: dict[str, Any] | None,
+                       query: list[tuple[str, str]], *, id: str | None = None) -> dict[str, Any]:
+        """POST [base]/{type}/$validate, [base]/{type}/{id}/$validate: the OperationOutcome of a create, update or
+        delete that is run and rolled back (resources.validate); 200 whether or not the resource is valid (R4
+        $validate returns the outcome; a 4xx means the validation could not be done). The body is the resource,
+        or a Parameters with `resource`, `mode` and `profile` (`mode` may be in the query too). Needs the scope the
+        write itself would (c, u or d), audited as the operation `validate`."""
+        resource, mode = _validate_inputs(resource_type, body, query)
+
+        async def run() -> list[Issue]:
+            _no_deidentified_writes(ctx)
+            return await self._in_write_session(lambda session: resources.validate(
+                session, resource_type, resource, mode=mode, id=id, base_url=ctx.base_url,
+                enforce_rules=self.settings.enforce_trial_rules, caller=ctx.caller))
+        target = [f"{resource_type}/{id}"] if id else []
+        issues = await self._audited(
+            ctx, "operation", run(),
+            lambda _: (patients_of(resource_type, resource) if resource else [], []),
+            operation="validate", resources_named=target)
+        if not issues:
+            issues = [issue("informational", f"The {resource_type} is valid" + (f" for {mode}" if mode else ""),
+                            severity="information")]
+        return outcome(issues)
 
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing, one AuditEvent in its transaction) or a batch
@@ -474,6 +500,25 @@ def _history_entry(base: str, resource_type: str, id: str, row: Any) -> dict[str
                           else f"{resource_type}/{id}"},
                  response={"status": HISTORY_STATUS[row.method], "etag": f'W/"{row.version_id}"',
                            "lastModified": fhir_instant(row.last_updated)})
+
+
+def _validate_inputs(resource_type: str, body: dict[str, Any] | None, query: list[tuple[str, str]]
+                     ) -> tuple[dict[str, Any] | None, str | None]:
+    """$validate's resource and mode, from the body (the resource itself, or a Parameters) and the query; 400
+    naming the input at fault, or a profile this server does not validate against (R4: it SHALL say so)."""
+    try:
+        wrapped = body is not None and body.get("resourceType") == "Parameters" and resource_type != "Parameters"
+        inputs = operation_inputs(query, body if wrapped else None)
+        resource: Any = single(inputs, "resource", dict)[0] if wrapped else body
+        mode, _ = single(inputs, "mode")
+        profile, where = single(inputs, "profile")
+    except ParametersInvalid as bad:
+        raise BadRequest(str(bad), expression=bad.expression) from None
+    base_profile = f"http://hl7.org/fhir/StructureDefinition/{resource_type}"
+    if profile is not None and str(profile).split("|")[0] != base_profile:
+        raise BadRequest(f"This server validates against the base R4 profile only ({base_profile}), not "
+                         f"'{profile}'", expression=where)
+    return resource, mode
 
 
 def _unique(items: Iterable[str]) -> list[str]:

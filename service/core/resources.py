@@ -5,7 +5,7 @@ import base64
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mappings import json_patch
-from fhir_mappings.outcome import issue
+from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import structure_issues
 from service.audit.events import patients_of
@@ -278,6 +278,50 @@ def conditional_patch(uow: UnitOfWork, resource_type: str, query: str, operation
     if not matches:
         raise NotFound(f"Conditional patch '{query}' matches no {resource_type}", expression="search")
     return patch(uow, resource_type, matches[0], operations, if_match=if_match)
+
+
+#: $validate's modes (R4 ResourceValidationMode); None: general validation (structure and rules)
+VALIDATION_MODES = ("create", "update", "delete")
+
+
+def validate(session: Session, resource_type: str, payload: dict[str, Any] | None, *, mode: str | None,
+             id: str | None = None, base_url: str = "", enforce_rules: bool = True,
+             caller: Caller = SYSTEM) -> list[Issue]:
+    """$validate: what a create (no mode, or `create`), an update or a delete of `id` would answer, found by
+    running that very write in a transaction that is always rolled back (nothing is stored, not even its audit).
+
+    The write's own refusals of the resource (400 structure, 409 a taken identifier or a resource others depend
+    on, 412, 422 trial rules) are the issues returned; what refuses the request itself (403 scope or study, 404
+    unknown, 405, 410) is raised. A rule not enforced (TRIAL_FHIR_ENFORCE_TRIAL_RULES=false) is a warning."""
+    handler_for(resource_type)
+    if mode is not None and mode not in VALIDATION_MODES:
+        raise BadRequest(f"mode must be one of {', '.join(VALIDATION_MODES)}, not '{mode}'", expression="mode")
+    if mode in ("update", "delete") and id is None:
+        raise BadRequest(f"mode {mode} validates against a resource: use {resource_type}/[id]/$validate",
+                         expression="mode")
+    if mode != "delete" and payload is None:
+        raise BadRequest("$validate needs the resource to validate (the body, or a Parameters 'resource')",
+                         expression="resource")
+    uow = UnitOfWork(session, base_url=base_url, enforce_rules=True, caller=caller)
+    try:
+        if mode == "delete":
+            if delete(uow, resource_type, cast(str, id)) is None:
+                raise NotFound(f"{resource_type}/{id} is not known (or already deleted)",
+                               expression=f"{resource_type}.id")
+        elif mode == "update" or (id is not None and mode is None):
+            body = cast(dict[str, Any], payload)
+            update(uow, resource_type, cast(str, id), {**body, "id": body.get("id", id)})
+        else:
+            create(uow, resource_type, cast(dict[str, Any], payload))
+        uow.flush()
+        access.check_studies(uow.session, uow.caller, uow.study_checks)
+    except (ResourceInvalid, BadRequest, Conflict, PreconditionFailed) as refused:
+        return list(refused.issues)
+    except RuleViolation as violation:
+        return [i if enforce_rules else replace(i, severity="warning") for i in violation.issues]
+    finally:
+        session.rollback()
+    return []
 
 
 def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:

@@ -173,6 +173,13 @@ def per_type(rtype: str) -> dict[str, Row]:
         f"conditional_patch_{rtype}": Row(lambda s, k: s.send("PATCH", f"/fhir/{rtype}?_id={s.ids[k][rtype]}",
                                                               json=_NO_CHANGE, headers=_JSON_PATCH),
                                           (f"{rtype}.us",), other=403, deid=(403,)),
+        # $validate runs the write and rolls it back: the write's scope and study decide, as for the write
+        f"validate_{rtype}": Row(lambda s, k: s.send("POST", f"/fhir/{rtype}/$validate", json=s.body_of(rtype, k)),
+                                 (f"{rtype}.c",), other=200 if rtype == "Patient" else 403, deid=(403,),
+                                 unlimited=study_level),
+        f"validate_instance_{rtype}": Row(lambda s, k: s.send("POST", f"/fhir/{rtype}/{s.ids[k][rtype]}/$validate"
+                                                              "?mode=update", json=current(s, k)),
+                                          (f"{rtype}.u",), other=403, deid=(403,)),
         f"delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}/{s.fresh(rtype, k)}"), (f"{rtype}.d",),
                                other=403, deid=(403,), unlimited=study_level),
         f"conditional_delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}?_id={s.fresh(rtype, k)}"),
