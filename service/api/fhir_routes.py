@@ -18,6 +18,7 @@ from service.api.http import (
     CoreDep,
     Ctx,
     FhirBody,
+    HistoryAt,
     HistoryCount,
     HistoryPage,
     HistorySince,
@@ -126,11 +127,13 @@ def build_router(resource_type: str) -> APIRouter:
     @router.get("/_history", name=f"history_type_{resource_type}", summary=f"History of every {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(400)})
     async def type_history(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
-                           page: HistoryPage = None) -> Response:
-        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page))
+                           page: HistoryPage = None, at: HistoryAt = None) -> Response:
+        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page,
+                                                        at=at))
 
     type_history.__doc__ = (f"Every version of every {resource_type}, newest first (deletions included), paged by "
-                            "the `next` link; `_since` keeps the versions made at or after an instant.")
+                            "the `next` link; `_since` keeps the versions made at or after an instant, `_at` those "
+                            "that were current at some moment of a date's period.")
 
     valid = outcome([issue("informational", f"The {resource_type} is valid", severity="information")])
     invalid = outcome([issue("code-invalid", "Unknown status 'bogus'", f"{resource_type}.status")])
@@ -250,13 +253,17 @@ def build_router(resource_type: str) -> APIRouter:
 
     @router.get("/{id}/_history", name=f"history_{resource_type}", summary=f"History of a {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(404)})
-    async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx,
+    async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
                                count: HistoryCount = 50,
                                before: Annotated[int | None, Query(alias="_before_version", ge=1,
-                                                                   description="paging cursor")] = None) -> Response:
-        return FhirJSONResponse(await core.history(ctx, resource_type, id, count=count, before_version=before))
+                                                                   description="paging cursor")] = None,
+                               at: HistoryAt = None) -> Response:
+        return FhirJSONResponse(await core.history(ctx, resource_type, id, count=count, before_version=before,
+                                                   since=since, at=at))
 
-    instance_history.__doc__ = f"Every version of a {resource_type}, newest first (deletions included)."
+    instance_history.__doc__ = (f"Every version of a {resource_type}, newest first (deletions included); `_since` "
+                                "keeps the versions made at or after an instant, `_at` those that were current at "
+                                "some moment of a date's period.")
 
     @router.get("/{id}/_history/{vid}", name=f"vread_{resource_type}", summary=f"Read one version of a {resource_type}",
                 responses={200: fhir_json(saved, "That version"), **error_docs(404, 410)})

@@ -267,6 +267,12 @@ async def history_since(since: Annotated[str | None, Query(
 HistorySince = Annotated[datetime | None, Depends(history_since)]
 
 
+#: history `_at` (the core reads it: service/core/interactions.py `history_period`)
+HistoryAt = Annotated[str | None, Query(
+    alias="_at", description="Only versions that were current at some moment of this date's period (a year, month, "
+    "day or instant, as in date searches)", examples=["2024-01-15"])]
+
+
 async def the_core(request: Request) -> Core:
     core: Core = request.app.state.core  # set by create_app (service/main.py)
     return core

@@ -26,6 +26,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 from anyio import to_thread
@@ -37,6 +38,7 @@ from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
 from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
+from fhir_mappings.search import Malformed, date_range
 from service.audit.chain import append
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
@@ -275,24 +277,28 @@ class Core:
         return self._shown(ctx, await self._audited(ctx, "vread", run(), _stored_facts), id)
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
-                      before_version: int | None = None) -> bytes:
-        """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
-        body = await self._audited(ctx, "history-instance", self._history(ctx, resource_type, id, count=count,
-                                                                          before_version=before_version),
-                                   _bundle_facts)
+                      before_version: int | None = None, since: datetime | None = None,
+                      at: str | None = None) -> bytes:
+        """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version; `_since` keeps the
+        versions made at or after an instant, `_at` those current at some moment of a date's period."""
+        body = await self._audited(ctx, "history-instance", self._history(
+            ctx, resource_type, id, count=count, before_version=before_version, since=since, at=at),
+            _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _history(self, ctx: Context, resource_type: str, id: str, *, count: int,
-                       before_version: int | None) -> bytes:
+                       before_version: int | None, since: datetime | None, at: str | None) -> bytes:
         # a Patient a de-identified client names by its pseudonym: the Bundle is built with the real id, then
         # de-identified (which names it by its pseudonym again)
         id = await self._real_id(ctx, resource_type, id)
+        period = history_period(at)
         rows = await self._read(lambda s: resources.history(
-            s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
+            s, resource_type, id, count=count + 1, before_version=before_version, since=since, at=period,
+            caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, resource_type, id, r) for r in page]
-        here = f"{base}/{resource_type}/{id}/_history?_count={count}"
+        here = f"{base}/{resource_type}/{id}/_history?{_history_query(count, since, at)}"
         links = [("self", here + (f"&_before_version={before_version}" if before_version else ""))]
         if more:
             links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
@@ -300,33 +306,34 @@ class Core:
         return bundle("history", entries, total=total, links=links)
 
     async def type_history(self, ctx: Context, resource_type: str, *, count: int, since: datetime | None = None,
-                           page: str | None = None) -> bytes:
+                           page: str | None = None, at: str | None = None) -> bytes:
         """GET [base]/{type}/_history: every version of every resource of the type, newest first, paged by an
         opaque cursor (`_page`); a caller limited to studies sees the versions of its studies' current resources."""
-        body = await self._audited(ctx, "history-type", self._type_history(ctx, resource_type, count, since, page),
-                                   _bundle_facts)
+        body = await self._audited(ctx, "history-type", self._type_history(ctx, resource_type, count, since, page,
+                                                                           at), _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _type_history(self, ctx: Context, resource_type: str, count: int, since: datetime | None,
-                            page: str | None) -> bytes:
+                            page: str | None, at: str | None) -> bytes:
         stored_type = handler_for(resource_type)
         access.require(ctx.caller, resource_type, "r")
         return await self._versions(ctx, [self._readable(ctx, stored_type)], f"{resource_type}/_history", count,
-                                    since, page)
+                                    since, page, at)
 
     async def system_history(self, ctx: Context, *, count: int, since: datetime | None = None,
-                             page: str | None = None) -> bytes:
+                             page: str | None = None, at: str | None = None) -> bytes:
         """GET [base]/_history: every version of every resource the caller may read (each type it holds `r` on, in
         its studies), newest first, paged by an opaque cursor; the audit trail itself is not in it."""
-        body = await self._audited(ctx, "history-system", self._system_history(ctx, count, since, page),
+        body = await self._audited(ctx, "history-system", self._system_history(ctx, count, since, page, at),
                                    _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
-    async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None) -> bytes:
+    async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None,
+                              at: str | None) -> bytes:
         types = [self._readable(ctx, t) for t in REGISTRY if t.exported and ctx.caller.may(t.name, "r")]
         if not types:
             access.require(ctx.caller, "*", "r")  # 403 naming system/*.r
-        return await self._versions(ctx, types, "_history", count, since, page)
+        return await self._versions(ctx, types, "_history", count, since, page, at)
 
     @staticmethod
     def _readable(ctx: Context, stored_type: StoredType) -> tuple[str, Any]:
@@ -337,17 +344,17 @@ class Core:
         return stored_type.name, only
 
     async def _versions(self, ctx: Context, types: list[tuple[str, Any]], path: str, count: int,
-                        since: datetime | None, page: str | None) -> bytes:
+                        since: datetime | None, page: str | None, at: str | None) -> bytes:
         """The history Bundle of every version of `types` (type and system history): newest first, `count` a page,
         paged by an opaque cursor of the page's last row."""
         before = resources.decode_history_page(page) if page else None
+        period = history_period(at)
         rows = await self._read(lambda s: repository.find_history_of_types(
-            s, types, limit=count + 1, since=since, before=before))
+            s, types, limit=count + 1, since=since, before=before, at=period))
         page_rows, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, r.resource_type, r.id, r) for r in page_rows]
-        query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
-        here = f"{base}/{path}?{query}"
+        here = f"{base}/{path}?{_history_query(count, since, at)}"
         links = [("self", here + (f"&_page={page}" if page else ""))]
         if more:
             last = page_rows[-1]
@@ -490,6 +497,24 @@ class Core:
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
         return self.settings.deid_min_cell if ctx.caller.deidentified else None
+
+
+def history_period(at: str | None) -> tuple[datetime, datetime] | None:
+    """History `_at` (R4 http.html#history): the period [low, high) its date covers (a year, month, day or instant,
+    read as date searches read them); 400 naming `_at` for what is not a FHIR date, a prefix included (`_at` is
+    one point in time, of some precision)."""
+    if at is None:
+        return None
+    try:
+        return date_range(at)
+    except Malformed as bad:
+        raise BadRequest(f"_at: {bad}", expression="_at") from None
+
+
+def _history_query(count: int, since: datetime | None, at: str | None) -> str:
+    """The query of a history page's links: what the page was asked for (its cursor aside)."""
+    return f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "") \
+        + (f"&_at={quote(at, safe='')}" if at else "")
 
 
 def _history_entry(base: str, resource_type: str, id: str, row: Any) -> dict[str, Any]:

@@ -517,7 +517,8 @@ def vread(session: Session, resource_type: str, id: str, version_id: str, *, cal
 
 
 def history(session: Session, resource_type: str, id: str, *, count: int, before_version: int | None = None,
-            since: datetime | None = None, caller: Caller = SYSTEM) -> Sequence[VersionRow]:
+            since: datetime | None = None, at: tuple[datetime, datetime] | None = None,
+            caller: Caller = SYSTEM) -> Sequence[VersionRow]:
     """Newest first; raises 404 for a resource that never existed."""
     handler_for(resource_type)
     access.require(caller, resource_type, "r")
@@ -528,5 +529,5 @@ def history(session: Session, resource_type: str, id: str, *, count: int, before
     if before_version is not None and before_version > MAX_VERSION:
         before_version = None  # before a version beyond any: every version
     return repository.find_history(session, resource_type, id, limit=count, before_version=before_version,
-                                   since=since)
+                                   since=since, at=at)
 
