@@ -175,6 +175,24 @@ def build_router(resource_type: str) -> APIRouter:
         "of it would be checked; `mode=delete` (no body) whether the resource may be deleted (409 issues when "
         "others depend on it). Nothing is stored; 200 with the OperationOutcome either way.")
 
+    if resource_type == "Patient":
+        @router.get("/{id}/$everything", name="everything_Patient", summary="Everything about a Patient",
+                    responses={200: fhir_json(search_example, "A searchset Bundle: the Patient, its compartment "
+                                              "(`match`) and the studies it references (`include`)"),
+                               **error_docs(400, 404)})
+        async def everything(id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
+                             count: Annotated[int | None, Query(alias="_count", ge=1, le=1000)] = None,
+                             types: Annotated[str | None, Query(
+                                 alias="_type", description="Comma-separated types to include, e.g. "
+                                 "Observation,AdverseEvent")] = None,
+                             page: HistoryPage = None) -> Response:
+            """`Patient/{id}/$everything`: the Patient and every resource about it this server keeps (its
+            enrolments, results and adverse events: its compartment) plus the studies those reference, as a
+            searchset Bundle paged by the `next` link (`_count`). `_since` keeps what changed at or after an instant,
+            `_type` the listed types. Limited as searches are: by the token's `s` scopes (a type without one is
+            left out) and its studies."""
+            return FhirJSONResponse(await core.everything(ctx, id, count=count, since=since, types=types, page=page))
+
     @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read a {resource_type}",
                 responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set"),
                            **error_docs(404, 410)})

@@ -19,18 +19,19 @@ event loop when they are one cached page statement on PostgreSQL (asyncpg), else
 """
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import orjson
 from anyio import to_thread
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -45,13 +46,13 @@ from service.audit.log import AuditLog
 from service.bundle import service as bundles
 from service.core import access, resources
 from service.core.context import Context
-from service.core.registry import REGISTRY, handler_for
+from service.core.registry import INCLUDES, REGISTRY, TYPES, handler_for
 from service.core.resources import Stored
 from service.core.stored_type import StoredType
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
-from service.errors import BadRequest, FhirError, Forbidden, NotFound
+from service.errors import BadRequest, FhirError, Forbidden, Gone, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.compiler import study_condition
@@ -402,6 +403,64 @@ class Core:
                 return run_search(conn, plan, ctx.base_url, seen=seen)
         return await asyncio.get_running_loop().run_in_executor(self.search_threads, run), seen
 
+    # -- Patient/$everything ----------------------------------------------------------------------------------
+
+    async def everything(self, ctx: Context, id: str, *, count: int | None = None, since: datetime | None = None,
+                         types: str | None = None, page: str | None = None) -> bytes:
+        """GET [base]/Patient/{id}/$everything: the Patient, every resource of its compartment (each stored type
+        whose `patient_param` names it: enrolments, results, adverse events) and what those reference (their
+        studies), as a searchset paged by an opaque cursor; `_since` keeps what changed at or after an instant,
+        `_type` the types listed. Limited as a search is: each type needs `s` (the Patient's is required, a type
+        without it is left out) and the caller's studies; audited as the operation `everything`."""
+        body = await self._audited(ctx, "operation", self._everything(ctx, id, count, since, types, page),
+                                   _bundle_facts, operation="everything", resources_named=[f"Patient/{id}"])
+        return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
+
+    async def _everything(self, ctx: Context, asked: str, count: int | None, since: datetime | None,
+                          types: str | None, page: str | None) -> bytes:
+        access.require(ctx.caller, "Patient", "s")
+        settings = self.settings
+        size = min(count or settings.default_page_size, settings.max_page_size)
+        wanted = _everything_types(types)
+        cursor = decode_everything_page(page) if page else (0, "")
+        id = await self._real_id(ctx, "Patient", asked)
+
+        def run(session: Session) -> tuple[list[tuple[str, str, str, str]], bool]:
+            current = repository.get_current(session, "Patient", id)
+            if current is None:
+                raise NotFound(f"Patient/{asked} is not known", expression="Patient.id")
+            access.require_visible(session, ctx.caller, "Patient", id, "s")
+            if current.deleted:
+                raise Gone(f"Patient/{asked} was deleted", expression="Patient.id")
+            found: list[tuple[str, str, str, str]] = []  # (type, id, content, search mode)
+            for stage, (rtype, mode, members) in enumerate(_everything_stages(id)):
+                if stage < cursor[0] or rtype not in wanted or not ctx.caller.may(rtype, "s"):
+                    continue
+                studies = ctx.caller.studies_for(rtype, "s")
+                if studies is not None:
+                    members = members.where(study_condition(rtype, studies))
+                after = cursor[1] if stage == cursor[0] else ""
+                rows = repository.find_current_in(session, rtype, members, since=since, after_id=after,
+                                                  limit=size + 1 - len(found))
+                found += [(rtype, row.id, row.content, mode) for row in rows]
+                if len(found) > size:
+                    break
+            return found, len(found) > size
+
+        rows, more = await self._read(lambda s: run(s))
+        rows = rows[:size]
+        base = ctx.base_url
+        entries = [entry(f"{base}/{rtype}/{rid}", content, search={"mode": mode}) for rtype, rid, content, mode in rows]
+        query = f"_count={size}" + (f"&_since={fhir_instant(since)}" if since else "") \
+            + (f"&_type={quote(types, safe=',')}" if types else "")
+        here = f"{base}/Patient/{id}/$everything?{query}"
+        links = [("self", here + (f"&_page={page}" if page else ""))]
+        if more:
+            last_type, last_id = rows[-1][0], rows[-1][1]
+            stage = next(i for i, (t, _, _) in enumerate(_everything_stages(id)) if t == last_type)
+            links.append(("next", f"{here}&_page={encode_everything_page(stage, last_id)}"))
+        return bundle("searchset", entries, total=None if page or more else len(entries), links=links)
+
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
@@ -497,6 +556,58 @@ class Core:
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""
         return self.settings.deid_min_cell if ctx.caller.deidentified else None
+
+
+def _everything_stages(patient_id: str) -> list[tuple[str, str, Any]]:
+    """$everything's stages, in their order: (type, search mode, the subquery of the ids it shows). The Patient,
+    then each exported type whose `patient_param` names a patient (the compartment, from the registry), then each
+    type those reference that is not itself in the compartment (their studies: `include`)."""
+    compartment = [t for t in REGISTRY if t.exported and t.patient_param]
+    names = {t.name for t in compartment}
+    stages: list[tuple[str, str, Any]] = []
+    for stored in compartment:
+        column = stored.params[cast(str, stored.patient_param)].column
+        stages.append((stored.name, "match", select(stored.table.c.id).where(column == patient_id)))
+    referenced: dict[str, list[Any]] = {}
+    for include in INCLUDES:
+        source = TYPES[include.source]
+        ref = source.params[include.param]
+        if include.source in names and include.target not in names and TYPES[include.target].exported \
+                and ref.kind == "reference":
+            holder = source.params[cast(str, source.patient_param)].column
+            referenced.setdefault(include.target, []).append(select(ref.column).where(holder == patient_id))
+    for stored in REGISTRY:
+        if stored.name in referenced:
+            held = or_(*[stored.table.c.id.in_(ids) for ids in referenced[stored.name]])
+            stages.append((stored.name, "include", select(stored.table.c.id).where(held)))
+    return stages
+
+
+def _everything_types(types: str | None) -> frozenset[str]:
+    """`_type` of $everything: the types to show (all when absent); 400 naming `_type` for a type not stored."""
+    if types is None:
+        return frozenset(TYPES)
+    wanted = frozenset(t.strip() for t in types.split(",") if t.strip())
+    unknown = sorted(t for t in wanted if t not in TYPES)
+    if unknown or not wanted:
+        raise BadRequest(f"_type: {', '.join(unknown) or '(empty)'} is not a type this server stores",
+                         expression="_type")
+    return wanted
+
+
+def encode_everything_page(stage: int, last_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([stage, last_id])).decode().rstrip("=")
+
+
+def decode_everything_page(page: str) -> tuple[int, str]:
+    """An $everything cursor (stage, last id shown); 400 naming `_page` when it is not one this server made."""
+    try:
+        stage, last_id = orjson.loads(base64.urlsafe_b64decode(page + "=" * (-len(page) % 4)))
+        if not (isinstance(stage, int) and isinstance(last_id, str)) or stage < 0:
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadRequest("_page is not a $everything page this server made", expression="_page") from None
+    return stage, last_id
 
 
 def history_period(at: str | None) -> tuple[datetime, datetime] | None:

@@ -82,6 +82,17 @@ def find_history_of_types(session: Session, types: Sequence[tuple[str, Any]], *,
     return session.execute(stmt.order_by(*order).limit(limit)).all()
 
 
+def find_current_in(session: Session, resource_type: str, ids: Any, *, since: datetime | None = None,
+                    after_id: str = "", limit: int) -> Sequence[Row[tuple[str, str]]]:
+    """(id, content) of the live resources of `resource_type` whose ids the subquery `ids` gives, by id, after
+    `after_id` (a page's cursor), changed at or after `since`."""
+    stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.deleted.is_(False),
+                                             R.c.id.in_(ids), R.c.id > after_id)
+    if since is not None:
+        stmt = stmt.where(R.c.last_updated >= since)
+    return session.execute(stmt.order_by(R.c.id).limit(limit)).all()
+
+
 def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:
     ids = list(ids)
     if not ids:

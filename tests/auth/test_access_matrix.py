@@ -224,6 +224,9 @@ ROWS: dict[str, Row] = {
     "transaction_or_batch": Row(_transaction, ("Observation.c",), other=403, deid=(403,)),
     # every version the token may read: any `r` scope lets it in; another study's versions never show
     "history_system": Row(lambda s, k: s.send("GET", "/fhir/_history?_count=1000"), other="hidden"),
+    # a search of the patient's compartment: Patient.s lets it in (each other type is shown only with its own `s`)
+    "everything_Patient": Row(lambda s, k: s.send("GET", f"/fhir/Patient/{s.id('Patient', k)}/$everything"),
+                              ("Patient.s",)),
     "read_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group/{s.ids[k]['Group']}"), ("Group.r",)),
     "search_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group?_id={s.ids[k]['Group']}"), ("Group.s",),
                         other="hidden"),
