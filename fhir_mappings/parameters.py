@@ -35,6 +35,8 @@ def operation_inputs(query: list[tuple[str, str]], body: dict[str, Any] | None) 
             value: Any = param["resource"]
         elif "valueCoding" in param:
             value = param["valueCoding"]
+        elif "valueCodeableConcept" in param:
+            value = param["valueCodeableConcept"]
         else:
             found = [k for k in _VALUE_KEYS if k in param]
             value = param[found[0]] if found else None

@@ -5,9 +5,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_mappings import fhir
+from fhir_mappings.dates import fhir_instant
+from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from fhir_mappings.terminology import catalogue_names, code_system_resource, load_catalogue
+from fhir_mappings.value_set import (
+    Concept,
+    TerminologyError,
+    concepts_of,
+    expand,
+    lookup,
+    validate_code,
+    value_sets,
+)
 from service.core.registry import INCLUDES, REGISTRY
-from service.errors import NotFound
+from service.errors import BadRequest, FhirError, NotFound
+from service.store.unit_of_work import utcnow
 
 SERVER_VERSION = "0.1.0"
 _RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort ({sorts}; '-' for descending), "
@@ -40,6 +52,137 @@ def read_code_system(id: str) -> dict[str, Any]:
     if cs is None:
         raise NotFound(f"CodeSystem/{id} is not known", expression="CodeSystem.id")
     return cs
+
+
+# -- the trial's ValueSets and the terminology operations --------------------------------------------------------
+
+def all_value_sets() -> dict[str, tuple[dict[str, Any], list[Concept]]]:
+    """id -> (ValueSet, its concepts), for every catalogue's ValueSets (fhir_mappings/value_set.py)."""
+    found = {}
+    for name in catalogue_names():
+        for vs, concepts in value_sets(load_catalogue(name)):
+            found[vs["id"]] = (vs, concepts)
+    return found
+
+
+def read_value_set(id: str) -> dict[str, Any]:
+    found = all_value_sets().get(id)
+    if found is None:
+        raise NotFound(f"ValueSet/{id} is not known", expression="ValueSet.id")
+    return found[0]
+
+
+def _inputs(query: list[tuple[str, str]], body: dict[str, Any] | None) -> list[tuple[str, Any, str]]:
+    try:
+        return operation_inputs(query, body)
+    except ParametersInvalid as bad:
+        raise BadRequest(str(bad), expression=bad.expression) from None
+
+
+def _one(inputs: list[tuple[str, Any, str]], name: str, kind: type | tuple[type, ...] = str) -> Any:
+    try:
+        return single(inputs, name, kind)[0]
+    except ParametersInvalid as bad:
+        raise BadRequest(str(bad), expression=bad.expression) from None
+
+
+def _int(inputs: list[tuple[str, Any, str]], name: str) -> int | None:
+    """An integer input: valueInteger in a Parameters, digits in the query."""
+    value = _one(inputs, name, (str, int))
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise BadRequest(f"{name} must be an integer, not '{value}'", expression=name)
+
+
+def _terminology(error: TerminologyError) -> FhirError:
+    return (NotFound if error.not_found else BadRequest)(str(error), expression=error.expression)
+
+
+def _code_system_by(url: str | None, id: str | None, expression: str) -> dict[str, Any]:
+    if id is not None:
+        return read_code_system(id)
+    if not url:
+        raise BadRequest(f"{expression} is required: the CodeSystem's canonical URL", expression=expression)
+    found = next((cs for cs in code_systems().values() if cs["url"] == url.split("|")[0]), None)
+    if found is None:
+        raise NotFound(f"The code system '{url}' is not one this server holds", expression=expression)
+    return found
+
+
+def _value_set_by(url: str | None, id: str | None) -> tuple[dict[str, Any], list[Concept]]:
+    if id is not None:
+        read_value_set(id)
+        return all_value_sets()[id]
+    if not url:
+        raise BadRequest("url is required: the ValueSet's canonical URL (or use ValueSet/[id]/$…)", expression="url")
+    found = next((v for v in all_value_sets().values() if v[0]["url"] == url.split("|")[0]), None)
+    if found is None:
+        raise NotFound(f"The value set '{url}' is not one this server holds", expression="url")
+    return found
+
+
+def _coded(inputs: list[tuple[str, Any, str]]) -> list[tuple[str | None, str, str | None]]:
+    """The (system, code, display) a $lookup or $validate-code asks about: `code` (+ `system`, `display`), a
+    `coding`, or each coding of a `codeableConcept`; 400 naming `code` when there is none."""
+    code, system, display = _one(inputs, "code"), _one(inputs, "system"), _one(inputs, "display")
+    coding = _one(inputs, "coding", dict)
+    concept = _one(inputs, "codeableConcept", dict)
+    asked: list[tuple[str | None, str, str | None]] = []
+    if code:
+        asked.append((system, code, display))
+    if coding and coding.get("code"):
+        asked.append((coding.get("system"), coding["code"], coding.get("display")))
+    for c in (concept or {}).get("coding") or []:
+        if isinstance(c, dict) and c.get("code"):
+            asked.append((c.get("system"), c["code"], c.get("display")))
+    if not asked:
+        raise BadRequest("Give a code (code, with system), a coding or a codeableConcept", expression="code")
+    return asked
+
+
+def lookup_code(query: list[tuple[str, str]], body: dict[str, Any] | None) -> dict[str, Any]:
+    """CodeSystem/$lookup: system + code (or a coding) -> Parameters (name, version, display, definition)."""
+    inputs = _inputs(query, body)
+    system, code, _ = _coded(inputs)[0]
+    cs = _code_system_by(system, None, "system")
+    version = _one(inputs, "version")
+    if version is not None and version != cs["version"]:
+        raise NotFound(f"{cs['url']} has no version '{version}' here (only {cs['version']})", expression="version")
+    try:
+        return lookup(cs, code)
+    except TerminologyError as error:
+        raise _terminology(error) from None
+
+
+def validate_code_in(kind: str, query: list[tuple[str, str]], body: dict[str, Any] | None,
+                     id: str | None = None) -> dict[str, Any]:
+    """CodeSystem or ValueSet $validate-code: `result` true when the code (any coding of a codeableConcept) is
+    in the code system or value set named by `url` (or the URL's id)."""
+    inputs = _inputs(query, body)
+    asked = _coded(inputs)
+    url = _one(inputs, "url")
+    if kind == "CodeSystem":
+        cs = _code_system_by(url, id, "url")
+        what, concepts = cs["url"], list(concepts_of(cs))
+    else:
+        vs, concepts = _value_set_by(url, id)
+        what = vs["url"]
+    answers = [validate_code(concepts, what, system, code, display) for system, code, display in asked]
+    return next((a for a in answers if a["parameter"][0]["valueBoolean"]), answers[0])
+
+
+def expand_value_set(query: list[tuple[str, str]], body: dict[str, Any] | None, id: str | None = None
+                     ) -> dict[str, Any]:
+    """ValueSet/$expand: `filter` (text in code or display), `count`, `offset`."""
+    inputs = _inputs(query, body)
+    vs, concepts = _value_set_by(_one(inputs, "url"), id)
+    try:
+        return expand(vs, concepts, filter=_one(inputs, "filter"), count=_int(inputs, "count"),
+                      offset=_int(inputs, "offset") or 0, timestamp=fhir_instant(utcnow()))
+    except TerminologyError as error:
+        raise _terminology(error) from None
 
 
 def security(base: str) -> dict[str, Any]:

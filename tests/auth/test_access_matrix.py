@@ -210,11 +210,33 @@ def _public(path: str) -> Row:
     return Row(lambda s, k: s.send("GET", path), public=True)
 
 
+def _terminology() -> dict[str, Row]:
+    ad = "https://trial-fhir.org/CodeSystem/ad-scores"
+    gets = {"lookup_CodeSystem": f"/fhir/CodeSystem/$lookup?system={ad}&code=EASI",
+            "validate_code_CodeSystem": f"/fhir/CodeSystem/$validate-code?url={ad}&code=EASI",
+            "validate_code_CodeSystem_instance": "/fhir/CodeSystem/ad-scores/$validate-code?code=EASI",
+            "validate_code_ValueSet": "/fhir/ValueSet/$validate-code?url=https://trial-fhir.org/ValueSet/ad-scores"
+                                      f"&system={ad}&code=EASI",
+            "validate_code_ValueSet_instance": f"/fhir/ValueSet/ad-scores/$validate-code?system={ad}&code=EASI",
+            "expand_ValueSet": "/fhir/ValueSet/$expand?url=https://trial-fhir.org/ValueSet/ad-scores",
+            "expand_ValueSet_instance": "/fhir/ValueSet/ad-scores/$expand"}
+    rows = {name: _public(url) for name, url in gets.items()}
+    for name, url in gets.items():
+        path, _, query = url.partition("?")
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": k, "valueString": v} for k, v in (p.split("=", 1) for p in query.split("&") if p)]}
+        rows[f"{name}_post"] = Row(lambda s, k, path=path, body=body: s.send("POST", path, json=body), public=True)
+    return rows
+
+
 ROWS: dict[str, Row] = {
     "openapi": _public("/openapi.json"), "swagger_ui_html": _public("/docs"),
     "swagger_ui_redirect": _public("/docs/oauth2-redirect"), "redoc_html": _public("/redoc"),
     "healthz": _public("/healthz"), "capabilities": _public("/fhir/metadata"),
     "read_CodeSystem": _public("/fhir/CodeSystem/ad-scores"), "search_CodeSystem": _public("/fhir/CodeSystem"),
+    "read_ValueSet": _public("/fhir/ValueSet/ad-scores"), "search_ValueSet": _public("/fhir/ValueSet"),
+    # terminology operations answer from the catalogues, never from stored data: public, as the CodeSystem is
+    **_terminology(),
     "read_SearchParameter": _public("/fhir/SearchParameter/Observation-visit"),
     "search_SearchParameter": _public("/fhir/SearchParameter"),
     "smart_configuration": _public("/fhir/.well-known/smart-configuration"),

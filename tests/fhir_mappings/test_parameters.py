@@ -8,12 +8,14 @@ from fhir_mappings.parameters import ParametersInvalid, operation_inputs, parame
 def test_inputs_from_query_and_parameters():
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "code", "valueCode": "EASI"}, {"name": "resource", "resource": {"resourceType": "Patient"}},
-        {"name": "coding", "valueCoding": {"system": "s", "code": "c"}}, {"name": "count", "valueInteger": 3}]}
+        {"name": "coding", "valueCoding": {"system": "s", "code": "c"}}, {"name": "count", "valueInteger": 3},
+        {"name": "codeableConcept", "valueCodeableConcept": {"text": "t"}}]}
     inputs = operation_inputs([("system", "http://x")], body)
     assert inputs == [("system", "http://x", "system"), ("code", "EASI", "Parameters.parameter[0]"),
                       ("resource", {"resourceType": "Patient"}, "Parameters.parameter[1]"),
                       ("coding", {"system": "s", "code": "c"}, "Parameters.parameter[2]"),
-                      ("count", 3, "Parameters.parameter[3]")]
+                      ("count", 3, "Parameters.parameter[3]"),
+                      ("codeableConcept", {"text": "t"}, "Parameters.parameter[4]")]
     assert single(inputs, "code") == ("EASI", "Parameters.parameter[0]")
     assert single(inputs, "count", int) == (3, "Parameters.parameter[3]")
     assert single(inputs, "absent") == (None, "absent")
