@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from fhir_mappings.bundle import bundle, entry
 from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.api.http import BaseUrl, OptionalFhirBody
+from service.api.methods import flat_routes
 from service.conformance import service
 from service.responses import FhirJSONResponse
 from service.search import service as search_service
@@ -25,8 +26,11 @@ router = APIRouter(prefix="/fhir", default_response_class=FhirJSONResponse, resp
 def capabilities(request: Request, base: BaseUrl) -> Response:
     """The CapabilityStatement: exactly the resource types, interactions, search parameters and operations
     this server supports."""
+    routes = [(method, route.path) for route in flat_routes(request.app.routes)
+              for method in sorted(getattr(route, "methods", None) or ()) if method != "HEAD"]
     return FhirJSONResponse(service.capability_statement(base, request.app.state.capability_contributions,
-                                                         smart=request.app.state.settings.auth == "smart"))
+                                                         smart=request.app.state.settings.auth == "smart",
+                                                         routes=routes))
 
 
 # -- terminology operations: GET with query parameters, POST with a Parameters body (or the query). Declared before
