@@ -280,9 +280,13 @@ CASES = [
          post(patient("MRN-TX-1"), full_url="urn:uuid:0d0d0d0d-0000-4000-8000-000000000001"),
          post(observation("ignored", subject={"reference": "urn:uuid:0d0d0d0d-0000-4000-8000-00000000ffff"})))),
      422, "business-rule", "Bundle.entry[1].resource.subject"),
-    ("transaction-patch-method", _none,
+    ("transaction-patch-not-a-binary", _none,
      lambda c, x: c.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
          {"resource": patient(), "request": {"method": "PATCH", "url": "Patient/1"}}]}),
+     400, "invalid", "Bundle.entry[0].resource"),
+    ("transaction-unknown-method", _none,
+     lambda c, x: c.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+         {"resource": patient(), "request": {"method": "MERGE", "url": "Patient/1"}}]}),
      400, "invalid", "Bundle.entry[0].request.method"),
     ("transaction-duplicate-identifier", _none,
      lambda c, x: c.post("/fhir", json=transaction(post(patient("MRN-TX-1")), post(patient("MRN-TX-1")))),

@@ -2,6 +2,8 @@
 checks, audit), conditional PATCH, every bad patch a 4xx naming the operation, nothing written on failure; and a
 client library's round trip (PATCH, history, vread) over plain httpx."""
 
+import base64
+import json
 from typing import Any
 
 import pytest
@@ -215,3 +217,60 @@ def test_a_client_library_patches_then_reads_history_and_versions(client):
     assert [v.get("name") for v in history] == [[{"family": "Lee"}], [{"family": "Park"}], None]
     assert fhir_client.vread("Patient", original["id"], "2") == first
     assert fhir_client.vread("Patient", original["id"], "3") == second
+
+
+def binary(ops: Any, content_type: str = "application/json-patch+json") -> dict:
+    """A PATCH entry's resource, as R4 carries it in a Bundle: the JSON Patch base64-encoded in a Binary."""
+    return {"resourceType": "Binary", "contentType": content_type,
+            "data": base64.b64encode(json.dumps(ops).encode()).decode()}
+
+
+def test_patch_entries_in_a_transaction(client):
+    pid = created(client.post("/fhir/Patient", json=patient("MRN-BP1")))["id"]
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": binary([{"op": "replace", "path": "/gender", "value": "male"}]),
+         "request": {"method": "PATCH", "url": f"Patient/{pid}", "ifMatch": 'W/"1"'}},
+        {"resource": patient("MRN-BP2"), "request": {"method": "POST", "url": "Patient"}}]})
+    assert r.status_code == 200, r.text
+    first = r.json()["entry"][0]["response"]
+    assert first["status"] == "200 OK" and first["etag"] == 'W/"2"'
+    assert client.get(f"/fhir/Patient/{pid}").json()["gender"] == "male"
+    conditional = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": binary([{"op": "add", "path": "/name", "value": [{"family": "Cho"}]}]),
+         "request": {"method": "PATCH", "url": f"Patient?identifier={MRN}|MRN-BP1"}}]})
+    assert conditional.status_code == 200, conditional.text
+    assert client.get(f"/fhir/Patient/{pid}").json()["name"] == [{"family": "Cho"}]
+
+
+@pytest.mark.parametrize(("resource", "status", "expression"), [
+    (binary([{"op": "test", "path": "/gender", "value": "other"}]), 422, "Bundle.entry[0].resource.data"),
+    (binary([{"op": "nonsense"}]), 400, "Bundle.entry[0].resource.data"),
+    (binary([{"op": "replace", "path": "/gender", "value": "bogus"}]), 422, "Bundle.entry[0].resource.gender"),
+    (binary([], "application/fhir+json"), 400, "Bundle.entry[0].resource.contentType"),
+    ({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": "%%%"}, 400,
+     "Bundle.entry[0].resource.data"),
+    (patient(), 400, "Bundle.entry[0].resource"),
+])
+def test_a_failing_patch_entry_fails_the_transaction(client, resource, status, expression):
+    pid = created(client.post("/fhir/Patient", json=patient()))["id"]
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": resource, "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+        {"resource": patient("MRN-NOT-KEPT"), "request": {"method": "POST", "url": "Patient"}}]})
+    assert r.status_code == status, r.text
+    assert expression in r.json()["issue"][0]["expression"]
+    assert client.get(f"/fhir/Patient?identifier={MRN}|MRN-NOT-KEPT").json()["total"] == 0
+    assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "1"
+
+
+def test_a_failing_patch_entry_of_a_batch_is_that_entry_s(client):
+    pid = created(client.post("/fhir/Patient", json=patient()))["id"]
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": binary([{"op": "test", "path": "/gender", "value": "other"}]),
+         "request": {"method": "PATCH", "url": f"Patient/{pid}"}},
+        {"resource": binary([{"op": "replace", "path": "/gender", "value": "other"}]),
+         "request": {"method": "PATCH", "url": f"Patient/{pid}"}}]})
+    assert r.status_code == 200, r.text
+    first, second = r.json()["entry"]
+    assert first["response"]["status"].startswith("422")
+    assert second["response"]["status"] == "200 OK"
+    assert client.get(f"/fhir/Patient/{pid}").json()["gender"] == "other"
