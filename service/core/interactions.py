@@ -412,8 +412,10 @@ class Core:
         studies), as a searchset paged by an opaque cursor; `_since` keeps what changed at or after an instant,
         `_type` the types listed. Limited as a search is: each type needs `s` (the Patient's is required, a type
         without it is left out) and the caller's studies; audited as the operation `everything`."""
+        # (a de-identified client names the Patient by its pseudonym: the facts of the Bundle name the real one)
+        named = [] if ctx.caller.deidentified else [f"Patient/{id}"]
         body = await self._audited(ctx, "operation", self._everything(ctx, id, count, since, types, page),
-                                   _bundle_facts, operation="everything", resources_named=[f"Patient/{id}"])
+                                   _bundle_facts, operation="everything", resources_named=named)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _everything(self, ctx: Context, asked: str, count: int | None, since: datetime | None,
@@ -453,12 +455,15 @@ class Core:
         entries = [entry(f"{base}/{rtype}/{rid}", content, search={"mode": mode}) for rtype, rid, content, mode in rows]
         query = f"_count={size}" + (f"&_since={fhir_instant(since)}" if since else "") \
             + (f"&_type={quote(types, safe=',')}" if types else "")
-        here = f"{base}/Patient/{id}/$everything?{query}"
+        # the links name the Patient as it was asked (a de-identified client: by its pseudonym, never the real id)
+        here = f"{base}/Patient/{asked}/$everything?{query}"
         links = [("self", here + (f"&_page={page}" if page else ""))]
         if more:
             last_type, last_id = rows[-1][0], rows[-1][1]
             stage = next(i for i, (t, _, _) in enumerate(_everything_stages(id)) if t == last_type)
-            links.append(("next", f"{here}&_page={encode_everything_page(stage, last_id)}"))
+            # a page that ends with the Patient goes on at the next stage: the cursor never holds its id
+            cursor = encode_everything_page(stage + 1, "") if stage == 0 else encode_everything_page(stage, last_id)
+            links.append(("next", f"{here}&_page={cursor}"))
         return bundle("searchset", entries, total=None if page or more else len(entries), links=links)
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
