@@ -462,8 +462,8 @@ class Core:
             last_type, last_id = rows[-1][0], rows[-1][1]
             stage = next(i for i, (t, _, _) in enumerate(_everything_stages(id)) if t == last_type)
             # a page that ends with the Patient goes on at the next stage: the cursor never holds its id
-            cursor = encode_everything_page(stage + 1, "") if stage == 0 else encode_everything_page(stage, last_id)
-            links.append(("next", f"{here}&_page={cursor}"))
+            following = encode_everything_page(stage + 1, "") if stage == 0 else encode_everything_page(stage, last_id)
+            links.append(("next", f"{here}&_page={following}"))
         return bundle("searchset", entries, total=None if page or more else len(entries), links=links)
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
