@@ -255,7 +255,7 @@ def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_m
         raise Gone(f"{resource_type}/{id} was deleted (version {current.version_id}): there is nothing to patch",
                    expression=f"{resource_type}.id", headers={"ETag": f'W/"{current.version_id}"'})
     try:
-        patched = json_patch.apply_patch(orjson.loads(current.content), operations)
+        patched = json_patch.apply_patch(orjson.loads(current.content), operations, in_place=True)
     except json_patch.PatchInvalid as bad:
         raise BadRequest(str(bad), issues=[issue("invalid", p.message, p.expression) for p in bad.problems]) from None
     except json_patch.PatchFailed as failed:
