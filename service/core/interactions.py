@@ -206,17 +206,17 @@ class Core:
         $validate returns the outcome; a 4xx means the validation could not be done). The body is the resource,
         or a Parameters with `resource`, `mode` and `profile` (`mode` may be in the query too). Needs the scope the
         write itself would (c, u or d), audited as the operation `validate`."""
-        resource, mode = _validate_inputs(resource_type, body, query)
-
-        async def run() -> list[Issue]:
+        async def run() -> tuple[list[Issue], dict[str, Any] | None, str | None]:
             _no_deidentified_writes(ctx)
-            return await self._in_write_session(lambda session: resources.validate(
+            resource, mode = _validate_inputs(resource_type, body, query)  # a 400 here is audited too
+            issues = await self._in_write_session(lambda session: resources.validate(
                 session, resource_type, resource, mode=mode, id=id, base_url=ctx.base_url,
                 enforce_rules=self.settings.enforce_trial_rules, caller=ctx.caller))
+            return issues, resource, mode
         target = [f"{resource_type}/{id}"] if id else []
-        issues = await self._audited(
+        issues, resource, mode = await self._audited(
             ctx, "operation", run(),
-            lambda _: (patients_of(resource_type, resource) if resource else [], []),
+            lambda done: (patients_of(resource_type, done[1]) if done[1] else [], []),
             operation="validate", resources_named=target)
         if not issues:
             issues = [issue("informational", f"The {resource_type} is valid" + (f" for {mode}" if mode else ""),
