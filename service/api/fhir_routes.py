@@ -180,7 +180,7 @@ def build_router(resource_type: str) -> APIRouter:
                     responses={200: fhir_json(search_example, "A searchset Bundle: the Patient, its compartment "
                                               "(`match`) and the studies it references (`include`)"),
                                **error_docs(400, 404)})
-        async def everything(id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
+        async def everything(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
                              count: Annotated[int | None, Query(alias="_count", ge=1, le=1000)] = None,
                              types: Annotated[str | None, Query(
                                  alias="_type", description="Comma-separated types to include, e.g. "
@@ -190,8 +190,10 @@ def build_router(resource_type: str) -> APIRouter:
             enrolments, results and adverse events: its compartment) plus the studies those reference, as a
             searchset Bundle paged by the `next` link (`_count`). `_since` keeps what changed at or after an instant,
             `_type` the listed types. Limited as searches are: by the token's `s` scopes (a type without one is
-            left out) and its studies."""
-            return FhirJSONResponse(await core.everything(ctx, id, count=count, since=since, types=types, page=page))
+            left out) and its studies. R4's `start` and `end` (care dates) are not supported: a 400, not ignored (that
+            would widen the answer); any other unknown parameter is ignored, or a 400 with `Prefer: handling=strict`."""
+            return FhirJSONResponse(await core.everything(ctx, id, count=count, since=since, types=types, page=page,
+                                                          asked=list(request.query_params)))
 
     @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read a {resource_type}",
                 responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set"),

@@ -406,7 +406,7 @@ class Core:
     # -- Patient/$everything ----------------------------------------------------------------------------------
 
     async def everything(self, ctx: Context, id: str, *, count: int | None = None, since: datetime | None = None,
-                         types: str | None = None, page: str | None = None) -> bytes:
+                         types: str | None = None, page: str | None = None, asked: Sequence[str] = ()) -> bytes:
         """GET [base]/Patient/{id}/$everything: the Patient, every resource of its compartment (each stored type
         whose `patient_param` names it: enrolments, results, adverse events) and what those reference (their
         studies), as a searchset paged by an opaque cursor; `_since` keeps what changed at or after an instant,
@@ -414,13 +414,14 @@ class Core:
         without it is left out) and the caller's studies; audited as the operation `everything`."""
         # (a de-identified client names the Patient by its pseudonym: the facts of the Bundle name the real one)
         named = [] if ctx.caller.deidentified else [f"Patient/{id}"]
-        body = await self._audited(ctx, "operation", self._everything(ctx, id, count, since, types, page),
+        body = await self._audited(ctx, "operation", self._everything(ctx, id, count, since, types, page, asked),
                                    _bundle_facts, operation="everything", resources_named=named)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _everything(self, ctx: Context, asked: str, count: int | None, since: datetime | None,
-                          types: str | None, page: str | None) -> bytes:
+                          types: str | None, page: str | None, params: Sequence[str]) -> bytes:
         access.require(ctx.caller, "Patient", "s")
+        _everything_params(params, strict=ctx.strict)
         settings = self.settings
         size = min(count or settings.default_page_size, settings.max_page_size)
         wanted = _everything_types(types)
@@ -586,6 +587,22 @@ def _everything_stages(patient_id: str) -> list[tuple[str, str, Any]]:
             held = or_(*[stored.table.c.id.in_(ids) for ids in referenced[stored.name]])
             stages.append((stored.name, "include", select(stored.table.c.id).where(held)))
     return stages
+
+
+#: the parameters $everything answers (and those every FHIR request may carry)
+EVERYTHING_PARAMS = frozenset({"_count", "_since", "_type", "_page", "_format"})
+
+
+def _everything_params(params: Sequence[str], *, strict: bool) -> None:
+    """400 for R4's `start`/`end` (care dates, not supported: ignoring them would widen the answer), and under
+    `handling=strict` for any other parameter $everything does not know."""
+    unsupported = [p for p in params if p in ("start", "end")]
+    if unsupported:
+        raise BadRequest(f"$everything does not support {', '.join(unsupported)} (care dates); use _since or _type",
+                         expression=unsupported[0])
+    unknown = [p for p in params if p not in EVERYTHING_PARAMS]
+    if strict and unknown:
+        raise BadRequest(f"Unknown $everything parameter {unknown[0]}", expression=unknown[0])
 
 
 def _everything_types(types: str | None) -> frozenset[str]:

@@ -95,6 +95,16 @@ def test_bad_parameters_are_a_400(client, two_patients, query, status, expressio
         assert expression in r.json()["issue"][0]["expression"][0]
 
 
+def test_parameters_that_would_widen_are_refused(client, two_patients):
+    pid = two_patients["mine"]["patient"]
+    for query in ("start=2024-01-01", "end=2024-12-31"):
+        r = client.get(f"/fhir/Patient/{pid}/$everything?{query}")
+        assert r.status_code == 400 and r.json()["issue"][0]["expression"] == [query.split("=")[0]]
+    assert client.get(f"/fhir/Patient/{pid}/$everything?bogus=1").status_code == 200  # lenient: ignored
+    strict = client.get(f"/fhir/Patient/{pid}/$everything?bogus=1", headers={"Prefer": "handling=strict"})
+    assert strict.status_code == 400 and strict.json()["issue"][0]["expression"] == ["bogus"]
+
+
 def test_unknown_and_deleted_patient(client):
     assert client.get("/fhir/Patient/nobody/$everything").status_code == 404
     lonely = created(client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"}))["id"]
