@@ -37,8 +37,14 @@ def capabilities(request: Request, base: BaseUrl) -> Response:
 # the reads, so `CodeSystem/$lookup` is not read as the CodeSystem with id "$lookup". Public, as the CodeSystem and
 # ValueSets themselves are: they answer from the catalogues, never from stored data.
 
-_PARAMETERS_BODY = {"requestBody": {"required": False, "description": "A Parameters resource with the inputs",
-                                    "content": {"application/fhir+json": {"schema": {"type": "object"}}}}}
+def _parameters_body(**inputs: str) -> dict[str, Any]:
+    """The OpenAPI request body of a terminology operation's POST: a Parameters, with an example of `inputs`."""
+    example = {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in inputs.items()]}
+    return {"requestBody": {"required": False, "description": "A Parameters resource with the inputs",
+                            "content": {"application/fhir+json": {"schema": {"type": "object"}, "example": example}}}}
+
+
+_AD = "https://trial-fhir.org/CodeSystem/ad-scores"
 _LOOKUP_EXAMPLE = {"resourceType": "Parameters", "parameter": [
     {"name": "name", "valueString": "ADScores"}, {"name": "version", "valueString": "1.0.0"},
     {"name": "display", "valueString": "Eczema Area and Severity Index (EASI)"}]}
@@ -52,7 +58,8 @@ _EXPAND_EXAMPLE = {"resourceType": "ValueSet", "id": "ad-scores", "url": "https:
 
 
 def _operation(path: str, tag: str, name: str, summary: str, doc: str, example: dict[str, Any],
-               run: Callable[[list[tuple[str, str]], dict[str, Any] | None, str | None], dict[str, Any]]) -> None:
+               run: Callable[[list[tuple[str, str]], dict[str, Any] | None, str | None], dict[str, Any]],
+               inputs: dict[str, str]) -> None:
     """Declare one terminology operation twice: GET (query) and POST (Parameters body), named `name` and
     `name_post`."""
     responses = {200: fhir_json(example, "The operation's result"), **error_docs(400, 404)}
@@ -67,31 +74,36 @@ def _operation(path: str, tag: str, name: str, summary: str, doc: str, example: 
     post.__doc__ = doc + " The inputs in a Parameters body (or the query)."
     router.add_api_route(path, get, methods=["GET"], tags=[tag], name=name, summary=summary, responses=responses)
     router.add_api_route(path, post, methods=["POST"], tags=[tag], name=f"{name}_post", summary=f"{summary} (POST)",
-                         responses=responses, openapi_extra=_PARAMETERS_BODY)
+                         responses=responses, openapi_extra=_parameters_body(**inputs))
 
 
 _operation("/CodeSystem/$lookup", "CodeSystem", "lookup_CodeSystem", "Look up a code",
            "`CodeSystem/$lookup?system=…&code=…` (or `coding`): the code's name, version, display and definition "
            "(a Parameters); 404 naming `system` or `code` for one this server does not hold.",
-           _LOOKUP_EXAMPLE, lambda q, b, _: service.lookup_code(q, b))
+           _LOOKUP_EXAMPLE, lambda q, b, _: service.lookup_code(q, b), {"system": _AD, "code": "EASI"})
 for _path, _name in (("/CodeSystem/$validate-code", "validate_code_CodeSystem"),
                      ("/CodeSystem/{id}/$validate-code", "validate_code_CodeSystem_instance")):
     _operation(_path, "CodeSystem", _name, "Validate a code in a CodeSystem",
                "`$validate-code` on the trial's CodeSystem (`url`, or the id in the path): `code` (with `display`), "
                "a `coding` or a `codeableConcept`; a Parameters whose `result` says whether it is one of its codes.",
-               _VALIDATE_CODE_EXAMPLE, lambda q, b, i: service.validate_code_in("CodeSystem", q, b, i))
+               _VALIDATE_CODE_EXAMPLE, lambda q, b, i: service.validate_code_in("CodeSystem", q, b, i),
+               {"code": "EASI"} if "{id}" in _path else {"url": _AD, "code": "EASI"})
 for _path, _name in (("/ValueSet/$validate-code", "validate_code_ValueSet"),
                      ("/ValueSet/{id}/$validate-code", "validate_code_ValueSet_instance")):
     _operation(_path, "ValueSet", _name, "Validate a code in a ValueSet",
                "`$validate-code` on one of the trial's ValueSets (`url`, or the id in the path): `system` and `code` "
                "(with `display`), a `coding` or a `codeableConcept`; a Parameters whose `result` says whether it is in "
-               "the value set.", _VALIDATE_CODE_EXAMPLE, lambda q, b, i: service.validate_code_in("ValueSet", q, b, i))
+               "the value set.", _VALIDATE_CODE_EXAMPLE, lambda q, b, i: service.validate_code_in("ValueSet", q, b, i),
+               {"system": _AD, "code": "EASI"} if "{id}" in _path
+               else {"url": "https://trial-fhir.org/ValueSet/ad-scores", "system": _AD, "code": "EASI"})
 for _path, _name in (("/ValueSet/$expand", "expand_ValueSet"), ("/ValueSet/{id}/$expand", "expand_ValueSet_instance")):
     _operation(_path, "ValueSet", _name, "Expand a ValueSet",
                "`$expand` of one of the trial's ValueSets (`url`, or the id in the path): its codes in "
                "`expansion.contains`; `filter` keeps those whose code or display contains the text, `offset` and "
                "`count` page them (`expansion.total` counts every match).",
-               _EXPAND_EXAMPLE, lambda q, b, i: service.expand_value_set(q, b, i))
+               _EXPAND_EXAMPLE, lambda q, b, i: service.expand_value_set(q, b, i),
+               {"filter": "easi"} if "{id}" in _path
+               else {"url": "https://trial-fhir.org/ValueSet/ad-scores", "filter": "easi"})
 
 
 @router.get("/ValueSet/{id}", tags=["ValueSet"], name="read_ValueSet", summary="Read a ValueSet",
