@@ -319,6 +319,9 @@ def validate(session: Session, resource_type: str, payload: dict[str, Any] | Non
         return list(refused.issues)
     except RuleViolation as violation:
         return [i if enforce_rules else replace(i, severity="warning") for i in violation.issues]
+    except IntegrityError:  # a unique key a concurrent write took between the checks and the insert
+        return [issue("conflict", f"The {resource_type} conflicts with one stored meanwhile (a key it holds is "
+                      "taken)", resource_type)]
     finally:
         session.rollback()
     return []
