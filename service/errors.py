@@ -100,6 +100,13 @@ class UnsupportedMediaType(FhirError):
     status_code, issue_code = 415, "not-supported"
 
 
+class PatchNotApplicable(FhirError):
+    """A well-formed JSON Patch that can't be applied to the resource (a path that isn't there, a failed `test`):
+    422, as RFC 5789 §2.2 says."""
+
+    status_code, issue_code = 422, "processing"
+
+
 class RuleViolation(FhirError):
     """A resource that is valid FHIR but breaks a value-set binding or a trial rule."""
 

@@ -18,9 +18,12 @@ from service.api.http import (
     CoreDep,
     Ctx,
     FhirBody,
+    HistoryAt,
     HistoryCount,
     HistoryPage,
     HistorySince,
+    OptionalFhirBody,
+    PatchBody,
     not_modified_since,
     stored_response,
     version_headers,
@@ -124,11 +127,73 @@ def build_router(resource_type: str) -> APIRouter:
     @router.get("/_history", name=f"history_type_{resource_type}", summary=f"History of every {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(400)})
     async def type_history(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
-                           page: HistoryPage = None) -> Response:
-        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page))
+                           page: HistoryPage = None, at: HistoryAt = None) -> Response:
+        return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page,
+                                                        at=at))
 
     type_history.__doc__ = (f"Every version of every {resource_type}, newest first (deletions included), paged by "
-                            "the `next` link; `_since` keeps the versions made at or after an instant.")
+                            "the `next` link; `_since` keeps the versions made at or after an instant, `_at` those "
+                            "that were current at some moment of a date's period.")
+
+    valid = outcome([issue("informational", f"The {resource_type} is valid", severity="information")])
+    invalid = outcome([issue("code-invalid", "Unknown status 'bogus'", f"{resource_type}.status")])
+    validate_doc = {"requestBody": {"required": False, "description": f"The {resource_type} to validate, or a "
+                                    "Parameters with `resource`, `mode` (create, update, delete) and `profile`",
+                                    "content": {"application/fhir+json": {"schema": {"type": "object"},
+                                                                          "example": example}}}}
+    validate_responses = {200: fhir_json(valid, "The validation's OperationOutcome: an `information` issue when the "
+                                         "resource is valid, else its errors (still 200)"),
+                          **error_docs(400, 404, 410)}
+    validate_responses[200]["content"]["application/fhir+json"]["examples"] = {
+        "valid": {"value": valid}, "invalid": {"value": invalid}}
+    mode_query = Annotated[str | None, Query(alias="mode", description="create (default at type level), update or "
+                                             "delete (at instance level)")]
+
+    @router.post("/$validate", name=f"validate_{resource_type}", summary=f"Validate a {resource_type}",
+                 openapi_extra=validate_doc, responses=validate_responses)
+    async def validate_type(request: Request, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
+                            mode: mode_query = None) -> Response:
+        return FhirJSONResponse(await core.validate(ctx, resource_type, body, request.query_params.multi_items()))
+
+    validate_type.__doc__ = (
+        f"`$validate`: check a {resource_type} as a create of it would be checked (FHIR R4 structure, value sets, "
+        "the trial's rules, identifiers already taken), storing nothing. The answer is 200 with an OperationOutcome "
+        "either way, as R4's $validate defines it: its error issues name each element at fault, or one "
+        "`information` issue says the resource is valid. A 4xx means the validation could not be done (a bad "
+        "mode, an unknown profile). Needs the scope the write would.")
+
+    @router.post("/{id}/$validate", name=f"validate_instance_{resource_type}",
+                 summary=f"Validate an update or delete of a {resource_type}", openapi_extra=validate_doc,
+                 responses=validate_responses)
+    async def validate_instance(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
+                                mode: mode_query = None) -> Response:
+        return FhirJSONResponse(await core.validate(ctx, resource_type, body, request.query_params.multi_items(),
+                                                    id=id))
+
+    validate_instance.__doc__ = (
+        f"`$validate` against the stored {resource_type}: `mode=update` (the default here) checks the body as a PUT "
+        "of it would be checked; `mode=delete` (no body) whether the resource may be deleted (409 issues when "
+        "others depend on it). Nothing is stored; 200 with the OperationOutcome either way.")
+
+    if resource_type == "Patient":
+        @router.get("/{id}/$everything", name="everything_Patient", summary="Everything about a Patient",
+                    responses={200: fhir_json(search_example, "A searchset Bundle: the Patient, its compartment "
+                                              "(`match`) and the studies it references (`include`)"),
+                               **error_docs(400, 404)})
+        async def everything(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
+                             count: Annotated[int | None, Query(alias="_count", ge=1, le=1000)] = None,
+                             types: Annotated[str | None, Query(
+                                 alias="_type", description="Comma-separated types to include, e.g. "
+                                 "Observation,AdverseEvent")] = None,
+                             page: HistoryPage = None) -> Response:
+            """`Patient/{id}/$everything`: the Patient and every resource about it this server keeps (its
+            enrolments, results and adverse events: its compartment) plus the studies those reference, as a
+            searchset Bundle paged by the `next` link (`_count`). `_since` keeps what changed at or after an instant,
+            `_type` the listed types. Limited as searches are: by the token's `s` scopes (a type without one is
+            left out) and its studies. R4's `start` and `end` (care dates) are not supported: a 400, not ignored (that
+            would widen the answer); any other unknown parameter is ignored, or a 400 with `Prefer: handling=strict`."""
+            return FhirJSONResponse(await core.everything(ctx, id, count=count, since=since, types=types, page=page,
+                                                          asked=list(request.query_params)))
 
     @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read a {resource_type}",
                 responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set"),
@@ -158,6 +223,41 @@ def build_router(resource_type: str) -> APIRouter:
                       "otherwise); with `If-None-Match: *` only when it does not exist yet (412 otherwise). An "
                       "unknown id creates the resource (201).")
 
+    patch_example = [{"op": "test", "path": "/id", "value": saved["id"]},
+                     *([{"op": "replace", "path": f"/{key}", "value": example[key]}
+                        for key in ("status", "gender", "birthDate") if key in example][:1])]
+    patch_doc = {"requestBody": {"required": True, "description": "A JSON Patch (RFC 6902)", "content": {
+        "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}},
+                                        "example": patch_example}}}}
+
+    @router.patch("/{id}", name=f"patch_{resource_type}", summary=f"Patch a {resource_type}",
+                  openapi_extra=patch_doc,
+                  responses={200: fhir_json(saved_v2, "Patched: a new version (or the current one, when the patch "
+                                            "changed nothing)"), **error_docs(400, 404, 410, 412, 415, 422)})
+    async def patch(id: IdPath, core: CoreDep, ctx: Ctx, body: PatchBody, if_match: IfMatch = None,
+                    prefer: Prefer = None) -> Response:
+        stored_ = await core.patch(ctx, resource_type, id, body, if_match=if_match)
+        return stored_response(stored_, ctx.base_url, prefer)
+
+    patch.__doc__ = (
+        f"Change part of a {resource_type} with a JSON Patch (`Content-Type: application/json-patch+json`, RFC 6902: "
+        "add, remove, replace, move, copy, test). The patched resource is checked and stored as a PUT of it would "
+        "be (400/422 naming the element). `If-Match: W/\"n\"` patches only version n (412 otherwise). A malformed "
+        "patch is a 400, one that can't be applied (a path that isn't there, a failed `test`) a 422, each naming "
+        "the operation (`Patch[i].path`).")
+
+    @router.patch("", name=f"conditional_patch_{resource_type}", summary=f"Conditional patch of a {resource_type}",
+                  openapi_extra=patch_doc,
+                  responses={200: fhir_json(saved_v2, "Patched the one match"),
+                             **error_docs(400, 404, 412, 415, 422)})
+    async def conditional_patch(request: Request, core: CoreDep, ctx: Ctx, body: PatchBody,
+                                if_match: IfMatch = None, prefer: Prefer = None) -> Response:
+        stored_ = await core.conditional_patch(ctx, resource_type, str(request.url.query), body, if_match=if_match)
+        return stored_response(stored_, ctx.base_url, prefer)
+
+    conditional_patch.__doc__ = (f"`PATCH /fhir/{resource_type}?identifier=system|value`: patch the one resource "
+                                 "that matches (404 when none does, 412 when several do).")
+
     @router.delete("/{id}", status_code=200, name=f"delete_{resource_type}", summary=f"Delete a {resource_type}",
                    responses={200: fhir_json(outcome([issue("informational", "Deleted", severity="information")]),
                                              "Deleted (OperationOutcome); deleting again is a no-op"),
@@ -173,13 +273,17 @@ def build_router(resource_type: str) -> APIRouter:
 
     @router.get("/{id}/_history", name=f"history_{resource_type}", summary=f"History of a {resource_type}",
                 responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(404)})
-    async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx,
+    async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
                                count: HistoryCount = 50,
                                before: Annotated[int | None, Query(alias="_before_version", ge=1,
-                                                                   description="paging cursor")] = None) -> Response:
-        return FhirJSONResponse(await core.history(ctx, resource_type, id, count=count, before_version=before))
+                                                                   description="paging cursor")] = None,
+                               at: HistoryAt = None) -> Response:
+        return FhirJSONResponse(await core.history(ctx, resource_type, id, count=count, before_version=before,
+                                                   since=since, at=at))
 
-    instance_history.__doc__ = f"Every version of a {resource_type}, newest first (deletions included)."
+    instance_history.__doc__ = (f"Every version of a {resource_type}, newest first (deletions included); `_since` "
+                                "keeps the versions made at or after an instant, `_at` those that were current at "
+                                "some moment of a date's period.")
 
     @router.get("/{id}/_history/{vid}", name=f"vread_{resource_type}", summary=f"Read one version of a {resource_type}",
                 responses={200: fhir_json(saved, "That version"), **error_docs(404, 410)})

@@ -14,11 +14,12 @@ from starlette.types import Scope
 
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
+from service.api.middleware import JSON_PATCH
 from service.audit.events import event_for, new_id, outcome_for
 from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
 from service.core.resources import Stored, read_json
-from service.errors import ResourceInvalid, Unauthorized
+from service.errors import BadRequest, ResourceInvalid, Unauthorized, UnsupportedMediaType
 from service.export.service import parse_since  # the same _since as $export
 from service.responses import FhirJSONResponse
 from service.settings import Settings
@@ -45,6 +46,31 @@ async def fhir_body(request: Request) -> dict[str, Any]:
 
 
 FhirBody = Annotated[dict[str, Any], Depends(fhir_body)]
+
+
+async def optional_fhir_body(request: Request) -> dict[str, Any] | None:
+    """A FHIR resource body, or None when there is none (an operation whose inputs may all be in the query)."""
+    raw = await request.body()
+    return parse_body(raw) if raw.strip() else None
+
+
+OptionalFhirBody = Annotated[dict[str, Any] | None, Depends(optional_fhir_body)]
+
+
+async def patch_body(request: Request) -> Any:
+    """A PATCH's body: a JSON Patch document (`application/json-patch+json`, 415 otherwise: FHIRPath Patch is not
+    supported), parsed as JSON (400 naming `body` when it is not JSON); its operations are checked when applied."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != JSON_PATCH:
+        raise UnsupportedMediaType(f"A PATCH takes a JSON Patch (Content-Type: {JSON_PATCH}), not "
+                                   f"'{ctype or '(none)'}'; FHIRPath Patch is not supported", expression="Content-Type")
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest("The PATCH has no body: send a JSON Patch (an array of operations)", expression="body")
+    return read_json(raw)
+
+
+PatchBody = Annotated[Any, Depends(patch_body)]
 
 
 def base_of(configured: str | None, request_base: str) -> str:
@@ -232,6 +258,12 @@ async def history_since(since: Annotated[str | None, Query(
 
 
 HistorySince = Annotated[datetime | None, Depends(history_since)]
+
+
+#: history `_at` (the core reads it: service/core/interactions.py `history_period`)
+HistoryAt = Annotated[str | None, Query(
+    alias="_at", description="Only versions that were current at some moment of this date's period (a year, month, "
+    "day or instant, as in date searches)", examples=["2024-01-15"])]
 
 
 async def the_core(request: Request) -> Core:

@@ -2,7 +2,8 @@
 
 - `_format` and `Accept` negotiation: JSON only (`json`, `application/json`, `application/fhir+json`);
   asking for `application/json` gets that Content-Type, XML or anything else gets 406;
-- request bodies must be JSON (`application/fhir+json` or `application/json`), else 415;
+- request bodies must be JSON (`application/fhir+json` or `application/json`; a PATCH's may be
+  `application/json-patch+json`), else 415;
 - request bodies larger than `max_body_bytes` get 413 (Content-Length, or counted while streaming).
 """
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
+JSON_PATCH = "application/json-patch+json"
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
 
 
@@ -60,13 +62,16 @@ def negotiate(query: dict[str, str], accept: str) -> str:
     return output
 
 
-def check_body(path: str, content_type: str | None, length: str | None, max_body_bytes: int) -> None:
-    """415 unless the body is JSON (or a search form), 413 when Content-Length is over the limit."""
+def check_body(path: str, content_type: str | None, length: str | None, max_body_bytes: int,
+               method: str = "POST") -> None:
+    """415 unless the body is JSON (or a search form, or a JSON Patch on a PATCH), 413 when Content-Length is over
+    the limit."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if not _r4(content_type or ""):
         raise UnsupportedMediaType(f"This server speaks FHIR R4 (fhirVersion=4.0), not what '{content_type}' says",
                                    expression="Content-Type")
-    if ctype not in JSON_TYPES and not (path.endswith("/_search") and ctype == "application/x-www-form-urlencoded"):
+    if ctype not in JSON_TYPES and not (path.endswith("/_search") and ctype == "application/x-www-form-urlencoded") \
+            and not (method == "PATCH" and ctype == JSON_PATCH):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")
     if length is not None and length.isdigit() and int(length) > max_body_bytes:
@@ -103,7 +108,7 @@ def edge(scope: Scope, max_body_bytes: int) -> tuple[str, bool]:
     has_body = scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0")
                                                                 or b"transfer-encoding" in headers)
     if has_body:
-        check_body(scope["path"], headers.get(b"content-type"), length, max_body_bytes)
+        check_body(scope["path"], headers.get(b"content-type"), length, max_body_bytes, scope["method"])
     return output, has_body
 
 

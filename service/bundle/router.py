@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
-from service.api.http import CoreDep, Ctx, FhirBody, HistoryCount, HistoryPage, HistorySince
+from service.api.http import CoreDep, Ctx, FhirBody, HistoryAt, HistoryCount, HistoryPage, HistorySince
 from service.core.context import prefers
 from service.examples import TRANSACTION
 from service.responses import FhirJSONResponse
@@ -40,8 +40,9 @@ async def transaction_or_batch(request: Request, core: CoreDep, ctx: Ctx, body: 
             responses={200: fhir_json({"resourceType": "Bundle", "type": "history", "entry": []},
                                       "A history Bundle, newest first"), **error_docs(400)})
 async def history_system(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
-                         page: HistoryPage = None) -> Response:
+                         page: HistoryPage = None, at: HistoryAt = None) -> Response:
     """Every version of every resource the token may read (each type it holds `r` on, in its studies), newest
-    first (deletions included), paged by the `next` link; `_since` keeps those made at or after an instant. The
-    audit trail is searched at `/fhir/AuditEvent`, not listed here."""
-    return FhirJSONResponse(await core.system_history(ctx, count=count, since=since, page=page))
+    first (deletions included), paged by the `next` link; `_since` keeps those made at or after an instant, `_at`
+    those that were current at some moment of a date's period. The audit trail is searched at `/fhir/AuditEvent`,
+    not listed here."""
+    return FhirJSONResponse(await core.system_history(ctx, count=count, since=since, page=page, at=at))

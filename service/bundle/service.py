@@ -6,6 +6,7 @@ dependency order (patients and studies, enrolments, then results), then reads. A
 it back and answers with an OperationOutcome naming the entry. A batch runs each entry on its own.
 """
 
+import base64
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -33,7 +34,8 @@ from service.trial.service import enrolments, study_policy
 STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "400 Bad Request",
                404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict", 410: "410 Gone",
                412: "412 Precondition Failed", 413: "413 Payload Too Large", 422: "422 Unprocessable Entity"}
-METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 1, "GET": 2, "HEAD": 2}
+METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 1, "PATCH": 1, "GET": 2, "HEAD": 2}
+JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Request:
     if_none_exist: str | None
     if_match: str | None
     may_refer: bool = True  # may hold a reference to another entry's fullUrl (False: no need to look)
+    operations: Any = None  # a PATCH entry's JSON Patch, from its Binary
 
     @property
     def prefix(self) -> str:
@@ -96,7 +99,7 @@ def _read_entry(i: int, item: Any) -> Request:
             raise BadRequest(f"{at} must be a string", expression=at)
     method = req["method"].upper()
     if method not in METHOD_ORDER:
-        raise BadRequest(f"request.method '{req['method']}' is not supported here (GET, POST, PUT, DELETE)",
+        raise BadRequest(f"request.method '{req['method']}' is not supported here (GET, POST, PUT, PATCH, DELETE)",
                          expression=f"{where}.request.method")
     url = req["url"]
     path = urlsplit(url).path if url.startswith("http") else url.split("?", 1)[0]
@@ -122,6 +125,13 @@ def _read_entry(i: int, item: Any) -> Request:
                              expression=f"{where}.request.url")
         if method == "POST" and len(parts) > 1:
             raise BadRequest("A POST entry's url is the resource type only", expression=f"{where}.request.url")
+    operations = None
+    if method == "PATCH":
+        if rid is None and not query:
+            raise BadRequest("A PATCH entry needs Type/id or a conditional Type?search url",
+                             expression=f"{where}.request.url")
+        operations = _json_patch_of(resource, f"{where}.resource")
+        resource = None
     if method == "DELETE" and rid is None and not query:
         raise BadRequest("A DELETE entry needs Type/id or Type?search", expression=f"{where}.request.url")
     if rid is not None and not ID_RE.match(rid):
@@ -131,7 +141,23 @@ def _read_entry(i: int, item: Any) -> Request:
                          expression=f"{where}.request.url")
     # a POST or PUT of a type this server does not store is out of scope: the policy decides when it runs
     return Request(i, method, rtype, rid, query, item.get("fullUrl"), resource, req.get("ifNoneExist"),
-                   req.get("ifMatch"))
+                   req.get("ifMatch"), operations=operations)
+
+
+def _json_patch_of(resource: dict[str, Any] | None, where: str) -> Any:
+    """A PATCH entry's JSON Patch: R4 (http.html#transaction) carries it as a Binary resource, `contentType`
+    application/json-patch+json and the patch base64-encoded in `data`; 400 naming what is wrong. (FHIRPath Patch,
+    a Parameters, is not supported.)"""
+    if resource is None or resource.get("resourceType") != "Binary":
+        raise BadRequest("A PATCH entry carries its JSON Patch in a Binary resource (contentType "
+                         f"{JSON_PATCH}, the patch base64-encoded in data)", expression=where)
+    if str(resource.get("contentType", "")).split(";")[0].strip().lower() != JSON_PATCH:
+        raise BadRequest(f"The Binary of a PATCH entry must have contentType {JSON_PATCH}",
+                         expression=f"{where}.contentType")
+    try:
+        return orjson.loads(base64.b64decode(str(resource.get("data", "")), validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest("The Binary's data is not a base64-encoded JSON Patch", expression=f"{where}.data") from None
 
 
 def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str, Any]]:
@@ -164,6 +190,21 @@ def _run_entry(uow: UnitOfWork, req: Request, base: str) -> tuple[int, dict[str,
         return 200, {"resource": orjson.Fragment(found), "response": {"status": "200 OK"}}
     if req.resource_type not in TYPES:
         return _not_stored(uow, req)
+    if req.method == "PATCH":
+        try:
+            stored = resources.patch(uow, req.resource_type, req.id, req.operations, if_match=req.if_match) \
+                if req.id else resources.conditional_patch(uow, req.resource_type, req.query, req.operations,
+                                                           if_match=req.if_match)
+        except FhirError as err:  # the patch is the Binary's data; the patched resource's elements, its resource's
+            data = f"{req.prefix}.resource.data"
+            err.issues = [replace(i, expression=tuple(data if e.startswith("Patch") else e for e in i.expression))
+                          for i in err.issues]
+            raise err.prefixed(f"{req.prefix}.resource") from None
+        _once(uow, stored.resource_type, stored.id, req)
+        modified = uow.now_instant if stored.last_updated is uow.now else fhir_instant(stored.last_updated)
+        return stored.status, entry(f"{base}/{stored.resource_type}/{stored.id}", stored.content, response={
+            "status": STATUS_TEXT[stored.status], "location": f"{base}/{stored.location}", "etag": stored.etag,
+            "lastModified": modified})
     resource = _rewrite_placeholders(req.resource, uow.placeholders, uow.skipped) if req.may_refer else req.resource
     assert resource is not None, "_read_entry gives every POST and PUT entry a resource"
     try:

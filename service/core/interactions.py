@@ -19,36 +19,41 @@ event loop when they are one cached page statement on PostgreSQL (asyncpg), else
 """
 
 import asyncio
+import base64
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
+from urllib.parse import quote
 
 import orjson
 from anyio import to_thread
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
+from fhir_mappings.outcome import Issue, issue, outcome
+from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from fhir_mappings.references import ID_RE
+from fhir_mappings.search import Malformed, date_range
 from service.audit.chain import append
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
 from service.bundle import service as bundles
 from service.core import access, resources
 from service.core.context import Context
-from service.core.registry import REGISTRY, handler_for
+from service.core.registry import INCLUDES, REGISTRY, TYPES, handler_for
 from service.core.resources import Stored
 from service.core.stored_type import StoredType
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
-from service.errors import FhirError, Forbidden, NotFound
+from service.errors import BadRequest, FhirError, Forbidden, Gone, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.search.compiler import study_condition
@@ -183,6 +188,42 @@ class Core:
         return await self._write(ctx, "delete", lambda uow: resources.conditional_delete(
             uow, resource_type, query))
 
+    async def patch(self, ctx: Context, resource_type: str, id: str, operations: Any, *,
+                    if_match: str | None = None) -> Stored:
+        """PATCH [base]/{type}/{id} with a JSON Patch: the patched resource stored as an update would store it."""
+        return await self._write(ctx, "patch", lambda uow: resources.patch(
+            uow, resource_type, id, operations, if_match=if_match))
+
+    async def conditional_patch(self, ctx: Context, resource_type: str, query: str, operations: Any, *,
+                                if_match: str | None = None) -> Stored:
+        """PATCH [base]/{type}?search: patch the one match (404 none, 412 several)."""
+        return await self._write(ctx, "patch", lambda uow: resources.conditional_patch(
+            uow, resource_type, query, operations, if_match=if_match))
+
+    async def validate(self, ctx: Context, resource_type: str, body: dict[str, Any] | None,
+                       query: list[tuple[str, str]], *, id: str | None = None) -> dict[str, Any]:
+        """POST [base]/{type}/$validate, [base]/{type}/{id}/$validate: the OperationOutcome of a create, update or
+        delete that is run and rolled back (resources.validate); 200 whether or not the resource is valid (R4
+        $validate returns the outcome; a 4xx means the validation could not be done). The body is the resource,
+        or a Parameters with `resource`, `mode` and `profile` (`mode` may be in the query too). Needs the scope the
+        write itself would (c, u or d), audited as the operation `validate`."""
+        async def run() -> tuple[list[Issue], dict[str, Any] | None, str | None]:
+            _no_deidentified_writes(ctx)
+            resource, mode = _validate_inputs(resource_type, body, query)  # a 400 here is audited too
+            issues = await self._in_write_session(lambda session: resources.validate(
+                session, resource_type, resource, mode=mode, id=id, base_url=ctx.base_url,
+                enforce_rules=self.settings.enforce_trial_rules, caller=ctx.caller))
+            return issues, resource, mode
+        target = [f"{resource_type}/{id}"] if id else []
+        issues, resource, mode = await self._audited(
+            ctx, "operation", run(),
+            lambda done: (patients_of(resource_type, done[1]) if done[1] else [], []),
+            operation="validate", resources_named=target)
+        if not issues:
+            issues = [issue("informational", f"The {resource_type} is valid" + (f" for {mode}" if mode else ""),
+                            severity="information")]
+        return outcome(issues)
+
     async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing, one AuditEvent in its transaction) or a batch
         Bundle (entry by entry, each its own transaction and AuditEvent)."""
@@ -238,24 +279,28 @@ class Core:
         return self._shown(ctx, await self._audited(ctx, "vread", run(), _stored_facts), id)
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
-                      before_version: int | None = None) -> bytes:
-        """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version."""
-        body = await self._audited(ctx, "history-instance", self._history(ctx, resource_type, id, count=count,
-                                                                          before_version=before_version),
-                                   _bundle_facts)
+                      before_version: int | None = None, since: datetime | None = None,
+                      at: str | None = None) -> bytes:
+        """GET [base]/{type}/{id}/_history: a history Bundle, newest first, paged by version; `_since` keeps the
+        versions made at or after an instant, `_at` those current at some moment of a date's period."""
+        body = await self._audited(ctx, "history-instance", self._history(
+            ctx, resource_type, id, count=count, before_version=before_version, since=since, at=at),
+            _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _history(self, ctx: Context, resource_type: str, id: str, *, count: int,
-                       before_version: int | None) -> bytes:
+                       before_version: int | None, since: datetime | None, at: str | None) -> bytes:
         # a Patient a de-identified client names by its pseudonym: the Bundle is built with the real id, then
         # de-identified (which names it by its pseudonym again)
         id = await self._real_id(ctx, resource_type, id)
+        period = history_period(at)
         rows = await self._read(lambda s: resources.history(
-            s, resource_type, id, count=count + 1, before_version=before_version, caller=ctx.caller))
+            s, resource_type, id, count=count + 1, before_version=before_version, since=since, at=period,
+            caller=ctx.caller))
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, resource_type, id, r) for r in page]
-        here = f"{base}/{resource_type}/{id}/_history?_count={count}"
+        here = f"{base}/{resource_type}/{id}/_history?{_history_query(count, since, at)}"
         links = [("self", here + (f"&_before_version={before_version}" if before_version else ""))]
         if more:
             links.append(("next", f"{here}&_before_version={page[-1].version_id}"))
@@ -263,33 +308,34 @@ class Core:
         return bundle("history", entries, total=total, links=links)
 
     async def type_history(self, ctx: Context, resource_type: str, *, count: int, since: datetime | None = None,
-                           page: str | None = None) -> bytes:
+                           page: str | None = None, at: str | None = None) -> bytes:
         """GET [base]/{type}/_history: every version of every resource of the type, newest first, paged by an
         opaque cursor (`_page`); a caller limited to studies sees the versions of its studies' current resources."""
-        body = await self._audited(ctx, "history-type", self._type_history(ctx, resource_type, count, since, page),
-                                   _bundle_facts)
+        body = await self._audited(ctx, "history-type", self._type_history(ctx, resource_type, count, since, page,
+                                                                           at), _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
     async def _type_history(self, ctx: Context, resource_type: str, count: int, since: datetime | None,
-                            page: str | None) -> bytes:
+                            page: str | None, at: str | None) -> bytes:
         stored_type = handler_for(resource_type)
         access.require(ctx.caller, resource_type, "r")
         return await self._versions(ctx, [self._readable(ctx, stored_type)], f"{resource_type}/_history", count,
-                                    since, page)
+                                    since, page, at)
 
     async def system_history(self, ctx: Context, *, count: int, since: datetime | None = None,
-                             page: str | None = None) -> bytes:
+                             page: str | None = None, at: str | None = None) -> bytes:
         """GET [base]/_history: every version of every resource the caller may read (each type it holds `r` on, in
         its studies), newest first, paged by an opaque cursor; the audit trail itself is not in it."""
-        body = await self._audited(ctx, "history-system", self._system_history(ctx, count, since, page),
+        body = await self._audited(ctx, "history-system", self._system_history(ctx, count, since, page, at),
                                    _bundle_facts)
         return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
 
-    async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None) -> bytes:
+    async def _system_history(self, ctx: Context, count: int, since: datetime | None, page: str | None,
+                              at: str | None) -> bytes:
         types = [self._readable(ctx, t) for t in REGISTRY if t.exported and ctx.caller.may(t.name, "r")]
         if not types:
             access.require(ctx.caller, "*", "r")  # 403 naming system/*.r
-        return await self._versions(ctx, types, "_history", count, since, page)
+        return await self._versions(ctx, types, "_history", count, since, page, at)
 
     @staticmethod
     def _readable(ctx: Context, stored_type: StoredType) -> tuple[str, Any]:
@@ -300,17 +346,17 @@ class Core:
         return stored_type.name, only
 
     async def _versions(self, ctx: Context, types: list[tuple[str, Any]], path: str, count: int,
-                        since: datetime | None, page: str | None) -> bytes:
+                        since: datetime | None, page: str | None, at: str | None) -> bytes:
         """The history Bundle of every version of `types` (type and system history): newest first, `count` a page,
         paged by an opaque cursor of the page's last row."""
         before = resources.decode_history_page(page) if page else None
+        period = history_period(at)
         rows = await self._read(lambda s: repository.find_history_of_types(
-            s, types, limit=count + 1, since=since, before=before))
+            s, types, limit=count + 1, since=since, before=before, at=period))
         page_rows, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, r.resource_type, r.id, r) for r in page_rows]
-        query = f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "")
-        here = f"{base}/{path}?{query}"
+        here = f"{base}/{path}?{_history_query(count, since, at)}"
         links = [("self", here + (f"&_page={page}" if page else ""))]
         if more:
             last = page_rows[-1]
@@ -357,6 +403,70 @@ class Core:
             with read_connection(self.engine) as conn:
                 return run_search(conn, plan, ctx.base_url, seen=seen)
         return await asyncio.get_running_loop().run_in_executor(self.search_threads, run), seen
+
+    # -- Patient/$everything ----------------------------------------------------------------------------------
+
+    async def everything(self, ctx: Context, id: str, *, count: int | None = None, since: datetime | None = None,
+                         types: str | None = None, page: str | None = None, asked: Sequence[str] = ()) -> bytes:
+        """GET [base]/Patient/{id}/$everything: the Patient, every resource of its compartment (each stored type
+        whose `patient_param` names it: enrolments, results, adverse events) and what those reference (their
+        studies), as a searchset paged by an opaque cursor; `_since` keeps what changed at or after an instant,
+        `_type` the types listed. Limited as a search is: each type needs `s` (the Patient's is required, a type
+        without it is left out) and the caller's studies; audited as the operation `everything`."""
+        # (a de-identified client names the Patient by its pseudonym: the facts of the Bundle name the real one)
+        named = [] if ctx.caller.deidentified else [f"Patient/{id}"]
+        body = await self._audited(ctx, "operation", self._everything(ctx, id, count, since, types, page, asked),
+                                   _bundle_facts, operation="everything", resources_named=named)
+        return (await self._deidentifier()).bundle(body) if ctx.caller.deidentified else body
+
+    async def _everything(self, ctx: Context, asked: str, count: int | None, since: datetime | None,
+                          types: str | None, page: str | None, params: Sequence[str]) -> bytes:
+        access.require(ctx.caller, "Patient", "s")
+        _everything_params(params, strict=ctx.strict)
+        settings = self.settings
+        size = min(count or settings.default_page_size, settings.max_page_size)
+        wanted = _everything_types(types)
+        cursor = decode_everything_page(page) if page else (0, "")
+        id = await self._real_id(ctx, "Patient", asked)
+
+        def run(session: Session) -> tuple[list[tuple[str, str, str, str]], bool]:
+            current = repository.get_current(session, "Patient", id)
+            if current is None:
+                raise NotFound(f"Patient/{asked} is not known", expression="Patient.id")
+            access.require_visible(session, ctx.caller, "Patient", id, "s")
+            if current.deleted:
+                raise Gone(f"Patient/{asked} was deleted", expression="Patient.id")
+            found: list[tuple[str, str, str, str]] = []  # (type, id, content, search mode)
+            for stage, (rtype, mode, members) in enumerate(_everything_stages(id)):
+                if stage < cursor[0] or rtype not in wanted or not ctx.caller.may(rtype, "s"):
+                    continue
+                studies = ctx.caller.studies_for(rtype, "s")
+                if studies is not None:
+                    members = members.where(study_condition(rtype, studies))
+                after = cursor[1] if stage == cursor[0] else ""
+                rows = repository.find_current_in(session, rtype, members, since=since, after_id=after,
+                                                  limit=size + 1 - len(found))
+                found += [(rtype, row.id, row.content, mode) for row in rows]
+                if len(found) > size:
+                    break
+            return found, len(found) > size
+
+        rows, more = await self._read(lambda s: run(s))
+        rows = rows[:size]
+        base = ctx.base_url
+        entries = [entry(f"{base}/{rtype}/{rid}", content, search={"mode": mode}) for rtype, rid, content, mode in rows]
+        query = f"_count={size}" + (f"&_since={fhir_instant(since)}" if since else "") \
+            + (f"&_type={quote(types, safe=',')}" if types else "")
+        # the links name the Patient as it was asked (a de-identified client: by its pseudonym, never the real id)
+        here = f"{base}/Patient/{asked}/$everything?{query}"
+        links = [("self", here + (f"&_page={page}" if page else ""))]
+        if more:
+            last_type, last_id = rows[-1][0], rows[-1][1]
+            stage = next(i for i, (t, _, _) in enumerate(_everything_stages(id)) if t == last_type)
+            # a page that ends with the Patient goes on at the next stage: the cursor never holds its id
+            following = encode_everything_page(stage + 1, "") if stage == 0 else encode_everything_page(stage, last_id)
+            links.append(("next", f"{here}&_page={following}"))
+        return bundle("searchset", entries, total=None if page or more else len(entries), links=links)
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
@@ -474,6 +584,92 @@ class Core:
         return self.settings.deid_min_cell if ctx.caller.deidentified else None
 
 
+def _everything_stages(patient_id: str) -> list[tuple[str, str, Any]]:
+    """$everything's stages, in their order: (type, search mode, the subquery of the ids it shows). The Patient,
+    then each exported type whose `patient_param` names a patient (the compartment, from the registry), then each
+    type those reference that is not itself in the compartment (their studies: `include`)."""
+    compartment = [t for t in REGISTRY if t.exported and t.patient_param]
+    names = {t.name for t in compartment}
+    stages: list[tuple[str, str, Any]] = []
+    for stored in compartment:
+        column = stored.params[cast(str, stored.patient_param)].column
+        stages.append((stored.name, "match", select(stored.table.c.id).where(column == patient_id)))
+    referenced: dict[str, list[Any]] = {}
+    for include in INCLUDES:
+        source = TYPES[include.source]
+        ref = source.params[include.param]
+        if include.source in names and include.target not in names and TYPES[include.target].exported \
+                and ref.kind == "reference":
+            holder = source.params[cast(str, source.patient_param)].column
+            referenced.setdefault(include.target, []).append(select(ref.column).where(holder == patient_id))
+    for stored in REGISTRY:
+        if stored.name in referenced:
+            held = or_(*[stored.table.c.id.in_(ids) for ids in referenced[stored.name]])
+            stages.append((stored.name, "include", select(stored.table.c.id).where(held)))
+    return stages
+
+
+#: the parameters $everything answers (and those every FHIR request may carry)
+EVERYTHING_PARAMS = frozenset({"_count", "_since", "_type", "_page", "_format"})
+
+
+def _everything_params(params: Sequence[str], *, strict: bool) -> None:
+    """400 for R4's `start`/`end` (care dates, not supported: ignoring them would widen the answer), and under
+    `handling=strict` for any other parameter $everything does not know."""
+    unsupported = [p for p in params if p in ("start", "end")]
+    if unsupported:
+        raise BadRequest(f"$everything does not support {', '.join(unsupported)} (care dates); use _since or _type",
+                         expression=unsupported[0])
+    unknown = [p for p in params if p not in EVERYTHING_PARAMS]
+    if strict and unknown:
+        raise BadRequest(f"Unknown $everything parameter {unknown[0]}", expression=unknown[0])
+
+
+def _everything_types(types: str | None) -> frozenset[str]:
+    """`_type` of $everything: the types to show (all when absent); 400 naming `_type` for a type not stored."""
+    if types is None:
+        return frozenset(TYPES)
+    wanted = frozenset(t.strip() for t in types.split(",") if t.strip())
+    unknown = sorted(t for t in wanted if t not in TYPES)
+    if unknown or not wanted:
+        raise BadRequest(f"_type: {', '.join(unknown) or '(empty)'} is not a type this server stores",
+                         expression="_type")
+    return wanted
+
+
+def encode_everything_page(stage: int, last_id: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([stage, last_id])).decode().rstrip("=")
+
+
+def decode_everything_page(page: str) -> tuple[int, str]:
+    """An $everything cursor (stage, last id shown); 400 naming `_page` when it is not one this server made."""
+    try:
+        stage, last_id = orjson.loads(base64.urlsafe_b64decode(page + "=" * (-len(page) % 4)))
+        if not (isinstance(stage, int) and isinstance(last_id, str)) or stage < 0:
+            raise ValueError("not a cursor")
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise BadRequest("_page is not a $everything page this server made", expression="_page") from None
+    return stage, last_id
+
+
+def history_period(at: str | None) -> tuple[datetime, datetime] | None:
+    """History `_at` (R4 http.html#history): the period [low, high) its date covers (a year, month, day or instant,
+    read as date searches read them); 400 naming `_at` for what is not a FHIR date, a prefix included (`_at` is
+    one point in time, of some precision)."""
+    if at is None:
+        return None
+    try:
+        return date_range(at)
+    except Malformed as bad:
+        raise BadRequest(f"_at: {bad}", expression="_at") from None
+
+
+def _history_query(count: int, since: datetime | None, at: str | None) -> str:
+    """The query of a history page's links: what the page was asked for (its cursor aside)."""
+    return f"_count={count}" + (f"&_since={fhir_instant(since)}" if since else "") \
+        + (f"&_at={quote(at, safe='')}" if at else "")
+
+
 def _history_entry(base: str, resource_type: str, id: str, row: Any) -> dict[str, Any]:
     """One version in a history Bundle (instance, type or system history): the resource, how it was made, and its
     version."""
@@ -488,6 +684,25 @@ def _named(resource_type: str, id: str | None) -> list[str]:
     """The resource a request names, for its audit event: none when the URL holds no valid id (a registry number
     that named no study)."""
     return [f"{resource_type}/{id}"] if id and ID_RE.match(id) else []
+
+
+def _validate_inputs(resource_type: str, body: dict[str, Any] | None, query: list[tuple[str, str]]
+                     ) -> tuple[dict[str, Any] | None, str | None]:
+    """$validate's resource and mode, from the body (the resource itself, or a Parameters) and the query; 400
+    naming the input at fault, or a profile this server does not validate against (R4: it SHALL say so)."""
+    try:
+        wrapped = body is not None and body.get("resourceType") == "Parameters" and resource_type != "Parameters"
+        inputs = operation_inputs(query, body if wrapped else None)
+        resource: Any = single(inputs, "resource", dict)[0] if wrapped else body
+        mode, _ = single(inputs, "mode")
+        profile, where = single(inputs, "profile")
+    except ParametersInvalid as bad:
+        raise BadRequest(str(bad), expression=bad.expression) from None
+    base_profile = f"http://hl7.org/fhir/StructureDefinition/{resource_type}"
+    if profile is not None and str(profile).split("|")[0] != base_profile:
+        raise BadRequest(f"This server validates against the base R4 profile only ({base_profile}), not "
+                         f"'{profile}'", expression=where)
+    return resource, mode
 
 
 def _unique(items: Iterable[str]) -> list[str]:

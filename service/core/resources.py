@@ -5,7 +5,7 @@ import base64
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
@@ -14,6 +14,8 @@ import orjson
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
+from fhir_mappings import json_patch
+from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import duplicate_key_issues, structure_issues
 from service.audit.events import patients_of
@@ -29,6 +31,7 @@ from service.errors import (
     MethodNotAllowed,
     NotFound,
     OutOfScope,
+    PatchNotApplicable,
     PreconditionFailed,
     ResourceInvalid,
     RuleViolation,
@@ -249,6 +252,98 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
     return update(uow, resource_type, matches[0], {**payload, "id": matches[0]}, if_match=if_match)
 
 
+def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_match: str | None = None) -> Stored:
+    """PATCH: the current version with a JSON Patch (RFC 6902) applied, stored through `update` (the same structure
+    checks, trial rules, study access and no-op rule as a PUT). 404/410 for a resource that is not there, 412 when
+    `If-Match` names another version, 400 for a malformed patch, 422 for one that can't be applied."""
+    writable(resource_type)
+    access.require(uow.caller, resource_type, "u")
+    uow.flush()
+    current = repository.get_current(uow.session, resource_type, id, for_update=True)
+    if current is None:
+        raise NotFound(f"{resource_type}/{id} is not known", expression=f"{resource_type}.id")
+    # a caller limited to studies learns nothing of another study's resource (a `test` operation would probe it)
+    access.require_own_studies(uow.session, uow.caller, resource_type, id, "u")
+    expected = parse_version(if_match)
+    if expected is not None and current.version_id != expected:
+        raise PreconditionFailed(f"{resource_type}/{id} is at version {current.version_id}, not {expected}",
+                                 expression="If-Match")
+    if current.deleted or current.content is None:
+        raise Gone(f"{resource_type}/{id} was deleted (version {current.version_id}): there is nothing to patch",
+                   expression=f"{resource_type}.id", headers={"ETag": f'W/"{current.version_id}"'})
+    try:
+        patched = json_patch.apply_patch(orjson.loads(current.content), operations, in_place=True)
+    except json_patch.PatchInvalid as bad:
+        raise BadRequest(str(bad), issues=[issue("invalid", p.message, p.expression) for p in bad.problems]) from None
+    except json_patch.PatchFailed as failed:
+        raise PatchNotApplicable(str(failed), issues=[issue("processing", p.message, p.expression)
+                                                      for p in failed.problems]) from None
+    if not isinstance(patched, dict) or patched.get("resourceType") != resource_type:
+        raise BadRequest(f"The patched resource must still be a {resource_type}", expression="resourceType")
+    return update(uow, resource_type, id, patched, if_match=if_match)
+
+
+def conditional_patch(uow: UnitOfWork, resource_type: str, query: str, operations: Any, *,
+                      if_match: str | None = None) -> Stored:
+    """PATCH Type?search: patch the one match; 404 when none matches (there is nothing to patch), 412 when several
+    do."""
+    writable(resource_type)
+    access.require(uow.caller, resource_type, "us")
+    matches = find_matches(uow, resource_type, query, "search")
+    if len(matches) > 1:
+        raise PreconditionFailed(f"Conditional patch '{query}' matches {len(matches)} resources", expression="search")
+    if not matches:
+        raise NotFound(f"Conditional patch '{query}' matches no {resource_type}", expression="search")
+    return patch(uow, resource_type, matches[0], operations, if_match=if_match)
+
+
+#: $validate's modes (R4 ResourceValidationMode); None: general validation (structure and rules)
+VALIDATION_MODES = ("create", "update", "delete")
+
+
+def validate(session: Session, resource_type: str, payload: dict[str, Any] | None, *, mode: str | None,
+             id: str | None = None, base_url: str = "", enforce_rules: bool = True,
+             caller: Caller = SYSTEM) -> list[Issue]:
+    """$validate: what a create (no mode, or `create`), an update or a delete of `id` would answer, found by
+    running that very write in a transaction that is always rolled back (nothing is stored, not even its audit).
+
+    The write's own refusals of the resource (400 structure, 409 a taken identifier or a resource others depend
+    on, 412, 422 trial rules) are the issues returned; what refuses the request itself (403 scope or study, 404
+    unknown, 405, 410) is raised. A rule not enforced (TRIAL_FHIR_ENFORCE_TRIAL_RULES=false) is a warning."""
+    handler_for(resource_type)
+    if mode is not None and mode not in VALIDATION_MODES:
+        raise BadRequest(f"mode must be one of {', '.join(VALIDATION_MODES)}, not '{mode}'", expression="mode")
+    if mode in ("update", "delete") and id is None:
+        raise BadRequest(f"mode {mode} validates against a resource: use {resource_type}/[id]/$validate",
+                         expression="mode")
+    if mode != "delete" and payload is None:
+        raise BadRequest("$validate needs the resource to validate (the body, or a Parameters 'resource')",
+                         expression="resource")
+    uow = UnitOfWork(session, base_url=base_url, enforce_rules=True, caller=caller)
+    try:
+        if mode == "delete":
+            if delete(uow, resource_type, cast(str, id)) is None:
+                raise NotFound(f"{resource_type}/{id} is not known (or already deleted)",
+                               expression=f"{resource_type}.id")
+        elif mode == "update" or (id is not None and mode is None):
+            body = cast(dict[str, Any], payload)
+            update(uow, resource_type, cast(str, id), {**body, "id": body.get("id", id)})
+        else:
+            create(uow, resource_type, cast(dict[str, Any], payload))
+        uow.flush()
+        access.check_studies(uow.session, uow.caller, uow.study_checks)
+    except (ResourceInvalid, BadRequest, Conflict, PreconditionFailed) as refused:
+        return list(refused.issues)
+    except RuleViolation as violation:
+        return [i if enforce_rules else replace(i, severity="warning") for i in violation.issues]
+    except IntegrityError:  # a unique key a concurrent write took between the checks and the insert
+        return [issue("conflict", f"The {resource_type} conflicts with one stored meanwhile (a key it holds is "
+                      "taken)", resource_type)]
+    finally:
+        session.rollback()
+    return []
+
+
 def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None = None) -> Stored | None:
     """DELETE: a tombstone version; typed rows and identifiers go. None when there was nothing to delete."""
     handler = writable(resource_type)
@@ -441,7 +536,8 @@ def vread(session: Session, resource_type: str, id: str, version_id: str, *, cal
 
 
 def history(session: Session, resource_type: str, id: str, *, count: int, before_version: int | None = None,
-            since: datetime | None = None, caller: Caller = SYSTEM) -> Sequence[VersionRow]:
+            since: datetime | None = None, at: tuple[datetime, datetime] | None = None,
+            caller: Caller = SYSTEM) -> Sequence[VersionRow]:
     """Newest first; raises 404 for a resource that never existed."""
     handler_for(resource_type)
     access.require(caller, resource_type, "r")
@@ -452,5 +548,5 @@ def history(session: Session, resource_type: str, id: str, *, count: int, before
     if before_version is not None and before_version > MAX_VERSION:
         before_version = None  # before a version beyond any: every version
     return repository.find_history(session, resource_type, id, limit=count, before_version=before_version,
-                                   since=since)
+                                   since=since, at=at)
 

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any, cast
 
 import orjson
-from sqlalchemy import CursorResult, Row, Table, and_, delete, or_, select, tuple_, update
+from sqlalchemy import ColumnElement, CursorResult, Row, Table, and_, delete, exists, or_, select, tuple_, update
 from sqlmodel import Session
 
 # add_rows: re-exported, the unit of work inserts through `repository.add_rows`
@@ -37,21 +37,34 @@ def get_version(session: Session, resource_type: str, id: str, version_id: int) 
     return session.execute(stmt).first()
 
 
+def current_during(at: tuple[datetime, datetime]) -> ColumnElement[bool]:
+    """History `_at`: the versions that were current at some moment of [low, high): made before its end and not
+    replaced (by the next version, an update or the deletion) by its start."""
+    low, high = at
+    following = V.alias("following")
+    replaced = exists().where(following.c.resource_type == V.c.resource_type, following.c.id == V.c.id,
+                              following.c.version_id == V.c.version_id + 1, following.c.last_updated <= low)
+    return and_(V.c.last_updated < high, ~replaced)
+
+
 def find_history(session: Session, resource_type: str, id: str, *, limit: int, before_version: int | None = None,
-                 since: datetime | None = None) -> Sequence[VersionRow]:
+                 since: datetime | None = None, at: tuple[datetime, datetime] | None = None) -> Sequence[VersionRow]:
     stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
         V.c.resource_type == resource_type, V.c.id == id)
     if before_version is not None:
         stmt = stmt.where(V.c.version_id < before_version)
     if since is not None:
         stmt = stmt.where(V.c.last_updated >= since)
+    if at is not None:
+        stmt = stmt.where(current_during(at))
     return session.execute(stmt.order_by(V.c.version_id.desc()).limit(limit)).all()
 
 
 
 
 def find_history_of_types(session: Session, types: Sequence[tuple[str, Any]], *, limit: int,
-                        since: datetime | None = None, before: tuple[datetime, str, str, int] | None = None
+                        since: datetime | None = None, before: tuple[datetime, str, str, int] | None = None,
+                        at: tuple[datetime, datetime] | None = None
                         ) -> Sequence[Row[tuple[str, str, int, datetime, str, str | None]]]:
     """Versions of every resource of `types` ((type, a subquery of the ids the caller may see, or None for all)),
     newest first ((last_updated, type, id, version) descending): (type, id, version, last_updated, method,
@@ -61,10 +74,23 @@ def find_history_of_types(session: Session, types: Sequence[tuple[str, Any]], *,
     stmt = select(V.c.resource_type, V.c.id, V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(which)
     if since is not None:
         stmt = stmt.where(V.c.last_updated >= since)
+    if at is not None:
+        stmt = stmt.where(current_during(at))
     if before is not None:
         stmt = stmt.where(tuple_(V.c.last_updated, V.c.resource_type, V.c.id, V.c.version_id) < tuple_(*before))
     order = (V.c.last_updated.desc(), V.c.resource_type.desc(), V.c.id.desc(), V.c.version_id.desc())
     return session.execute(stmt.order_by(*order).limit(limit)).all()
+
+
+def find_current_in(session: Session, resource_type: str, ids: Any, *, since: datetime | None = None,
+                    after_id: str = "", limit: int) -> Sequence[Row[tuple[str, str]]]:
+    """(id, content) of the live resources of `resource_type` whose ids the subquery `ids` gives, by id, after
+    `after_id` (a page's cursor), changed at or after `since`."""
+    stmt = select(R.c.id, R.c.content).where(R.c.resource_type == resource_type, R.c.deleted.is_(False),
+                                             R.c.id.in_(ids), R.c.id > after_id)
+    if since is not None:
+        stmt = stmt.where(R.c.last_updated >= since)
+    return session.execute(stmt.order_by(R.c.id).limit(limit)).all()
 
 
 def find_existing_ids(session: Session, resource_type: str, ids: Iterable[str]) -> set[str]:

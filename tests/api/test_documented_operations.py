@@ -277,6 +277,40 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         send("GET", f"/fhir/{t}/_history?_count=1&_since=2024-01-01T00:00:00Z", 200)
         send("GET", f"/fhir/{t}/_history?_page=nonsense", 400)
     send("GET", "/fhir/AuditEvent/_history?_since=2999-01-01T00:00:00Z", 200)
+    # history _at, Patient/$everything (one resource of each type here: one order)
+    send("GET", "/fhir/Patient/<Patient>/_history?_at=2999", 200)
+    send("GET", "/fhir/Observation/_history?_at=2024-13", 400)
+    send("GET", "/fhir/_history?_at=2999-01-01", 200)
+    send("GET", "/fhir/Patient/<Patient>/$everything", 200)
+    send("GET", "/fhir/Patient/<Patient>/$everything?_type=Patient,Observation", 200)  # (a next link: an opaque cursor)
+    send("GET", "/fhir/Patient/<Patient>/$everything?_type=Basic", 400)
+    send("GET", "/fhir/Patient/unknown-id/$everything", 404)
+    # terminology: the trial's CodeSystem and ValueSets, GET and POST (Parameters)
+    ad = "https://trial-fhir.org/CodeSystem/ad-scores"
+    ad_vs = "https://trial-fhir.org/ValueSet/ad-scores"
+
+    def parameters(**values: str) -> dict:
+        return {"resourceType": "Parameters", "parameter": [{"name": k, "valueString": v} for k, v in values.items()]}
+
+    send("GET", f"/fhir/CodeSystem/$lookup?system={ad}&code=EASI", 200)
+    send("GET", f"/fhir/CodeSystem/$lookup?system={ad}&code=NOPE", 404)
+    send("POST", "/fhir/CodeSystem/$lookup", 200, json_body=parameters(system=ad, code="IGA"))
+    send("GET", f"/fhir/CodeSystem/$validate-code?url={ad}&code=EASI", 200)
+    send("POST", "/fhir/CodeSystem/$validate-code", 200, json_body=parameters(url=ad, code="NOPE"))
+    send("GET", "/fhir/CodeSystem/ad-scores/$validate-code?code=EASI&display=EASI", 200)
+    send("POST", "/fhir/CodeSystem/ad-scores/$validate-code", 200, json_body=parameters(code="SCORAD"))
+    send("GET", f"/fhir/ValueSet/$validate-code?url={ad_vs}&system={ad}&code=EASI", 200)
+    send("POST", "/fhir/ValueSet/$validate-code", 200, json_body=parameters(url=ad_vs, system=ad, code="x"))
+    send("GET", "/fhir/ValueSet/atopic-dermatitis-measures/$validate-code?system=http://loinc.org&code=711-2", 200)
+    send("POST", "/fhir/ValueSet/ad-scores/$validate-code", 200, json_body=parameters(code="IGA"))
+    send("GET", f"/fhir/ValueSet/$expand?url={ad_vs}&filter=easi&count=3", 200)
+    send("POST", "/fhir/ValueSet/$expand", 200, json_body=parameters(url=ad_vs, filter="pruritus"))
+    send("GET", "/fhir/ValueSet/ad-scores/$expand?offset=2&count=2", 200)
+    send("GET", "/fhir/ValueSet/ad-scores/$expand?count=-2", 400)
+    send("POST", "/fhir/ValueSet/atopic-dermatitis-measures/$expand", 200, json_body=parameters(filter="eosin"))
+    send("GET", "/fhir/ValueSet/ad-scores", 200)
+    send("GET", "/fhir/ValueSet/nonsense", 404)
+    send("GET", f"/fhir/ValueSet?url={ad_vs}", 200)
     send("GET", "/fhir/_history", 200)  # one resource of each type, so one order
     send("GET", "/fhir/_history?_since=2024-01-01T00:00:00Z", 200)  # (a next link's cursor holds instants and ids)
     send("GET", "/fhir/_history?_page=nonsense", 400)
@@ -433,6 +467,27 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
                                                                 "id": "client-chosen"})
     send("PUT", "/fhir/Patient?identifier=" + MRN + "|MRN-12", 201,
          json_body=with_identifier(examples["Patient"], "MRN-12"))
+
+    # -- PATCH (JSON Patch) and $validate -------------------------------------------------------------------
+    json_patch = {"Content-Type": "application/json-patch+json"}
+    for t in TYPES:
+        example = examples[t]
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 200, json_body=[{"op": "add", "path": "/language", "value": "it"}],
+             headers=json_patch)
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 412, json_body=[], headers={**json_patch, "If-Match": 'W/"1"'})
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 400, json_body=[{"op": "delete", "path": "/language"}],
+             headers=json_patch)
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 422, json_body=[{"op": "test", "path": "/language", "value": "xx"}],
+             headers=json_patch)
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 415, json_body=[])
+        send("PATCH", f"/fhir/{t}?{identifier_query(example)}", 200,
+             json_body=[{"op": "replace", "path": "/language", "value": "nl"}], headers=json_patch)
+        send("PATCH", f"/fhir/{t}?identifier=urn:nothing|matches", 404, json_body=[], headers=json_patch)
+        send("POST", f"/fhir/{t}/$validate", 200, json_body=example)  # its identifier is taken: a conflict issue
+        send("POST", f"/fhir/{t}/$validate?mode=update", 400, json_body=example)
+        by_id = {**request_example(app, "PUT", f"/fhir/{t}/{{id}}"), "id": f"<{t}_example>"}
+        send("POST", f"/fhir/{t}/<{t}_example>/$validate", 200, json_body={**by_id, "language": "fr"})
+        send("POST", f"/fhir/{t}/<{t}_example>/$validate?mode=delete", 200)
 
     # -- deletes, dependants first ---------------------------------------------------------------------------
     send("DELETE", "/fhir/$export-status/<group_job>", 202)

@@ -276,8 +276,8 @@ def test_capability_statement_lists_what_the_server_supports(client):
     assert set(TYPES) <= types and "CodeSystem" in types
     assert {"transaction", "batch"} <= {i["code"] for i in rest["interaction"]}
     patient_entry = next(r for r in rest["resource"] if r["type"] == "Patient")
-    assert {"read", "vread", "update", "delete", "history-instance", "create", "search-type"} == \
-        {i["code"] for i in patient_entry["interaction"]}
+    assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+            "search-type"} == {i["code"] for i in patient_entry["interaction"]}
     assert patient_entry["conditionalCreate"] and patient_entry["conditionalUpdate"]
     assert "identifier" in {p["name"] for p in patient_entry["searchParam"]}
     # every interaction it claims answers: a type it does not list is a 404

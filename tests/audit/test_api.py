@@ -144,7 +144,8 @@ def test_no_bundle_entry_writes_an_audit_event(client, events):
 def test_capability_statement_lists_only_reads(client):
     statement = client.get("/fhir/metadata").json()
     entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent")
-    assert {i["code"] for i in entry["interaction"]} == {"read", "vread", "history-instance", "search-type"}
+    assert {i["code"] for i in entry["interaction"]} == {"read", "vread", "history-instance", "history-type",
+                                                         "search-type"}
     assert not entry["updateCreate"] and not entry["conditionalCreate"] and not entry["conditionalUpdate"]
     assert {"date", "agent", "patient", "entity", "subtype", "outcome", "_id", "_lastUpdated"} <= \
         {p["name"] for p in entry["searchParam"]}

@@ -150,6 +150,11 @@ class Scene:
         return status
 
 
+#: a JSON Patch that changes nothing (no operations): what the row checks is who may send it
+_NO_CHANGE: list[dict] = []
+_JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+
+
 def per_type(rtype: str) -> dict[str, Row]:
     """The rows of the routes every stored type gets."""
     def current(scene: Scene, key: str) -> dict:
@@ -178,6 +183,18 @@ def per_type(rtype: str) -> dict[str, Row]:
         f"conditional_update_{rtype}": Row(lambda s, k: s.send("PUT", f"/fhir/{rtype}?_id={s.ids[k][rtype]}",
                                                                json=current(s, k)),
                                            (f"{rtype}.us",), other=403, deid=(403,)),
+        f"patch_{rtype}": Row(lambda s, k: s.send("PATCH", f"/fhir/{rtype}/{s.ids[k][rtype]}", json=_NO_CHANGE,
+                                                  headers=_JSON_PATCH), (f"{rtype}.u",), other=403, deid=(403,)),
+        f"conditional_patch_{rtype}": Row(lambda s, k: s.send("PATCH", f"/fhir/{rtype}?_id={s.ids[k][rtype]}",
+                                                              json=_NO_CHANGE, headers=_JSON_PATCH),
+                                          (f"{rtype}.us",), other=403, deid=(403,)),
+        # $validate runs the write and rolls it back: the write's scope and study decide, as for the write
+        f"validate_{rtype}": Row(lambda s, k: s.send("POST", f"/fhir/{rtype}/$validate", json=s.body_of(rtype, k)),
+                                 (f"{rtype}.c",), other=200 if rtype == "Patient" else 403, deid=(403,),
+                                 unlimited=study_level),
+        f"validate_instance_{rtype}": Row(lambda s, k: s.send("POST", f"/fhir/{rtype}/{s.ids[k][rtype]}/$validate"
+                                                              "?mode=update", json=current(s, k)),
+                                          (f"{rtype}.u",), other=403, deid=(403,)),
         f"delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}/{s.fresh(rtype, k)}"), (f"{rtype}.d",),
                                other=403, deid=(403,), unlimited=study_level),
         f"conditional_delete_{rtype}": Row(lambda s, k: s.send("DELETE", f"/fhir/{rtype}?_id={s.fresh(rtype, k)}"),
@@ -208,11 +225,33 @@ def _public(path: str) -> Row:
     return Row(lambda s, k: s.send("GET", path), public=True)
 
 
+def _terminology() -> dict[str, Row]:
+    ad = "https://trial-fhir.org/CodeSystem/ad-scores"
+    gets = {"lookup_CodeSystem": f"/fhir/CodeSystem/$lookup?system={ad}&code=EASI",
+            "validate_code_CodeSystem": f"/fhir/CodeSystem/$validate-code?url={ad}&code=EASI",
+            "validate_code_CodeSystem_instance": "/fhir/CodeSystem/ad-scores/$validate-code?code=EASI",
+            "validate_code_ValueSet": "/fhir/ValueSet/$validate-code?url=https://trial-fhir.org/ValueSet/ad-scores"
+                                      f"&system={ad}&code=EASI",
+            "validate_code_ValueSet_instance": f"/fhir/ValueSet/ad-scores/$validate-code?system={ad}&code=EASI",
+            "expand_ValueSet": "/fhir/ValueSet/$expand?url=https://trial-fhir.org/ValueSet/ad-scores",
+            "expand_ValueSet_instance": "/fhir/ValueSet/ad-scores/$expand"}
+    rows = {name: _public(url) for name, url in gets.items()}
+    for name, url in gets.items():
+        path, _, query = url.partition("?")
+        body = {"resourceType": "Parameters", "parameter": [
+            {"name": k, "valueString": v} for k, v in (p.split("=", 1) for p in query.split("&") if p)]}
+        rows[f"{name}_post"] = Row(lambda s, k, path=path, body=body: s.send("POST", path, json=body), public=True)
+    return rows
+
+
 ROWS: dict[str, Row] = {
     "openapi": _public("/openapi.json"), "swagger_ui_html": _public("/docs"),
     "swagger_ui_redirect": _public("/docs/oauth2-redirect"), "redoc_html": _public("/redoc"),
     "healthz": _public("/healthz"), "capabilities": _public("/fhir/metadata"),
     "read_CodeSystem": _public("/fhir/CodeSystem/ad-scores"), "search_CodeSystem": _public("/fhir/CodeSystem"),
+    "read_ValueSet": _public("/fhir/ValueSet/ad-scores"), "search_ValueSet": _public("/fhir/ValueSet"),
+    # terminology operations answer from the catalogues, never from stored data: public, as the CodeSystem is
+    **_terminology(),
     "read_SearchParameter": _public("/fhir/SearchParameter/Observation-visit"),
     "search_SearchParameter": _public("/fhir/SearchParameter"),
     "smart_configuration": _public("/fhir/.well-known/smart-configuration"),
@@ -222,6 +261,9 @@ ROWS: dict[str, Row] = {
     "transaction_or_batch": Row(_transaction, ("Observation.c",), other=403, deid=(403,)),
     # every version the token may read: any `r` scope lets it in; another study's versions never show
     "history_system": Row(lambda s, k: s.send("GET", "/fhir/_history?_count=1000"), other="hidden"),
+    # a search of the patient's compartment: Patient.s lets it in (each other type is shown only with its own `s`)
+    "everything_Patient": Row(lambda s, k: s.send("GET", f"/fhir/Patient/{s.id('Patient', k)}/$everything"),
+                              ("Patient.s",)),
     "read_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group/{s.ids[k]['Group']}"), ("Group.r",)),
     "search_Group": Row(lambda s, k: s.send("GET", f"/fhir/Group?_id={s.ids[k]['Group']}"), ("Group.s",),
                         other="hidden"),

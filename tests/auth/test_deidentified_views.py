@@ -112,3 +112,22 @@ def test_refused_tokens_are_audited(client):
     with client.app.state.engine.connect() as conn:
         outcomes = conn.execute(text("SELECT outcome, client FROM audit_event ORDER BY seq")).all()
     assert [(o, c) for o, c in outcomes] == [("4", "unauthenticated")] * 3
+
+
+def test_everything_names_the_patient_by_its_pseudonym_only(scene):
+    """Patient/$everything for a de-identified client: asked by the pseudonym, answered with it everywhere (links and
+    cursors included); the real id is nowhere in any page."""
+    client, deid, pid = scene["client"], scene["deid"], scene["patient"]
+    pseudonym = client.app.state.core.deidentifier().pseudonym(pid)
+    assert client.get(f"/fhir/Patient/{pid}/$everything", headers=deid).status_code == 404  # the real id is unknown
+    url: str | None = f"/fhir/Patient/{pseudonym}/$everything?_count=1"
+    seen = []
+    while url:
+        page = client.get(url, headers=deid)
+        assert page.status_code == 200, page.text
+        assert pid not in page.text
+        body = page.json()
+        seen += [e["resource"]["resourceType"] for e in body.get("entry", [])]
+        url = next((link["url"] for link in body["link"] if link["relation"] == "next"), None)
+    assert sorted(seen) == ["AdverseEvent", "Observation", "Observation", "Patient", "ResearchStudy",
+                            "ResearchSubject"]
