@@ -10,6 +10,9 @@ Two kinds of failure, as RFC 5789 §2.2 draws them:
 - `PatchFailed`: a well-formed patch that can't be applied to this resource (a path that does not exist, an
   array index out of range, a failed `test`, a move into its own child) → 422.
 Each problem names the operation and member at fault, as `Patch[i].path` (`i` counting from 0).
+
+A JSON Merge Patch (RFC 7396: an object, `null` removing a member) is the other patch clients send: fhirpy's
+`patch()`, for one, sends the elements to change as `application/json`. `merge_patch` applies one.
 """
 
 from dataclasses import dataclass
@@ -225,3 +228,24 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
     return type(a) is type(b) and a == b
+
+
+@dataclass(frozen=True)
+class MergePatch:
+    """A JSON Merge Patch document (RFC 7396), told apart from a JSON Patch by its media type."""
+
+    document: dict[str, Any]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 §2: `patch` merged into a copy of `target` (an object's members replaced or, when `null`, removed;
+    anything else replaces the target whole)."""
+    if not isinstance(patch, dict):
+        return _copy(patch)
+    merged = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = merge_patch(merged.get(name), value)
+    return merged

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Query, Request
 from starlette.types import Scope
 
+from fhir_mappings.json_patch import MergePatch
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
-from service.api.middleware import JSON_PATCH
+from service.api.middleware import JSON_PATCH, JSON_TYPES, MERGE_PATCH
 from service.audit.events import event_for, new_id, outcome_for
 from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core
@@ -58,16 +59,30 @@ OptionalFhirBody = Annotated[dict[str, Any] | None, Depends(optional_fhir_body)]
 
 
 async def patch_body(request: Request) -> Any:
-    """A PATCH's body: a JSON Patch document (`application/json-patch+json`, 415 otherwise: FHIRPath Patch is not
-    supported), parsed as JSON (400 naming `body` when it is not JSON); its operations are checked when applied."""
+    """A PATCH's body: a JSON Patch (`application/json-patch+json`: an array of operations, checked when applied) or
+    a JSON Merge Patch (`application/merge-patch+json`, or an object sent as `application/json` or
+    `application/fhir+json`, as fhirpy's `patch()` sends it); 415 for other media types (FHIRPath Patch is not
+    supported), 400 naming `body` when it is not JSON, or repeats a name."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != JSON_PATCH:
-        raise UnsupportedMediaType(f"A PATCH takes a JSON Patch (Content-Type: {JSON_PATCH}), not "
-                                   f"'{ctype or '(none)'}'; FHIRPath Patch is not supported", expression="Content-Type")
+    if ctype not in (JSON_PATCH, MERGE_PATCH, *JSON_TYPES):
+        raise UnsupportedMediaType(f"A PATCH takes a JSON Patch (Content-Type: {JSON_PATCH}) or a JSON Merge Patch "
+                                   f"({MERGE_PATCH}), not '{ctype or '(none)'}'; FHIRPath Patch is not supported",
+                                   expression="Content-Type")
     raw = await request.body()
     if not raw.strip():
-        raise BadRequest("The PATCH has no body: send a JSON Patch (an array of operations)", expression="body")
-    return read_json(raw)
+        raise BadRequest("The PATCH has no body: send a JSON Patch (an array of operations) or a JSON Merge Patch "
+                         "(an object)", expression="body")
+    document = read_json(raw)
+    if ctype == JSON_PATCH:
+        return document
+    if isinstance(document, dict) and document.get("resourceType") == "Parameters":
+        raise UnsupportedMediaType("A Parameters body is a FHIRPath Patch, which this server does not support: send a "
+                                   f"JSON Patch ({JSON_PATCH}) or a JSON Merge Patch ({MERGE_PATCH})",
+                                   expression="body")
+    if not isinstance(document, dict):
+        raise BadRequest(f"A JSON Merge Patch ({ctype}) is a JSON object; an array of operations is a JSON Patch "
+                         f"({JSON_PATCH})", expression="body")
+    return MergePatch(document)
 
 
 PatchBody = Annotated[Any, Depends(patch_body)]

@@ -15,6 +15,7 @@ from service.errors import FhirError, NotAcceptable, PayloadTooLarge, Unsupporte
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
 
 
@@ -64,14 +65,14 @@ def negotiate(query: dict[str, str], accept: str) -> str:
 
 def check_body(path: str, content_type: str | None, length: str | None, max_body_bytes: int,
                method: str = "POST") -> None:
-    """415 unless the body is JSON (or a search form, or a JSON Patch on a PATCH), 413 when Content-Length is over
-    the limit."""
+    """415 unless the body is JSON (or a search form, or a JSON (Merge) Patch on a PATCH), 413 when Content-Length is
+    over the limit."""
     ctype = (content_type or "").split(";")[0].strip().lower()
     if not _r4(content_type or ""):
         raise UnsupportedMediaType(f"This server speaks FHIR R4 (fhirVersion=4.0), not what '{content_type}' says",
                                    expression="Content-Type")
     if ctype not in JSON_TYPES and not (path.endswith("/_search") and ctype == "application/x-www-form-urlencoded") \
-            and not (method == "PATCH" and ctype == JSON_PATCH):
+            and not (method == "PATCH" and ctype in (JSON_PATCH, MERGE_PATCH)):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")
     if length is not None and length.isdigit() and int(length) > max_body_bytes:

@@ -253,7 +253,8 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
 
 
 def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_match: str | None = None) -> Stored:
-    """PATCH: the current version with a JSON Patch (RFC 6902) applied, stored through `update` (the same structure
+    """PATCH: the current version with a JSON Patch (RFC 6902) or a JSON Merge Patch (RFC 7396, `MergePatch`) applied,
+    stored through `update` (the same structure
     checks, trial rules, study access and no-op rule as a PUT). 404/410 for a resource that is not there, 412 when
     `If-Match` names another version, 400 for a malformed patch, 422 for one that can't be applied."""
     writable(resource_type)
@@ -272,7 +273,10 @@ def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_m
         raise Gone(f"{resource_type}/{id} was deleted (version {current.version_id}): there is nothing to patch",
                    expression=f"{resource_type}.id", headers={"ETag": f'W/"{current.version_id}"'})
     try:
-        patched = json_patch.apply_patch(orjson.loads(current.content), operations, in_place=True)
+        if isinstance(operations, json_patch.MergePatch):
+            patched = json_patch.merge_patch(orjson.loads(current.content), operations.document)
+        else:
+            patched = json_patch.apply_patch(orjson.loads(current.content), operations, in_place=True)
     except json_patch.PatchInvalid as bad:
         raise BadRequest(str(bad), issues=[issue("invalid", p.message, p.expression) for p in bad.problems]) from None
     except json_patch.PatchFailed as failed:

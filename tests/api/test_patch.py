@@ -118,7 +118,7 @@ def test_patch_needs_a_json_patch_body(client):
     pid = created(client.post("/fhir/Patient", json=patient()))["id"]
     fhir_json = client.request("PATCH", f"/fhir/Patient/{pid}", json={"resourceType": "Parameters"},
                                headers={"Content-Type": "application/fhir+json"})
-    assert fhir_json.status_code == 415 and fhir_json.json()["issue"][0]["expression"] == ["Content-Type"]
+    assert fhir_json.status_code == 415 and fhir_json.json()["issue"][0]["expression"] == ["body"]  # FHIRPath Patch
     xml = client.request("PATCH", f"/fhir/Patient/{pid}", content=b"<x/>", headers={"Content-Type": "text/xml"})
     assert xml.status_code == 415
     broken = client.request("PATCH", f"/fhir/Patient/{pid}", content=b"[{", headers=JSON_PATCH)
@@ -126,6 +126,43 @@ def test_patch_needs_a_json_patch_body(client):
     # a JSON Patch is for PATCH only
     post = client.post("/fhir/Patient", content=b"[]", headers=JSON_PATCH)
     assert post.status_code == 415
+
+
+@pytest.mark.parametrize("content_type", ["application/merge-patch+json", "application/json", "application/fhir+json"])
+def test_a_json_merge_patch_changes_what_it_names_and_removes_its_nulls(client, content_type):
+    """RFC 7396, as fhirpy's patch() sends it (an object as application/json): through the same update as a PUT."""
+    pid = created(client.post("/fhir/Patient", json=patient("MRN-MERGE", name=[{"family": "Kim"}])))["id"]
+    r = client.request("PATCH", f"/fhir/Patient/{pid}", json={"gender": "male", "name": None},
+                       headers={"Content-Type": content_type, "If-Match": 'W/"1"'})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["gender"] == "male" and "name" not in body and body["birthDate"] == "1990-01-01"
+    assert body["identifier"] == [{"system": MRN, "value": "MRN-MERGE"}] and body["meta"]["versionId"] == "2"
+    assert client.get(f"/fhir/Patient/{pid}").json() == body
+    again = client.request("PATCH", f"/fhir/Patient/{pid}", json={"gender": "male"},
+                           headers={"Content-Type": content_type})
+    assert again.status_code == 200 and again.json()["meta"]["versionId"] == "2"  # a no-op makes no version
+
+
+def test_a_json_merge_patch_is_checked_as_a_put_and_must_be_an_object(client):
+    pid = created(client.post("/fhir/Patient", json=patient()))["id"]
+    merge = {"Content-Type": "application/merge-patch+json"}
+    invalid = client.request("PATCH", f"/fhir/Patient/{pid}", json={"gender": 5, "birthDate": "1990-13"},
+                             headers=merge)
+    assert invalid.status_code == 400
+    assert {e for i in invalid.json()["issue"] for e in i.get("expression", [])} >= {"Patient.gender",
+                                                                                     "Patient.birthDate"}
+    stale = client.request("PATCH", f"/fhir/Patient/{pid}", json={"gender": "male"},
+                           headers={**merge, "If-Match": 'W/"7"'})
+    assert stale.status_code == 412
+    array = client.request("PATCH", f"/fhir/Patient/{pid}", json=[{"op": "remove", "path": "/gender"}], headers=merge)
+    assert array.status_code == 400 and array.json()["issue"][0]["expression"] == ["body"]
+    twice = client.request("PATCH", f"/fhir/Patient/{pid}", content=b'{"gender": "male", "gender": "other"}',
+                           headers=merge)
+    assert twice.status_code == 400
+    other_type = client.request("PATCH", f"/fhir/Patient/{pid}", json={"resourceType": "Observation"}, headers=merge)
+    assert other_type.status_code == 400
+    assert client.get(f"/fhir/Patient/{pid}").json()["meta"]["versionId"] == "1"  # nothing of any of them stored
 
 
 def test_patch_of_the_audit_trail_is_not_allowed(client):

@@ -2,10 +2,11 @@
 operation and member."""
 
 import copy
+import json
 
 import pytest
 
-from fhir_mappings.json_patch import PatchFailed, PatchInvalid, apply_patch, parse_pointer
+from fhir_mappings.json_patch import PatchFailed, PatchInvalid, apply_patch, merge_patch, parse_pointer
 
 # (document, patch, expected): RFC 6902 Appendix A
 APPLIED = [
@@ -99,3 +100,27 @@ def test_patch_that_does_not_apply_fails_naming_the_operation(document, patch, e
                                                   ("/m~0n", ["m~n"]), ("/a~1b", ["a/b"]), ("/~01", ["~1"])])
 def test_parse_pointer(pointer, tokens):
     assert parse_pointer(pointer) == tokens
+
+
+@pytest.mark.parametrize(("target", "patch", "expected"), [
+    # RFC 7396 Appendix A, each example
+    ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+    ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+    ({"a": "b"}, {"a": None}, {}),
+    ({"a": "b", "b": "c"}, {"a": None}, {"b": "c"}),
+    ({"a": ["b"]}, {"a": "c"}, {"a": "c"}),
+    ({"a": "c"}, {"a": ["b"]}, {"a": ["b"]}),
+    ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+    ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+    (["a", "b"], ["c", "d"], ["c", "d"]),
+    ({"a": "b"}, ["c"], ["c"]),
+    ({"a": "foo"}, None, None),
+    ({"a": "foo"}, "bar", "bar"),
+    ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+    ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+    ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+])
+def test_merge_patch_gives_what_rfc_7396_says(target, patch, expected):
+    before = json.dumps(target)
+    assert merge_patch(target, patch) == expected
+    assert json.dumps(target) == before  # the target is not changed

@@ -62,3 +62,33 @@ def test_fhirpy_chained_search_has_and_paging(served):
     with pytest.raises(OperationOutcome) as refused:  # a malformed value is refused, never dropped
         fhir.resources("Observation").search(date="2014-13-45").fetch()
     assert "date" in str(refused.value)
+
+
+def test_fhirpy_patch_history_and_vread(served):
+    """fhirpy's own PATCH (the changed elements as `application/json`: a JSON Merge Patch), then the instance and
+    type history and a vread, as an integrator's script does them."""
+    base, trial = served
+    fhir = SyncFHIRClient(f"{base}/fhir")
+    created = fhir.resource("Patient", identifier=[{"system": MRN, "value": "MRN-FHIRPY"}], gender="female",
+                            birthDate="1980-02-29")
+    created.save()
+    assert created.id and created["meta"]["versionId"] == "1"
+
+    patched = fhir.resource("Patient", id=created.id).patch(gender="male", birthDate=None)
+    assert patched["gender"] == "male" and "birthDate" not in patched  # null removes (RFC 7396)
+    assert patched["identifier"] == [{"system": MRN, "value": "MRN-FHIRPY"}]  # what it doesn't name is kept
+    assert patched["meta"]["versionId"] == "2"
+    with pytest.raises(OperationOutcome):  # the patched resource is checked as a PUT of it would be
+        fhir.resource("Patient", id=created.id).patch(birthDate="1980-02-30")
+    assert fhir.reference("Patient", created.id).to_resource()["meta"]["versionId"] == "2"
+
+    history = fhir.execute(f"Patient/{created.id}/_history", method="get")
+    assert history["type"] == "history"
+    assert [(e["resource"]["meta"]["versionId"], e["resource"]["gender"]) for e in history["entry"]] == [
+        ("2", "male"), ("1", "female")]
+    assert fhir.execute(f"Patient/{created.id}/_history/1", method="get")["birthDate"] == "1980-02-29"
+    type_history = fhir.execute("Patient/_history", method="get", params={"_count": 100})
+    mine = [e["resource"]["meta"]["versionId"] for e in type_history["entry"]
+            if e.get("resource", {}).get("id") == created.id]
+    assert mine == ["2", "1"]
+    assert trial["p1"] in {e["resource"]["id"] for e in type_history["entry"] if "resource" in e}
