@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+#: the PATCH bodies this server takes (CapabilityStatement.patchFormat): JSON Patch and JSON Merge Patch
+PATCH_FORMATS = ("application/json-patch+json", "application/merge-patch+json")
 OPS = ("add", "remove", "replace", "move", "copy", "test")
 _NEEDS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"),
           "move": ("from", "path"), "copy": ("from", "path"), "test": ("path", "value")}

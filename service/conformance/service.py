@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir_mappings import fhir
 from fhir_mappings.dates import fhir_instant
+from fhir_mappings.json_patch import PATCH_FORMATS
 from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from fhir_mappings.terminology import catalogue_names, code_system_resource, load_catalogue
 from fhir_mappings.value_set import (
@@ -387,6 +388,7 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
         "implementation": {"description": "trial-fhir", "url": base},
         "fhirVersion": fhir.FHIR_VERSION,
         "format": ["application/fhir+json", "json", "application/json"],
+        "patchFormat": list(PATCH_FORMATS),
         "rest": [rest],
     }
     fhir.CapabilityStatement.model_validate(statement)

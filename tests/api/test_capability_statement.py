@@ -183,3 +183,17 @@ def test_search_params_are_the_registry_s_and_each_is_accepted_strictly(client, 
                      "reference": f"{targets[0] if targets else 'Patient'}/x"}[declared["type"]]
             r = client.get(f"/fhir/{rtype}", params={name: value}, headers={"Prefer": "handling=strict"})
             assert r.status_code == 200, (rtype, name, r.text)
+
+
+def test_each_patch_format_claimed_is_taken(client):
+    formats = client.get("/fhir/metadata").json()["patchFormat"]
+    pid = client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "female"}).json()["id"]
+    assert formats == ["application/json-patch+json", "application/merge-patch+json"]
+    bodies = {"application/json-patch+json": [{"op": "replace", "path": "/gender", "value": "male"}],
+              "application/merge-patch+json": {"gender": "other"}}
+    for media_type in formats:
+        r = client.request("PATCH", f"/fhir/Patient/{pid}", json=bodies[media_type],
+                           headers={"Content-Type": media_type})
+        assert r.status_code == 200, (media_type, r.text)
+    assert client.request("PATCH", f"/fhir/Patient/{pid}", content=b"gender=male",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}).status_code == 415

@@ -479,7 +479,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
              headers=json_patch)
         send("PATCH", f"/fhir/{t}/<{t}_example>", 422, json_body=[{"op": "test", "path": "/language", "value": "xx"}],
              headers=json_patch)
-        send("PATCH", f"/fhir/{t}/<{t}_example>", 415, json_body=[])
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 400, json_body=[])  # a merge patch (application/json) is an object
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 415, content=b"[]", headers={"Content-Type": "text/plain"})
+        send("PATCH", f"/fhir/{t}/<{t}_example>", 200, json_body={"language": "de"},
+             headers={"Content-Type": "application/merge-patch+json"})
         send("PATCH", f"/fhir/{t}?{identifier_query(example)}", 200,
              json_body=[{"op": "replace", "path": "/language", "value": "nl"}], headers=json_patch)
         send("PATCH", f"/fhir/{t}?identifier=urn:nothing|matches", 404, json_body=[], headers=json_patch)
@@ -488,6 +491,13 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         by_id = {**request_example(app, "PUT", f"/fhir/{t}/{{id}}"), "id": f"<{t}_example>"}
         send("POST", f"/fhir/{t}/<{t}_example>/$validate", 200, json_body={**by_id, "language": "fr"})
         send("POST", f"/fhir/{t}/<{t}_example>/$validate?mode=delete", 200)
+    send("PATCH", "/fhir/Provenance/<Provenance_example>", 200,
+         json_body=[{"op": "add", "path": "/language", "value": "it"}], headers=json_patch)
+    send("PATCH", "/fhir/Provenance?_id=<Provenance_example>", 200, json_body={"language": "nl"},
+         headers={"Content-Type": "application/merge-patch+json"})
+    send("POST", "/fhir/Provenance/$validate", 200, json_body=provenance)
+    by_id = {**request_example(app, "PUT", "/fhir/Provenance/{id}"), "id": "<Provenance_example>"}
+    send("POST", "/fhir/Provenance/<Provenance_example>/$validate", 200, json_body={**by_id, "language": "fr"})
 
     # -- deletes, dependants first ---------------------------------------------------------------------------
     send("DELETE", "/fhir/$export-status/<group_job>", 202)

@@ -6,7 +6,20 @@ import pytest
 
 from fhir_mappings import fhir
 from service.core.registry import TYPES
-from tests.factories import MRN, adverse_event, created, enrol, observation, patient, study, subject
+from tests.factories import (
+    MRN,
+    adverse_event,
+    created,
+    encounter,
+    enrol,
+    medication_administration,
+    observation,
+    patient,
+    procedure,
+    provenance,
+    study,
+    subject,
+)
 
 WRITABLE = [t for t, stored in TYPES.items() if stored.writable]
 
@@ -29,6 +42,13 @@ def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
         "AdverseEvent": (adverse_event(ids["patient"], ids["study"]),
                          adverse_event(ids["patient"], ids["study"], severity="catastrophic"),
                          "AdverseEvent.severity"),
+        "Encounter": (encounter(ids["patient"]), encounter(ids["patient"], status="bogus"), "Encounter.status"),
+        "MedicationAdministration": (medication_administration(ids["patient"]),
+                                     medication_administration(ids["patient"], status="bogus"),
+                                     "MedicationAdministration.status"),
+        "Procedure": (procedure(ids["patient"]), procedure(ids["patient"], status="bogus"), "Procedure.status"),
+        "Provenance": (provenance(f"Patient/{ids['patient']}"),
+                       provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
     }
 
 
