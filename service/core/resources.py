@@ -101,11 +101,25 @@ def read_json(raw: bytes | str) -> Any:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise ResourceInvalid(f"Malformed JSON: {exc}", expression="body") from None
+        raise ResourceInvalid(malformed_json(exc), expression="body") from None
     repeated = duplicate_key_issues(raw, data)
     if repeated:
         raise ResourceInvalid(repeated[0].diagnostics, issues=repeated)
     return data
+
+
+#: what orjson's parse errors mean, in our words (the first that its message contains)
+_JSON_FAULTS = (("zero-length", "it is empty"), ("UTF-8", "it is not UTF-8 text"),
+                ("end of data", "it ends before the JSON does"), ("trailing comma", "a comma before a closing bracket"),
+                ("string key", "a name that is not a double-quoted string"),
+                ("unexpected character", "a character JSON does not allow there"),
+                ("invalid literal", "a value that is not a JSON value"), ("", "text that is not JSON"))
+
+
+def malformed_json(exc: orjson.JSONDecodeError) -> str:
+    """'Malformed JSON: …' for a body orjson could not parse, saying what and where in the service's words."""
+    why = next(words for part, words in _JSON_FAULTS if part in exc.msg)
+    return f"Malformed JSON: {why} (line {exc.lineno}, column {exc.colno})"
 
 
 def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:

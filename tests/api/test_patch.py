@@ -180,7 +180,11 @@ def test_conditional_patch(client):
     none = send_patch(client, f"/fhir/Patient?identifier={MRN}|MRN-NONE", ops)
     assert none.status_code == 404
     several = send_patch(client, "/fhir/Patient?birthdate=1980-05-05", ops)
-    assert several.status_code in (400, 412)  # 412 where the criteria select; 400 where they are not supported
+    assert several.status_code == 412  # any search criteria of the type select
+    by_date = send_patch(client, f"/fhir/Patient?birthdate=1980-05-05&identifier={MRN}|MRN-CP3", ops)
+    assert by_date.status_code == 200 and by_date.json()["gender"] == "other"
+    assert send_patch(client, "/fhir/Patient?birthdate=1980-13-45", ops).status_code == 400  # malformed: never wider
+    assert send_patch(client, "/fhir/Patient?name=Kim", ops).status_code == 400  # not a Patient parameter here
     assert send_patch(client, "/fhir/Patient", ops).status_code == 400  # no criteria at all
 
 

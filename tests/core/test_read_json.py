@@ -24,3 +24,19 @@ def test_read_json_refuses_malformed_json():
     with pytest.raises(ResourceInvalid) as caught:
         read_json(b'{"resourceType": "Patient",')
     assert caught.value.issues[0].expression == ("body",)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"", "Malformed JSON: it is empty (line 1, column 1)"),
+    (b'{"resourceType": "Patient"', "Malformed JSON: it ends before the JSON does (line 1, column 27)"),
+    (b'{"active": tru}', "Malformed JSON: a value that is not a JSON value (line 1, column 12)"),
+    (b'{"active": true,}', "Malformed JSON: a comma before a closing bracket (line 1, column 16)"),
+    (b'{"active" true}', "Malformed JSON: a character JSON does not allow there (line 1, column 11)"),
+    (b"\xff", "Malformed JSON: it is not UTF-8 text (line 1, column 1)"),
+    (b"{\n  'a': 1}", "Malformed JSON: a name that is not a double-quoted string (line 2, column 3)"),
+])
+def test_malformed_json_is_said_in_our_words_with_where(text, message):
+    with pytest.raises(ResourceInvalid) as refused:
+        read_json(text)
+    assert str(refused.value) == message
+    assert refused.value.issues[0].expression == ("body",)
