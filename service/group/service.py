@@ -31,15 +31,26 @@ def _group(session: Session, study_id: str, title: str | None) -> dict:
 
 def search_groups(session: Session, params: list[tuple[str, str]], base: str, *, strict: bool = False,
                   studies: frozenset[str] | None = None) -> bytes:
-    """`_id` (comma-separated ids OR'd); without it every study's Group (of `studies` only, when given)."""
+    """`_id` (comma-separated ids OR'd); without it every study's Group (of `studies` only, when given). As every
+    search (issue 11 §4): a modifier on `_id` or a malformed `_count` is a 400 always; an unknown parameter is
+    ignored with a warning (400 under strict handling) and left out of the `self` link, which shows what was
+    applied."""
     ids: list[str] | None = None
     warnings = []
+    applied: list[tuple[str, str]] = []
     for name, value in params:
         if name == "_id":
             wanted = [study_id_for_group(v) for v in value.split(",") if v]
             ids = wanted if ids is None else [i for i in ids if i in wanted]
-        elif name in ("_format", "_pretty", "_count"):
-            continue
+            applied.append((name, value))
+        elif name.split(":", 1)[0] == "_id":
+            raise BadRequest(f"Modifier ':{name.split(':', 1)[1]}' is not supported on Group's _id", expression=name)
+        elif name == "_count":
+            if not value.isdigit():
+                raise BadRequest(f"_count must be a whole number, not '{value}'", expression=name)
+            applied.append((name, value))  # every study's Group fits one page
+        elif name in ("_format", "_pretty"):
+            applied.append((name, value))
         elif strict:
             raise BadRequest(f"Unknown search parameter '{name}' for Group (only _id is supported)", expression=name)
         else:
@@ -51,6 +62,6 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
                      search={"mode": "match"}) for sid, title in found]
     if warnings:
         entries.append({"resource": orjson.Fragment(orjson.dumps(outcome(warnings))), "search": {"mode": "outcome"}})
-    query = urlencode(params)
+    query = urlencode(applied)
     self_link = f"{base}/Group" + (f"?{query}" if query else "")
     return bundle("searchset", entries, total=len(found), links=[("self", self_link)])
