@@ -58,7 +58,7 @@ class ParamDef:
         if self.name in ("_id", "_lastUpdated"):
             return f"http://hl7.org/fhir/SearchParameter/{self.id_for('Resource')}"
         own = _R4_SHARED.get((self.base, self.name), self.id_for(self.base))
-        return f"http://hl7.org/fhir/SearchParameter/{own}"
+        return None if own is None else f"http://hl7.org/fhir/SearchParameter/{own}"
 
     @property
     def modifiers(self) -> tuple[str, ...]:
@@ -83,10 +83,17 @@ class ParamDef:
         return f"{resource_type}-{name}"
 
 
-#: R4 parameters defined once for several types (their SearchParameter id is not `<Type>-<code>`)
-_R4_SHARED = {("Observation", "code"): "clinical-code", ("Observation", "date"): "clinical-date",
-              ("Observation", "patient"): "clinical-patient", ("Observation", "identifier"): "clinical-identifier",
-              ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender"}
+#: R4 parameters defined once for several types (their SearchParameter id is not `<Type>-<code>`); None: R4
+#: defines no such parameter on that type (the resource has no identifier element, or R4 no search on it)
+_R4_SHARED: dict[tuple[str, str], str | None] = {
+    **{(t, c): f"clinical-{c}" for t in ("Observation", "Encounter", "Procedure", "MedicationAdministration")
+       for c in ("identifier", "patient")},
+    **{(t, "date"): "clinical-date" for t in ("Observation", "Encounter", "Procedure")},
+    **{(t, "code"): "clinical-code" for t in ("Observation", "Procedure", "MedicationAdministration")},
+    ("MedicationAdministration", "status"): "medications-status",
+    ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender",
+    ("AdverseEvent", "identifier"): None, ("Provenance", "identifier"): None, ("AuditEvent", "identifier"): None,
+}
 
 
 def common_params(resource_type: str) -> list[ParamDef]:

@@ -57,6 +57,12 @@ def test_id_and_last_updated_take_no_modifier_and_a_trial_parameter_derives_from
     visit = search_parameter_resource("Observation", ParamDef("visit", "token", "Observation.effective", "visit",
                                                               custom=True))
     assert "derivedFrom" not in visit and visit["modifier"] == ["missing", "not"]
+    # R4 has no AuditEvent identifier parameter (nor element): nothing to derive from
+    audit = search_parameter_resource("AuditEvent", ParamDef("identifier", "token", "AuditEvent.identifier", "x"))
+    assert "derivedFrom" not in audit
+    encounter = search_parameter_resource("Encounter", ParamDef("patient", "reference", "Encounter.subject", "x",
+                                                                targets=("Patient",)))
+    assert encounter["derivedFrom"] == "http://hl7.org/fhir/SearchParameter/clinical-patient"
 
 
 def _accepts(spec: SearchSpec, name: str, value: str) -> bool:
