@@ -114,6 +114,26 @@ def test_conditional_criteria_are_any_search_parameter_of_the_type_strictly(clie
     assert checked >= 9
 
 
+def test_reference_policy_claims_hold(client, statement):
+    """`literal` and `logical` references are taken, `resolves`: each is resolved (one to nothing is a 422 naming
+    it), `local`: to this server's resources (one elsewhere is refused the same way). Shown on Observation.subject;
+    every writable type claims the same policy, read by the same reference check."""
+    policies = {r["type"]: r.get("referencePolicy") for r in statement["resource"]}
+    assert policies["Observation"] == ["literal", "logical", "resolves", "local"]
+    assert {tuple(p) for t, p in policies.items() if p} == {("literal", "logical", "resolves", "local")}
+    assert policies["AuditEvent"] is None  # written by the server only
+    body = payloads(client)["Observation"]
+    pid = body["subject"]["reference"].split("/")[1]
+    mrn = client.get(f"/fhir/Patient/{pid}").json()["identifier"][0]
+    for subject in ({"reference": f"Patient/{pid}"}, {"type": "Patient", "identifier": mrn}):  # literal, logical
+        assert client.post("/fhir/Observation", json={**body, "subject": subject}).status_code == 201, subject
+    for subject in ({"reference": "Patient/no-such-patient"},  # resolves
+                    {"type": "Patient", "identifier": {"system": "http://example.org/mrn", "value": "none"}},
+                    {"reference": "http://elsewhere.example.org/fhir/Patient/1"}):  # local
+        r = client.post("/fhir/Observation", json={**body, "subject": subject})
+        assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["Observation.subject"], r.text
+
+
 def test_every_claimed_operation_answers(client, statement, ids):
     wrong = []
     levels = [(r["type"], r.get("operation", [])) for r in statement["resource"]]
