@@ -42,17 +42,37 @@ class ParamDef:
     description: str
     targets: tuple[str, ...] = ()
     systems: tuple[str, ...] = ()  # token: the code systems its values come from ("" = any system matches)
-    custom: bool = False  # a trial parameter: published as a SearchParameter resource
+    custom: bool = False  # a trial parameter (its SearchParameter derives from no R4 one)
 
     @property
     def definition(self) -> str:
-        """Canonical URL of the parameter's definition (FHIR R4's, or ours for a trial parameter)."""
+        """Canonical URL of the SearchParameter this server serves for the parameter (`GET SearchParameter/<id>`):
+        what it supports exactly (its modifiers, comparators and chains)."""
+        return f"{SEARCH_PARAMETER_BASE}/{self.id_for(self.base)}"
+
+    @property
+    def derived_from(self) -> str | None:
+        """Canonical URL of the FHIR R4 SearchParameter this one narrows (None for a trial parameter)."""
         if self.custom:
-            return f"{SEARCH_PARAMETER_BASE}/{self.id_for(self.base)}"
+            return None
         if self.name in ("_id", "_lastUpdated"):
             return f"http://hl7.org/fhir/SearchParameter/{self.id_for('Resource')}"
         own = _R4_SHARED.get((self.base, self.name), self.id_for(self.base))
-        return f"http://hl7.org/fhir/SearchParameter/{own}"
+        return None if own is None else f"http://hl7.org/fhir/SearchParameter/{own}"
+
+    @property
+    def modifiers(self) -> tuple[str, ...]:
+        """The modifiers the parser takes on this parameter (R4 SearchModifierCode; `type` is `:[Type]`, one of
+        `targets`), from MODIFIERS: none on `_id` and `_lastUpdated`."""
+        if self.name in ("_id", "_lastUpdated"):
+            return ()
+        found = MODIFIERS.get(self.type, ())
+        return (*found, "type") if self.type == "reference" and self.targets else found
+
+    @property
+    def comparators(self) -> tuple[str, ...]:
+        """The prefixes the parser takes on this parameter's values (R4 SearchComparator), from COMPARATORS."""
+        return COMPARATORS.get(self.type, ())
 
     @property
     def base(self) -> str:
@@ -63,10 +83,17 @@ class ParamDef:
         return f"{resource_type}-{name}"
 
 
-#: R4 parameters defined once for several types (their SearchParameter id is not `<Type>-<code>`)
-_R4_SHARED = {("Observation", "code"): "clinical-code", ("Observation", "date"): "clinical-date",
-              ("Observation", "patient"): "clinical-patient", ("Observation", "identifier"): "clinical-identifier",
-              ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender"}
+#: R4 parameters defined once for several types (their SearchParameter id is not `<Type>-<code>`); None: R4
+#: defines no such parameter on that type (the resource has no identifier element, or R4 no search on it)
+_R4_SHARED: dict[tuple[str, str], str | None] = {
+    **{(t, c): f"clinical-{c}" for t in ("Observation", "Encounter", "Procedure", "MedicationAdministration")
+       for c in ("identifier", "patient")},
+    **{(t, "date"): "clinical-date" for t in ("Observation", "Encounter", "Procedure")},
+    **{(t, "code"): "clinical-code" for t in ("Observation", "Procedure", "MedicationAdministration")},
+    ("MedicationAdministration", "status"): "medications-status",
+    ("Patient", "birthdate"): "individual-birthdate", ("Patient", "gender"): "individual-gender",
+    ("AdverseEvent", "identifier"): None, ("Provenance", "identifier"): None, ("AuditEvent", "identifier"): None,
+}
 
 
 def common_params(resource_type: str) -> list[ParamDef]:
@@ -79,8 +106,16 @@ def common_params(resource_type: str) -> list[ParamDef]:
     ]
 
 
+#: the modifiers each type of parameter takes (besides `:[Type]` on a reference): the parser checks a search
+#: against this table and the served SearchParameter resources list it (ParamDef.modifiers)
 MODIFIERS = {"token": ("missing", "not"), "reference": ("missing",), "date": ("missing",),
              "quantity": ("missing",), "string": ("missing", "exact", "contains")}
+#: the prefixes (R4 SearchComparator) each type of parameter takes on its values, read the same two ways
+#: (ParamDef.comparators); a prefix on any other type is part of the value (`gt5` is a token)
+COMPARATORS = {"date": ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"), "quantity": PREFIXES}
+#: every R4 search modifier (SearchModifierCode)
+R4_MODIFIERS = ("missing", "exact", "contains", "not", "text", "in", "not-in", "below", "above", "type",
+                "identifier", "ofType")
 RESULT_PARAMS = ("_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_cursor")
 IGNORED_PARAMS = ("_format", "_pretty")
 
@@ -284,10 +319,16 @@ def date_range(text: str) -> tuple[datetime, datetime]:
     return low, high
 
 
-def parse_date(value: str) -> DateRange:
+def _prefixed(value: str, kind: str) -> tuple[str, str]:
+    """(prefix, the rest) of a `kind` value; Malformed for a prefix COMPARATORS does not give `kind`."""
     prefix, rest = split_prefix(value)
-    if prefix == "ap":
-        raise Malformed("the 'ap' prefix is not supported on dates")
+    if prefix not in COMPARATORS[kind]:
+        raise Malformed(f"the '{prefix}' prefix is not supported on {kind}s; supported: {', '.join(COMPARATORS[kind])}")
+    return prefix, rest
+
+
+def parse_date(value: str) -> DateRange:
+    prefix, rest = _prefixed(value, "date")
     low, high = date_range(rest)
     return DateRange(prefix, low, high)
 
@@ -346,7 +387,7 @@ def parse_quantity(value: str) -> Quantity:
     """`[prefix]number[|system|code]`; with a unit, one bound per catalogue measure accepting that unit,
     converted to the measure's canonical unit."""
     text = value.strip()
-    prefix, rest = split_prefix(text)
+    prefix, rest = _prefixed(text, "quantity")
     number_text, system, code = rest, None, None
     if "|" in rest:
         parts = rest.split("|")
@@ -554,17 +595,18 @@ def parse_criterion(spec: SearchSpec, name: str, value: str, lookup: SpecLookup 
     modifier = modifier_text or None
     if dot:
         return _parse_chain(spec, param, name, modifier, rest, value, lookup if chained else None)
-    if modifier == "missing" and param.name not in ("_id", "_lastUpdated"):
+    if modifier == "missing" and "missing" in param.modifiers:
         if value not in ("true", "false"):
             raise Rejected(name, f"Parameter '{name}': the value must be true or false, not '{value}'")
         return Criterion(param.name, param.type, "missing", (), missing=value == "true")
     if modifier is not None:
-        type_modifier = param.type == "reference" and modifier in param.targets
-        allowed = () if param.name in ("_id", "_lastUpdated") else MODIFIERS.get(param.type, ())
-        if not type_modifier and modifier not in allowed:
+        allowed = param.modifiers
+        type_modifier = "type" in allowed and modifier in param.targets
+        if not type_modifier and (modifier not in allowed or modifier == "type"):
+            shown = [m for m in allowed if m != "type"] + [t for t in param.targets if "type" in allowed]
             raise Rejected(name, f"Parameter '{name}': the modifier ':{modifier}' is not supported on '{base}' "
                            f"({param.type}); supported: "
-                           f"{', '.join(':' + m for m in allowed) or 'none'}", "not-supported")
+                           f"{', '.join(':' + m for m in shown) or 'none'}", "not-supported")
     try:
         values = parse_values(param, modifier, value)
     except (Malformed, ArithmeticError, ValueError, OverflowError) as exc:
@@ -602,6 +644,17 @@ def _parse_chain(spec: SearchSpec, param: ParamDef, name: str, modifier: str | N
     except Rejected as exc:
         raise Rejected(name, f"Chained parameter '{name}': {exc}", exc.issue.code) from None
     return Criterion(param.name, "reference", modifier, (), chain=Chain(target, param.name, inner))
+
+
+def chain_names(spec: SearchSpec, param: str, lookup: SpecLookup) -> tuple[str, ...]:
+    """The parameters a chain through the reference parameter `param` of a `spec` search may use (`_parse_chain`
+    takes one of any type it may point at: `subject:Patient.gender`): SearchParameter.chain."""
+    names: set[str] = set()
+    for target in spec.chains.get(param, ()):
+        target_spec = lookup(target)
+        if target_spec is not None:
+            names.update(target_spec.params)
+    return tuple(sorted(names))
 
 
 def _parse_has(spec: SearchSpec, name: str, value: str, lookup: SpecLookup) -> Criterion:
@@ -755,15 +808,23 @@ def subset(content: str | bytes, model: type[fhir.Resource], *, summary: str | N
 
 # -- SearchParameter resources ----------------------------------------------------------------------------
 
-def search_parameter_resource(resource_type: str, param: ParamDef) -> dict[str, Any]:
-    """An R4 SearchParameter for one of the trial's own parameters (validated with fhir.resources)."""
+def _computer_name(resource_type: str, code: str) -> str:
+    """SearchParameter.name: `ObservationValueQuantity` for Observation `value-quantity`, `ObservationId` for `_id`."""
+    return resource_type + "".join(part[:1].upper() + part[1:] for part in code.lstrip("_").split("-") if part)
+
+
+def search_parameter_resource(resource_type: str, param: ParamDef, chains: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The R4 SearchParameter this server serves for one parameter of `resource_type` (validated with
+    fhir.resources): exactly the modifiers (ParamDef.modifiers) and comparators (ParamDef.comparators) the parser
+    takes, the parameters a chain may use (`chains`, from `chain_names`), and the R4 definition it narrows
+    (`derivedFrom`; none for a trial parameter)."""
     pid = param.id_for(resource_type)
-    data = {
+    data: dict[str, Any] = {
         "resourceType": "SearchParameter",
         "id": pid,
         "url": f"{SEARCH_PARAMETER_BASE}/{pid}",
         "version": "1.0.0",
-        "name": f"{resource_type}{param.name[0].upper()}{param.name[1:]}",
+        "name": _computer_name(resource_type, param.name),
         "status": "active",
         "experimental": False,
         "publisher": "trial-fhir",
@@ -774,10 +835,16 @@ def search_parameter_resource(resource_type: str, param: ParamDef) -> dict[str, 
         "expression": param.expression,
         "xpathUsage": "normal",
     }
+    if param.derived_from:
+        data["derivedFrom"] = param.derived_from
     if param.targets:
         data["target"] = list(param.targets)
-    if param.type in MODIFIERS:
-        data["modifier"] = list(MODIFIERS[param.type])
+    if param.modifiers:
+        data["modifier"] = list(param.modifiers)
+    if param.comparators:
+        data["comparator"] = list(param.comparators)
+    if chains:
+        data["chain"] = list(chains)
     fhir.SearchParameter.model_validate(data)
     return data
 

@@ -152,8 +152,10 @@ _EXAMPLE = search_parameters()["Observation-visit"]
             summary="Read a SearchParameter",
             responses={200: fhir_json(_EXAMPLE, "The SearchParameter"), **error_docs(404)})
 def read_search_parameter(id: Annotated[str, Path(examples=["Observation-visit"])]) -> Response:
-    """One of the trial's own search parameters (`Observation-study`, `Observation-arm`, `Observation-visit`,
-    `ResearchSubject-arm`); the standard ones are defined by FHIR R4."""
+    """A search parameter of a stored type as this server answers it (id `<Type>-<code>`: `Observation-code`,
+    `Observation-visit`, `Observation-id` for `_id`): exactly the modifiers, comparators and chains a search takes
+    on it, and the FHIR R4 definition it narrows (`derivedFrom`; none for the trial's own `study`, `arm`,
+    `visit`). The CapabilityStatement's `searchParam.definition` is its `url`."""
     return FhirJSONResponse(search_service.read_search_parameter(id))
 
 
@@ -170,7 +172,7 @@ def search_search_parameters(
         code: Annotated[str | None, Query(description="the parameter as used in a query, e.g. visit")] = None,
         base_type: Annotated[str | None, Query(alias="base", description="resource type, e.g. Observation")] = None,
 ) -> Response:
-    """Find the trial's search parameters by canonical `url`, `name`, `code` or `base` resource type."""
+    """Find the search parameters of the stored types by canonical `url`, `name`, `code` or `base` resource type."""
     found = search_service.find_search_parameters(url=url, name=name, code=code, base_type=base_type)
     entries = [entry(f"{base}/SearchParameter/{sp['id']}", orjson.dumps(sp), search={"mode": "match"}) for sp in found]
     return FhirJSONResponse(bundle("searchset", entries, total=len(found)))

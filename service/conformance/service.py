@@ -18,7 +18,7 @@ from fhir_mappings.value_set import (
     validate_code,
     value_sets,
 )
-from service.core.registry import INCLUDES, REGISTRY, search_spec
+from service.core.registry import INCLUDES, REGISTRY
 from service.errors import BadRequest, FhirError, NotFound
 from service.store.unit_of_work import utcnow
 
@@ -26,12 +26,17 @@ SERVER_VERSION = "0.1.0"
 _RESULT_PARAMS_DOC = ("Result parameters: _count (default 50, max 1000), _sort ({sorts}; '-' for descending), "
                       "_include, _revinclude (at most 1000 resources each, with a warning when cut), :iterate on "
                       "both, _summary=count|true|data, _elements, _total=accurate|estimate|none; paging by opaque "
-                      "_cursor links (self, first, last, next, previous). Modifiers: :missing, :not (tokens), "
-                      ":exact and :contains (strings), the target type on references. Chains (one link): {chains}; "
-                      "_has:Type:reference:parameter. Handling: lenient by default: an unknown parameter is ignored, "
-                      "reported in an OperationOutcome entry and left out of the self link (Prefer: handling=strict "
-                      "makes it a 400); a malformed value, an unsupported modifier or chain, or a bad result "
-                      "parameter is always a 400 naming it.")
+                      "_cursor links (self, first, last, next, previous). The modifiers, comparators (prefixes) and "
+                      "chains each parameter takes are in the SearchParameter its searchParam.definition names "
+                      "(served at {base}/SearchParameter/<Type>-<code>); chains go one link, and "
+                      "_has:Type:reference:parameter one level. Handling: lenient by default: an unknown parameter "
+                      "is ignored, reported in an OperationOutcome entry and left out of the self link (Prefer: "
+                      "handling=strict makes it a 400); a malformed value, an unsupported modifier, comparator or "
+                      "chain, or a bad result parameter is always a 400 naming it.")
+#: conditional criteria: R4 has no element for them (CapabilityStatement.rest.resource has none)
+_CONDITIONAL_DOC = ("Conditional {writes} take as criteria any search parameter of {type} (modifiers, comparators, "
+                    "chains and _has as in a search), strictly: an unknown or malformed parameter, or a result "
+                    "parameter (_count, _sort, ...), is a 400; several matches are a 412.")
 
 
 @dataclass(frozen=True)
@@ -343,9 +348,13 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
             del entry["referencePolicy"]
         entry["searchInclude"] = [i.text for i in INCLUDES if i.source == rtype]
         entry["searchRevInclude"] = [i.text for i in INCLUDES if i.target == rtype]
-        chains = [f"{p}:{t}.<any {t} parameter>" for p, ts in search_spec(rtype).chains.items() for t in ts]
         entry["documentation"] = _RESULT_PARAMS_DOC.format(sorts=", ".join(("_id", "_lastUpdated", *stored.sorts)),
-                                                           chains="; ".join(chains) or "none")
+                                                           base=base)
+        writes = [w for w, claimed in (("create (If-None-Exist)", "create" in codes),
+                                       ("update", "update" in conditional), ("patch", "patch" in conditional),
+                                       ("delete", "delete" in conditional)) if claimed]
+        if writes:
+            entry["documentation"] += " " + _CONDITIONAL_DOC.format(writes=", ".join(writes), type=rtype)
         ops = operations.get(rtype)
         if ops:
             entry["operation"] = ops

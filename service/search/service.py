@@ -30,6 +30,7 @@ from fhir_mappings.search import (
     Cursor,
     Malformed,
     SearchRequest,
+    chain_names,
     encode_cursor,
     parse_search,
     parse_token,
@@ -337,13 +338,15 @@ def resolve_study(session: Session | Connection, key: str, *, studies: frozenset
     return found[0] if len(found) == 1 else key
 
 
-# -- SearchParameter (the trial's own parameters, served from their declarations) ---------------------------
+# -- SearchParameter (every parameter of every stored type, served from the declarations the parser reads) ------
 
 @lru_cache(maxsize=1)
 def search_parameters() -> dict[str, dict[str, Any]]:
-    """id -> SearchParameter resource, for every trial parameter (`custom`) the stored types declare."""
-    return {p.fhir.id_for(t.name): search_parameter_resource(t.name, p.fhir)
-            for t in REGISTRY for p in t.search if p.fhir.custom}
+    """id (`<Type>-<code>`) -> SearchParameter resource, for every search parameter of every stored type: the
+    modifiers, comparators and chains the search parser takes on it (fhir_mappings/search.py)."""
+    return {p.fhir.id_for(t.name): search_parameter_resource(
+                t.name, p.fhir, chain_names(search_spec(t.name), p.name, find_search_spec))
+            for t in REGISTRY for p in t.params.values()}
 
 
 def read_search_parameter(id: str) -> dict[str, Any]:

@@ -74,14 +74,64 @@ def test_conditional_claims_hold(client, statement, ids):
     for resource in statement["resource"]:
         rtype, rid = resource["type"], ids[resource["type"]]
         if resource.get("conditionalRead") == "full-support":
-            etag = client.get(f"/fhir/{rtype}/{rid}").headers["etag"]
+            current = client.get(f"/fhir/{rtype}/{rid}")
+            etag, modified = current.headers["etag"], current.headers["last-modified"]
             assert client.get(f"/fhir/{rtype}/{rid}", headers={"If-None-Match": etag}).status_code == 304, rtype
+            # full-support: If-Modified-Since too
+            assert client.get(f"/fhir/{rtype}/{rid}", headers={"If-Modified-Since": modified}).status_code == 304
         update = client.put(f"/fhir/{rtype}?_id={rid}", json=client.get(f"/fhir/{rtype}/{rid}").json())
         assert (update.status_code == 200) is bool(resource.get("conditionalUpdate")), (rtype, update.text)
         delete = client.delete(f"/fhir/{rtype}?_id=nothing-has-this-id")
         claimed = resource.get("conditionalDelete", "not-supported") != "not-supported"
         assert (delete.status_code == 204) is claimed, (rtype, delete.status_code)
         assert resource.get("updateCreate", False) is ("update" in {i["code"] for i in resource["interaction"]})
+
+
+#: a value of each search type that matches nothing here
+_NOTHING = {"token": "no-such-x", "string": "no-such-x", "date": "lt1900-01", "quantity": "lt-1000000000",
+            "reference": "no-such-x"}
+
+
+def test_conditional_criteria_are_any_search_parameter_of_the_type_strictly(client, statement):
+    """The rule each resource's documentation states (R4 has no element for it) holds: a conditional delete takes
+    every search parameter the type declares, and refuses an unknown one and a result parameter."""
+    checked = 0
+    for resource in statement["resource"]:
+        rtype = resource["type"]
+        if resource.get("conditionalDelete", "not-supported") == "not-supported":
+            assert "take as criteria" not in resource.get("documentation", ""), rtype  # AuditEvent: no writes
+            continue
+        assert "take as criteria any search parameter of " + rtype in resource["documentation"], rtype
+        assert "strictly" in resource["documentation"] and "delete" in resource["documentation"], rtype
+        for param in resource["searchParam"]:
+            r = client.delete(f"/fhir/{rtype}", params={param["name"]: _NOTHING[param["type"]]})
+            assert r.status_code == 204, (rtype, param["name"], r.text)
+        for query in ("no-such-parameter=1", "_count=1"):
+            r = client.delete(f"/fhir/{rtype}?{query}")
+            assert r.status_code == 400, (rtype, query, r.text)
+            assert r.json()["resourceType"] == "OperationOutcome"
+        checked += 1
+    assert checked >= 9
+
+
+def test_reference_policy_claims_hold(client, statement):
+    """`literal` and `logical` references are taken, `resolves`: each is resolved (one to nothing is a 422 naming
+    it), `local`: to this server's resources (one elsewhere is refused the same way). Shown on Observation.subject;
+    every writable type claims the same policy, read by the same reference check."""
+    policies = {r["type"]: r.get("referencePolicy") for r in statement["resource"]}
+    assert policies["Observation"] == ["literal", "logical", "resolves", "local"]
+    assert {tuple(p) for t, p in policies.items() if p} == {("literal", "logical", "resolves", "local")}
+    assert policies["AuditEvent"] is None  # written by the server only
+    body = payloads(client)["Observation"]
+    pid = body["subject"]["reference"].split("/")[1]
+    mrn = client.get(f"/fhir/Patient/{pid}").json()["identifier"][0]
+    for subject in ({"reference": f"Patient/{pid}"}, {"type": "Patient", "identifier": mrn}):  # literal, logical
+        assert client.post("/fhir/Observation", json={**body, "subject": subject}).status_code == 201, subject
+    for subject in ({"reference": "Patient/no-such-patient"},  # resolves
+                    {"type": "Patient", "identifier": {"system": "http://example.org/mrn", "value": "none"}},
+                    {"reference": "http://elsewhere.example.org/fhir/Patient/1"}):  # local
+        r = client.post("/fhir/Observation", json={**body, "subject": subject})
+        assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["Observation.subject"], r.text
 
 
 def test_every_claimed_operation_answers(client, statement, ids):

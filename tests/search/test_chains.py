@@ -150,8 +150,13 @@ def test_capability_statement_says_the_default_handling_and_the_chains(client):
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     doc = resources["Observation"]["documentation"]
     assert "lenient by default" in doc and "handling=strict" in doc
-    assert "subject:Patient." in doc and "study:ResearchStudy." in doc and "_has:" in doc
-    assert "_total=accurate|estimate|none" in doc
+    assert "_has:" in doc and "_total=accurate|estimate|none" in doc
+    params = {p["name"]: p for p in resources["Observation"]["searchParam"]}
+    found = client.get("/fhir/SearchParameter", params={"url": params["subject"]["definition"]}).json()
+    subject = found["entry"][0]["resource"]
+    assert subject["target"] == ["Patient"] and {"gender", "birthdate"} <= set(subject["chain"])
+    study = client.get("/fhir/SearchParameter/Observation-study").json()
+    assert "identifier" in study["chain"] and "type" in study["modifier"]
 
 
 @pytest.mark.parametrize("query", ["Observation?_count=2", "Observation?_count=4&_sort=-date", "Observation?_count=2&"
