@@ -31,9 +31,10 @@ IDLE_PING_S = 10.0
 POOL_SIZE = 40  # per process (plus the async read pool's few): with 2 workers, ~96 of PostgreSQL's default 100
 
 
-def make_engine(database_url: str, echo: bool = False) -> Engine:
+def make_engine(database_url: str, echo: bool = False, statement_timeout_ms: int = 0) -> Engine:
     """The engine for `database_url`. Its errors don't carry the bound parameters (identifiers, patient values)
-    into tracebacks and logs (`hide_parameters`), unless `echo` asks for every statement to be logged anyway."""
+    into tracebacks and logs (`hide_parameters`), unless `echo` asks for every statement to be logged anyway.
+    `statement_timeout_ms` (PostgreSQL; 0: none) is every connection's `statement_timeout`."""
     url = make_url(database_url)
     hide = not echo
     if url.get_backend_name() == "sqlite":
@@ -58,7 +59,9 @@ def make_engine(database_url: str, echo: bool = False) -> Engine:
         return engine
     # pool_size covers the requests one process runs at once (AnyIO's 40 worker threads at most): connections
     # beyond it are closed on return, and opening one per request under load cost more than the search
-    engine = create_engine(url, echo=echo, hide_parameters=hide, pool_size=POOL_SIZE, max_overflow=10)
+    connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
+    engine = create_engine(url, echo=echo, hide_parameters=hide, pool_size=POOL_SIZE, max_overflow=10,
+                           connect_args=connect_args)
     _ping_when_idle(engine)
     return engine
 
@@ -130,6 +133,7 @@ def snapshot_connection(engine: Engine) -> Iterator[Connection]:
     with engine.connect().execution_options(**options) as conn, conn.begin():
         if is_postgres(engine):
             conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1.0")
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")  # an export may walk everything
         yield conn
 
 
@@ -147,6 +151,7 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine)
     with engine.begin() as conn:
         if is_postgres(engine):
+            conn.execute(text("SET LOCAL statement_timeout = 0"))  # a migration may rewrite a large table
             conn.execute(text("SELECT pg_advisory_xact_lock(74657374)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

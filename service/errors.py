@@ -137,7 +137,7 @@ def raise_for_issues(issues: list[Issue]) -> None:
 
 _STATUS_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
                  406: "not-supported", 409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly",
-                 415: "not-supported", 422: "processing"}
+                 415: "not-supported", 422: "processing", 503: "transient"}
 
 
 def error_response(status_code: int, issues: list[Issue], headers: dict[str, str] | None = None) -> FhirJSONResponse:
@@ -146,8 +146,13 @@ def error_response(status_code: int, issues: list[Issue], headers: dict[str, str
 
 def failure_response(exc: Exception, method: str, path: str) -> FhirJSONResponse:
     """The OperationOutcome response for an exception an interaction raised: a `FhirError` with its own status,
-    anything else a 500 whose traceback goes to the log only. The app's exception handlers and the front door
+    a database fault (service/faults.py) a 503 with `Retry-After`, anything else a 500 whose traceback goes to the
+    log only. The app's exception handlers and the front door
     (service/api/front_door.py) both answer through this."""
+    if not isinstance(exc, FhirError):
+        from service.faults import unavailable  # service/faults.py builds on this module's FhirError
+
+        exc = unavailable(exc) or exc  # a database fault: 503 + Retry-After, not a 500
     if isinstance(exc, FhirError):
         return error_response(exc.status_code, exc.issues, exc.headers)
     log.error("unexpected error on %s %s", method, path, exc_info=exc)
@@ -187,4 +192,23 @@ def register_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> FhirJSONResponse:
         return failure_response(exc, request.method, request.url.path)
+
+    # database faults (a 503, service/faults.py) are answers, not crashes: handled where the FhirErrors are, not by
+    # the last-resort handler above, which re-raises to the server after answering (a traceback for every request
+    # made while the database restarts)
+    for fault in _fault_classes():
+        app.add_exception_handler(fault, unexpected)
+
+
+def _fault_classes() -> list[type[Exception]]:
+    """The exception families a database fault arrives as: SQLAlchemy's, the OS's (a refused connection), and
+    asyncpg's (the async read pool and the audit writer)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    classes: list[type[Exception]] = [SQLAlchemyError, OSError]
+    try:
+        import asyncpg
+    except ModuleNotFoundError:  # SQLite-only installs
+        return classes
+    return [*classes, asyncpg.exceptions.PostgresError, asyncpg.exceptions.InterfaceError]
 

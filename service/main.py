@@ -1,5 +1,6 @@
 """The ASGI application: `create_app(settings)` builds it; `service.main:app` is the default one."""
 
+import asyncio
 import gc
 import logging
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from fastapi.routing import APIRoute
 from sqlalchemy import text
 from starlette.types import ASGIApp
 
+from service import faults
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.methods import Methods
@@ -64,7 +66,9 @@ class TrialFhirApp(FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url, echo=settings.sql_echo)
+    engine = make_engine(settings.database_url, echo=settings.sql_echo,
+                         statement_timeout_ms=settings.statement_timeout_ms)
+    faults.configure(settings.retry_after_s)
     core = Core(engine, settings)
 
     @asynccontextmanager
@@ -111,6 +115,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["System"], name="readyz", summary="Readiness: does the database answer",
+             responses={503: {"description": "The database does not answer (`Retry-After`); drain this replica"}})
+    async def readyz() -> dict:
+        """`{"status": "ready"}` when the database answers `SELECT 1` within TRIAL_FHIR_READY_TIMEOUT_S; 503 with
+        `Retry-After` and an OperationOutcome `transient` otherwise, so a load balancer stops sending requests
+        here while the database is away (and sends them again once it answers: nothing needs a restart)."""
+        def ping() -> None:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        try:  # in a thread of its own: a database that hangs keeps that thread, not a request's
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), settings.ready_timeout_s)
+        except Exception as exc:  # whatever it was (a time-out too), the database did not answer: unready
+            raise faults.not_ready(exc) from None
+        return {"status": "ready"}
 
     app.include_router(auth_router)  # before the FHIR routes: /fhir/.well-known/smart-configuration
     app.include_router(conformance_router)

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
         "failed.")
     export_retention_hours: float = Field(24.0, description="Finished exports (files and job) are removed after this.")
     export_batch_rows: int = Field(2000, description="Rows an export fetches per round trip (server-side cursor).")
+    retry_after_s: int = Field(
+        5, ge=1, description="`Retry-After` (seconds) of a 503 answered while the database is down, restarting, "
+        "read-only, out of connections or too slow, and of an unready `/readyz`.")
+    statement_timeout_ms: int = Field(
+        30_000, ge=0, description="PostgreSQL: longest a request's database statement may run (`statement_timeout` "
+        "of every connection; 0: no limit); one that runs longer is stopped and the request answered 503. Not "
+        "applied to migrations and bulk exports. SQLite: no limit.")
+    ready_timeout_s: float = Field(
+        2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
 
 

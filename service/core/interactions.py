@@ -55,6 +55,7 @@ from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
 from service.errors import BadRequest, FhirError, Forbidden, Gone, NotFound
 from service.export import service as exports
+from service.faults import once_more_on_reconnect
 from service.group import service as groups
 from service.search.compiler import study_condition
 from service.search.service import plan_search, resolve_study, run_search, run_search_async
@@ -97,7 +98,8 @@ class Core:
         """Open what lives on the event loop (the async read pool on PostgreSQL) and start the audit writer."""
         await self.audit_log.start()
         if self.settings.async_search and not self.settings.sql_echo:
-            self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections)
+            self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections,
+                                               self.settings.statement_timeout_ms)
 
     async def stop(self) -> None:
         if self.async_reads is not None:
@@ -245,7 +247,7 @@ class Core:
         def run() -> T:
             with read_session(self.engine) as session:
                 return work(session)
-        return await to_thread.run_sync(run)
+        return await to_thread.run_sync(once_more_on_reconnect, run)
 
     async def _real_id(self, ctx: Context, resource_type: str, id: str) -> str:
         """The id a request names, as stored: a de-identified client names a Patient by its pseudonym (an id
@@ -400,9 +402,10 @@ class Core:
             seen.clear()
 
         def run() -> bytes:
+            seen.clear()  # run again on a new connection when the pooled one had died
             with read_connection(self.engine) as conn:
                 return run_search(conn, plan, ctx.base_url, seen=seen)
-        return await asyncio.get_running_loop().run_in_executor(self.search_threads, run), seen
+        return await asyncio.get_running_loop().run_in_executor(self.search_threads, once_more_on_reconnect, run), seen
 
     # -- Patient/$everything ----------------------------------------------------------------------------------
 

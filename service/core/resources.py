@@ -11,13 +11,14 @@ from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl
 
 import orjson
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session
 
 from fhir_mappings import json_patch
 from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import duplicate_key_issues, structure_issues
+from service import faults
 from service.audit.events import patients_of
 from service.core import access
 from service.core.context import SYSTEM, Caller
@@ -139,21 +140,35 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
     with one identifier) rolls back and runs again, so the second sees the first's resource. `audit` runs last,
     in the same transaction (it appends the write's AuditEvent: committed with the write, or rolled back with it)."""
-    for attempt in range(attempts):
+    reconnected = False
+    attempt = 0
+    while attempt < attempts:
         last = attempt == attempts - 1
         uow = UnitOfWork(session, base_url=base_url, enforce_rules=enforce_rules, caller=caller,
                          out_of_scope=out_of_scope)
+        committing = False
         try:
             result = work(uow)
             uow.flush()
             access.check_studies(uow.session, uow.caller, uow.study_checks)
             if audit is not None:
                 audit(uow)
+            committing = True
             session.commit()
             return result
-        except (IntegrityError, OperationalError) as exc:
+        except DBAPIError as exc:
             session.rollback()
-            if isinstance(exc, OperationalError) and not _is_retryable(exc):
+            if exc.connection_invalidated and not committing and not reconnected:
+                # the pooled connection had died (a database restart): nothing of this transaction was committed,
+                # so it runs once more on a fresh connection and the client never sees the dead one. A commit that
+                # failed this way may have happened: that is the client's 503 to retry (conditionally)
+                reconnected = True
+                log.info("write on a dead pooled connection, running it again on a new one")
+                continue
+            if not isinstance(exc, (IntegrityError, OperationalError)) or (
+                    isinstance(exc, OperationalError) and not _is_retryable(exc)):
+                raise
+            if last and faults.fault_kind(exc):  # SQLite's lock held past its busy timeout, every time
                 raise
             # the driver's message may quote the row (PostgreSQL's DETAIL: "Key (…)=(…, MRN-000124)"): log its kind
             log.info("write conflict, retrying (%s): %s", attempt + 1, _db_error_kind(exc))
@@ -164,6 +179,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
         except BaseException:
             session.rollback()
             raise
+        attempt += 1
     raise Conflict("The resource was changed by a concurrent request; retry")
 
 

@@ -110,7 +110,11 @@ def as_sqlalchemy_errors(statement: str) -> Iterator[None]:
     try:
         yield
     except psycopg.Error as exc:
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+        # a connection the server dropped (or that died in the pool) is marked invalidated, as SQLAlchemy marks
+        # its own: the write is then run again on a new connection (service/core/resources.run_write)
+        state = exc.sqlstate or ""
+        lost = isinstance(exc, psycopg.OperationalError) and (not state or state[:2] == "08" or state[:3] == "57P")
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error, connection_invalidated=lost) from exc
 
 
 def _result_processor(type_: Any, dialect: Dialect) -> Callable[[Any], Any] | None:
@@ -215,13 +219,16 @@ class AsyncReadPool:
     made without the values, looked dearer than the custom plans) and spent ~450 µs of CPU per search instead
     of ~260. `dialect` is what those statements are compiled for."""
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, statement_timeout_ms: int = 0) -> None:
         from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
         self.loop = asyncio.get_running_loop()
         # SQLAlchemy's PostgreSQL dialect __init__ is unannotated
         self.dialect = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
         self._dsn = dsn
+        self._settings = {"plan_cache_mode": "force_generic_plan"}
+        if statement_timeout_ms:
+            self._settings["statement_timeout"] = str(statement_timeout_ms)
         self._slots = asyncio.Semaphore(size)
         self._idle: list[asyncpg.Connection] = []
 
@@ -230,7 +237,7 @@ class AsyncReadPool:
 
         async with self._slots:
             conn = self._idle.pop() if self._idle else await asyncpg.connect(
-                self._dsn, server_settings={"plan_cache_mode": "force_generic_plan"})
+                self._dsn, server_settings=self._settings)
             try:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
             except BaseException:
@@ -250,9 +257,9 @@ def libpq_url(engine: Engine) -> str:
     return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def async_read_pool(engine: Engine, size: int) -> AsyncReadPool | None:
+def async_read_pool(engine: Engine, size: int, statement_timeout_ms: int = 0) -> AsyncReadPool | None:
     """An `AsyncReadPool` of `size` connections to the engine's database; None where reads on the event loop don't
     exist (SQLite: a read there would block the loop)."""
     if engine.dialect.name != "postgresql":
         return None
-    return AsyncReadPool(libpq_url(engine), size)
+    return AsyncReadPool(libpq_url(engine), size, statement_timeout_ms)
