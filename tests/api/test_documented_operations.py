@@ -232,6 +232,7 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
 
     # -- reads -----------------------------------------------------------------------------------------------
     send("GET", "/healthz", 200)
+    send("GET", "/readyz", 200)
     send("GET", "/fhir/metadata", 200)
     send("GET", "/fhir/CodeSystem/ad-scores", 200)
     send("GET", "/fhir/CodeSystem/nonsense", 404)
