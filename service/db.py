@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 IDLE_PING_S = 10.0
+CONNECT_TIMEOUT_S = 10
 POOL_SIZE = 40  # per process (plus the async read pool's few): with 2 workers, ~96 of PostgreSQL's default 100
 
 
@@ -59,7 +60,11 @@ def make_engine(database_url: str, echo: bool = False, statement_timeout_ms: int
         return engine
     # pool_size covers the requests one process runs at once (AnyIO's 40 worker threads at most): connections
     # beyond it are closed on return, and opening one per request under load cost more than the search
-    connect_args = {"options": f"-c statement_timeout={statement_timeout_ms}"} if statement_timeout_ms else {}
+    # a database that does not answer at all (a host gone, a black-holed network) is a 503 after CONNECT_TIMEOUT_S,
+    # not after the operating system's TCP time-out (minutes)
+    connect_args: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    if statement_timeout_ms:
+        connect_args["options"] = f"-c statement_timeout={statement_timeout_ms}"
     engine = create_engine(url, echo=echo, hide_parameters=hide, pool_size=POOL_SIZE, max_overflow=10,
                            connect_args=connect_args)
     _ping_when_idle(engine)

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError, TimeoutError as PoolTimeout
 
 from service import faults
 from service.main import create_app
@@ -52,6 +52,8 @@ class _PgError(psycopg.errors.OperationalError):
     (_wrapped(psycopg.errors.UniqueViolation("dup"), IntegrityError), None),
     (_wrapped(ValueError("x"), OperationalError, invalidated=True), "unavailable"),
     (ConnectionRefusedError(111, "refused"), "unavailable"),
+    (PoolTimeout("QueuePool limit of size 40 overflow 10 reached"), "unavailable"),  # out of connections
+    (DisconnectionError("pooled connection is gone"), "unavailable"),
     (ValueError("a bug"), None),
     (KeyError("a bug"), None),
 ])

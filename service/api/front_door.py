@@ -77,7 +77,7 @@ class FrontDoor:
                 response = stored_response(stored, ctx.base_url, prefer, status_code=stored.status, location=True)
         except FhirError as exc:  # a 4xx: rendered as the app renders it
             response = failure_response(exc, scope["method"], path)
-        except Exception as exc:  # a fault: the app's 500, its traceback to the log only
+        except Exception as exc:  # a database fault's 503 (service/faults.py), or the app's 500 (traceback to the log)
             output = FHIR_JSON
             response = failure_response(exc, scope["method"], path)
         else:
