@@ -8,6 +8,7 @@ message may quote any of those), and the log gets the error's class and SQLSTATE
 """
 
 import logging
+import socket
 import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
@@ -86,8 +87,9 @@ def fault_kind(exc: BaseException) -> str | None:
             "ConnectionDoesNotExistError", "InterfaceError", "ConnectionFailureError", "InternalClientError",
             "TooManyConnectionsError", "CannotConnectNowError", "PostgresConnectionError"):
         return "unavailable"
-    if isinstance(orig, (ConnectionError, TimeoutError)) or (isinstance(orig, OSError) and orig.errno is not None):
-        return "unavailable"  # refused, reset, unreachable (asyncpg and the audit writer's connect)
+    if isinstance(orig, (ConnectionError, TimeoutError, socket.gaierror)):
+        return "unavailable"  # refused, reset, timed out, unknown host (asyncpg and the audit writer's connect);
+        # not any OSError: a missing export file is not the database's state
     return None
 
 

@@ -54,6 +54,7 @@ class _PgError(psycopg.errors.OperationalError):
     (ConnectionRefusedError(111, "refused"), "unavailable"),
     (PoolTimeout("QueuePool limit of size 40 overflow 10 reached"), "unavailable"),  # out of connections
     (DisconnectionError("pooled connection is gone"), "unavailable"),
+    (FileNotFoundError(2, "no such file"), None),  # an OSError, but not the database's
     (ValueError("a bug"), None),
     (KeyError("a bug"), None),
 ])
