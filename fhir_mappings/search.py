@@ -268,8 +268,10 @@ class Malformed(ValueError):
 # -- values ----------------------------------------------------------------------------------------------
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
-_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$", re.ASCII)  # (\d: 0-9 only, never ² or ١)
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+#: what a date search may name once in UTC: what Python's datetime and both databases hold
+OUT_OF_RANGE = "is outside the dates this server stores (years 0001 to 9999, in UTC)"
 
 
 def split_prefix(value: str) -> tuple[str, str]:
@@ -294,7 +296,7 @@ def date_range(text: str) -> tuple[datetime, datetime]:
             high = datetime(nxt[0], nxt[1], 1, tzinfo=UTC) if nxt[0] <= 9999 else datetime.max.replace(tzinfo=UTC)
         elif hour is None:
             low = datetime(int(year), int(month), int(day), tzinfo=UTC)
-            high = low + timedelta(days=1)
+            high = _after(low, timedelta(days=1))
         else:
             zone = UTC
             if tz and tz != "Z":
@@ -313,10 +315,21 @@ def date_range(text: str) -> tuple[datetime, datetime]:
                 step = timedelta(seconds=1)
             else:
                 step = timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
-            high = low + step
-    except (ValueError, OverflowError) as exc:
+            high = _after(low, step)
+    except OverflowError:
+        raise Malformed(f"the date {OUT_OF_RANGE}") from None
+    except ValueError as exc:
         raise Malformed(f"'{text}' is not a valid date: {exc}") from None
     return low, high
+
+
+def _after(low: datetime, step: timedelta) -> datetime:
+    """`low + step`, or the last instant there is when that is past year 9999 (the period of 9999-12-31 ends
+    there)."""
+    try:
+        return low + step
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _prefixed(value: str, kind: str) -> tuple[str, str]:
@@ -688,7 +701,7 @@ def _result_param(req: SearchRequest, spec: SearchSpec, name: str, value: str, m
         raise Rejected(name, f"'{name}': {base} takes no modifier"
                        + (" but :iterate" if base in ("_include", "_revinclude") else ""), "not-supported")
     if name == "_count":
-        if not value.strip().isdigit():
+        if not (value.strip().isascii() and value.strip().isdigit()):  # '²'.isdigit() and int('١٠') == 10
             raise Rejected(name, f"Parameter '_count' has a malformed value '{value}': use a whole number ≥ 0")
         count = int(value)
         req.count = min(count, max_count)
