@@ -22,6 +22,7 @@ import orjson
 
 from fhir_mappings import fhir
 from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.primitives import CONTROL_RE
 from fhir_mappings.references import ID_RE
 from fhir_mappings.terminology import UCUM, catalogue_names, load_catalogue
 
@@ -499,14 +500,14 @@ def _sort_value(data: Any) -> Any:
         moment = datetime.fromisoformat(data)
         if moment.tzinfo is None:
             raise ValueError("naive")
-        return moment
+        return moment.astimezone(UTC)  # (OverflowError past year 9999 in UTC: no instant this server wrote)
     if isinstance(data, dict) and len(data) == 1:
         ((tag, value),) = data.items()
         if tag == "d" and isinstance(value, str):
             return date.fromisoformat(value)
         if tag == "n" and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if tag == "s" and isinstance(value, str):
+        if tag == "s" and isinstance(value, str) and not CONTROL_RE.search(value):
             return value
     raise ValueError("bad sort value")
 
@@ -524,7 +525,7 @@ def decode_cursor(text: str) -> Cursor:
                 or phase == END and not before:
             raise ValueError("bad fields")
         return Cursor(sort, bool(before), phase, _sort_value(value), rid)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise Malformed("the paging cursor is not one this server issued; follow the Bundle's next/previous "
                         "link") from None
 
@@ -595,6 +596,9 @@ def parse_criterion(spec: SearchSpec, name: str, value: str, lookup: SpecLookup 
     """One `name[:modifier][.chain]=value` of a `spec` search; raises Unknown (a parameter the type does not have)
     or Rejected (anything else that can't be applied as asked). `chained`: may it reach another type?"""
     resource_type = spec.resource_type
+    if CONTROL_RE.search(name) or CONTROL_RE.search(value):  # no FHIR string holds one; never echoed
+        raise Rejected(CONTROL_RE.sub("?", name), f"Parameter '{CONTROL_RE.sub('?', name)}' holds a control "
+                       "character (only tab, CR and LF are allowed in a FHIR string)")
     if name.startswith("_has:") or name == "_has":
         if not chained or lookup is None:
             raise Rejected(name, f"'{name}': _has can't be nested or used here", "not-supported")

@@ -76,7 +76,7 @@ def check_body(path: str, content_type: str | None, length: str | None, max_body
             and not (method == "PATCH" and ctype in (JSON_PATCH, MERGE_PATCH)):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")
-    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > max_body_bytes:
         raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body_bytes}",
                               expression="Content-Length")
 

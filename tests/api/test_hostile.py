@@ -6,6 +6,7 @@ numeric parameters, dates beyond what both databases store once converted to UTC
 of repeated parameters and OR values, control characters in strings. Run on SQLite and PostgreSQL.
 """
 
+import base64
 import json
 
 import pytest
@@ -21,6 +22,17 @@ LEAKS = ("SELECT", "INSERT", "UPDATE ", "sqlite", "psycopg", "Traceback", "[para
 
 def _none(client):
     return {}
+
+
+def existing_patient(client) -> dict:
+    response = client.post("/fhir/Patient", json=patient())
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def cursor(data: list) -> str:
+    """A forged `_cursor`: well-formed base64 JSON of the right shape, holding what no page of this server has."""
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
 
 def many(name: str, value: str, times: int) -> str:
@@ -43,6 +55,18 @@ CASES = [
     ("quantity-value-superscript", _none, lambda c, x: c.get("/fhir/Observation?value-quantity=²"),
      400, "value-quantity"),
     ("date-arabic-digits", _none, lambda c, x: c.get("/fhir/Observation?date=٢٠٢٤-01-01"), 400, "date"),
+    ("vread-version-superscript", lambda c: existing_patient(c),
+     lambda c, x: c.get(f"/fhir/Patient/{x['id']}/_history/²"), 404, "Patient.meta.versionId"),
+    ("if-match-superscript", lambda c: existing_patient(c),
+     lambda c, x: c.put(f"/fhir/Patient/{x['id']}", json={**x, "gender": "male"},
+                        headers={"If-Match": 'W/"²"'.encode("latin-1")}),
+     400, "If-Match"),
+    ("patch-index-superscript", lambda c: existing_patient(c),
+     lambda c, x: c.patch(f"/fhir/Patient/{x['id']}", content=b'[{"op": "remove", "path": "/name/\xc2\xb2"}]'
+                          .decode("unicode_escape").encode("latin-1"),
+                          headers={"Content-Type": "application/json-patch+json"}), 422, None),
+    ("expand-count-superscript", _none, lambda c, x: c.get("/fhir/ValueSet/ad-scores/$expand?count=²"),
+     400, "count"),
     # -- dates outside what both databases store (after UTC conversion) ------------------------------------
     ("search-date-far-future", _none, lambda c, x: c.get("/fhir/Observation", params={"date": FAR_FUTURE}),
      400, "date"),
@@ -76,6 +100,15 @@ CASES = [
     ("cursor-base64-junk", _none, lambda c, x: c.get("/fhir/Patient?_cursor=eyJhIjoxfQ"), 400, "_cursor"),
     ("cursor-empty", _none, lambda c, x: c.get("/fhir/Patient?_cursor="), 400, "_cursor"),
     ("cursor-nul", _none, lambda c, x: c.get("/fhir/Patient?_cursor=%00"), 400, "_cursor"),
+    ("cursor-instant-past-9999", _none,
+     lambda c, x: c.get("/fhir/Patient", params={"_sort": "-_lastUpdated", "_cursor": cursor(
+         ["-_lastUpdated", 0, 0, FAR_FUTURE, "abc"])}), 400, "_cursor"),
+    ("cursor-instant-before-0001", _none,
+     lambda c, x: c.get("/fhir/Patient", params={"_sort": "_lastUpdated", "_cursor": cursor(
+         ["_lastUpdated", 0, 0, FAR_PAST, "abc"])}), 400, "_cursor"),
+    ("cursor-text-nul", _none,
+     lambda c, x: c.get("/fhir/Patient", params={"_sort": "gender", "_cursor": cursor(
+         ["gender", 0, 0, {"s": "a\u0000"}, "abc"])}), 400, "_cursor"),
     # -- floods ----------------------------------------------------------------------------------------------
     ("identifier-repeated-1000", _none, lambda c, x: c.get("/fhir/Patient?" + many("identifier", "x", 1000)),
      400, "identifier"),
@@ -97,6 +130,12 @@ CASES = [
     ("search-nul-in-reference", _none, lambda c, x: c.get("/fhir/Observation?subject=Patient/a%00b"),
      400, "subject"),
     ("search-nul-in-id", _none, lambda c, x: c.get("/fhir/Patient?_id=a%00b"), 400, "_id"),
+    ("batch-entry-nul-in-search", _none,
+     lambda c, x: c.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+         {"request": {"method": "GET", "url": "Patient?family=a%00b"}}]}), 400, None),
+    ("if-none-exist-nul", _none,
+     lambda c, x: c.post("/fhir/Patient", json=patient(), headers={"If-None-Exist": "identifier=a%00b"}),
+     400, None),
     # -- values beyond the measure's plausibility limits ---------------------------------------------------------
     ("ige-1e308", lambda c: enrol(c),
      lambda c, x: c.post("/fhir/Observation", json=observation(x["patient"], "IGE", value=1e308)),
