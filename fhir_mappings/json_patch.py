@@ -124,7 +124,7 @@ def _index(container: list[Any], token: str, i: int, member: str, *, adding: boo
     """An array index token: digits without leading zeros (or '-' past the end, when adding)."""
     if adding and token == "-":
         return len(container)
-    if not token.isdigit() or (len(token) > 1 and token[0] == "0"):
+    if not (token.isascii() and token.isdigit()) or (len(token) > 1 and token[0] == "0"):
         raise _fail(i, member, f"'{token}' is not an array index")
     index = int(token)
     if index > len(container) or (index == len(container) and not adding):

@@ -20,7 +20,7 @@ the regular expression its value matches, as one check per type that answers Non
 
 import re
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 MAX_STRING = 1024 * 1024  # R4: a string SHALL NOT exceed 1 MB
@@ -59,6 +59,8 @@ def _text(kind: str, pattern: "re.Pattern[str] | None", form: str, *, limit: boo
             return f"'{_short(value)}' is not a valid FHIR {kind}: {form}"
         if calendar and len(value) >= 10 and not _real_day(value):
             return f"'{_short(value)}' is not a valid FHIR {kind}: there is no such day"
+        if calendar and len(value) > 10 and not _storable(value):
+            return f"'{_short(value)}' is outside the dates this server stores (years 0001 to 9999, in UTC)"
         return None
     return check
 
@@ -92,6 +94,22 @@ def _real_day(value: str) -> bool:
         date(int(value[:4]), int(value[5:7]), int(value[8:10]))
     except ValueError:
         return False
+    return True
+
+
+def _storable(value: str) -> bool:
+    """Is a dateTime/instant with a time of day still in years 0001..9999 once in UTC (what Python's datetime and
+    both databases hold)? 9999-12-31T23:59:59-14:00 is in year 10000 there, 0001-01-01T00:00:00+14:00 in year 0.
+    A leap second (:60) is read as :59."""
+    try:
+        text = value.replace("Z", "+00:00")
+        moment = datetime.fromisoformat(text[:17] + "59" + text[19:] if text[17:19] == "60" else text)
+        if moment.tzinfo is not None:
+            moment.astimezone(UTC)
+    except OverflowError:
+        return False
+    except ValueError:  # a form the regex took that fromisoformat doesn't: not a range question
+        return True
     return True
 
 

@@ -22,6 +22,7 @@ import orjson
 
 from fhir_mappings import fhir
 from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.primitives import CONTROL_RE
 from fhir_mappings.references import ID_RE
 from fhir_mappings.terminology import UCUM, catalogue_names, load_catalogue
 
@@ -268,8 +269,10 @@ class Malformed(ValueError):
 # -- values ----------------------------------------------------------------------------------------------
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?"
-                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$")
-_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+                      r"(Z|[+-]\d{2}:\d{2})?)?)?)?$", re.ASCII)  # (\d: 0-9 only, never ² or ١)
+_NUMBER_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$", re.ASCII)
+#: what a date search may name once in UTC: what Python's datetime and both databases hold
+OUT_OF_RANGE = "is outside the dates this server stores (years 0001 to 9999, in UTC)"
 
 
 def split_prefix(value: str) -> tuple[str, str]:
@@ -294,7 +297,7 @@ def date_range(text: str) -> tuple[datetime, datetime]:
             high = datetime(nxt[0], nxt[1], 1, tzinfo=UTC) if nxt[0] <= 9999 else datetime.max.replace(tzinfo=UTC)
         elif hour is None:
             low = datetime(int(year), int(month), int(day), tzinfo=UTC)
-            high = low + timedelta(days=1)
+            high = _after(low, timedelta(days=1))
         else:
             zone = UTC
             if tz and tz != "Z":
@@ -313,10 +316,21 @@ def date_range(text: str) -> tuple[datetime, datetime]:
                 step = timedelta(seconds=1)
             else:
                 step = timedelta(microseconds=10 ** max(0, 6 - len(fraction)))
-            high = low + step
-    except (ValueError, OverflowError) as exc:
+            high = _after(low, step)
+    except OverflowError:
+        raise Malformed(f"the date {OUT_OF_RANGE}") from None
+    except ValueError as exc:
         raise Malformed(f"'{text}' is not a valid date: {exc}") from None
     return low, high
+
+
+def _after(low: datetime, step: timedelta) -> datetime:
+    """`low + step`, or the last instant there is when that is past year 9999 (the period of 9999-12-31 ends
+    there)."""
+    try:
+        return low + step
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _prefixed(value: str, kind: str) -> tuple[str, str]:
@@ -486,14 +500,14 @@ def _sort_value(data: Any) -> Any:
         moment = datetime.fromisoformat(data)
         if moment.tzinfo is None:
             raise ValueError("naive")
-        return moment
+        return moment.astimezone(UTC)  # (OverflowError past year 9999 in UTC: no instant this server wrote)
     if isinstance(data, dict) and len(data) == 1:
         ((tag, value),) = data.items()
         if tag == "d" and isinstance(value, str):
             return date.fromisoformat(value)
         if tag == "n" and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        if tag == "s" and isinstance(value, str):
+        if tag == "s" and isinstance(value, str) and not CONTROL_RE.search(value):
             return value
     raise ValueError("bad sort value")
 
@@ -511,7 +525,7 @@ def decode_cursor(text: str) -> Cursor:
                 or phase == END and not before:
             raise ValueError("bad fields")
         return Cursor(sort, bool(before), phase, _sort_value(value), rid)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, binascii.Error, orjson.JSONDecodeError):
         raise Malformed("the paging cursor is not one this server issued; follow the Bundle's next/previous "
                         "link") from None
 
@@ -582,6 +596,9 @@ def parse_criterion(spec: SearchSpec, name: str, value: str, lookup: SpecLookup 
     """One `name[:modifier][.chain]=value` of a `spec` search; raises Unknown (a parameter the type does not have)
     or Rejected (anything else that can't be applied as asked). `chained`: may it reach another type?"""
     resource_type = spec.resource_type
+    if CONTROL_RE.search(name) or CONTROL_RE.search(value):  # no FHIR string holds one; never echoed
+        raise Rejected(CONTROL_RE.sub("?", name), f"Parameter '{CONTROL_RE.sub('?', name)}' holds a control "
+                       "character (only tab, CR and LF are allowed in a FHIR string)")
     if name.startswith("_has:") or name == "_has":
         if not chained or lookup is None:
             raise Rejected(name, f"'{name}': _has can't be nested or used here", "not-supported")
@@ -688,7 +705,7 @@ def _result_param(req: SearchRequest, spec: SearchSpec, name: str, value: str, m
         raise Rejected(name, f"'{name}': {base} takes no modifier"
                        + (" but :iterate" if base in ("_include", "_revinclude") else ""), "not-supported")
     if name == "_count":
-        if not value.strip().isdigit():
+        if not (value.strip().isascii() and value.strip().isdigit()):  # '²'.isdigit() and int('١٠') == 10
             raise Rejected(name, f"Parameter '_count' has a malformed value '{value}': use a whole number ≥ 0")
         count = int(value)
         req.count = min(count, max_count)

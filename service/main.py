@@ -107,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.authenticator = Authenticator(engine, settings)
     app.state.capability_contributions = (EXPORT_CAPABILITY, GROUP_CAPABILITY, STATS_CAPABILITY)
     register_error_handlers(app)
-    app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes,
+                       max_repeats=settings.max_param_repeats, max_values=settings.max_or_values)
 
     @app.get("/healthz", tags=["System"], name="healthz", summary="Liveness and database check")
     def healthz() -> dict:

@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_bundle_entries: int = Field(10_000, description="Largest transaction/batch Bundle accepted (413 above).")
     default_page_size: int = Field(50, description="Default `_count` of a search.")
     max_page_size: int = Field(1000, description="Largest `_count` of a search.")
+    max_param_repeats: int = Field(
+        100, ge=1, description="Most times one query parameter may be repeated in a FHIR request (400 naming it "
+        "above).")
+    max_or_values: int = Field(
+        500, ge=1, description="Most comma-separated (OR) values in one query parameter of a FHIR request (400 naming "
+        "it above; SQLite limits the variables of a statement).")
     search_threads: int = Field(
         4, ge=1, description="Worker threads per process that run searches; more searches than this wait their turn "
         "(a few threads share the GIL better than many: p99 at 16 clients fell from ~100 to ~17 ms with 4).")

@@ -58,7 +58,8 @@ class FrontDoor:
         # ServerErrorMiddleware, outside it, the third); from the interaction on, the type asked for.
         output = FHIR_JSON
         try:
-            asked, has_body = edge(scope, self.core.settings.max_body_bytes)
+            settings = self.core.settings
+            asked, has_body = edge(scope, settings.max_body_bytes, settings.max_param_repeats, settings.max_or_values)
             headers = some_headers(scope, b"prefer", b"host", b"if-none-exist", b"authorization", b"x-request-id",
                                    first=True)
             prefer = headers.get(b"prefer")

@@ -11,7 +11,8 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
+from fhir_mappings.primitives import CONTROL_RE
+from service.errors import BadRequest, FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 JSON_PATCH = "application/json-patch+json"
@@ -75,7 +76,7 @@ def check_body(path: str, content_type: str | None, length: str | None, max_body
             and not (method == "PATCH" and ctype in (JSON_PATCH, MERGE_PATCH)):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")
-    if length is not None and length.isdigit() and int(length) > max_body_bytes:
+    if length is not None and length.isascii() and length.isdigit() and int(length) > max_body_bytes:
         raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body_bytes}",
                               expression="Content-Length")
 
@@ -96,15 +97,46 @@ def some_headers(scope: Scope, *names: bytes, first: bool = False) -> dict[bytes
     return found
 
 
-def edge(scope: Scope, max_body_bytes: int) -> tuple[str, bool]:
+#: the query's limits unless the settings say otherwise (TRIAL_FHIR_MAX_PARAM_REPEATS, TRIAL_FHIR_MAX_OR_VALUES)
+MAX_PARAM_REPEATS = 100
+MAX_OR_VALUES = 500
+
+
+def check_query(pairs: list[tuple[str, str]], max_repeats: int = MAX_PARAM_REPEATS,
+                max_values: int = MAX_OR_VALUES) -> None:
+    """The query's hostile shapes, refused with a 400 naming the parameter before anything reads them: a name
+    repeated more than `max_repeats` times, a value of more than `max_values` comma-separated (OR) values, a name or
+    value holding a control character (not a FHIR string on any database). The value itself is never echoed."""
+    seen: dict[str, int] = {}
+    for name, value in pairs:
+        if CONTROL_RE.search(name) or CONTROL_RE.search(value):
+            shown = name if not CONTROL_RE.search(name) else "a parameter"
+            raise BadRequest(f"The query parameter {shown!r} holds a control character (only tab, CR and LF are "
+                             "allowed in a FHIR string)", expression=CONTROL_RE.sub("?", name))
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > max_repeats:
+            raise BadRequest(f"The query parameter {name!r} is repeated more than {max_repeats} times",
+                             expression=name)
+        if value.count(",") >= max_values:
+            raise BadRequest(f"The query parameter {name!r} has more than {max_values} comma-separated values",
+                             expression=name)
+
+
+def edge(scope: Scope, max_body_bytes: int, max_repeats: int = MAX_PARAM_REPEATS,
+         max_values: int = MAX_OR_VALUES) -> tuple[str, bool]:
     """The edge rules of one FHIR request: (the response Content-Type, does it carry a body?); raises the 406,
-    415 or 413 `FhirError`. Reads only the four headers it needs, and the query only when it may name `_format`
-    (the common search GET pays a few µs here, not a dict of every header and a parse of the whole query)."""
+    415 or 413 `FhirError`, and the 400 of `check_query`. Reads only the four headers it needs, and the query
+    only when it may name `_format`, hold a control character (percent-encoded) or be long enough to break a
+    limit (the common search GET pays a few µs here, not a dict of every header and a parse of the whole query)."""
     headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding")
     length = headers.get(b"content-length")
     raw_query = scope.get("query_string", b"")
     named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
-    query = dict(parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)) if named else {}
+    query: dict[str, str] = {}
+    if named or raw_query.count(b"&") >= max_repeats or raw_query.count(b",") >= max_values:
+        pairs = parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)
+        check_query(pairs, max_repeats, max_values)
+        query = dict(pairs)
     output = negotiate(query, headers.get(b"accept", ""))
     has_body = scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0")
                                                                 or b"transfer-encoding" in headers)
@@ -114,16 +146,19 @@ def edge(scope: Scope, max_body_bytes: int) -> tuple[str, bool]:
 
 
 class FhirFormatMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, prefix: str = "/fhir") -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, prefix: str = "/fhir", max_repeats: int = MAX_PARAM_REPEATS,
+                 max_values: int = MAX_OR_VALUES) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_repeats = max_repeats
+        self.max_values = max_values
         self.prefix = prefix
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
             return await self.app(scope, receive, send)
         try:
-            output, has_body = edge(scope, self.max_body_bytes)
+            output, has_body = edge(scope, self.max_body_bytes, self.max_repeats, self.max_values)
         except FhirError as problem:
             return await error_response(problem.status_code, problem.issues)(scope, receive, send)
         if has_body:

@@ -28,6 +28,7 @@ from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
 from service.errors import BadRequest, FhirError, OutOfScope, PayloadTooLarge, RuleViolation
 from service.search.service import search
+from service.store import repository as store
 from service.store.unit_of_work import UnitOfWork, utcnow
 from service.trial.service import enrolments, study_policy
 
@@ -392,6 +393,10 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
         # entries of types not stored run first (they write nothing): the references to those skipped are known
         order = sorted(reqs, key=lambda r: (METHOD_ORDER[r.method], TYPES[r.resource_type].rank
                                             if r.resource_type in TYPES else -1, r.index))
+        # the resources written by id are locked first, in one order whatever the entries' (issue 12 §2: two
+        # transactions updating A and B in opposite orders deadlocked on PostgreSQL, a 409 for serialisable work)
+        store.lock_current(uow.session, [(r.resource_type, r.id) for r in reqs if r.method in ("PUT", "PATCH", "DELETE")
+                                         and r.id and r.resource_type in TYPES])
         _prefetch(uow, reqs)
         results: dict[int, dict[str, Any]] = {}
         for r in order:

@@ -101,7 +101,7 @@ def _int(inputs: list[tuple[str, Any, str]], name: str) -> int | None:
     value = _one(inputs, name, (str, int))
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
         return value
-    if isinstance(value, str) and value.lstrip("-").isdigit():
+    if isinstance(value, str) and value.isascii() and value.lstrip("-").isdigit():
         return int(value)
     raise BadRequest(f"{name} must be an integer, not '{value}'", expression=name)
 

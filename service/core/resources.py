@@ -79,7 +79,7 @@ def parse_version(etag: str | None) -> int | None:
     raw = etag.strip()
     raw = raw[2:] if raw.startswith("W/") else raw
     raw = raw.strip('"')
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise BadRequest(f"If-Match must be a version ETag like W/\"1\", got '{etag}'", expression="If-Match")
     return int(raw)
 
@@ -559,7 +559,7 @@ def vread(session: Session, resource_type: str, id: str, version_id: str, *, cal
     if not caller.unrestricted:
         access.require_visible(session, caller, resource_type, id)
     where = f"{resource_type}.meta.versionId"
-    if not version_id.isdigit() or int(version_id) > MAX_VERSION:
+    if not (version_id.isascii() and version_id.isdigit()) or int(version_id) > MAX_VERSION:  # ('²'.isdigit())
         raise NotFound(f"{resource_type}/{id} has no version '{version_id}'", expression=where)
     row = repository.get_version(session, resource_type, id, int(version_id))
     if row is None:

@@ -32,7 +32,15 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.group import study_id_for_group
 from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.references import ID_RE
-from fhir_mappings.search import IGNORED_PARAMS, RESULT_PARAMS, Criterion, element_names, parse_search, subset
+from fhir_mappings.search import (
+    IGNORED_PARAMS,
+    OUT_OF_RANGE,
+    RESULT_PARAMS,
+    Criterion,
+    element_names,
+    parse_search,
+    subset,
+)
 from service.core.context import SYSTEM, Caller, prefers
 from service.core.registry import REGISTRY, TYPES, search_spec
 from service.db import snapshot_connection
@@ -150,13 +158,34 @@ def filter_criteria(resource_type: str, params: list[tuple[str, str]], text: str
     return req.criteria
 
 
+class JobFault(RuntimeError):
+    """A failure of an export job said in the service's words: its text is what the job's status shows."""
+
+
+def job_error(exc: BaseException) -> str:
+    """What a failed job's status says: a JobFault's own text; for anything else (a database error holds its SQL
+    statement and parameter values, an OSError a path) only that the export failed, the log having the details."""
+    if isinstance(exc, JobFault):
+        return str(exc)[:2000]
+    if isinstance(exc, OSError):
+        return "the export's files could not be written; the server log has the details"
+    return "an unexpected fault stopped the export; the server log has the details"
+
+
 def parse_since(value: str) -> datetime:
+    """`_since` as an aware instant; 400 naming `_since` for what is not one, or is one outside the dates this
+    server stores once in UTC (9999-12-31T23:59:59-14:00 is in year 10000 there: no database compares it)."""
     try:
+        if not value.isascii():
+            raise ValueError("not ASCII")
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace(" ", "+"))
     except ValueError:
         raise BadRequest(f"_since must be a FHIR instant such as 2024-01-10T00:00:00Z, got '{value}'",
                          expression="_since") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise BadRequest(f"_since {OUT_OF_RANGE}", expression="_since") from None
 
 
 class _Leniency:
@@ -707,7 +736,7 @@ def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=
         deidentify = None
         if job.deidentified:
             if deid is None:
-                raise RuntimeError("the job is de-identified and this worker has no de-identifier")
+                raise JobFault("the job is de-identified and this worker has no de-identifier")
             deidentify = deid if isinstance(deid, Deidentifier) else deid()
         transaction_time, outputs = write_export(
             engine, spec, out_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
@@ -725,7 +754,7 @@ def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=
         remove_files(export_dir, job_id)
         with Session(engine.execution_options(write=True)) as s:
             repository.finish_job(s, job_id, worker, {"status": "failed", "finished_at": utcnow(),
-                                                      "error": f"{type(exc).__name__}: {exc}"[:2000]})
+                                                      "error": job_error(exc)})
         return "failed"
     with Session(engine.execution_options(write=True)) as s:
         done = repository.finish_job(s, job_id, worker, {

@@ -46,7 +46,7 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
         elif name.split(":", 1)[0] == "_id":
             raise BadRequest(f"Modifier ':{name.split(':', 1)[1]}' is not supported on Group's _id", expression=name)
         elif name == "_count":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):  # '²'.isdigit() is true
                 raise BadRequest(f"_count must be a whole number, not '{value}'", expression=name)
             applied.append((name, value))  # every study's Group fits one page
         elif name in ("_format", "_pretty"):

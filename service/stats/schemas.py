@@ -61,6 +61,8 @@ class MeasureInfo(BaseModel):
     key: str = Field(description="Measure key of the study's catalogue, e.g. `EASI`")
     display: str
     unit: str = Field(description="Canonical UCUM unit every value is converted to, e.g. `[IU]/mL`")
+    excluded: int = Field(0, description="Stored values of this measure left out of every figure: not finite, or "
+                          "outside the measure's plausibility limits (what a write is refused for today)")
 
 
 class MeasureStats(BaseModel):

@@ -99,29 +99,51 @@ def _ordered_visits(catalogue: Catalogue) -> list:
 
 
 
+def _exclude_implausible(matrices: dict, measures: dict) -> dict[str, int]:
+    """Set to NaN (no value) every stored value that is not finite or is outside its measure's plausibility limits
+    (written before the limits, or by hand), so that no figure is infinite or driven by one absurd value; how many
+    per measure key. The figures stay finite whatever the database holds (`_describe` checks the rest)."""
+    excluded: dict[str, int] = {}
+    for (_, key), matrix in matrices.items():
+        measure = measures.get(key)
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isnan(matrix) & ~np.isfinite(matrix)
+            if measure is not None and measure.min is not None:
+                bad |= matrix < float(measure.min)
+            if measure is not None and measure.max is not None:
+                bad |= matrix > float(measure.max)
+        if bad.any():
+            matrix[bad] = np.nan
+            excluded[key] = excluded.get(key, 0) + int(bad.sum())
+    return excluded
+
+
 def _describe(visit: str, measure: str, unit: str, values: np.ndarray, base: np.ndarray | None) -> MeasureStats:
+    """A visit's figures of one measure; a figure that overflows (values near the float range) is null, never
+    infinite."""
     present = ~np.isnan(values)
     vals = values[present]
     n = int(vals.size)
     stats = MeasureStats(visit=visit, measure=measure, unit=unit, n=n)
-    if n:
-        stats.mean = float(np.mean(vals))
-        stats.median = float(np.median(vals))
-        stats.min = float(np.min(vals))
-        stats.max = float(np.max(vals))
-    if n > 1:
-        stats.sd = float(np.std(vals, ddof=1))
-    if base is not None:
-        both = present & ~np.isnan(base)
-        change = values[both] - base[both]
-        stats.n_change = int(change.size)
-        if change.size:
-            stats.mean_change = float(np.mean(change))
-        positive = both & (base > 0)
-        pct = _pct_change(values[positive], base[positive])
-        stats.n_pct_change = int(pct.size)
-        if pct.size:
-            stats.mean_pct_change = float(np.mean(pct))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if n:
+            stats.mean = _finite(np.mean(vals))
+            stats.median = _finite(np.median(vals))
+            stats.min = _finite(np.min(vals))
+            stats.max = _finite(np.max(vals))
+        if n > 1:
+            stats.sd = _finite(np.std(vals, ddof=1))
+        if base is not None:
+            both = present & ~np.isnan(base)
+            change = values[both] - base[both]
+            stats.n_change = int(change.size)
+            if change.size:
+                stats.mean_change = _finite(np.mean(change))
+            positive = both & (base > 0)
+            pct = _pct_change(values[positive], base[positive])
+            stats.n_pct_change = int(pct.size)
+            if pct.size:
+                stats.mean_pct_change = _finite(np.mean(pct))
     return stats
 
 
@@ -175,6 +197,7 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
         arms[name] = None
     empty = np.empty((0, len(visits)))
     matrices = {key: np.array(columns, dtype=float).reshape(len(visits), -1).T for key, columns in values.items()}
+    excluded = _exclude_implausible(matrices, {m.key: m for m in measures})
 
     safety = {row[0]: row[1:] for row in repository.count_adverse_events_by_arm(session, study_id)}
 
@@ -205,7 +228,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
         generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
-        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit) for m in measures],
+        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit, excluded=excluded.get(m.key, 0))
+                  for m in measures],
         arms=arm_summaries, comparisons=comparisons)
     return summary if min_cell is None else suppress(summary, min_cell)
 
@@ -321,7 +345,8 @@ def _compare(a: ArmSummary, b: ArmSummary, matrices: dict, empty: np.ndarray, vi
             pb = _pct_changes(matrices.get((b.name, m.key), empty), j)
             change = ChangeComparison(visit=visit, measure=m.key, n=int(pa.size), n_versus=int(pb.size))
             if pa.size and pb.size:
-                change.pct_change_difference = float(np.mean(pa) - np.mean(pb))
+                with np.errstate(over="ignore", invalid="ignore"):
+                    change.pct_change_difference = _finite(np.mean(pa) - np.mean(pb))
                 result = mannwhitneyu(pa, pb, alternative="two-sided")
                 change.u_statistic = _finite(result.statistic)
                 change.p_value = _finite(result.pvalue)

@@ -31,6 +31,17 @@ def get_current(session: Session, resource_type: str, id: str, *, for_update: bo
     return session.execute(stmt).first()
 
 
+def lock_current(session: Session, keys: Iterable[tuple[str, str]]) -> None:
+    """PostgreSQL: lock the current rows of `keys` ((type, id); those that exist) in one stable order, (type, id),
+    so that two transactions writing the same resources in opposite entry orders queue instead of deadlocking.
+    SQLite serialises writers itself: nothing to do."""
+    wanted = sorted(set(keys))
+    if not wanted or session.get_bind().dialect.name != "postgresql":
+        return
+    session.execute(select(R.c.id).where(tuple_(R.c.resource_type, R.c.id).in_(wanted))
+                    .order_by(R.c.resource_type, R.c.id).with_for_update())
+
+
 def get_version(session: Session, resource_type: str, id: str, version_id: int) -> VersionRow | None:
     stmt = select(V.c.version_id, V.c.last_updated, V.c.method, V.c.content).where(
         V.c.resource_type == resource_type, V.c.id == id, V.c.version_id == version_id)
