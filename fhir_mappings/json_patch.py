@@ -20,8 +20,11 @@ from typing import Any
 
 import orjson
 
-#: the PATCH bodies this server takes (CapabilityStatement.patchFormat): JSON Patch and JSON Merge Patch
-PATCH_FORMATS = ("application/json-patch+json", "application/merge-patch+json")
+#: the media types of the two patch documents, and so the PATCH bodies this server takes
+#: (CapabilityStatement.patchFormat)
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+PATCH_FORMATS = (JSON_PATCH, MERGE_PATCH)
 OPS = ("add", "remove", "replace", "move", "copy", "test")
 _NEEDS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"),
           "move": ("from", "path"), "copy": ("from", "path"), "test": ("path", "value")}

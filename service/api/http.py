@@ -12,10 +12,10 @@ from typing import Annotated, Any, Protocol
 from fastapi import Depends, Query, Request
 from starlette.types import Scope
 
-from fhir_mappings.json_patch import MergePatch
+from fhir_mappings.json_patch import JSON_PATCH, MERGE_PATCH, MergePatch
 from fhir_mappings.outcome import informational
 from fhir_mappings.validation import MAX_DEPTH, too_deep
-from service.api.middleware import JSON_PATCH, JSON_TYPES, MERGE_PATCH
+from service.api.middleware import JSON_TYPES
 from service.audit.events import event_for, new_id, outcome_for
 from service.core.context import ANONYMOUS, Caller, Context, prefers
 from service.core.interactions import Core

@@ -11,12 +11,11 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_mappings.json_patch import JSON_PATCH, MERGE_PATCH
 from fhir_mappings.primitives import CONTROL_RE
 from service.errors import BadRequest, FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
-JSON_PATCH = "application/json-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
 
 

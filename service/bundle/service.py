@@ -19,6 +19,7 @@ from sqlmodel import Session
 
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.dates import fhir_instant
+from fhir_mappings.json_patch import JSON_PATCH
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.references import ID_RE, parse_reference, split_token
 from fhir_mappings.validation import TOO_DEEP
@@ -36,7 +37,6 @@ STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content", 400: "4
                404: "404 Not Found", 405: "405 Method Not Allowed", 409: "409 Conflict", 410: "410 Gone",
                412: "412 Precondition Failed", 413: "413 Payload Too Large", 422: "422 Unprocessable Entity"}
 METHOD_ORDER = {"DELETE": 0, "POST": 1, "PUT": 1, "PATCH": 1, "GET": 2, "HEAD": 2}
-JSON_PATCH = "application/json-patch+json"
 
 
 @dataclass
