@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from fhir_mappings.primitives import whole_number
+
 #: the media types of the two patch documents, and so the PATCH bodies this server takes
 #: (CapabilityStatement.patchFormat)
 JSON_PATCH = "application/json-patch+json"
@@ -127,7 +129,7 @@ def _index(container: list[Any], token: str, i: int, member: str, *, adding: boo
     """An array index token: digits without leading zeros (or '-' past the end, when adding)."""
     if adding and token == "-":
         return len(container)
-    if not (token.isascii() and token.isdigit()) or (len(token) > 1 and token[0] == "0"):
+    if not whole_number(token) or (len(token) > 1 and token[0] == "0"):
         raise _fail(i, member, f"'{token}' is not an array index")
     index = int(token)
     if index > len(container) or (index == len(container) and not adding):

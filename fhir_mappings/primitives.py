@@ -23,6 +23,13 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
+
+def whole_number(text: str) -> bool:
+    """Is `text` a whole number ≥ 0 in ASCII digits? (`str.isdigit` alone is not enough: '²'.isdigit() is true and
+    int() refuses it, and int('١٠') is 10.)"""
+    return text.isascii() and text.isdigit()
+
+
 MAX_STRING = 1024 * 1024  # R4: a string SHALL NOT exceed 1 MB
 INT32 = (-(2**31), 2**31 - 1)
 

@@ -22,7 +22,7 @@ import orjson
 
 from fhir_mappings import fhir
 from fhir_mappings.outcome import Issue, issue
-from fhir_mappings.primitives import CONTROL_RE
+from fhir_mappings.primitives import CONTROL_RE, whole_number
 from fhir_mappings.references import ID_RE
 from fhir_mappings.terminology import UCUM, catalogue_names, load_catalogue
 
@@ -705,7 +705,7 @@ def _result_param(req: SearchRequest, spec: SearchSpec, name: str, value: str, m
         raise Rejected(name, f"'{name}': {base} takes no modifier"
                        + (" but :iterate" if base in ("_include", "_revinclude") else ""), "not-supported")
     if name == "_count":
-        if not (value.strip().isascii() and value.strip().isdigit()):  # '²'.isdigit() and int('١٠') == 10
+        if not whole_number(value.strip()):
             raise Rejected(name, f"Parameter '_count' has a malformed value '{value}': use a whole number ≥ 0")
         count = int(value)
         req.count = min(count, max_count)

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_mappings.json_patch import JSON_PATCH, MERGE_PATCH
-from fhir_mappings.primitives import CONTROL_RE
+from fhir_mappings.primitives import CONTROL_RE, whole_number
 from service.errors import BadRequest, FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
@@ -75,7 +75,7 @@ def check_body(path: str, content_type: str | None, length: str | None, max_body
             and not (method == "PATCH" and ctype in (JSON_PATCH, MERGE_PATCH)):
         raise UnsupportedMediaType(f"Unsupported Content-Type '{ctype or '(none)'}': send application/fhir+json",
                                    expression="Content-Type")
-    if length is not None and length.isascii() and length.isdigit() and int(length) > max_body_bytes:
+    if length is not None and whole_number(length) and int(length) > max_body_bytes:
         raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {max_body_bytes}",
                               expression="Content-Length")
 

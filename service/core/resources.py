@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from fhir_mappings import json_patch
 from fhir_mappings.outcome import Issue, issue
+from fhir_mappings.primitives import whole_number
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import duplicate_key_issues, structure_issues
 from service import faults
@@ -79,7 +80,7 @@ def parse_version(etag: str | None) -> int | None:
     raw = etag.strip()
     raw = raw[2:] if raw.startswith("W/") else raw
     raw = raw.strip('"')
-    if not (raw.isascii() and raw.isdigit()):
+    if not whole_number(raw):
         raise BadRequest(f"If-Match must be a version ETag like W/\"1\", got '{etag}'", expression="If-Match")
     return int(raw)
 
@@ -559,7 +560,7 @@ def vread(session: Session, resource_type: str, id: str, version_id: str, *, cal
     if not caller.unrestricted:
         access.require_visible(session, caller, resource_type, id)
     where = f"{resource_type}.meta.versionId"
-    if not (version_id.isascii() and version_id.isdigit()) or int(version_id) > MAX_VERSION:  # ('²'.isdigit())
+    if not whole_number(version_id) or int(version_id) > MAX_VERSION:
         raise NotFound(f"{resource_type}/{id} has no version '{version_id}'", expression=where)
     row = repository.get_version(session, resource_type, id, int(version_id))
     if row is None:

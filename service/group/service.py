@@ -8,6 +8,7 @@ from sqlmodel import Session
 from fhir_mappings.bundle import bundle, entry
 from fhir_mappings.group import cohort_group, group_id_for_study, study_id_for_group
 from fhir_mappings.outcome import issue, outcome
+from fhir_mappings.primitives import whole_number
 from service.errors import BadRequest, NotFound
 from service.group import repository
 
@@ -46,7 +47,7 @@ def search_groups(session: Session, params: list[tuple[str, str]], base: str, *,
         elif name.split(":", 1)[0] == "_id":
             raise BadRequest(f"Modifier ':{name.split(':', 1)[1]}' is not supported on Group's _id", expression=name)
         elif name == "_count":
-            if not (value.isascii() and value.isdigit()):  # '²'.isdigit() is true
+            if not whole_number(value):
                 raise BadRequest(f"_count must be a whole number, not '{value}'", expression=name)
             applied.append((name, value))  # every study's Group fits one page
         elif name in ("_format", "_pretty"):
