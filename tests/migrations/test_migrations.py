@@ -90,7 +90,8 @@ def test_upgrading_keeps_the_exports_in_flight_and_runs_them(empty_database_url,
     now = datetime(2026, 11, 29, tzinfo=UTC)
     spec = ExportSpec(types=("Patient",)).to_json()
     with engine.begin() as conn:
-        for job_id, status in (("queued-export", "queued"), ("running-export", "running"), ("done-export", "completed")):
+        for job_id, status in (("queued-export", "queued"), ("running-export", "running"),
+                               ("done-export", "completed")):
             conn.execute(text("INSERT INTO export_job (id, status, spec, request, created_at, heartbeat, worker, "
                               "restricted, deidentified) VALUES (:id, :status, :spec, 'http://x/fhir/$export', :now, "
                               ":now, 'old-worker', :f, :f)"),
