@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -111,6 +111,14 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(
         2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "Settings":
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(f"TRIAL_FHIR_JOB_HEARTBEAT_S ({self.job_heartbeat_s}) must be shorter than "
+                             f"TRIAL_FHIR_JOB_LEASE_S ({self.job_lease_s}): a job's lease would run out between two "
+                             "heartbeats and it would be run again while it runs")
+        return self
 
 
 @lru_cache

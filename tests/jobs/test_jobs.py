@@ -329,3 +329,9 @@ def test_the_lease_setting_keeps_its_former_name(monkeypatch):
     monkeypatch.setenv("TRIAL_FHIR_JOB_LEASE_S", "12")
     assert Settings(_env_file=None).job_lease_s == 12
     assert Settings(job_lease_s=7, _env_file=None).job_lease_s == 7
+
+
+def test_a_heartbeat_as_long_as_the_lease_is_refused():
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="JOB_HEARTBEAT_S"):
+        Settings(job_lease_s=2, job_heartbeat_s=2, _env_file=None)
