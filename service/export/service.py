@@ -56,7 +56,7 @@ from service.export import repository
 from service.export.repository import Selection
 from service.group import repository as groups
 from service.jobs import runner as jobs
-from service.jobs.runner import Done, JobContext, LeaseLost, Stopping
+from service.jobs.runner import Done, JobContext, Stopping
 
 log = logging.getLogger("trial_fhir.export")
 T = TypeVar("T")
@@ -717,13 +717,13 @@ def run_export(engine: Engine, export_dir: Path, ctx: JobContext, *, batch: int 
     job_id = ctx.payload["export_id"]
     with Session(engine) as session:
         job = repository.get_job(session, job_id)
-    if job is None:  # cancelled (its row is gone): nothing to write
-        raise LeaseLost(job_id)
+    if job is None:  # cancelled (its row is gone; the job is too, so this fails nothing) or removed
+        raise JobFault("the export's request is gone (cancelled or expired)")
     spec = ExportSpec.from_json(job.spec)
     studies = orjson.loads(job.studies) if job.studies else None
     run_dir = Path(export_dir) / f"{job_id}.part-{ctx.attempt}"
     shutil.rmtree(run_dir, ignore_errors=True)
-    again = f" (attempt {ctx.attempt} of {ctx.max_attempts}: the last one lost its worker)" if ctx.attempt > 1 else ""
+    again = f" (attempt {ctx.attempt} of {ctx.max_attempts}: the last one did not finish)" if ctx.attempt > 1 else ""
 
     def report(text: str, **values: Any) -> Callable[[Session], None]:
         def write(session: Session) -> None:

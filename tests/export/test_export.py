@@ -17,7 +17,7 @@ from service.core.registry import TYPES
 from service.db import write_session
 from service.export import repository, service
 from service.export.worker import ExportWorker
-from service.jobs import repository as jobs_repository
+from service.jobs import repository as jobs_repository, runner as jobs
 from service.main import create_app
 from tests.factories import AD, created, enrol, observation, study, subject
 
@@ -335,6 +335,19 @@ def test_restart_reports_finished_jobs_and_runs_again_those_whose_worker_died(se
         with Session(second.app.state.engine) as session:
             job = jobs_repository.get(session, job_id)
         assert (job.state, job.attempts) == ("completed", 2)
+
+
+def test_a_job_whose_export_is_gone_fails_saying_so(idle_client, settings):
+    engine = idle_client.app.state.engine
+    with write_session(engine) as session:
+        jobs.enqueue(session, service.KIND, {"export_id": "no-such-export"})
+        session.commit()
+    worker = ExportWorker(engine, settings)
+    lease = worker.claim()
+    assert worker.run(lease) == "failed"
+    with Session(engine) as session:
+        job = jobs_repository.get(session, lease.job_id)
+    assert (job.state, job.error) == ("failed", "the export's request is gone (cancelled or expired)")
 
 
 def test_a_job_is_claimed_by_exactly_one_worker(idle_client):
