@@ -80,8 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.load_demo_on_startup:
             from service.demo.load import load_demo_if_empty
             load_demo_if_empty(engine)
-        from service.export.worker import start_export_worker
-        app.state.export_worker = start_export_worker(engine, settings)  # None when TRIAL_FHIR_EXPORT_WORKER=false
+        from service.export.worker import start_job_runner
+        # the background jobs' runner (exports); None when TRIAL_FHIR_EXPORT_WORKER=false
+        app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings)
         await core.start()
         # what start-up built (modules, models, routes, catalogues) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, so it no longer stalls requests for tens of ms

@@ -4,7 +4,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,12 +80,25 @@ class Settings(BaseSettings):
         8, ge=1, description="Async PostgreSQL connections per process for those searches (more wait their turn).")
     export_dir: Path = Field(Path("./export"), description="Shared folder where bulk export files are written.")
     export_worker: bool = Field(
-        True, description="Run a bulk-export worker thread in this process (claims queued $export jobs from the "
-        "database); turn off on API-only replicas.")
-    export_poll_interval_s: float = Field(2.0, description="How often an idle export worker looks for queued jobs.")
-    export_stale_after_s: float = Field(
-        60.0, description="A running export whose worker has not reported for this long (crash, kill) is marked "
-        "failed.")
+        True, description="Run a background-job worker thread in this process (claims queued jobs, $export ones today, "
+        "from the database); turn off on API-only replicas.")
+    export_poll_interval_s: float = Field(
+        2.0, gt=0, description="How often an idle job worker looks for queued jobs (and reaps expired leases).")
+    job_lease_s: float = Field(
+        30.0, gt=0, validation_alias=AliasChoices("TRIAL_FHIR_JOB_LEASE_S", "TRIAL_FHIR_EXPORT_STALE_AFTER_S",
+                                                  "job_lease_s"),
+        description="How long a background job (an export) stays its worker's without a heartbeat: once it runs "
+        "out (the worker was killed, hung or lost the database), any worker puts the job back in the queue and "
+        "runs it again. (TRIAL_FHIR_EXPORT_STALE_AFTER_S, its former name, is read too.)")
+    job_heartbeat_s: float = Field(
+        2.0, gt=0, description="How often a running job renews its lease (and reports its progress); keep it well "
+        "under TRIAL_FHIR_JOB_LEASE_S.")
+    job_max_attempts: int = Field(
+        3, ge=1, description="Runs a background job gets: one whose worker died this many times, or that a database "
+        "fault stopped this many times, fails (its status says why).")
+    job_retention_hours: float = Field(
+        168.0, gt=0, description="Ended background jobs are removed from the job table after this (an export's own "
+        "files and status follow TRIAL_FHIR_EXPORT_RETENTION_HOURS).")
     export_retention_hours: float = Field(24.0, description="Finished exports (files and job) are removed after this.")
     export_batch_rows: int = Field(2000, description="Rows an export fetches per round trip (server-side cursor).")
     retry_after_s: int = Field(
@@ -98,6 +111,14 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(
         2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "Settings":
+        if self.job_heartbeat_s >= self.job_lease_s:
+            raise ValueError(f"TRIAL_FHIR_JOB_HEARTBEAT_S ({self.job_heartbeat_s}) must be shorter than "
+                             f"TRIAL_FHIR_JOB_LEASE_S ({self.job_lease_s}): a job's lease would run out between two "
+                             "heartbeats and it would be run again while it runs")
+        return self
 
 
 @lru_cache

@@ -12,6 +12,7 @@ from service.clinical.models import (
 )
 from service.deid.models import DeidSecretRecord
 from service.export.models import ExportJobRecord
+from service.jobs.models import JobRecord
 from service.observation.models import MeasurementRecord
 from service.search.indexes import INDEXES as SEARCH_INDEXES  # noqa: F401  (migration 0003)
 from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
@@ -19,7 +20,7 @@ from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectR
 
 __all__ = [
     "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
-    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "MeasurementRecord", "PatientRecord",
-    "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord", "ResourceVersion",
-    "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
+    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "JobRecord", "MeasurementRecord",
+    "PatientRecord", "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord",
+    "ResourceVersion", "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -515,7 +515,8 @@ class Core:
             asked = params if body is None else exports.parameters_to_params(body)
             deid = await self._deidentifier() if ctx.caller.deidentified else None
             return await self._in_write_session(lambda session: exports.kick_off(
-                session, asked, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid, level=level))
+                session, asked, prefer, request_url, group_id=group_id, caller=ctx.caller, deid=deid, level=level,
+                max_attempts=self.settings.job_max_attempts))
         return await self._audited(ctx, "operation", run(), lambda job: ((), [f"ExportJob/{job}"]),
                                    operation="export", resources_named=_named("Group", group_id))
 

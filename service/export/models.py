@@ -9,9 +9,9 @@ from sqlmodel import Field, SQLModel
 class ExportJobRecord(SQLModel, table=True):
     """One `$export` request, from kick-off to its files.
 
-    status: queued → running → completed | failed; `cancelled` while a running job is being stopped (the
-    row is then removed). A running job's `heartbeat` moves at least every few seconds; a stale one means
-    its worker died, and the job is marked failed (see service.export.service.fail_stale_jobs).
+    status: queued → running → completed | failed (`cancelled`: a row of before 0012, removed by housekeeping).
+    Its scheduling is the generic job of the same id (service/jobs: lease, heartbeat, attempts, reaper); this row
+    holds what the client asked and sees: its progress, and at the end its manifest (`output`) or `error`.
     """
 
     __tablename__ = "export_job"

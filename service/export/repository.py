@@ -1,4 +1,5 @@
-"""SQL for Bulk Data export: the job table (claim, heartbeat, reaping) and the streaming queries that pick
+"""SQL for Bulk Data export: the export's row (what the client asked, its status and files; its scheduling is the
+generic job of the same id, service/jobs) and the streaming queries that pick
 each type's resources, filtered on the typed columns (never by parsing resource JSON). A `_typeFilter` is a search
 of its type: its criteria are compiled by the search compiler (service/search/compiler.py), like a Group's study.
 """
@@ -203,60 +204,9 @@ def delete_job(session: Session, job_id: str) -> int:
     return _rowcount(session.execute(delete(J).where(J.c.id == job_id)))
 
 
-def claim_job(session: Session, worker: str, now: datetime) -> str | None:
-    """Take the oldest queued job for `worker`; None when there is none. Exactly one claimer wins a job:
-    PostgreSQL locks the row (`FOR UPDATE SKIP LOCKED`, so other claimers pass over it), SQLite makes the
-    claim a conditional UPDATE (`… WHERE status = 'queued'`) whose row count says who won. Commits."""
-    postgres = session.get_bind().dialect.name == "postgresql"
-    stmt = select(J.c.id).where(J.c.status == "queued").order_by(J.c.created_at, J.c.id)
-    if postgres:
-        candidates = session.execute(stmt.limit(1).with_for_update(skip_locked=True)).scalars().all()
-    else:
-        candidates = session.execute(stmt.limit(5)).scalars().all()
-    for job_id in candidates:
-        done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "queued").values(
-            status="running", worker=worker, started_at=now, heartbeat=now, progress="started")))
-        if done == 1:
-            session.commit()
-            return job_id
-    session.commit()
-    return None
-
-
-def beat(session: Session, job_id: str, worker: str, now: datetime, progress: str) -> bool:
-    """Record progress; False when the job is no longer this worker's to run (cancelled or reaped)."""
-    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                                     .values(heartbeat=now, progress=progress[:255])))
-    session.commit()
-    return done == 1
-
-
-def finish_job(session: Session, job_id: str, worker: str, values: dict) -> bool:
-    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                                     .values(**values)))
-    session.commit()
-    return done == 1
-
-
-def requeue_job(session: Session, job_id: str, worker: str) -> bool:
-    done = _rowcount(session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.worker == worker)
-                                     .values(status="queued", worker=None, started_at=None, heartbeat=None,
-                                             progress="queued (its worker stopped; it will run again)")))
-    session.commit()
-    return done == 1
-
-
-def fail_stale(session: Session, older_than: datetime, now: datetime) -> list[str]:
-    """Mark running jobs whose heartbeat is older than `older_than` failed; their ids."""
-    stale = list(session.execute(select(J.c.id).where(J.c.status == "running", J.c.heartbeat < older_than))
-                 .scalars())
-    for job_id in stale:
-        session.execute(update(J).where(J.c.id == job_id, J.c.status == "running", J.c.heartbeat < older_than)
-                        .values(status="failed", finished_at=now,
-                                error=f"its worker stopped (restart or crash): no heartbeat since "
-                                      f"{older_than.isoformat(timespec='seconds')}. Start the export again."))
-    session.commit()
-    return stale
+def update_job(session: Session, job_id: str, **values: Any) -> int:
+    """Set `values` on the export's row (its job's lease, checked by the caller, says whether it may)."""
+    return _rowcount(session.execute(update(J).where(J.c.id == job_id).values(**values)))
 
 
 def find_cancelled(session: Session) -> list[str]:

@@ -5,16 +5,21 @@ claims it and streams each type's stored JSON text, in one consistent read snaps
 `<export_dir>/<job id>/<Type>.ndjson`. Status, manifest, files and cancellation are answered from the
 database and the shared folder, so any replica can serve them.
 
-Failure handling: a worker heart-beats its job every `HEARTBEAT_S`; a running job whose heartbeat is older
-than `settings.export_stale_after_s` (its worker crashed or was killed) is marked failed by the next
-worker that looks, and its status answers 500 with an OperationOutcome saying so. A worker that is stopped
-cleanly (app shutdown) puts its running job back in the queue. Nothing is lost silently.
+Failure handling: the export runs as a durable job of kind `export` (service/jobs: the job has the export's id) whose
+worker holds a lease it renews as it writes. A worker that dies (killed, crashed, hung) stops renewing; once the
+lease runs out any worker puts the job back in the queue and runs the export again from the start, in a new read
+snapshot, into a folder of its own (`<job id>.part-<attempt>`); the run that completes publishes its folder as
+`<job id>` in the transaction that completes the job, and removes what dead runs left. So the manifest lists what
+that one snapshot held, each resource once, and its `transactionTime` is that snapshot's (the kick-off promises no
+time: a client reads it from the manifest). After `settings.job_max_attempts` lost runs the export fails, and its
+status answers 500 with an OperationOutcome saying so. A worker that is stopped cleanly (app shutdown) puts its job
+back in the queue. Nothing is lost silently.
 """
 
 import logging
+import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -50,13 +55,16 @@ from service.errors import BadRequest, FhirError, Forbidden, NotFound
 from service.export import repository
 from service.export.repository import Selection
 from service.group import repository as groups
+from service.jobs import runner as jobs
+from service.jobs.runner import Done, JobContext, Stopping
 
 log = logging.getLogger("trial_fhir.export")
 T = TypeVar("T")
 
 OUTPUT_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
 NDJSON = "application/fhir+ndjson"
-HEARTBEAT_S = 1.0
+#: the kind of the export jobs (service/jobs)
+KIND = "export"
 UNSUPPORTED = {"includeAssociatedData": "includeAssociatedData is not supported",
                "organizeOutputBy": "organizeOutputBy is not supported: one file per resource type",
                "allowPartialManifests": "partial manifests are not supported"}
@@ -69,14 +77,6 @@ class ExportFailed(FhirError):
     """The export job failed on the server (status request of a failed job)."""
 
     status_code, issue_code = 500, "exception"
-
-
-class Cancelled(Exception):
-    """The job was cancelled (DELETE) or taken from this worker while it ran."""
-
-
-class Stopping(Exception):
-    """This worker is shutting down: the job goes back to the queue."""
 
 
 def utcnow() -> datetime:
@@ -414,9 +414,10 @@ def files_base(fhir_base: str) -> str:
 
 def kick_off(session: Session, params: list[tuple[str, str]], prefer: str | None, request_url: str, *,
              group_id: str | None = None, caller: Caller = SYSTEM, deid: Deidentifier | None = None,
-             level: str | None = None) -> str:
-    """Queue an export for `caller`; the job id. 404 for an unknown Group (or one of a study the client is not
-    registered for), 400 for a request that can't be honoured, 403 for a type the caller may not read.
+             level: str | None = None, max_attempts: int = 3) -> str:
+    """Queue an export for `caller` (its row and its job, service/jobs, in one transaction); the job id. 404 for an
+    unknown Group (or one of a study the client is not registered for), 400 for a request that can't be honoured,
+    403 for a type the caller may not read.
 
     The job belongs to the caller: its client id, whether it had a token (the manifest's requiresAccessToken),
     whether it sees de-identified data, and the studies it may see of each type are stored with the job, so the
@@ -449,6 +450,7 @@ def kick_off(session: Session, params: list[tuple[str, str]], prefer: str | None
                                  "client_id": caller.name, "restricted": caller.scopes is not None,
                                  "deidentified": caller.deidentified,
                                  "studies": orjson.dumps(studies).decode() if studies else None})
+    jobs.enqueue(session, KIND, {"export_id": job_id}, job_id=job_id, max_attempts=max_attempts)
     session.commit()
     return job_id
 
@@ -529,22 +531,21 @@ def job_status(session: Session, job_id: str, files_base: str, caller: Caller = 
 
 
 def cancel_job(session: Session, export_dir: Path, job_id: str, caller: Caller = SYSTEM) -> None:
-    """DELETE the status URL: stop the job and remove its files (a running job is stopped by its worker
-    at its next heartbeat, which removes whatever it wrote since). 404 for another client's job."""
+    """DELETE the status URL: forget the job and remove its files. Its job is cancelled in the same transaction: a
+    worker running it stops at its next heartbeat and removes what it wrote since. 404 for another client's job."""
     job = _owned_job(session, job_id, caller)
     if job is None or job.status == "cancelled":
         raise NotFound(f"No export job '{job_id}'", expression="job")
-    if job.status == "running":
-        from sqlalchemy import update
-        session.execute(update(repository.J).where(repository.J.c.id == job_id).values(status="cancelled"))
-    else:
-        repository.delete_job(session, job_id)
+    jobs.cancel(session, job_id)
+    repository.delete_job(session, job_id)
     session.commit()
     remove_files(export_dir, job_id)
 
 
 def remove_files(export_dir: Path, job_id: str) -> None:
-    shutil.rmtree(Path(export_dir) / job_id, ignore_errors=True)
+    """The export's files, and the folders of its runs that did not complete."""
+    for path in [Path(export_dir) / job_id, *Path(export_dir).glob(f"{job_id}.part-*")]:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def file_path(session: Session, export_dir: Path, job_id: str, name: str, caller: Caller = SYSTEM) -> Path:
@@ -706,32 +707,34 @@ def _one_line(text: str, rtype: str) -> bytes:
     return orjson.dumps(data)
 
 
-def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=None, batch: int = 2000,
-            deid: Deidentifier | Callable[[], Deidentifier] | None = None) -> str:
-    """Run one claimed job to its end; the final status (completed, failed, cancelled or queued). A
-    de-identified job needs `deid` (or a function making it): without one it fails rather than write
-    identified data."""
+def run_export(engine: Engine, export_dir: Path, ctx: JobContext, *, batch: int = 2000,
+               deid: Deidentifier | Callable[[], Deidentifier] | None = None) -> Done:
+    """The handler of an export job (service/jobs): write the export of `ctx.payload["export_id"]` into this run's own
+    folder, from the start (a run that follows a dead one starts over in a new snapshot), heart-beating as it goes.
+    What it returns publishes the folder and the manifest in the transaction that completes the job, so only a run
+    that still holds the job's lease does. A de-identified job needs `deid` (or a function making it): without one it
+    fails rather than write identified data."""
+    job_id = ctx.payload["export_id"]
     with Session(engine) as session:
         job = repository.get_job(session, job_id)
+    if job is None:  # cancelled (its row is gone; the job is too, so this fails nothing) or removed
+        raise JobFault("the export's request is gone (cancelled or expired)")
     spec = ExportSpec.from_json(job.spec)
     studies = orjson.loads(job.studies) if job.studies else None
-    out_dir = Path(export_dir) / job_id
-    last = [0.0]
+    run_dir = Path(export_dir) / f"{job_id}.part-{ctx.attempt}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    again = f" (attempt {ctx.attempt} of {ctx.max_attempts}: the last one did not finish)" if ctx.attempt > 1 else ""
 
-    def beat(text: str) -> None:
-        with Session(engine.execution_options(write=True)) as s:
-            if not repository.beat(s, job_id, worker, utcnow(), text):
-                raise Cancelled(job_id)
+    def report(text: str, **values: Any) -> Callable[[Session], None]:
+        def write(session: Session) -> None:
+            repository.update_job(session, job_id, heartbeat=utcnow(), progress=(text + again)[:255], **values)
+        return write
 
     def progress(rtype: str, done: int, total: int) -> None:
-        if stop is not None and stop.is_set():
-            raise Stopping(job_id)
-        now = time.monotonic()
-        if now - last[0] >= HEARTBEAT_S:
-            last[0] = now
-            pct = int(100 * done / total) if total else 100
-            beat(f"running: {rtype} {pct}% ({done}/{total} resources)")
+        pct = int(100 * done / total) if total else 100
+        ctx.heartbeat(report(f"running: {rtype} {pct}% ({done}/{total} resources)"))
 
+    ctx.heartbeat(report("started", status="running", worker=ctx.worker, started_at=utcnow()), force=True)
     try:
         deidentify = None
         if job.deidentified:
@@ -739,55 +742,48 @@ def run_job(engine: Engine, export_dir: Path, job_id: str, worker: str, *, stop=
                 raise JobFault("the job is de-identified and this worker has no de-identifier")
             deidentify = deid if isinstance(deid, Deidentifier) else deid()
         transaction_time, outputs = write_export(
-            engine, spec, out_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
-            on_start=lambda totals: beat(f"running: {sum(totals.values())} resources to write"))
-    except Cancelled:
-        log.info("export %s cancelled", job_id)
-        return _drop(engine, export_dir, job_id)
+            engine, spec, run_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
+            on_start=lambda totals: ctx.heartbeat(report(f"running: {sum(totals.values())} resources to write"),
+                                                  force=True))
     except Stopping:
-        remove_files(export_dir, job_id)
+        shutil.rmtree(run_dir, ignore_errors=True)
         with Session(engine.execution_options(write=True)) as s:
-            repository.requeue_job(s, job_id, worker)
-        return "queued"
-    except Exception as exc:  # noqa: BLE001 — the job records why it failed; the worker goes on
-        log.exception("export %s failed", job_id)
-        remove_files(export_dir, job_id)
-        with Session(engine.execution_options(write=True)) as s:
-            repository.finish_job(s, job_id, worker, {"status": "failed", "finished_at": utcnow(),
-                                                      "error": job_error(exc)})
-        return "failed"
-    with Session(engine.execution_options(write=True)) as s:
-        done = repository.finish_job(s, job_id, worker, {
-            "status": "completed", "finished_at": utcnow(), "transaction_time": transaction_time,
-            "progress": "complete", "output": orjson.dumps(outputs).decode()})
-    if not done:  # cancelled after the last heartbeat
-        return _drop(engine, export_dir, job_id)
-    return "completed"
+            repository.update_job(s, job_id, status="queued", worker=None, heartbeat=None,
+                                  progress="queued (its worker stopped; it will run again)")
+            s.commit()
+        raise
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+    def publish(session: Session) -> None:
+        """Under the job's lease: this run's folder becomes the export's, its manifest the job's."""
+        final = Path(export_dir) / job_id
+        shutil.rmtree(final, ignore_errors=True)  # a run that published, then lost its commit
+        os.replace(run_dir, final)
+        for leftover in Path(export_dir).glob(f"{job_id}.part-*"):  # dead runs' folders
+            shutil.rmtree(leftover, ignore_errors=True)
+        repository.update_job(session, job_id, status="completed", finished_at=utcnow(),
+                              transaction_time=transaction_time, progress="complete",
+                              output=orjson.dumps(outputs).decode(), error=None)
+
+    return Done(result={"files": len(outputs), "resources": sum(o["count"] for o in outputs if not o.get("error"))},
+                commit=publish, discard=lambda: shutil.rmtree(run_dir, ignore_errors=True))
 
 
-def _drop(engine: Engine, export_dir: Path, job_id: str) -> str:
+def export_failed(export_dir: Path, session: Session, job_id: str, payload: Any, error: str) -> None:
+    """The export's job failed for good (service/jobs `on_failed`): its status says why; nothing of it is kept."""
+    repository.update_job(session, payload.get("export_id", job_id), status="failed", finished_at=utcnow(),
+                          error=error, progress="failed")
     remove_files(export_dir, job_id)
-    with Session(engine.execution_options(write=True)) as s:
-        job = repository.get_job(s, job_id)
-        if job is not None and job.status == "cancelled":
-            repository.delete_job(s, job_id)
-        s.commit()
-    return "cancelled"
 
 
-def housekeeping(engine: Engine, export_dir: Path, *, stale_after_s: float, retention_s: float) -> None:
-    """Fail jobs whose worker died, finish cancellations nobody is running, expire old jobs and files."""
+def housekeeping(engine: Engine, export_dir: Path, *, retention_s: float) -> None:
+    """Expire old exports (files and rows); remove exports cancelled before 0012 (their row said `cancelled`)."""
     now = utcnow()
     with Session(engine.execution_options(write=True)) as s:
-        for job_id in repository.fail_stale(s, now - timedelta(seconds=stale_after_s), now):
-            log.warning("export %s failed: no heartbeat for %ss (its worker stopped)", job_id, stale_after_s)
-            remove_files(export_dir, job_id)
-        for job_id in repository.find_cancelled(s):
-            job = repository.get_job(s, job_id)
-            if job.heartbeat is None or job.heartbeat < now - timedelta(seconds=stale_after_s):
-                repository.delete_job(s, job_id)
-                remove_files(export_dir, job_id)
-        for job_id in repository.find_expired(s, now - timedelta(seconds=retention_s)):
+        gone = [*repository.find_cancelled(s), *repository.find_expired(s, now - timedelta(seconds=retention_s))]
+        for job_id in gone:
             repository.delete_job(s, job_id)
             remove_files(export_dir, job_id)
         s.commit()

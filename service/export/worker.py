@@ -1,79 +1,56 @@
-"""The export worker: a thread in each app process that claims queued export jobs from the database and
-runs them. Woken at once by a kick-off in the same process, and otherwise polling every
-`settings.export_poll_interval_s`, so jobs submitted to another replica (or left queued by a stopped
-one) are picked up too. Disable it with `TRIAL_FHIR_EXPORT_WORKER=false` (e.g. API-only replicas)."""
+"""Exports as background jobs (service/jobs): the `export` job kind, and the runner of each app process.
+
+Each app process runs one JobRunner thread (`start_job_runner`) with the kinds this service knows (exports today).
+Disable it with `TRIAL_FHIR_EXPORT_WORKER=false` (e.g. API-only replicas): jobs then wait for a replica that runs
+one."""
 
 import logging
-import os
-import socket
-import threading
-import uuid
+from functools import partial
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from
-from service.export import repository, service
+from service.export import service
+from service.jobs.runner import JobContext, JobKind, JobRunner
 from service.settings import Settings
 
 log = logging.getLogger("trial_fhir.export")
 
 
-class ExportWorker:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="export-worker", daemon=True)
-        self._deid: Deidentifier | None = None
+def export_kind(engine: Engine, settings: Settings) -> JobKind:
+    """The `export` job kind: its handler writes one export (service.export.service.run_export); a failed export's
+    status says why; each loop expires old exports."""
+    made: list[Deidentifier] = []
 
-    def deidentifier(self) -> Deidentifier:
+    def deidentifier() -> Deidentifier:
         """The Deidentifier of de-identified jobs, made when the first one runs (it reads the secret)."""
-        if self._deid is None:
-            self._deid = deidentifier_from(self.settings, self.engine)
-        return self._deid
+        if not made:
+            made.append(deidentifier_from(settings, engine))
+        return made[0]
 
-    def start(self) -> "ExportWorker":
-        self._thread.start()
-        return self
+    def run(ctx: JobContext):
+        return service.run_export(engine, settings.export_dir, ctx, batch=settings.export_batch_rows,
+                                  deid=deidentifier)
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current batch; a job in progress goes back to the queue."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def run_once(self) -> bool:
-        """Housekeeping, then claim and run one job; True when a job ran."""
-        s = self.settings
-        service.housekeeping(self.engine, s.export_dir, stale_after_s=s.export_stale_after_s,
-                             retention_s=s.export_retention_hours * 3600)
-        with Session(self.engine.execution_options(write=True)) as session:
-            job_id = repository.claim_job(session, self.name, service.utcnow())
-        if job_id is None:
-            return False
-        log.info("export %s claimed by %s", job_id, self.name)
-        status = service.run_job(self.engine, s.export_dir, job_id, self.name, stop=self._stop,
-                                 batch=s.export_batch_rows, deid=self.deidentifier)
-        log.info("export %s %s", job_id, status)
-        return True
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                if self.run_once():
-                    continue
-            except Exception:  # noqa: BLE001 — a database hiccup must not kill the worker
-                log.exception("export worker %s: error while polling", self.name)
-            self._wake.wait(self.settings.export_poll_interval_s)
-            self._wake.clear()
+    return JobKind(service.KIND, run, on_failed=partial(service.export_failed, settings.export_dir),
+                   error=service.job_error,
+                   housekeeping=partial(service.housekeeping, engine, settings.export_dir,
+                                        retention_s=settings.export_retention_hours * 3600))
 
 
-def start_export_worker(engine: Engine, settings: Settings) -> ExportWorker | None:
+def job_kinds(engine: Engine, settings: Settings) -> list[JobKind]:
+    """Every kind of background job this service runs."""
+    return [export_kind(engine, settings)]
+
+
+class ExportWorker(JobRunner):
+    """A runner of this service's jobs (the name it had when exports were its only work)."""
+
+    def __init__(self, engine: Engine, settings: Settings, **options) -> None:
+        super().__init__(engine, settings, job_kinds(engine, settings), **options)
+
+
+def start_job_runner(engine: Engine, settings: Settings) -> JobRunner | None:
+    """This process's runner, started; None when TRIAL_FHIR_EXPORT_WORKER=false."""
     return ExportWorker(engine, settings).start() if settings.export_worker else None

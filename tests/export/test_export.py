@@ -4,16 +4,20 @@ and PostgreSQL: the async flow, parameters, cross-study isolation, cancel, resta
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from fhir_mappings import fhir
 from service.core.registry import TYPES
+from service.db import write_session
 from service.export import repository, service
+from service.export.worker import ExportWorker
+from service.jobs import repository as jobs_repository, runner as jobs
 from service.main import create_app
 from tests.factories import AD, created, enrol, observation, study, subject
 
@@ -270,45 +274,80 @@ def test_without_worker_the_job_stays_queued(idle_client):
     assert response.status_code == 202 and response.headers["X-Progress"] == "queued"
 
 
-def test_cancel_while_running_stops_the_worker_and_removes_its_files(idle_client, settings):
+def test_cancel_while_running_stops_the_worker_and_removes_its_files(idle_client, settings, monkeypatch):
     a = enrol(idle_client)
     status_url = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export")
     job_id = status_url.rsplit("/", 1)[1]
     engine = idle_client.app.state.engine
-    with Session(engine) as session:
-        assert repository.claim_job(session, "w1", service.utcnow()) == job_id
-    assert idle_client.get(status_url).headers["X-Progress"] == "started"
-    assert idle_client.delete(status_url).status_code == 202
-    assert service.run_job(engine, settings.export_dir, job_id, "w1") == "cancelled"
-    assert not (settings.export_dir / job_id).exists()
+    worker = ExportWorker(engine, settings, name="w1", heartbeat_s=0)  # it renews its lease at every batch
+    written: list[Path] = []
+    original = service.write_export
+
+    def write_export(engine, spec, out_dir, *, progress, **kw):
+        def cancel_then_report(*args):  # the client's DELETE, while the worker writes its first type
+            if not written:
+                written.extend(out_dir.iterdir())
+                assert idle_client.delete(status_url).status_code == 202
+            progress(*args)
+        return original(engine, spec, out_dir, progress=cancel_then_report, **kw)
+
+    monkeypatch.setattr(service, "write_export", write_export)
+    lease = worker.claim()
+    assert lease is not None and lease.job_id == job_id
+    assert idle_client.get(status_url).headers["X-Progress"] == "queued"  # claimed: its run has not reported yet
+    assert worker.run(lease) == "lost"  # its next heartbeat found the job cancelled
+    assert written  # it had begun writing
+    assert not list(settings.export_dir.glob(f"{job_id}*"))  # neither the export's folder nor its run's
     assert idle_client.get(status_url).status_code == 404
     with Session(engine) as session:
         assert repository.get_job(session, job_id) is None
+        assert jobs_repository.get(session, job_id).state == "cancelled"
 
 
-def test_restart_reports_finished_jobs_and_fails_running_ones(settings):
+def test_restart_reports_finished_jobs_and_runs_again_those_whose_worker_died(settings):
     with TestClient(create_app(settings)) as first:
         a = enrol(first)
         done_url = kick_off(first, f"/fhir/Group/{a['study']}/$export")
         manifest = wait_for(first, done_url).json()
         engine = first.app.state.engine
-        # a second job, claimed by a worker that then dies (its heartbeat stops)
+        # a second job, claimed by a worker that then dies: its lease runs out, and its half-written folder stays
         first.app.state.export_worker.stop()
         running_url = kick_off(first, "/fhir/$export")
-        with Session(engine) as session:
-            job_id = repository.claim_job(session, "dead-worker", service.utcnow())
-            assert job_id == running_url.rsplit("/", 1)[1]
-            session.execute(update(repository.J).where(repository.J.c.id == job_id).values(
-                heartbeat=service.utcnow() - timedelta(hours=1)))
+        job_id = running_url.rsplit("/", 1)[1]
+        with write_session(engine) as session:
+            lease = jobs_repository.claim(session, [service.KIND], "dead-worker", service.utcnow(), 30)
+            assert lease is not None and lease.job_id == job_id
+            session.execute(update(jobs_repository.J).where(jobs_repository.J.c.id == job_id).values(
+                lease_until=service.utcnow() - timedelta(seconds=1)))
             session.commit()
+        dead_run = settings.export_dir / f"{job_id}.part-1"
+        dead_run.mkdir(parents=True)
+        (dead_run / "Patient.ndjson").write_text('{"resourceType":"Patient","id":"half-written"}\n')
     with TestClient(create_app(settings)) as second:
         finished = second.get(done_url)
         assert finished.status_code == 200 and finished.json()["output"] == manifest["output"]
         download(second, finished.json())
-        failed = wait_for(second, running_url)
-        assert failed.status_code == 500
-        assert failed.json()["resourceType"] == "OperationOutcome"
-        assert "worker stopped" in failed.json()["issue"][0]["diagnostics"]
+        resumed = wait_for(second, running_url)
+        assert resumed.status_code == 200, resumed.text
+        files = download(second, resumed.json())
+        assert [p["id"] for p in files["Patient"]] == [a["patient"]]
+        assert not dead_run.exists()
+        with Session(second.app.state.engine) as session:
+            job = jobs_repository.get(session, job_id)
+        assert (job.state, job.attempts) == ("completed", 2)
+
+
+def test_a_job_whose_export_is_gone_fails_saying_so(idle_client, settings):
+    engine = idle_client.app.state.engine
+    with write_session(engine) as session:
+        jobs.enqueue(session, service.KIND, {"export_id": "no-such-export"})
+        session.commit()
+    worker = ExportWorker(engine, settings)
+    lease = worker.claim()
+    assert worker.run(lease) == "failed"
+    with Session(engine) as session:
+        job = jobs_repository.get(session, lease.job_id)
+    assert (job.state, job.error) == ("failed", "the export's request is gone (cancelled or expired)")
 
 
 def test_a_job_is_claimed_by_exactly_one_worker(idle_client):
@@ -319,10 +358,10 @@ def test_a_job_is_claimed_by_exactly_one_worker(idle_client):
     lock = threading.Lock()
 
     def worker(name: str) -> None:
-        with Session(engine.execution_options(write=True)) as session:
-            while (job_id := repository.claim_job(session, name, service.utcnow())) is not None:
-                with lock:
-                    claimed.append(job_id)
+        runner = ExportWorker(engine, idle_client.app.state.settings, name=name)
+        while (lease := runner.claim()) is not None:
+            with lock:
+                claimed.append(lease.job_id)
 
     threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
     for t in threads:
@@ -338,24 +377,29 @@ def test_claim_skips_a_job_another_worker_holds(idle_client):
     time.sleep(0.01)
     second = kick_off(idle_client, f"/fhir/Group/{a['study']}/$export").rsplit("/", 1)[1]
     engine = idle_client.app.state.engine
+    J = jobs_repository.J
+
+    def claim(session: Session, name: str) -> str | None:
+        lease = jobs_repository.claim(session, [service.KIND], name, service.utcnow(), 30)
+        session.commit()
+        return None if lease is None else lease.job_id
+
     if engine.dialect.name == "postgresql":
         # worker A has locked the oldest job (mid-claim); worker B passes over it instead of waiting
         with Session(engine) as a_session, Session(engine) as b_session:
-            held = a_session.execute(repository.select(repository.J.c.id).where(repository.J.c.id == first)
-                                     .with_for_update()).scalar_one()
+            held = a_session.execute(select(J.c.id).where(J.c.id == first).with_for_update()).scalar_one()
             assert held == first
-            assert repository.claim_job(b_session, "B", service.utcnow()) == second
+            assert claim(b_session, "B") == second
             a_session.rollback()
-            assert repository.claim_job(a_session, "A", service.utcnow()) == first
-            assert repository.claim_job(b_session, "B", service.utcnow()) is None
+            assert claim(a_session, "A") == first
+            assert claim(b_session, "B") is None
     else:
         # the claim is a conditional UPDATE: of two workers that saw the same queued job, one wins
         with Session(engine) as a_session, Session(engine) as b_session:
-            assert repository.claim_job(a_session, "A", service.utcnow()) == first
-            assert repository.claim_job(b_session, "B", service.utcnow()) == second
-            assert repository.claim_job(a_session, "A", service.utcnow()) is None
-            won = a_session.execute(update(repository.J).where(repository.J.c.id == first,
-                                                               repository.J.c.status == "queued")
+            assert claim(a_session, "A") == first
+            assert claim(b_session, "B") == second
+            assert claim(a_session, "A") is None
+            won = a_session.execute(update(J).where(J.c.id == first, J.c.state == "queued")
                                     .values(worker="late")).rowcount
             assert won == 0
 

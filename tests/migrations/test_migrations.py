@@ -1,5 +1,6 @@
 """The schema comes from alembic migrations: an empty or older database is brought up to date, keeping its data."""
 
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -78,3 +79,37 @@ def test_migrations_build_exactly_the_schema_the_models_describe(engine):
     if engine.dialect.name == "sqlite":  # SQLite keeps the declared VARCHAR lengths; it enforces none of them
         diff = [d for d in diff if not (isinstance(d, list) and d[0][0] == "modify_type")]
     assert diff == []
+
+
+def test_upgrading_keeps_the_exports_in_flight_and_runs_them(empty_database_url, tmp_path):
+    """0012 gives every queued or running export a queued job (a running one starts over); finished ones get none."""
+    from service.export.service import ExportSpec
+
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0011_feeds")
+    now = datetime(2026, 11, 29, tzinfo=UTC)
+    spec = ExportSpec(types=("Patient",)).to_json()
+    with engine.begin() as conn:
+        for job_id, status in (("queued-export", "queued"), ("running-export", "running"),
+                               ("done-export", "completed")):
+            conn.execute(text("INSERT INTO export_job (id, status, spec, request, created_at, heartbeat, worker, "
+                              "restricted, deidentified) VALUES (:id, :status, :spec, 'http://x/fhir/$export', :now, "
+                              ":now, 'old-worker', :f, :f)"),
+                         {"id": job_id, "status": status, "spec": spec, "now": now, "f": False})
+    migrate(engine)
+    with engine.connect() as conn:
+        jobs = conn.execute(text("SELECT id, kind, state, attempts FROM job ORDER BY id")).all()
+        statuses = dict(conn.execute(text("SELECT id, status FROM export_job")).all())
+    engine.dispose()
+    assert [tuple(j) for j in jobs] == [("queued-export", "export", "queued", 0),
+                                        ("running-export", "export", "queued", 0)]
+    assert statuses == {"queued-export": "queued", "running-export": "queued", "done-export": "completed"}
+    settings = Settings(database_url=empty_database_url, auth="off", export_dir=tmp_path / "export", _env_file=None)
+    with TestClient(create_app(settings)) as client:
+        client.post("/fhir/Patient", json={"resourceType": "Patient", "gender": "male"})
+        for job_id in ("queued-export", "running-export"):
+            deadline = time.monotonic() + 30
+            while (status := client.get(f"/fhir/$export-status/{job_id}")).status_code == 202:
+                assert time.monotonic() < deadline, "the export did not run"
+                time.sleep(0.05)
+            assert status.status_code == 200, status.text
