@@ -15,15 +15,17 @@ from sqlmodel import Session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from
 from service.export import repository, service
+from service.replica import ReadRouter
 from service.settings import Settings
 
 log = logging.getLogger("trial_fhir.export")
 
 
 class ExportWorker:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        self.reads = reads  # where each job reads its data (the read replica when it is fresh enough)
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -60,7 +62,8 @@ class ExportWorker:
             return False
         log.info("export %s claimed by %s", job_id, self.name)
         status = service.run_job(self.engine, s.export_dir, job_id, self.name, stop=self._stop,
-                                 batch=s.export_batch_rows, deid=self.deidentifier)
+                                 batch=s.export_batch_rows, deid=self.deidentifier,
+                                 source=None if self.reads is None else self.reads.export_source)
         log.info("export %s %s", job_id, status)
         return True
 
@@ -75,5 +78,5 @@ class ExportWorker:
             self._wake.clear()
 
 
-def start_export_worker(engine: Engine, settings: Settings) -> ExportWorker | None:
-    return ExportWorker(engine, settings).start() if settings.export_worker else None
+def start_export_worker(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> ExportWorker | None:
+    return ExportWorker(engine, settings, reads).start() if settings.export_worker else None
