@@ -76,16 +76,17 @@ class ReadRouter:
         self._last_write: dict[str, float] = {}  # client → when its last write was answered (epoch seconds)
         self._writes_lock = threading.Lock()  # `_last_write` is written by request threads, pruned by the monitor
         self._lock = threading.Lock()  # serialises `check` (the monitor's and a test's)
+        self._switching = threading.Lock()  # a change of state and its log line (`check`, and `mark_down` by reads)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- the monitor -----------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Measure once, then keep measuring in a daemon thread (no replica: nothing)."""
+        """Measure now and every `check_every_s` in a daemon thread (no replica: nothing). Until the first
+        measurement (a replica that does not answer may take the connect time-out) reads go to the primary."""
         if self.replica is None or self._thread is not None:
             return
-        self.check()
         self._stop.clear()
         self._thread = threading.Thread(target=self._watch, name="replica-monitor", daemon=True)
         self._thread.start()
@@ -99,11 +100,12 @@ class ReadRouter:
             self.replica.dispose()
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.check_every_s):
+        while not self._stop.is_set():
             try:
                 self.check()
             except Exception:  # noqa: BLE001 — the monitor must outlive anything one check meets
                 log.exception("read replica: check failed")
+            self._stop.wait(self.check_every_s)
 
     def check(self) -> ReplicaState:
         """Measure the replica's freshness now (the monitor does, every `check_every_s`), log a change of state,
@@ -149,8 +151,9 @@ class ReadRouter:
         return ReplicaState("ok", fresh, lag, now)
 
     def _switch(self, state: ReplicaState) -> None:
-        before = self.state.status
-        self.state = state
+        with self._switching:
+            before = self.state.status
+            self.state = state
         if state.status == before:
             return
         if state.status == "ok":
@@ -160,8 +163,8 @@ class ReadRouter:
 
     def mark_down(self, exc: BaseException) -> None:
         """A read found the replica away before the monitor did: no reads there until the next check says so."""
-        with self._lock:
-            self._switch(ReplicaState("down", checked_at=time.time(), reason=f"a read failed ({type(exc).__name__})"))
+        # (not under `_lock`: a check may be waiting minutes for an unanswering replica, a request must not)
+        self._switch(ReplicaState("down", checked_at=time.time(), reason=f"a read failed ({type(exc).__name__})"))
 
     # -- the choice ------------------------------------------------------------------------------------------
 

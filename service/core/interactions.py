@@ -499,12 +499,13 @@ class Core:
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
-    async def resolve_study_id(self, ctx: Context, key: str) -> str:
+    async def resolve_study_id(self, ctx: Context, key: str, *, for_write: bool = False) -> str:
         """The id of the study a study-scoped URL names (`/studies/{key}/…`, `Group/{key}`, `ResearchStudy/{key}/
         $summary`, a Group `$export`): its id, or its registry number (e.g. an NCT identifier), resolved here for
-        every such URL (service/search/service.py `resolve_study`, among the studies the caller may read)."""
+        every such URL (service/search/service.py `resolve_study`, among the studies the caller may read).
+        `for_write`: on the primary (what a write is about is read where it is written, never on the replica)."""
         studies = ctx.caller.studies_for("ResearchStudy", "r")
-        return await self._read(lambda s: resolve_study(s, key, studies=studies), ctx)
+        return await self._read(lambda s: resolve_study(s, key, studies=studies), None if for_write else ctx)
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
         """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group); the study may be
@@ -536,7 +537,7 @@ class Core:
         the GET's query): the queued job's id. The job is the caller's: it exports what the caller may read (`r` on
         each type, its studies), de-identified for a de-identified client."""
         if group_id is not None:
-            group_id = await self.resolve_study_id(ctx, group_id)
+            group_id = await self.resolve_study_id(ctx, group_id, for_write=True)  # the kick-off writes a job
 
         async def run() -> str:
             asked = params if body is None else exports.parameters_to_params(body)

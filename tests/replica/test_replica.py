@@ -19,7 +19,7 @@ from service.replica import ReadRouter
 from service.settings import Settings
 from tests.conftest import ON_POSTGRES
 from tests.export.test_export import ASYNC, download, wait_for
-from tests.factories import MRN, created, enrol, observation, patient
+from tests.factories import MRN, created, enrol, observation, patient, study
 from tests.pg_replica import Replica
 
 BACKGROUND = ("replica-monitor", "export-worker")  # threads whose checkouts are not a request's
@@ -144,6 +144,13 @@ def test_a_write_the_replica_has_not_replayed_is_read_as_the_rule_says(replica, 
         # unless it asks for the primary
         assert hidden in searched_ids(client, query, Prefer="consistency=strong")
         assert client.get(f"/fhir/Observation/{hidden}", headers={"Prefer": "consistency=strong"}).status_code == 200
+
+        # a kick-off (a write: its job) resolves the study it names on the primary
+        unseen = created(elsewhere.post("/fhir/ResearchStudy", json=study()))["id"]
+        assert client.get(f"/fhir/Group/{unseen}").status_code == 404, "a read: the replica's"
+        kicked = client.get(f"/fhir/Group/{unseen}/$export", headers=ASYNC)
+        assert kicked.status_code == 202, kicked.text
+        assert client.delete(kicked.headers["Content-Location"]).status_code == 202
 
         # conditional operations find what the primary holds: no duplicate
         again = client.post("/fhir/Patient", json=patient(mrn), headers={"If-None-Exist": f"identifier={MRN}|{mrn}"})
