@@ -16,6 +16,10 @@ the real patients.
 
 Writes run in a worker thread, each in one unit of work (one database transaction); searches read on the
 event loop when they are one cached page statement on PostgreSQL (asyncpg), else in the search threads.
+
+With a read replica (TRIAL_FHIR_READ_DATABASE_URL), the reads that pass their `Context` to `_read` (and searches)
+go where `self.reads` (service/replica.py) says; writes, and reads made for a write or of the job tables, are the
+primary's.
 """
 
 import asyncio
@@ -98,7 +102,8 @@ class Core:
         return self._deid if self._deid is not None else await to_thread.run_sync(self.deidentifier)
 
     async def start(self) -> None:
-        """Open what lives on the event loop (the async read pool on PostgreSQL) and start the audit writer."""
+        """Open what lives on the event loop (the async read pools on PostgreSQL), start the audit writer and the
+        read replica's monitor (service/replica.py; nothing without a replica)."""
         await self.audit_log.start()
         await to_thread.run_sync(self.reads.start)
         if self.settings.async_search and not self.settings.sql_echo:
