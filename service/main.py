@@ -28,6 +28,7 @@ from service.errors import register_error_handlers
 from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as export_router
 from service.group.router import CAPABILITY as GROUP_CAPABILITY, router as group_router
 from service.logs import quiet_access_log
+from service.replica import ReadRouter
 from service.settings import Settings, get_settings
 from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
 
@@ -66,10 +67,14 @@ class TrialFhirApp(FastAPI):
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check()
     engine = make_engine(settings.database_url, echo=settings.sql_echo,
                          statement_timeout_ms=settings.statement_timeout_ms)
+    replica = None if settings.read_database_url is None else make_engine(
+        settings.read_database_url, echo=settings.sql_echo, statement_timeout_ms=settings.statement_timeout_ms)
+    reads = ReadRouter(engine, replica, max_lag_s=settings.read_max_lag_s)
     faults.configure(settings.retry_after_s)
-    core = Core(engine, settings)
+    core = Core(engine, settings, reads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -82,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             load_demo_if_empty(engine)
         from service.export.worker import start_job_runner
         # the background jobs' runner (exports); None when TRIAL_FHIR_EXPORT_WORKER=false
-        app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings)
+        app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings, reads)
         await core.start()
         # what start-up built (modules, models, routes, catalogues) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, so it no longer stalls requests for tens of ms
@@ -123,7 +128,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz() -> dict:
         """`{"status": "ready"}` when the database answers `SELECT 1` within TRIAL_FHIR_READY_TIMEOUT_S; 503 with
         `Retry-After` and an OperationOutcome `transient` otherwise, so a load balancer stops sending requests
-        here while the database is away (and sends them again once it answers: nothing needs a restart)."""
+        here while the database is away (and sends them again once it answers: nothing needs a restart). With a
+        read replica, also `"primary": "ok"` and the replica's state (`replica.status` ok, lagging, down or
+        starting, its lag): a replica away sends reads to the primary and never makes the service unready."""
         def ping() -> None:
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -131,7 +138,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), settings.ready_timeout_s)
         except Exception as exc:  # whatever it was (a time-out too), the database did not answer: unready
             raise faults.not_ready(exc) from None
-        return {"status": "ready"}
+        if reads.replica is None:
+            return {"status": "ready"}
+        return {"status": "ready", "primary": "ok", "replica": reads.describe()}
 
     app.include_router(auth_router)  # before the FHIR routes: /fhir/.well-known/smart-configuration
     app.include_router(conformance_router)

@@ -16,6 +16,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DATABASE_URL", "TRIAL_FHIR_DATABASE_URL"),
         description="SQLAlchemy URL: SQLite (default, embedded) or postgresql+psycopg://…",
     )
+    read_database_url: str | None = Field(
+        None, description="PostgreSQL streaming replica of the database (postgresql+psycopg://…) that serves reads, "
+        "searches, history, $everything, exports and the study's figures while it is fresh enough (see Read "
+        "replicas); writes, conditional operations, transaction/batch Bundles and anything that must read its own "
+        "writes use TRIAL_FHIR_DATABASE_URL. PostgreSQL only (refused at start-up with SQLite). Unset: no replica.")
+    read_max_lag_s: float = Field(
+        5.0, gt=0, description="Most a replica may lag behind the primary (seconds, measured by WAL position about "
+        "once a second) and still serve reads; beyond it, or while it does not answer, reads go to the primary.")
     host: str = Field("127.0.0.1", description="Interface `python -m service` binds to.")
     port: int = Field(8000, description="Port `python -m service` listens on.")
     base_url: str | None = Field(
@@ -119,6 +127,17 @@ class Settings(BaseSettings):
                              f"TRIAL_FHIR_JOB_LEASE_S ({self.job_lease_s}): a job's lease would run out between two "
                              "heartbeats and it would be run again while it runs")
         return self
+
+    def check(self) -> None:
+        """Refuse, at start-up, what the fields cannot say alone (a plain ValueError naming the setting, never its
+        value: a URL may hold a password). A read replica is a PostgreSQL streaming replica of a PostgreSQL
+        primary: anything else would fail later, or read another database."""
+        if self.read_database_url is not None:
+            for name, url in (("TRIAL_FHIR_READ_DATABASE_URL", self.read_database_url),
+                              ("TRIAL_FHIR_DATABASE_URL", self.database_url)):
+                if not url.startswith("postgresql"):
+                    raise ValueError(f"TRIAL_FHIR_READ_DATABASE_URL (a read replica) needs PostgreSQL for both "
+                                     f"databases; {name} is not a postgresql:// URL")
 
 
 @lru_cache

@@ -231,7 +231,8 @@ async def context_of(state: Any, scope: Scope, base: str, *, authorization: str 
     client address and query (what the audit records)."""
     ctx = Context(base, ANONYMOUS, strict=prefers(prefer, "handling=strict"), request_id=new_request_id(request_id),
                   client_address=client_address(scope, state.settings),
-                  query=scope.get("query_string", b"").decode("latin-1") or None)
+                  query=scope.get("query_string", b"").decode("latin-1") or None,
+                  consistent=prefers(prefer, "consistency=strong"))
     try:
         caller = await caller_of(state, authorization, base)
     except Unauthorized as refused:

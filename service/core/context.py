@@ -54,6 +54,7 @@ class Context:
     request_id: str | None = None  # X-Request-ID, or one made for the request (audit)
     client_address: str | None = None  # the network address of the client (audit)
     query: str | None = None  # the request's query string as sent (audit: entity.query)
+    consistent: bool = False  # `Prefer: consistency=strong`: reads on the primary, never the read replica
 
 
 def prefers(prefer: str | None, token: str) -> bool:

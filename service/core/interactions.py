@@ -16,6 +16,10 @@ the real patients.
 
 Writes run in a worker thread, each in one unit of work (one database transaction); searches read on the
 event loop when they are one cached page statement on PostgreSQL (asyncpg), else in the search threads.
+
+With a read replica (TRIAL_FHIR_READ_DATABASE_URL), the reads that pass their `Context` to `_read` (and searches)
+go where `self.reads` (service/replica.py) says; writes, and reads made for a write or of the job tables, are the
+primary's.
 """
 
 import asyncio
@@ -55,8 +59,8 @@ from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
 from service.errors import BadRequest, FhirError, Forbidden, Gone, NotFound
 from service.export import service as exports
-from service.faults import once_more_on_reconnect
 from service.group import service as groups
+from service.replica import ReadRouter
 from service.search.compiler import study_condition
 from service.search.service import plan_search, resolve_study, run_search, run_search_async
 from service.settings import Settings
@@ -75,13 +79,16 @@ HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Cont
 class Core:
     """The interactions of one application (one engine, its settings and its search threads)."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> None:
         self.engine = engine
         self.settings = settings
+        # which reads the read replica serves (service/replica.py); without one, every read is the primary's
+        self.reads = reads or ReadRouter(engine, None, max_lag_s=settings.read_max_lag_s)
         # searches have their own few threads instead of AnyIO's 40: on two cores sixteen concurrent searches in
         # forty threads fought over the GIL and the p99 went to ~100 ms
         self.search_threads = ThreadPoolExecutor(settings.search_threads, thread_name_prefix="search")
         self.async_reads: AsyncReadPool | None = None
+        self.async_replica_reads: AsyncReadPool | None = None  # the same, on the read replica
         self._deid: Deidentifier | None = None
         self.audit_log = AuditLog(engine)
 
@@ -95,16 +102,23 @@ class Core:
         return self._deid if self._deid is not None else await to_thread.run_sync(self.deidentifier)
 
     async def start(self) -> None:
-        """Open what lives on the event loop (the async read pool on PostgreSQL) and start the audit writer."""
+        """Open what lives on the event loop (the async read pools on PostgreSQL), start the audit writer and the
+        read replica's monitor (service/replica.py; nothing without a replica)."""
         await self.audit_log.start()
+        await to_thread.run_sync(self.reads.start)
         if self.settings.async_search and not self.settings.sql_echo:
             self.async_reads = async_read_pool(self.engine, self.settings.async_search_connections,
                                                self.settings.statement_timeout_ms)
+            if self.reads.replica is not None:
+                self.async_replica_reads = async_read_pool(self.reads.replica, self.settings.async_search_connections,
+                                                           self.settings.statement_timeout_ms)
 
     async def stop(self) -> None:
-        if self.async_reads is not None:
-            await self.async_reads.close()
-            self.async_reads = None
+        for pool in (self.async_reads, self.async_replica_reads):
+            if pool is not None:
+                await pool.close()
+        self.async_reads = self.async_replica_reads = None
+        await to_thread.run_sync(self.reads.stop)
         await self.audit_log.stop()  # what is queued is written first
         self.search_threads.shutdown(wait=True)
 
@@ -156,9 +170,12 @@ class Core:
         thread."""
         async def run() -> T:
             _no_deidentified_writes(ctx)
-            return await self._in_write_session(lambda session: resources.run_write(
-                session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
-                caller=ctx.caller, audit=self._appender(ctx, subtype)))
+            try:
+                return await self._in_write_session(lambda session: resources.run_write(
+                    session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
+                    caller=ctx.caller, audit=self._appender(ctx, subtype)))
+            finally:  # (whatever the outcome: a write whose answer was lost may still have been committed)
+                self.reads.wrote(ctx.caller.name)
         return await self._audited(ctx, subtype, run(), None)
 
     async def create(self, ctx: Context, resource_type: str, body: dict[str, Any], *,
@@ -234,20 +251,32 @@ class Core:
 
         async def go() -> bytes:
             _no_deidentified_writes(ctx)
-            return await self._in_write_session(lambda session: run(
-                session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
-                enforce_rules=self.settings.enforce_trial_rules, representation=representation, caller=ctx.caller,
-                audit=self._appender(ctx, kind), out_of_scope=self.settings.out_of_scope))
+            try:
+                return await self._in_write_session(lambda session: run(
+                    session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
+                    enforce_rules=self.settings.enforce_trial_rules, representation=representation,
+                    caller=ctx.caller, audit=self._appender(ctx, kind), out_of_scope=self.settings.out_of_scope))
+            finally:
+                self.reads.wrote(ctx.caller.name)
         return await self._audited(ctx, kind, go(), None)
 
     # -- reads -------------------------------------------------------------------------------------------
 
-    async def _read(self, work: Callable[[Session], T]) -> T:
-        """`work` on a read session, in a worker thread."""
-        def run() -> T:
-            with read_session(self.engine) as session:
+    async def _read(self, work: Callable[[Session], T], ctx: Context | None = None) -> T:
+        """`work` on a read session, in a worker thread: on the read replica when `ctx` is given (a read of stored
+        data for that caller) and the router finds the replica fresh enough for it, else on the primary (`ctx`
+        None: what must be read on the primary, e.g. the job tables)."""
+        def run(engine: Engine) -> T:
+            with read_session(engine) as session:
                 return work(session)
-        return await to_thread.run_sync(once_more_on_reconnect, run)
+        return await to_thread.run_sync(self.reads.run, self._read_engine(ctx), run)
+
+    def _read_engine(self, ctx: Context | None) -> Engine:
+        """Where a read for `ctx` goes (service/replica.py decides: the replica when it holds the caller's last
+        write and lags within the setting, unless the request asks for `Prefer: consistency=strong`)."""
+        if ctx is None:
+            return self.engine
+        return self.reads.choose(ctx.caller.name, strong=ctx.consistent)
 
     async def _real_id(self, ctx: Context, resource_type: str, id: str) -> str:
         """The id a request names, as stored: a de-identified client names a Patient by its pseudonym (an id
@@ -255,7 +284,7 @@ class Core:
         if not (ctx.caller.deidentified and resource_type == "Patient"):
             return id
         deid = await self._deidentifier()
-        real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, id))
+        real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, id), ctx)
         return real or deid.nothing
 
     def _shown(self, ctx: Context, stored: Stored, id: str) -> Stored:
@@ -269,7 +298,7 @@ class Core:
         """GET [base]/{type}/{id}: the current version (404 unknown, 410 deleted)."""
         async def run() -> Stored:
             real = await self._real_id(ctx, resource_type, id)
-            return await self._read(lambda s: resources.read(s, resource_type, real, caller=ctx.caller))
+            return await self._read(lambda s: resources.read(s, resource_type, real, caller=ctx.caller), ctx)
         return self._shown(ctx, await self._audited(ctx, "read", run(), _stored_facts), id)
 
     async def vread(self, ctx: Context, resource_type: str, id: str, version_id: str) -> Stored:
@@ -277,7 +306,7 @@ class Core:
         async def run() -> Stored:
             real = await self._real_id(ctx, resource_type, id)
             return await self._read(lambda s: resources.vread(s, resource_type, real, version_id,
-                                                              caller=ctx.caller))
+                                                              caller=ctx.caller), ctx)
         return self._shown(ctx, await self._audited(ctx, "vread", run(), _stored_facts), id)
 
     async def history(self, ctx: Context, resource_type: str, id: str, *, count: int,
@@ -298,7 +327,7 @@ class Core:
         period = history_period(at)
         rows = await self._read(lambda s: resources.history(
             s, resource_type, id, count=count + 1, before_version=before_version, since=since, at=period,
-            caller=ctx.caller))
+            caller=ctx.caller), ctx)
         page, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, resource_type, id, r) for r in page]
@@ -354,7 +383,7 @@ class Core:
         before = resources.decode_history_page(page) if page else None
         period = history_period(at)
         rows = await self._read(lambda s: repository.find_history_of_types(
-            s, types, limit=count + 1, since=since, before=before, at=period))
+            s, types, limit=count + 1, since=since, before=before, at=period), ctx)
         page_rows, more = rows[:count], len(rows) > count
         base = ctx.base_url
         entries = [_history_entry(base, r.resource_type, r.id, r) for r in page_rows]
@@ -389,7 +418,8 @@ class Core:
         plan = plan_search(resource_type, params, strict=ctx.strict, default_count=settings.default_page_size,
                            max_count=settings.max_page_size, caller=ctx.caller)
         seen: list[str] = []
-        pool = self.async_reads
+        engine = self._read_engine(ctx)
+        pool = self.async_replica_reads if engine is self.reads.replica else self.async_reads
         if pool is not None and plan.one_statement and pool.loop is asyncio.get_running_loop():
             try:
                 body = await run_search_async(pool, plan, ctx.base_url, seen=seen)
@@ -401,11 +431,12 @@ class Core:
                 return body, seen
             seen.clear()
 
-        def run() -> bytes:
-            seen.clear()  # run again on a new connection when the pooled one had died
-            with read_connection(self.engine) as conn:
+        def run(engine: Engine) -> bytes:
+            seen.clear()  # run again on a new connection when the pooled one had died (or on the primary)
+            with read_connection(engine) as conn:
                 return run_search(conn, plan, ctx.base_url, seen=seen)
-        return await asyncio.get_running_loop().run_in_executor(self.search_threads, once_more_on_reconnect, run), seen
+        return await asyncio.get_running_loop().run_in_executor(self.search_threads, self.reads.run, engine,
+                                                                run), seen
 
     # -- Patient/$everything ----------------------------------------------------------------------------------
 
@@ -454,7 +485,7 @@ class Core:
                     break
             return found, len(found) > size
 
-        rows, more = await self._read(lambda s: run(s))
+        rows, more = await self._read(lambda s: run(s), ctx)
         rows = rows[:size]
         base = ctx.base_url
         entries = [entry(f"{base}/{rtype}/{rid}", content, search={"mode": mode}) for rtype, rid, content, mode in rows]
@@ -473,12 +504,13 @@ class Core:
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
-    async def resolve_study_id(self, ctx: Context, key: str) -> str:
+    async def resolve_study_id(self, ctx: Context, key: str, *, for_write: bool = False) -> str:
         """The id of the study a study-scoped URL names (`/studies/{key}/…`, `Group/{key}`, `ResearchStudy/{key}/
         $summary`, a Group `$export`): its id, or its registry number (e.g. an NCT identifier), resolved here for
-        every such URL (service/search/service.py `resolve_study`, among the studies the caller may read)."""
+        every such URL (service/search/service.py `resolve_study`, among the studies the caller may read).
+        `for_write`: on the primary (what a write is about is read where it is written, never on the replica)."""
         studies = ctx.caller.studies_for("ResearchStudy", "r")
-        return await self._read(lambda s: resolve_study(s, key, studies=studies))
+        return await self._read(lambda s: resolve_study(s, key, studies=studies), None if for_write else ctx)
 
     async def read_group(self, ctx: Context, id: str) -> dict[str, Any]:
         """GET [base]/Group/{id}: the cohort of ResearchStudy/{id} (it lists Patients: `r` on Group); the study may be
@@ -487,7 +519,8 @@ class Core:
             access.require(ctx.caller, "Group", "r")
             nonlocal id
             id = await self.resolve_study_id(ctx, id)
-            return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")))
+            return await self._read(lambda s: groups.read_group(s, id, studies=ctx.caller.studies_for("Group", "r")),
+                                    ctx)
         group = await self._audited(ctx, "read", run(), _group_facts)
         return (await self._deidentifier()).resource(group, None) if ctx.caller.deidentified else group
 
@@ -496,7 +529,7 @@ class Core:
         async def run() -> bytes:
             access.require(ctx.caller, "Group", "s")
             return await self._read(lambda s: groups.search_groups(
-                s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")))
+                s, params, ctx.base_url, strict=ctx.strict, studies=ctx.caller.studies_for("Group", "s")), ctx)
         found = await self._audited(ctx, "search-type", run(), _groups_facts)
         return (await self._deidentifier()).bundle(found) if ctx.caller.deidentified else found
 
@@ -509,7 +542,7 @@ class Core:
         the GET's query): the queued job's id. The job is the caller's: it exports what the caller may read (`r` on
         each type, its studies), de-identified for a de-identified client."""
         if group_id is not None:
-            group_id = await self.resolve_study_id(ctx, group_id)
+            group_id = await self.resolve_study_id(ctx, group_id, for_write=True)  # the kick-off writes a job
 
         async def run() -> str:
             asked = params if body is None else exports.parameters_to_params(body)
@@ -555,7 +588,7 @@ class Core:
                     studies = ctx.caller.studies_for(resource_type, "r")
                     if studies is not None and study_id not in studies:
                         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-            return await self._read(lambda s: work(s, study_id))
+            return await self._read(lambda s: work(s, study_id), ctx)
         return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
                                    resources_named=_named("ResearchStudy", study_id))
 

@@ -569,15 +569,16 @@ Progress = Callable[[str, int, int], None]  # (type, rows written of that type, 
 
 def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int = 2000,
                  progress: Progress | None = None, on_start: Callable[[dict[str, int]], None] | None = None,
-                 studies: dict[str, list[str] | None] | None = None, deid: Deidentifier | None = None
-                 ) -> tuple[datetime, list[dict]]:
+                 studies: dict[str, list[str] | None] | None = None, deid: Deidentifier | None = None,
+                 as_of: datetime | None = None) -> tuple[datetime, list[dict]]:
     """Stream each type's stored JSON into `out_dir/<Type>.ndjson`, in one read snapshot (REPEATABLE READ
     on PostgreSQL, one read transaction on SQLite), `batch` rows at a time from a server-side cursor, so
     memory stays flat whatever the size. Returns (transaction time, [{type, file, count, bytes[, error]}]) for
     the types that have resources, and the error file (`error: True`) when there is one. `progress` may raise to
     stop the export. `studies`: per type, the only studies whose resources are written (the client's); `deid`:
     write each resource de-identified (with the patient it is about) instead of as stored; `spec.elements`: keep
-    those elements of a type (tagged SUBSETTED).
+    those elements of a type (tagged SUBSETTED); `as_of`: the time `engine` (a read replica) is complete up to,
+    the transaction time instead of the clock.
 
     An entry that can't be written (stored text that is not one JSON object, a de-identification or subsetting that
     fails) is left out and becomes an OperationOutcome line of the error file (`OperationOutcome.ndjson`), beside
@@ -587,7 +588,7 @@ def write_export(engine: Engine, spec: ExportSpec, out_dir: Path, *, batch: int 
     outputs = []
     errors = [outcome([issue("not-supported", text, where, severity="warning")]) for text, where in spec.warnings]
     with snapshot_connection(engine) as conn:
-        transaction_time = utcnow()
+        transaction_time = utcnow() if as_of is None else min(utcnow(), as_of)
         selections = spec.selections(studies)
         totals = {s.resource_type: conn.execute(repository.estimate_query(s)).scalar_one() for s in selections}
         if on_start:
@@ -708,17 +709,21 @@ def _one_line(text: str, rtype: str) -> bytes:
 
 
 def run_export(engine: Engine, export_dir: Path, ctx: JobContext, *, batch: int = 2000,
-               deid: Deidentifier | Callable[[], Deidentifier] | None = None) -> Done:
+               deid: Deidentifier | Callable[[], Deidentifier] | None = None,
+               source: Callable[[datetime], tuple[Engine, datetime | None]] | None = None) -> Done:
     """The handler of an export job (service/jobs): write the export of `ctx.payload["export_id"]` into this run's own
     folder, from the start (a run that follows a dead one starts over in a new snapshot), heart-beating as it goes.
     What it returns publishes the folder and the manifest in the transaction that completes the job, so only a run
     that still holds the job's lease does. A de-identified job needs `deid` (or a function making it): without one it
-    fails rather than write identified data."""
+    fails rather than write identified data. `source` (service/replica.py `ReadRouter.export_source`) says where the
+    data of a job kicked off at some time is read, and the time that copy is complete up to (None: `engine`, its
+    clock); the job itself is on `engine`."""
     job_id = ctx.payload["export_id"]
     with Session(engine) as session:
         job = repository.get_job(session, job_id)
     if job is None:  # cancelled (its row is gone; the job is too, so this fails nothing) or removed
         raise JobFault("the export's request is gone (cancelled or expired)")
+    data, complete_up_to = (engine, None) if source is None else source(job.created_at)
     spec = ExportSpec.from_json(job.spec)
     studies = orjson.loads(job.studies) if job.studies else None
     run_dir = Path(export_dir) / f"{job_id}.part-{ctx.attempt}"
@@ -742,9 +747,10 @@ def run_export(engine: Engine, export_dir: Path, ctx: JobContext, *, batch: int 
                 raise JobFault("the job is de-identified and this worker has no de-identifier")
             deidentify = deid if isinstance(deid, Deidentifier) else deid()
         transaction_time, outputs = write_export(
-            engine, spec, run_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
+            data, spec, run_dir, batch=batch, progress=progress, studies=studies, deid=deidentify,
             on_start=lambda totals: ctx.heartbeat(report(f"running: {sum(totals.values())} resources to write"),
-                                                  force=True))
+                                                  force=True),
+            as_of=complete_up_to)
     except Stopping:
         shutil.rmtree(run_dir, ignore_errors=True)
         with Session(engine.execution_options(write=True)) as s:

@@ -13,13 +13,15 @@ from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from
 from service.export import service
 from service.jobs.runner import JobContext, JobKind, JobRunner
+from service.replica import ReadRouter
 from service.settings import Settings
 
 log = logging.getLogger("trial_fhir.export")
 
 
-def export_kind(engine: Engine, settings: Settings) -> JobKind:
-    """The `export` job kind: its handler writes one export (service.export.service.run_export); a failed export's
+def export_kind(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> JobKind:
+    """The `export` job kind: its handler writes one export (service.export.service.run_export), reading its data
+    where `reads` says (the read replica when it holds everything committed before the kick-off); a failed export's
     status says why; each loop expires old exports."""
     made: list[Deidentifier] = []
 
@@ -31,7 +33,8 @@ def export_kind(engine: Engine, settings: Settings) -> JobKind:
 
     def run(ctx: JobContext):
         return service.run_export(engine, settings.export_dir, ctx, batch=settings.export_batch_rows,
-                                  deid=deidentifier)
+                                  deid=deidentifier,
+                                  source=None if reads is None else reads.export_source)
 
     return JobKind(service.KIND, run, on_failed=partial(service.export_failed, settings.export_dir),
                    error=service.job_error,
@@ -39,18 +42,18 @@ def export_kind(engine: Engine, settings: Settings) -> JobKind:
                                         retention_s=settings.export_retention_hours * 3600))
 
 
-def job_kinds(engine: Engine, settings: Settings) -> list[JobKind]:
+def job_kinds(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> list[JobKind]:
     """Every kind of background job this service runs."""
-    return [export_kind(engine, settings)]
+    return [export_kind(engine, settings, reads)]
 
 
 class ExportWorker(JobRunner):
     """A runner of this service's jobs (the name it had when exports were its only work)."""
 
-    def __init__(self, engine: Engine, settings: Settings, **options) -> None:
-        super().__init__(engine, settings, job_kinds(engine, settings), **options)
+    def __init__(self, engine: Engine, settings: Settings, reads: ReadRouter | None = None, **options) -> None:
+        super().__init__(engine, settings, job_kinds(engine, settings, reads), **options)
 
 
-def start_job_runner(engine: Engine, settings: Settings) -> JobRunner | None:
+def start_job_runner(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> JobRunner | None:
     """This process's runner, started; None when TRIAL_FHIR_EXPORT_WORKER=false."""
-    return ExportWorker(engine, settings).start() if settings.export_worker else None
+    return ExportWorker(engine, settings, reads).start() if settings.export_worker else None
