@@ -16,6 +16,7 @@ from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.methods import Methods
 from service.api.middleware import FhirFormatMiddleware
+from service.api.read_timeouts import BodyReadTimeout
 from service.api.security_headers import secured
 from service.auth.router import router as auth_router
 from service.auth.verify import Authenticator
@@ -143,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routed = partial(FastAPI.__call__, app)
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
-    app.outer = secured(Methods(app.front_door or routed, app), settings)
+    # slow bodies cut off (408) in front of everything that reads one; slow headers: service/api/read_timeouts.py
+    app.outer = secured(BodyReadTimeout(Methods(app.front_door or routed, app), settings.body_timeout_s), settings)
     quiet_access_log()
     _add_outcome_schema(app)
     return app
