@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -65,6 +66,27 @@ class TrialFhirApp(FastAPI):
         return await super().__call__(scope, receive, send)
 
 
+STARTUP_RETRY_S = 1.0  # between start-up attempts while the database is away
+
+
+async def once_the_database_answers(work: Callable[[], object], wait_s: float) -> None:
+    """Run start-up's database work (migration, demo load); while the database is down or restarting (a fault,
+    service/faults.py) try again every STARTUP_RETRY_S for up to `wait_s`, then give up with the fault. Found by
+    the soak (bench/soak.py): a worker uvicorn started in place of a killed one failed its start-up on a PostgreSQL
+    restart, and uvicorn's supervisor then stopped the whole service ("failed to start, stopping the parent")."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            work()
+            return
+        except Exception as exc:
+            if faults.fault_kind(exc) is None or loop.time() >= deadline:
+                raise
+            log.warning("the database is not answering at start-up (%s); trying again", type(exc).__name__)
+        await asyncio.sleep(STARTUP_RETRY_S)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = make_engine(settings.database_url, echo=settings.sql_echo,
@@ -77,10 +99,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auth == "off":  # `serve` refuses it off loopback; other launchers (plain uvicorn) get this line
             log.warning("access control is OFF (TRIAL_FHIR_AUTH=off): every request is answered without a token")
         if settings.migrate_on_startup:
-            migrate(engine)
+            await once_the_database_answers(partial(migrate, engine), settings.startup_wait_s)
         if settings.load_demo_on_startup:
             from service.demo.load import load_demo_if_empty
-            load_demo_if_empty(engine)
+            await once_the_database_answers(partial(load_demo_if_empty, engine), settings.startup_wait_s)
         from service.export.worker import start_export_worker
         app.state.export_worker = start_export_worker(engine, settings)  # None when TRIAL_FHIR_EXPORT_WORKER=false
         await core.start()

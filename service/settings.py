@@ -107,6 +107,10 @@ class Settings(BaseSettings):
         30_000, ge=0, description="PostgreSQL: longest a request's database statement may run (`statement_timeout` "
         "of every connection; 0: no limit); one that runs longer is stopped and the request answered 503. Not "
         "applied to migrations and bulk exports. SQLite: no limit.")
+    startup_wait_s: float = Field(
+        60.0, ge=0, description="At start-up, how long a process waits for a database that is down or restarting "
+        "(tried again every second) before it gives up; a worker started while PostgreSQL restarts then joins late "
+        "instead of failing, which would stop uvicorn's supervisor and every worker with it.")
     ready_timeout_s: float = Field(
         2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
