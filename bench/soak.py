@@ -18,8 +18,8 @@ Writes that get no answer (timeout, dropped connection), a 5xx or a 409 are retr
 
 Chaos: PostgreSQL restarted twice (`pg_ctlcluster --skip-systemctl-redirect 15 main restart`, at 25% and 70% of
 the run) and one uvicorn worker `kill -9`ed once (at 45%); uvicorn's supervisor must start a new one (if it does
-not, the script restarts the service on the same port and reports that). PostgreSQL is started again in a
-`finally` whatever happens to the script.
+not, the script restarts the service on the same port and reports that; so it does if the whole service exits).
+PostgreSQL is started again in a `finally` whatever happens to the script.
 
 Every request goes into an append-only client log (JSON lines: start, end, kind, attempt, status or `no-answer`,
 identifiers, ids/versions acknowledged). At the end the log is compared with the database:
@@ -308,11 +308,12 @@ class Client(threading.Thread):
         if acked:
             assert response is not None
             for i, entry in enumerate(response.json().get("entry", [])):
-                location = entry.get("response", {}).get("location", "")
-                parts = location.split("/")
-                if len(parts) >= 2 and parts[0] == "Observation":
-                    ids[i] = parts[1]
-                    versions[i] = parts[3] if len(parts) >= 4 else None
+                # location: [base/]Observation/{id}/_history/{version}
+                parts = entry.get("response", {}).get("location", "").split("/")
+                if "Observation" in parts and len(parts) > parts.index("Observation") + 1:
+                    k = parts.index("Observation")
+                    ids[i] = parts[k + 1]
+                    versions[i] = parts[k + 3] if len(parts) > k + 3 else None
             with self.shared.lock:
                 self.shared.acked.extend((v, rid) for v, rid in zip(values, ids, strict=True) if rid)
             for v, rid, version, body in zip(values, ids, versions, bodies, strict=True):
@@ -512,7 +513,9 @@ def balance(log: ClientLog, stored: dict[str, list[dict]]) -> dict:
                 if n == 0:
                     failures.append(f"{op['kind']} {op['op']}: acknowledged {v} is not stored")
                     counts["lost"] += 1
-                elif rid and stored[v][0]["id"] != rid:
+                elif not rid:
+                    failures.append(f"{op['kind']} {op['op']}: {v} acknowledged without an id")
+                elif stored[v][0]["id"] != rid:
                     failures.append(f"{op['kind']} {op['op']}: {v} acknowledged as {rid}, "
                                     f"stored as {stored[v][0]['id']}")
         else:
@@ -583,8 +586,12 @@ def figures(log: ClientLog, events: list[dict], seconds: float) -> dict:
     kinds = {k: {"requests": len(v), "per_s": round(len(v) / seconds, 1), "p50_ms": pct(v, 0.5),
                  "p99_ms": pct(v, 0.99)} for k, v in sorted(by_kind.items())}
     ops = Counter((o["kind"], o["acked"]) for o in log.operations)
-    operations = {k: {"acknowledged": ops[(k, True)], "not acknowledged": ops[(k, False)]}
+    tries = Counter((o["kind"], o.get("attempts")) for o in log.operations if o["kind"] in WRITES)
+    operations = {k: {"acknowledged": ops[(k, True)], "not acknowledged": ops[(k, False)],
+                      "by attempts": {str(n): tries[(k, n)] for n in sorted({n for kk, n in tries if kk == k})}}
                   for k in ("create", "bundle", "update")}
+    failed_attempts = Counter(f"{a['kind']} {a['status']}" for a in log.attempts
+                              if a["status"] == "no-answer" or int(a["status"]) >= 300)
     window = min(EVENT_WINDOW_S, seconds / 20)
     phase_seconds = Counter(phase_of(t + 0.5, events, window) for t in range(int(seconds)))
     phases = {p: {"requests": sum(c.values()), "seconds": phase_seconds.get(p, 0),
@@ -602,7 +609,8 @@ def figures(log: ClientLog, events: list[dict], seconds: float) -> dict:
     timeline = [{"t": b * 10, "per_s": round(len(buckets.get(b, [])) / 10, 1),
                  "p99_ms": pct(buckets.get(b, []), 0.99), "errors": errors.get(b, 0)}
                 for b in range(int(seconds // 10) + 1)]
-    return {"per_kind": kinds, "operations": operations, "phases": phases, "timeline": timeline,
+    return {"per_kind": kinds, "operations": operations, "failed_attempts": dict(sorted(failed_attempts.items())),
+            "phases": phases, "timeline": timeline,
             "requests": len(log.attempts), "per_s": round(len(log.attempts) / seconds, 1),
             "p50_ms": pct([a["end"] - a["start"] for a in log.attempts], 0.5),
             "p99_ms": pct([a["end"] - a["start"] for a in log.attempts], 0.99)}
@@ -729,6 +737,13 @@ def main() -> None:
                         detail = service.kill_one_worker()
                         events.append({"name": name, "start": start - t0, "end": now() - t0, **detail})
                     print(f"soak: {now() - t0:6.0f} s  chaos done: {events[-1]}", flush=True)
+                if service.proc is not None and service.proc.poll() is not None:  # the whole service stopped
+                    code, start = service.proc.returncode, now()
+                    print(f"soak: {t:6.0f} s  the service exited ({code}): starting it again", flush=True)
+                    service.start()
+                    service.restarts += 1
+                    events.append({"name": "service exited, restarted by the script", "start": start - t0,
+                                   "end": now() - t0, "exit_code": code})
                 if t - last_print >= 10:
                     last_print = t
                     recent = [a for a in log.attempts[-5000:] if a["end"] > t - 10]
