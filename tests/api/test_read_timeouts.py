@@ -171,6 +171,26 @@ def test_too_many_or_too_large_headers_get_431_and_a_closed_connection(server, h
     assert _patients(server) == before
 
 
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 99999999999999999999\r\n",          # larger than any body
+    b"Content-Length: \xc2\xb2\r\n",                       # a superscript two
+    b"Content-Length: 5\r\nContent-Length: 500\r\n",      # two that disagree
+    b"Content-Length: -1\r\n",
+    b"Transfer-Encoding: bogus\r\n",
+    b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+], ids=["huge", "superscript", "two", "negative", "bogus-encoding", "chunked-and-length"])
+def test_malformed_framing_is_a_4xx_and_writes_nothing(server, framing):
+    before = _patients(server)
+    with _connect(server) as sock:
+        sock.sendall(b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
+                     + framing + b"\r\n" + PATIENT)
+        raw = _read_all(sock)
+    if raw:  # answered (or just closed: also fine, nothing was applied)
+        status, _, _ = _status_and_body(raw)
+        assert 400 <= status < 500, raw[:300]
+    assert _patients(server) == before
+
+
 # -- bodies -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("which", ["server", "plain_server"])
