@@ -16,7 +16,7 @@ from service import faults
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.methods import Methods
-from service.api.middleware import FhirFormatMiddleware
+from service.api.middleware import ControlCharacterPaths, FhirFormatMiddleware
 from service.api.read_timeouts import BodyReadTimeout
 from service.api.security_headers import secured
 from service.auth.router import router as auth_router
@@ -167,7 +167,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
     # slow bodies cut off (408) in front of everything that reads one; slow headers: service/api/read_timeouts.py
-    app.outer = secured(BodyReadTimeout(Methods(app.front_door or routed, app), settings.body_timeout_s), settings)
+    app.outer = secured(BodyReadTimeout(ControlCharacterPaths(Methods(app.front_door or routed, app)),
+                                        settings.body_timeout_s), settings)
     quiet_access_log()
     _add_outcome_schema(app)
     return app

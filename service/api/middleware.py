@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_mappings.json_patch import JSON_PATCH, MERGE_PATCH
-from fhir_mappings.primitives import whole_number
+from fhir_mappings.primitives import CONTROL_RE, whole_number
 from service.errors import BadRequest, FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
 from service.search.limits import MAX_OR_VALUES, MAX_PARAM_REPEATS, check_query, may_break_limits
 
@@ -179,3 +179,20 @@ class FhirFormatMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class ControlCharacterPaths:
+    """A URL path holding a control character (`/fhir/Patient/a%00b`, `/studies/a%00b/report`) is refused with a 400
+    in front of every route: no id, type, job or file name holds one, and PostgreSQL cannot even compare a string
+    holding NUL (that was a 500, found by tests/api/test_hostile_corpus.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and CONTROL_RE.search(scope["path"]):
+            response = error_response(400, [BadRequest("The URL path holds a control character: no FHIR id, type, "
+                                                       "operation or file name holds one").issues[0]])
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

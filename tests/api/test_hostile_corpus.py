@@ -163,3 +163,17 @@ def test_weird_headers_and_paths_are_never_a_5xx_and_write_nothing(client, engin
     if not body.startswith(b'{"resourceType": "Bundle", "type": "batch"'):  # a batch: 200, each entry its own 400
         assert response.status_code >= 400 or method == "GET", response.text[:300]
     assert table_counts(engine) == before
+
+
+@pytest.mark.parametrize("path", ["/fhir/Patient/a%00b", "/fhir/Patient/a%00b/_history",
+                                  "/fhir/Patient/a%00b/_history/1", "/fhir/Group/a%00b/$export",
+                                  "/fhir/ResearchStudy/a%00b/$summary",
+                                  "/export-files/a%00b/Patient.ndjson", "/fhir/$export-status/a%00b",
+                                  "/studies/a%00b/report", "/fhir/Patient/a%1Bb"])
+def test_a_control_character_in_a_path_is_a_400_on_every_route(client, engine, path):
+    before = table_counts(engine)
+    for method in ("GET", "DELETE", "PUT"):
+        response = client.request(method, path, json={"resourceType": "Patient"})
+        _check(response, f"{method} {path}")
+        assert response.status_code == 400, f"{method} {path}"
+    assert table_counts(engine) == before
