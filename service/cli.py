@@ -72,8 +72,11 @@ def serve(host: str = typer.Option(None, help="Interface to bind (default: TRIAL
                        err=True)
     # server_header: no "server: uvicorn" in answers. proxy_headers: uvicorn would believe X-Forwarded-For/-Proto
     # from 127.0.0.1 (its default); the app believes them from TRIAL_FHIR_TRUSTED_PROXIES only (service/api/http.py)
+    # http: uvicorn's httptools protocol with a header read deadline and header caps (service/api/read_timeouts.py)
+    from service.api.read_timeouts import PROTOCOL_PATH
+
     uvicorn.run("service.main:app", host=host, port=port or settings.port, workers=workers, log_level="info",
-                server_header=False, proxy_headers=False)
+                server_header=False, proxy_headers=False, http=PROTOCOL_PATH)
 
 
 @app.command()

@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -15,7 +16,8 @@ from service import faults
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.methods import Methods
-from service.api.middleware import FhirFormatMiddleware
+from service.api.middleware import ControlCharacterPaths, FhirFormatMiddleware
+from service.api.read_timeouts import BodyReadTimeout
 from service.api.security_headers import secured
 from service.auth.router import router as auth_router
 from service.auth.verify import Authenticator
@@ -65,6 +67,27 @@ class TrialFhirApp(FastAPI):
         return await super().__call__(scope, receive, send)
 
 
+STARTUP_RETRY_S = 1.0  # between start-up attempts while the database is away
+
+
+async def once_the_database_answers(work: Callable[[], object], wait_s: float) -> None:
+    """Run start-up's database work (migration, demo load); while the database is down or restarting (a fault,
+    service/faults.py) try again every STARTUP_RETRY_S for up to `wait_s`, then give up with the fault. Found by
+    the soak (bench/soak.py): a worker uvicorn started in place of a killed one failed its start-up on a PostgreSQL
+    restart, and uvicorn's supervisor then stopped the whole service ("failed to start, stopping the parent")."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        try:
+            work()
+            return
+        except Exception as exc:
+            if faults.fault_kind(exc) is None or loop.time() >= deadline:
+                raise
+            log.warning("the database is not answering at start-up (%s); trying again", type(exc).__name__)
+        await asyncio.sleep(STARTUP_RETRY_S)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check()
@@ -81,10 +104,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.auth == "off":  # `serve` refuses it off loopback; other launchers (plain uvicorn) get this line
             log.warning("access control is OFF (TRIAL_FHIR_AUTH=off): every request is answered without a token")
         if settings.migrate_on_startup:
-            migrate(engine)
+            await once_the_database_answers(partial(migrate, engine), settings.startup_wait_s)
         if settings.load_demo_on_startup:
             from service.demo.load import load_demo_if_empty
-            load_demo_if_empty(engine)
+            await once_the_database_answers(partial(load_demo_if_empty, engine), settings.startup_wait_s)
         from service.export.worker import start_job_runner
         # the background jobs' runner (exports); None when TRIAL_FHIR_EXPORT_WORKER=false
         app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings, reads)
@@ -153,7 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     routed = partial(FastAPI.__call__, app)
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
-    app.outer = secured(Methods(app.front_door or routed, app), settings)
+    # slow bodies cut off (408) in front of everything that reads one; slow headers: service/api/read_timeouts.py
+    app.outer = secured(BodyReadTimeout(ControlCharacterPaths(Methods(app.front_door or routed, app)),
+                                        settings.body_timeout_s), settings)
     quiet_access_log()
     _add_outcome_schema(app)
     return app

@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     max_or_values: int = Field(
         500, ge=1, description="Most comma-separated (OR) values in one query parameter of a FHIR request (400 naming "
         "it above; SQLite limits the variables of a statement).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection must send a request's complete headers within this many seconds of "
+        "opening (or of the request's first byte on a kept-alive connection), else it is closed (slow clients, "
+        "slowloris). Needs `trial-fhir serve` or uvicorn `--http service.api.read_timeouts:TimedHttpToolsProtocol`.")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="A request's whole body must arrive within this many seconds of its headers, else "
+        "the answer is 408 (nothing applied) and the connection is closed. In the app: any server.")
+    max_header_bytes: int = Field(
+        65_536, ge=1024, description="Largest request line plus headers (bytes); above: 431 and the connection "
+        "closed. Needs `serve` or the `--http` protocol, as the header timeout does.")
+    max_header_count: int = Field(
+        100, ge=10, description="Most request headers; above: 431 and the connection closed (as above).")
     search_threads: int = Field(
         4, ge=1, description="Worker threads per process that run searches; more searches than this wait their turn "
         "(a few threads share the GIL better than many: p99 at 16 clients fell from ~100 to ~17 ms with 4).")
@@ -116,6 +128,10 @@ class Settings(BaseSettings):
         30_000, ge=0, description="PostgreSQL: longest a request's database statement may run (`statement_timeout` "
         "of every connection; 0: no limit); one that runs longer is stopped and the request answered 503. Not "
         "applied to migrations and bulk exports. SQLite: no limit.")
+    startup_wait_s: float = Field(
+        60.0, ge=0, description="At start-up, how long a process waits for a database that is down or restarting "
+        "(tried again every second) before it gives up; a worker started while PostgreSQL restarts then joins late "
+        "instead of failing, which would stop uvicorn's supervisor and every worker with it.")
     ready_timeout_s: float = Field(
         2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")

@@ -294,3 +294,50 @@ def test_a_locked_sqlite_database_is_503(settings):
             holder.close()
         assert client.post("/fhir/Patient", json=patient(), headers={"Content-Type": FHIR}).status_code == 201
         assert client.get("/readyz").json() == {"status": "ready"}
+
+
+# -- start-up while the database is away (found by bench/soak.py) ------------------------------------------------
+
+def test_start_up_waits_for_a_database_that_is_restarting_then_serves(settings, monkeypatch):
+    """A worker started while PostgreSQL restarts must not fail its start-up (uvicorn's supervisor then stops the
+    whole service): the migration is tried again until the database answers."""
+    import service.main as main
+
+    real_migrate, calls = main.migrate, []
+
+    def migrate_after_two_faults(engine):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise DisconnectionError("the database system is shutting down")
+        real_migrate(engine)
+
+    monkeypatch.setattr(main, "migrate", migrate_after_two_faults)
+    monkeypatch.setattr(main, "STARTUP_RETRY_S", 0.01)
+    with TestClient(create_app(settings.model_copy(update={"migrate_on_startup": True}))) as client:
+        assert client.post("/fhir/Patient", json=patient()).status_code == 201
+    assert len(calls) == 3
+
+
+def test_start_up_gives_up_after_the_wait_and_at_once_on_what_is_not_a_fault(settings, monkeypatch):
+    import service.main as main
+
+    calls = []
+
+    def failing(error):
+        def migrate(engine):
+            calls.append(1)
+            raise error
+        return migrate
+
+    monkeypatch.setattr(main, "STARTUP_RETRY_S", 0.01)
+    monkeypatch.setattr(main, "migrate", failing(DisconnectionError("down")))
+    with pytest.raises(DisconnectionError):  # the database never comes back within the wait
+        with TestClient(create_app(settings.model_copy(update={"migrate_on_startup": True, "startup_wait_s": 0.05}))):
+            pass
+    assert len(calls) >= 2
+    calls.clear()
+    monkeypatch.setattr(main, "migrate", failing(ValueError("a bug, not a fault")))
+    with pytest.raises(ValueError):
+        with TestClient(create_app(settings.model_copy(update={"migrate_on_startup": True}))):
+            pass
+    assert len(calls) == 1  # not retried

@@ -141,7 +141,8 @@ def test_serve_with_access_control_binds_anywhere_without_server_header_or_uvico
     result, started = run_serve("--host", "0.0.0.0", "--port", "8123", TRIAL_FHIR_AUTH="smart")
     assert result.exit_code == 0, result.output
     assert started == {"app": "service.main:app", "host": "0.0.0.0", "port": 8123, "workers": 1, "log_level": "info",
-                       "server_header": False, "proxy_headers": False}
+                       "server_header": False, "proxy_headers": False,
+                       "http": "service.api.read_timeouts:TimedHttpToolsProtocol"}  # header timeout and caps
     assert "access control is OFF" not in result.output
 
 

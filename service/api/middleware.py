@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fhir_mappings.json_patch import JSON_PATCH, MERGE_PATCH
 from fhir_mappings.primitives import CONTROL_RE, whole_number
 from service.errors import BadRequest, FhirError, NotAcceptable, PayloadTooLarge, UnsupportedMediaType, error_response
+from service.search.limits import MAX_OR_VALUES, MAX_PARAM_REPEATS, check_query, may_break_limits
 
 JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir", "text/json")
 JSON_FORMATS = {"json", "application/json", "application/fhir+json", "application/json+fhir", "text/json"}
@@ -96,38 +97,15 @@ def some_headers(scope: Scope, *names: bytes, first: bool = False) -> dict[bytes
     return found
 
 
-#: the query's limits unless the settings say otherwise (TRIAL_FHIR_MAX_PARAM_REPEATS, TRIAL_FHIR_MAX_OR_VALUES)
-MAX_PARAM_REPEATS = 100
-MAX_OR_VALUES = 500
-
-
-def check_query(pairs: list[tuple[str, str]], max_repeats: int = MAX_PARAM_REPEATS,
-                max_values: int = MAX_OR_VALUES) -> None:
-    """The query's hostile shapes, refused with a 400 naming the parameter before anything reads them: a name
-    repeated more than `max_repeats` times, a value of more than `max_values` comma-separated (OR) values, a name or
-    value holding a control character (not a FHIR string on any database). The value itself is never echoed."""
-    seen: dict[str, int] = {}
-    for name, value in pairs:
-        if CONTROL_RE.search(name) or CONTROL_RE.search(value):
-            shown = name if not CONTROL_RE.search(name) else "a parameter"
-            raise BadRequest(f"The query parameter {shown!r} holds a control character (only tab, CR and LF are "
-                             "allowed in a FHIR string)", expression=CONTROL_RE.sub("?", name))
-        seen[name] = seen.get(name, 0) + 1
-        if seen[name] > max_repeats:
-            raise BadRequest(f"The query parameter {name!r} is repeated more than {max_repeats} times",
-                             expression=name)
-        if value.count(",") >= max_values:
-            raise BadRequest(f"The query parameter {name!r} has more than {max_values} comma-separated values",
-                             expression=name)
-
-
 def edge(scope: Scope, max_body_bytes: int, max_repeats: int = MAX_PARAM_REPEATS,
          max_values: int = MAX_OR_VALUES) -> tuple[str, bool]:
     """The edge rules of one FHIR request: (the response Content-Type, does it carry a body?); raises the 406,
-    415 or 413 `FhirError`, and the 400 of `check_query`. Reads only the four headers it needs, and the query
-    only when it may name `_format`, hold a control character (percent-encoded) or be long enough to break a
-    limit (the common search GET pays a few µs here, not a dict of every header and a parse of the whole query)."""
-    headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding")
+    415 or 413 `FhirError`, and the 400 of `check_query` (of the query, and of an `If-None-Exist` header's).
+    Reads only the five headers it needs, and the query only when it may name `_format`, hold a control character
+    (percent-encoded) or be long enough to break a limit (the common search GET pays a few µs here, not a dict of
+    every header and a parse of the whole query)."""
+    headers = some_headers(scope, b"accept", b"content-length", b"content-type", b"transfer-encoding",
+                           b"if-none-exist")
     length = headers.get(b"content-length")
     raw_query = scope.get("query_string", b"")
     named = b"_format" in raw_query or b"%" in raw_query  # (the name itself may come percent-encoded)
@@ -136,6 +114,12 @@ def edge(scope: Scope, max_body_bytes: int, max_repeats: int = MAX_PARAM_REPEATS
         pairs = parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)
         check_query(pairs, max_repeats, max_values)
         query = dict(pairs)
+    if_none_exist = headers.get(b"if-none-exist")
+    if if_none_exist and may_break_limits(if_none_exist, max_repeats, max_values):  # a query too (conditional create)
+        try:
+            check_query(parse_qsl(if_none_exist.lstrip("?"), keep_blank_values=True), max_repeats, max_values)
+        except BadRequest as err:
+            raise BadRequest(f"If-None-Exist: {err}", expression="If-None-Exist") from None
     output = negotiate(query, headers.get(b"accept", ""))
     has_body = scope["method"] in ("POST", "PUT", "PATCH") and (length not in (None, "0")
                                                                 or b"transfer-encoding" in headers)
@@ -195,3 +179,20 @@ class FhirFormatMiddleware:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class ControlCharacterPaths:
+    """A URL path holding a control character (`/fhir/Patient/a%00b`, `/studies/a%00b/report`) is refused with a 400
+    in front of every route: no id, type, job or file name holds one, and PostgreSQL cannot even compare a string
+    holding NUL (that was a 500, found by tests/api/test_hostile_corpus.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and CONTROL_RE.search(scope["path"]):
+            response = error_response(400, [BadRequest("The URL path holds a control character: no FHIR id, type, "
+                                                       "operation or file name holds one").issues[0]])
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)

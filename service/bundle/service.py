@@ -28,6 +28,7 @@ from service.core import resources
 from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
 from service.errors import BadRequest, FhirError, OutOfScope, PayloadTooLarge, RuleViolation
+from service.search.limits import MAX_OR_VALUES, MAX_PARAM_REPEATS, check_query, may_break_limits
 from service.search.service import search
 from service.store import repository as store
 from service.store.unit_of_work import UnitOfWork, utcnow
@@ -60,7 +61,8 @@ class Request:
         return f"Bundle.entry[{self.index}]"
 
 
-def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list["Request | FhirError"]]:
+def read_bundle(body: dict[str, Any], max_entries: int, max_repeats: int = MAX_PARAM_REPEATS,
+                max_values: int = MAX_OR_VALUES) -> tuple[str, list["Request | FhirError"]]:
     if body.get("resourceType") != "Bundle":
         raise BadRequest(f"POST /fhir takes a Bundle, not a {body.get('resourceType')}",
                          expression="Bundle.resourceType")
@@ -74,19 +76,30 @@ def read_bundle(body: dict[str, Any], max_entries: int) -> tuple[str, list["Requ
     if len(entries) > max_entries:
         raise PayloadTooLarge(f"Bundle has {len(entries)} entries; the limit is {max_entries}",
                               expression="Bundle.entry")
-    return kind, [_read_or_error(i, e) for i, e in enumerate(entries)]
+    return kind, [_read_or_error(i, e, max_repeats, max_values) for i, e in enumerate(entries)]
 
 
-def _read_or_error(i: int, item: Any) -> "Request | FhirError":
+def _read_or_error(i: int, item: Any, max_repeats: int, max_values: int) -> "Request | FhirError":
     """The entry's request, or what is wrong with it (the error of that entry alone: a batch's other entries go on,
     a transaction lists it with every other failing entry)."""
     try:
-        return _read_entry(i, item)
+        return _read_entry(i, item, max_repeats, max_values)
     except FhirError as err:
         return err
 
 
-def _read_entry(i: int, item: Any) -> Request:
+def _check_entry_query(query: str, at: str, max_repeats: int, max_values: int) -> None:
+    """An entry's search (`request.url`'s query, `request.ifNoneExist`) obeys the limits of a request's query
+    (service/search/limits.py): a 400 naming where it is, the parameter in the text."""
+    if query and may_break_limits(query, max_repeats, max_values):
+        try:
+            check_query(parse_qsl(query.lstrip("?"), keep_blank_values=True), max_repeats, max_values)
+        except BadRequest as err:
+            raise BadRequest(str(err), expression=at) from None
+
+
+def _read_entry(i: int, item: Any, max_repeats: int = MAX_PARAM_REPEATS,
+                max_values: int = MAX_OR_VALUES) -> Request:
     where = f"Bundle.entry[{i}]"
     if not isinstance(item, dict):
         raise BadRequest("A Bundle entry must be an object", expression=where)
@@ -105,6 +118,8 @@ def _read_entry(i: int, item: Any) -> Request:
     url = req["url"]
     path = urlsplit(url).path if url.startswith("http") else url.split("?", 1)[0]
     query = url.split("?", 1)[1] if "?" in url else ""
+    _check_entry_query(query, f"{where}.request.url", max_repeats, max_values)
+    _check_entry_query(req.get("ifNoneExist") or "", f"{where}.request.ifNoneExist", max_repeats, max_values)
     parts = [p for p in path.split("/") if p]
     if url.startswith("http"):  # absolute: keep what follows the type
         idx = next((k for k, p in enumerate(parts) if p in TYPES), None)
@@ -350,10 +365,11 @@ def _to_logical(item: dict[str, Any], ref: str) -> None:
 
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False, caller: Caller = SYSTEM,
-                audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> bytes:
+                audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject",
+                max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES) -> bytes:
     """All or nothing. Every entry is checked before the transaction gives up: a failing one answers with one
     OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored."""
-    _, read = read_bundle(body, max_entries)
+    _, read = read_bundle(body, max_entries, max_repeats, max_values)
     failed: list[FhirError] = [e for e in read if isinstance(e, FhirError)]
     requests = [r for r in read if isinstance(r, Request)]
     texts: dict[int, bytes | None] = {}
@@ -456,11 +472,12 @@ def _minimal(item: dict[str, Any]) -> dict[str, Any]:
 
 def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
           representation: bool = False, caller: Caller = SYSTEM,
-          audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> bytes:
+          audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject",
+          max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES) -> bytes:
     """Each entry in its own transaction, with its own audit event (`audit`): an entry that fails (it can't be
     read, its type is not stored, its resource is invalid, a reference or a trial rule is broken) is that entry's
     4xx with its OperationOutcome in `response.outcome`; the others proceed."""
-    _, requests = read_bundle(body, max_entries)
+    _, requests = read_bundle(body, max_entries, max_repeats, max_values)
     entries = []
     for r in requests:
         try:

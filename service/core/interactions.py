@@ -255,7 +255,8 @@ class Core:
                 return await self._in_write_session(lambda session: run(
                     session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
                     enforce_rules=self.settings.enforce_trial_rules, representation=representation,
-                    caller=ctx.caller, audit=self._appender(ctx, kind), out_of_scope=self.settings.out_of_scope))
+                    caller=ctx.caller, audit=self._appender(ctx, kind), out_of_scope=self.settings.out_of_scope,
+                    max_repeats=self.settings.max_param_repeats, max_values=self.settings.max_or_values))
             finally:
                 self.reads.wrote(ctx.caller.name)
         return await self._audited(ctx, kind, go(), None)

@@ -305,3 +305,104 @@ def deadlocks(engine) -> int:
         conn.execute(text("SELECT pg_stat_clear_snapshot()"))
         return conn.execute(text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
                             ).scalar_one()
+
+
+# -- the same limits inside Bundles (issue 12 §2): an entry's search is a query like any other ------------------
+
+OR_FLOOD = "_id=" + ",".join(f"p{i}" for i in range(2000))
+REPEAT_FLOOD = many("identifier", "x", 1000)
+
+
+def _entry(method: str, url: str, if_none_exist: str | None = None) -> dict:
+    entry: dict = {"request": {"method": method, "url": url}}
+    if method in ("POST", "PUT"):
+        entry["resource"] = patient()
+    if if_none_exist is not None:
+        entry["request"]["ifNoneExist"] = if_none_exist
+    return entry
+
+
+# (id, the hostile entry, the element named)
+BUNDLE_CASES = [
+    ("get-repeats", _entry("GET", "Patient?" + REPEAT_FLOOD), "request.url"),
+    ("get-or-values", _entry("GET", "Observation?code=" + ",".join(f"c{i}" for i in range(2000))), "request.url"),
+    ("get-absolute-url-repeats", _entry("GET", "http://testserver/fhir/Patient?" + REPEAT_FLOOD), "request.url"),
+    ("if-none-exist-or-values", _entry("POST", "Patient", OR_FLOOD), "request.ifNoneExist"),
+    ("if-none-exist-repeats", _entry("POST", "Patient", REPEAT_FLOOD), "request.ifNoneExist"),
+    ("conditional-put-or-values", _entry("PUT", "Patient?" + OR_FLOOD), "request.url"),
+    ("conditional-put-repeats", _entry("PUT", "Patient?" + REPEAT_FLOOD), "request.url"),
+    ("conditional-delete-repeats", _entry("DELETE", "Patient?" + REPEAT_FLOOD), "request.url"),
+    ("conditional-delete-or-values", _entry("DELETE", "Patient?" + OR_FLOOD), "request.url"),
+    ("conditional-patch-repeats", {"request": {"method": "PATCH", "url": "Patient?" + REPEAT_FLOOD},
+                                   "resource": {"resourceType": "Parameters"}}, "request.url"),
+    ("get-control-character", _entry("GET", "Patient?family=a%1Bb"), "request.url"),
+]
+
+
+@pytest.mark.parametrize(("hostile", "element"), [pytest.param(c[1], c[2], id=c[0]) for c in BUNDLE_CASES])
+def test_a_transaction_with_a_hostile_entry_search_is_a_400_naming_the_entry_and_writes_nothing(
+        client, engine, hostile, element):
+    before = table_counts(engine)
+    response = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction",
+                                          "entry": [_entry("POST", "Patient"), hostile]})
+    body = assert_outcome(response, 400, "invalid", f"Bundle.entry[1].{element}")
+    assert table_counts(engine) == before
+    text = json.dumps(body)
+    assert "p1999" not in text and "c1999" not in text  # the values are not echoed
+    for leak in LEAKS:
+        assert leak not in text, text
+
+
+@pytest.mark.parametrize(("hostile", "element"), [pytest.param(c[1], c[2], id=c[0]) for c in BUNDLE_CASES])
+def test_a_batch_entry_with_a_hostile_search_is_that_entrys_400_and_the_others_go_on(client, hostile, element):
+    response = client.post("/fhir", json={"resourceType": "Bundle", "type": "batch",
+                                          "entry": [hostile, _entry("POST", "Patient")]})
+    assert response.status_code == 200, response.text
+    refused, created = response.json()["entry"]
+    assert refused["response"]["status"].startswith("400")
+    issue_ = refused["response"]["outcome"]["issue"][0]
+    assert issue_["code"] == "invalid" and issue_["expression"] == [f"Bundle.entry[0].{element}"]
+    assert created["response"]["status"].startswith("201")
+
+
+@pytest.mark.parametrize("header", [OR_FLOOD, REPEAT_FLOOD, "identifier=a%1Bb"], ids=["or-values", "repeats", "esc"])
+def test_an_if_none_exist_header_obeys_the_query_limits(client, engine, header):
+    before = table_counts(engine)
+    assert_outcome(client.post("/fhir/Patient", json=patient(), headers={"If-None-Exist": header}),
+                   400, "invalid", "If-None-Exist")
+    assert table_counts(engine) == before
+
+
+def test_bundle_entry_limits_are_the_settings(settings):
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    narrow = settings.model_copy(update={"max_param_repeats": 2, "max_or_values": 3})
+    with TestClient(create_app(narrow)) as client:
+        def transaction(*entries: dict):
+            return client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": list(entries)})
+        assert transaction(_entry("GET", "Patient?name=a&name=b")).status_code == 200
+        assert_outcome(transaction(_entry("GET", "Patient?name=a&name=b&name=c")), 400, "invalid",
+                       "Bundle.entry[0].request.url")
+        assert transaction(_entry("POST", "Patient", "_id=a,b,c")).status_code == 200
+        assert_outcome(transaction(_entry("POST", "Patient", "_id=a,b,c,d")), 400, "invalid",
+                       "Bundle.entry[0].request.ifNoneExist")
+        assert_outcome(client.post("/fhir/Patient", json=patient(), headers={"If-None-Exist": "_id=a,b,c,d"}),
+                       400, "invalid", "If-None-Exist")
+
+
+def test_read_bundle_checks_each_entry_search_with_the_limits_given():
+    from service.bundle.service import Request, read_bundle
+    from service.errors import BadRequest
+
+    body = {"resourceType": "Bundle", "type": "batch",
+            "entry": [_entry("GET", "Patient?name=a&name=b"), _entry("GET", "Patient?name=a&name=b&name=c"),
+                      _entry("POST", "Patient", "identifier=a,b,c,d")]}
+    _, read = read_bundle(body, 10, max_repeats=2, max_values=3)
+    assert isinstance(read[0], Request)
+    assert isinstance(read[1], BadRequest) and read[1].issues[0].expression == ("Bundle.entry[1].request.url",)
+    assert "'name'" in str(read[1])
+    assert isinstance(read[2], BadRequest) and read[2].issues[0].expression == ("Bundle.entry[2].request.ifNoneExist",)
+    _, read = read_bundle(body, 10)  # the defaults (100 repeats, 500 values): all three are fine
+    assert all(isinstance(r, Request) for r in read)
