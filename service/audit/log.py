@@ -219,9 +219,11 @@ class _LoopWriter:
         try:
             await self._conn.execute(_APPEND_ASYNCPG, text)
         except (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
-                asyncpg.exceptions.AdminShutdownError, ConnectionError):
-            # the server dropped the kept connection (restart, idle timeout): the append never ran (or its
-            # transaction was rolled back with the connection), so it is made again once on a new one
+                asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.InternalClientError, ConnectionError):
+            # the server dropped the kept connection (restart, idle timeout), or left the client's protocol state
+            # mid-operation ("cannot switch to state …; another operation is in progress", seen by the soak during a
+            # PostgreSQL restart): the append never ran (or its transaction was rolled back with the connection), so
+            # it is made again once on a new one
             self._conn.terminate()
             self._conn = await asyncpg.connect(self._dsn)
             await self._conn.execute(_APPEND_ASYNCPG, text)

@@ -251,8 +251,12 @@ class JobRunner:
             try:
                 if self.run_once():
                     continue
-            except Exception:  # noqa: BLE001 — a database hiccup must not kill the runner
-                log.exception("job runner %s: error while polling", self.name)
+            except Exception as exc:  # noqa: BLE001 — a database hiccup must not kill the runner
+                if faults.fault_kind(exc) is None:
+                    log.exception("job runner %s: error while polling", self.name)
+                else:  # the database is away (restarting, down): expected, answered by waiting; no traceback
+                    log.warning("job runner %s: the database is not answering (%s); polling again in %ss",
+                                self.name, type(exc).__name__, self.poll_s)
             self._wake.wait(self.poll_s)
             self._wake.clear()
 

@@ -335,3 +335,27 @@ def test_a_heartbeat_as_long_as_the_lease_is_refused():
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="JOB_HEARTBEAT_S"):
         Settings(job_lease_s=2, job_heartbeat_s=2, _env_file=None)
+
+
+@pytest.mark.parametrize("error, traceback", [(DisconnectionError("connection lost"), False),
+                                              (RuntimeError("a bug"), True)])
+def test_a_poll_the_database_did_not_answer_is_a_warning_a_bug_a_traceback(engine, settings, rec, monkeypatch,
+                                                                           caplog, error, traceback):
+    """The soak (bench/soak.py) saw a traceback at ERROR for every poll while PostgreSQL restarted: an expected,
+    answered fault is one warning line; anything else keeps its traceback."""
+    worker = runner(engine, settings.model_copy(update={"export_poll_interval_s": 30.0}), rec, "w1")
+    polls: list[int] = []
+
+    def run_once() -> bool:
+        polls.append(1)
+        if len(polls) > 1:
+            worker._stop.set()
+            return False
+        raise error
+
+    monkeypatch.setattr(worker, "run_once", run_once)
+    monkeypatch.setattr(worker._wake, "wait", lambda timeout=None: True)  # no poll interval to wait for
+    with caplog.at_level("WARNING", logger="trial_fhir"):
+        worker._loop()
+    [record] = [r for r in caplog.records if "polling" in r.getMessage() or "not answering" in r.getMessage()]
+    assert (record.levelname, record.exc_info is not None) == (("ERROR", True) if traceback else ("WARNING", False))
