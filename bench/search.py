@@ -165,15 +165,24 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(getattr(exc, "orig", exc), psycopg.OperationalError) or isinstance(exc, OSError)
 
 
-def generate(engine, size: int, seed: int = 7) -> dict:
-    """One study, `size` Observations over `size / (measures × 20)` patients; returns what the queries need."""
+def generate(engine, size: int, seed: int = 7, extend: str | None = None) -> dict:
+    """One study, `size` Observations over `size / (measures × 20)` patients; returns what the queries need.
+
+    `extend` (a study id generated before): add patients to that study until it has `size` Observations' worth,
+    numbered on from the patients it has."""
     from fhir_mappings.terminology import load_catalogue
     catalogue = load_catalogue()
     measures = catalogue.measures
-    rng = random.Random(seed)
     n_patients = max(1, -(-size // (len(measures) * PER_PATIENT)))
     now = datetime.now(UTC)
-    study_id = str(uuid.uuid4())
+    first = 0
+    if extend is not None:
+        from sqlalchemy import text
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT count(*) FROM research_subject WHERE study_id = :s"),
+                                 {"s": extend}).scalar_one()
+    rng = random.Random(seed + first)
+    study_id = extend or str(uuid.uuid4())
     loader = Loader(engine)
 
     def resource(rtype: str, rid: str, body: dict) -> None:
@@ -184,18 +193,20 @@ def generate(engine, size: int, seed: int = 7) -> dict:
         loader.add("resource_version", {"resource_type": rtype, "id": rid, "version_id": 1, "last_updated": now,
                                         "method": "POST", "content": content})
 
-    resource("ResearchStudy", study_id, {"status": "active", "title": "Search benchmark study",
-                                         "arm": [{"name": "low-dose"}, {"name": "high-dose"}]})
-    loader.add("study", {"id": study_id, "title": "Search benchmark study", "status": "active",
-                         "catalogue": catalogue.name})
-    for arm in ("low-dose", "high-dose"):
-        loader.add("study_arm", {"study_id": study_id, "name": arm, "description": f"{arm} dose"})
+    if extend is None:
+        resource("ResearchStudy", study_id, {"status": "active", "title": "Search benchmark study",
+                                             "arm": [{"name": "low-dose"}, {"name": "high-dose"}]})
+        loader.add("study", {"id": study_id, "title": "Search benchmark study", "status": "active",
+                             "catalogue": catalogue.name})
+        for arm in ("low-dose", "high-dose"):
+            loader.add("study_arm", {"study_id": study_id, "name": arm, "description": f"{arm} dose"})
     patients = []
+    numbers = range(first, n_patients)
     columns = TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     with Progress(*columns) as progress:
-        task = progress.add_task(f"generating {n_patients * len(measures) * PER_PATIENT:,} observations",
-                                 total=n_patients * len(measures) * PER_PATIENT)
-        for p in range(n_patients):
+        task = progress.add_task(f"generating {len(numbers) * len(measures) * PER_PATIENT:,} observations",
+                                 total=len(numbers) * len(measures) * PER_PATIENT)
+        for n, p in enumerate(numbers):
             pid, sid = str(uuid.uuid4()), str(uuid.uuid4())
             patients.append(pid)
             day0 = date(2023, 1, 1) + timedelta(days=rng.randrange(365))
@@ -239,7 +250,7 @@ def generate(engine, size: int, seed: int = 7) -> dict:
                         "effective": effective, "local_date": local, "study_day": day,
                         "visit": catalogue.visit_for_day(day)})
                 progress.advance(task, PER_PATIENT)
-            if p % 50 == 49:  # a batch of 50 patients (7,000 Observations): one transaction
+            if n % 50 == 49:  # a batch of 50 patients (7,000 Observations): one transaction
                 loader.commit()
         loader.close()
     if loader.retries:
@@ -248,7 +259,7 @@ def generate(engine, size: int, seed: int = 7) -> dict:
         from sqlalchemy import text
         conn.execute(text("ANALYZE"))
     return {"study": study_id, "patients": patients, "codes": [m.codes[0][1] for m in measures],
-            "observations": n_patients * len(measures) * PER_PATIENT}
+            "observations": len(numbers) * len(measures) * PER_PATIENT}
 
 
 # -- measuring --------------------------------------------------------------------------------------------
@@ -690,6 +701,9 @@ def main() -> None:
                         help="load generator: wrk when installed (auto), or httpx threads")
     parser.add_argument("--database-url", help="use this (already generated) database instead of a new one")
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
+    parser.add_argument("--extend-to", type=int, metavar="N",
+                        help="with --database-url: add patients to its study until it holds N Observations (a "
+                             "generation cut short by a restart, or a bigger database from a smaller one), then stop")
     parser.add_argument("--generate-only", action="store_true",
                         help="generate the database, print its URL and stop (implies --keep): measure it later with "
                              "--database-url, e.g. after a database restart interrupted a measurement")
@@ -751,6 +765,13 @@ def main() -> None:
         atexit.register(cleanup)
     engine = make_engine(database_url)
     generated_s = None
+    if args.database_url and args.extend_to:
+        study = existing_data(engine)["study"]
+        t0 = time.perf_counter()
+        added = generate(engine, args.extend_to, extend=study)["observations"]
+        print(f"added {added:,} observations in {time.perf_counter() - t0:.1f} s; the study holds "
+              f"{existing_data(engine)['observations']:,}")
+        return
     if args.database_url:
         data = existing_data(engine)
         print(f"using {data['observations']:,} observations in {database_url}")
