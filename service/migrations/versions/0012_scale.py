@@ -7,7 +7,7 @@
 - `resource_identifier.pk` becomes a bigint on PostgreSQL (column and sequence). It is a surrogate key drawn from a
   sequence on every write of a resource with identifiers (an update deletes and re-inserts them), so int4 runs out
   after 2^31 identifier writes: at the 4,000-5,000 Observations/s a Bundle feed reaches on one PostgreSQL here,
-  about six days of continuous ingest. Changing the type rewrites the table under an exclusive lock, which is cheap
+  five to six days of continuous ingest. Changing the type rewrites the table under an exclusive lock, which is cheap
   now and would be downtime later; a distributed table under Citus wants a bigint sequence too. SQLite's INTEGER
   PRIMARY KEY is already 64-bit (and must stay INTEGER to be the rowid): nothing changes there.
 
