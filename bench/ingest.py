@@ -182,8 +182,12 @@ def observation_bundles(observations: list[dict], size: int) -> list[tuple[int, 
 # -- databases and the server -------------------------------------------------------------------------------
 
 @contextmanager
-def scratch_database(kind: str):
-    """A fresh, empty database URL; removed afterwards."""
+def scratch_database(kind: str, existing: str | None = None):
+    """A fresh, empty database URL; removed afterwards. With `existing` (`--database-url`), that database instead,
+    kept as it is (each run adds its Observations to what it holds)."""
+    if existing is not None:
+        yield existing
+        return
     if kind == "sqlite":
         with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
             yield f"sqlite:///{tmp}/bench.db"
@@ -343,7 +347,15 @@ def bare_rate(observations: list[dict]) -> dict:
 
 def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> dict:
     label = f"{mode} {kind}" + (f" ({auth})" if len(args.auth_modes) > 1 else "")
-    with scratch_database(kind) as url:
+    observations = cohort.observations
+    if args.database_url:
+        # the database is reused from run to run: a run's lab identifiers must not repeat an earlier run's (a
+        # second owner of an identifier is refused), so each run tags them; the bodies keep their size
+        tag = uuid.uuid4().hex[:8]
+        observations = [{**o, "identifier": [{**o["identifier"][0], "value": f"{tag}-{o['identifier'][0]['value']}"}]}
+                        for o in observations]
+    with scratch_database(kind, args.database_url) as url:
+        before = count_rows(url, STUDY_ID)
         with contextlib.ExitStack() as replicas:
             bases = [replicas.enter_context(running_service(url, args.server_workers, auth))
                      for _ in range(args.replicas)]
@@ -361,20 +373,24 @@ def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> d
             meter = CpuMeter([SERVICE_PIDS[b] for b in bases])
             meter.start()
             if mode == "bundle":
-                bundles = observation_bundles(cohort.observations, args.bundle_size)
+                bundles = observation_bundles(observations, args.bundle_size)
                 n, elapsed = post_all(bases, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
                                       expected=200, tokens=tokens)
             else:
-                bodies = [orjson.dumps(o) for o in cohort.observations]
+                bodies = [orjson.dumps(o) for o in observations]
                 n, elapsed = post_all(bases, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
                                       headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201,
                                       tokens=tokens)
             cpu = meter.stop(n)
-        stored = count_rows(url)
-    if (stored["measurement"], stored["resource"]) != (n, n + 2 * cohort.patients + 1):
-        raise RuntimeError(f"{label}: posted {n} Observations but the database holds {stored}")
+        after = count_rows(url, STUDY_ID)
+    stored = {k: v - before.get(k, 0) for k, v in after.items() if k != "measurements_estimate"}  # this run's
+    # the setup (study, patients, subjects) is new on a fresh database; on a reused one it is there already
+    setup = 0 if before["resource"] else 2 * cohort.patients + 1
+    if (stored["measurement"], stored["resource"]) != (n, n + setup):
+        raise RuntimeError(f"{label}: posted {n} Observations but the database gained {stored}")
     return {"database": kind, "mode": mode, "auth": auth, "resources": n, "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored,
+            **({"measurements_before": before["measurements_estimate"]} if args.database_url else {}),
             "cpu_us_per_resource": cpu,
             "cpu_busy": round(sum(cpu.values()) * n / elapsed / 1e6 / (os.cpu_count() or 1), 3),
             "load_average_before": round(load, 2),
@@ -383,19 +399,33 @@ def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> d
             **({"bundle_size": args.bundle_size} if mode == "bundle" else {})}
 
 
-def count_rows(url: str) -> dict:
-    """Rows the run left behind: every posted Observation must be there, as a resource and a measurement; and the
-    audit trail's events when the schema has one (what the run paid for in audit writes)."""
+def count_rows(url: str, study: str) -> dict:
+    """Rows of the benchmark's study (its measurements, and its resources: the study, its patients and subjects and
+    their Observations) and the audit trail's events when the schema has one (what the run paid for in audit
+    writes); counted before and after a run, the difference is what the run stored. Only the study's rows, found by
+    index, so that a database already holding millions of other Observations (`--database-url`) counts quickly."""
     from sqlalchemy import create_engine, inspect, text
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            audited = inspect(conn).has_table("audit_event")
-            counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                      for t in ["measurement", *(["audit_event"] if audited else [])]}
-            # the clinical resources (the audit trail's AuditEvents are resources too, counted on their own)
+            if not inspect(conn).has_table("measurement"):
+                return {"measurement": 0, "resource": 0, "measurements_estimate": 0}
+            counts = {"measurement": conn.execute(text("SELECT count(*) FROM measurement WHERE study_id = :s"),
+                                                  {"s": study}).scalar_one()}
+            if inspect(conn).has_table("audit_event"):
+                counts["audit_event"] = conn.execute(text("SELECT count(*) FROM audit_event")).scalar_one()
+            # the clinical resources of the study (AuditEvents are resources too, counted on their own above)
             counts["resource"] = conn.execute(text(
-                "SELECT count(*) FROM resource WHERE resource_type <> 'AuditEvent'")).scalar_one()
+                "SELECT (SELECT count(*) FROM resource r JOIN measurement m ON m.id = r.id "
+                "        AND r.resource_type = 'Observation' WHERE m.study_id = :s)"
+                "     + (SELECT count(*) FROM resource r JOIN research_subject rs ON r.id IN (rs.id, rs.patient_id) "
+                "        AND r.resource_type IN ('ResearchSubject', 'Patient') WHERE rs.study_id = :s)"
+                "     + (SELECT count(*) FROM resource WHERE resource_type = 'ResearchStudy' AND id = :s)"),
+                {"s": study}).scalar_one()
+            # every study's measurements (PostgreSQL's estimate, exact after an ANALYZE): what the database held
+            counts["measurements_estimate"] = conn.execute(text(
+                "SELECT nullif(reltuples, -1)::bigint FROM pg_class WHERE relname = 'measurement'")).scalar_one() \
+                if engine.dialect.name == "postgresql" else None
             return counts
     finally:
         engine.dispose()
@@ -577,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="TRIAL_FHIR_AUTH modes to compare, comma-separated: off, smart (default off); they "
                              "alternate within each round, for every database and mode (issue 10)")
     parser.add_argument("--seed", type=int, default=20240110)
+    parser.add_argument("--database-url",
+                        help="post into this database (already holding data, e.g. a kept `bench/search.py --size N "
+                             "--keep` database) instead of a fresh one per run; it is migrated, not dropped, and each "
+                             "run adds its Observations (their lab identifiers tagged per run); --databases is "
+                             "taken from the URL")
     parser.add_argument("--output", type=Path, default=RESULTS / "ingest.json")
     parser.add_argument("--profile", action="store_true", help="profile transaction() in process instead")
     parser.add_argument("--profile-database", default="sqlite", choices=("sqlite", "postgres"))
@@ -585,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not set(databases) <= {"sqlite", "postgres"} or not set(modes) <= {"bundle", "single"}:
         parser.error("--databases takes sqlite,postgres and --modes takes bundle,single")
+    if args.database_url:
+        databases = ["postgres" if args.database_url.startswith("postgresql") else "sqlite"]
     auths = args.auth_modes = [a.strip() for a in args.auth.split(",") if a.strip()]
     if not auths or not set(auths) <= {"off", "smart"} or len(set(auths)) != len(auths):
         parser.error("--auth takes off, smart or off,smart")
@@ -630,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "ingest", "when": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
         "cohort": {"patients": args.patients, "observations": len(cohort.observations), "seed": args.seed},
+        "database": ({"url": args.database_url, "reused": True,
+                      "measurements_before_first_run": next(iter(by_run.values()))[0].get("measurements_before")}
+                     if args.database_url else {"reused": False}),
         "auth": auths,
         "bare": bare, "runs": runs,
         "target": {"what": f"Bundle ingest on PostgreSQL >= 50% of the bare model_validate rate "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -73,28 +74,33 @@ def _instant(moment: datetime) -> str:
 
 
 class Loader:
-    """Buffers rows per table and writes them in chunks: executemany on SQLite, COPY on PostgreSQL."""
+    """Buffers rows per table and writes a batch in one transaction: executemany on SQLite, COPY on PostgreSQL.
 
-    def __init__(self, engine, chunk: int = 5000) -> None:
+    The generator commits every batch of patients (`commit`), so a database restarted while millions of rows are
+    written (other work on a shared machine, a fault test) costs one batch, not the whole database: the batch's rows
+    stay buffered until its commit, and a batch whose connection died is written again on a new connection once the
+    database answers (a commit whose answer was lost is looked up by the batch's first row first)."""
+
+    def __init__(self, engine, retry_for_s: float = 300.0) -> None:
         from sqlmodel import SQLModel
 
         import service.tables  # noqa: F401
         self.engine = engine
         self.tables = SQLModel.metadata.tables
-        self.chunk = chunk
         self.buffers: dict[str, list[dict]] = {}
         self.postgres = engine.dialect.name == "postgresql"
-        self.conn = engine.raw_connection() if self.postgres else engine.connect()
+        self.retry_for_s = retry_for_s
+        self.retries = 0
+        self.conn = self._connect()
+
+    def _connect(self):
+        return self.engine.raw_connection() if self.postgres else self.engine.connect()
 
     def add(self, table: str, row: dict) -> None:
-        buf = self.buffers.setdefault(table, [])
-        buf.append(row)
-        if len(buf) >= self.chunk:
-            self.flush(table)
+        self.buffers.setdefault(table, []).append(row)
 
-    def flush(self, table: str | None = None) -> None:
-        for name in [table] if table else list(self.buffers):
-            rows = self.buffers.get(name) or []
+    def _write(self) -> None:
+        for name, rows in self.buffers.items():
             if not rows:
                 continue
             if self.postgres:
@@ -106,23 +112,77 @@ class Loader:
             else:
                 from sqlalchemy import insert
                 self.conn.execute(insert(self.tables[name]), rows)
-            self.buffers[name] = []
+        self.conn.commit()
+
+    def _stored(self) -> bool:
+        """Whether the batch's first resource row is in the database (a commit whose answer was lost)."""
+        first = (self.buffers.get("resource") or [None])[0]
+        if first is None:
+            return False
+        from sqlalchemy import text
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT 1 FROM resource WHERE resource_type = :t AND id = :i"),
+                                {"t": first["resource_type"], "i": first["id"]}).first() is not None
+
+    def commit(self) -> None:
+        """Write and commit the buffered batch; across a lost connection, again on a new one."""
+        give_up = time.monotonic() + self.retry_for_s
+        while True:
+            try:
+                self._write()
+                break
+            except Exception as exc:
+                if not self.postgres or not _is_connection_error(exc) or time.monotonic() > give_up:
+                    raise
+                self.retries += 1
+                print(f"database connection lost ({type(exc).__name__}), writing the batch again", file=sys.stderr)
+                self._reconnect(give_up)
+                if self._stored():
+                    break
+        self.buffers = {}
+
+    def _reconnect(self, give_up: float) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+        self.engine.dispose()
+        while True:
+            try:
+                self.conn = self._connect()
+                return
+            except Exception:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(2)
 
     def close(self) -> None:
-        self.flush()
-        self.conn.commit()
+        self.commit()
         self.conn.close()
 
 
-def generate(engine, size: int, seed: int = 7) -> dict:
-    """One study, `size` Observations over `size / (measures × 20)` patients; returns what the queries need."""
+def _is_connection_error(exc: BaseException) -> bool:
+    """psycopg's errors for a connection the server ended (a restart: AdminShutdown) or lost (OperationalError)."""
+    import psycopg
+    return isinstance(getattr(exc, "orig", exc), psycopg.OperationalError) or isinstance(exc, OSError)
+
+
+def generate(engine, size: int, seed: int = 7, extend: str | None = None) -> dict:
+    """One study, `size` Observations over `size / (measures × 20)` patients; returns what the queries need.
+
+    `extend` (a study id generated before): add patients to that study until it has `size` Observations' worth,
+    numbered on from the patients it has."""
     from fhir_mappings.terminology import load_catalogue
     catalogue = load_catalogue()
     measures = catalogue.measures
-    rng = random.Random(seed)
     n_patients = max(1, -(-size // (len(measures) * PER_PATIENT)))
     now = datetime.now(UTC)
-    study_id = str(uuid.uuid4())
+    first = 0
+    if extend is not None:
+        from sqlalchemy import text
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT count(*) FROM research_subject WHERE study_id = :s"),
+                                 {"s": extend}).scalar_one()
+    rng = random.Random(seed + first)
+    study_id = extend or str(uuid.uuid4())
     loader = Loader(engine)
 
     def resource(rtype: str, rid: str, body: dict) -> None:
@@ -133,18 +193,20 @@ def generate(engine, size: int, seed: int = 7) -> dict:
         loader.add("resource_version", {"resource_type": rtype, "id": rid, "version_id": 1, "last_updated": now,
                                         "method": "POST", "content": content})
 
-    resource("ResearchStudy", study_id, {"status": "active", "title": "Search benchmark study",
-                                         "arm": [{"name": "low-dose"}, {"name": "high-dose"}]})
-    loader.add("study", {"id": study_id, "title": "Search benchmark study", "status": "active",
-                         "catalogue": catalogue.name})
-    for arm in ("low-dose", "high-dose"):
-        loader.add("study_arm", {"study_id": study_id, "name": arm, "description": f"{arm} dose"})
+    if extend is None:
+        resource("ResearchStudy", study_id, {"status": "active", "title": "Search benchmark study",
+                                             "arm": [{"name": "low-dose"}, {"name": "high-dose"}]})
+        loader.add("study", {"id": study_id, "title": "Search benchmark study", "status": "active",
+                             "catalogue": catalogue.name})
+        for arm in ("low-dose", "high-dose"):
+            loader.add("study_arm", {"study_id": study_id, "name": arm, "description": f"{arm} dose"})
     patients = []
+    numbers = range(first, n_patients)
     columns = TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
     with Progress(*columns) as progress:
-        task = progress.add_task(f"generating {n_patients * len(measures) * PER_PATIENT:,} observations",
-                                 total=n_patients * len(measures) * PER_PATIENT)
-        for p in range(n_patients):
+        task = progress.add_task(f"generating {len(numbers) * len(measures) * PER_PATIENT:,} observations",
+                                 total=len(numbers) * len(measures) * PER_PATIENT)
+        for n, p in enumerate(numbers):
             pid, sid = str(uuid.uuid4()), str(uuid.uuid4())
             patients.append(pid)
             day0 = date(2023, 1, 1) + timedelta(days=rng.randrange(365))
@@ -188,12 +250,16 @@ def generate(engine, size: int, seed: int = 7) -> dict:
                         "effective": effective, "local_date": local, "study_day": day,
                         "visit": catalogue.visit_for_day(day)})
                 progress.advance(task, PER_PATIENT)
+            if n % 50 == 49:  # a batch of 50 patients (7,000 Observations): one transaction
+                loader.commit()
         loader.close()
+    if loader.retries:
+        print(f"{loader.retries} batch(es) written again after a lost connection", file=sys.stderr)
     with engine.begin() as conn:
         from sqlalchemy import text
         conn.execute(text("ANALYZE"))
     return {"study": study_id, "patients": patients, "codes": [m.codes[0][1] for m in measures],
-            "observations": n_patients * len(measures) * PER_PATIENT}
+            "observations": len(numbers) * len(measures) * PER_PATIENT}
 
 
 # -- measuring --------------------------------------------------------------------------------------------
@@ -635,6 +701,12 @@ def main() -> None:
                         help="load generator: wrk when installed (auto), or httpx threads")
     parser.add_argument("--database-url", help="use this (already generated) database instead of a new one")
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
+    parser.add_argument("--extend-to", type=int, metavar="N",
+                        help="with --database-url: add patients to its study until it holds N Observations (a "
+                             "generation cut short by a restart, or a bigger database from a smaller one), then stop")
+    parser.add_argument("--generate-only", action="store_true",
+                        help="generate the database, print its URL and stop (implies --keep): measure it later with "
+                             "--database-url, e.g. after a database restart interrupted a measurement")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (bare, every search at every level); medians are reported (default 3)")
     parser.add_argument("--auth", default="off",
@@ -645,6 +717,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path,
                         help="results JSON (default bench/results/search-<db>.json; the SVG goes beside it)")
     args = parser.parse_args()
+    args.keep = args.keep or args.generate_only
     levels = [int(c) for c in args.clients.split(",")]
     auths = [a.strip() for a in args.auth.split(",") if a.strip()]
     if not auths or not set(auths) <= {"off", "smart"} or len(set(auths)) != len(auths):
@@ -673,6 +746,8 @@ def main() -> None:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{db_name}"'))
         database_url = make_url(PG_ADMIN_URL).set(database=db_name).render_as_string(hide_password=False)
+        if args.keep:
+            print(f"database: {database_url}", flush=True)
 
         def cleanup():
             with admin.connect() as conn:
@@ -690,6 +765,13 @@ def main() -> None:
         atexit.register(cleanup)
     engine = make_engine(database_url)
     generated_s = None
+    if args.database_url and args.extend_to:
+        study = existing_data(engine)["study"]
+        t0 = time.perf_counter()
+        added = generate(engine, args.extend_to, extend=study)["observations"]
+        print(f"added {added:,} observations in {time.perf_counter() - t0:.1f} s; the study holds "
+              f"{existing_data(engine)['observations']:,}")
+        return
     if args.database_url:
         data = existing_data(engine)
         print(f"using {data['observations']:,} observations in {database_url}")
@@ -698,7 +780,10 @@ def main() -> None:
         t0 = time.perf_counter()
         data = generate(engine, args.size)
         generated_s = round(time.perf_counter() - t0, 1)
-        print(f"generated {data['observations']:,} observations in {generated_s:.1f} s")
+        print(f"generated {data['observations']:,} observations in {generated_s:.1f} s", flush=True)
+        if args.generate_only:
+            print(f"kept {database_url}")
+            return
     plans = explain(engine, data)
     for name, plan in plans.items():
         print(f"plan {name}:\n  " + "\n  ".join(plan))

@@ -96,3 +96,6 @@ class ProvenanceTargetRecord(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=64)  # the Provenance
     target_type: str = Field(primary_key=True, max_length=40)
     target_id: str = Field(primary_key=True, max_length=64)
+    #: the Provenance's patient (provenance.patient_id; None when its targets are of several patients or of none):
+    #: the distribution key a child table of patient data carries (docs/scaling.md)
+    patient_id: str | None = Field(default=None, max_length=64)

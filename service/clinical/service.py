@@ -122,9 +122,10 @@ def index_provenance(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -
     if len(studies) > 1:
         raise RuleViolation(f"Provenance.target names resources of several studies ({', '.join(sorted(studies))}): "
                             "one Provenance per study", expression="Provenance.target")
-    uow.add(PV, provenance_row(payload, id, studies.pop(), patients.pop() if len(patients) == 1 else None))
+    patient = patients.pop() if len(patients) == 1 else None
+    uow.add(PV, provenance_row(payload, id, studies.pop(), patient))
     for rtype, target_id in targets:
-        uow.add(PT, {"id": id, "target_type": rtype, "target_id": target_id})
+        uow.add(PT, {"id": id, "target_type": rtype, "target_id": target_id, "patient_id": patient})
 
 
 def _study(resource_type: str, column: Any) -> Any:

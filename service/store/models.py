@@ -7,7 +7,7 @@ tables (trial/, observation/, adverse_event/) hold what the trial asks questions
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Index, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -55,7 +55,10 @@ class IdentifierRecord(SQLModel, table=True):
         Index("ix_identifier_resource", "resource_type", "resource_id"),
     )
 
-    pk: int | None = Field(default=None, primary_key=True)
+    # drawn from a sequence on every write of a resource with identifiers: bigint on PostgreSQL (migration 0012);
+    # SQLite's INTEGER PRIMARY KEY is the 64-bit rowid already, and only INTEGER is the rowid
+    pk: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer(), "sqlite"),
+                                                          primary_key=True))
     resource_type: str = Field(max_length=40)
     resource_id: str = Field(max_length=64)
     system: str = Field(default="", sa_type=Text)  # at most MAX_IDENTIFIER_LENGTH

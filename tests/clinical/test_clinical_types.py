@@ -98,6 +98,30 @@ def test_provenance_belongs_to_the_study_of_its_targets(client, engine):
     assert client.get(f"/fhir/Provenance?target=Observation/{other}").json()["total"] == 0
 
 
+def test_provenance_targets_carry_the_patient_of_their_provenance(client, engine):
+    """provenance_target.patient_id (migration 0012) is the Provenance's patient: the distribution key of a child
+    table of patient data (docs/scaling.md); none when the targets are of two patients, and it follows updates."""
+    a = enrol(client)
+    b = enrol(client, study_id=a["study"])
+    obs = created(client.post("/fhir/Observation", json=observation(a["patient"])))["id"]
+    made = created(client.post("/fhir/Provenance", json=provenance(f"Observation/{obs}", f"Patient/{a['patient']}")))
+
+    def targets() -> dict:
+        with engine.connect() as conn:
+            return {(r.target_type, r.target_id): r.patient_id for r in conn.execute(text(
+                "SELECT target_type, target_id, patient_id FROM provenance_target WHERE id = :id"), {"id": made["id"]})}
+
+    assert targets() == {("Observation", obs): a["patient"], ("Patient", a["patient"]): a["patient"]}
+    both = {**{k: v for k, v in made.items() if k != "meta"},
+            "target": [{"reference": f"Patient/{a['patient']}"}, {"reference": f"Patient/{b['patient']}"}]}
+    assert client.put(f"/fhir/Provenance/{made['id']}", json=both).status_code == 200
+    assert targets() == {("Patient", a["patient"]): None, ("Patient", b["patient"]): None}
+    assert [row["patient_id"] for row in rows(engine, "provenance", made["id"])] == [None]
+    only_b = {**both, "target": [{"reference": f"Patient/{b['patient']}"}]}
+    assert client.put(f"/fhir/Provenance/{made['id']}", json=only_b).status_code == 200
+    assert targets() == {("Patient", b["patient"]): b["patient"]}
+
+
 def test_provenance_of_nothing_the_trial_keeps_or_of_two_studies_is_refused(client):
     r = client.post("/fhir/Provenance", json=provenance("Immunization/i1"))
     assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["Provenance.target"]

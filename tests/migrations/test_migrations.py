@@ -113,3 +113,49 @@ def test_upgrading_keeps_the_exports_in_flight_and_runs_them(empty_database_url,
                 assert time.monotonic() < deadline, "the export did not run"
                 time.sleep(0.05)
             assert status.status_code == 200, status.text
+
+
+def test_0013_fills_provenance_targets_patient_and_widens_the_identifier_key(empty_database_url):
+    """Migration 0013 (docs/scaling.md): existing provenance_target rows get their Provenance's patient, and
+    resource_identifier.pk is a bigint on PostgreSQL (its column and its sequence), so it outlives 2^31 writes."""
+    engine = make_engine(empty_database_url)
+    migrate(engine, "0012_jobs")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO provenance (id, study_id, patient_id) VALUES ('one', 's', 'p1'), "
+                          "('many', 's', NULL)"))
+        conn.execute(text("INSERT INTO provenance_target (id, target_type, target_id) VALUES "
+                          "('one', 'Observation', 'o1'), ('one', 'Patient', 'p1'), "
+                          "('many', 'Patient', 'p1'), ('many', 'Patient', 'p2')"))
+        conn.execute(text("INSERT INTO resource_identifier (resource_type, resource_id, system, value) "
+                          "VALUES ('Patient', 'p1', 'urn:mrn', 'M1')"))
+    migrate(engine, "0013_scale")
+    with engine.begin() as conn:
+        filled = conn.execute(text("SELECT id, target_id, patient_id FROM provenance_target ORDER BY id, target_id"))
+        assert [tuple(r) for r in filled] == [("many", "p1", None), ("many", "p2", None), ("one", "o1", "p1"),
+                                              ("one", "p1", "p1")]
+        if ON_POSTGRES:
+            types = conn.execute(text(
+                "SELECT (SELECT data_type FROM information_schema.columns WHERE table_name = 'resource_identifier' "
+                "        AND column_name = 'pk'), "
+                "       (SELECT data_type FROM information_schema.sequences "
+                "        WHERE sequence_name = 'resource_identifier_pk_seq')")).one()
+            assert tuple(types) == ("bigint", "bigint")
+            # the sequence really goes past int4 (an int4 column or sequence would refuse this value)
+            conn.execute(text("SELECT setval('resource_identifier_pk_seq', 3000000000)"))
+        conn.execute(text("INSERT INTO resource_identifier (resource_type, resource_id, system, value) "
+                          "VALUES ('Patient', 'p2', 'urn:mrn', 'M2')"))
+        keys = [r[0] for r in conn.execute(text("SELECT pk FROM resource_identifier ORDER BY pk"))]
+        assert keys == ([1, 3000000001] if ON_POSTGRES else [1, 2])
+        if ON_POSTGRES:  # back down to int4 only works while every key (and the sequence) fits in it
+            conn.execute(text("DELETE FROM resource_identifier WHERE pk > 2147483647"))
+            conn.execute(text("SELECT setval('resource_identifier_pk_seq', 1)"))
+    from alembic import command
+
+    from service.db import alembic_config
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:  # and back down
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0012_jobs")
+    with engine.connect() as conn:
+        assert "patient_id" not in {c["name"] for c in inspect(conn).get_columns("provenance_target")}
+    engine.dispose()
