@@ -41,9 +41,29 @@ def add_rows(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str,
             if rows:
                 session.execute(insert(table), rows)
         return
-    driver: psycopg.Connection[Any] | None = connection.connection.driver_connection
+    _pipelined(_driver(session), _copy_many(_driver(session), batches), ())
+
+
+def add_rows_and_commit(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]],
+                        statements: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """PostgreSQL: `add_rows`, then `statements` (the write's audit append), then COMMIT, the inserts of few rows,
+    the statements and the COMMIT in one pipeline: a single write's rows, its AuditEvent and its commit cost one
+    round trip (tables of many rows go by COPY before it, which a pipeline can't hold). An error in any of them
+    (a unique key taken meanwhile) aborts the rest: nothing is committed, and the caller rolls back."""
+    driver = _driver(session)
+    _pipelined(driver, _copy_many(driver, batches), [*statements, ("COMMIT", {})])
+
+
+def _driver(session: Session) -> "psycopg.Connection[Any]":
+    driver: psycopg.Connection[Any] | None = session.connection().connection.driver_connection
     # None only for a pool entry whose connection was closed or invalidated: the session's connection is live
     assert driver is not None, "the session's connection has no driver connection"
+    return driver
+
+
+def _copy_many(driver: "psycopg.Connection[Any]", batches: Sequence[tuple[Table, Sequence[dict[str, Any]]]]
+               ) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """COPY the tables of `batches` with many rows; the INSERT statements and parameters of those with few."""
     few: list[tuple[str, list[tuple[Any, ...]]]] = []
     for table, rows in batches:
         if not rows:
@@ -67,10 +87,20 @@ def add_rows(session: Session, batches: Sequence[tuple[Table, Sequence[dict[str,
         else:
             few.append((f'INSERT INTO "{table.name}" ({names}) VALUES ({", ".join(["%s"] * len(columns))})',
                         [values(row) for row in rows]))
-    if few:
-        with as_sqlalchemy_errors(few[0][0]), driver.pipeline(), driver.cursor() as cursor:
-            for statement, params in few:
-                cursor.executemany(statement, params)
+    return few
+
+
+def _pipelined(driver: "psycopg.Connection[Any]", inserts: Sequence[tuple[str, list[tuple[Any, ...]]]],
+               statements: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """The inserts (executemany each), then the statements, in one pipeline: one round trip."""
+    if not inserts and not statements:
+        return
+    first = inserts[0][0] if inserts else statements[0][0]
+    with as_sqlalchemy_errors(first), driver.pipeline(), driver.cursor() as cursor:
+        for statement, params in inserts:
+            cursor.executemany(statement, params)
+        for statement, values in statements:
+            cursor.execute(statement, values or None, prepare=False)
 
 
 #: (database, table) -> {column: type oid}, read from the catalogue once per process: a binary COPY must name the
