@@ -47,6 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -78,9 +79,56 @@ console = Console(width=None if sys.stdout.isatty() else 150)  # a log file gets
 @dataclass
 class Cohort:
     setup_bundles: list[bytes]  # study, patients and research subjects (transaction Bundles, not timed)
-    observations: list[dict]    # what is timed
+    observations: list[dict]    # what is timed (the `demo` cohort: Observations and AdverseEvents)
     patients: int
     day0s: dict[str, date] = field(default_factory=dict)
+    kind: str = "bench"
+    setup_resources: int = 0    # resources the setup Bundles store (0: 1 study + 2 per patient)
+    study_id: str = STUDY_ID
+
+    @property
+    def stored_setup(self) -> int:
+        return self.setup_resources or 1 + 2 * self.patients
+
+    @property
+    def measurements(self) -> int:
+        return sum(1 for o in self.observations if o["resourceType"] == "Observation")
+
+
+DEMO_MARK = "DEMO-"  # what every identifier value of the demo cohort holds: each copy gets its own
+
+
+def make_demo_cohort(copies: int, setup_bundle_size: int = 100) -> Cohort:
+    """The demo trial's cohort (service/demo/cohort.py: all seven measures, EASI with its 20 components and SCORAD
+    with its parts, IgE in [IU]/mL, kU/L and ng/mL, eosinophils in 10*3/uL, /uL and 10*9/L, results dated in the
+    sites' time zones, adverse events, the study named by the workflow-researchStudy extension), `copies` times
+    over, each copy with its own ids and identifier values. Patients and ResearchSubjects go first (PUT, not timed);
+    the Observations and AdverseEvents are timed (POST, their ids the server's)."""
+    from service.demo.cohort import build_cohort, study_resource, subject_resources
+    demo = build_cohort()
+    study = study_resource(demo)
+    setup = [{"resource": study, "request": {"method": "PUT", "url": f"ResearchStudy/{study['id']}"}}]
+    timed: list[dict] = []
+    patients = 0
+    for copy in range(copies):
+        for subject in demo.subjects:
+            found = subject_resources(demo, subject)
+            ids = {r["id"] for r in found if r["resourceType"] != "ResearchStudy"}
+            text = orjson.dumps(found).decode().replace(DEMO_MARK, f"C{copy}{DEMO_MARK}")
+            for old in ids:
+                text = text.replace(old, str(uuid.uuid5(uuid.NAMESPACE_URL, f"{copy}/{old}")))
+            for resource in orjson.loads(text):
+                if resource["resourceType"] in ("Patient", "ResearchSubject"):
+                    patients += resource["resourceType"] == "Patient"
+                    setup.append({"resource": resource,
+                                  "request": {"method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}"}})
+                else:
+                    resource.pop("id", None)
+                    timed.append(resource)
+    bundles = [orjson.dumps({"resourceType": "Bundle", "type": "transaction",
+                             "entry": setup[start:start + setup_bundle_size]})
+               for start in range(0, len(setup), setup_bundle_size)]
+    return Cohort(bundles, timed, patients, kind="demo", setup_resources=len(setup), study_id=study["id"])
 
 
 def _q(value, unit: str) -> dict:
@@ -175,7 +223,7 @@ def observation_bundles(observations: list[dict], size: int) -> list[tuple[int, 
         chunk = observations[start:start + size]
         out.append((len(chunk), orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"fullUrl": f"urn:uuid:{uuid.UUID(int=start + i)}", "resource": o,
-             "request": {"method": "POST", "url": "Observation"}} for i, o in enumerate(chunk)]})))
+             "request": {"method": "POST", "url": o["resourceType"]}} for i, o in enumerate(chunk)]})))
     return out
 
 
@@ -271,13 +319,13 @@ def _progress() -> Progress:
                     refresh_per_second=2)
 
 
-def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label: str, workers: int, *,
+def post_all(bases: list[str], path: str, bodies: list[tuple[Any, ...]], label: str, workers: int, *,
              headers: dict[str, str], expected: int, tokens: dict[str, Tokens] | None = None) -> tuple[int, float]:
     """POST every (resources in it, body) to `path` from `workers` threads, each with its own keep-alive
     client, thread i talking to bases[i % len(bases)] (what a load balancer in front of the replicas does);
     (resources posted, seconds). With `tokens` (base -> Tokens) every request carries that replica's bearer token
     (renewed before it expires). Any other status than `expected` (a 401 or 403 above all) stops the run."""
-    total = sum(n for n, _ in bodies)
+    total = sum(item[0] for item in bodies)
     work: queue.SimpleQueue = queue.SimpleQueue()
     for item in bodies:
         work.put(item)
@@ -292,11 +340,11 @@ def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label
         try:
             while not errors:
                 try:
-                    n, body = work.get_nowait()
+                    n, body, *where = work.get_nowait()  # (resources, body[, path]): a path of its own
                 except queue.Empty:
                     return
                 sent = {**headers, "Authorization": tokens[base].bearer()} if tokens else headers
-                connection.request("POST", path, body=body, headers=sent)
+                connection.request("POST", where[0] if where else path, body=body, headers=sent)
                 response = connection.getresponse()
                 answer = response.read()
                 if response.status != expected:
@@ -327,15 +375,17 @@ def post_all(bases: list[str], path: str, bodies: list[tuple[int, bytes]], label
 
 
 def bare_rate(observations: list[dict]) -> dict:
-    """fhir.resources R4B Observation.model_validate of the same resources, in this process (one core)."""
-    from fhir.resources.R4B.observation import Observation
+    """fhir.resources R4B `model_validate` of the same resources (each by its type's model), in this process (one
+    core)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    models = {t: get_fhir_model_class(t) for t in {o["resourceType"] for o in observations}}
     for o in observations[:500]:  # warm-up
-        Observation.model_validate(o)
+        models[o["resourceType"]].model_validate(o)
     with _progress() as progress:
         task = progress.add_task("bare model_validate", total=len(observations), rate="")
         start = time.perf_counter()
         for i, o in enumerate(observations, 1):
-            Observation.model_validate(o)
+            models[o["resourceType"]].model_validate(o)
             if i % 1000 == 0:
                 progress.update(task, completed=i, rate=f"{i / (time.perf_counter() - start):,.0f}")
         elapsed = time.perf_counter() - start
@@ -353,9 +403,9 @@ def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> d
         # second owner of an identifier is refused), so each run tags them; the bodies keep their size
         tag = uuid.uuid4().hex[:8]
         observations = [{**o, "identifier": [{**o["identifier"][0], "value": f"{tag}-{o['identifier'][0]['value']}"}]}
-                        for o in observations]
+                        if o.get("identifier") else o for o in observations]
     with scratch_database(kind, args.database_url) as url:
-        before = count_rows(url, STUDY_ID)
+        before = count_rows(url, cohort.study_id)
         with contextlib.ExitStack() as replicas:
             bases = [replicas.enter_context(running_service(url, args.server_workers, auth))
                      for _ in range(args.replicas)]
@@ -368,7 +418,7 @@ def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> d
             with httpx.Client(base_url=bases[0], timeout=300) as client:
                 load_setup(client, cohort, tokens[bases[0]].headers() if tokens else None)
             for b in bases:  # the mode really is in force on every replica, and the token is accepted
-                check_enforced(b, f"/fhir/ResearchStudy/{STUDY_ID}", auth, tokens[b].headers() if tokens else {})
+                check_enforced(b, f"/fhir/ResearchStudy/{cohort.study_id}", auth, tokens[b].headers() if tokens else {})
             load = os.getloadavg()[0]
             meter = CpuMeter([SERVICE_PIDS[b] for b in bases])
             meter.start()
@@ -377,18 +427,20 @@ def run_http(kind: str, mode: str, cohort: Cohort, args, auth: str = "off") -> d
                 n, elapsed = post_all(bases, "/fhir", bundles, label, args.bundle_workers, headers=FHIR_JSON,
                                       expected=200, tokens=tokens)
             else:
-                bodies = [orjson.dumps(o) for o in observations]
-                n, elapsed = post_all(bases, "/fhir/Observation", [(1, b) for b in bodies], label, args.workers,
+                n, elapsed = post_all(bases, "/fhir/Observation",
+                                      [(1, orjson.dumps(o), f"/fhir/{o['resourceType']}") for o in observations],
+                                      label, args.workers,
                                       headers={**FHIR_JSON, "Prefer": "return=minimal"}, expected=201,
                                       tokens=tokens)
             cpu = meter.stop(n)
-        after = count_rows(url, STUDY_ID)
+        after = count_rows(url, cohort.study_id)
     stored = {k: v - before.get(k, 0) for k, v in after.items() if k != "measurements_estimate"}  # this run's
     # the setup (study, patients, subjects) is new on a fresh database; on a reused one it is there already
-    setup = 0 if before["resource"] else 2 * cohort.patients + 1
-    if (stored["measurement"], stored["resource"]) != (n, n + setup):
-        raise RuntimeError(f"{label}: posted {n} Observations but the database gained {stored}")
-    return {"database": kind, "mode": mode, "auth": auth, "resources": n, "seconds": round(elapsed, 3),
+    setup = 0 if before["resource"] else cohort.stored_setup
+    if (stored["measurement"], stored["resource"]) != (cohort.measurements, n + setup):
+        raise RuntimeError(f"{label}: posted {n} resources but the database gained {stored}")
+    return {"database": kind, "mode": mode, "auth": auth, "cohort": cohort.kind, "resources": n,
+            "seconds": round(elapsed, 3),
             "rate": round(n / elapsed, 1), "stored_rows": stored,
             **({"measurements_before": before["measurements_estimate"]} if args.database_url else {}),
             "cpu_us_per_resource": cpu,
@@ -420,6 +472,8 @@ def count_rows(url: str, study: str) -> dict:
                 "        AND r.resource_type = 'Observation' WHERE m.study_id = :s)"
                 "     + (SELECT count(*) FROM resource r JOIN research_subject rs ON r.id IN (rs.id, rs.patient_id) "
                 "        AND r.resource_type IN ('ResearchSubject', 'Patient') WHERE rs.study_id = :s)"
+                "     + (SELECT count(*) FROM resource r JOIN adverse_event a ON a.id = r.id "
+                "        AND r.resource_type = 'AdverseEvent' WHERE a.study_id = :s)"
                 "     + (SELECT count(*) FROM resource WHERE resource_type = 'ResearchStudy' AND id = :s)"),
                 {"s": study}).scalar_one()
             # every study's measurements (PostgreSQL's estimate, exact after an ANALYZE): what the database held
@@ -606,6 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", default="off",
                         help="TRIAL_FHIR_AUTH modes to compare, comma-separated: off, smart (default off); they "
                              "alternate within each round, for every database and mode (issue 10)")
+    parser.add_argument("--cohort", default="bench", choices=("bench", "demo"),
+                        help="bench: the generated cohort (--observations, --patients); demo: the demo trial's "
+                             "cohort (service/demo: seven measures, unit variants, time zones, adverse events), "
+                             "--demo-copies times over (issue 12: an independent run on such a cohort)")
+    parser.add_argument("--demo-copies", type=int, default=5,
+                        help="copies of the demo cohort (default 5: ~3.6k timed resources)")
     parser.add_argument("--seed", type=int, default=20240110)
     parser.add_argument("--database-url",
                         help="post into this database (already holding data, e.g. a kept `bench/search.py --size N "
@@ -626,8 +686,14 @@ def main(argv: list[str] | None = None) -> int:
     if not auths or not set(auths) <= {"off", "smart"} or len(set(auths)) != len(auths):
         parser.error("--auth takes off, smart or off,smart")
 
-    cohort = make_cohort(args.observations, args.patients, args.seed)
-    console.print(f"cohort: 1 study, {args.patients} enrolled patients, {len(cohort.observations):,} Observations")
+    if args.cohort == "demo":
+        cohort = make_demo_cohort(args.demo_copies)
+        console.print(f"cohort: the demo trial x {args.demo_copies}: {cohort.patients} enrolled patients, "
+                      f"{cohort.measurements:,} Observations and "
+                      f"{len(cohort.observations) - cohort.measurements:,} AdverseEvents")
+    else:
+        cohort = make_cohort(args.observations, args.patients, args.seed)
+        console.print(f"cohort: 1 study, {args.patients} enrolled patients, {len(cohort.observations):,} Observations")
     if args.profile:
         profile(cohort, args)
         return 0
@@ -666,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "ingest", "when": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),
-        "cohort": {"patients": args.patients, "observations": len(cohort.observations), "seed": args.seed},
+        "cohort": {"kind": cohort.kind, "patients": cohort.patients, "observations": cohort.measurements,
+                   "timed_resources": len(cohort.observations),
+                   **({"seed": args.seed} if cohort.kind == "bench" else {"copies": args.demo_copies})},
         "database": ({"url": args.database_url, "reused": True,
                       "measurements_before_first_run": next(iter(by_run.values()))[0].get("measurements_before")}
                      if args.database_url else {"reused": False}),

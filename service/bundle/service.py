@@ -7,7 +7,7 @@ it back and answers with an OperationOutcome naming the entry. A batch runs each
 """
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -23,7 +23,7 @@ from fhir_mappings.json_patch import JSON_PATCH
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.references import ID_RE, parse_reference, split_token
 from fhir_mappings.validation import TOO_DEEP
-from service.audit.events import patients_of, touched
+from service.audit.events import AuditRecord, patients_of, touched
 from service.core import resources
 from service.core.context import SYSTEM, Caller
 from service.core.registry import TYPES
@@ -308,7 +308,9 @@ def _once(uow: UnitOfWork, resource_type: str, id: str, req: Request) -> None:
 
 
 def _prefetch(uow: UnitOfWork, reqs: list[Request]) -> None:
-    """Let each type's handler batch the look-ups its entries will need (one query per Bundle, not per entry)."""
+    """Let each type's handler batch the look-ups its entries will need (one query per Bundle, not per entry); a
+    single write runs the same hook for its one resource (resources._store)."""
+    uow.prefetched = True
     payloads: dict[str, list[dict[str, Any]]] = {}
     for r in reqs:
         if r.method in ("POST", "PUT") and r.resource is not None and r.resource_type in TYPES:
@@ -365,7 +367,7 @@ def _to_logical(item: dict[str, Any], ref: str) -> None:
 
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False, caller: Caller = SYSTEM,
-                audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject",
+                audit: Callable[[UnitOfWork], Sequence[AuditRecord]] | None = None, out_of_scope: str = "reject",
                 max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES) -> bytes:
     """All or nothing. Every entry is checked before the transaction gives up: a failing one answers with one
     OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored."""
@@ -472,7 +474,7 @@ def _minimal(item: dict[str, Any]) -> dict[str, Any]:
 
 def batch(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
           representation: bool = False, caller: Caller = SYSTEM,
-          audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject",
+          audit: Callable[[UnitOfWork], Sequence[AuditRecord]] | None = None, out_of_scope: str = "reject",
           max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES) -> bytes:
     """Each entry in its own transaction, with its own audit event (`audit`): an entry that fails (it can't be
     read, its type is not stored, its resource is invalid, a reference or a trial rule is broken) is that entry's

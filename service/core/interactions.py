@@ -45,7 +45,6 @@ from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from fhir_mappings.references import ID_RE
 from fhir_mappings.search import Malformed, date_range
-from service.audit.chain import append
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
 from service.bundle import service as bundles
@@ -148,13 +147,12 @@ class Core:
         await self.audit_log.commit(records)
 
     @staticmethod
-    def _appender(ctx: Context, subtype: str) -> Callable[[UnitOfWork], None]:
-        """The hook that appends a write's AuditEvent in the write's own transaction (resources.run_write)."""
-        def append_event(uow: UnitOfWork) -> None:
-            append(uow.session, [event_for(ctx, subtype=subtype, outcome=0,
-                                           patients=_unique(p for _, ps in uow.touched for p in ps),
-                                           resources=[ref for ref, _ in uow.touched])])
-        return append_event
+    def _appender(ctx: Context, subtype: str) -> Callable[[UnitOfWork], list[AuditRecord]]:
+        """The hook that gives a write's AuditEvent, appended in the write's own transaction (resources.run_write)."""
+        def write_event(uow: UnitOfWork) -> list[AuditRecord]:
+            return [event_for(ctx, subtype=subtype, outcome=0, patients=_unique(p for _, ps in uow.touched for p in ps),
+                              resources=[ref for ref, _ in uow.touched])]
+        return write_event
 
     # -- writes ------------------------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from fhir_mappings.primitives import whole_number
 from fhir_mappings.references import ID_RE
 from fhir_mappings.validation import duplicate_key_issues, structure_issues
 from service import faults
-from service.audit.events import patients_of
+from service.audit.chain import APPEND_SQL, append, events_json
+from service.audit.events import AuditRecord, patients_of
 from service.core import access
 from service.core.context import SYSTEM, Caller
 from service.core.registry import handler_for
@@ -137,10 +138,15 @@ def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
 
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
               enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM,
-              audit: Callable[[UnitOfWork], None] | None = None, out_of_scope: str = "reject") -> T:
+              audit: Callable[[UnitOfWork], Sequence[AuditRecord]] | None = None, out_of_scope: str = "reject") -> T:
     """Run `work` in one transaction and commit. A unique-key race with a concurrent writer (two creates
-    with one identifier) rolls back and runs again, so the second sees the first's resource. `audit` runs last,
-    in the same transaction (it appends the write's AuditEvent: committed with the write, or rolled back with it)."""
+    with one identifier) rolls back and runs again, so the second sees the first's resource. `audit` runs last and
+    gives the write's AuditEvents, appended to the chain in the same transaction (committed with the write, or
+    rolled back with it).
+
+    On PostgreSQL, once the work has reached the database (its look-ups), the rows it gathered, the audit append
+    and the COMMIT go in one round trip (`UnitOfWork.commit`): a single POST of an Observation is two, its
+    look-ups and that one."""
     reconnected = False
     attempt = 0
     while attempt < attempts:
@@ -150,11 +156,16 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
         committing = False
         try:
             result = work(uow)
-            uow.flush()
-            access.check_studies(uow.session, uow.caller, uow.study_checks)
-            if audit is not None:
-                audit(uow)
+            one_trip = uow.commits_in_one_trip()
+            if uow.study_checks or not one_trip:  # the studies are checked on the rows sent
+                uow.flush()
+                access.check_studies(uow.session, uow.caller, uow.study_checks)
+            records = audit(uow) if audit is not None else ()
             committing = True
+            if one_trip:
+                uow.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
+            else:
+                append(session, records)
             session.commit()
             return result
         except DBAPIError as exc:
@@ -460,6 +471,10 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     """Write a version. `on_behalf`: the caller's own write (a follow-up the server makes is not), whose study
     access is checked before (the version it replaces) and after (what it now says)."""
     handler = writable(resource_type)  # also for follow-ups: no path writes a read-only type
+    if not uow.prefetched and handler.prefetch is not None:
+        # the look-ups a transaction Bundle makes once for all its entries (service/bundle/service._prefetch), made
+        # for this one resource: the same queries whichever way a resource comes in
+        handler.prefetch(uow, [payload])
     replacing = current is not None and not current.deleted
     letter = "u" if replacing else "c"
     if on_behalf and not uow.caller.unrestricted and not replacing:

@@ -8,8 +8,8 @@ import orjson
 from sqlalchemy import ColumnElement, CursorResult, Row, Table, and_, delete, exists, or_, select, tuple_, update
 from sqlmodel import Session
 
-# add_rows: re-exported, the unit of work inserts through `repository.add_rows`
-from service.store.driver import add_rows as add_rows, driver_rows
+# add_rows, add_rows_and_commit: re-exported, the unit of work inserts through the repository
+from service.store.driver import add_rows as add_rows, add_rows_and_commit as add_rows_and_commit, driver_rows
 from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion, table_of
 
 R = table_of(ResourceRecord)

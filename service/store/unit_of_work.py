@@ -5,11 +5,12 @@ end), so a transaction Bundle of 100 Observations costs a handful of statements,
 """
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, cast, overload
 
 from sqlalchemy import Table
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from fhir_mappings.dates import fhir_instant
@@ -21,6 +22,21 @@ from service.store import repository
 from service.store.models import IdentifierRecord, table_of
 
 _IDENTIFIERS = table_of(IdentifierRecord)
+
+
+#: psycopg's TransactionStatus.INTRANS: a transaction is open on the server, idle between statements
+_INTRANS = 2
+
+
+def _raise_if_taken(checks: list[tuple[tuple[str, str, str], str, str]],
+                    owners: dict[tuple[str, str, str], str]) -> None:
+    """409 naming the element of the first identifier another resource holds."""
+    for key, id, expression in checks:
+        owner = owners.get(key)
+        if owner is not None and owner != id:
+            rtype, system, value = key
+            raise IdentifierTaken(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
+                                  "create (If-None-Exist) or update it instead", expression=expression)
 
 
 def utcnow() -> datetime:
@@ -52,6 +68,9 @@ class UnitOfWork:
         self._claimed: dict[tuple[str, str, str], str] = {}
         self._exists: dict[tuple[str, str], bool] = {}
         self.cache: dict[Any, Any] = {}  # domain services keep their look-ups here (enrolments, studies)
+        #: have the types' batched look-ups (StoredType.prefetch) run for everything this unit will write? (a
+        #: transaction Bundle runs them once for all its entries; a single write runs them for its resource)
+        self.prefetched = False
         # (type, id, change(payload) -> payload): server-side updates to apply
         self.follow_ups: list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = []
 
@@ -98,20 +117,49 @@ class UnitOfWork:
         if self._pending_identifiers:
             checks, self._pending_identifiers = self._pending_identifiers, []
             owners = repository.find_identifier_owners(self.session, [c[0] for c in checks])
-            for key, id, expression in checks:
-                owner = owners.get(key)
-                if owner is not None and owner != id:
-                    rtype, system, value = key
-                    raise IdentifierTaken(f"{rtype}/{owner} already has identifier {system}|{value}; use a conditional "
-                                   "create (If-None-Exist) or update it instead", expression=expression)
-            seen: set[tuple[str, str, str]] = set()
-            for key, id, _ in checks:
-                if key not in seen and owners.get(key) != id:
-                    seen.add(key)
-                    self.add(_IDENTIFIERS, {"resource_type": key[0], "resource_id": id,
-                                            "system": key[1], "value": key[2]})
+            _raise_if_taken(checks, owners)
+            self._add_identifiers(checks, owners)
         pending, self._pending = self._pending, defaultdict(list)
         repository.add_rows(self.session, list(pending.items()))
+
+    def _add_identifiers(self, checks: list[tuple[tuple[str, str, str], str, str]],
+                         owners: dict[tuple[str, str, str], str]) -> None:
+        seen: set[tuple[str, str, str]] = set()
+        for key, id, _ in checks:
+            if key not in seen and owners.get(key) != id:
+                seen.add(key)
+                self.add(_IDENTIFIERS, {"resource_type": key[0], "resource_id": id,
+                                        "system": key[1], "value": key[2]})
+
+    def commits_in_one_trip(self) -> bool:
+        """Can `commit` send what is gathered, the audit append and the COMMIT in one round trip? PostgreSQL, once
+        this transaction has reached the server (a look-up proved the connection alive: a connection that died in
+        the pool fails there, before anything was sent, and the write runs again on a new one; a failure in the
+        round trip that holds the COMMIT may have committed, and is the client's 503)."""
+        connection = self.session.connection()
+        if connection.dialect.name != "postgresql":
+            return False
+        driver = connection.connection.driver_connection
+        return driver is not None and driver.info.transaction_status == _INTRANS
+
+    def commit(self, statements: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """PostgreSQL (`commits_in_one_trip`): send every gathered insert, then `statements`, then COMMIT, in one
+        pipeline. Identifiers are inserted without looking up their owners first: the unique key refuses one that
+        is taken (the transaction aborts, nothing is committed), and only then are the owners looked up, for the
+        same 409 naming the element as `flush` gives (or, when none owns it any more, the write race's retry)."""
+        checks, self._pending_identifiers = self._pending_identifiers, []
+        self._add_identifiers(checks, {})
+        pending, self._pending = self._pending, defaultdict(list)
+        try:
+            repository.add_rows_and_commit(self.session, list(pending.items()), statements)
+        except IntegrityError:
+            if not checks:
+                raise
+            self.session.rollback()
+            owners = repository.find_identifier_owners(self.session, [c[0] for c in checks])
+            self.session.rollback()
+            _raise_if_taken(checks, owners)
+            raise
 
     # -- references ----------------------------------------------------------------------------------
     def _where(self, expression: str) -> str:
@@ -137,6 +185,14 @@ class UnitOfWork:
 
     def mark_written(self, resource_type: str, id: str, alive: bool = True) -> None:
         self._exists[(resource_type, id)] = alive
+
+    def knows_exists(self, resource_type: str, id: str) -> bool:
+        """Is the existence of the resource known already (looked up, or written by this unit)?"""
+        return (resource_type, id) in self._exists
+
+    def learn_exists(self, resource_type: str, found: dict[str, bool]) -> None:
+        """What a look-up of its own (a prefetch hook's) found of the existence of ids of `resource_type`."""
+        self._exists.update(((resource_type, i), alive) for i, alive in found.items())
 
     def find_by_identifier(self, resource_type: str, system: str | None, value: str) -> list[str]:
         self.flush()

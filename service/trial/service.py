@@ -45,13 +45,33 @@ def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
 
 
 def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
-    """The enrolments of the patients that a Bundle's Observations or AdverseEvents name by a literal
-    `subject` reference, in two queries, so each entry finds them in the unit of work's cache."""
+    """The enrolments of the patients that a Bundle's Observations or AdverseEvents (or a single write of one) name
+    by a literal `subject` reference, in one query on PostgreSQL and two on SQLite, so each entry finds them in the
+    unit of work's cache."""
     patient_ids: set[str] = set()
     for payload in payloads:
         ref = parse_reference(payload.get("subject"), "Patient")
         if ref.kind == "literal" and not ref.base and ref.resource_type == "Patient":
             patient_ids.add(cast(str, ref.id))  # a literal reference always has an id
+    unknown = sorted(p for p in patient_ids if not uow.knows_exists("Patient", p))
+    if unknown and uow.session.get_bind().dialect.name == "postgresql":
+        # PostgreSQL: existence and enrolments of the patients not known yet in one statement (a round trip each
+        # costs more than the rows: a single POST of an Observation makes exactly this look-up)
+        if uow.pending(S, ST):
+            uow.flush()
+        for start in range(0, len(unknown), 500):
+            chunk = unknown[start:start + 500]
+            live: dict[str, list[Enrolment]] = {}
+            for pid, sid, study_id, day0, arm, status, catalogue, policy in \
+                    repository.find_live_patients_enrolments(uow.session, chunk):
+                items = live.setdefault(pid, [])
+                if sid is not None:
+                    items.append(Enrolment(study_id=study_id, subject_id=sid, patient_id=pid, day0=day0,
+                                           catalogue=load_catalogue(catalogue), arm=arm, status=status,
+                                           out_of_scope=policy))
+            uow.learn_exists("Patient", {p: p in live for p in chunk})
+            for pid, items in live.items():
+                uow.cache.setdefault(("enrolments", pid), items)
     wanted = [p for p in uow.prefetch_exists("Patient", patient_ids) if ("enrolments", p) not in uow.cache]
     if not wanted:
         return

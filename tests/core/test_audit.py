@@ -9,10 +9,11 @@ import base64
 import orjson
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from service.audit.chain import verify
 from service.auth.scopes import parse_scopes
-from service.core import interactions
+from service.core import resources
 from service.core.context import Caller, Context
 from service.errors import Forbidden, NotFound, RuleViolation
 from tests.factories import observation, patient, study, subject
@@ -80,8 +81,11 @@ def test_a_refused_write_stores_nothing_and_is_recorded_as_refused(core, enrolle
 def test_a_write_whose_event_cant_be_appended_is_rolled_back(core, enrolled, monkeypatch):
     def broken(session, records):
         raise RuntimeError("the audit table is gone")
-    monkeypatch.setattr(interactions, "append", broken)
-    with pytest.raises(RuntimeError):
+    # SQLite appends through chain.append; PostgreSQL sends the append in the COMMIT's round trip: there, a statement
+    # that fails in the database (division by zero) stands for the append
+    monkeypatch.setattr(resources, "append", broken)
+    monkeypatch.setattr(resources, "APPEND_SQL", "SELECT 1 / 0 WHERE %(events)s::jsonb IS NOT NULL")
+    with pytest.raises((RuntimeError, DBAPIError)):
         run(core.create(ctx("ehr"), "Observation", observation(enrolled["patient"])))
     with core.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM resource WHERE resource_type = 'Observation'")).scalar() == 0
