@@ -22,7 +22,7 @@ from tests.export.test_export import ASYNC, download, wait_for
 from tests.factories import MRN, created, enrol, observation, patient, study
 from tests.pg_replica import Replica
 
-BACKGROUND = ("replica-monitor", "export-worker")  # threads whose checkouts are not a request's
+BACKGROUND = ("replica-monitor", "job-runner")  # threads whose checkouts are not a request's
 
 
 class Checkouts:
@@ -260,7 +260,7 @@ def test_an_export_reads_the_replica_when_it_holds_everything_before_the_kick_of
     plain = settings.model_copy(update={"read_database_url": None})
     with serving(replica_settings(settings, replica)) as client, serving(plain) as elsewhere:
         reads = reads_of(client)
-        worker = Checkouts(reads, threads=("export-worker",))
+        worker = Checkouts(reads, threads=("job-runner",))
         ids = enrol(client)
         first = created(client.post("/fhir/Observation", json=observation(ids["patient"])))["id"]
         replica_serves(client, replica)  # (the worker waits for the monitor to find the kick-off replayed)
