@@ -50,3 +50,24 @@ def table_counts(engine: Any) -> dict[str, int]:
                 stmt = stmt.where(t.c.resource_type != "AuditEvent")
             counts[t.name] = conn.execute(stmt).scalar_one()
     return counts
+
+
+def wait_until_healthy(base: str, proc: Any, timeout_s: float = 60.0) -> None:
+    """Wait for a service started as a subprocess (`proc`, a Popen) to answer `GET {base}/healthz` with 200; fail
+    with its output (when it was captured) if it exits first, or after `timeout_s`."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None:
+            output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+            raise AssertionError(f"the service exited at start-up: {output[-4000:]}")
+        assert time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.2)

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from service import cli
 from service.settings import Settings, get_settings
+from tests.assertions import wait_until_healthy
 
 
 def free_port() -> int:
@@ -29,16 +29,7 @@ def test_python_m_service_serves_the_app_on_the_configured_database(database_url
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "service did not start"
-            time.sleep(0.2)
+        wait_until_healthy(base, proc)
         created = httpx.post(f"{base}/fhir/Patient", json={"resourceType": "Patient", "gender": "other"},
                              headers={"Content-Type": "application/fhir+json"})
         assert created.status_code == 201

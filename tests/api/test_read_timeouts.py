@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from service.api.read_timeouts import PROTOCOL_PATH, BodyReadTimeout
+from tests.assertions import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADER_TIMEOUT_S = 2.0
@@ -43,16 +44,7 @@ def _serve(database_url: str, tmp_path: Path, protocol: bool):
         command += ["--http", PROTOCOL_PATH]
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, "the service exited at start-up"
-        assert time.monotonic() < deadline, "the service did not start"
-        time.sleep(0.2)
+    wait_until_healthy(base, proc)
     return proc, port
 
 

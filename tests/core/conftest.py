@@ -5,8 +5,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.core.context import Caller, Context
 from service.core.interactions import Core
 from service.db import make_engine
+from tests.factories import patient, study, subject
 
 
 @pytest.fixture
@@ -16,3 +18,13 @@ def core(database_url, settings) -> Iterator[Core]:
     yield core
     asyncio.run(core.stop())
     engine.dispose()
+
+
+@pytest.fixture
+def enrolled(core) -> dict[str, str]:
+    """A study with one enrolled patient, written through the core by an unrestricted client: their ids."""
+    admin = Context("https://fhir.example.org/fhir", Caller("admin", None), request_id="req-admin")
+    sid = asyncio.run(core.create(admin, "ResearchStudy", study())).id
+    pid = asyncio.run(core.create(admin, "Patient", patient())).id
+    asyncio.run(core.create(admin, "ResearchSubject", subject(sid, pid)))
+    return {"study": sid, "patient": pid}

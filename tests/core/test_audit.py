@@ -16,7 +16,7 @@ from service.auth.scopes import parse_scopes
 from service.core import resources
 from service.core.context import Caller, Context
 from service.errors import Forbidden, NotFound, RuleViolation
-from tests.factories import observation, patient, study, subject
+from tests.factories import observation, patient, subject
 
 BASE = "https://fhir.example.org/fhir"
 
@@ -28,15 +28,6 @@ def ctx(name: str = "portal", scopes: str | None = None, **extra) -> Context:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-@pytest.fixture
-def enrolled(core) -> dict[str, str]:
-    admin = ctx("admin")
-    sid = run(core.create(admin, "ResearchStudy", study())).id
-    pid = run(core.create(admin, "Patient", patient())).id
-    run(core.create(admin, "ResearchSubject", subject(sid, pid)))
-    return {"study": sid, "patient": pid}
 
 
 def events(core, **where) -> list[dict]:

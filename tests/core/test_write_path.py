@@ -16,7 +16,7 @@ from service.auth.scopes import parse_scopes
 from service.core.context import Caller, Context
 from service.errors import IdentifierTaken
 from tests.conftest import ON_POSTGRES
-from tests.factories import observation, patient, study, subject
+from tests.factories import observation, patient
 
 BASE = "https://fhir.example.org/fhir"
 LAB = "urn:oid:1.2.410.200001.99"
@@ -28,15 +28,6 @@ def ctx(name: str = "ehr", scopes: str | None = None) -> Context:
 
 def run(coroutine):
     return asyncio.run(coroutine)
-
-
-@pytest.fixture
-def enrolled(core) -> dict[str, str]:
-    admin = ctx("admin")
-    sid = run(core.create(admin, "ResearchStudy", study())).id
-    pid = run(core.create(admin, "Patient", patient())).id
-    run(core.create(admin, "ResearchSubject", subject(sid, pid)))
-    return {"study": sid, "patient": pid}
 
 
 @contextlib.contextmanager

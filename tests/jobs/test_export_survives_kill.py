@@ -24,6 +24,7 @@ from service.jobs import repository as jobs_repository
 from service.main import create_app
 from service.settings import Settings
 from service.store.models import ResourceRecord, table_of
+from tests.assertions import wait_until_healthy
 from tests.factories import created, enrol, observation
 from tests.test_serve import free_port
 
@@ -51,16 +52,7 @@ class Service:
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-c", BOOT, str(delay_s), str(self.port)], env=env, cwd=cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None, self.proc.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "service did not start"
-            time.sleep(0.1)
+        wait_until_healthy(self.base, self.proc)
 
     def get(self, path: str, **kw) -> httpx.Response:
         return httpx.get(f"{self.base}{path}", timeout=30, **kw)
