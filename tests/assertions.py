@@ -52,6 +52,16 @@ def table_counts(engine: Any) -> dict[str, int]:
     return counts
 
 
+def walk_pages(client: Any, url: str, relation: str = "next") -> list[list[str]]:
+    """Follow a searchset's `relation` links (next, previous) from `url`: the ids of each page's matches."""
+    pages = []
+    while url:
+        body = client.get(url).json()
+        pages.append([e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"])
+        url = next((link["url"] for link in body["link"] if link["relation"] == relation), None)
+    return pages
+
+
 def wait_until_healthy(base: str, proc: Any, timeout_s: float = 60.0) -> None:
     """Wait for a service started as a subprocess (`proc`, a Popen) to answer `GET {base}/healthz` with 200; fail
     with its output (when it was captured) if it exits first, or after `timeout_s`."""

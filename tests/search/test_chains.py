@@ -4,6 +4,7 @@
 import pytest
 
 from service.search import service as search_service
+from tests.assertions import walk_pages
 from tests.factories import MRN
 from tests.search.test_search import EASI_ALL, found, names, warnings
 
@@ -165,18 +166,10 @@ def test_capability_statement_says_the_default_handling_and_the_chains(client):
 def test_last_link_and_walking_back_from_it(shared, query):
     client, trial = shared
 
-    def walk(url, relation):
-        pages = []
-        while url:
-            body = client.get(url).json()
-            pages.append([e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"])
-            url = next((link["url"] for link in body["link"] if link["relation"] == relation), None)
-        return pages
-
-    forward = [i for page in walk(f"/fhir/{query}", "next") for i in page]
+    forward = [i for page in walk_pages(client, f"/fhir/{query}", "next") for i in page]
     body = client.get(f"/fhir/{query}").json()
     last_url = next(link["url"] for link in body["link"] if link["relation"] == "last")
     last = client.get(last_url).json()
     assert not any(link["relation"] == "next" for link in last["link"]), "nothing follows the last page"
-    backward = [i for page in walk(last_url, "previous")[::-1] for i in page]
+    backward = [i for page in walk_pages(client, last_url, "previous")[::-1] for i in page]
     assert backward == forward

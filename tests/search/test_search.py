@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.assertions import walk_pages
 from tests.factories import LOINC, MRN, created, observation
 from tests.search.conftest import build_trial  # noqa: F401 (other suites import it from here)
 
@@ -320,14 +321,6 @@ def test_total_accurate_none_and_free(shared):
     assert "total" not in client.get("/fhir/Observation?code=EASI&_total=none").json()
 
 
-def _walk(client, url: str, relation: str = "next") -> list[list[str]]:
-    pages = []
-    while url:
-        body = client.get(url).json()
-        pages.append([e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"])
-        url = next((link["url"] for link in body["link"] if link["relation"] == relation), None)
-    return pages
-
 
 @pytest.mark.parametrize("sort", ["", "&_sort=date", "&_sort=-date", "&_sort=_id", "&_sort=-_id",
                                   "&_sort=_lastUpdated", "&_sort=-_lastUpdated", "&_sort=value-quantity",
@@ -335,7 +328,7 @@ def _walk(client, url: str, relation: str = "next") -> list[list[str]]:
                                   "&_sort=category", "&_sort=-visit"])
 def test_paging_follows_next_and_previous_links(shared, sort):
     client, trial = shared
-    pages = _walk(client, f"/fhir/Observation?_count=3{sort}")
+    pages = walk_pages(client, f"/fhir/Observation?_count=3{sort}")
     flat = [i for page in pages for i in page]
     assert [len(p) for p in pages] == [3, 3, 3]
     assert len(set(flat)) == 9
@@ -348,12 +341,12 @@ def test_paging_follows_next_and_previous_links(shared, sort):
         url = next(link["url"] for link in last["link"] if link["relation"] == "next")
     last = client.get(url).json()
     back = next(link["url"] for link in last["link"] if link["relation"] == "previous")
-    assert _walk(client, back, "previous") == pages[:2][::-1]
+    assert walk_pages(client, back, "previous") == pages[:2][::-1]
 
 
 def test_paging_never_repeats_or_skips_under_concurrent_inserts(client, trial):
     url = f"/fhir/Observation?study={trial['A']}&_count=2"
-    before = {i for page in _walk(client, url) for i in page}
+    before = {i for page in walk_pages(client, url) for i in page}
     seen: list[str] = []
     added = []
     dates = iter(["2023-12-01", "2024-12-01", "2024-01-15", "2024-02-20", "2025-01-01", "2024-01-10"])
