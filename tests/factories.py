@@ -106,3 +106,25 @@ def procedure(patient_id: str, date: str = "2024-01-10T10:00:00+09:00", status: 
 def provenance(*targets: str, recorded: str = "2024-02-07T10:31:00+09:00", **extra) -> dict:
     return {"resourceType": "Provenance", "target": [{"reference": t} for t in targets], "recorded": recorded,
             "agent": [{"who": {"display": "Site EHR interface"}}], **extra}
+
+
+def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, dict]:
+    """One valid resource of each writable stored type, about the study and enrolled patient of `ids` (`enrol`); the
+    ResearchSubject enrols `unenrolled_patient`. A new stored type gets its line here."""
+    return {
+        "Patient": patient(),
+        "ResearchStudy": study(),
+        "ResearchSubject": subject(ids["study"], unenrolled_patient),
+        "Observation": observation(ids["patient"], "IGA", 3, "2024-01-09"),
+        "AdverseEvent": adverse_event(ids["patient"], ids["study"]),
+        "Encounter": encounter(ids["patient"]),
+        "MedicationAdministration": medication_administration(ids["patient"]),
+        "Procedure": procedure(ids["patient"]),
+        "Provenance": provenance(f"Patient/{ids['patient']}"),
+    }
+
+
+def payloads(client) -> dict[str, dict]:
+    """One valid payload per stored type, their patient enrolled (`enrol`) and another patient to enrol created."""
+    ids = enrol(client)
+    return valid_resources(ids, created(client.post("/fhir/Patient", json=patient()))["id"])

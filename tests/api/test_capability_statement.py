@@ -8,8 +8,7 @@ import re
 import pytest
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
-from tests.api.test_fhir_routes import payloads
-from tests.factories import created, enrol
+from tests.factories import created, enrol, payloads
 
 INTERACTIONS = ("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
                 "search-type")

@@ -11,35 +11,12 @@ from fhir.resources.R4B.codesystem import CodeSystem
 from service.core.registry import TYPES
 from tests.factories import (
     MRN,
-    adverse_event,
     created,
-    encounter,
     enrol,
-    medication_administration,
     observation,
     patient,
-    procedure,
-    provenance,
-    study,
-    subject,
+    payloads,
 )
-
-
-def payloads(client) -> dict[str, dict]:
-    """One valid payload per stored type (the Observation and AdverseEvent need an enrolled patient)."""
-    ids = enrol(client)
-    other = created(client.post("/fhir/Patient", json=patient()))["id"]
-    return {
-        "Patient": patient(),
-        "ResearchStudy": study(),
-        "ResearchSubject": subject(ids["study"], other),
-        "Observation": observation(ids["patient"], "IGA", 3, "2024-01-09"),
-        "AdverseEvent": adverse_event(ids["patient"], ids["study"]),
-        "Encounter": encounter(ids["patient"]),
-        "MedicationAdministration": medication_administration(ids["patient"]),
-        "Procedure": procedure(ids["patient"]),
-        "Provenance": provenance(f"Patient/{ids['patient']}"),
-    }
 
 
 @pytest.mark.parametrize("resource_type", [t for t, stored in TYPES.items() if stored.writable])

@@ -19,6 +19,7 @@ from tests.factories import (
     provenance,
     study,
     subject,
+    valid_resources,
 )
 
 WRITABLE = [t for t, stored in TYPES.items() if stored.writable]
@@ -31,25 +32,20 @@ def counts(client) -> dict[str, int]:
 def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
     """Per type: a valid resource, an invalid one, and the element the invalid one gets wrong."""
     ids = enrol(client)
-    other = created(client.post("/fhir/Patient", json=patient()))["id"]
-    return {
-        "Patient": (patient(), {**patient(), "gender": "bogus"}, "Patient.gender"),
-        "ResearchStudy": (study(), {**study(), "status": "bogus"}, "ResearchStudy.status"),
-        "ResearchSubject": (subject(ids["study"], other), subject(ids["study"], "nobody"),
-                            "ResearchSubject.individual"),
-        "Observation": (observation(ids["patient"], "EASI", 10), observation(ids["patient"], "EASI", 99),
-                        "Observation.valueQuantity.value"),
-        "AdverseEvent": (adverse_event(ids["patient"], ids["study"]),
-                         adverse_event(ids["patient"], ids["study"], severity="catastrophic"),
-                         "AdverseEvent.severity"),
-        "Encounter": (encounter(ids["patient"]), encounter(ids["patient"], status="bogus"), "Encounter.status"),
-        "MedicationAdministration": (medication_administration(ids["patient"]),
-                                     medication_administration(ids["patient"], status="bogus"),
+    good = valid_resources(ids, created(client.post("/fhir/Patient", json=patient()))["id"])
+    bad = {
+        "Patient": ({**patient(), "gender": "bogus"}, "Patient.gender"),
+        "ResearchStudy": ({**study(), "status": "bogus"}, "ResearchStudy.status"),
+        "ResearchSubject": (subject(ids["study"], "nobody"), "ResearchSubject.individual"),
+        "Observation": (observation(ids["patient"], "EASI", 99), "Observation.valueQuantity.value"),
+        "AdverseEvent": (adverse_event(ids["patient"], ids["study"], severity="catastrophic"), "AdverseEvent.severity"),
+        "Encounter": (encounter(ids["patient"], status="bogus"), "Encounter.status"),
+        "MedicationAdministration": (medication_administration(ids["patient"], status="bogus"),
                                      "MedicationAdministration.status"),
-        "Procedure": (procedure(ids["patient"]), procedure(ids["patient"], status="bogus"), "Procedure.status"),
-        "Provenance": (provenance(f"Patient/{ids['patient']}"),
-                       provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
+        "Procedure": (procedure(ids["patient"], status="bogus"), "Procedure.status"),
+        "Provenance": (provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
     }
+    return {t: (good[t], *bad[t]) for t in bad}
 
 
 def issues(response) -> list[dict]:
