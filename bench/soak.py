@@ -57,6 +57,7 @@ from pathlib import Path
 import httpx
 import orjson
 from ingest import FHIR_JSON, LAB_IDS, _free_port, _observation, make_cohort, scratch_database  # bench/ingest.py
+from mixed import percentile  # bench/mixed.py
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results" / "issue12"
@@ -567,10 +568,8 @@ def phase_of(t: float, events: list[dict], window: float) -> str:
 
 
 def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 1)
+    """The `q` quantile of latencies in seconds, in ms (None: no values)."""
+    return round(percentile(values, q) * 1000, 1) if values else None
 
 
 def figures(log: ClientLog, events: list[dict], seconds: float) -> dict:
