@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     search_threads: int = Field(
         4, ge=1, description="Worker threads per process that run searches; more searches than this wait their turn "
         "(a few threads share the GIL better than many: p99 at 16 clients fell from ~100 to ~17 ms with 4).")
+    write_groups: int = Field(
+        2, ge=0, description="Single creates (`POST /fhir/{type}`) in flight per process: the creates that arrive "
+        "while this many are running wait, and are then committed together in one transaction (each with its own "
+        "answer, AuditEvent and error). 0: every create has its own transaction at once.")
+    write_group_size: int = Field(
+        32, ge=2, description="Most creates committed together in one transaction (`write_groups`).")
     front_door: bool = Field(
         True, description="Answer `GET` and `POST /fhir/{type}` (search, create) in front of FastAPI's layers, which "
         "cost as much CPU as a search; off, the documented routes answer them (the same interactions and answers).")

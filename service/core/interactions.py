@@ -53,6 +53,7 @@ from service.core.context import Context
 from service.core.registry import INCLUDES, REGISTRY, TYPES, handler_for
 from service.core.resources import Stored
 from service.core.stored_type import StoredType
+from service.core.write_groups import ALONE, Member, WriteGroups
 from service.db import read_connection, read_session, write_session
 from service.deid.deidentify import Deidentifier
 from service.deid.service import deidentifier_from, pseudonym_resolver, resolve_pseudonym
@@ -90,6 +91,9 @@ class Core:
         self.async_replica_reads: AsyncReadPool | None = None  # the same, on the read replica
         self._deid: Deidentifier | None = None
         self.audit_log = AuditLog(engine)
+        # concurrent single creates committed together (service/core/write_groups.py); None: each on its own
+        self.write_groups = WriteGroups(engine, limit=settings.write_groups, size=settings.write_group_size,
+                                        enforce_rules=settings.enforce_trial_rules) if settings.write_groups else None
 
     def deidentifier(self) -> Deidentifier:
         """The application's de-identifier (its secret read, or made, on first need: call from a worker thread)."""
@@ -163,12 +167,19 @@ class Core:
                 return work(session)
         return await to_thread.run_sync(run)
 
-    async def _write(self, ctx: Context, subtype: str, work: Callable[[UnitOfWork], T]) -> T:
+    async def _write(self, ctx: Context, subtype: str, work: Callable[[UnitOfWork], T], *,
+                     grouped: bool = False, conditional: bool = False) -> T:
         """`work` in one unit of work, committed with its AuditEvent (run again after a write race), in a worker
-        thread."""
+        thread. `grouped` (a single create): committed with the other creates waiting at the same moment, when
+        write groups are on (service/core/write_groups.py); `conditional`: it looks for a match first."""
         async def run() -> T:
             _no_deidentified_writes(ctx)
             try:
+                if grouped and self.write_groups is not None:
+                    outcome = await self.write_groups.run(Member(work, ctx.caller, ctx.base_url,
+                                                                 self._appender(ctx, subtype), conditional))
+                    if outcome is not ALONE:
+                        return cast(T, outcome)
                 return await self._in_write_session(lambda session: resources.run_write(
                     session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
                     caller=ctx.caller, audit=self._appender(ctx, subtype)))
@@ -180,7 +191,7 @@ class Core:
                      if_none_exist: str | None = None) -> Stored:
         """POST [base]/{type}: 201 with a new id, or the one existing match of `If-None-Exist` (200)."""
         return await self._write(ctx, "create", lambda uow: resources.create(
-            uow, resource_type, body, if_none_exist=if_none_exist))
+            uow, resource_type, body, if_none_exist=if_none_exist), grouped=True, conditional=bool(if_none_exist))
 
     async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
                      if_match: str | None = None, if_none_match: str | None = None) -> Stored:

@@ -73,6 +73,9 @@ class UnitOfWork:
         self.prefetched = False
         # (type, id, change(payload) -> payload): server-side updates to apply
         self.follow_ups: list[tuple[str, str, Callable[[dict[str, Any]], dict[str, Any]]]] = []
+        #: has this unit sent rows to the database (a flush that had something to send)? A write group
+        #: (service/core/write_groups.py) can drop a failing member's gathered rows, not rows already sent
+        self.sent = False
 
     # -- inserts -------------------------------------------------------------------------------------
     def mark(self) -> tuple[dict[Table, int], int, int, int]:
@@ -104,6 +107,7 @@ class UnitOfWork:
         self._pending_identifiers.append((key, id, self._where(expression)))
 
     def release_identifiers(self, resource_type: str, id: str) -> None:
+        self.sent = True
         for key in [k for k, owner in self._claimed.items() if k[0] == resource_type and owner == id]:
             del self._claimed[key]
         repository.delete_identifiers(self.session, resource_type, id)
@@ -114,6 +118,8 @@ class UnitOfWork:
 
     def flush(self) -> None:
         """Send every gathered insert; a taken identifier is a 409 naming the element that holds it."""
+        if self._pending_identifiers or any(self._pending.values()):
+            self.sent = True
         if self._pending_identifiers:
             checks, self._pending_identifiers = self._pending_identifiers, []
             owners = repository.find_identifier_owners(self.session, [c[0] for c in checks])
@@ -160,6 +166,15 @@ class UnitOfWork:
             self.session.rollback()
             _raise_if_taken(checks, owners)
             raise
+
+    def absorb(self, other: "UnitOfWork") -> None:
+        """Take over what `other` (a unit of work on the same session) gathered and has not sent, to be sent with
+        this unit's own (a write group's members, committed together: service/core/write_groups.py). Identifiers
+        two members both claim are left to the unique key, which refuses the commit."""
+        for table, rows in other._pending.items():
+            self._pending[table].extend(rows)
+        self._pending_identifiers.extend(other._pending_identifiers)
+        other._pending, other._pending_identifiers = defaultdict(list), []
 
     # -- references ----------------------------------------------------------------------------------
     def _where(self, expression: str) -> str:
