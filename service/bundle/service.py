@@ -22,7 +22,7 @@ from fhir_mappings.dates import fhir_instant
 from fhir_mappings.json_patch import JSON_PATCH
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.references import ID_RE, parse_reference, split_token
-from fhir_mappings.validation import TOO_DEEP
+from fhir_mappings.validation import TOO_DEEP, structure_issues
 from service.audit.events import AuditRecord, patients_of, touched
 from service.core import resources
 from service.core.context import SYSTEM, Caller
@@ -388,12 +388,20 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
     for r in requests:
         sent = texts[r.index]
         r.may_refer = sent is not None and (not urn_only or b'"reference":"urn:' in sent)
+    # the entries' structure (the costliest check: fhir.resources) is checked here, before the transaction takes
+    # SQLite's write lock, so that another process's transaction can be checked while this one writes; each entry
+    # meets its outcome where it would have checked it (resources.create, update), in the same order as before
+    structure = {id(r.resource): structure_issues(r.resource, r.resource_type, TYPES[r.resource_type].model)
+                 for r in requests if r.method in ("POST", "PUT") and r.resource is not None
+                 and r.resource_type in TYPES}
     attempts = [0]
 
     def work(uow: UnitOfWork) -> bytes:
         # entries are rewritten in place (references, ids, meta): the first attempt works on the parsed body, and
         # an attempt run again after a write race on a fresh copy of what the client sent
         attempts[0] += 1
+        if attempts[0] == 1:
+            uow.structure = dict(structure)
         reqs = requests if attempts[0] == 1 else [replace(r, resource=orjson.loads(text))
                                                   if (text := texts[r.index]) is not None else r for r in requests]
         failures = list(failed)

@@ -134,6 +134,16 @@ def check_structure(resource_type: str, payload: Any) -> dict[str, Any]:
     return cast(dict[str, Any], payload)
 
 
+def _check_structure(uow: UnitOfWork, resource_type: str, payload: Any) -> None:
+    """`check_structure`, or its outcome when it was found before the transaction began (`UnitOfWork.structure`:
+    a transaction Bundle checks its entries before it takes SQLite's write lock)."""
+    known = uow.structure.pop(id(payload), None)
+    if known is None:
+        check_structure(resource_type, payload)
+    elif known:
+        raise ResourceInvalid(known[0].diagnostics, issues=known)
+
+
 # -- writes ----------------------------------------------------------------------------------------------
 
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
@@ -205,7 +215,7 @@ def create(uow: UnitOfWork, resource_type: str, payload: dict[str, Any], *, if_n
     """POST: a new resource with a server id; with `If-None-Exist`, the match when there is exactly one."""
     writable(resource_type)
     access.require(uow.caller, resource_type, "cs" if if_none_exist else "c")
-    check_structure(resource_type, payload)
+    _check_structure(uow, resource_type, payload)
     if if_none_exist:
         matches = find_matches(uow, resource_type, if_none_exist, "If-None-Exist")
         if len(matches) > 1:
@@ -230,11 +240,13 @@ def new_resource_id() -> str:
 
 
 def update(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any], *,
-           if_match: str | None = None, if_none_match: str | None = None) -> Stored:
-    """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create)."""
+           if_match: str | None = None, if_none_match: str | None = None, checked: bool = False) -> Stored:
+    """PUT: a new version of `id` (or the resource itself when `id` is new: update-as-create). `checked`: its
+    structure was checked already (a conditional update's, before the id of its match was set)."""
     writable(resource_type)
     access.require(uow.caller, resource_type, "u")
-    check_structure(resource_type, payload)
+    if not checked:
+        _check_structure(uow, resource_type, payload)
     if not ID_RE.match(id):
         raise BadRequest(f"'{id}' is not a valid FHIR id", expression=f"{resource_type}.id")
     body_id = payload.get("id")
@@ -279,7 +291,7 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
     """PUT Type?search: update the one match, create when there is none, 412 when there are several."""
     writable(resource_type)
     access.require(uow.caller, resource_type, "us")
-    check_structure(resource_type, payload)
+    _check_structure(uow, resource_type, payload)
     matches = find_matches(uow, resource_type, query, "search")
     if len(matches) > 1:
         raise PreconditionFailed(f"Conditional update '{query}' matches {len(matches)} resources",
@@ -291,7 +303,7 @@ def conditional_update(uow: UnitOfWork, resource_type: str, query: str, payload:
     if payload.get("id") not in (None, matches[0]):
         raise BadRequest(f"Resource id '{payload['id']}' does not match the resource found ({matches[0]})",
                          expression=f"{resource_type}.id")
-    return update(uow, resource_type, matches[0], {**payload, "id": matches[0]}, if_match=if_match)
+    return update(uow, resource_type, matches[0], {**payload, "id": matches[0]}, if_match=if_match, checked=True)
 
 
 def patch(uow: UnitOfWork, resource_type: str, id: str, operations: Any, *, if_match: str | None = None) -> Stored:

@@ -76,6 +76,9 @@ class UnitOfWork:
         #: has this unit sent rows to the database (a flush that had something to send)? A write group
         #: (service/core/write_groups.py) can drop a failing member's gathered rows, not rows already sent
         self.sent = False
+        #: structure checks made before the transaction began, by `id()` of the payload checked: their issues (none:
+        #: valid). A transaction Bundle checks its entries first, outside SQLite's write lock (service/bundle)
+        self.structure: dict[int, list[Any]] = {}
 
     # -- inserts -------------------------------------------------------------------------------------
     def mark(self) -> tuple[dict[Table, int], int, int, int]:
