@@ -24,7 +24,7 @@ SUMMARY_EXAMPLE: dict[str, Any] = {
     "visits": [{"name": "baseline", "target_day": 0, "first_day": -30, "last_day": 0},
                {"name": "week-4", "target_day": 28, "first_day": 21, "last_day": 35},
                {"name": "week-12", "target_day": 84, "first_day": 70, "last_day": 98}],
-    "measures": [{"key": "EASI", "display": "EASI", "unit": "{score}"}],
+    "measures": [{"key": "EASI", "display": "EASI", "unit": "{score}", "unit_display": "score", "excluded": 0}],
     "arms": [{
         "name": "high-dose", "dose": "5.0 × 10^7 hUCB-MSCs, one subcutaneous administration",
         "enrolled": 11, "completed": 10, "withdrawn": 1,
@@ -61,6 +61,8 @@ class MeasureInfo(BaseModel):
     key: str = Field(description="Measure key of the study's catalogue, e.g. `EASI`")
     display: str
     unit: str = Field(description="Canonical UCUM unit every value is converted to, e.g. `[IU]/mL`")
+    unit_display: str = Field("", description="The canonical unit as people write it, from the catalogue's "
+                              "`unit_display`: `IU/mL`, `×10³/µL`, `score`, `%`")
     excluded: int = Field(0, description="Stored values of this measure left out of every figure: not finite, or "
                           "outside the measure's plausibility limits (what a write is refused for today)")
 

@@ -55,7 +55,13 @@ BASELINE = "baseline"
 COMPLETED_STATUSES = ("off-study", "follow-up")
 SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
-CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value")
+#: the first five as before; `unit` as people write it (empty for counts, proportions and p-values); `versus` the
+#: other arm of a between-arm comparison row (empty elsewhere)
+CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value", "unit", "versus")
+SUBJECTS = "SUBJECTS"  # the measure key of the per-arm subject counts in the CSV
+SUBJECT_STATISTICS = ("enrolled", "completed", "withdrawn")
+RESPONDER_COMPARISON_STATISTICS = ("rate_difference", "odds_ratio", "p_value")
+CHANGE_COMPARISON_STATISTICS = ("n", "n_versus", "pct_change_difference", "u_statistic", "p_value")
 MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change")
 RESPONDER_STATISTICS = ("n", "responders", "rate", "ci_low", "ci_high")
 SAFETY_STATISTICS = ("subjects", "events")
@@ -228,8 +234,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
         generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
-        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit, excluded=excluded.get(m.key, 0))
-                  for m in measures],
+        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit, unit_display=m.unit_display,
+                              excluded=excluded.get(m.key, 0)) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
     return summary if min_cell is None else suppress(summary, min_cell)
 
@@ -420,12 +426,54 @@ def csv_text(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
+def statistic_unit(summary: StudySummary, measure: str, statistic: str) -> str:
+    """The unit of one figure as people write it: a measure's mean, SD, median, min, max and mean change are in its
+    canonical unit (`IU/mL`, `×10³/µL`, `score`); a % change (or a difference of them) in `%`; counts, rates
+    (proportions 0–1), odds ratios, U statistics and p-values have none."""
+    if statistic in ("mean_pct_change", "pct_change_difference"):
+        return "%"
+    if statistic in ("mean", "sd", "median", "min", "max", "mean_change"):
+        return next((m.unit_display or m.unit for m in summary.measures if m.key == measure), "")
+    return ""
+
+
+CsvRow = tuple[str, str, str, str, Figure, str, str]
+
+
+def csv_rows(summary: StudySummary) -> Iterator[CsvRow]:
+    """The CSV's rows (CSV_COLUMNS): each arm's subject counts (measure `SUBJECTS`, visit `all`: enrolled, completed,
+    withdrawn), then every figure of `tidy_rows` with its unit, then the between-arm comparisons (`versus` the other
+    arm: responder rate difference, odds ratio and Fisher's p; % change n, n_versus, difference, U and p). A
+    suppressed count is `<k`; a figure with nothing behind it is left out."""
+    hidden = suppressed_count(summary)
+    for arm in summary.arms:
+        for name in SUBJECT_STATISTICS:
+            value = getattr(arm, name)
+            yield arm.name, "all", SUBJECTS, name, hidden if value is None else value, "", ""
+    for arm_name, visit, measure, statistic, figure in tidy_rows(summary):
+        yield arm_name, visit, measure, statistic, figure, statistic_unit(summary, measure, statistic), ""
+    for c in summary.comparisons:
+        for r in c.responders:
+            for name in RESPONDER_COMPARISON_STATISTICS:
+                value = getattr(r, name)
+                if value is not None:
+                    yield c.arm, r.visit, r.measure, name, value, "", c.versus
+        for change in c.pct_change:
+            for name in CHANGE_COMPARISON_STATISTICS:
+                value = getattr(change, name)
+                if value is not None:
+                    yield (c.arm, change.visit, change.measure, name, value,
+                           statistic_unit(summary, change.measure, name), c.versus)
+                elif name in ("n", "n_versus") and change.suppressed:
+                    yield c.arm, change.visit, change.measure, name, hidden, "", c.versus
+
+
 def write_csv(summary: StudySummary, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for arm, visit, measure, statistic, value in tidy_rows(summary):
+    for arm, visit, measure, statistic, value, unit, versus in csv_rows(summary):
         writer.writerow((csv_text(arm), csv_text(visit), csv_text(measure), csv_text(statistic),
-                         format_value(value)))
+                         format_value(value), csv_text(unit), csv_text(versus)))
 
 
 def summary_csv(summary: StudySummary) -> str:
