@@ -12,7 +12,7 @@ from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.api.http import CoreDep, Ctx
 from service.conformance.service import Contribution
 from service.responses import FhirJSONResponse
-from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
+from service.stats.schemas import SUMMARY_EXAMPLE, StudyProgress, StudySummary
 
 #: ResearchStudy/{id}/$summary in the CapabilityStatement
 CAPABILITY = Contribution(operations={"ResearchStudy": ({
@@ -71,6 +71,17 @@ async def read_summary(study_id: StudyId, core: CoreDep, ctx: Ctx) -> StudySumma
     assignedArm. Figures are unrounded; a statistic with nothing behind it is `null`, a zero count is `0`.
     Completed = not withdrawn and either a counted result at the last visit or status off-study / follow-up."""
     return await core.study_summary(ctx, study_id)
+
+
+@router.get("/studies/{study_id}/progress", name="read_progress", summary="Data completeness per visit (JSON)",
+            response_model=StudyProgress, responses=error_docs(404))
+async def read_progress(study_id: StudyId, core: CoreDep, ctx: Ctx) -> StudyProgress:
+    """How far the study's data has come, as of today (UTC), per visit of its catalogue: subjects due (window
+    opened, not withdrawn), results expected (due × measures) and received (counted results), subjects overdue
+    (window closed without a result) and awaiting (window open, no result yet); its actual adverse events by
+    seriousness; when its latest result was obtained. What the dashboard at `/` shows; the same access as
+    `/summary` (`r` on Observation, AdverseEvent and ResearchSubject, the study one of the client's)."""
+    return await core.study_progress(ctx, study_id)
 
 
 @router.get("/studies/{study_id}/summary.csv", name="read_summary_csv", summary="Summary as tidy CSV",

@@ -178,3 +178,41 @@ class StudySummary(BaseModel):
                                  "suppressed (k-anonymity); null: nothing suppressed")
 
 
+
+
+class VisitProgress(BaseModel):
+    """Data completeness of one visit of the catalogue, as of a day."""
+
+    visit: str
+    first_day: int = Field(description="First day of the window (from day 0, inclusive)")
+    last_day: int = Field(description="Last day of the window (inclusive)")
+    due: int | None = Field(description="Subjects whose window has opened and who are not withdrawn (or came all "
+                            "the same: a withdrawn subject is due only at the visits it came to)")
+    expected: int | None = Field(description="Results expected: due subjects × the catalogue's measures")
+    received: int | None = Field(description="Results received: the due subjects' distinct measures with a counted "
+                                 "result at the visit")
+    completeness: float | None = Field(None, description="received / expected (0–1); null when nothing is expected")
+    overdue: int | None = Field(description="Subjects not withdrawn whose window has closed without any counted "
+                                "result at the visit")
+    awaiting: int | None = Field(description="Subjects not withdrawn whose window is open today, with no counted "
+                                 "result yet")
+
+
+class SeriousnessCount(BaseModel):
+    seriousness: str = Field(description="`serious`, `non-serious` (adverse-event-seriousness), or `not recorded`")
+    events: int | None
+    subjects: int | None
+
+
+class StudyProgress(BaseModel):
+    """How far a study's data has come: completeness per visit, adverse events by seriousness, the latest result.
+    De-identified view: counts of 1 … min_cell − 1 subjects are null (and what is derived from them)."""
+
+    study_id: str
+    title: str | None = None
+    as_of: date = Field(description="The day the windows are judged against (today, UTC)")
+    measures: int = Field(description="Measures of the study's catalogue: results expected per subject and visit")
+    visits: list[VisitProgress]
+    adverse_events: list[SeriousnessCount] = Field(description="Actual adverse events by seriousness")
+    latest_result: datetime | None = Field(None, description="When the study's latest result was obtained")
+    min_cell: int | None = None

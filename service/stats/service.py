@@ -28,7 +28,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import combinations
 from typing import TextIO
 
@@ -47,8 +47,11 @@ from service.stats.schemas import (
     ResponderComparison,
     ResponderStats,
     SafetyStats,
+    SeriousnessCount,
+    StudyProgress,
     StudySummary,
     VisitInfo,
+    VisitProgress,
 )
 
 BASELINE = "baseline"
@@ -238,6 +241,47 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
                               excluded=excluded.get(m.key, 0)) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
     return summary if min_cell is None else suppress(summary, min_cell)
+
+
+def study_progress(session: Session, study_id: str, *, today: date | None = None,
+                   min_cell: int | None = None) -> StudyProgress:
+    """The study's data completeness per visit of its catalogue (expected vs received results, overdue and open
+    windows, as of `today`), its actual adverse events by seriousness and when its latest result was obtained: a few
+    SQL aggregates (repository.visit_completeness). With `min_cell`, subject counts of 1 … k−1 are null."""
+    study = repository.get_study(session, study_id)
+    if study is None:
+        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+    catalogue = load_catalogue(study.catalogue)
+    today = today or datetime.now(UTC).date()
+    keys = [m.key for m in catalogue.measures]
+    counted = sorted(catalogue.counted_statuses)
+
+    def hide(n: int) -> int | None:
+        return None if min_cell is not None and 0 < n < min_cell else n
+
+    visits = []
+    for v in _ordered_visits(catalogue):
+        due, received, overdue, awaiting = repository.visit_completeness(
+            session, study_id, v.name, keys, counted, today - timedelta(days=v.first_day),
+            today - timedelta(days=v.last_day))
+        expected = due * len(keys)
+        shown = hide(due)
+        visits.append(VisitProgress(
+            visit=v.name, first_day=v.first_day, last_day=v.last_day, due=shown,
+            expected=None if shown is None else expected, received=None if shown is None else received,
+            completeness=received / expected if expected and shown is not None else None,
+            overdue=hide(overdue), awaiting=hide(awaiting)))
+    events = []
+    for seriousness, n_events, n_subjects in repository.count_adverse_events_by_seriousness(session, study_id):
+        small = hide(n_subjects) is None
+        events.append(SeriousnessCount(seriousness=seriousness or "not recorded",
+                                       events=None if small else n_events, subjects=None if small else n_subjects))
+    latest = repository.latest_result_time(session, study_id)
+    if isinstance(latest, str):  # SQLite hands an aggregate's datetime back as text
+        latest = datetime.fromisoformat(latest)
+    return StudyProgress(study_id=study.id, title=study.title, as_of=today, measures=len(keys), visits=visits,
+                         adverse_events=events, latest_result=None if min_cell is not None else latest,
+                         min_cell=min_cell)
 
 
 # --- k-anonymity: what a de-identified client sees -----------------------------------------------------------
