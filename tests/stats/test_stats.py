@@ -488,3 +488,12 @@ def test_cli_prints_tables_and_writes_the_same_csv(client, cohort, settings, mon
         assert unknown.exit_code == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_the_report_writes_units_as_people_do(client, cohort):
+    html = client.get(f"/studies/{cohort}/report").text
+    assert "Serum total IgE (IU/mL)" in html and "Blood eosinophils (×10³/µL)" in html and "EASI (score)" in html
+    assert "[IU]/mL" not in html and "10*3/uL" not in html
+    summary = client.get(f"/studies/{cohort}/summary").json()
+    assert {m["key"]: m["unit_display"] for m in summary["measures"]}["IGE"] == "IU/mL"
+    assert {m["key"]: m["unit"] for m in summary["measures"]}["IGE"] == "[IU]/mL"  # the JSON keeps the UCUM code
