@@ -2,11 +2,13 @@
 
 A catalogue (one JSON file in `catalogue/`) lists a study's measures (codes, canonical UCUM unit, accepted
 units with their conversion, valid range, integer or not), its visit windows and which result statuses
-count. The atopic dermatitis catalogue is the default; another disease is another file, not new code.
+count, and `unit_display`: each unit as people write it (`[IU]/mL` is `IU/mL`, `10*3/uL` is `×10³/µL`), which
+the charts, the report, the dashboard, the CSV and `trial-fhir summary` show instead of the UCUM code.
+The atopic dermatitis catalogue is the default; another disease is another file, not new code.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -86,6 +88,7 @@ class Measure:
     max_decimals: int | None
     parts: str | None
     category: str
+    unit_display: str = ""  # the canonical unit as people write it (`IU/mL`, `×10³/µL`); the catalogue's `unit_display`
 
     def to_canonical(self, value: Decimal, unit: str) -> Decimal | None:
         """`value` in `unit` converted to the canonical unit; None for a unit this measure does not accept."""
@@ -104,6 +107,12 @@ class Catalogue:
     visits: tuple[Visit, ...]
     counted_statuses: frozenset[str]
     code_system: dict[str, Any]
+    unit_displays: dict[str, str] = field(default_factory=dict)  # UCUM code -> how people write it
+
+    def unit_display(self, unit: str | None) -> str:
+        """`unit` (a UCUM code) as people write it (`[IU]/mL` -> `IU/mL`, `10*3/uL` -> `×10³/µL`), from the
+        catalogue's `unit_display`; a unit it does not name is shown as it is."""
+        return self.unit_displays.get(unit or "", unit or "")
 
     def measure_for(self, system: str | None, code: str | None) -> Measure | None:
         return self._by_code().get((system or "", code or ""))
@@ -141,13 +150,15 @@ def _decimal(value: float | int | None) -> Decimal | None:
 
 @cache
 def load_catalogue(name: str = DEFAULT_CATALOGUE) -> Catalogue:
-    data = json.loads((_CATALOGUE_DIR / f"{name}.json").read_text())
+    data = json.loads((_CATALOGUE_DIR / f"{name}.json").read_text(encoding="utf-8"))
+    displays: dict[str, str] = data.get("unit_display", {})
     measures = tuple(
         Measure(
             key=m["key"], display=m["display"], codes=tuple(tuple(c) for c in m["codes"]), unit=m["unit"],
             units={u: (Decimal(str(f[0])), Decimal(str(f[1]))) for u, f in m["units"].items()},
             min=_decimal(m.get("min")), max=_decimal(m.get("max")), integer=m.get("integer", False),
             max_decimals=m.get("max_decimals"), parts=m.get("parts"), category=m.get("category", "survey"),
+            unit_display=displays.get(m["unit"], m["unit"]),
         )
         for m in data["measures"]
     )
@@ -155,6 +166,7 @@ def load_catalogue(name: str = DEFAULT_CATALOGUE) -> Catalogue:
     return Catalogue(
         name=data["name"], title=data["title"], measures=measures, visits=visits,
         counted_statuses=frozenset(data["counted_statuses"]), code_system=data["code_system"],
+        unit_displays=dict(displays),
     )
 
 

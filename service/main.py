@@ -25,6 +25,7 @@ from service.bundle.router import router as bundle_router
 from service.conformance.router import router as conformance_router
 from service.core.interactions import Core
 from service.core.registry import TYPES
+from service.dashboard.router import router as dashboard_router
 from service.db import make_engine, migrate
 from service.errors import register_error_handlers
 from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as export_router
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export_router)
     app.include_router(group_router)
     app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
+    app.include_router(dashboard_router)  # the study dashboard at /
     for router in build_routers():
         app.include_router(router)
     routed = partial(FastAPI.__call__, app)

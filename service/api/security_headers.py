@@ -10,7 +10,8 @@ What each response gets, and why:
 - `Content-Security-Policy`: `default-src 'none'` on API answers (JSON, NDJSON, CSV, SVG: a browser that opens
   one directly runs nothing); the study report gets only its inline `<style>` and inline SVG; /docs and /redoc
   load Swagger UI and ReDoc from the jsDelivr CDN (FastAPI's defaults), so their policy allows exactly that CDN
-  (ReDoc also its Google fonts), their inline bootstrap script and `connect-src 'self'` for /openapi.json.
+  (ReDoc also its Google fonts), their inline bootstrap script and `connect-src 'self'` for /openapi.json; the
+  dashboard at / its own script and stylesheet, fetches to here and the blob: URLs it opens (DASHBOARD_CSP).
 - `Cache-Control: no-store` on everything but the public documents (CapabilityStatement, well-known documents,
   the API docs): FHIR answers, export files and summaries carry patient data, and a token answer must not be
   cached either (RFC 6749 §5.1); an app's own Cache-Control on those is replaced.
@@ -32,6 +33,11 @@ API_CSP = b"default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-ac
 #: the study report: an inline <style> and inline SVG charts, nothing loaded
 DOCUMENT_CSP = (b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; "
                 b"base-uri 'none'; form-action 'none'")
+#: the dashboard at /: its own stylesheet and script (from /dashboard/assets), the fragments and figures it fetches
+#: from here, and the report, summaries and charts it opens as blob: URLs (which inherit this policy: the report's
+#: inline <style> and SVG); nothing from another host
+DASHBOARD_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: "
+                 b"blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 CDN = b"https://cdn.jsdelivr.net"
 FAVICON = b"https://fastapi.tiangolo.com"  # FastAPI's default docs favicon
 #: Swagger UI as FastAPI serves it (fastapi.openapi.docs.get_swagger_ui_html): its CSS and bundle from jsDelivr,
@@ -68,6 +74,8 @@ def page_policy(path: str) -> bytes | None:
         return SWAGGER_CSP
     if path == "/redoc":
         return REDOC_CSP
+    if path == "/":
+        return DASHBOARD_CSP
     return None
 
 

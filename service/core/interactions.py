@@ -65,7 +65,7 @@ from service.search.compiler import study_condition
 from service.search.service import plan_search, resolve_study, run_search, run_search_async
 from service.settings import Settings
 from service.stats import service as stats
-from service.stats.schemas import StudySummary
+from service.stats.schemas import StudyProgress, StudySummary
 from service.store import repository
 from service.store.driver import AsyncReadPool, async_read_pool
 from service.store.unit_of_work import UnitOfWork
@@ -620,6 +620,12 @@ class Core:
         """One measure's or responder key's chart (SVG)."""
         return await self._figures(ctx, study_id, "chart", lambda s, sid: stats.study_chart(
             s, sid, key, min_cell=self._min_cell(ctx)))
+
+    async def study_progress(self, ctx: Context, study_id: str) -> StudyProgress:
+        """The study's data completeness per visit, adverse events by seriousness and latest result time
+        (aggregates: service/stats/service.py `study_progress`), audited and limited as every figure is."""
+        return await self._figures(ctx, study_id, "progress", lambda s, sid: stats.study_progress(
+            s, sid, min_cell=self._min_cell(ctx)))
 
     async def study_report(self, ctx: Context, study_id: str) -> str:
         """The human-readable report (HTML)."""

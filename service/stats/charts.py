@@ -1,8 +1,10 @@
 """Hand-written SVG charts of a summary (no plotting dependency): pure functions of a StudySummary.
 
-- a measure: mean ± SD at each visit (x = target day), one line per arm;
+- a measure: mean ± SD at each visit (x = target day), one line per arm, its unit as people write it (the
+  catalogue's `unit_display`: `IU/mL`, not `[IU]/mL`);
 - a responder key: responder rate per post-baseline visit as grouped bars, one bar per arm, with the 95%
   Wilson interval as a whisker.
+The subtitle names the study by its title (its id only when it has none).
 """
 
 import math
@@ -31,6 +33,14 @@ def chart_svg(summary: StudySummary, key: str) -> str:
         return _bar_chart(summary, key)
     raise NotFound(f"No chart '{key}' for ResearchStudy/{summary.study_id}: use one of "
                    f"{', '.join(chart_keys(summary))}", expression="measure")
+
+
+def study_label(summary: StudySummary, limit: int = 60) -> str:
+    """The study as a subtitle names it: its title (cut to `limit` characters), else its id."""
+    title = (summary.title or "").strip()
+    if not title:
+        return summary.study_id
+    return title if len(title) <= limit else title[:limit - 1].rstrip() + "…"
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -118,7 +128,8 @@ def _line_chart(summary: StudySummary, key: str) -> str:
         return TOP + (y1 - value) / ((y1 - y0) or 1) * (HEIGHT - TOP - BOTTOM)
 
     title = f"{measure.display}: mean ± SD by visit"
-    parts = _frame(title, f"{summary.study_id} · unit {measure.unit} · counted results only", measure.unit, ticks, y)
+    unit = measure.unit_display or measure.unit
+    parts = _frame(title, f"{study_label(summary)} · {unit} · counted results only", unit, ticks, y)
     for v in summary.visits:
         px = x(v.target_day)
         parts.append(f'<text x="{px:.1f}" y="{HEIGHT - BOTTOM + 18}" text-anchor="middle" fill="#444">'
@@ -160,8 +171,8 @@ def _bar_chart(summary: StudySummary, key: str) -> str:
     def y(value: float) -> float:
         return TOP + (100 - value) / 100 * (HEIGHT - TOP - BOTTOM)
 
-    parts = _frame(f"{key}: responder rate by visit", f"{summary.study_id} · bars: rate · whiskers: 95% Wilson "
-                   "interval", "responders (%)", ticks, y)
+    parts = _frame(f"{key}: responder rate by visit", f"{study_label(summary)} · bars: rate · whiskers: 95% "
+                   "Wilson interval", "responders (%)", ticks, y)
     plot_w = WIDTH - LEFT - RIGHT
     group_w = plot_w / max(len(visits), 1)
     bar_w = min(48.0, group_w * 0.7 / max(len(arms), 1))

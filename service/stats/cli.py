@@ -15,8 +15,8 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 @app.callback(invoke_without_command=True, context_settings={"allow_interspersed_args": True}, subcommand_metavar="")
 def summary(
     study_id: str = typer.Argument(None, help="ResearchStudy id (default: the only study in the database)"),
-    csv: str = typer.Option(None, "--csv", help="Write the tidy CSV (arm,visit,measure,statistic,value) to this "
-                            "file, or '-' for stdout, instead of printing tables"),
+    csv: str = typer.Option(None, "--csv", help="Write the tidy CSV (arm,visit,measure,statistic,value,unit,versus) "
+                            "to this file, or '-' for stdout, instead of printing tables"),
 ) -> None:
     """Print the summary of a study as tables, or write it as tidy CSV."""
     from sqlalchemy import select
@@ -71,14 +71,15 @@ def _print_tables(result) -> None:
     console.print(arms)
 
     efficacy = Table(title="Efficacy by visit (counted results; change from baseline)")
-    for col in ("measure", "arm", "visit", "n", "mean", "sd", "median", "min", "max", "Δ mean", "Δ%"):
-        efficacy.add_column(col, justify="left" if col in ("measure", "arm", "visit") else "right")
+    for col in ("measure", "unit", "arm", "visit", "n", "mean", "sd", "median", "min", "max", "Δ mean", "Δ%"):
+        efficacy.add_column(col, justify="left" if col in ("measure", "unit", "arm", "visit") else "right")
     for m in result.measures:
         for a in result.arms:
             for s in a.measures:
                 if s.measure == m.key:
-                    efficacy.add_row(m.key, a.name, s.visit, str(s.n), _fmt(s.mean), _fmt(s.sd), _fmt(s.median),
-                                     _fmt(s.min), _fmt(s.max), _fmt(s.mean_change), _fmt(s.mean_pct_change, 1))
+                    efficacy.add_row(m.key, m.unit_display or m.unit, a.name, s.visit, str(s.n), _fmt(s.mean),
+                                     _fmt(s.sd), _fmt(s.median), _fmt(s.min), _fmt(s.max), _fmt(s.mean_change),
+                                     _fmt(s.mean_pct_change, 1))
         efficacy.add_section()
     console.print(efficacy)
 

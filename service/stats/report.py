@@ -80,11 +80,12 @@ def report_html(summary: StudySummary) -> str:
         rows = [[arm.name, s.visit, _count(s.n, summary), _num(s.mean), _num(s.sd), _num(s.median), _num(s.min),
                  _num(s.max), _num(s.mean_change), _num(s.mean_pct_change, 1)]
                 for arm in summary.arms for s in arm.measures if s.measure == m.key]
+        unit = m.unit_display or m.unit
         parts.append(f'<section class="measure" id="measure-{escape(m.key)}"><h3>{escape(m.display)} '
-                     f"({escape(m.unit)})</h3>")
+                     f"({escape(unit)})</h3>")
         parts.append(f'<figure>{chart_svg(summary, m.key)}<figcaption>{escape(m.display)}: mean ± SD per visit, '
                      "one line per arm.</figcaption></figure>")
-        parts.append(_table(f"table-{m.key}", f"{m.display} ({m.unit})",
+        parts.append(_table(f"table-{m.key}", f"{m.display} ({unit})",
                             ["Arm", "Visit", "n", "Mean", "SD", "Median", "Min", "Max", "Mean change",
                              "Mean % change"], rows, left=2))
         parts.append("</section>")

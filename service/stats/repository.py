@@ -177,3 +177,43 @@ def count_adverse_events_by_arm(session: Session, study_id: str) -> list[tuple]:
 def _as_date(value) -> date | None:
     # SQLite hands aggregate dates back as ISO text
     return date.fromisoformat(value) if isinstance(value, str) else value
+
+
+def visit_completeness(session: Session, study_id: str, visit: str, measures: Sequence[str], counted: Sequence[str],
+                       opened_by: date, closed_before: date) -> tuple[int, int, int, int]:
+    """(due, received, overdue, awaiting) of one visit, over the study's subjects with a day 0:
+
+    - due: subjects whose window has opened (day 0 ≤ `opened_by`, i.e. day 0 + first day ≤ today) and who are
+      not withdrawn, or who came to the visit all the same (a counted result there);
+    - received: the due subjects' distinct measures (of `measures`) with a counted result at the visit;
+    - overdue: subjects not withdrawn whose window has closed (day 0 < `closed_before`) without a counted result;
+    - awaiting: subjects not withdrawn whose window is open now, without a counted result yet.
+    One aggregate over research_subject left-joined to the visit's counted results, grouped by subject."""
+    got = (select(M.c.subject_id, func.count(func.distinct(M.c.measure)).label("got"))
+           .where(M.c.study_id == study_id, M.c.visit == visit, M.c.status.in_(list(counted)),
+                  M.c.measure.in_(list(measures)))
+           .group_by(M.c.subject_id).subquery("got"))
+    active = S.c.status != "withdrawn"
+    opened = S.c.day0 <= opened_by
+    closed = S.c.day0 < closed_before
+    due = and_(opened, or_(active, got.c.got.is_not(None)))
+    query = (select(func.sum(case((due, 1), else_=0)),
+                    func.sum(case((due, func.coalesce(got.c.got, 0)), else_=0)),
+                    func.sum(case((and_(closed, active, got.c.got.is_(None)), 1), else_=0)),
+                    func.sum(case((and_(opened, ~closed, active, got.c.got.is_(None)), 1), else_=0)))
+             .select_from(S.outerjoin(got, got.c.subject_id == S.c.id))
+             .where(S.c.study_id == study_id, S.c.day0.is_not(None)))
+    row = session.execute(query).one()
+    return int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
+
+
+def count_adverse_events_by_seriousness(session: Session, study_id: str) -> list[tuple[str | None, int, int]]:
+    """(seriousness, events, subjects) of the study's actual adverse events (seriousness None: not recorded)."""
+    query = (select(AE.c.seriousness, func.count(), func.count(func.distinct(AE.c.subject_id)))
+             .where(AE.c.study_id == study_id, AE.c.actuality == "actual").group_by(AE.c.seriousness))
+    return sorted(((r[0], int(r[1]), int(r[2])) for r in session.execute(query)), key=lambda r: (r[0] is None, r[0]))
+
+
+def latest_result_time(session: Session, study_id: str) -> Any:
+    """When the study's latest result was obtained (its greatest `effective`), or None."""
+    return session.execute(select(func.max(M.c.effective)).where(M.c.study_id == study_id)).scalar()

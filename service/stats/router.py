@@ -12,7 +12,7 @@ from service.api.docs import ANY_ERROR, error_docs, fhir_json
 from service.api.http import CoreDep, Ctx
 from service.conformance.service import Contribution
 from service.responses import FhirJSONResponse
-from service.stats.schemas import SUMMARY_EXAMPLE, StudySummary
+from service.stats.schemas import SUMMARY_EXAMPLE, StudyProgress, StudySummary
 
 #: ResearchStudy/{id}/$summary in the CapabilityStatement
 CAPABILITY = Contribution(operations={"ResearchStudy": ({
@@ -24,11 +24,16 @@ CAPABILITY = Contribution(operations={"ResearchStudy": ({
 
 StudyId = Annotated[str, Path(description="Logical id of the ResearchStudy, or its registry number (an identifier "
                                           "value such as NCT01927705, or system|value)", examples=["nct01927705"])]
-CSV_EXAMPLE = ("arm,visit,measure,statistic,value\n"
-               "high-dose,baseline,EASI,n,11\n"
-               "high-dose,baseline,EASI,mean,26.436363636363637\n"
-               "high-dose,week-12,EASI-50,rate,0.6\n"
-               "high-dose,all,AE-SERIOUS,events,0\n")
+CSV_EXAMPLE = ("arm,visit,measure,statistic,value,unit,versus\n"
+               "high-dose,all,SUBJECTS,enrolled,11,,\n"
+               "high-dose,all,SUBJECTS,withdrawn,1,,\n"
+               "high-dose,baseline,EASI,n,11,,\n"
+               "high-dose,baseline,EASI,mean,26.436363636363637,score,\n"
+               "high-dose,baseline,IGE,mean,2411.5,IU/mL,\n"
+               "high-dose,week-12,EASI-50,rate,0.6,,\n"
+               "high-dose,all,AE-SERIOUS,events,0,,\n"
+               "high-dose,week-12,EASI-50,p_value,0.39,,low-dose\n"
+               "high-dose,week-12,EASI,pct_change_difference,-19.5,%,low-dose\n")
 MEASURE_REPORT_EXAMPLE = {
     "resourceType": "MeasureReport", "status": "complete", "type": "summary",
     "measure": "https://trial-fhir.org/Measure/atopic-dermatitis-summary", "date": "2024-05-01T08:00:00Z",
@@ -68,19 +73,34 @@ async def read_summary(study_id: StudyId, core: CoreDep, ctx: Ctx) -> StudySumma
     return await core.study_summary(ctx, study_id)
 
 
+@router.get("/studies/{study_id}/progress", name="read_progress", summary="Data completeness per visit (JSON)",
+            response_model=StudyProgress, responses=error_docs(404))
+async def read_progress(study_id: StudyId, core: CoreDep, ctx: Ctx) -> StudyProgress:
+    """How far the study's data has come, as of today (UTC), per visit of its catalogue: subjects due (window
+    opened, not withdrawn), results expected (due × measures) and received (counted results), subjects overdue
+    (window closed without a result) and awaiting (window open, no result yet); its actual adverse events by
+    seriousness; when its latest result was obtained. What the dashboard at `/` shows; the same access as
+    `/summary` (`r` on Observation, AdverseEvent and ResearchSubject, the study one of the client's)."""
+    return await core.study_progress(ctx, study_id)
+
+
 @router.get("/studies/{study_id}/summary.csv", name="read_summary_csv", summary="Summary as tidy CSV",
             response_class=Response,
             responses={200: {"description": "One row per figure", "content": {"text/csv": {
                 "schema": {"type": "string"}, "example": CSV_EXAMPLE}}}, **error_docs(404)})
 async def read_summary_csv(study_id: StudyId, core: CoreDep, ctx: Ctx) -> Response:
-    """The same figures as `/summary`, one per row, with exactly the columns `arm,visit,measure,statistic,value`.
+    """The same figures as `/summary`, one per row, with the columns `arm,visit,measure,statistic,value,unit,versus`.
 
-    `visit` is a visit key (`all` for safety rows); `measure` a measure key (EASI, SCORAD, IGA, PRURITUS, IGE,
-    EOSINOPHILS, EOSINOPHILS-PCT), a responder key (EASI-50, EASI-75, EASI-90, IGA-SUCCESS) or a safety key
-    (AE-ANY, AE-SERIOUS, AE-SEVERE, AE-RELATED, AE-WITHDRAWAL); `statistic` is n, mean, sd, median, min, max,
-    mean_change, mean_pct_change (measures), n, responders, rate, ci_low, ci_high (responders) or subjects,
-    events (safety). Values are unrounded (counts as integers, other figures as the float's repr). A zero count
-    is written; a statistic with nothing behind it (no values, the SD of one value) is left out."""
+    `visit` is a visit key (`all` for subject counts and safety rows); `measure` a measure key (EASI, SCORAD, IGA,
+    PRURITUS, IGE, EOSINOPHILS, EOSINOPHILS-PCT), a responder key (EASI-50, EASI-75, EASI-90, IGA-SUCCESS), a
+    safety key (AE-ANY, AE-SERIOUS, AE-SEVERE, AE-RELATED, AE-WITHDRAWAL) or `SUBJECTS`; `statistic` is enrolled,
+    completed, withdrawn (SUBJECTS), n, mean, sd, median, min, max, mean_change, mean_pct_change (measures), n,
+    responders, rate, ci_low, ci_high (responders) or subjects, events (safety). Rows with `versus` set compare
+    `arm` with that arm: rate_difference, odds_ratio, p_value (Fisher's exact; responder keys) and n, n_versus,
+    pct_change_difference, u_statistic, p_value (Mann–Whitney U; measures). `unit` is the figure's unit as people
+    write it (`IU/mL`, `×10³/µL`, `score`, `%` for % changes), empty for counts, rates (0–1) and p-values. Values
+    are unrounded (counts as integers, other figures as the float's repr). A zero count is written; a statistic
+    with nothing behind it (no values, the SD of one value) is left out."""
     text = await core.study_summary_csv(ctx, study_id)
     return Response(text, media_type="text/csv; charset=utf-8",
                     headers={"Content-Disposition": f'inline; filename="summary-{study_id}.csv"'})

@@ -24,7 +24,7 @@ SUMMARY_EXAMPLE: dict[str, Any] = {
     "visits": [{"name": "baseline", "target_day": 0, "first_day": -30, "last_day": 0},
                {"name": "week-4", "target_day": 28, "first_day": 21, "last_day": 35},
                {"name": "week-12", "target_day": 84, "first_day": 70, "last_day": 98}],
-    "measures": [{"key": "EASI", "display": "EASI", "unit": "{score}"}],
+    "measures": [{"key": "EASI", "display": "EASI", "unit": "{score}", "unit_display": "score", "excluded": 0}],
     "arms": [{
         "name": "high-dose", "dose": "5.0 × 10^7 hUCB-MSCs, one subcutaneous administration",
         "enrolled": 11, "completed": 10, "withdrawn": 1,
@@ -61,6 +61,8 @@ class MeasureInfo(BaseModel):
     key: str = Field(description="Measure key of the study's catalogue, e.g. `EASI`")
     display: str
     unit: str = Field(description="Canonical UCUM unit every value is converted to, e.g. `[IU]/mL`")
+    unit_display: str = Field("", description="The canonical unit as people write it, from the catalogue's "
+                              "`unit_display`: `IU/mL`, `×10³/µL`, `score`, `%`")
     excluded: int = Field(0, description="Stored values of this measure left out of every figure: not finite, or "
                           "outside the measure's plausibility limits (what a write is refused for today)")
 
@@ -176,3 +178,41 @@ class StudySummary(BaseModel):
                                  "suppressed (k-anonymity); null: nothing suppressed")
 
 
+
+
+class VisitProgress(BaseModel):
+    """Data completeness of one visit of the catalogue, as of a day."""
+
+    visit: str
+    first_day: int = Field(description="First day of the window (from day 0, inclusive)")
+    last_day: int = Field(description="Last day of the window (inclusive)")
+    due: int | None = Field(description="Subjects whose window has opened and who are not withdrawn (or came all "
+                            "the same: a withdrawn subject is due only at the visits it came to)")
+    expected: int | None = Field(description="Results expected: due subjects × the catalogue's measures")
+    received: int | None = Field(description="Results received: the due subjects' distinct measures with a counted "
+                                 "result at the visit")
+    completeness: float | None = Field(None, description="received / expected (0–1); null when nothing is expected")
+    overdue: int | None = Field(description="Subjects not withdrawn whose window has closed without any counted "
+                                "result at the visit")
+    awaiting: int | None = Field(description="Subjects not withdrawn whose window is open today, with no counted "
+                                 "result yet")
+
+
+class SeriousnessCount(BaseModel):
+    seriousness: str = Field(description="`serious`, `non-serious` (adverse-event-seriousness), or `not recorded`")
+    events: int | None
+    subjects: int | None
+
+
+class StudyProgress(BaseModel):
+    """How far a study's data has come: completeness per visit, adverse events by seriousness, the latest result.
+    De-identified view: counts of 1 … min_cell − 1 subjects are null (and what is derived from them)."""
+
+    study_id: str
+    title: str | None = None
+    as_of: date = Field(description="The day the windows are judged against (today, UTC)")
+    measures: int = Field(description="Measures of the study's catalogue: results expected per subject and visit")
+    visits: list[VisitProgress]
+    adverse_events: list[SeriousnessCount] = Field(description="Actual adverse events by seriousness")
+    latest_result: datetime | None = Field(None, description="When the study's latest result was obtained")
+    min_cell: int | None = None

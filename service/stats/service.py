@@ -28,7 +28,7 @@ import io
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import combinations
 from typing import TextIO
 
@@ -47,15 +47,24 @@ from service.stats.schemas import (
     ResponderComparison,
     ResponderStats,
     SafetyStats,
+    SeriousnessCount,
+    StudyProgress,
     StudySummary,
     VisitInfo,
+    VisitProgress,
 )
 
 BASELINE = "baseline"
 COMPLETED_STATUSES = ("off-study", "follow-up")
 SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
-CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value")
+#: the first five as before; `unit` as people write it (empty for counts, proportions and p-values); `versus` the
+#: other arm of a between-arm comparison row (empty elsewhere)
+CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value", "unit", "versus")
+SUBJECTS = "SUBJECTS"  # the measure key of the per-arm subject counts in the CSV
+SUBJECT_STATISTICS = ("enrolled", "completed", "withdrawn")
+RESPONDER_COMPARISON_STATISTICS = ("rate_difference", "odds_ratio", "p_value")
+CHANGE_COMPARISON_STATISTICS = ("n", "n_versus", "pct_change_difference", "u_statistic", "p_value")
 MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change")
 RESPONDER_STATISTICS = ("n", "responders", "rate", "ci_low", "ci_high")
 SAFETY_STATISTICS = ("subjects", "events")
@@ -228,10 +237,51 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
         generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
-        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit, excluded=excluded.get(m.key, 0))
-                  for m in measures],
+        measures=[MeasureInfo(key=m.key, display=m.display, unit=m.unit, unit_display=m.unit_display,
+                              excluded=excluded.get(m.key, 0)) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
     return summary if min_cell is None else suppress(summary, min_cell)
+
+
+def study_progress(session: Session, study_id: str, *, today: date | None = None,
+                   min_cell: int | None = None) -> StudyProgress:
+    """The study's data completeness per visit of its catalogue (expected vs received results, overdue and open
+    windows, as of `today`), its actual adverse events by seriousness and when its latest result was obtained: a few
+    SQL aggregates (repository.visit_completeness). With `min_cell`, subject counts of 1 … k−1 are null."""
+    study = repository.get_study(session, study_id)
+    if study is None:
+        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+    catalogue = load_catalogue(study.catalogue)
+    today = today or datetime.now(UTC).date()
+    keys = [m.key for m in catalogue.measures]
+    counted = sorted(catalogue.counted_statuses)
+
+    def hide(n: int) -> int | None:
+        return None if min_cell is not None and 0 < n < min_cell else n
+
+    visits = []
+    for v in _ordered_visits(catalogue):
+        due, received, overdue, awaiting = repository.visit_completeness(
+            session, study_id, v.name, keys, counted, today - timedelta(days=v.first_day),
+            today - timedelta(days=v.last_day))
+        expected = due * len(keys)
+        shown = hide(due)
+        visits.append(VisitProgress(
+            visit=v.name, first_day=v.first_day, last_day=v.last_day, due=shown,
+            expected=None if shown is None else expected, received=None if shown is None else received,
+            completeness=received / expected if expected and shown is not None else None,
+            overdue=hide(overdue), awaiting=hide(awaiting)))
+    events = []
+    for seriousness, n_events, n_subjects in repository.count_adverse_events_by_seriousness(session, study_id):
+        small = hide(n_subjects) is None
+        events.append(SeriousnessCount(seriousness=seriousness or "not recorded",
+                                       events=None if small else n_events, subjects=None if small else n_subjects))
+    latest = repository.latest_result_time(session, study_id)
+    if isinstance(latest, str):  # SQLite hands an aggregate's datetime back as text
+        latest = datetime.fromisoformat(latest)
+    return StudyProgress(study_id=study.id, title=study.title, as_of=today, measures=len(keys), visits=visits,
+                         adverse_events=events, latest_result=None if min_cell is not None else latest,
+                         min_cell=min_cell)
 
 
 # --- k-anonymity: what a de-identified client sees -----------------------------------------------------------
@@ -420,12 +470,54 @@ def csv_text(cell: str) -> str:
     return "'" + cell if cell.startswith(FORMULA_STARTS) else cell
 
 
+def statistic_unit(summary: StudySummary, measure: str, statistic: str) -> str:
+    """The unit of one figure as people write it: a measure's mean, SD, median, min, max and mean change are in its
+    canonical unit (`IU/mL`, `×10³/µL`, `score`); a % change (or a difference of them) in `%`; counts, rates
+    (proportions 0–1), odds ratios, U statistics and p-values have none."""
+    if statistic in ("mean_pct_change", "pct_change_difference"):
+        return "%"
+    if statistic in ("mean", "sd", "median", "min", "max", "mean_change"):
+        return next((m.unit_display or m.unit for m in summary.measures if m.key == measure), "")
+    return ""
+
+
+CsvRow = tuple[str, str, str, str, Figure, str, str]
+
+
+def csv_rows(summary: StudySummary) -> Iterator[CsvRow]:
+    """The CSV's rows (CSV_COLUMNS): each arm's subject counts (measure `SUBJECTS`, visit `all`: enrolled, completed,
+    withdrawn), then every figure of `tidy_rows` with its unit, then the between-arm comparisons (`versus` the other
+    arm: responder rate difference, odds ratio and Fisher's p; % change n, n_versus, difference, U and p). A
+    suppressed count is `<k`; a figure with nothing behind it is left out."""
+    hidden = suppressed_count(summary)
+    for arm in summary.arms:
+        for name in SUBJECT_STATISTICS:
+            value = getattr(arm, name)
+            yield arm.name, "all", SUBJECTS, name, hidden if value is None else value, "", ""
+    for arm_name, visit, measure, statistic, figure in tidy_rows(summary):
+        yield arm_name, visit, measure, statistic, figure, statistic_unit(summary, measure, statistic), ""
+    for c in summary.comparisons:
+        for r in c.responders:
+            for name in RESPONDER_COMPARISON_STATISTICS:
+                value = getattr(r, name)
+                if value is not None:
+                    yield c.arm, r.visit, r.measure, name, value, "", c.versus
+        for change in c.pct_change:
+            for name in CHANGE_COMPARISON_STATISTICS:
+                value = getattr(change, name)
+                if value is not None:
+                    yield (c.arm, change.visit, change.measure, name, value,
+                           statistic_unit(summary, change.measure, name), c.versus)
+                elif name in ("n", "n_versus") and change.suppressed:
+                    yield c.arm, change.visit, change.measure, name, hidden, "", c.versus
+
+
 def write_csv(summary: StudySummary, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for arm, visit, measure, statistic, value in tidy_rows(summary):
+    for arm, visit, measure, statistic, value, unit, versus in csv_rows(summary):
         writer.writerow((csv_text(arm), csv_text(visit), csv_text(measure), csv_text(statistic),
-                         format_value(value)))
+                         format_value(value), csv_text(unit), csv_text(versus)))
 
 
 def summary_csv(summary: StudySummary) -> str:

@@ -347,6 +347,12 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", f"/studies/{STUDY}/charts/EASI-50.svg", 200)
     send("GET", f"/studies/{STUDY}/charts/NOPE.svg", 404)
     send("GET", f"/studies/{STUDY}/report", 200)
+    send("GET", f"/studies/{STUDY}/progress", 200)
+    send("GET", "/studies/unknown-study/progress", 404)
+    send("GET", "/", 200)
+    send("GET", "/dashboard/studies", 200)
+    send("GET", "/dashboard/assets/dashboard.js", 200)
+    send("GET", "/dashboard/assets/nothing.js", 404)
 
     send("GET", "/fhir/$export", 400)  # without Prefer: respond-async
     send("GET", "/fhir/$export?_type=Nonsense", 400, headers={"Prefer": "respond-async"})

@@ -272,6 +272,13 @@ ROWS: dict[str, Row] = {
     "summary_ResearchStudy": _figures("/fhir/ResearchStudy/{study}/$summary"),
     "read_chart": _figures("/studies/{study}/charts/EASI.svg"),
     "read_report": _figures("/studies/{study}/report"),
+    "read_progress": _figures("/studies/{study}/progress"),
+    # the dashboard's page and assets carry no data without a token (tests/dashboard: what a token shows)
+    "dashboard": _public("/"),
+    "dashboard_asset": _public("/dashboard/assets/dashboard.js"),
+    # its studies (an HTML fragment): those the client may search, each piece only as far as its scopes go
+    # (another study's is left out: tests/dashboard/test_dashboard_http.py)
+    "dashboard_studies": Row(lambda s, k: s.send("GET", "/dashboard/studies"), ("ResearchStudy.s",), other=None),
     "export_system": Row(lambda s, k: s.send("GET", "/fhir/$export?_type=Observation",
                                              headers={"Prefer": "respond-async"}),
                          ("Observation.r",), ok=(202,), other=None),

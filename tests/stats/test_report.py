@@ -5,15 +5,13 @@ Needs Debian's `chromium` package (`apt-get install -y chromium`); skipped when 
 
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from html.parser import HTMLParser
 
 import pytest
-import uvicorn
 
+from tests.servers import served
 from tests.stats.test_stats import MEASURES, cohort  # noqa: F401  (the cohort fixture)
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -22,26 +20,11 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None and os.environ.get("TRIAL_FHIR_
                                 reason="headless Chromium is not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server_url(app):
     """The test app served by uvicorn in a thread (the `client` fixture already ran its lifespan)."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with served(app) as base:
+        yield base
 
 
 def _chromium(tmp_path, *args: str) -> subprocess.CompletedProcess:

@@ -341,19 +341,51 @@ def test_summary_csv_has_exactly_the_tidy_rows(client, cohort):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.text)))
-    assert rows[0] == ["arm", "visit", "measure", "statistic", "value"]
+    assert rows[0] == ["arm", "visit", "measure", "statistic", "value", "unit", "versus"]
+    assert all(len(r) == 7 for r in rows)
+    subjects = [r for r in rows[1:] if r[2] == "SUBJECTS"]
+    comparisons = [r for r in rows[1:] if r[6]]
+    figures = [r for r in rows[1:] if r[2] != "SUBJECTS" and not r[6]]
+    assert rows[1:] == subjects + figures + comparisons  # subject counts first, comparisons last
+    # n enrolled / completed / withdrawn per arm, as the JSON (checked against hand-computed figures above) says
+    summary = client.get(f"/studies/{cohort}/summary").json()
+    assert subjects == [[a["name"], "all", "SUBJECTS", stat, str(a[stat]), "", ""]
+                        for a in summary["arms"] for stat in ("enrolled", "completed", "withdrawn")]
     expected = expected_rows()
-    assert [tuple(r[:4]) for r in rows[1:]] == [e[:4] for e in expected]
-    for row, (_, _, _, stat, value) in zip(rows[1:], expected, strict=True):
+    assert [tuple(r[:4]) for r in figures] == [e[:4] for e in expected]
+    for row, (_, _, _, stat, value) in zip(figures, expected, strict=True):
         if stat in ("n", "responders", "subjects", "events"):
             assert row[4] == str(value)
         else:
             assert float(row[4]) == approx(value) and row[4] == repr(float(row[4]))  # unrounded repr
+    # each figure's unit as people write it (the catalogue's unit_display), none for counts and proportions
+    units = {(r[2], r[3]): r[5] for r in figures}
+    assert units[("EASI", "mean")] == units[("EASI", "sd")] == "score"
+    assert units[("IGE", "mean")] == units[("IGE", "mean_change")] == "IU/mL"
+    assert units[("EOSINOPHILS", "median")] == "×10³/µL"
+    assert units[("IGE", "mean_pct_change")] == "%"
+    assert units[("EASI", "n")] == units[("EASI-50", "rate")] == units[("AE-ANY", "events")] == ""
     # zero counts are figures; statistics with nothing behind them are absent
-    assert ["low-dose", "all", "AE-SERIOUS", "events", "0"] in rows
-    assert ["low-dose", "week-4", "SCORAD", "n", "0"] in rows
+    assert ["low-dose", "all", "AE-SERIOUS", "events", "0", "", ""] in rows
+    assert ["low-dose", "week-4", "SCORAD", "n", "0", "", ""] in rows
     assert not any(r[:4] == ["high-dose", "week-12", "EOSINOPHILS", "sd"] for r in rows)
     assert not any(r[:4] == ["high-dose", "baseline", "EASI", "mean_change"] for r in rows)
+    # the between-arm comparisons the JSON has, every figure of them, `versus` naming the other arm
+    wanted = []
+    for c in summary["comparisons"]:
+        for r in c["responders"]:
+            wanted += [(c["arm"], r["visit"], r["measure"], stat, r[stat], "", c["versus"])
+                       for stat in ("rate_difference", "odds_ratio", "p_value") if r[stat] is not None]
+        for r in c["pct_change"]:
+            wanted += [(c["arm"], r["visit"], r["measure"], stat, r[stat],
+                        "%" if stat == "pct_change_difference" else "", c["versus"])
+                       for stat in ("n", "n_versus", "pct_change_difference", "u_statistic", "p_value")
+                       if r[stat] is not None]
+    assert wanted and len(comparisons) == len(wanted)
+    for row, want in zip(comparisons, wanted, strict=True):
+        assert (*row[:4], row[5], row[6]) == (*want[:4], want[5], want[6])
+        assert float(row[4]) == approx(want[4])
+    assert ["high-dose", "week-12", "EASI", "n", "2", "", "low-dose"] in comparisons
 
 
 def test_summary_measure_report_is_valid_fhir_with_the_same_figures(client, cohort):
@@ -394,6 +426,16 @@ def test_charts_are_valid_svg(client, cohort):
     assert len(root.findall(".//svg:circle", ns)) == 6  # 2 arms × 3 visits
     bars = ET.fromstring(client.get(f"/studies/{cohort}/charts/EASI-50.svg").content)
     assert len(bars.findall(".//svg:rect[@class='bar']", ns)) == 4  # 2 arms × 2 visits
+    # the subtitle names the study by its title, not its id; the unit as people write it
+    title = client.get(f"/fhir/ResearchStudy/{cohort}").json()["title"]
+    assert root.find("svg:desc", ns).text.startswith(title + " · score")
+    assert cohort not in response.text
+    ige = ET.fromstring(client.get(f"/studies/{cohort}/charts/IGE.svg").content)
+    texts = [t.text for t in ige.iter("{http://www.w3.org/2000/svg}text")]
+    assert "IU/mL" in texts and not any("[IU]" in (t or "") for t in texts)  # the y axis label
+    eos = client.get(f"/studies/{cohort}/charts/EOSINOPHILS.svg").text
+    assert "×10³/µL" in eos and "10*3/uL" not in eos
+    assert title in bars.find("svg:desc", ns).text
     missing = client.get(f"/studies/{cohort}/charts/PASI.svg")
     assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"
 
@@ -415,7 +457,8 @@ def test_study_without_results_has_zero_counts_and_no_statistics(client):
     assert [(c["arm"], c["versus"]) for c in body["comparisons"]] == [
         ("arm-a", "arm-b"), ("arm-a", "arm-c"), ("arm-b", "arm-c")]
     rows = list(csv.reader(io.StringIO(client.get(f"/studies/{study_id}/summary.csv").text)))
-    assert {r[3] for r in rows[1:]} == {"n", "responders", "subjects", "events"}
+    assert {r[3] for r in rows[1:]} == {"n", "responders", "subjects", "events", "enrolled", "completed",
+                                        "withdrawn", "n_versus"}
     assert {r[4] for r in rows[1:]} == {"0"}
     MeasureReport.model_validate(client.get(f"/fhir/ResearchStudy/{study_id}/$summary").json())
     assert client.get(f"/studies/{study_id}/charts/EASI.svg").status_code == 200
@@ -435,6 +478,8 @@ def test_cli_prints_tables_and_writes_the_same_csv(client, cohort, settings, mon
         tables = runner.invoke(app, ["summary", cohort], env={"COLUMNS": "200"})
         assert tables.exit_code == 0, tables.output
         assert "Efficacy by visit" in tables.output and "high-dose" in tables.output and "AE-SERIOUS" in tables.output
+        assert "IU/mL" in tables.output and "×10³/µL" in tables.output  # units as people write them
+        assert "[IU]/mL" not in tables.output and "10*3/uL" not in tables.output
         out = tmp_path / "summary.csv"
         written = runner.invoke(app, ["summary", cohort, "--csv", str(out)])
         assert written.exit_code == 0, written.output
@@ -443,3 +488,12 @@ def test_cli_prints_tables_and_writes_the_same_csv(client, cohort, settings, mon
         assert unknown.exit_code == 1
     finally:
         get_settings.cache_clear()
+
+
+def test_the_report_writes_units_as_people_do(client, cohort):
+    html = client.get(f"/studies/{cohort}/report").text
+    assert "Serum total IgE (IU/mL)" in html and "Blood eosinophils (×10³/µL)" in html and "EASI (score)" in html
+    assert "[IU]/mL" not in html and "10*3/uL" not in html
+    summary = client.get(f"/studies/{cohort}/summary").json()
+    assert {m["key"]: m["unit_display"] for m in summary["measures"]}["IGE"] == "IU/mL"
+    assert {m["key"]: m["unit"] for m in summary["measures"]}["IGE"] == "[IU]/mL"  # the JSON keeps the UCUM code
