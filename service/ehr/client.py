@@ -149,17 +149,33 @@ def assertion_alg(key: RSAKey | ECKey) -> str:
     return "RS384" if isinstance(key, RSAKey) else "ES384"
 
 
+class _TokenClient(AsyncOAuth2Client):
+    """authlib's OAuth 2 client, sending its token request through our injected `httpx.AsyncClient` (authlib 1.9
+    sends through httpx2 when it is installed: a second HTTP stack, with its own timeouts, that respx can't mock)."""
+
+    def __init__(self, http: httpx.AsyncClient, client_id: str, assertion: SmartAssertion) -> None:
+        super().__init__(client_id, client_secret=assertion.key, token_endpoint_auth_method=assertion)
+        self._http = http
+
+    async def _fetch_token(self, url: str, body: str = "", headers: Any = None, auth: Any = None,
+                           method: str = "POST", **kwargs: Any) -> Any:
+        url, prepared, content = auth.prepare("POST", url, dict(headers or {}), body)  # signs the assertion
+        response = await self._http.post(url, content=content, headers=prepared)
+        for hook in self.compliance_hook["access_token_response"]:
+            response = hook(response)
+        return self.parse_response_token(response)
+
+
 class SmartAuth(Auth):
     """SMART Backend Services: client credentials with our signed assertion, the token kept until 30 s before
     it expires (or a 401 says it is no longer good)."""
 
-    def __init__(self, token_url: str, client_id: str, key: RSAKey | ECKey, *, scope: str | None = None,
-                 timeout: float = 30.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, http: httpx.AsyncClient, token_url: str, client_id: str, key: RSAKey | ECKey, *,
+                 scope: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.token_url = token_url
         self.scope = scope
         self._clock = clock
-        self._oauth = AsyncOAuth2Client(client_id, client_secret=key, timeout=timeout,
-                                        token_endpoint_auth_method=SmartAssertion(token_url, key, assertion_alg(key)))
+        self._oauth = _TokenClient(http, client_id, SmartAssertion(token_url, key, assertion_alg(key)))
         self._token: str | None = None
         self._expires_at = 0.0
         self._lock = asyncio.Lock()

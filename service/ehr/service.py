@@ -129,13 +129,13 @@ def status(engine: Engine, name: str | None = None, *, issues: int = 20) -> list
 
 # -- running a sync -------------------------------------------------------------------------------------------
 
-def auth_for(source: EhrSourceRecord, settings: Settings) -> Auth:
+def auth_for(source: EhrSourceRecord, http: httpx.AsyncClient) -> Auth:
     if source.auth == "bearer" and source.bearer:
         return BearerAuth(source.bearer)
     if source.auth == "smart":
         assert source.token_url and source.client_id and source.key_file, "add_source checked them"
-        return SmartAuth(source.token_url, source.client_id, load_private_key(source.key_file), scope=source.scope,
-                         timeout=settings.ehr_timeout_s)
+        return SmartAuth(http, source.token_url, source.client_id, load_private_key(source.key_file),
+                         scope=source.scope)
     return Auth()
 
 
@@ -153,19 +153,18 @@ async def sync_source(core: Core, settings: Settings, name: str, *, progress: Pr
     source = await asyncio.to_thread(load)
     if source is None:
         raise SourceInvalid(f"no source named '{name}'")
-    auth = auth_for(source, settings)
-    timeout = httpx.Timeout(settings.ehr_timeout_s)
-    try:
-        async with httpx.AsyncClient(timeout=timeout, transport=transport,
-                                     headers={"User-Agent": "trial-fhir-sync"}) as http:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(settings.ehr_timeout_s), transport=transport,
+                                 headers={"User-Agent": "trial-fhir-sync"}) as http:
+        auth = auth_for(source, http)
+        try:
             client = EhrClient(http, source.base_url, auth, attempts=settings.ehr_retry_attempts,
                                wait_cap_s=settings.ehr_wait_cap_s, export_max_s=settings.ehr_export_max_s)
             sync = Sync(core, source, client, holder=holder_name(), lease_s=settings.job_lease_s,
                         page_size=settings.ehr_page_size, progress=progress, heartbeat=heartbeat,
                         base_url=settings.base_url or "http://localhost/fhir")
             return await sync.run()
-    finally:
-        await auth.aclose()
+        finally:
+            await auth.aclose()
 
 
 def run_sync(engine: Engine, settings: Settings, name: str, *, progress: Progress | None = None,
