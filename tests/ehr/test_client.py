@@ -58,7 +58,8 @@ async def _with_client(work, auth=None, **options):
 
 @respx.mock
 def test_search_follows_next_links_relative_and_absolute_and_keeps_only_matches():
-    first = respx.get(f"{EHR}/Observation", params={"patient": "p1"}).respond(json=_bundle(["a", "b"], "Observation?page=2"))
+    first = respx.get(f"{EHR}/Observation", params={"patient": "p1"}).respond(
+        json=_bundle(["a", "b"], "Observation?page=2"))
     respx.get(f"{EHR}/Observation", params={"page": "2"}).respond(json=_bundle(["c"], f"{EHR}/Observation?page=3"))
     third = {**_bundle(["d"]), "entry": [*_bundle(["d"])["entry"],
                                           {"resource": {"resourceType": "Patient", "id": "p1"},
