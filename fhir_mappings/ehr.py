@@ -2,10 +2,11 @@
 
 | upstream                                   | ours                                                              |
 |--------------------------------------------|-------------------------------------------------------------------|
-| `id` (e.g. `obs-17`)                       | `identifier` `{system: <base>/<Type>, value: obs-17}` (the key of the conditional update: a re-sync updates, never duplicates) |
+| `id` (e.g. `obs-17`)                       | `identifier` `{system: <base>/<Type>, value: obs-17}` (the key of the conditional update: a re-sync updates, never duplicates); added to the upstream's identifiers, or in place of the one an AdverseEvent may have (R4: 0..1) |
 | `meta` (versionId, lastUpdated, tags)      | `meta.source` = `<base>/<Type>/<id>` (nothing else: versionId and lastUpdated are ours)    |
 | `subject` / `patient` → `Patient/<up id>`  | `Patient/<our id>` (the enrolled patient found upstream by identifier)                     |
 | any other reference (`encounter`, `performer`, `study`, …) | its `display` and `identifier` kept; the reference itself dropped (we don't hold its target): `display` is the upstream URL when it had none |
+| AdverseEvent `study`                       | left out: the upstream's ResearchStudy is not ours (the subject's enrolment names the study) |
 | `#contained` references, `contained`       | as they are                                                        |
 | everything else (`status` too: `entered-in-error` stays so) | as it is                                        |
 """  # noqa: E501
@@ -15,6 +16,10 @@ import re
 from typing import Any
 from urllib.parse import quote
 
+#: R4 types whose `identifier` is one Identifier (0..1), not a list: the upstream identity takes its place
+SINGLE_IDENTIFIER = frozenset({"AdverseEvent"})
+#: elements left out: the upstream's own ResearchStudy means nothing here (the subject's enrolment says the study)
+DROPPED = {"AdverseEvent": ("study",)}
 #: `Type/id` (optionally `/_history/v`) at the end of a reference, relative or absolute
 _REFERENCE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -40,14 +45,17 @@ def localise(resource: dict[str, Any], base_url: str, patients: dict[str, str]) 
     The upstream resource is left as it was."""
     rtype, upstream_id = resource["resourceType"], resource["id"]
     base = base_url.rstrip("/")
-    body = {k: copy.deepcopy(v) for k, v in resource.items() if k not in ("id", "meta")}
+    body = {k: copy.deepcopy(v) for k, v in resource.items() if k not in ("id", "meta", *DROPPED.get(rtype, ()))}
     body["meta"] = {"source": f"{base}/{rtype}/{upstream_id}"}
     for key, value in list(body.items()):
         if key not in ("contained", "resourceType"):
             body[key] = _rewrite(value, base, patients)
     identity = {"system": upstream_system(base, rtype), "value": upstream_id}
-    kept = [i for i in body.get("identifier") or [] if i.get("system") != identity["system"]]
-    body["identifier"] = [*kept, identity]
+    if rtype in SINGLE_IDENTIFIER:
+        body["identifier"] = identity
+    else:
+        kept = [i for i in body.get("identifier") or [] if i.get("system") != identity["system"]]
+        body["identifier"] = [*kept, identity]
     return body
 
 

@@ -27,6 +27,7 @@ on.
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -86,6 +87,19 @@ class SyncCounts:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+_ENTRY = re.compile(r"^Bundle\.entry\[\d+\]\.resource(?=\.|$)")
+
+
+def _as_resource(outcome: dict[str, Any], resource_type: str) -> dict[str, Any]:
+    """A batch entry's OperationOutcome naming the elements of the resource itself (`Observation.valueQuantity`),
+    not of the batch Bundle the sync sent it in."""
+    for item in outcome.get("issue") or []:
+        if isinstance(item.get("expression"), list):
+            item["expression"] = [_ENTRY.sub(resource_type, e) if isinstance(e, str) else e
+                                  for e in item["expression"]]
+    return outcome
 
 
 def _instant(text: str | None) -> datetime | None:
@@ -210,7 +224,7 @@ class Sync:
             if upstream is None:
                 if matches > 1:
                     self.counts.ambiguous += 1
-                    await self._refused(f"Patient?identifier (our Patient/{patient_id})", {
+                    await self._report(f"Patient?identifier (our Patient/{patient_id})", {
                         "resourceType": "OperationOutcome", "issue": [{
                             "severity": "error", "code": "multiple-matches", "expression": ["Patient.identifier"],
                             "diagnostics": f"{matches} upstream Patients match the identifier of our "
@@ -250,15 +264,20 @@ class Sync:
                 else:
                     self.counts.updated += 1
             else:
-                await self._refused(f"{base.rstrip('/')}/{rtype}/{resource['id']}",
-                                    answer.get("outcome") or {"resourceType": "OperationOutcome", "issue": [
-                                        {"severity": "error", "code": "processing", "diagnostics": status}]})
+                await self._refused(f"{base.rstrip('/')}/{rtype}/{resource['id']}", _as_resource(
+                    answer.get("outcome") or {"resourceType": "OperationOutcome", "issue": [
+                        {"severity": "error", "code": "processing", "diagnostics": status}]}, rtype))
 
     async def _refused(self, what: str, outcome: dict[str, Any]) -> None:
         self.counts.refused += 1
+        await self._report(what, outcome)
+
+    async def _report(self, what: str, outcome: dict[str, Any]) -> None:
+        """Keep an issue of this sync for `sync status`."""
         text = orjson.dumps(outcome).decode()
         await self._write(lambda s: repository.add_issue(s, self.source.name, utcnow(), what, text))
-        log.info("sync %s: the core refused %s", self.source.name, what)
+        log.info("sync %s: %s not stored (%s)", self.source.name, what,
+                 ", ".join(i.get("code", "?") for i in outcome.get("issue") or []))
 
     # -- search mode -------------------------------------------------------------------------------------------
 

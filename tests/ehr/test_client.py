@@ -9,7 +9,6 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
-import stamina
 from joserfc import jwt
 from joserfc.jwk import ECKey
 
@@ -30,13 +29,6 @@ TOKEN_URL = "https://auth.example.org/token"
 
 def run(coro):
     return asyncio.run(coro)
-
-
-@pytest.fixture(autouse=True)
-def no_backoff():
-    """stamina without its waits (attempts as each call says); the waits themselves are tested on the hook."""
-    with stamina.set_testing(True, attempts=10, cap=True):
-        yield
 
 
 async def _collect(client: EhrClient, rtype: str, params) -> list[list[str]]:
