@@ -117,9 +117,9 @@ def run(name: str = typer.Argument(None, help="The source to pull (default: ever
                     counts = run_sync(engine, settings, source, progress=tick)
                 except (SourceInvalid, UpstreamError, SyncBusy, SyncLost) as exc:
                     failed = True
-                    console.print(f"[red]{source}: {exc}")
+                    typer.secho(f"{source}: {exc}", fg=typer.colors.RED)
                     continue
-            console.print(f"{source}: {counts.pulled} pulled in {counts.seconds:.1f} s — {counts.created} created, "
+            typer.echo(f"{source}: {counts.pulled} pulled in {counts.seconds:.1f} s — {counts.created} created, "
                           f"{counts.updated} updated, {counts.unchanged} unchanged, {counts.deleted} deleted, "
                           f"{counts.refused} refused; {counts.patients - counts.not_found - counts.ambiguous} of "
                           f"{counts.patients} patients found upstream")
@@ -159,4 +159,4 @@ def status(name: str = typer.Argument(None, help="One source (default: all)"),
         for item in r["latest_issues"]:
             problems = "; ".join(f"{', '.join(i.get('expression') or [])}: {i.get('diagnostics', i.get('code'))}"
                                  for i in item["outcome"].get("issue") or [])
-            console.print(f"{r['name']}: refused {item['resource']} — {problems}")
+            typer.echo(f"{r['name']}: not stored {item['resource']} — {problems}")
