@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from rich.table import Table
-
 from ingest import (  # bench/ingest.py
     ROOT,
     Cohort,
@@ -45,6 +43,7 @@ from ingest import (  # bench/ingest.py
     running_service,
     scratch_database,
 )
+from rich.table import Table
 
 sys.path.insert(0, str(ROOT))
 RESULTS = Path(__file__).resolve().parent / "results" / "issue13"
