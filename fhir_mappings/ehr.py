@@ -84,11 +84,15 @@ def _reference(ref: dict[str, Any], base: str, patients: dict[str, str]) -> dict
     return kept
 
 
-def entry(resource: dict[str, Any], base_url: str, patients: dict[str, str]) -> dict[str, Any]:
-    """A batch Bundle entry that stores the upstream `resource` as ours: a conditional update on its identity."""
+def entry(resource: dict[str, Any], base_url: str, patients: dict[str, str], ours: str | None = None
+          ) -> dict[str, Any]:
+    """A Bundle entry that stores the upstream `resource` as ours: an update of `ours` (our copy's id) when we
+    hold one, else a create (the identity identifier, unique per type, keeps a second copy from ever being made)."""
     rtype = resource["resourceType"]
-    return {"resource": localise(resource, base_url, patients),
-            "request": {"method": "PUT", "url": f"{rtype}?{identity_query(base_url, rtype, resource['id'])}"}}
+    body = localise(resource, base_url, patients)
+    if ours is not None:
+        return {"resource": {**body, "id": ours}, "request": {"method": "PUT", "url": f"{rtype}/{ours}"}}
+    return {"resource": body, "request": {"method": "POST", "url": rtype}}
 
 
 def last_updated(resource: dict[str, Any]) -> str | None:

@@ -38,6 +38,7 @@ FHIR_JSON = "application/fhir+json"
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
 ASSERTION_LIFETIME_S = 300  # SMART Backend Services: exp at most five minutes ahead
 TOKEN_MARGIN_S = 30.0  # a token this close to its expiry is renewed before use
+MIN_POLL_S = 1.0  # the shortest wait between two polls of an export's status
 
 
 class UpstreamError(Exception):
@@ -383,7 +384,7 @@ class EhrClient:
                 wait = asked
             else:
                 wait = wait * 2 if waited else wait
-            wait = min(wait, self.wait_cap_s)
+            wait = min(max(wait, MIN_POLL_S), self.wait_cap_s)  # `Retry-After: 0` again and again: not a busy loop
             if waited + wait > self.export_max_s:
                 raise UpstreamError(f"the export at {where(status_url)} did not complete within "
                                     f"{self.export_max_s:.0f} s")

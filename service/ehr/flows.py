@@ -279,14 +279,25 @@ class Sync:
     # -- ingest ----------------------------------------------------------------------------------------------------
 
     async def _ingest(self, resources: list[dict[str, Any]], patients: dict[str, str]) -> None:
-        """Store upstream resources through the core: conditional updates on their upstream identity, in one
-        transaction Bundle (one commit: on SQLite a batch's commit per entry cost ~10x); when the core refuses one,
-        the transaction fails and the same entries go again as a batch (each its own transaction), so the others
-        are stored and each refusal is counted and kept with its OperationOutcome."""
+        """Store upstream resources through the core, in one transaction Bundle (one commit: on SQLite a batch's
+        commit per entry cost ~10x): each an update of our copy (found by its upstream identity, one look-up for the
+        page) or a create. Not conditional updates: their search per entry made a page ~4x slower than creates
+        (bench/sync.py), and the identity identifier is unique per type, so a copy made meanwhile by another writer
+        fails the create instead of doubling it. When the core refuses an entry, the transaction fails and the same
+        entries go again as a batch (each its own transaction), so the others are stored and each refusal is
+        counted and kept with its OperationOutcome."""
         if not resources:
             return
+        resources = list({(r["resourceType"], r["id"]): r for r in resources}.values())  # one entry each
         base = self.source.base_url
-        entries = [mapping.entry(r, base, patients) for r in resources]
+        wanted = {(t, mapping.upstream_system(base, t)): [r["id"] for r in resources if r["resourceType"] == t]
+                  for t in {r["resourceType"] for r in resources}}
+
+        def look_up(session: Any) -> dict[tuple[str, str], str]:
+            return {(t, k): v for (t, system), ids in wanted.items()
+                    for k, v in repository.owners(session, t, system, ids).items()}
+        ours = await self._read(look_up)
+        entries = [mapping.entry(r, base, patients, ours.get((r["resourceType"], r["id"]))) for r in resources]
         try:  # the page in one transaction (one commit); a refused entry fails it: then entry by entry (a batch)
             answer = await self.core.transaction(self.ctx, {"resourceType": "Bundle", "type": "transaction",
                                                             "entry": entries})

@@ -129,3 +129,11 @@ def copies(session: Session, system: str, resource_type: str, patient_id: str) -
                            .where(ID.c.resource_type == resource_type, ID.c.system == system,
                                   typed.c.patient_id == patient_id)).all()
     return {r.value: r.resource_id for r in rows}
+
+
+def owners(session: Session, resource_type: str, system: str, values: list[str]) -> dict[str, str]:
+    """Which of `values` (upstream ids) of identifier `system` our current resources of `resource_type` carry:
+    upstream id → our id."""
+    rows = session.execute(select(ID.c.value, ID.c.resource_id).where(
+        ID.c.resource_type == resource_type, ID.c.system == system, ID.c.value.in_(values))).all()
+    return {r.value: r.resource_id for r in rows}

@@ -260,11 +260,16 @@ def test_bulk_files_get_the_token_when_the_manifest_requires_it_and_the_kick_off
     assert respx.routes[1].call_count == 1
 
 
+@pytest.mark.parametrize("retry_after, waits", [("50", [50.0, 50.0]), ("0", [1.0] * 120)])
 @respx.mock
-def test_an_export_that_never_completes_is_given_up():
-    respx.get(f"{EHR}/bulkstatus/1").respond(202, headers={"Retry-After": "50"})
+def test_an_export_that_never_completes_is_given_up(retry_after, waits):
+    respx.get(f"{EHR}/bulkstatus/1").respond(202, headers={"Retry-After": retry_after})
 
     async def nap(_: float) -> None:
         return None
-    with pytest.raises(UpstreamError, match="did not complete within 120 s"):
-        run(_with_client(lambda c: c.wait_for_export(f"{EHR}/bulkstatus/1"), sleep=nap, export_max_s=120.0))
+
+    async def wait(client):
+        with pytest.raises(UpstreamError, match="did not complete within 120 s"):
+            await client.wait_for_export(f"{EHR}/bulkstatus/1")
+        return client.waits
+    assert run(_with_client(wait, sleep=nap, export_max_s=120.0)) == waits  # `Retry-After: 0`: not a busy loop

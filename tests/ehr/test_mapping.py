@@ -50,11 +50,15 @@ def test_an_adverse_event_keeps_one_identifier_and_drops_the_upstream_study():
     assert ours["identifier"] == {"system": f"{BASE}/AdverseEvent", "value": "ae-1"} and "study" not in ours
 
 
-def test_the_entry_is_a_conditional_update_on_the_upstream_identity():
-    entry = ehr.entry(_observation(), BASE, {"up-1": "p"})
-    assert entry["request"] == {"method": "PUT", "url": "Observation?identifier=https%3A%2F%2Fehr.example.org%2Ffhir"
-                                                        "%2FObservation%7Cobs-17"}
-    assert entry["resource"]["subject"]["reference"] == "Patient/p"
+def test_the_entry_creates_a_new_copy_or_updates_ours_and_the_identity_query_names_the_identifier():
+    created = ehr.entry(_observation(), BASE, {"up-1": "p"})
+    assert created["request"] == {"method": "POST", "url": "Observation"} and "id" not in created["resource"]
+    assert created["resource"]["subject"]["reference"] == "Patient/p"
+    updated = ehr.entry(_observation(), BASE, {"up-1": "p"}, "ours-9")
+    assert updated["request"] == {"method": "PUT", "url": "Observation/ours-9"}
+    assert updated["resource"]["id"] == "ours-9"
+    assert ehr.identity_query(BASE, "Observation", "obs-17") == \
+        "identifier=https%3A%2F%2Fehr.example.org%2Ffhir%2FObservation%7Cobs-17"
 
 
 def test_capability_statement_reading():
