@@ -7,8 +7,8 @@ Bundle ingest rate of the same results in the same run**. A second fresh databas
 study and enrolled patients (same MRNs); then `trial-fhir sync run` (service.ehr.service.run_sync, in this process,
 as the command line runs it) pulls every patient's Observations from the upstream through the core: **the sync
 rate**, and once more with nothing changed upstream (**the re-sync**, in seconds: every patient's searches again,
-only the few resources at each watermark read again, none stored). Both sides are one sequential stream (one client thread, one replica; the sync pulls four
-patients at a time and fetches a page while storing the last): a sync is one job. The bare
+only the few resources at each watermark read again, none stored). The Bundle ingest is one client thread into
+one replica; the sync is one job (four patients at a time, a page fetched while the last is stored). The bare
 ceiling (fhir.resources R4B `model_validate` of the same resources, one core) is measured before each round, as
 bench/ingest.py does, and every rate is reported as a share of it.
 
