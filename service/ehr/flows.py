@@ -80,6 +80,7 @@ class SyncCounts:
     refused: int = 0  # the core refused it (reported with its OperationOutcome)
     skipped: int = 0  # bulk: not of an enrolled patient, or not a code of their studies
     deleted: int = 0
+    bulk_offered: bool = False  # search mode, though the CapabilityStatement offers `$export` (add --group to use it)
     requests: int = 0
     seconds: float = 0.0
     by_type: dict[str, int] = field(default_factory=dict)
@@ -202,6 +203,7 @@ class Sync:
                 self.counts.mode = "bulk"
                 await self._bulk(types, enrolled, identifiers)
             else:
+                self.counts.bulk_offered = mapping.offers_group_export(capability)
                 await self._search(types, enrolled, identifiers)
         except BaseException as exc:
             self.counts.seconds = round(time.monotonic() - clock, 3)

@@ -129,7 +129,7 @@ def test_patients_not_found_or_ambiguous_upstream_are_counted_and_adverse_events
         client, engine, settings, ours):
     other = enrol(client, mrn="MRN-2", study_id=ours["study"])
     missing = enrol(client, mrn="MRN-3", study_id=ours["study"])
-    ehr = FakeEhr(adverse_events=True)
+    ehr = FakeEhr(adverse_events=True, export=True)
     ehr.add_patient("up-1", MRN, "MRN-1")
     ehr.add_patient("up-2a", MRN, "MRN-2")
     ehr.add_patient("up-2b", MRN, "MRN-2")
@@ -138,6 +138,7 @@ def test_patients_not_found_or_ambiguous_upstream_are_counted_and_adverse_events
     with ehr.mocked():
         counts = run_sync(engine, settings, "ehr")
     assert (counts.patients, counts.not_found, counts.ambiguous) == (3, 1, 1)
+    assert counts.bulk_offered  # its CapabilityStatement declares Group $export: status says so
     assert counts.by_type == {"AdverseEvent": 1} and (counts.created, counts.refused) == (1, 0)
     events = client.get(f"/fhir/AdverseEvent?subject=Patient/{ours['patient']}").json()["entry"]
     assert [e["resource"]["meta"]["source"] for e in events] == [f"{EHR}/AdverseEvent/ae1"]
@@ -188,7 +189,7 @@ def test_bulk_mode_exports_the_group_since_the_last_manifest_and_applies_deletio
             router.get(url).respond(200, text="\n".join(orjson.dumps(x).decode() for x in lines))
         first = run_sync(engine, settings, "bulk")
         second = run_sync(engine, settings, "bulk")
-    assert first.mode == "bulk" and (first.created, first.skipped) == (3, 2)
+    assert first.mode == "bulk" and (first.created, first.skipped) == (3, 2) and not first.bulk_offered
     assert "_since" not in kick.calls[0].request.url.params
     assert kick.calls[1].request.url.params["_since"] == "2026-11-29T10:00:00Z"  # the manifest's, not our clock
     assert kick.calls[0].request.url.params["_type"] == "Observation"

@@ -16,9 +16,10 @@ AD = "https://trial-fhir.org/CodeSystem/ad-scores"
 
 
 class FakeEhr:
-    def __init__(self, base: str = EHR, *, adverse_events: bool = False) -> None:
+    def __init__(self, base: str = EHR, *, adverse_events: bool = False, export: bool = False) -> None:
         self.base = base
         self.adverse_events = adverse_events
+        self.export = export  # the CapabilityStatement declares `export` on Group
         self.patients: dict[str, dict[str, Any]] = {}
         self.resources: dict[tuple[str, str], dict[str, Any]] = {}
         self.clock = datetime(2026, 1, 1, tzinfo=UTC)
@@ -55,9 +56,13 @@ class FakeEhr:
 
     def capability(self, request: httpx.Request) -> httpx.Response:
         types = ["Patient", "Observation"] + (["AdverseEvent"] if self.adverse_events else [])
+        resources: list[dict[str, Any]] = [{"type": t} for t in types]
+        if self.export:
+            resources.append({"type": "Group", "operation": [
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}]})
         return httpx.Response(200, json={"resourceType": "CapabilityStatement", "status": "active", "kind": "instance",
                                          "fhirVersion": "4.0.1", "format": ["json"],
-                                         "rest": [{"mode": "server", "resource": [{"type": t} for t in types]}]})
+                                         "rest": [{"mode": "server", "resource": resources}]})
 
     def search(self, request: httpx.Request) -> httpx.Response:
         self.searches.append(request)
