@@ -225,3 +225,36 @@ def test_the_schedule_enqueues_one_job_per_source_and_interval_and_the_job_runs_
     assert schedule(engine, 600) == []  # it just ran: not before the interval
     with engine.connect() as conn:
         assert conn.execute(select(EhrWatermarkRecord.__table__.c.resource_type)).scalars().all() == ["Observation"]
+
+
+def test_with_a_sync_interval_the_service_pulls_on_its_own(database_url, tmp_path):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    settings = Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off", _env_file=None,
+                        sync_interval_s=3600, export_poll_interval_s=0.2)
+    ehr = FakeEhr()
+    ehr.add_patient("up-1", MRN, "MRN-AUTO")
+    ehr.observation("o1", "up-1")
+    app = create_app(settings)
+    with ehr.mocked(), TestClient(app) as client:
+        ours = enrol(client, mrn="MRN-AUTO")
+        add_source(app.state.engine, "ehr", EHR)
+
+        def jobs() -> list[tuple[str, str]]:
+            with app.state.engine.connect() as conn:
+                return [tuple(j) for j in conn.execute(select(JobRecord.__table__.c.kind,
+                                                              JobRecord.__table__.c.state)).all()]
+        deadline = time.monotonic() + 60
+        while ("ehr-sync", "completed") not in jobs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(_copies(client, ours["patient"])) == ["o1"]
+        [report] = status(app.state.engine, "ehr")
+        time.sleep(0.6)  # a few more runner loops: the interval is not over, no second job
+        jobs_after = jobs()
+    assert report["counts"]["created"] == 1
+    assert jobs_after == [("ehr-sync", "completed")]  # one job, not one per runner loop
