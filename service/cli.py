@@ -90,19 +90,20 @@ def migrate() -> None:
 
 
 def _register_subcommands() -> None:
-    """Command groups that live beside their domain (demo, export, summary, clients, audit)."""
+    """Command groups that live beside their domain (demo, export, summary, clients, audit, sources, sync); a
+    module with several groups names them `<name>_app`."""
     import importlib
 
     for module, name in (("service.demo.cli", "demo"), ("service.export.cli", "export"),
                          ("service.stats.cli", "summary"), ("service.auth.cli", "clients"),
-                         ("service.audit.cli", "audit")):
+                         ("service.audit.cli", "audit"), ("service.ehr.cli", "sources"), ("service.ehr.cli", "sync")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name and module.startswith(exc.name):
                 continue
             raise
-        app.add_typer(sub.app, name=name)
+        app.add_typer(getattr(sub, f"{name}_app", None) or sub.app, name=name)
 
 
 _register_subcommands()

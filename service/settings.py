@@ -141,6 +141,22 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(
         2.0, gt=0, description="`/readyz` answers 503 when the database does not answer `SELECT 1` within this.")
     sql_echo: bool = Field(False, description="Log every SQL statement (debugging).")
+    sync_interval_s: float = Field(
+        0.0, ge=0, description="Pull every registered EHR source (`trial-fhir sources add`) this often, as a "
+        "background job (one sync of a source at a time across replicas); 0: only on demand (`trial-fhir sync run`).")
+    ehr_timeout_s: float = Field(
+        30.0, gt=0, description="Timeout of each request to an upstream EHR (connect, read, write, pool).")
+    ehr_retry_attempts: int = Field(
+        5, ge=1, description="Attempts of an idempotent request to an upstream EHR answered 429, 5xx or not at all "
+        "(exponential backoff with jitter; a Retry-After sets the wait).")
+    ehr_wait_cap_s: float = Field(
+        120.0, gt=0, description="Longest single wait before asking an upstream EHR again (a Retry-After of hours is "
+        "cut to this), and the longest pause between two polls of a Bulk Data export's status.")
+    ehr_export_max_s: float = Field(
+        3600.0, gt=0, description="Longest an upstream Bulk Data export may take to complete before the sync gives up "
+        "(the next sync asks again with the same `_since`).")
+    ehr_page_size: int = Field(
+        100, ge=1, le=1000, description="`_count` of the searches a sync sends upstream (and resources per batch).")
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> "Settings":

@@ -11,6 +11,7 @@ from service.clinical.models import (
     ProvenanceTargetRecord,
 )
 from service.deid.models import DeidSecretRecord
+from service.ehr.models import EhrSourceRecord, EhrSyncIssueRecord, EhrWatermarkRecord
 from service.export.models import ExportJobRecord
 from service.jobs.models import JobRecord
 from service.observation.models import MeasurementRecord
@@ -20,7 +21,8 @@ from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectR
 
 __all__ = [
     "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
-    "DeidSecretRecord", "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "JobRecord", "MeasurementRecord",
+    "DeidSecretRecord", "EhrSourceRecord", "EhrSyncIssueRecord", "EhrWatermarkRecord",
+    "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "JobRecord", "MeasurementRecord",
     "PatientRecord", "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord",
     "ResourceVersion", "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -44,7 +44,8 @@ def export_kind(engine: Engine, settings: Settings, reads: ReadRouter | None = N
 
 def job_kinds(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> list[JobKind]:
     """Every kind of background job this service runs."""
-    return [export_kind(engine, settings, reads)]
+    from service.ehr.service import sync_kind
+    return [export_kind(engine, settings, reads), sync_kind(engine, settings)]
 
 
 class ExportWorker(JobRunner):
