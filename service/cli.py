@@ -95,7 +95,7 @@ def _register_subcommands() -> None:
 
     for module, name in (("service.demo.cli", "demo"), ("service.export.cli", "export"),
                          ("service.stats.cli", "summary"), ("service.auth.cli", "clients"),
-                         ("service.audit.cli", "audit")):
+                         ("service.audit.cli", "audit"), ("service.hl7.cli", "mllp")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:
