@@ -15,6 +15,7 @@ from typing import Any
 from fhir_mappings.outcome import Issue, issue
 
 #: equivalences under which a target may stand for its source (R4 ConceptMapEquivalence)
+PUBLICATION_STATUS = ("draft", "active", "retired", "unknown")
 TRANSLATING = frozenset({"relatedto", "equivalent", "equal", "wider", "subsumes"})
 
 
@@ -40,6 +41,9 @@ def concept_map_elements(payload: dict[str, Any], id: str) -> list[dict[str, Any
 def check_concept_map(payload: dict[str, Any]) -> list[Issue]:
     """A translation needs both code systems: group.source and group.target name them."""
     problems = []
+    if payload.get("status") not in PUBLICATION_STATUS:
+        problems.append(issue("code-invalid", f"ConceptMap.status '{payload.get('status')}' is not one of "
+                              f"{', '.join(PUBLICATION_STATUS)}", "ConceptMap.status"))
     for i, group in enumerate(payload.get("group") or []):
         for name in ("source", "target"):
             if not group.get(name):

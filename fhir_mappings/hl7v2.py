@@ -32,7 +32,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -345,7 +345,7 @@ def _provenance(message: Message, entries: list[dict[str, Any]], zone: str | Non
         recorded = None
     return {"resourceType": "Provenance",
             "target": [{"reference": e["fullUrl"]} for e in entries],
-            "recorded": recorded or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "recorded": recorded or datetime.now(UTC).isoformat(timespec="seconds"),
             "agent": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
                                             "code": "author"}]},
                        "who": {"identifier": {"system": "urn:trial-fhir:hl7v2:facility", "value": message.facility},
@@ -470,7 +470,8 @@ def _value(message: Message, r: Result) -> dict[str, Any]:
 
 
 def _structured_numeric(value: Any, unit: dict[str, str]) -> dict[str, Any]:
-    """SN: comparator ^ num1 ^ separator/suffix ^ num2 -> Quantity (with comparator), Range (`-`) or Ratio (`:`, `/`)."""
+    """SN: comparator ^ num1 ^ separator/suffix ^ num2 -> Quantity (with comparator), Range (`-`) or Ratio (`:`,
+    `/`)."""
     comparator, num1, sep, num2 = (_get(value, i) for i in (1, 2, 3, 4))
     if sep in ("-", ":", "/") and num2:
         if comparator not in ("", "="):
@@ -587,7 +588,7 @@ def _escape(text: str, separators: str = "|^~\\&") -> str:
     """Text in an ER7 field: the delimiters escaped (v2 2.7.4), line breaks as \\.br\\. python-hl7's `escape`
     writes other characters as \\Xhh\\ of their code point, not of their bytes in the message's character set, so
     the characters are kept and encoded with the ACK."""
-    field_sep, comp, rep, esc, sub = separators
+    field_sep, comp, rep, esc, sub = separators[0], separators[1], separators[2], separators[3], separators[4]
     out = text.replace(esc, f"{esc}E{esc}").replace(field_sep, f"{esc}F{esc}").replace(comp, f"{esc}S{esc}")
     out = out.replace(rep, f"{esc}R{esc}").replace(sub, f"{esc}T{esc}")
     return out.replace("\r\n", f"{esc}.br{esc}").replace("\n", f"{esc}.br{esc}").replace("\r", f"{esc}.br{esc}")
@@ -595,7 +596,10 @@ def _escape(text: str, separators: str = "|^~\\&") -> str:
 
 def _err(problem: Problem, separators: str) -> str:
     f, comp, rep = separators[0], separators[1], separators[2]
-    e = lambda t: _escape(t, separators)  # noqa: E731
+
+    def e(text: str) -> str:
+        return _escape(text, separators)
+
     code = f"{problem.code}{comp}{e(ERROR_TEXT.get(problem.code, ''))}{comp}HL70357"
     issue_type = f"{e(problem.issue_type)}{comp}{comp}http://hl7.org/fhir/issue-type" if problem.issue_type else ""
     return f.join(["ERR", "", problem.location, code, problem.severity, issue_type,
@@ -607,7 +611,7 @@ def ack(parsed: Any, charset: str, code: str, problems: Sequence[Problem], contr
     """The ACK (ER7, segments ended by CR) of a parsed message (python-hl7 `create_ack`): MSA-1 `code`, MSA-2 its
     MSH-10, MSH-18 its character set, one ERR per problem. For a message that could not be parsed (`parsed` None),
     an ACK of default delimiters with an empty MSA-2."""
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")
     if parsed is None:
         head = f"MSH|^~\\&|{application}||||{now}||ACK|{control_id}|P|2.5.1\rMSA|{code}|\r"
         return head + "".join(_err(p, "|^~\\&") + "\r" for p in problems)

@@ -118,6 +118,7 @@ PROVENANCE = {
 
 CONCEPT_MAP = {
     "resourceType": "ConceptMap",
+    "identifier": {"system": "https://hospital.example.org/fhir/ConceptMap", "value": "lab-to-loinc"},
     "url": "https://hospital.example.org/fhir/ConceptMap/lab-to-loinc",
     "name": "LabToLoinc",
     "status": "active",

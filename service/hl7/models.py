@@ -14,5 +14,6 @@ class Hl7MessageRecord(SQLModel, table=True):
     sender: str = Field(primary_key=True, max_length=255)  # MSH-4 sending facility (namespace id)
     control_id: str = Field(primary_key=True, max_length=255)  # MSH-10
     digest: str = Field(max_length=64)  # sha256 of the message as received
+    patient_id: str | None = Field(default=None, max_length=64)  # whose results: a resend is that patient's to see
     received_at: datetime
     ack: str = Field(sa_type=Text)  # the ACK it was answered with (ER7)

@@ -57,7 +57,8 @@ def test_a_client_limited_to_another_study_can_not_write_the_results(client, eng
     enrol_mrn(client, engine, "MRN-1")
     client_id, key = register_client(engine, WRITER, studies=["some-other-study"])
     token = get_token(client, client_id, key, WRITER)
-    answered = client.post("/hl7/v2", content=oru("MRN-1").encode(), headers={**ER7, "Authorization": f"Bearer {token}"})
+    answered = client.post("/hl7/v2", content=oru("MRN-1").encode(),
+                           headers={**ER7, "Authorization": f"Bearer {token}"})
     assert answered.status_code == 403
     admin = bearer(client, engine, "system/*.cruds")
     assert client.get("/fhir/Observation", headers=admin).json()["total"] == 0

@@ -7,7 +7,6 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import create_app
 from service.settings import Settings
 from tests.factories import MRN, enrol
 from tests.hl7.messages import errs, msa, obx, oru

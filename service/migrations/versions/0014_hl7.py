@@ -46,6 +46,7 @@ def upgrade() -> None:
                     sa.Column('sender', _string(255), nullable=False),
                     sa.Column('control_id', _string(255), nullable=False),
                     sa.Column('digest', _string(64), nullable=False),
+                    sa.Column('patient_id', _string(64), nullable=True),
                     sa.Column('received_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
                     sa.Column('ack', sa.Text(), nullable=False),
                     sa.PrimaryKeyConstraint('sender', 'control_id'))
