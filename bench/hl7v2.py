@@ -15,8 +15,8 @@ dropped afterwards); `--rounds` rounds, medians reported.
 
 Results: bench/results/issue13/hl7.json.
 
-    .venv/bin/python bench/hl7.py                                   # everything, 3 rounds
-    .venv/bin/python bench/hl7.py --results 2000 --rounds 1 --databases sqlite
+    .venv/bin/python bench/hl7v2.py                                   # everything, 3 rounds
+    .venv/bin/python bench/hl7v2.py --results 2000 --rounds 1 --databases sqlite
 """
 
 from __future__ import annotations
