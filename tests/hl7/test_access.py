@@ -73,3 +73,19 @@ def test_the_mllp_listener_needs_a_registered_client_with_auth_on(settings, engi
     caller = listener_caller(engine, settings.model_copy(update={"mllp_client": client_id}))
     assert caller.name == client_id and caller.studies == frozenset({"AD-1"})
     assert caller.may("Observation", "c") and not caller.may("Patient", "c")
+
+
+def test_a_resend_is_answered_only_to_a_client_that_could_have_written_it(client, engine):
+    enrol_mrn(client, engine, "MRN-1")
+    writer = bearer(client, engine, WRITER)
+    first = client.post("/hl7/v2", content=oru("MRN-1").encode(), headers={**ER7, **writer})
+    assert msa(first.text)[0] == "AA"
+    reader = bearer(client, engine, "system/Observation.rs")
+    refused = client.post("/hl7/v2", content=oru("MRN-1").encode(), headers={**ER7, **reader})
+    assert refused.status_code == 403
+    client_id, key = register_client(engine, WRITER, studies=["some-other-study"])
+    other = {"Authorization": f"Bearer {get_token(client, client_id, key, WRITER)}"}
+    refused = client.post("/hl7/v2", content=oru("MRN-1").encode(), headers={**ER7, **other})
+    assert refused.status_code == 403
+    again = client.post("/hl7/v2", content=oru("MRN-1").encode(), headers={**ER7, **writer})
+    assert again.text == first.text
