@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from fhir_mappings import hl7v2
 from fhir_mappings.hl7v2 import Message, NotStored, Problem, Rejected
+from service.audit.events import event_for, outcome_for
 from service.core import access
 from service.core.context import Context
 from service.core.interactions import Core
@@ -67,6 +68,7 @@ async def receive_message(core: Core, ctx: Context, raw: bytes) -> Answer:
     try:
         message = hl7v2.read_message(raw)
     except Rejected as rejected:
+        await _audit_refusal(core, ctx, 400)
         return Answer(hl7v2.ack(rejected.parsed, rejected.charset, "AR", rejected.problems, control), "AR",
                       rejected.encoding)
 
@@ -83,7 +85,8 @@ async def receive_message(core: Core, ctx: Context, raw: bytes) -> Answer:
             return _resent(message, stored, answer)
         bundle, warnings, where = hl7v2.to_bundle(message, patient=patient, translations=translations,
                                                   zone=settings.hl7_timezone)
-    except NotStored as failed:
+    except NotStored as failed:  # refused before the core saw it: audited here, as the core audits its refusals
+        await _audit_refusal(core, ctx, 422)
         return answer("AE", failed.problems)
     except Forbidden as refused:  # a resend asked by a client that could not have written it
         return answer("AR", hl7v2.problems_from_issues(refused.issues, {}), refused)
@@ -107,6 +110,14 @@ async def receive_message(core: Core, ctx: Context, raw: bytes) -> Answer:
             return answer("AR", problems, refused)
         return answer("AE", problems)
     return accepted
+
+
+async def _audit_refusal(core: Core, ctx: Context, status: int) -> None:
+    """An AuditEvent (operation `hl7v2`, its outcome a client's error) for a message refused before it reached the
+    core (which audits its own refusals and every write): no message goes unrecorded, whatever its fate. Its
+    content is not recorded (it is patient data)."""
+    await core.record([event_for(ctx, subtype="operation", operation="hl7v2", outcome=outcome_for(status),
+                                 status=status)])
 
 
 def _look_up(core: Core, ctx: Context, message: Message, system: str, value: str

@@ -1,6 +1,7 @@
 """POST /hl7/v2 over HTTP: ACKs, idempotent resends, corrections, ConceptMaps, the same words as a FHIR write."""
 
 from fhir_mappings import hl7v2
+from service.audit.events import OPERATION_SYSTEM
 from tests.factories import MRN, enrol
 from tests.hl7.conftest import ER7
 from tests.hl7.messages import errs, msa, obx, oru
@@ -164,3 +165,12 @@ def test_the_write_is_audited_with_the_senders_address(client):
     assert event["outcome"] == "0"
     assert any(a.get("network", {}).get("address") == "testclient" for a in event["agent"])
     assert any(e.get("what", {}).get("reference", "").startswith("Observation/") for e in event["entity"])
+
+
+def test_messages_refused_before_the_write_are_audited_too(client):
+    send(client, b"garbage")
+    send(client, oru("MRN-404", authority="ELSEWHERE"))
+    events = client.get("/fhir/AuditEvent", params={"subtype": "operation"}).json()
+    outcomes = [e["resource"]["outcome"] for e in events["entry"]
+                if {"system": OPERATION_SYSTEM, "code": "$hl7v2"} in e["resource"]["subtype"]]
+    assert outcomes == ["4", "4"]
