@@ -6,6 +6,8 @@ Generates `--results` lab results (IgE, eosinophils absolute and %) for `--patie
 service (`--replicas` uvicorn processes on their own ports, each with its MLLP listener, TRIAL_FHIR_MLLP_PORT) on a
 fresh database per (database, mode) and sends the results
   (a) `bundle`: as FHIR transaction Bundles of `--bundle-size` Observations (`POST /fhir`, as bench/ingest.py),
+      and `bundle-as-v2`: as the very transaction Bundles the ten-OBX messages become (ten conditional updates and
+      a Provenance each), so the v2 adapter's own cost shows beside the core's,
   (b) `http-1`, `http-10`: as ORU^R01 messages of 1 or 10 OBX (`POST /hl7/v2`),
   (c) `mllp-1`, `mllp-10`: the same messages framed over MLLP (one kept-open connection per client thread),
 from `--workers` client threads, spread round-robin over the replicas. Every message must be ACKed `AA`. Rates are
@@ -58,7 +60,7 @@ VT, FS_CR = b"\x0b", b"\x1c\r"
 #: (OBX-3, OBX-6, value range) of the lab results a message carries
 TESTS = (("19113-0^IgE^LN", "[IU]/mL", (50, 5000)), ("711-2^Eosinophils^LN", "10*3/uL", (0.05, 1.5)),
          ("713-8^Eosinophils %^LN", "%", (0.5, 15)))
-MODES = ("bundle", "http-1", "http-10", "mllp-1", "mllp-10")
+MODES = ("bundle", "bundle-as-v2", "http-1", "http-10", "mllp-1", "mllp-10")
 
 
 def lab_results(count: int, patients: int, day0s: list) -> list[dict]:
@@ -116,6 +118,21 @@ def bundle_observations(results: list[dict], tag: str) -> list[dict]:
                     "valueQuantity": {"value": r["value"], "unit": r["unit"], "system": "http://unitsofmeasure.org",
                                       "code": r["unit"]}})
     return obs
+
+
+def v2_bundles(items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    """The transaction Bundle each ten-OBX message becomes (fhir_mappings/hl7v2.py: ten conditional updates and a
+    Provenance), posted as FHIR: what the v2 path costs beyond the core's own write of those resources."""
+    import orjson
+
+    from fhir_mappings import hl7v2
+    out = []
+    for n, body in items:
+        message = hl7v2.read_message(body)
+        number = int(message.patient_ids[0][1].split("-")[1])
+        bundle, _, _ = hl7v2.to_bundle(message, patient=f"Patient/bench-p{number:05d}", translations={})
+        out.append((n, orjson.dumps(bundle)))
+    return out
 
 
 @contextmanager
@@ -221,6 +238,9 @@ def run(kind: str, mode: str, cohort, results: list[dict], args, round_no: int) 
         label = f"{mode} {kind}"
         if mode == "bundle":
             bodies = observation_bundles(bundle_observations(results, tag), args.bundle_size)
+            sent, seconds = post_all(bases, "/fhir", bodies, label, args.workers, headers=FHIR_JSON, expected=200)
+        elif mode == "bundle-as-v2":
+            bodies = v2_bundles(messages(results, 10, tag))
             sent, seconds = post_all(bases, "/fhir", bodies, label, args.workers, headers=FHIR_JSON, expected=200)
         else:
             per = 10 if mode.endswith("-10") else 1
