@@ -2,7 +2,7 @@
 
 R4B is wire-compatible with R4 for every resource type this service handles (Patient, ResearchStudy,
 ResearchSubject, Observation, AdverseEvent, AuditEvent, Encounter, MedicationAdministration, Procedure, Provenance,
-Bundle, OperationOutcome, CapabilityStatement, CodeSystem, Group, SearchParameter, MeasureReport).
+ConceptMap, Bundle, OperationOutcome, CapabilityStatement, CodeSystem, Group, SearchParameter, MeasureReport).
 """
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -20,6 +20,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.codesystem import CodeSystem
 from fhir.resources.R4B.coding import Coding
+from fhir.resources.R4B.conceptmap import ConceptMap
 from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.extension import Extension
 from fhir.resources.R4B.group import Group
@@ -58,8 +59,8 @@ def resource_class(resource_type: object) -> type[Resource] | None:
 __all__ = [
     "AdverseEvent", "AdverseEventSuspectEntity", "AdverseEventSuspectEntityCausality", "AuditEvent", "Bundle",
     "BundleEntry", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
-    "CodeSystem", "CodeableConcept", "Coding", "Encounter", "Extension", "FHIR_VERSION", "Group", "HumanName",
-    "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
+    "CodeSystem", "CodeableConcept", "Coding", "ConceptMap", "Encounter", "Extension", "FHIR_VERSION", "Group",
+    "HumanName", "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
     "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "Procedure", "Provenance", "Quantity",
     "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject", "Resource", "SearchParameter",
     "BundleEntryRequest", "resource_class",

@@ -116,6 +116,17 @@ PROVENANCE = {
     "agent": [{"who": {"display": "Site EHR interface"}}],
 }
 
+CONCEPT_MAP = {
+    "resourceType": "ConceptMap",
+    "identifier": {"system": "https://hospital.example.org/fhir/ConceptMap", "value": "lab-to-loinc"},
+    "url": "https://hospital.example.org/fhir/ConceptMap/lab-to-loinc",
+    "name": "LabToLoinc",
+    "status": "active",
+    "group": [{"source": "urn:trial-fhir:hl7v2:SNUH-LAB:code:L", "target": "http://loinc.org",
+               "element": [{"code": "IGE", "display": "IgE total",
+                            "target": [{"code": "19113-0", "equivalence": "equivalent"}]}]}],
+}
+
 TRANSACTION = {
     "resourceType": "Bundle",
     "type": "transaction",

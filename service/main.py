@@ -30,6 +30,7 @@ from service.db import make_engine, migrate
 from service.errors import register_error_handlers
 from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as export_router
 from service.group.router import CAPABILITY as GROUP_CAPABILITY, router as group_router
+from service.hl7.router import router as hl7_router
 from service.logs import quiet_access_log
 from service.replica import ReadRouter
 from service.settings import Settings, get_settings
@@ -113,11 +114,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the background jobs' runner (exports); None when TRIAL_FHIR_EXPORT_WORKER=false
         app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings, reads)
         await core.start()
+        app.state.mllp = None
+        if settings.mllp_port is not None:  # the HL7 v2 MLLP listener beside the HTTP service, on its loop
+            from service.hl7.mllp import start_listener
+            app.state.mllp, _ = await start_listener(core, settings, settings.mllp_host, settings.mllp_port)
         # what start-up built (modules, models, routes, catalogues) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, so it no longer stalls requests for tens of ms
         gc.collect()
         gc.freeze()
         yield
+        if app.state.mllp is not None:
+            await app.state.mllp.stop()
         await core.stop()
         if app.state.export_worker is not None:
             app.state.export_worker.stop()
@@ -171,6 +178,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(bundle_router)
     app.include_router(export_router)
     app.include_router(group_router)
+    app.include_router(hl7_router)
     app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
     app.include_router(dashboard_router)  # the study dashboard at /
     for router in build_routers():

@@ -157,6 +157,23 @@ class Settings(BaseSettings):
         "(the next sync asks again with the same `_since`).")
     ehr_page_size: int = Field(
         100, ge=1, le=1000, description="`_count` of the searches a sync sends upstream (and resources per batch).")
+    hl7_authorities: dict[str, str] = Field(
+        default_factory=dict, description='HL7 v2: the identifier system of each PID-3 assigning authority (CX-4), as '
+        'JSON {"SNUH": "urn:oid:1.2.410.200001.9"}: a result\'s patient is the Patient with that identifier.')
+    hl7_timezone: str | None = Field(
+        None, description="HL7 v2: the IANA time zone (e.g. Asia/Seoul) of a date/time that has neither its own "
+        "offset nor MSH-7's; unset: such a result is refused (AE).")
+    hl7_max_message_bytes: int = Field(
+        1024 * 1024, ge=1024, description="HL7 v2: largest message accepted (POST /hl7/v2: 413 above; MLLP: the frame "
+        "size cap, AR above and the connection closed).")
+    mllp_port: int | None = Field(
+        None, description="Run the HL7 v2 MLLP listener on this port beside the HTTP service (in its lifespan); "
+        "unset: none (`trial-fhir mllp` runs one as its own process).")
+    mllp_host: str = Field("127.0.0.1", description="Interface the MLLP listener binds to (it has no TLS nor "
+                           "tokens: keep it on loopback or a private network behind the interface engine).")
+    mllp_client: str | None = Field(
+        None, description="The registered client (`trial-fhir clients add`) whose scopes and studies the MLLP listener "
+        "acts with; required with TRIAL_FHIR_AUTH=smart (with auth off it acts unrestricted).")
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> "Settings":

@@ -13,16 +13,19 @@ from service.clinical.models import (
 from service.deid.models import DeidSecretRecord
 from service.ehr.models import EhrSourceRecord, EhrSyncIssueRecord, EhrWatermarkRecord
 from service.export.models import ExportJobRecord
+from service.hl7.models import Hl7MessageRecord
 from service.jobs.models import JobRecord
 from service.observation.models import MeasurementRecord
 from service.search.indexes import INDEXES as SEARCH_INDEXES  # noqa: F401  (migration 0003)
 from service.store.models import IdentifierRecord, ResourceRecord, ResourceVersion
+from service.terminology.models import ConceptMapElementRecord, ConceptMapRecord
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
 __all__ = [
     "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
-    "DeidSecretRecord", "EhrSourceRecord", "EhrSyncIssueRecord", "EhrWatermarkRecord",
-    "EncounterRecord", "ExportJobRecord", "IdentifierRecord", "JobRecord", "MeasurementRecord",
+    "ConceptMapElementRecord", "ConceptMapRecord", "DeidSecretRecord", "EhrSourceRecord", "EhrSyncIssueRecord",
+    "EhrWatermarkRecord", "EncounterRecord", "ExportJobRecord", "Hl7MessageRecord", "IdentifierRecord", "JobRecord",
+    "MeasurementRecord",
     "PatientRecord", "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord",
     "ResourceVersion", "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -108,6 +108,13 @@ def provenance(*targets: str, recorded: str = "2024-02-07T10:31:00+09:00", **ext
             "agent": [{"who": {"display": "Site EHR interface"}}], **extra}
 
 
+def concept_map(url: str = "https://lab.example.org/ConceptMap/lab-to-loinc", **extra) -> dict:
+    return {"resourceType": "ConceptMap", "url": url, "status": "active",
+            "group": [{"source": "urn:trial-fhir:hl7v2:SNUH-LAB:code:L", "target": LOINC,
+                       "element": [{"code": "IGE", "target": [{"code": "19113-0", "equivalence": "equivalent"}]}]}],
+            **extra}
+
+
 def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, dict]:
     """One valid resource of each writable stored type, about the study and enrolled patient of `ids` (`enrol`); the
     ResearchSubject enrols `unenrolled_patient`. A new stored type gets its line here."""
@@ -121,6 +128,7 @@ def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, d
         "MedicationAdministration": medication_administration(ids["patient"]),
         "Procedure": procedure(ids["patient"]),
         "Provenance": provenance(f"Patient/{ids['patient']}"),
+        "ConceptMap": concept_map(),
     }
 
 

@@ -368,9 +368,12 @@ def _to_logical(item: dict[str, Any], ref: str) -> None:
 def transaction(session: Session, body: dict[str, Any], base: str, *, max_entries: int, enforce_rules: bool = True,
                 representation: bool = False, caller: Caller = SYSTEM,
                 audit: Callable[[UnitOfWork], Sequence[AuditRecord]] | None = None, out_of_scope: str = "reject",
-                max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES) -> bytes:
+                max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES,
+                first: Callable[[UnitOfWork], None] | None = None) -> bytes:
     """All or nothing. Every entry is checked before the transaction gives up: a failing one answers with one
-    OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored."""
+    OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored. `first` runs at the
+    start of the transaction (each attempt), before any entry: what an adapter records in the same transaction (the
+    HL7 v2 message id, service/hl7), or refuses by raising."""
     _, read = read_bundle(body, max_entries, max_repeats, max_values)
     failed: list[FhirError] = [e for e in read if isinstance(e, FhirError)]
     requests = [r for r in read if isinstance(r, Request)]
@@ -402,6 +405,8 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
         attempts[0] += 1
         if attempts[0] == 1:
             uow.structure = dict(structure)
+        if first is not None:
+            first(uow)
         reqs = requests if attempts[0] == 1 else [replace(r, resource=orjson.loads(text))
                                                   if (text := texts[r.index]) is not None else r for r in requests]
         failures = list(failed)

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import quote
@@ -252,11 +253,17 @@ class Core:
                             severity="information")]
         return outcome(issues)
 
-    async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False) -> bytes:
+    async def transaction(self, ctx: Context, body: dict[str, Any], *, representation: bool = False,
+                          first: Callable[[UnitOfWork], None] | None = None) -> bytes:
         """POST [base] with a transaction Bundle (all or nothing, one AuditEvent in its transaction) or a batch
-        Bundle (entry by entry, each its own transaction and AuditEvent)."""
+        Bundle (entry by entry, each its own transaction and AuditEvent). `first` (transactions only) runs at the
+        start of the database transaction: an adapter's own row written with the data (service/hl7's message id)."""
         kind = "transaction" if body.get("type") == "transaction" else "batch"
-        run = bundles.transaction if kind == "transaction" else bundles.batch
+        run: Callable[..., bytes] = bundles.batch
+        if kind == "transaction":
+            run = partial(bundles.transaction, first=first)
+        elif first is not None:
+            raise ValueError("`first` is for transactions")
 
         async def go() -> bytes:
             _no_deidentified_writes(ctx)

@@ -31,7 +31,7 @@ from service.main import create_app
 
 STUDY = "nct01927705"  # the id the examples' ResearchStudy references name
 TYPES = ("Patient", "ResearchStudy", "ResearchSubject", "Observation", "AdverseEvent", "Encounter",
-         "MedicationAdministration", "Procedure")  # creation order
+         "MedicationAdministration", "Procedure", "ConceptMap")  # creation order
 NO_IDENTIFIER_TYPES = ("Provenance",)  # R4 gives it no identifier: its conditional writes select by _id
 READ_ONLY_TYPES = ("AuditEvent",)  # recorded by the server: read and searched only
 MRN = "urn:oid:1.2.410.200001.1"
@@ -220,6 +220,9 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
         seed = {**with_identifier(examples[t], f"{t}-SEED"),
                 "subject": {"reference": f"Patient?identifier={MRN}|MRN-000124"}}
         pair.learn(t, send("POST", f"/fhir/{t}", 201, json_body=seed), lambda r: r.json()["id"])
+    pair.learn("ConceptMap", send("POST", "/fhir/ConceptMap", 201,
+                                  json_body=with_identifier(examples["ConceptMap"], "CM-SEED")),
+               lambda r: r.json()["id"])
     seed_provenance = {**request_example(app, "POST", "/fhir/Provenance"),
                        "target": [{"reference": f"Patient?identifier={MRN}|MRN-000124"}],
                        "recorded": "2024-01-05T10:00:00+09:00"}  # before the example's: one order by date
@@ -328,6 +331,10 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", "/fhir/ResearchSubject?study=ResearchStudy/" + STUDY, 200)
     send("GET", "/fhir/AdverseEvent?subject=Patient/<Patient>", 200)
     send("GET", "/fhir/AuditEvent?patient=Patient/p1&date=ge2024-01-01&subtype=read", 200)
+    send("GET", "/fhir/ConceptMap?url=https://hospital.example.org/fhir/ConceptMap/lab-to-loinc", 200)
+    # HL7 v2: the ACK carries a time and a control id of its own (tests/hl7 checks it); here its HTTP edge
+    send("POST", "/hl7/v2", 415, content=b"MSH|^~\\&|", headers={"Content-Type": "application/json"})
+    send("POST", "/hl7/v2", 413, content=b"MSH|" + b"x" * (2 * 1024 * 1024), headers={"Content-Type": "text/plain"})
     send("POST", "/fhir/AuditEvent/_search", 200, data={"patient": "p1", "agent": "ehr"})
     with faulty(pair, "search"):
         send("GET", "/fhir/Observation", 500)

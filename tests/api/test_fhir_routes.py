@@ -53,6 +53,8 @@ def test_create_read_vread_update_delete_history_of_every_type(client, resource_
         changed["status"] = "entered-in-error"
     elif resource_type == "Provenance":
         changed["recorded"] = "2024-03-01T00:00:00Z"
+    elif resource_type == "ConceptMap":
+        changed["status"] = "retired"
     else:
         changed["severity"]["coding"][0]["code"] = "moderate"
     update = client.put(f"/fhir/{resource_type}/{rid}", json=changed)

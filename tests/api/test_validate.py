@@ -9,6 +9,7 @@ from service.core.registry import TYPES
 from tests.factories import (
     MRN,
     adverse_event,
+    concept_map,
     created,
     encounter,
     enrol,
@@ -44,6 +45,8 @@ def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
                                      "MedicationAdministration.status"),
         "Procedure": (procedure(ids["patient"], status="bogus"), "Procedure.status"),
         "Provenance": (provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
+        "ConceptMap": (concept_map(group=[{"target": "http://loinc.org", "element": [{"code": "A"}]}]),
+                       "ConceptMap.group[0].source"),
     }
     return {t: (good[t], *bad[t]) for t in bad}
 

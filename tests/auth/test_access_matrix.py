@@ -24,7 +24,9 @@ from service.core.registry import TYPES
 from service.export.worker import ExportWorker
 from tests.auth.tokens import get_token, register_client
 from tests.factories import (
+    MRN,
     adverse_event,
+    concept_map,
     encounter,
     medication_administration,
     observation,
@@ -34,6 +36,7 @@ from tests.factories import (
     study,
     subject,
 )
+from tests.hl7.messages import oru
 
 LETTERS = "cruds"
 SCOPED = (*TYPES, "Group")
@@ -78,7 +81,7 @@ class Scene:
             ae = self.make("AdverseEvent", adverse_event(pid, sid))
             self.ids[name] = {"ResearchStudy": sid, "Patient": pid, "ResearchSubject": subj, "Observation": obs,
                               "AdverseEvent": ae, "Group": sid}
-            for rtype in ("Encounter", "MedicationAdministration", "Procedure", "Provenance"):
+            for rtype in ("Encounter", "MedicationAdministration", "Procedure", "Provenance", "ConceptMap"):
                 self.ids[name][rtype] = self.make(rtype, self.body_of(rtype, name))
         with self.engine.connect() as conn:  # an event of the trail these requests wrote (it belongs to no study)
             event = conn.execute(text("SELECT id FROM resource WHERE resource_type = 'AuditEvent' LIMIT 1")).scalar()
@@ -118,8 +121,8 @@ class Scene:
         return {"Patient": patient(), "ResearchStudy": study(),
                 "Observation": observation(pid), "AdverseEvent": adverse_event(pid, sid),
                 "Encounter": encounter(pid), "MedicationAdministration": medication_administration(pid),
-                "Procedure": procedure(pid), "Provenance": provenance(f"Observation/{self.ids[key]['Observation']}")
-                }[rtype]
+                "Procedure": procedure(pid), "Provenance": provenance(f"Observation/{self.ids[key]['Observation']}"),
+                "ConceptMap": concept_map()}[rtype]
 
     def fresh(self, rtype: str, key: str) -> str:
         """A resource to delete: a new one in study A (a Patient enrolled nowhere, a study of its own), or B's."""
@@ -206,6 +209,8 @@ def per_type(rtype: str) -> dict[str, Row]:
 
 PER_TYPE: dict[str, Row] = {name: row for rtype in TYPES if TYPES[rtype].writable
                             for name, row in per_type(rtype).items()}
+for _name, _row in per_type("ConceptMap").items():  # terminology: of no study, so a client limited to studies sees
+    PER_TYPE[_name] = replace(_row, unlimited=True, other=None)  # none; any client with the scope reads and writes it
 for _name, _row in per_type("AuditEvent").items():  # the trail: read and searched with AuditEvent scopes only, by a
     if _name.startswith(("read_", "vread_", "history_", "search_")):  # client not limited to studies (it belongs to
         PER_TYPE[_name] = replace(_row, unlimited=True, other=None)     # none)
@@ -214,6 +219,14 @@ for _name, _row in per_type("AuditEvent").items():  # the trail: read and search
 def _transaction(scene: Scene, key: str) -> Any:
     return scene.send("POST", "/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation(scene.ids[key]["Patient"]), "request": {"method": "POST", "url": "Observation"}}]})
+
+
+def _hl7(scene: Scene, key: str) -> Any:
+    """An ORU^R01 of the study's patient (MRN-A or MRN-B), with a new MSH-10 each time (a resend is answered from
+    the message table: tests/hl7)."""
+    scene.messages = getattr(scene, "messages", 0) + 1
+    message = oru(f"MRN-{key}", control_id=f"M{scene.messages}", filler=f"F{scene.messages}")
+    return scene.send("POST", "/hl7/v2", content=message.encode(), headers={"Content-Type": "text/plain"})
 
 
 def _figures(path: str) -> Row:
@@ -259,6 +272,8 @@ ROWS: dict[str, Row] = {
     "token": Row(lambda s, k: s.send("POST", "/auth/token", data={"grant_type": "client_credentials"}), public=True,
                  ok=(400, 401)),  # the OAuth endpoint authenticates its clients itself (tests/auth/test_token.py)
     "transaction_or_batch": Row(_transaction, ("Observation.c",), other=403, deid=(403,)),
+    # HL7 v2: the results are conditional updates of Observations and a Provenance, decided by the core as any write
+    "receive_hl7_v2": Row(_hl7, ("Observation.cus", "Provenance.c"), other=403, deid=(403,)),
     # every version the token may read: any `r` scope lets it in; another study's versions never show
     "history_system": Row(lambda s, k: s.send("GET", "/fhir/_history?_count=1000"), other="hidden"),
     # a search of the patient's compartment: Patient.s lets it in (each other type is shown only with its own `s`)
@@ -354,7 +369,8 @@ def _scopes(needs: tuple[str, ...], without: tuple[str, str] | None = None) -> s
 @pytest.fixture(params=["front-door", "routes"])
 def scene(request, settings, tmp_path) -> Iterator[Scene]:
     from service.main import create_app
-    app = create_app(settings.model_copy(update={"front_door": request.param == "front-door"}))
+    app = create_app(settings.model_copy(update={"front_door": request.param == "front-door",
+                                                 "hl7_authorities": {"SNUH": MRN}}))
     with TestClient(app) as client:
         yield Scene(client)
 

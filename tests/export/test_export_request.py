@@ -34,12 +34,12 @@ def test_patient_level_writes_the_compartment_types_and_refuses_others():
 @pytest.mark.parametrize("value,expected", [
     ("Observation.code", {"Observation": ("code",)}),
     ("status", {t: ("status",) for t in ("Observation", "ResearchStudy", "ResearchSubject", "Encounter",
-                                         "MedicationAdministration", "Procedure")}),
+                                         "MedicationAdministration", "Procedure", "ConceptMap")}),
     ("id", {t: ("id",) for t in service.EXPORT_TYPES}),
     ("Observation.code,status,Patient.gender", {"Observation": ("status", "code"), "ResearchStudy": ("status",),
                                                 "ResearchSubject": ("status",), "Encounter": ("status",),
                                                 "MedicationAdministration": ("status",), "Procedure": ("status",),
-                                                "Patient": ("gender",)}),
+                                                "ConceptMap": ("status",), "Patient": ("gender",)}),
     ("Observation.value", {"Observation": ("value",)}),  # a choice element by its base name
     (" code , Observation.code ", {"Observation": ("code",), "Procedure": ("code",)}),
 ])
