@@ -429,6 +429,10 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
         store.lock_current(uow.session, [(r.resource_type, r.id) for r in reqs if r.method in ("PUT", "PATCH", "DELETE")
                                          and r.id and r.resource_type in TYPES])
         _prefetch(uow, reqs)
+        resources.prefetch_conditions(uow, [(r.resource_type, r.query if r.method == "PUT" else r.if_none_exist or "")
+                                            for r in reqs if r.resource_type in TYPES and (
+                                                r.method == "PUT" and not r.id and r.query
+                                                or r.method == "POST" and r.if_none_exist)])
         results: dict[int, dict[str, Any]] = {}
         for r in order:
             mark = uow.mark()

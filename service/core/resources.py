@@ -444,10 +444,44 @@ def conditional_delete(uow: UnitOfWork, resource_type: str, query: str) -> list[
 
 def find_matches(uow: UnitOfWork, resource_type: str, query: str, where: str) -> list[str]:
     """Ids matching a conditional interaction's criteria (`If-None-Exist`, `PUT/DELETE Type?criteria`): any search
-    the type supports (service/search/service.py `match_ids`); the write checks the caller's studies of a match."""
+    the type supports (service/search/service.py `match_ids`); the write checks the caller's studies of a match.
+    A condition `identifier=system|value` whose owner the unit of work looked up already (`prefetch_conditions`) is
+    answered from that and from what the unit itself claimed: the same ids the search would find (an identifier
+    has at most one owner of a type), without a flush and a search per entry."""
     params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    key = identifier_condition(resource_type, params)
+    if key is not None and key in uow.identifier_owners:
+        mine = uow.claimed_by(key)
+        if mine is not None:
+            uow.flush()  # the match is this unit's own resource: sent, so that reading it finds it
+            return [mine]
+        owner = uow.identifier_owners[key]
+        return [owner] if owner else []
     uow.flush()  # what this unit of work wrote so far is matched too
     return match_ids(uow.session, resource_type, params, where=where, caller=uow.caller)
+
+
+def identifier_condition(resource_type: str, params: list[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """(type, system, value) when the criteria are exactly one plain `identifier=system|value` (no modifier, no
+    escapes, no OR), else None."""
+    if len(params) != 1 or params[0][0] != "identifier":
+        return None
+    token = params[0][1]
+    if "\\" in token or "," in token or token.count("|") != 1:
+        return None
+    system, value = token.split("|")
+    return (resource_type, system, value) if system and value else None
+
+
+def prefetch_conditions(uow: UnitOfWork, conditions: Sequence[tuple[str, str]]) -> None:
+    """Look up at once who holds the identifiers of `conditions` ((type, query) of a transaction's conditional
+    entries) that are `identifier=system|value`: one statement for the Bundle instead of a flush and a search per
+    entry (`find_matches`)."""
+    keys = [key for rtype, query in conditions
+            if (key := identifier_condition(rtype, parse_qsl(query.lstrip("?"), keep_blank_values=True)))]
+    if keys:
+        owners = repository.find_identifier_owners(uow.session, keys)
+        uow.identifier_owners.update({key: owners.get(key) for key in keys})
 
 
 def _identifiers(resource_type: str, payload: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -79,6 +79,10 @@ class UnitOfWork:
         #: structure checks made before the transaction began, by `id()` of the payload checked: their issues (none:
         #: valid). A transaction Bundle checks its entries first, outside SQLite's write lock (service/bundle)
         self.structure: dict[int, list[Any]] = {}
+        #: who held (type, system, value) when the unit began (None: nobody), looked up at once for a transaction's
+        #: conditions `identifier=system|value` (resources.prefetch_conditions); forgotten for a resource whose
+        #: identifiers this unit releases
+        self.identifier_owners: dict[tuple[str, str, str], str | None] = {}
 
     # -- inserts -------------------------------------------------------------------------------------
     def mark(self) -> tuple[dict[Table, int], int, int, int]:
@@ -113,7 +117,13 @@ class UnitOfWork:
         self.sent = True
         for key in [k for k, owner in self._claimed.items() if k[0] == resource_type and owner == id]:
             del self._claimed[key]
+        for key in [k for k, owner in self.identifier_owners.items() if k[0] == resource_type and owner == id]:
+            del self.identifier_owners[key]  # no longer known: a condition naming it is searched for again
         repository.delete_identifiers(self.session, resource_type, id)
+
+    def claimed_by(self, key: tuple[str, str, str]) -> str | None:
+        """The resource of this unit of work that holds the identifier `key` (type, system, value), if one does."""
+        return self._claimed.get(key)
 
     def pending(self, *tables: Table) -> bool:
         """Are inserts into any of `tables` gathered but not sent yet? (Read those tables after a flush.)"""
