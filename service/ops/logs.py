@@ -26,7 +26,8 @@ APP_LOGGER = "trial_fhir"
 REQUEST_LOGGER = "trial_fhir.request"
 
 #: the attributes every LogRecord has: anything else on a record came from `extra=` and is a field of the line
-_STANDARD = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))) | {
+    "message", "asctime", "color_message"}  # (uvicorn's copy of its message with terminal colours)
 
 
 class JsonFormatter(logging.Formatter):

@@ -114,11 +114,3 @@ def exposition(engine: Engine) -> bytes:
     jobs = CollectorRegistry(auto_describe=False)
     jobs.register(JobsCollector(engine))
     return shared + generate_latest(jobs)
-
-
-def process_exited(pid: int) -> None:
-    """Multiprocess mode: drop a dead worker's live gauges (its counters stay counted)."""
-    if MULTIPROCESS:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
