@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     gzip: bool = Field(True, description="Compress answers with gzip when the client accepts it and the body is at "
                        "least TRIAL_FHIR_GZIP_MIN_BYTES.")
     gzip_min_bytes: int = Field(
-        16_384, ge=0, description="Smallest body compressed (bytes). Below it compression costs more CPU than the "
+        32_768, ge=0, description="Smallest body compressed (bytes). Below it compression costs more CPU than the "
         "bytes it saves are worth on a hospital network (see bench/README.md).")
     gzip_level: int = Field(1, ge=1, le=9, description="zlib level: 1 compresses a searchset ~6x at a third of "
                             "the CPU of level 6, which compresses it ~7x.")

@@ -84,4 +84,7 @@ class Observe:
             fields["issue_code"] = issue.code
             if issue.expression:
                 fields["issue_expression"] = list(issue.expression)
-        log.log(logging.WARNING if status >= 500 else logging.INFO, "%s %s %d", method, route, status, extra=fields)
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if log.isEnabledFor(level):  # the record made directly: Logger.log would walk the stack for the caller's line
+            log.handle(log.makeRecord(REQUEST_LOGGER, level, __file__, 0, "%s %s %d", (method, route, status), None,
+                                      extra=fields))

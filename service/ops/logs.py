@@ -36,7 +36,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.fromtimestamp(record.created, UTC),  # ISO 8601 by orjson, microseconds, +00:00
             "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
         for key, value in record.__dict__.items():
             if key not in _STANDARD and value is not None:

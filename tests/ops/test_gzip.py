@@ -69,7 +69,7 @@ def test_off_never_compresses(settings):
 
 
 def test_the_default_threshold_packs_big_documents_only(settings):
-    assert settings.gzip_min_bytes == 16_384
+    assert settings.gzip_min_bytes == 32_768
     with TestClient(create_app(settings)) as default:
         assert raw_get(default, "/openapi.json", GZIP).headers["content-encoding"] == "gzip"
         assert "content-encoding" not in raw_get(default, "/healthz", GZIP).headers
