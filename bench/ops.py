@@ -44,6 +44,7 @@ from pathlib import Path
 
 import httpx
 import search  # bench/search.py: the data generator, the server launcher and the load
+
 from cpu import CpuMeter
 
 RESULTS = Path(__file__).resolve().parent / "results"
