@@ -1,6 +1,9 @@
 """/metrics (issue 14 §3): request counts and latency by route template and status, whichever adapter answered;
 writes by type; jobs by state; the database pool; who may read it."""
 
+import os
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -97,3 +100,21 @@ def test_without_a_metrics_token_only_loopback(settings):
     smart = settings.model_copy(update={"auth": "smart", "export_worker": False})
     with TestClient(create_app(smart), client=("10.1.2.3", 50000)) as client:
         assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 403
+
+
+def test_serve_with_workers_prepares_an_empty_multiprocess_folder(settings, tmp_path, monkeypatch):
+    from service.cli import _multiprocess_metrics
+
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_123.db").write_bytes(b"old values")
+    (folder / "keep.txt").write_text("not ours")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    _multiprocess_metrics(settings.model_copy(update={"metrics_dir": folder}))
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    _multiprocess_metrics(settings)  # none configured: a temporary folder
+    made = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    assert made.is_dir() and made.name.startswith("trial-fhir-metrics-")
+    made.rmdir()
