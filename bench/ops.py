@@ -72,6 +72,82 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 1)}
 
 
+def layer_costs(page: bytes, repeats: int = 15, n: int = 1000) -> dict[str, float]:
+    """In this process, best of `repeats` runs of `n` requests: the µs the observing layer (request log to a file,
+    metrics, both) and gzip (Starlette's, the threshold's level, on a real search page) add to a do-nothing ASGI
+    app. Best-of is the cost without the machine's other load, which the server figures above include."""
+    import asyncio
+    import logging
+
+    from service.api.compression import compressed
+    from service.ops.layer import Observe
+    from service.ops.logs import APP_LOGGER, JsonFormatter
+
+    with tempfile.NamedTemporaryFile("w", suffix=".log") as sink:
+        handler = logging.StreamHandler(sink)
+        handler.setFormatter(JsonFormatter())
+        logger = logging.getLogger(APP_LOGGER)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+        class Route:
+            path = "/fhir/Observation"
+
+        async def app(scope, receive, send):
+            scope["route"] = Route
+            await send({"type": "http.response.start", "status": 200, "headers": [
+                (b"content-type", b"application/fhir+json"), (b"content-length", str(len(page)).encode())]})
+            await send({"type": "http.response.body", "body": page})
+
+        async def receive():
+            return {"type": "http.request"}
+
+        async def send(message):
+            return None
+
+        stacks = {"nothing": app, "metrics": Observe(app, request_log=False, count=True),
+                  "request log": Observe(app, request_log=True, count=False),
+                  "log and metrics": Observe(app, request_log=True, count=True),
+                  "gzip, the page below the threshold": compressed(app, minimum_size=len(page) + 1, level=1),
+                  "gzip (level 1) of the page": compressed(app, minimum_size=0, level=1)}
+        scope = {"type": "http", "method": "GET", "path": "/fhir/Observation",
+                 "headers": [(b"host", b"x"), (b"accept-encoding", b"gzip")]}
+
+        async def best(stack) -> float:
+            fastest = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _ in range(n):
+                    await stack(dict(scope), receive, send)
+                fastest = min(fastest, (time.perf_counter() - started) / n)
+            return fastest * 1e6
+
+        measured = {name: asyncio.run(best(stack)) for name, stack in stacks.items()}
+        logger.removeHandler(handler)
+    return {name: round(us - measured["nothing"], 1) for name, us in measured.items() if name != "nothing"}
+
+
+def micro(output: Path | None, db: str) -> None:
+    """`--micro`: the layers' own cost in this process, added to the results file of the last run."""
+    out = output or RESULTS / f"ops-{db}.json"
+    result = json.loads(out.read_text()) if out.exists() else {}
+    page = b'{"resourceType":"Bundle","type":"searchset","entry":[' + b",".join(
+        b'{"fullUrl":"http://127.0.0.1/fhir/Observation/o%d","resource":{"resourceType":"Observation","id":"o%d",'
+        b'"status":"final","code":{"coding":[{"system":"https://trial-fhir.org/CodeSystem/ad-scores","code":"EASI"}]},'
+        b'"subject":{"reference":"Patient/p1"},"effectiveDateTime":"2024-02-07T09:00:00+09:00",'
+        b'"valueQuantity":{"value":%d.5,"unit":"{score}","system":"http://unitsofmeasure.org","code":"{score}"}},'
+        b'"search":{"mode":"match"}}' % (i, i, i) for i in range(40)) + b"]}"
+    costs = layer_costs(page)  # ~18.5 KB, as a 20-result page of the generated study
+    result["micro_us_per_request"] = costs
+    print("added µs per request, in process (best of 15 × 1,000):")
+    for name, us in costs.items():
+        print(f"  {name:<28} {us:>7.1f}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--db", choices=["sqlite", "postgres"], default="sqlite")
@@ -82,7 +158,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per server (default 2)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"modes to run (default {','.join(MODES)})")
     parser.add_argument("--output", type=Path, help="results JSON (default bench/results/ops-<db>.json)")
+    parser.add_argument("--micro", action="store_true", help="only the layers' own cost, in this process (seconds), "
+                        "added to the results file")
     args = parser.parse_args()
+    if args.micro:
+        micro(args.output, args.db)
+        return
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "bare" not in modes or not set(modes) <= set(MODES):
         parser.error(f"--modes: some of {', '.join(MODES)}, bare among them")
