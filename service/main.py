@@ -169,10 +169,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
     # slow bodies cut off (408) in front of everything that reads one; slow headers: service/api/read_timeouts.py
-    inner: ASGIApp = BodyReadTimeout(ControlCharacterPaths(Methods(app.front_door or routed, app)),
-                                     settings.body_timeout_s)
-    if settings.gzip:
-        inner = compressed(inner, minimum_size=settings.gzip_min_bytes, level=settings.gzip_level)
+    answering: ASGIApp = app.front_door or routed
+    if settings.gzip:  # inside HEAD's handling: a HEAD's headers are those of the (compressed) GET
+        answering = compressed(answering, minimum_size=settings.gzip_min_bytes, level=settings.gzip_level)
+    inner = BodyReadTimeout(ControlCharacterPaths(Methods(answering, app)), settings.body_timeout_s)
     # outermost: every request, whoever answers it, gets its request id, one log line and its metrics
     app.outer = Observe(secured(inner, settings), request_log=settings.request_log, count=settings.metrics)
     quiet_access_log()

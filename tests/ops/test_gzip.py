@@ -99,3 +99,11 @@ def test_a_strong_etag_becomes_weak_when_encoded():
             return await http.get(path)
     assert asyncio.run(get("/encoded")).headers["etag"] == 'W/"abc"'
     assert asyncio.run(get("/plain")).headers["etag"] == '"abc"'
+
+
+def test_a_head_has_the_headers_of_the_compressed_get(settings):
+    with TestClient(create_app(settings.model_copy(update={"gzip_min_bytes": 1000}))) as client:
+        got, head = raw_get(client, "/fhir/metadata", GZIP), client.head("/fhir/metadata", headers=GZIP)
+        assert got.headers["content-encoding"] == head.headers["content-encoding"] == "gzip"
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.raw_body))
+        assert head.content == b""
