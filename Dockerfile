@@ -27,6 +27,11 @@ RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin trial \
     && mkdir -p /data/export && chown -R trial /data
 
+# the source revision /readyz and `trial-fhir --version` show (the image has no .git):
+#   docker build --build-arg GIT_REVISION=$(git rev-parse HEAD) -t trial-fhir .
+ARG GIT_REVISION=unknown
+ENV TRIAL_FHIR_GIT_REVISION=$GIT_REVISION
+
 USER trial
 VOLUME ["/data"]
 EXPOSE 8000

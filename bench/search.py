@@ -295,12 +295,18 @@ def server_stack(database_url: str) -> dict[str, str]:
 
 
 def start_server(database_url: str, workers: int, app: str = "service.main:app",
-                 path: Path = ROOT, auth: str = "off") -> tuple[subprocess.Popen, str]:
-    """uvicorn `app` with TRIAL_FHIR_AUTH=`auth` (`off`: no access control; `smart`: a token on every request)."""
+                 path: Path = ROOT, auth: str = "off", env: dict[str, str] | None = None,
+                 log: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """uvicorn `app` with TRIAL_FHIR_AUTH=`auth` (`off`: no access control; `smart`: a token on every request),
+    more environment variables `env`, its stderr (the app's log lines) into the file `log` when given."""
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--no-access-log", "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=_server_env(database_url, path, auth), cwd=path)
+    stderr = log.open("ab") if log is not None else None
+    proc = subprocess.Popen(cmd, env={**_server_env(database_url, path, auth), **(env or {})}, cwd=path,
+                            stderr=stderr)
+    if stderr is not None:
+        stderr.close()  # the child has its own copy
     base = f"http://127.0.0.1:{port}"
     probe = "/healthz" if app == "service.main:app" else "/"
     for _ in range(300):

@@ -1,11 +1,56 @@
 """The `trial-fhir` command line: serve, migrate, demo data, exports and summaries."""
 
 import typer
+from typer.core import TyperGroup
 
 from service.settings import Settings, get_settings
 
+#: `--debug`: let an error's traceback through (set by the root callback before any command runs)
+DEBUG = False
+
+
+class HumanErrors(TyperGroup):
+    """Every command's failure as one line on stderr saying what is wrong and what to do (service/cli_support.py
+    `explain`), exit status non-zero, no traceback unless `--debug`. Typer's own usage errors (a bad option) are
+    click's, already one line and exit 2."""
+
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]  # (typer's Context subclasses click's)
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # typer's own: a usage error says it in one line
+            raise
+        except Exception as exc:
+            if DEBUG:
+                raise
+            from service.cli_support import CliError, explain
+
+            try:
+                url = get_settings().database_url
+            except Exception:  # the settings themselves are what is wrong: explain says so
+                url = None
+            typer.secho(f"error: {explain(exc, url)}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(exc.status if isinstance(exc, CliError) else 1) from None
+
+
 app = typer.Typer(help="trial-fhir: FHIR R4 service for clinical trials", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+                  pretty_exceptions_show_locals=False, cls=HumanErrors)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from service.ops.version import git_revision, version
+
+        typer.echo(f"trial-fhir {version()} (git {git_revision(None)[:12]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                      help="Print the version and git revision, and exit"),
+         debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error")) -> None:
+    """trial-fhir: FHIR R4 service for clinical trials."""
+    global DEBUG
+    DEBUG = debug
 
 
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
@@ -74,19 +119,45 @@ def serve(host: str = typer.Option(None, help="Interface to bind (default: TRIAL
     # from 127.0.0.1 (its default); the app believes them from TRIAL_FHIR_TRUSTED_PROXIES only (service/api/http.py)
     # http: uvicorn's httptools protocol with a header read deadline and header caps (service/api/read_timeouts.py)
     from service.api.read_timeouts import PROTOCOL_PATH
+    from service.ops.logs import uvicorn_log_config
 
+    if workers > 1 and settings.metrics:
+        _multiprocess_metrics(settings)
+    # access_log: uvicorn's is replaced by the request log (service/ops/layer.py), with route templates, not paths
     uvicorn.run("service.main:app", host=host, port=port or settings.port, workers=workers, log_level="info",
-                server_header=False, proxy_headers=False, http=PROTOCOL_PATH)
+                server_header=False, proxy_headers=False, http=PROTOCOL_PATH, access_log=False,
+                log_config=uvicorn_log_config(settings.log_format))
+
+
+def _multiprocess_metrics(settings: Settings) -> None:
+    """prometheus-client's multiprocess mode for the workers: an empty folder (TRIAL_FHIR_METRICS_DIR, else a
+    temporary one), named in PROMETHEUS_MULTIPROC_DIR before the workers start and import the client."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or (str(settings.metrics_dir) if settings.metrics_dir
+                                                            else tempfile.mkdtemp(prefix="trial-fhir-metrics-"))
+    path = Path(folder)
+    if path.exists():
+        for stale in path.glob("*.db"):  # another run's values: the counters would start from them
+            stale.unlink()
+    else:
+        path.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    shutil.disk_usage(path)  # fails early (a clear OSError) when the folder is unusable
 
 
 @app.command()
 def migrate() -> None:
     """Bring the database schema up to date (alembic upgrade head)."""
+    from service.cli_support import safe_url
     from service.db import make_engine, migrate as run_migrations
 
     settings: Settings = get_settings()
     run_migrations(make_engine(settings.database_url))
-    typer.echo(f"schema up to date: {settings.database_url}")
+    typer.echo(f"schema up to date: {safe_url(settings.database_url)}")
 
 
 def _register_subcommands() -> None:

@@ -7,6 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_mappings.outcome import Issue, issue, outcome, pydantic_words
+from service.ops.observed import note_issue
 from service.responses import FhirJSONResponse
 
 log = logging.getLogger("trial_fhir")
@@ -141,6 +142,7 @@ _STATUS_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found
 
 
 def error_response(status_code: int, issues: list[Issue], headers: dict[str, str] | None = None) -> FhirJSONResponse:
+    note_issue(issues)  # the request log names the first issue of a 4xx (service/ops/layer.py)
     return FhirJSONResponse(outcome(issues), status_code=status_code, headers=headers)
 
 

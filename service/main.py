@@ -9,10 +9,12 @@ from functools import partial
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
-from sqlalchemy import text
 from starlette.types import ASGIApp
 
+from fhir_mappings.openapi_schema import resource_schema
 from service import faults
+from service.api import docs_ui
+from service.api.compression import compressed
 from service.api.fhir_routes import build_routers
 from service.api.front_door import FrontDoor
 from service.api.methods import Methods
@@ -24,7 +26,8 @@ from service.auth.verify import Authenticator
 from service.bundle.router import router as bundle_router
 from service.conformance.router import router as conformance_router
 from service.core.interactions import Core
-from service.core.registry import TYPES
+from service.core.registry import REGISTRY, TYPES
+from service.core.resources import AFTER_COMMIT
 from service.dashboard.router import router as dashboard_router
 from service.db import make_engine, migrate
 from service.errors import register_error_handlers
@@ -32,6 +35,10 @@ from service.export.router import CAPABILITY as EXPORT_CAPABILITY, router as exp
 from service.group.router import CAPABILITY as GROUP_CAPABILITY, router as group_router
 from service.hl7.router import router as hl7_router
 from service.logs import quiet_access_log
+from service.ops import metrics
+from service.ops.layer import Observe
+from service.ops.logs import install_default_handler
+from service.ops.router import migration_heads, router as ops_router
 from service.replica import ReadRouter
 from service.settings import Settings, get_settings
 from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
@@ -136,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        docs_url=None, redoc_url=None,  # served from packaged assets, not a CDN (service/api/docs_ui.py)
         openapi_tags=[{"name": "System", "description": "CapabilityStatement, transaction and batch Bundles"}],
     )
     app.state.settings = settings
@@ -147,32 +155,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_repeats=settings.max_param_repeats, max_values=settings.max_or_values)
 
-    @app.get("/healthz", tags=["System"], name="healthz", summary="Liveness and database check")
-    def healthz() -> dict:
-        """`{"status": "ok"}` when the service is up and its database answers."""
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        return {"status": "ok"}
-
-    @app.get("/readyz", tags=["System"], name="readyz", summary="Readiness: does the database answer",
-             responses={503: {"description": "The database does not answer (`Retry-After`); drain this replica"}})
-    async def readyz() -> dict:
-        """`{"status": "ready"}` when the database answers `SELECT 1` within TRIAL_FHIR_READY_TIMEOUT_S; 503 with
-        `Retry-After` and an OperationOutcome `transient` otherwise, so a load balancer stops sending requests
-        here while the database is away (and sends them again once it answers: nothing needs a restart). With a
-        read replica, also `"primary": "ok"` and the replica's state (`replica.status` ok, lagging, down or
-        starting, its lag): a replica away sends reads to the primary and never makes the service unready."""
-        def ping() -> None:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        try:  # in a thread of its own: a database that hangs keeps that thread, not a request's
-            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, ping), settings.ready_timeout_s)
-        except Exception as exc:  # whatever it was (a time-out too), the database did not answer: unready
-            raise faults.not_ready(exc) from None
-        if reads.replica is None:
-            return {"status": "ready"}
-        return {"status": "ready", "primary": "ok", "replica": reads.describe()}
-
+    app.state.migration_heads = migration_heads()
+    if settings.metrics:
+        metrics.watch_pool(engine)
+        if replica is not None:
+            metrics.watch_pool(replica)
+        if metrics.count_written not in AFTER_COMMIT:
+            AFTER_COMMIT.append(metrics.count_written)
+    app.include_router(ops_router)
+    app.include_router(docs_ui.router)
+    docs_ui.mount_assets(app)
     app.include_router(auth_router)  # before the FHIR routes: /fhir/.well-known/smart-configuration
     app.include_router(conformance_router)
     app.include_router(bundle_router)
@@ -187,15 +179,48 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.front_door:
         app.front_door = FrontDoor(routed, core, TYPES, app.state)
     # slow bodies cut off (408) in front of everything that reads one; slow headers: service/api/read_timeouts.py
-    app.outer = secured(BodyReadTimeout(ControlCharacterPaths(Methods(app.front_door or routed, app)),
-                                        settings.body_timeout_s), settings)
+    answering: ASGIApp = app.front_door or routed
+    if settings.gzip:  # inside HEAD's handling: a HEAD's headers are those of the (compressed) GET
+        answering = compressed(answering, minimum_size=settings.gzip_min_bytes, level=settings.gzip_level)
+    inner = BodyReadTimeout(ControlCharacterPaths(Methods(answering, app)), settings.body_timeout_s)
+    # outermost: every request, whoever answers it, gets its request id, one log line and its metrics
+    app.outer = Observe(secured(inner, settings), request_log=settings.request_log, count=settings.metrics)
     quiet_access_log()
+    install_default_handler(settings.log_format)
     _add_outcome_schema(app)
     return app
 
 
+#: any resource: what a Bundle entry holds besides the searched type (an `_include`d one, an OperationOutcome)
+RESOURCE_SCHEMA = {"type": "object", "title": "Resource", "required": ["resourceType"], "description":
+                   "Any FHIR R4 resource (https://hl7.org/fhir/R4/resource.html)", "properties": {
+                       "resourceType": {"type": "string"}, "id": {"type": "string"},
+                       "meta": {"type": "object", "title": "Meta"}}}
+
+
+def bundle_schema(resource_type: str) -> dict:
+    """A searchset or history Bundle of `resource_type` (with what `_include` and `_revinclude` add)."""
+    return {"type": "object", "title": f"Bundle of {resource_type}", "required": ["resourceType", "type"],
+            "description": "FHIR R4 Bundle (https://hl7.org/fhir/R4/bundle.html): a searchset (paged by the `next` "
+            "link) or a history", "properties": {
+                "resourceType": {"type": "string", "enum": ["Bundle"]},
+                "type": {"type": "string", "enum": ["searchset", "history"]},
+                "total": {"type": "integer", "minimum": 0},
+                "link": {"type": "array", "items": {"type": "object", "required": ["relation", "url"], "properties": {
+                    "relation": {"type": "string", "description": "self, next, previous"},
+                    "url": {"type": "string", "format": "uri"}}}},
+                "entry": {"type": "array", "items": {"type": "object", "properties": {
+                    "fullUrl": {"type": "string", "format": "uri"},
+                    "resource": {"anyOf": [{"$ref": f"#/components/schemas/{resource_type}"},
+                                           {"$ref": "#/components/schemas/Resource"}]},
+                    "search": {"type": "object", "properties": {
+                        "mode": {"type": "string", "enum": ["match", "include", "outcome"]}}},
+                    "request": {"type": "object"}, "response": {"type": "object"}}}}}}
+
+
 def _add_outcome_schema(app: FastAPI) -> None:
-    """Declare the OperationOutcome schema every error response refers to."""
+    """Declare the schemas the documented bodies refer to: OperationOutcome (every error), each stored type's
+    (generated from its fhir.resources model: fhir_mappings/openapi_schema.py) and a Bundle of each."""
     original = app.openapi
 
     def openapi():
@@ -215,6 +240,11 @@ def _add_outcome_schema(app: FastAPI) -> None:
                     "expression": {"type": "array", "items": {"type": "string"},
                                    "description": "FHIRPath of the element at fault, e.g. "
                                    "Observation.valueQuantity.value"}}}}}}
+        schemas = schema["components"]["schemas"]
+        schemas["Resource"] = RESOURCE_SCHEMA
+        for stored_type in REGISTRY:
+            schemas[stored_type.name] = resource_schema(stored_type.model)
+            schemas[f"{stored_type.name}Bundle"] = bundle_schema(stored_type.name)
         app.openapi_schema = schema
         return schema
 

@@ -174,6 +174,30 @@ class Settings(BaseSettings):
     mllp_client: str | None = Field(
         None, description="The registered client (`trial-fhir clients add`) whose scopes and studies the MLLP listener "
         "acts with; required with TRIAL_FHIR_AUTH=smart (with auth off it acts unrestricted).")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: every log line one JSON object (timestamp, level, logger, event and the line's "
+        "fields; see Observability); `text`: plain lines for a terminal.")
+    request_log: bool = Field(
+        True, description="Write one log line per answered request (request id, method, route template, status, "
+        "latency, client id, for a 4xx the first issue's code and element).")
+    metrics: bool = Field(True, description="Count requests, latencies and writes, and serve them at /metrics.")
+    metrics_token: str | None = Field(
+        None, description="With TRIAL_FHIR_AUTH=smart, /metrics answers loopback peers, and others sending "
+        "`Authorization: Bearer <this>` (a Prometheus scrape config's `authorization.credentials`); unset: loopback "
+        "only. With TRIAL_FHIR_AUTH=off anyone may read it.")
+    metrics_dir: Path | None = Field(
+        None, description="Folder for prometheus-client's multiprocess mode (`serve --workers N` with N > 1): each "
+        "worker's values, summed at /metrics. Unset: `serve` makes a temporary one. Emptied at start.")
+    gzip: bool = Field(True, description="Compress answers with gzip when the client accepts it and the body is at "
+                       "least TRIAL_FHIR_GZIP_MIN_BYTES.")
+    gzip_min_bytes: int = Field(
+        32_768, ge=0, description="Smallest body compressed (bytes). Below it compression costs more CPU than the "
+        "bytes it saves are worth on a hospital network (see bench/README.md).")
+    gzip_level: int = Field(1, ge=1, le=9, description="zlib level: 1 compresses a searchset ~6x at a third of "
+                            "the CPU of level 6, which compresses it ~7x.")
+    git_revision: str | None = Field(
+        None, description="The source's git revision, shown by /readyz and `--version` (images built without .git "
+        "set it); unset: `git rev-parse` of the source folder, if any.")
 
     @model_validator(mode="after")
     def _heartbeat_within_lease(self) -> "Settings":

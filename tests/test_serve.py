@@ -1,6 +1,7 @@
 """`python -m service` serves `service.main:app` over real HTTP, configured from the environment; `serve` refuses
 to run without access control on an address other machines can reach (issue 10)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service import cli
+from service.ops.logs import uvicorn_log_config
 from service.settings import Settings, get_settings
 from tests.assertions import wait_until_healthy
 
@@ -46,7 +48,12 @@ def test_python_m_service_serves_the_app_on_the_configured_database(database_url
         proc.wait(timeout=20)
     output = proc.stdout.read().decode()
     assert "access control is OFF" in output
-    assert "GET /fhir/Patient?identifier=…&_count=… HTTP/1.1" in output  # uvicorn's access line, values elided
+    # every log line is JSON; the request log's line for the search has its route template, not its query
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert lines and all({"timestamp", "level", "logger", "event"} <= set(line) for line in lines)
+    assert any(line["logger"] == "trial_fhir.request" and line["method"] == "GET" and line["route"] == "/fhir/Patient"
+               and line["status"] == 200 and line["request_id"] for line in lines), output
+    assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's own lines too
     assert "MRN-SERVE-SECRET" not in output and "serve-test-token" not in output
 
 
@@ -133,7 +140,9 @@ def test_serve_with_access_control_binds_anywhere_without_server_header_or_uvico
     assert result.exit_code == 0, result.output
     assert started == {"app": "service.main:app", "host": "0.0.0.0", "port": 8123, "workers": 1, "log_level": "info",
                        "server_header": False, "proxy_headers": False,
-                       "http": "service.api.read_timeouts:TimedHttpToolsProtocol"}  # header timeout and caps
+                       "http": "service.api.read_timeouts:TimedHttpToolsProtocol",  # header timeout and caps
+                       # uvicorn's access log gives way to the request log; its lines and the app's are JSON
+                       "access_log": False, "log_config": uvicorn_log_config("json")}
     assert "access control is OFF" not in result.output
 
 

@@ -13,7 +13,16 @@ from fastapi.routing import APIRoute
 
 from fhir_mappings.outcome import issue, outcome
 from fhir_mappings.search import subset
-from service.api.docs import ANY_ERROR, body_doc, error_docs, fhir_json
+from service.api.docs import (
+    ANY_ERROR,
+    article,
+    body_doc,
+    error_docs,
+    fhir_json,
+    plural,
+    schema_ref,
+    search_parameters,
+)
 from service.api.http import (
     CoreDep,
     Ctx,
@@ -52,6 +61,10 @@ def build_router(resource_type: str) -> APIRouter:
     router = APIRouter(prefix=f"/fhir/{resource_type}", tags=[resource_type], default_response_class=FhirJSONResponse,
                        responses=ANY_ERROR)
     link = f"https://hl7.org/fhir/R4/{resource_type.lower()}.html"
+    a, many = article(resource_type), plural(resource_type)  # "an Observation", "Observations"
+    one, bundle_of = schema_ref(resource_type), schema_ref(f"{resource_type}Bundle")
+    stored_type = TYPES[resource_type]
+    query_params = search_parameters(stored_type.params, stored_type.sorts)
     search_example = {"resourceType": "Bundle", "type": "searchset", "total": 1,
                       "link": [{"relation": "self", "url": f"http://127.0.0.1:8000/fhir/{resource_type}?_count=50"}],
                       "entry": [{"fullUrl": f"http://127.0.0.1:8000/fhir/{resource_type}/{saved['id']}",
@@ -63,10 +76,10 @@ def build_router(resource_type: str) -> APIRouter:
         {"fullUrl": f"http://127.0.0.1:8000/fhir/{resource_type}/{saved['id']}", "resource": saved,
          "request": {"method": "POST", "url": resource_type}, "response": {"status": "201 Created", "etag": 'W/"1"'}}]}
 
-    @router.post("", status_code=201, name=f"create_{resource_type}", summary=f"Create a {resource_type}",
-                 openapi_extra=body_doc(example, f"A FHIR R4 {resource_type} ({link})"),
-                 responses={201: fhir_json(saved, "Created; Location, ETag and Last-Modified headers set"),
-                            200: fhir_json(saved, "If-None-Exist matched one existing resource; nothing created"),
+    @router.post("", status_code=201, name=f"create_{resource_type}", summary=f"Create {a} {resource_type}",
+                 openapi_extra=body_doc(example, f"A FHIR R4 {resource_type} ({link})", one),
+                 responses={201: fhir_json(saved, "Created; Location, ETag and Last-Modified headers set", one),
+                            200: fhir_json(saved, "If-None-Exist matched one existing resource; nothing created", one),
                             **error_docs(400, 409, 412, 413, 415, 422)})
     async def create(core: CoreDep, ctx: Ctx, body: FhirBody, if_none_exist: IfNoneExist = None,
                      prefer: Prefer = None) -> Response:
@@ -80,8 +93,9 @@ def build_router(resource_type: str) -> APIRouter:
                       "(`Patient/123`), conditional (`Patient?identifier=system|value`) or logical "
                       "(`{\"identifier\": {…}}`); the latter two are resolved to the one matching resource.")
 
-    @router.get("", name=f"search_{resource_type}", summary=f"Search {resource_type} resources",
-                responses={200: fhir_json(search_example, "A searchset Bundle"), **error_docs(400)})
+    @router.get("", name=f"search_{resource_type}", summary=f"Search {many}",
+                openapi_extra={"parameters": query_params},
+                responses={200: fhir_json(search_example, "A searchset Bundle", bundle_of), **error_docs(400)})
     async def search_type(request: Request, core: CoreDep, ctx: Ctx, prefer: Prefer = None) -> Response:
         return FhirJSONResponse(await core.search(ctx, resource_type, request.query_params.multi_items()))
 
@@ -90,11 +104,12 @@ def build_router(resource_type: str) -> APIRouter:
                            "OperationOutcome entry (`search.mode = outcome`), or rejected (400) with "
                            "`Prefer: handling=strict`.")
 
-    @router.post("/_search", name=f"search_{resource_type}_post", summary=f"Search {resource_type} (POST form)",
+    @router.post("/_search", name=f"search_{resource_type}_post", summary=f"Search {many} (form body)",
                  openapi_extra={"requestBody": {"content": {"application/x-www-form-urlencoded": {
-                     "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                     "schema": {"type": "object", "additionalProperties": {"type": "string"}, "properties": {
+                         p["name"]: {**p["schema"], "description": p["description"]} for p in query_params}},
                      "example": {"identifier": "urn:oid:1.2.410.200001.1|MRN-000123"}}}}},
-                 responses={200: fhir_json(search_example, "A searchset Bundle"), **error_docs(400)})
+                 responses={200: fhir_json(search_example, "A searchset Bundle", bundle_of), **error_docs(400)})
     async def search_post(request: Request, core: CoreDep, ctx: Ctx, prefer: Prefer = None) -> Response:
         form = await request.form()
         params = list(request.query_params.multi_items()) + [(k, str(v)) for k, v in form.multi_items()]
@@ -102,10 +117,10 @@ def build_router(resource_type: str) -> APIRouter:
 
     search_post.__doc__ = f"The same search as `GET /fhir/{resource_type}`, parameters in a form body."
 
-    @router.put("", name=f"conditional_update_{resource_type}", summary=f"Conditional update of a {resource_type}",
-                openapi_extra=body_doc(example, f"A FHIR R4 {resource_type}"),
-                responses={200: fhir_json(saved_v2, "Updated the one match"),
-                           201: fhir_json(saved, "No match: created"), **error_docs(400, 412, 422)})
+    @router.put("", name=f"conditional_update_{resource_type}", summary=f"Conditional update of {a} {resource_type}",
+                openapi_extra=body_doc(example, f"A FHIR R4 {resource_type}", one),
+                responses={200: fhir_json(saved_v2, "Updated the one match", one),
+                           201: fhir_json(saved, "No match: created", one), **error_docs(400, 412, 422)})
     async def conditional_update(request: Request, core: CoreDep, ctx: Ctx, body: FhirBody,
                                  if_match: IfMatch = None, prefer: Prefer = None) -> Response:
         stored_ = await core.conditional_update(ctx, resource_type, str(request.url.query), body, if_match=if_match)
@@ -116,7 +131,7 @@ def build_router(resource_type: str) -> APIRouter:
                                   "This is how an EHR re-sends a corrected result without knowing our id.")
 
     @router.delete("", status_code=204, name=f"conditional_delete_{resource_type}",
-                   summary=f"Conditional delete of a {resource_type}",
+                   summary=f"Conditional delete of {a} {resource_type}",
                    responses={204: {"description": "Deleted (or nothing matched)"}, **error_docs(400, 409, 412)})
     async def conditional_delete(request: Request, core: CoreDep, ctx: Ctx) -> Response:
         await core.conditional_delete(ctx, resource_type, str(request.url.query))
@@ -124,8 +139,9 @@ def build_router(resource_type: str) -> APIRouter:
 
     conditional_delete.__doc__ = f"`DELETE /fhir/{resource_type}?identifier=system|value`: delete the one match."
 
-    @router.get("/_history", name=f"history_type_{resource_type}", summary=f"History of every {resource_type}",
-                responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(400)})
+    @router.get("/_history", name=f"history_type_{resource_type}", summary=f"History of all {many}",
+                responses={200: fhir_json(history_example, "A history Bundle, newest first", bundle_of),
+                           **error_docs(400)})
     async def type_history(core: CoreDep, ctx: Ctx, since: HistorySince, count: HistoryCount = 50,
                            page: HistoryPage = None, at: HistoryAt = None) -> Response:
         return FhirJSONResponse(await core.type_history(ctx, resource_type, count=count, since=since, page=page,
@@ -149,7 +165,7 @@ def build_router(resource_type: str) -> APIRouter:
     mode_query = Annotated[str | None, Query(alias="mode", description="create (default at type level), update or "
                                              "delete (at instance level)")]
 
-    @router.post("/$validate", name=f"validate_{resource_type}", summary=f"Validate a {resource_type}",
+    @router.post("/$validate", name=f"validate_{resource_type}", summary=f"Validate {a} {resource_type}",
                  openapi_extra=validate_doc, responses=validate_responses)
     async def validate_type(request: Request, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
                             mode: mode_query = None) -> Response:
@@ -163,7 +179,7 @@ def build_router(resource_type: str) -> APIRouter:
         "mode, an unknown profile). Needs the scope the write would.")
 
     @router.post("/{id}/$validate", name=f"validate_instance_{resource_type}",
-                 summary=f"Validate an update or delete of a {resource_type}", openapi_extra=validate_doc,
+                 summary=f"Validate an update or delete of {a} {resource_type}", openapi_extra=validate_doc,
                  responses=validate_responses)
     async def validate_instance(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, body: OptionalFhirBody,
                                 mode: mode_query = None) -> Response:
@@ -178,7 +194,7 @@ def build_router(resource_type: str) -> APIRouter:
     if resource_type == "Patient":
         @router.get("/{id}/$everything", name="everything_Patient", summary="Everything about a Patient",
                     responses={200: fhir_json(search_example, "A searchset Bundle: the Patient, its compartment "
-                                              "(`match`) and the studies it references (`include`)"),
+                                              "(`match`) and the studies it references (`include`)", bundle_of),
                                **error_docs(400, 404)})
         async def everything(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
                              count: Annotated[int | None, Query(alias="_count", ge=1, le=1000)] = None,
@@ -195,8 +211,8 @@ def build_router(resource_type: str) -> APIRouter:
             return FhirJSONResponse(await core.everything(ctx, id, count=count, since=since, types=types, page=page,
                                                           asked=list(request.query_params)))
 
-    @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read a {resource_type}",
-                responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set"),
+    @router.get("/{id}", name=f"read_{resource_type}", summary=f"Read {a} {resource_type}",
+                responses={200: fhir_json(saved, "The current version; ETag and Last-Modified headers set", one),
                            **error_docs(404, 410)})
     async def read(request: Request, id: IdPath, core: CoreDep, ctx: Ctx) -> Response:
         stored_ = await core.read(ctx, resource_type, id)
@@ -207,10 +223,10 @@ def build_router(resource_type: str) -> APIRouter:
 
     read.__doc__ = f"Read the current version of a {resource_type}, as it was received (plus `id` and `meta`)."
 
-    @router.put("/{id}", name=f"update_{resource_type}", summary=f"Update (or create) a {resource_type}",
-                openapi_extra=body_doc({**example, "id": saved["id"]}, f"A FHIR R4 {resource_type} with its id"),
-                responses={200: fhir_json(saved_v2, "Updated: a new version"),
-                           201: fhir_json(saved, "Created with the client's id"),
+    @router.put("/{id}", name=f"update_{resource_type}", summary=f"Update (or create) {a} {resource_type}",
+                openapi_extra=body_doc({**example, "id": saved["id"]}, f"A FHIR R4 {resource_type} with its id", one),
+                responses={200: fhir_json(saved_v2, "Updated: a new version", one),
+                           201: fhir_json(saved, "Created with the client's id", one),
                            **error_docs(400, 409, 412, 415, 422)})
     async def update(request: Request, id: IdPath, core: CoreDep, ctx: Ctx, body: FhirBody, if_match: IfMatch = None,
                      prefer: Prefer = None) -> Response:
@@ -230,10 +246,10 @@ def build_router(resource_type: str) -> APIRouter:
         "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}},
                                         "example": patch_example}}}}
 
-    @router.patch("/{id}", name=f"patch_{resource_type}", summary=f"Patch a {resource_type}",
+    @router.patch("/{id}", name=f"patch_{resource_type}", summary=f"Patch {a} {resource_type}",
                   openapi_extra=patch_doc,
                   responses={200: fhir_json(saved_v2, "Patched: a new version (or the current one, when the patch "
-                                            "changed nothing)"), **error_docs(400, 404, 410, 412, 415, 422)})
+                                            "changed nothing)", one), **error_docs(400, 404, 410, 412, 415, 422)})
     async def patch(id: IdPath, core: CoreDep, ctx: Ctx, body: PatchBody, if_match: IfMatch = None,
                     prefer: Prefer = None) -> Response:
         stored_ = await core.patch(ctx, resource_type, id, body, if_match=if_match)
@@ -246,9 +262,9 @@ def build_router(resource_type: str) -> APIRouter:
         "patch is a 400, one that can't be applied (a path that isn't there, a failed `test`) a 422, each naming "
         "the operation (`Patch[i].path`).")
 
-    @router.patch("", name=f"conditional_patch_{resource_type}", summary=f"Conditional patch of a {resource_type}",
+    @router.patch("", name=f"conditional_patch_{resource_type}", summary=f"Conditional patch of {a} {resource_type}",
                   openapi_extra=patch_doc,
-                  responses={200: fhir_json(saved_v2, "Patched the one match"),
+                  responses={200: fhir_json(saved_v2, "Patched the one match", one),
                              **error_docs(400, 404, 412, 415, 422)})
     async def conditional_patch(request: Request, core: CoreDep, ctx: Ctx, body: PatchBody,
                                 if_match: IfMatch = None, prefer: Prefer = None) -> Response:
@@ -258,7 +274,7 @@ def build_router(resource_type: str) -> APIRouter:
     conditional_patch.__doc__ = (f"`PATCH /fhir/{resource_type}?identifier=system|value`: patch the one resource "
                                  "that matches (404 when none does, 412 when several do).")
 
-    @router.delete("/{id}", status_code=200, name=f"delete_{resource_type}", summary=f"Delete a {resource_type}",
+    @router.delete("/{id}", status_code=200, name=f"delete_{resource_type}", summary=f"Delete {a} {resource_type}",
                    responses={200: fhir_json(outcome([issue("informational", "Deleted", severity="information")]),
                                              "Deleted (OperationOutcome); deleting again is a no-op"),
                               **error_docs(409, 412)})
@@ -271,8 +287,9 @@ def build_router(resource_type: str) -> APIRouter:
     delete.__doc__ = (f"Delete a {resource_type}. Its history stays readable; reading it answers 410 Gone. A "
                       "resource others depend on (a patient with an enrolment, a subject with results) gives 409.")
 
-    @router.get("/{id}/_history", name=f"history_{resource_type}", summary=f"History of a {resource_type}",
-                responses={200: fhir_json(history_example, "A history Bundle, newest first"), **error_docs(404)})
+    @router.get("/{id}/_history", name=f"history_{resource_type}", summary=f"History of {a} {resource_type}",
+                responses={200: fhir_json(history_example, "A history Bundle, newest first", bundle_of),
+                           **error_docs(404)})
     async def instance_history(id: IdPath, core: CoreDep, ctx: Ctx, since: HistorySince,
                                count: HistoryCount = 50,
                                before: Annotated[int | None, Query(alias="_before_version", ge=1,
@@ -285,8 +302,9 @@ def build_router(resource_type: str) -> APIRouter:
                                 "keeps the versions made at or after an instant, `_at` those that were current at "
                                 "some moment of a date's period.")
 
-    @router.get("/{id}/_history/{vid}", name=f"vread_{resource_type}", summary=f"Read one version of a {resource_type}",
-                responses={200: fhir_json(saved, "That version"), **error_docs(404, 410)})
+    @router.get("/{id}/_history/{vid}", name=f"vread_{resource_type}",
+                summary=f"Read one version of {a} {resource_type}",
+                responses={200: fhir_json(saved, "That version", one), **error_docs(404, 410)})
     async def vread(request: Request, id: IdPath, vid: Annotated[str, Path(description="versionId", examples=["1"])],
                     core: CoreDep, ctx: Ctx) -> Response:
         return read_response(request, await core.vread(ctx, resource_type, id, vid), ctx.base_url)

@@ -32,6 +32,7 @@ from service.api.http import (
 from service.api.middleware import body_too_large, edge, some_headers
 from service.core.interactions import Core
 from service.errors import BadRequest, FhirError, failure_response
+from service.ops.observed import current as current_request
 from service.responses import FHIR_JSON
 
 log = logging.getLogger("trial_fhir")
@@ -43,6 +44,7 @@ class FrontDoor:
         self.core = core
         self.state = state  # the app's state: its settings and authenticator (service.api.http.caller_of)
         self.paths = {f"/fhir/{t}": t for t in resource_types}
+        self.templates = {t: path for path, t in self.paths.items()}
         self._bases: dict[tuple[Any, ...], str] = {}  # (scheme, host, server, root path) -> base
         self.proxies = trusted_proxies(core.settings)
 
@@ -53,6 +55,9 @@ class FrontDoor:
         resource_type = self.paths.get(path[len(root):] if root and path.startswith(root) else path)
         if resource_type is None:
             return await self.app(scope, receive, send)
+        observed = current_request()
+        if observed is not None:  # the request log's and the metrics' route (FastAPI's routing is not run)
+            observed.route = self.templates[resource_type]
         # The edge's errors (406, 415, 413), a body found over the limit while read and a fault (500) are FHIR JSON
         # whatever the client asked, as in the app (FhirFormatMiddleware answers the first two itself, and
         # ServerErrorMiddleware, outside it, the third); from the interaction on, the type asked for.

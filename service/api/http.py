@@ -22,6 +22,7 @@ from service.core.interactions import Core
 from service.core.resources import Stored, read_json
 from service.errors import BadRequest, ResourceInvalid, Unauthorized, UnsupportedMediaType
 from service.export.service import parse_since  # the same _since as $export
+from service.ops.observed import current as current_request
 from service.responses import FhirJSONResponse
 from service.settings import Settings
 
@@ -229,7 +230,9 @@ async def context_of(state: Any, scope: Scope, base: str, *, authorization: str 
     """The Context of a request, for both adapters: who sends it (authenticated here, once, before any
     interaction runs: a refused token is audited, then answered 401), its base URL, strictness, request id,
     client address and query (what the audit records)."""
-    ctx = Context(base, ANONYMOUS, strict=prefers(prefer, "handling=strict"), request_id=new_request_id(request_id),
+    observed = current_request()  # the observing layer made (or took) the request's id: the log's is the audit's
+    ctx = Context(base, ANONYMOUS, strict=prefers(prefer, "handling=strict"),
+                  request_id=observed.request_id if observed is not None else new_request_id(request_id),
                   client_address=client_address(scope, state.settings),
                   query=scope.get("query_string", b"").decode("latin-1") or None,
                   consistent=prefers(prefer, "consistency=strong"))
@@ -240,6 +243,8 @@ async def context_of(state: Any, scope: Scope, base: str, *, authorization: str 
         await core.record([event_for(replace(ctx, caller=Caller(name="unauthenticated")), subtype="operation",
                                      operation="authenticate", outcome=outcome_for(401), status=401)])
         raise refused
+    if observed is not None:
+        observed.client = caller.name
     return replace(ctx, caller=caller)
 
 

@@ -61,4 +61,7 @@ class Methods:
                     return
                 message = {"type": "http.response.body", "body": b""}
             await send(message)
-        await self.inner({**scope, "method": "GET"}, receive, headers_only)
+        as_get = {**scope, "method": "GET"}
+        await self.inner(as_get, receive, headers_only)
+        if "route" in as_get:  # the route that answered, for the request log and metrics (service/ops/layer.py)
+            scope["route"] = as_get["route"]

@@ -9,9 +9,10 @@ What each response gets, and why:
   a type, frames a page or tells another site which URL (with its search parameters) it came from.
 - `Content-Security-Policy`: `default-src 'none'` on API answers (JSON, NDJSON, CSV, SVG: a browser that opens
   one directly runs nothing); the study report gets only its inline `<style>` and inline SVG; /docs and /redoc
-  load Swagger UI and ReDoc from the jsDelivr CDN (FastAPI's defaults), so their policy allows exactly that CDN
-  (ReDoc also its Google fonts), their inline bootstrap script and `connect-src 'self'` for /openapi.json; the
-  dashboard at / its own script and stylesheet, fetches to here and the blob: URLs it opens (DASHBOARD_CSP).
+  load Swagger UI and ReDoc from this host (service/api/docs_ui.py: packaged assets, no CDN), so their policy
+  allows `'self'` and nothing else: their scripts and styles, their inline bootstrap script, `connect-src 'self'`
+  for /openapi.json (ReDoc also a web worker from a blob: URL).;
+  the dashboard at / its own script and stylesheet, fetches to here and the blob: URLs it opens (DASHBOARD_CSP).
 - `Cache-Control: no-store` on everything but the public documents (CapabilityStatement, well-known documents,
   the API docs): FHIR answers, export files and summaries carry patient data, and a token answer must not be
   cached either (RFC 6749 §5.1); an app's own Cache-Control on those is replaced.
@@ -38,18 +39,15 @@ DOCUMENT_CSP = (b"default-src 'none'; style-src 'unsafe-inline'; img-src 'self' 
 #: inline <style> and SVG); nothing from another host
 DASHBOARD_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: "
                  b"blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
-CDN = b"https://cdn.jsdelivr.net"
-FAVICON = b"https://fastapi.tiangolo.com"  # FastAPI's default docs favicon
-#: Swagger UI as FastAPI serves it (fastapi.openapi.docs.get_swagger_ui_html): its CSS and bundle from jsDelivr,
-#: an inline script that starts it, /openapi.json fetched from here, "try it out" requests to here
-SWAGGER_CSP = (b"default-src 'none'; script-src 'unsafe-inline' " + CDN + b"; style-src 'unsafe-inline' " + CDN
-               + b"; img-src 'self' data: " + FAVICON + b"; connect-src 'self'; frame-ancestors 'none'; "
-               b"base-uri 'none'; form-action 'self'")
-#: ReDoc as FastAPI serves it (get_redoc_html): the standalone bundle from jsDelivr, fonts from Google, a web
-#: worker it creates from a blob: URL
-REDOC_CSP = (b"default-src 'none'; script-src " + CDN + b"; style-src 'unsafe-inline' https://fonts.googleapis.com; "
-             b"font-src https://fonts.gstatic.com; img-src 'self' data: " + FAVICON + b"; connect-src 'self'; "
-             b"worker-src blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+#: Swagger UI (service/api/docs_ui.py): its bundle and CSS from /docs/static, an inline script that starts it,
+#: /openapi.json fetched from here, "try it out" requests to here
+SWAGGER_CSP = (b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               b"img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+               b"form-action 'self'")
+#: ReDoc: the standalone bundle from /docs/static, its inline styles, a web worker it creates from a blob: URL
+REDOC_CSP = (b"default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+             b"img-src 'self' data:; connect-src 'self'; worker-src blob:; frame-ancestors 'none'; base-uri 'none'; "
+             b"form-action 'none'")
 
 ALWAYS: Headers = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                    (b"referrer-policy", b"no-referrer")]
@@ -80,8 +78,8 @@ def page_policy(path: str) -> bytes | None:
 
 
 def is_public(path: str) -> bool:
-    """May this answer be cached? Only the documents without patient data."""
-    return path in PUBLIC_PATHS or "/.well-known/" in path
+    """May this answer be cached? Only the documents without patient data (the docs' packaged assets too)."""
+    return path in PUBLIC_PATHS or "/.well-known/" in path or path.startswith("/docs/static/")
 
 
 def secure_headers(headers: Headers, policy: bytes | None, no_store: bool, https: bool) -> Headers:

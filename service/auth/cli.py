@@ -21,6 +21,17 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(1)
 
 
+def _study_ids(engine, keys: list[str]) -> list[str]:
+    """Each `--study` as the study's id: an NCT number (or any identifier) naming one study becomes its id; anything
+    else is kept as given (a study id registered before the study is loaded)."""
+    from sqlmodel import Session
+
+    from service.search.service import resolve_study
+
+    with Session(engine) as session:
+        return [resolve_study(session, key) for key in keys]
+
+
 @contextmanager
 def _engine() -> Iterator[Engine]:
     """The configured database; a missing auth table (an old schema) becomes a hint to migrate."""
@@ -45,7 +56,8 @@ def add(
                               "'system/Observation.cruds system/Patient.rs'"),
     jwks: Path = typer.Option(None, "--jwks", help="File holding the client's public keys (a JWKS)"),
     jwks_url: str = typer.Option(None, "--jwks-url", help="URL where the client publishes its JWKS"),
-    studies: list[str] = typer.Option(None, "--study", help="ResearchStudy id it may see (repeat); none: every study"),
+    studies: list[str] = typer.Option(None, "--study", help="A study it may see: its id or NCT number (repeat); "
+                                      "none: every study"),
     deidentified: bool = typer.Option(False, "--deidentified", help="It sees de-identified data only"),
     as_json: bool = typer.Option(False, "--json", help="Print the registration as JSON"),
 ) -> None:
@@ -63,8 +75,9 @@ def add(
         except (ValueError, UnicodeDecodeError) as exc:
             _fail(f"the JWKS file {str(jwks)!r} is not JSON: {exc}")
     with _engine() as engine:
+        studies = _study_ids(engine, studies or [])
         try:
-            client = add_client(engine, name, scope, jwks=keys, jwks_url=jwks_url, studies=tuple(studies or ()),
+            client = add_client(engine, name, scope, jwks=keys, jwks_url=jwks_url, studies=tuple(studies),
                                 deidentified=deidentified)
         except ClientError as exc:
             _fail(str(exc))

@@ -146,6 +146,11 @@ def _check_structure(uow: UnitOfWork, resource_type: str, payload: Any) -> None:
 
 # -- writes ----------------------------------------------------------------------------------------------
 
+#: called after each committed unit of work with the type of each version it wrote (the metrics' write counts,
+#: service/ops/metrics.py, registered by create_app); a listener must be quick and must not raise
+AFTER_COMMIT: list[Callable[[Sequence[str]], None]] = []
+
+
 def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: str = "",
               enforce_rules: bool = True, attempts: int = 3, caller: Caller = SYSTEM,
               audit: Callable[[UnitOfWork], Sequence[AuditRecord]] | None = None, out_of_scope: str = "reject") -> T:
@@ -177,6 +182,8 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
             else:
                 append(session, records)
             session.commit()
+            for listener in AFTER_COMMIT:
+                listener(uow.written)
             return result
         except DBAPIError as exc:
             session.rollback()

@@ -15,8 +15,8 @@ app = typer.Typer(help="Bulk Data export (NDJSON, one file per type) to a folder
 @app.command("run")
 def export(
     out: Path = typer.Argument(..., help="Folder to write <Type>.ndjson files into (created if needed)"),
-    group: str = typer.Option(None, "--group", "-g", help="Export one study's cohort Group (the study id); "
-                              "default: everything"),
+    group: str = typer.Option(None, "--group", "-g", help="Export one study's cohort Group (the study's id "
+                              "or NCT number); default: everything"),
     types: list[str] = typer.Option(None, "--type", "-t", help="Resource type(s) to export (repeat or comma-separate)"),
     since: str = typer.Option(None, help="Only resources changed after this instant, e.g. 2024-01-10T00:00:00Z"),
     type_filters: list[str] = typer.Option(None, "--type-filter", help="e.g. 'Observation?code=EASI&date=ge2024-02'"),
@@ -28,10 +28,10 @@ def export(
     """Export stored resources as NDJSON into OUT, with the $export parameters' meaning."""
     from sqlmodel import Session
 
+    from service.cli_support import study_id_for
     from service.db import make_engine
     from service.errors import FhirError
     from service.export import service
-    from service.group import repository as groups
     from service.settings import get_settings
 
     settings = get_settings()
@@ -53,9 +53,9 @@ def export(
     engine = make_engine(settings.database_url)
     if group is not None:
         with Session(engine) as session:
-            if not groups.find_studies(session, [group]):
-                console.print(f"[red]error:[/red] no study '{group}' (Group/{group})")
-                raise typer.Exit(2)
+            group = study_id_for(session, group)  # its id or its NCT number; a CliError names the studies there are
+            spec = service.parse_export_request(params, "respond-async", group,
+                                                level="patient" if patient_level else None)
     tasks: dict[str, TaskID] = {}
     started = time.perf_counter()
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

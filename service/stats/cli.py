@@ -14,34 +14,33 @@ def _fmt(value: float | None, digits: int = 2) -> str:
 
 @app.callback(invoke_without_command=True, context_settings={"allow_interspersed_args": True}, subcommand_metavar="")
 def summary(
-    study_id: str = typer.Argument(None, help="ResearchStudy id (default: the only study in the database)"),
+    study_id: str = typer.Argument(None, metavar="STUDY", help="The study: its id or its NCT number (default: the "
+                                   "only study in the database; with several, they are listed)"),
     csv: str = typer.Option(None, "--csv", help="Write the tidy CSV (arm,visit,measure,statistic,value,unit,versus) "
                             "to this file, or '-' for stdout, instead of printing tables"),
 ) -> None:
     """Print the summary of a study as tables, or write it as tidy CSV."""
-    from sqlalchemy import select
-
+    from service.cli_support import CliError, studies, study_id_for
     from service.db import make_engine, read_session
-    from service.errors import FhirError
     from service.settings import get_settings
     from service.stats import service
-    from service.trial.models import StudyRecord
 
     engine = make_engine(get_settings().database_url)
     try:
         with read_session(engine) as session:
             if study_id is None:
-                ids = session.execute(select(StudyRecord.id).limit(2)).scalars().all()
-                if len(ids) != 1:
-                    raise typer.BadParameter("give a study id: the database holds "
-                                             f"{'no study' if not ids else 'several studies'}",
-                                             param_hint="STUDY_ID")
-                study_id = ids[0]
-            try:
-                result = service.summarize_study(session, study_id)
-            except FhirError as exc:
-                typer.echo(f"error: {exc}", err=True)
-                raise typer.Exit(1) from None
+                there = studies(session)
+                if not there:
+                    raise CliError("the database holds no study yet: load one (`trial-fhir demo load`, or POST a "
+                                   "ResearchStudy)")
+                if len(there) > 1:
+                    if csv is not None:
+                        raise CliError(f"the database holds {len(there)} studies: name one (trial-fhir summary "
+                                       f"STUDY --csv …), e.g. {there[0][1] or there[0][0]}", status=2)
+                    _print_studies(there)
+                    return
+                study_id = there[0][0]
+            result = service.summarize_study(session, study_id_for(session, study_id))
     finally:
         engine.dispose()
 
@@ -54,6 +53,17 @@ def summary(
             typer.echo(f"wrote {csv}", err=True)
         return
     _print_tables(result)
+
+
+def _print_studies(there: list[tuple[str, str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("study id", "NCT / identifiers", "title", title=f"{len(there)} studies: give one, e.g. "
+                  f"`trial-fhir summary {there[0][1].split(', ')[0] or there[0][0]}`")
+    for row in there:
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _print_tables(result) -> None:

@@ -50,6 +50,7 @@ class UnitOfWork:
         self.caller = caller  # whose writes these are: service/core/access.py decides what it may touch
         #: what this unit wrote or read (`Type/id/_history/v`, the Patients it concerns): its audit event's entities
         self.touched: list[tuple[str, list[str]]] = []
+        self.written: list[str] = []  # the type of each version this unit writes (a new version or a deletion)
         #: what a caller limited to studies wrote: (type, id, letter, entry), checked once its rows are sent
         self.study_checks: list[tuple[str, str, str, str]] = []
         self.now = utcnow()
@@ -213,6 +214,7 @@ class UnitOfWork:
 
     def mark_written(self, resource_type: str, id: str, alive: bool = True) -> None:
         self._exists[(resource_type, id)] = alive
+        self.written.append(resource_type)
 
     def knows_exists(self, resource_type: str, id: str) -> bool:
         """Is the existence of the resource known already (looked up, or written by this unit)?"""

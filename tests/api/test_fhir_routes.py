@@ -9,6 +9,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.codesystem import CodeSystem
 
 from service.core.registry import TYPES
+from service.ops.version import version
 from tests.factories import (
     MRN,
     created,
@@ -276,7 +277,7 @@ def test_the_trial_code_system_is_readable(client):
 
 
 def test_healthz(client):
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "version": version()}
 
 
 def test_if_none_match_star_creates_only_and_if_modified_since_answers_304(client):

@@ -1,6 +1,7 @@
 """No secret, token, identifier or patient value in a log line (issue 10): a search by identifier, a request with
 a bearer token and a failure in the database layer leave only parameter names and element names in the logs."""
 
+import json
 import logging
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import text
 
 from service.logs import elide_query
 from service.main import create_app
+from service.ops.logs import JsonFormatter
 from tests.factories import MRN, patient
 
 SECRET_MRN = "MRN-SECRET-4711"
@@ -47,6 +49,16 @@ def test_no_identifier_token_or_sql_parameter_reaches_the_logs(app, caplog):
     assert "/fhir/Patient?identifier=…&_count=…" in logged
     for secret in (SECRET_MRN, TOKEN, "Bearer"):
         assert secret not in logged
+    # the same records as the service writes them (JSON, every field): the request log's lines, the 409's first
+    # issue among them, and still no identifier, token or SQL value
+    as_json = [JsonFormatter().format(r) for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    requests = [json.loads(line) for line in as_json if '"logger":"trial_fhir.request"' in line]
+    assert [(r["method"], r["route"], r["status"]) for r in requests] == [
+        ("POST", "/fhir/Patient", 201), ("POST", "/fhir/Patient", 409), ("GET", "/fhir/Patient", 200),
+        ("GET", "/fhir/Patient", 500)]
+    assert requests[1]["issue_code"] in ("conflict", "duplicate")  # the 409 says why, not which identifier
+    for secret in (SECRET_MRN, TOKEN, "Bearer"):
+        assert secret not in "\n".join(as_json)
 
 
 @pytest.mark.parametrize(("target", "logged"), [

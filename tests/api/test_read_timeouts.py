@@ -131,7 +131,7 @@ def test_stalled_headers_on_a_kept_alive_connection_are_closed(server):
     with _connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         first = _read_response(sock)
-        assert first.startswith(b"HTTP/1.1 200") and first.endswith(b'{"status":"ok"}')
+        assert first.startswith(b"HTTP/1.1 200") and b'{"status":"ok","version":' in first
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")  # the next request starts, then stalls
         assert _read_all(sock) == b""
 

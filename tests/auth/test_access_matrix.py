@@ -261,6 +261,9 @@ ROWS: dict[str, Row] = {
     "openapi": _public("/openapi.json"), "swagger_ui_html": _public("/docs"),
     "swagger_ui_redirect": _public("/docs/oauth2-redirect"), "redoc_html": _public("/redoc"),
     "healthz": _public("/healthz"), "readyz": _public("/readyz"), "capabilities": _public("/fhir/metadata"),
+    # no access token opens it: loopback peers and TRIAL_FHIR_METRICS_TOKEN only (tests/ops/test_metrics.py); the
+    # test client is neither
+    "metrics": Row(lambda s, k: s.send("GET", "/metrics"), public=True, ok=(403,)),
     "read_CodeSystem": _public("/fhir/CodeSystem/ad-scores"), "search_CodeSystem": _public("/fhir/CodeSystem"),
     "read_ValueSet": _public("/fhir/ValueSet/ad-scores"), "search_ValueSet": _public("/fhir/ValueSet"),
     # terminology operations answer from the catalogues, never from stored data: public, as the CodeSystem is

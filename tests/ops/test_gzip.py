@@ -1,0 +1,109 @@
+"""gzip (issue 14 §5): answers from TRIAL_FHIR_GZIP_MIN_BYTES up are compressed when the client accepts gzip, by
+either adapter and for streamed files too; smaller ones, and clients that don't ask, get them as they are; a strong
+ETag becomes weak when the bytes are encoded."""
+
+import asyncio
+import gzip
+import json
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.compression import WeakETagWhenEncoded
+from service.main import create_app
+from tests.factories import created, patient
+
+GZIP = {"Accept-Encoding": "gzip"}
+PLAIN = {"Accept-Encoding": "identity"}
+
+
+def raw_get(client: TestClient, url: str, headers: dict) -> httpx.Response:
+    """The answer as it came over the wire (httpx would undo the gzip): its headers and the raw bytes."""
+    with client.stream("GET", url, headers=headers) as response:
+        response.raw_body = b"".join(response.iter_raw())
+    return response
+
+
+@pytest.fixture(params=[True, False], ids=["front-door", "routes"])
+def client(settings, request):
+    app = create_app(settings.model_copy(update={"front_door": request.param, "gzip_min_bytes": 2000}))
+    with TestClient(app) as test_client:
+        for _ in range(12):
+            created(test_client.post("/fhir/Patient", json=patient()))
+        yield test_client
+
+
+def test_a_large_answer_is_compressed_when_asked(client):
+    url = "/fhir/Patient?_count=12"
+    plain = raw_get(client, url, PLAIN)
+    assert "content-encoding" not in plain.headers and len(plain.raw_body) > 2000
+    packed = raw_get(client, url, GZIP)
+    assert packed.headers["content-encoding"] == "gzip" and "accept-encoding" in packed.headers["vary"].lower()
+    assert len(packed.raw_body) < len(plain.raw_body) / 3
+    unpacked = json.loads(gzip.decompress(packed.raw_body))
+    assert unpacked["total"] == 12 and [e["resource"]["id"] for e in unpacked["entry"]] == \
+        [e["resource"]["id"] for e in json.loads(plain.raw_body)["entry"]]
+    assert packed.headers["x-request-id"] and packed.headers["content-security-policy"]  # still secured, observed
+
+
+def test_a_small_answer_is_sent_as_it_is(client):
+    small = raw_get(client, "/fhir/Patient?_count=1&_elements=gender", GZIP)
+    assert small.status_code == 200 and len(small.raw_body) < 2000
+    assert "content-encoding" not in small.headers
+
+
+def test_a_read_keeps_its_weak_version_etag(settings):
+    app = create_app(settings.model_copy(update={"gzip_min_bytes": 0}))
+    with TestClient(app) as client:
+        pid = created(client.post("/fhir/Patient", json=patient()))["id"]
+        read = raw_get(client, f"/fhir/Patient/{pid}", GZIP)
+        assert read.headers["content-encoding"] == "gzip" and read.headers["etag"] == 'W/"1"'
+        assert client.get(f"/fhir/Patient/{pid}", headers={**GZIP, "If-None-Match": 'W/"1"'}).status_code == 304
+
+
+def test_off_never_compresses(settings):
+    app = create_app(settings.model_copy(update={"gzip": False}))
+    with TestClient(app) as client:
+        assert "content-encoding" not in raw_get(client, "/openapi.json", GZIP).headers
+
+
+def test_the_default_threshold_packs_big_documents_only(settings):
+    assert settings.gzip_min_bytes == 32_768
+    with TestClient(create_app(settings)) as default:
+        assert raw_get(default, "/openapi.json", GZIP).headers["content-encoding"] == "gzip"
+        assert "content-encoding" not in raw_get(default, "/healthz", GZIP).headers
+
+
+def test_an_export_file_is_streamed_compressed_with_a_weak_etag(client):
+    from tests.export.test_export import kick_off, wait_for
+
+    manifest = wait_for(client, kick_off(client, "/fhir/$export", _type="Patient")).json()
+    url = manifest["output"][0]["url"]
+    plain = raw_get(client, url, PLAIN)
+    packed = raw_get(client, url, GZIP)
+    assert plain.headers["etag"] and not plain.headers["etag"].startswith("W/")
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["etag"] == "W/" + plain.headers["etag"]
+    assert gzip.decompress(packed.raw_body) == plain.raw_body and len(plain.raw_body.splitlines()) == 12
+
+
+def test_a_strong_etag_becomes_weak_when_encoded():
+    async def app(scope, receive, send):
+        encoding = [(b"content-encoding", b"gzip")] if scope["path"] == "/encoded" else []
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"etag", b'"abc"'), *encoding]})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    async def get(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=WeakETagWhenEncoded(app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            return await http.get(path)
+    assert asyncio.run(get("/encoded")).headers["etag"] == 'W/"abc"'
+    assert asyncio.run(get("/plain")).headers["etag"] == '"abc"'
+
+
+def test_a_head_has_the_headers_of_the_compressed_get(settings):
+    with TestClient(create_app(settings.model_copy(update={"gzip_min_bytes": 1000}))) as client:
+        got, head = raw_get(client, "/fhir/metadata", GZIP), client.head("/fhir/metadata", headers=GZIP)
+        assert got.headers["content-encoding"] == head.headers["content-encoding"] == "gzip"
+        assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.raw_body))
+        assert head.content == b""
