@@ -29,9 +29,7 @@ import os
 import queue
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import ExitStack, contextmanager
@@ -41,7 +39,6 @@ import httpx
 from ingest import (  # bench/ingest.py (this folder is on sys.path when the script runs)
     FHIR_JSON,
     MRN,
-    ROOT,
     _free_port,
     _progress,
     console,
@@ -50,6 +47,7 @@ from ingest import (  # bench/ingest.py (this folder is on sys.path when the scr
     make_cohort,
     observation_bundles,
     post_all,
+    running_service as ingest_service,
     scratch_database,
 )
 from rich.table import Table
@@ -137,39 +135,12 @@ def v2_bundles(items: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
 
 @contextmanager
 def running_service(database_url: str):
-    """uvicorn service.main:app with its MLLP listener (auth off, 127.0.0.1); yields (HTTP base, MLLP port)."""
-    port, mllp = _free_port(), _free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true",
-           "TRIAL_FHIR_AUTH": "off", "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_EXPORT_WORKER": "false",
-           "TRIAL_FHIR_MLLP_PORT": str(mllp), "TRIAL_FHIR_HL7_AUTHORITIES": json.dumps({"BENCH": MRN})}
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the service exited at start-up:\n{log.read().decode(errors='replace')}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not answer /healthz within 60 s")
-            time.sleep(0.2)
+    """bench/ingest.py's service with its MLLP listener (auth off, 127.0.0.1); yields (HTTP base, MLLP port)."""
+    mllp = _free_port()
+    with ingest_service(database_url, extra_env={
+            "TRIAL_FHIR_EXPORT_WORKER": "false", "TRIAL_FHIR_MLLP_PORT": str(mllp),
+            "TRIAL_FHIR_HL7_AUTHORITIES": json.dumps({"BENCH": MRN})}) as base:
         yield base, mllp
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def send_http(bases: list[str], bodies: list[tuple[int, bytes]], label: str, workers: int) -> tuple[int, float]:

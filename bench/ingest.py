@@ -262,12 +262,12 @@ SERVICE_PIDS: dict[str, int] = {}  # base URL -> pid of the uvicorn process serv
 
 
 @contextmanager
-def running_service(database_url: str, workers: int = 1, auth: str = "off"):
-    """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data, TRIAL_FHIR_AUTH=`auth`;
-    yields its base URL."""
+def running_service(database_url: str, workers: int = 1, auth: str = "off", extra_env: dict[str, str] | None = None):
+    """uvicorn service.main:app on 127.0.0.1 with `workers` processes, migrated, no demo data, TRIAL_FHIR_AUTH=`auth`
+    (and `extra_env`); yields its base URL."""
     port = _free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "TRIAL_FHIR_MIGRATE_ON_STARTUP": "true", "TRIAL_FHIR_AUTH": auth,
-           "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false"}
+           "TRIAL_FHIR_LOAD_DEMO_ON_STARTUP": "false", "TRIAL_FHIR_SQL_ECHO": "false", **(extra_env or {})}
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", str(workers), "--no-access-log",

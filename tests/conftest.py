@@ -119,6 +119,27 @@ def client(app):
 
 
 @pytest.fixture
+def cli(database_url, monkeypatch, tmp_path):
+    """Runs `trial-fhir ARGS…` in this process against the test database: (exit code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from service.cli import app as cli_app
+    from service.settings import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("TRIAL_FHIR_EXPORT_DIR", str(tmp_path / "export"))
+    get_settings.cache_clear()
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(cli_app, list(args))
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    yield invoke
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def engine(app):
     return app.state.engine
 

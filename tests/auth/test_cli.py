@@ -15,21 +15,6 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli(database_url, monkeypatch):
-    """Runs `trial-fhir ARGS…` against the test database: (exit code, stdout, stderr)."""
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    get_settings.cache_clear()
-
-    def invoke(*args: str):
-        result = runner.invoke(app, list(args))
-        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-        return result.exit_code, result.stdout, result.stderr
-
-    yield invoke
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def db(database_url):
     engine = make_engine(database_url)
     yield engine

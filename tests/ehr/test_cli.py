@@ -2,31 +2,13 @@
 
 import json
 
-import pytest
 from joserfc.jwk import RSAKey
 from typer.testing import CliRunner
 
-from service.cli import app
-from service.settings import get_settings
 from tests.ehr.upstream import EHR, FakeEhr
 from tests.factories import MRN, enrol
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli(database_url, monkeypatch, tmp_path):
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.setenv("TRIAL_FHIR_EXPORT_DIR", str(tmp_path / "export"))
-    get_settings.cache_clear()
-
-    def invoke(*args: str):
-        result = runner.invoke(app, list(args))
-        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-        return result.exit_code, result.stdout, result.stderr
-
-    yield invoke
-    get_settings.cache_clear()
 
 
 def test_sources_add_list_remove_and_a_bearer_is_never_printed(cli, tmp_path):
