@@ -3,12 +3,9 @@
 import json
 
 from joserfc.jwk import RSAKey
-from typer.testing import CliRunner
 
 from tests.ehr.upstream import EHR, FakeEhr
 from tests.factories import MRN, enrol
-
-runner = CliRunner()
 
 
 def test_sources_add_list_remove_and_a_bearer_is_never_printed(cli, tmp_path):
