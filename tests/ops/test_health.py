@@ -20,7 +20,10 @@ def test_readyz_says_version_revision_and_migration(client):
 
 
 def test_readyz_is_503_until_the_schema_is_at_the_head(client, engine):
-    with engine.begin() as conn:
+    # a write transaction from its start (BEGIN IMMEDIATE on SQLite): a deferred one that read first could not
+    # become a writer after the app's background work (audit, jobs) committed in between ("database is locked")
+    writes = engine.execution_options(write=True)
+    with writes.begin() as conn:
         current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
         conn.execute(text("UPDATE alembic_version SET version_num = '0012_older'"))
     try:
@@ -30,7 +33,7 @@ def test_readyz_is_503_until_the_schema_is_at_the_head(client, engine):
         assert issue["code"] == "transient" and "trial-fhir migrate" in issue["diagnostics"]
         assert "0012_older" in issue["diagnostics"]
     finally:
-        with engine.begin() as conn:
+        with writes.begin() as conn:
             conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current})
     assert client.get("/readyz").status_code == 200
 
