@@ -40,13 +40,13 @@ from ingest import (  # bench/ingest.py (this folder is on sys.path when the scr
     FHIR_JSON,
     MRN,
     _free_port,
-    _progress,
     console,
     load_setup,
     machine,
     make_cohort,
     observation_bundles,
     post_all,
+    run_threads,
     running_service as ingest_service,
     scratch_database,
 )
@@ -180,16 +180,7 @@ def send_mllp(ports: list[int], bodies: list[tuple[int, bytes]], label: str, wor
                     done[0] += n
                     progress.update(task, completed=done[0], rate=f"{done[0] / (time.perf_counter() - start):,.0f}")
 
-    with _progress() as progress:
-        task = progress.add_task(label, total=total, rate="")
-        start = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(progress, task, start, ports[i % len(ports)]))
-                   for i in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
+    elapsed = run_threads(label, total, worker, ports, workers, done)
     if errors:
         raise RuntimeError(f"{label}: {errors[0][:2000]}")
     return total, elapsed

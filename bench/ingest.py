@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -358,10 +359,20 @@ def post_all(bases: list[str], path: str, bodies: list[tuple[Any, ...]], label: 
         finally:
             connection.close()
 
+    elapsed = run_threads(label, total, worker, bases, workers, done)
+    if errors:
+        raise RuntimeError(f"{label}: {errors[0]}")
+    return total, elapsed
+
+
+def run_threads(label: str, total: int, worker: Callable[..., None], targets: list[Any], workers: int,
+                done: list[int]) -> float:
+    """Run `worker(progress, task, start, target)` in `workers` threads, thread i on targets[i % len(targets)], under
+    a progress bar of `total` (each worker advances `done[0]` and redraws it); the seconds they took."""
     with _progress() as progress:
         task = progress.add_task(label, total=total, rate="")
         start = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(progress, task, start, bases[i % len(bases)]))
+        threads = [threading.Thread(target=worker, args=(progress, task, start, targets[i % len(targets)]))
                    for i in range(workers)]
         for t in threads:
             t.start()
@@ -369,9 +380,7 @@ def post_all(bases: list[str], path: str, bodies: list[tuple[Any, ...]], label: 
             t.join()
         elapsed = time.perf_counter() - start
         progress.update(task, completed=done[0], rate=f"{done[0] / elapsed:,.0f}")
-    if errors:
-        raise RuntimeError(f"{label}: {errors[0]}")
-    return total, elapsed
+    return elapsed
 
 
 def bare_rate(observations: list[dict]) -> dict:
