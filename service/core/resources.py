@@ -177,13 +177,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
                 access.check_studies(uow.session, uow.caller, uow.study_checks)
             records = audit(uow) if audit is not None else ()
             committing = True
-            if one_trip:
-                uow.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
-            else:
-                append(session, records)
-            session.commit()
-            for listener in AFTER_COMMIT:
-                listener(uow.written)
+            commit_unit(session, uow, records, one_trip=one_trip, written=uow.written)
             return result
         except DBAPIError as exc:
             session.rollback()
@@ -195,7 +189,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
                 log.info("write on a dead pooled connection, running it again on a new one")
                 continue
             if not isinstance(exc, (IntegrityError, OperationalError)) or (
-                    isinstance(exc, OperationalError) and not _is_retryable(exc)):
+                    isinstance(exc, OperationalError) and not is_retryable(exc)):
                 raise
             if last and faults.fault_kind(exc):  # SQLite's lock held past its busy timeout, every time
                 raise
@@ -212,7 +206,21 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
     raise Conflict("The resource was changed by a concurrent request; retry")
 
 
-def _is_retryable(exc: OperationalError) -> bool:
+def commit_unit(session: Session, uow: UnitOfWork, records: Sequence[AuditRecord], *, one_trip: bool,
+                written: Sequence[str]) -> None:
+    """Commit what `uow` gathered with `records` appended to the audit chain: on PostgreSQL, once the transaction
+    reached the server (`one_trip`), the rows, the append and the COMMIT in one round trip; else the append after the
+    rows were flushed, then the COMMIT. Then the AFTER_COMMIT listeners hear the types `written`."""
+    if one_trip:
+        uow.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
+    else:
+        append(session, records)
+    session.commit()
+    for listener in AFTER_COMMIT:
+        listener(written)
+
+
+def is_retryable(exc: OperationalError) -> bool:
     text = str(exc.orig).lower()
     return "deadlock" in text or "could not serialize" in text or "locked" in text
 

@@ -34,11 +34,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Session
 
-from service.audit.chain import APPEND_SQL, append, events_json
 from service.audit.events import AuditRecord
 from service.core import access
 from service.core.context import Caller
-from service.core.resources import _is_retryable, run_write
+from service.core.resources import commit_unit, is_retryable, run_write
 from service.db import write_session
 from service.errors import FhirError, IdentifierTaken
 from service.store.unit_of_work import UnitOfWork
@@ -110,14 +109,11 @@ def _run(session: Session, members: Sequence[Member], enforce_rules: bool) -> li
         if one_trip:
             for uow, _ in done:
                 lead.absorb(uow)
-            lead.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
-        else:
-            append(session, records)
-        session.commit()
+        commit_unit(session, lead, records, one_trip=one_trip, written=[t for uow, _ in done for t in uow.written])
     except (IntegrityError, IdentifierTaken) as exc:  # refused: nothing was committed
         raise _GiveUp from exc
     except OperationalError as exc:
-        if _is_retryable(exc):  # a deadlock or SQLite's lock: rolled back
+        if is_retryable(exc):  # a deadlock or SQLite's lock: rolled back
             raise _GiveUp from exc
         session.rollback()
         raise

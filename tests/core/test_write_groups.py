@@ -62,6 +62,14 @@ def test_a_group_commits_its_members_together_and_refuses_only_the_bad_one(core)
     assert chain.verify(core.engine).ok
 
 
+def test_the_after_commit_listeners_hear_every_members_writes(core, monkeypatch):
+    heard: list[list[str]] = []
+    monkeypatch.setattr(resources, "AFTER_COMMIT", [lambda written: heard.append(list(written))])
+    bad = {"resourceType": "Patient", "gender": "sometimes"}
+    _group(core, [_member(core, patient("MRN-L1")), _member(core, bad), _member(core, patient("MRN-L2"))])
+    assert heard == [["Patient", "Patient"]]  # one commit, both stored members' versions, not the refused one
+
+
 def test_a_conditional_member_sees_what_the_members_before_it_wrote(core):
     query = f"identifier={MRN}|MRN-COND"
     outcomes = _group(core, [_member(core, patient("MRN-COND"), if_none_exist=query),
@@ -93,7 +101,7 @@ def test_a_commit_that_failed_is_every_members_error_and_writes_nothing(core, mo
     def broken(*_args, **_kwargs):
         raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
 
-    monkeypatch.setattr(write_groups, "append", broken)
+    monkeypatch.setattr(resources, "append", broken)
     monkeypatch.setattr(write_groups.UnitOfWork, "commit", broken)
     with pytest.raises(OperationalError):
         _group(core, [_member(core, patient("MRN-C1")), _member(core, patient("MRN-C2"))])
