@@ -107,3 +107,46 @@ def test_a_head_has_the_headers_of_the_compressed_get(settings):
         assert got.headers["content-encoding"] == head.headers["content-encoding"] == "gzip"
         assert head.headers["content-length"] == got.headers["content-length"] == str(len(got.raw_body))
         assert head.content == b""
+
+
+def _asgi_answer(chunks: list[bytes], length: bool):
+    """A bare ASGI app answering `chunks` as one body, streamed, with or without a Content-Length."""
+    async def app(scope, receive, send):
+        headers = [(b"content-type", b"application/fhir+ndjson")]
+        if length:
+            headers.append((b"content-length", str(sum(map(len, chunks))).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, chunk in enumerate(chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": i < len(chunks) - 1})
+    return app
+
+
+def _fetch(app, headers: dict) -> httpx.Response:
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            request = c.build_request("GET", "/", headers=headers)
+            response = await c.send(request, stream=True)
+            response.raw_body = b"".join([part async for part in response.aiter_raw()])
+            return response
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("length", [True, False], ids=["with-length", "without-length"])
+def test_the_decision_is_taken_from_the_answers_length(length):
+    """Below the threshold with a Content-Length: as it is, even streamed. Without a length, a stream may grow past
+    any threshold: compressed (Starlette's responder), and a client that doesn't accept gzip gets the Vary."""
+    from service.api.compression import compressed
+    chunks = [b'{"resourceType":"Patient"}\n' * 20] * 3
+    body = b"".join(chunks)
+    app = compressed(_asgi_answer(chunks, length), minimum_size=len(body) + 1, level=1)
+    packed = _fetch(app, GZIP)
+    if length:
+        assert "content-encoding" not in packed.headers and packed.raw_body == body
+        assert packed.headers["content-length"] == str(len(body))
+    else:
+        assert packed.headers["content-encoding"] == "gzip" and gzip.decompress(packed.raw_body) == body
+        plain = _fetch(app, PLAIN)
+        assert "content-encoding" not in plain.headers and plain.raw_body == body
+        assert "accept-encoding" in plain.headers["vary"].lower()
+    big = compressed(_asgi_answer(chunks, length), minimum_size=len(body), level=1)  # at the threshold: packed
+    assert gzip.decompress(_fetch(big, GZIP).raw_body) == body

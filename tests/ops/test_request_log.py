@@ -124,3 +124,22 @@ def test_the_json_formatter_writes_one_object_per_line_with_the_traceback():
     line = json.loads(text)
     assert line["event"] == "failed x" and line["level"] == "error" and line["route"] == "/fhir/Patient"
     assert "ValueError: broken on purpose" in line["exception"]
+
+
+@pytest.mark.parametrize("ours", [True, False], ids=["our-formatters", "a-foreign-formatter"])
+def test_records_skip_thread_and_process_names_only_under_our_formatters(monkeypatch, ours):
+    from service.ops import logs
+    root = logging.getLogger()
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if ours else logging.Formatter("%(process)d %(threadName)s %(message)s"))
+    monkeypatch.setattr(root, "handlers", [handler])
+    logs.install_default_handler("json")
+    record = logging.getLogger(REQUEST_LOGGER).makeRecord(REQUEST_LOGGER, logging.INFO, __file__, 0, "x", (), None)
+    if ours:
+        assert (record.process, record.threadName, record.processName) == (None, None, None)
+        assert json.loads(JsonFormatter().format(record))["event"] == "x"
+    else:
+        assert record.process is not None and record.threadName and handler.format(record).startswith(
+            str(record.process))
