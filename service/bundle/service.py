@@ -374,6 +374,18 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
     OperationOutcome listing every failing entry (`Bundle.entry[i]…`), and nothing is stored. `first` runs at the
     start of the transaction (each attempt), before any entry: what an adapter records in the same transaction (the
     HL7 v2 message id, service/hl7), or refuses by raising."""
+    work = transaction_work(body, base, max_entries=max_entries, representation=representation,
+                            max_repeats=max_repeats, max_values=max_values, first=first)
+    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller, audit=audit,
+                               out_of_scope=out_of_scope)
+
+
+def transaction_work(body: dict[str, Any], base: str, *, max_entries: int, representation: bool = False,
+                     max_repeats: int = MAX_PARAM_REPEATS, max_values: int = MAX_OR_VALUES,
+                     first: Callable[[UnitOfWork], None] | None = None) -> Callable[[UnitOfWork], bytes]:
+    """A transaction's work on a unit of work (what `transaction` commits, alone or in a write group): the Bundle is
+    read and its entries' structure checked here, before any database work. Run more than once (after a write race,
+    or alone after its group gave up), it starts again from what the client sent."""
     _, read = read_bundle(body, max_entries, max_repeats, max_values)
     failed: list[FhirError] = [e for e in read if isinstance(e, FhirError)]
     requests = [r for r in read if isinstance(r, Request)]
@@ -452,8 +464,23 @@ def transaction(session: Session, body: dict[str, Any], base: str, *, max_entrie
                    for r in reqs]
         return bundle("transaction-response", entries, timestamp=fhir_instant(utcnow()))
 
-    return resources.run_write(session, work, base_url=base, enforce_rules=enforce_rules, caller=caller, audit=audit,
-                               out_of_scope=out_of_scope)
+    return work
+
+
+def groupable(body: dict[str, Any], limit: int) -> tuple[bool, bool]:
+    """(may join a write group, must see what the members before it wrote): a transaction of at most `limit`
+    entries may; one with a conditional entry (a search in its URL or `ifNoneExist`) looks up before it writes."""
+    entries = body.get("entry")
+    if body.get("type") != "transaction" or not isinstance(entries, list) or not 0 < len(entries) <= limit:
+        return False, False
+    conditional = False
+    for item in entries:
+        request = item.get("request") if isinstance(item, dict) else None
+        if not isinstance(request, dict):
+            return False, False  # refused as it would be alone, outside a group
+        if "?" in str(request.get("url", "")) or request.get("ifNoneExist"):
+            conditional = True
+    return True, conditional
 
 
 def _all_failures(failures: list[FhirError]) -> FhirError:

@@ -75,6 +75,9 @@ log = logging.getLogger("trial_fhir")
 
 T = TypeVar("T")
 HISTORY_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+#: a transaction Bundle of at most this many entries may share a write group (service/core/write_groups.py) with
+#: the writes waiting with it: an HL7 v2 message's (ten results and a Provenance), an EHR's few-resource Bundles
+GROUPED_TRANSACTION_ENTRIES = 32
 
 
 class Core:
@@ -268,6 +271,22 @@ class Core:
         async def go() -> bytes:
             _no_deidentified_writes(ctx)
             try:
+                grouped, conditional = (False, False) if self.write_groups is None or kind != "transaction" else \
+                    bundles.groupable(body, GROUPED_TRANSACTION_ENTRIES)
+                if grouped:  # a small transaction (an HL7 v2 message's): committed with the writes waiting with it
+                    work = await to_thread.run_sync(partial(
+                        bundles.transaction_work, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
+                        representation=representation, max_repeats=self.settings.max_param_repeats,
+                        max_values=self.settings.max_or_values, first=first))
+                    assert self.write_groups is not None
+                    outcome = await self.write_groups.run(Member(
+                        work, ctx.caller, ctx.base_url, self._appender(ctx, kind), conditional or first is not None,
+                        out_of_scope=self.settings.out_of_scope, isolated=True))
+                    if outcome is not ALONE:
+                        return cast(bytes, outcome)
+                    return await self._in_write_session(lambda session: resources.run_write(
+                        session, work, base_url=ctx.base_url, enforce_rules=self.settings.enforce_trial_rules,
+                        caller=ctx.caller, audit=self._appender(ctx, kind), out_of_scope=self.settings.out_of_scope))
                 return await self._in_write_session(lambda session: run(
                     session, body, ctx.base_url, max_entries=self.settings.max_bundle_entries,
                     enforce_rules=self.settings.enforce_trial_rules, representation=representation,

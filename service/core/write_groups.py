@@ -1,6 +1,7 @@
-"""Write groups: concurrent single creates committed in one database transaction.
+"""Write groups: concurrent single creates and small transactions committed in one database transaction.
 
-An EHR interface engine sends one result per request, many at once. Each such `POST` alone pays a transaction of
+An EHR interface engine sends one result per request, many at once; a lab's HL7 v2 feed one small transaction per
+message (service/hl7: ten results and a Provenance). Each such `POST` alone pays a transaction of
 its own: a connection, its look-ups, the chain lock of the audit trail (held until the commit, so writers queue
 behind each other's commits: service/audit/chain.py) and a COMMIT. A write group runs the creates that are waiting
 at the same moment one after the other on one session, each in its own unit of work with its own caller, and
@@ -8,10 +9,13 @@ commits them together with one audit append: one lock and one COMMIT for them al
 own answer, its own AuditEvent and its own error.
 
 Nothing else changes: a member is the same `resources.create` the request would run alone (the same checks,
-access rules and audit record), and the core's `_write` is its only caller. When the group can't give every
+access rules and audit record), or the same transaction Bundle's work (`bundles.transaction_work`, all or nothing
+within the member: a failing entry fails its member only), and the core's `_write` and `transaction` are its only
+callers. When the group can't give every
 member exactly what it would have got alone, it gives up and every member runs alone (`ALONE`):
 - a member that failed after its unit of work had sent rows to the database (they can't be taken back without
-  the others'); or any other error than a FhirError while the members run;
+  the others'), or with any other error than a FhirError — unless it runs in a savepoint of its own (`isolated`:
+  transactions), which takes back what it sent, so its failure is its own answer and the others go on;
 - the commit refused (two members claiming one identifier, a unique key, a deadlock): nothing was committed;
 - a member limited to some studies whose check fails once its rows are sent.
 A failure in the round trip that holds the COMMIT may have committed: that is every member's 503, as it would be
@@ -56,6 +60,10 @@ class Member:
     base_url: str
     audit: Callable[[UnitOfWork], Sequence[AuditRecord]]
     conditional: bool = False  # If-None-Exist: its look-up must see what the members before it wrote
+    out_of_scope: str = "reject"  # what the unit of work does with a resource the trial does not keep
+    #: run inside a savepoint of its own: whatever it sent is taken back when it fails (a transaction Bundle,
+    #: whose conditional entries and adapter rows are sent as it runs), and the others go on
+    isolated: bool = False
     future: "asyncio.Future[Any] | None" = field(default=None, repr=False)
 
 
@@ -82,16 +90,26 @@ def _run(session: Session, members: Sequence[Member], enforce_rules: bool) -> li
             if member.conditional:
                 for uow, _ in done:
                     uow.flush()
-            uow = UnitOfWork(session, base_url=member.base_url, enforce_rules=enforce_rules, caller=member.caller)
+            uow = UnitOfWork(session, base_url=member.base_url, enforce_rules=enforce_rules, caller=member.caller,
+                             out_of_scope=member.out_of_scope)
+            savepoint = session.begin_nested() if member.isolated else None
             try:
                 outcomes.append(member.work(uow))
             except IdentifierTaken as exc:
                 raise _GiveUp from exc
-            except FhirError as exc:
-                if uow.sent:
-                    raise _GiveUp from exc
-                outcomes.append(exc)
-                continue
+            except DBAPIError:
+                raise  # a look-up failed, a lock timed out: the group gives up (below)
+            except Exception as exc:
+                if savepoint is not None:  # what it sent is taken back; its error (or an adapter's signal, e.g. an
+                    savepoint.rollback()   # HL7 message stored already by a member before it) is its own answer
+                    outcomes.append(exc)
+                    continue
+                if isinstance(exc, FhirError) and not uow.sent:
+                    outcomes.append(exc)
+                    continue
+                raise _GiveUp from exc  # rows sent can't be taken back without the others'; not an answer
+            if savepoint is not None:
+                savepoint.commit()
             done.append((uow, member))
         if not done:
             session.rollback()
@@ -180,6 +198,6 @@ class WriteGroups:
             member = members[0]
             try:  # a group of one: the ordinary single write
                 return [run_write(session, member.work, base_url=member.base_url, enforce_rules=self.enforce_rules,
-                                  caller=member.caller, audit=member.audit)]
+                                  caller=member.caller, audit=member.audit, out_of_scope=member.out_of_scope)]
             except Exception as exc:
                 return [exc]

@@ -165,6 +165,7 @@ def _claim(uow: UnitOfWork, message: Message, ack: str, patient: str) -> None:
     uow.session.execute(insert(H).values(sender=message.facility, control_id=message.control_id,
                                          digest=message.digest, received_at=utcnow(), ack=ack,
                                          patient_id=patient.removeprefix("Patient/") if "?" not in patient else None))
+    uow.sent = True  # a row sent: in a write group, this message failing makes the group give up, never keeps it
 
 
 def _resent(message: Message, stored: tuple[str, str], answer: Any) -> Answer:

@@ -97,6 +97,27 @@ def test_a_member_that_fails_after_sending_rows_makes_the_group_give_up(core):
     assert _count(core, "Patient") == 0
 
 
+def test_an_isolated_member_that_fails_after_sending_rows_takes_them_back_alone(core):
+    """A member in a savepoint of its own (a transaction's): its failure is its own answer, its rows gone, the
+    others committed; an exception that is not a FhirError (an adapter's signal) is its answer too."""
+    class Signal(Exception):
+        pass
+
+    def sends_then(error):
+        def work(uow):
+            resources.create(uow, "Patient", patient("MRN-TAKEN-BACK"))
+            uow.flush()
+            raise error
+        return Member(work, CTX.caller, BASE, core._appender(CTX, "transaction"), isolated=True)
+
+    outcomes = _group(core, [_member(core, patient("MRN-I1")), sends_then(BadRequest("refused after sending")),
+                             sends_then(Signal()), _member(core, patient("MRN-I2"))])
+    assert isinstance(outcomes[1], BadRequest) and isinstance(outcomes[2], Signal)
+    assert (outcomes[0].status, outcomes[3].status) == (201, 201)
+    assert _count(core, "Patient") == 2 and _create_events(core) == 2
+    assert chain.verify(core.engine).ok
+
+
 def test_a_commit_that_failed_is_every_members_error_and_writes_nothing(core, monkeypatch):
     def broken(*_args, **_kwargs):
         raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
@@ -168,4 +189,90 @@ def test_grouped_and_alone_answer_and_store_the_same(database_url, another_datab
             asyncio.run(core.stop())
             engine.dispose()
     assert found[0][0] == [201] * 5 + [422] + [201] * 19
+    assert found[0] == found[1]
+
+
+def _transaction(observations: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": f"urn:uuid:00000000-0000-4000-8000-{i:012d}", "resource": o,
+         "request": {"method": "POST", "url": "Observation"}} for i, o in enumerate(observations)]}
+
+
+def _transactions_concurrently(core: Core, bodies: list[dict]) -> list:
+    async def go():
+        return await asyncio.gather(*(core.transaction(CTX, b) for b in bodies), return_exceptions=True)
+    return asyncio.run(go())
+
+
+def _transaction_events(core: Core, failed: bool = False) -> int:
+    outcome = chain.A.c.outcome != 0 if failed else chain.A.c.outcome == 0
+    with read_session(core.engine) as session:
+        return int(session.execute(select(func.count()).select_from(chain.A).where(
+            chain.A.c.subtype == "transaction", outcome)).scalar_one())
+
+
+def test_concurrent_small_transactions_are_grouped_each_all_or_nothing(core, enrolled):
+    pid = enrolled["patient"]
+    bodies = [_transaction([observation(pid, "PRURITUS", (i + k) % 10, "2024-01-09") for k in range(3)])
+              for i in range(12)]
+    bodies[4]["entry"][1]["resource"] = observation(pid, "PRURITUS", 42, "2024-01-09")  # out of range
+    outcomes = _transactions_concurrently(core, bodies)
+    refused = outcomes[4]
+    assert isinstance(refused, FhirError) and refused.status_code == 422
+    assert any(e.startswith("Bundle.entry[1]") for i in refused.issues for e in i.expression)
+    answered = [orjson.loads(o) for i, o in enumerate(outcomes) if i != 4]
+    assert all(b["type"] == "transaction-response" and [e["response"]["status"][:3] for e in b["entry"]] ==
+               ["201"] * 3 for b in answered)
+    assert core.write_groups is not None and core.write_groups.groups >= 1 and core.write_groups.grouped >= 2
+    assert _count(core, "Observation") == 33  # none of the refused transaction's three
+    assert _transaction_events(core) == 11 and _transaction_events(core, failed=True) == 1
+    assert chain.verify(core.engine).ok
+
+
+def test_a_large_transaction_runs_alone(core, enrolled):
+    from service.core.interactions import GROUPED_TRANSACTION_ENTRIES
+    pid = enrolled["patient"]
+    big = GROUPED_TRANSACTION_ENTRIES + 1
+    bodies = [_transaction([observation(pid, "PRURITUS", k % 10, "2024-01-09") for k in range(big)])
+              for _ in range(4)]
+    outcomes = _transactions_concurrently(core, bodies)
+    assert all(isinstance(o, bytes) for o in outcomes)
+    assert core.write_groups is not None and core.write_groups.grouped == 0 and core.write_groups.alone == 0
+    assert _count(core, "Observation") == 4 * big
+
+
+def test_grouped_and_alone_transactions_answer_and_store_the_same(database_url, another_database_url, settings):
+    """The same concurrent small transactions (conditional creates among them) with write groups off and on: the
+    same answers, the same data."""
+    found = []
+    for url, groups in ((database_url, 0), (another_database_url, 2)):
+        engine = make_engine(url)
+        core = Core(engine, settings.model_copy(update={"database_url": url, "write_groups": groups}))
+        try:
+            admin = Context(BASE)
+            sid = asyncio.run(core.create(admin, "ResearchStudy", study())).id
+            pid = asyncio.run(core.create(admin, "Patient", patient())).id
+            asyncio.run(core.create(admin, "ResearchSubject", subject(sid, pid)))
+            bodies = []
+            for i in range(10):
+                obs = [observation(pid, "EASI", 10 + (i % 7) / 2 + k, f"2024-02-{7 + k:02d}") for k in range(3)]
+                for k, o in enumerate(obs):
+                    o["identifier"] = [{"system": "urn:lab", "value": f"R-{i % 7}-{k}"}]  # 3 results sent twice
+                body = _transaction(obs)
+                for k, entry in enumerate(body["entry"]):
+                    entry["request"]["ifNoneExist"] = f"identifier=urn:lab|R-{i % 7}-{k}"
+                bodies.append(body)
+            bodies[6]["entry"][2]["resource"] = observation(pid, "EASI", 99, "2024-02-07")  # out of range
+            outcomes = _transactions_concurrently(core, bodies)
+            answers = [o.status_code if isinstance(o, FhirError) else
+                       [e["response"]["status"][:3] for e in orjson.loads(o)["entry"]] for o in outcomes]
+            # which of two copies comes first is the threads' race: one pair is created (201), the other found (200)
+            for first, again in ((0, 7), (1, 8), (2, 9)):
+                answers[first], answers[again] = sorted([answers[first], answers[again]])
+            assert groups == 0 or core.write_groups is not None and core.write_groups.grouped >= 2
+            found.append((answers, _stored_observations(core)))
+        finally:
+            asyncio.run(core.stop())
+            engine.dispose()
+    assert found[0][0] == [["200"] * 3, ["200"] * 3, ["200"] * 3] + [["201"] * 3] * 3 + [422] + [["201"] * 3] * 3
     assert found[0] == found[1]
