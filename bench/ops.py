@@ -13,6 +13,7 @@ that database, its log lines going to a file (as a container's stderr goes to a 
 | `gzip`     | false       | false   | true  | the default threshold: a 20-result page stays below it   |
 | `all`      | true        | true    | true  | the defaults: what issue 14 asks to stay within 5%       |
 | `gzip_all` | true        | true    | true  | GZIP_MIN_BYTES=0: every page compressed                  |
+| `bare_again` | false     | false   | false | `bare` once more: the noise floor of the comparison      |
 
 Every request is the `subject_code` search of bench/search.py (`?subject=…&code=…&_count=20`, 20 results) sent
 with `Accept-Encoding: gzip`, as browsers and HTTP libraries send it. Each round measures every mode once, at
@@ -21,10 +22,14 @@ always runs first; medians over the rounds are reported with the rounds' range, 
 per request (bench/cpu.py) both as a change from `bare`. The load generator is wrk when installed (else httpx
 threads, which take CPU from the server on a small machine: the CPU per request is then the steadier figure).
 
+On a busy machine, prefer many short rounds (`--rounds 15 --seconds 3`): the modes alternate often, so a burst of
+load from elsewhere falls on all of them; `bare_again` shows how far two identical servers differ.
+
 Results: bench/results/ops-<db>.json.
 
     .venv/bin/python bench/ops.py                       # SQLite, 100k observations, 3 rounds
     .venv/bin/python bench/ops.py --db postgres --rounds 5
+    .venv/bin/python bench/ops.py --size 20000 --rounds 15 --seconds 3 --modes bare,bare_again,all
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ MODES: dict[str, dict[str, str]] = {
     "metrics": {**OFF, "TRIAL_FHIR_METRICS": "true"},
     "gzip": {**OFF, "TRIAL_FHIR_GZIP": "true"},
     "all": {"TRIAL_FHIR_REQUEST_LOG": "true", "TRIAL_FHIR_METRICS": "true", "TRIAL_FHIR_GZIP": "true"},
+    "bare_again": OFF,
     "gzip_all": {"TRIAL_FHIR_REQUEST_LOG": "true", "TRIAL_FHIR_METRICS": "true", "TRIAL_FHIR_GZIP": "true",
                  "TRIAL_FHIR_GZIP_MIN_BYTES": "0"},
 }
