@@ -12,13 +12,16 @@ from service.store.models import table_of
 EN = table_of(EncounterRecord)
 
 
-def get_study_and_patient(session: Session, table: Table, study: Column[Any], patient: Column[Any] | None,
-                          id: str) -> tuple[str | None, str | None] | None:
-    """(study, patient) of row `id` of a typed table (its study and patient columns); None when there is no row."""
-    row = session.execute(select(study, patient if patient is not None else study).where(table.c.id == id)).first()
-    if row is None:
-        return None
-    return row[0], row[1] if patient is not None else None
+def get_studies_and_patients(session: Session, table: Table, study: Column[Any], patient: Column[Any] | None,
+                             ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+    """(study, patient) of each row of `ids` that a typed table holds, in one statement."""
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        rows = session.execute(select(table.c.id, study, patient if patient is not None else study).where(
+            table.c.id.in_(chunk))).all()
+        found.update((row[0], (row[1], row[2] if patient is not None else None)) for row in rows)
+    return found
 
 
 def get_encounter_start(session: Session, id: str) -> date | None:

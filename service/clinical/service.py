@@ -82,25 +82,36 @@ def encounter_start(uow: UnitOfWork, ref: Any) -> date | None:
     return repository.get_encounter_start(uow.session, cast(str, parsed.id))
 
 
-def _study_and_patient(uow: UnitOfWork, resource_type: str, id: str) -> tuple[set[str], str | None]:
-    """The studies and the patient of a resource a Provenance names."""
+def _studies_and_patients(uow: UnitOfWork, targets: list[tuple[str, str]]) -> list[tuple[set[str], str | None]]:
+    """The studies and the patient of each resource a Provenance names: one look-up per type named (a lab message's
+    Provenance names its ten results: one statement, not ten)."""
     from service.core.registry import TYPES  # the declarations import this module: only when needed
 
-    if resource_type == "Patient":
-        return {e.study_id for e in enrolments(uow, id)}, id
-    if resource_type == "ResearchStudy":
-        return {id}, None
-    stored = TYPES[resource_type]
-    if stored.study_param is None:
-        return set(), None
-    if uow.pending(stored.table):
-        uow.flush()
-    patient = stored.params[stored.patient_param].column if stored.patient_param else None
-    found = repository.get_study_and_patient(uow.session, stored.table, stored.params[stored.study_param].column,
-                                             patient, id)
-    if found is None or found[0] is None:
-        return set(), None
-    return {found[0]}, found[1]
+    by_type: dict[str, list[str]] = {}
+    for rtype, id in targets:
+        stored = TYPES[rtype]
+        if rtype not in ("Patient", "ResearchStudy") and stored.study_param is not None:
+            by_type.setdefault(rtype, []).append(id)
+    rows: dict[tuple[str, str], tuple[str | None, str | None]] = {}
+    for rtype, ids in by_type.items():
+        stored = TYPES[rtype]
+        assert stored.study_param is not None  # (only such types were gathered)
+        if uow.pending(stored.table):
+            uow.flush()
+        patient = stored.params[stored.patient_param].column if stored.patient_param else None
+        found = repository.get_studies_and_patients(uow.session, stored.table,
+                                                    stored.params[stored.study_param].column, patient, ids)
+        rows.update(((rtype, id), row) for id, row in found.items())
+    out: list[tuple[set[str], str | None]] = []
+    for rtype, id in targets:
+        if rtype == "Patient":
+            out.append(({e.study_id for e in enrolments(uow, id)}, id))
+        elif rtype == "ResearchStudy":
+            out.append(({id}, None))
+        else:
+            row = rows.get((rtype, id))
+            out.append((set(), None) if row is None or row[0] is None else ({row[0]}, row[1]))
+    return out
 
 
 def index_provenance(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -> None:
@@ -110,9 +121,8 @@ def index_provenance(uow: UnitOfWork, payload: dict, id: str, replacing: bool) -
     patients: set[str] = set()
     targets: dict[tuple[str, str], None] = {}
     for i, rtype, ref in provenance_targets(payload, TYPES):
-        target_id = uow.resolve(ref, rtype, f"Provenance.target[{i}]")
-        targets[(rtype, target_id)] = None
-        found, patient = _study_and_patient(uow, rtype, target_id)
+        targets[(rtype, uow.resolve(ref, rtype, f"Provenance.target[{i}]"))] = None
+    for found, patient in _studies_and_patients(uow, list(targets)):
         studies |= found
         if patient is not None:
             patients.add(patient)
