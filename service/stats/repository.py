@@ -217,3 +217,26 @@ def count_adverse_events_by_seriousness(session: Session, study_id: str) -> list
 def latest_result_time(session: Session, study_id: str) -> Any:
     """When the study's latest result was obtained (its greatest `effective`), or None."""
     return session.execute(select(func.max(M.c.effective)).where(M.c.study_id == study_id)).scalar()
+
+
+def find_subjects(session: Session, study_id: str) -> list[tuple[str, str, date | None, str, date | None]]:
+    """(id, arm, day 0, status, period end) of the study's subjects with an arm, for non-responder imputation."""
+    rows = session.execute(select(S.c.id, S.c.arm, S.c.day0, S.c.status, S.c.end_date)
+                           .where(S.c.study_id == study_id, S.c.arm.is_not(None)))
+    return [(r[0], r[1], _as_date(r[2]), r[3], _as_date(r[4])) for r in rows]
+
+
+def subjects_with_values(session: Session, study_id: str, measure: str, visits: Sequence[str],
+                         counted: Sequence[str], low: float | None, high: float | None) -> dict[str, set[str]]:
+    """visit -> ids of the subjects with a counted value of `measure` there within [low, high] (the plausibility
+    limits the summary's figures keep to: a value outside, or not finite, is no value)."""
+    conditions = [M.c.study_id == study_id, M.c.measure == measure, M.c.visit.in_(list(visits)),
+                  M.c.status.in_(list(counted))]
+    if low is not None:
+        conditions.append(M.c.value >= low)
+    if high is not None:
+        conditions.append(M.c.value <= high)
+    out: dict[str, set[str]] = {}
+    for visit, subject in session.execute(select(M.c.visit, M.c.subject_id).where(*conditions).distinct()):
+        out.setdefault(visit, set()).add(subject)
+    return out
