@@ -345,6 +345,16 @@ def test_the_service_reports_the_published_figures_of_the_loaded_demo(demo_clien
         safety = {s["measure"]: s for s in arm["safety"]}
         assert safety["AE-SERIOUS"]["events"] == 0 and safety["AE-WITHDRAWAL"]["events"] == 0
         assert safety["AE-ANY"]["events"] > 0
+        assert responders(arm["name"], "EASI-50")["population"] == "non-responder-imputation"
+
+    # phase I, followed to week 4 only: its subjects are in the week-4 EASI-50 denominators (non-responder
+    # imputation), and in none at week 12, where they were never planned
+    studies = demo_client.get("/fhir/ResearchStudy").json()["entry"]
+    phase1 = next(e["resource"]["id"] for e in studies if "partOf" in e["resource"])
+    phase1_arms = {a["name"]: {(r["visit"], r["measure"]): r for r in a["responders"]}
+                   for a in demo_client.get(f"/studies/{phase1}/summary").json()["arms"]}
+    assert {arm: (r[("week-4", "EASI-50")]["n"], r[("week-12", "EASI-50")]["n"])
+            for arm, r in phase1_arms.items()} == {"low-dose": (3, 0), "high-dose": (4, 0)}
 
 
 def test_demo_is_not_loaded_into_a_database_that_holds_a_study(client, engine):
