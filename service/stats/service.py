@@ -267,8 +267,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
     arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
     visit_days = [(v.name, v.target_day) for v in visits]
     # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
-    values, subject_rows = repository.find_summary_rows(session, study_id, visit_days, [m.key for m in measures],
-                                                        counted, COMPLETED_STATUSES, last_visit)
+    values, subject_rows, row_subjects = repository.find_summary_rows(
+        session, study_id, visit_days, [m.key for m in measures], counted, COMPLETED_STATUSES, last_visit)
     counts = {row[0]: row[1:4] for row in subject_rows}
     for name in sorted(set(counts) - set(arms)):
         arms[name] = None
@@ -277,7 +277,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
     excluded = _exclude_implausible(matrices, {m.key: m for m in measures})
 
     safety = {row[0]: row[1:] for row in repository.count_adverse_events_by_arm(session, study_id)}
-    imputed = _imputed(session, study_id, catalogue, visits, responders, counted)
+    imputed = (_imputed_from_rows(row_subjects, matrices, visits, responders) if row_subjects is not None
+               else _imputed(session, study_id, catalogue, visits, responders, counted))
 
     arm_summaries = []
     for name, dose in arms.items():
@@ -317,24 +318,45 @@ def _imputed(session: Session, study_id: str, catalogue: Catalogue, visits: list
              counted: list[str]) -> dict[tuple[str, str, str], int]:
     """(arm, measure, visit) -> subjects of the non-responder-imputation denominator without both values (a counted,
     plausible value at the baseline and at the visit): the non-responders imputed. Only for the measures an NRI
-    definition uses; one query of the subjects and one per such measure."""
+    definition uses: one query per such measure, returning only the dosed subjects who miss a value."""
     measures = sorted({r.measure for r in responders if r.population == NRI})
     if not measures or len(visits) < 2:
         return {}
     today = datetime.now(UTC).date()
-    subjects = [NriSubject(*row) for row in repository.find_subjects(session, study_id)]
     base = visits[0].name
     out: dict[tuple[str, str, str], int] = {}
     for key in measures:
         measure = catalogue.measure(key)
-        have = repository.subjects_with_values(session, study_id, key, [v.name for v in visits], counted,
-                                               None if measure.min is None else float(measure.min),
-                                               None if measure.max is None else float(measure.max))
-        for v in visits[1:]:
-            both = have.get(base, set()) & have.get(v.name, set())
-            for s in subjects:
-                if s.id not in both and nri_expected(s, v.first_day, v.last_day, today):
+        missing = repository.find_subjects_missing_values(
+            session, study_id, key, [v.name for v in visits], counted,
+            None if measure.min is None else float(measure.min), None if measure.max is None else float(measure.max))
+        for sid, arm, day0, status, end, have in missing:
+            s = NriSubject(sid, arm, day0, status, end)
+            for v in visits[1:]:
+                if not (base in have and v.name in have) and nri_expected(s, v.first_day, v.last_day, today):
                     out[(s.arm, key, v.name)] = out.get((s.arm, key, v.name), 0) + 1
+    return out
+
+
+def _imputed_from_rows(row_subjects: dict, matrices: dict, visits: list,
+                       responders: list[Responder]) -> dict[tuple[str, str, str], int]:
+    """What `_imputed` counts, from the summary's own matrices when their rows are every subject of the arm (the
+    PostgreSQL pass): `row_subjects` per arm the (day 0, status, period end) behind each row."""
+    measures = sorted({r.measure for r in responders if r.population == NRI})
+    today = datetime.now(UTC).date()
+    out: dict[tuple[str, str, str], int] = {}
+    for key in measures:
+        for arm, subjects in row_subjects.items():
+            matrix = matrices.get((arm, key))
+            if matrix is None or len(visits) < 2:
+                continue
+            missing = np.isnan(matrix[:, [0]]) | np.isnan(matrix[:, 1:])  # subjects × post-baseline visits
+            for i in np.flatnonzero(missing.any(axis=1)):
+                day0, status, end = subjects[i]
+                s = NriSubject("", arm, day0, status, end)
+                for j, v in enumerate(visits[1:]):
+                    if missing[i, j] and nri_expected(s, v.first_day, v.last_day, today):
+                        out[(arm, key, v.name)] = out.get((arm, key, v.name), 0) + 1
     return out
 
 
