@@ -100,22 +100,27 @@ DEMO_MARK = "DEMO-"  # what every identifier value of the demo cohort holds: eac
 
 
 def make_demo_cohort(copies: int, setup_bundle_size: int = 100) -> Cohort:
-    """The demo trial's cohort (service/demo/cohort.py: all seven measures, EASI with its 20 components and SCORAD
+    """The demo trial's cohort (service/demo/data: all seven measures, EASI with its 20 components and SCORAD
     with its parts, IgE in [IU]/mL, kU/L and ng/mL, eosinophils in 10*3/uL, /uL and 10*9/L, results dated in the
     sites' time zones, adverse events, the study named by the workflow-researchStudy extension), `copies` times
     over, each copy with its own ids and identifier values. Patients and ResearchSubjects go first (PUT, not timed);
     the Observations and AdverseEvents are timed (POST, their ids the server's)."""
-    from service.demo.cohort import build_cohort, study_resource, subject_resources
-    demo = build_cohort()
-    study = study_resource(demo)
+    from service.demo.data import bundle_name, transactions, with_ids
+    demo = transactions()
+    # the studies: phase IIa, then phase I; every subject goes into the first, so the counts are one study's
+    study, *others = with_ids(demo[0])
     setup = [{"resource": study, "request": {"method": "PUT", "url": f"ResearchStudy/{study['id']}"}}]
     timed: list[dict] = []
     patients = 0
     for copy in range(copies):
-        for subject in demo.subjects:
-            found = subject_resources(demo, subject)
+        for subject in demo[1:]:
+            if not bundle_name(subject).startswith(DEMO_MARK):
+                continue  # the later updates: not part of what is timed
+            found = with_ids(subject)
             ids = {r["id"] for r in found if r["resourceType"] != "ResearchStudy"}
             text = orjson.dumps(found).decode().replace(DEMO_MARK, f"C{copy}{DEMO_MARK}")
+            for other in others:
+                text = text.replace(other["id"], study["id"])
             for old in ids:
                 text = text.replace(old, str(uuid.uuid5(uuid.NAMESPACE_URL, f"{copy}/{old}")))
             for resource in orjson.loads(text):

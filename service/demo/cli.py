@@ -5,7 +5,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(help="The synthetic demo trial (34 adults, two dose arms, NCT01927705-shaped outcome).",
+app = typer.Typer(help="The synthetic demo trial (34 adults: phase I, 7 to week 4; phase IIa, 27 to week 12; "
+                       "NCT01927705-shaped outcome).",
                   no_args_is_help=True)
 
 
@@ -14,11 +15,12 @@ def load(database_url: str = typer.Option(None, "--database-url",
                                           help="SQLAlchemy URL (default: the settings' DATABASE_URL)"),
          base_url: str = typer.Option(None, help="Base URL written in the Bundle responses (default: settings)")
          ) -> None:
-    """Migrate the database, then load the demo trial as FHIR transaction Bundles (one per subject).
+    """Migrate the database, then load the demo trial's data file as FHIR transaction Bundles (studies, one per
+    subject, later updates).
 
-    Every resource is a conditional create on its identifier: loading again adds nothing."""
+    Every resource is a conditional create (or update) on its identifier: loading again adds nothing."""
     from service.db import make_engine, migrate
-    from service.demo.cohort import build_cohort
+    from service.demo.data import transactions
     from service.demo.load import load_demo
     from service.settings import get_settings
 
@@ -28,13 +30,13 @@ def load(database_url: str = typer.Option(None, "--database-url",
     console = Console()
     try:
         migrate(engine)
-        cohort = build_cohort()
-        with Progress(TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+        bundles = transactions()
+        with Progress(TextColumn("[bold]{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("study", total=len(cohort.subjects) + 1)
+            task = bar.add_task("studies", total=len(bundles))
             result = load_demo(engine, lambda done, total, what: bar.update(task, completed=done, description=what),
                                base_url=base_url or settings.base_url, max_entries=settings.max_bundle_entries,
-                               cohort=cohort)
+                               bundles=bundles)
     finally:
         engine.dispose()
     table = Table(title=f"demo trial loaded into {engine.url.render_as_string(hide_password=True)}")
@@ -48,34 +50,34 @@ def load(database_url: str = typer.Option(None, "--database-url",
 
 @app.command()
 def show() -> None:
-    """Print what the demo trial holds (counts per arm and visit, week-12 outcome) without writing anything."""
-    from service.demo.cohort import ARMS, build_cohort, counts, outcome_shape
+    """Print what the demo trial's data file holds (resources, and per study and arm: subjects, dosed, withdrawn,
+    results, adverse events) without writing anything. Its figures: load it, then `trial-fhir summary`."""
+    from service.demo.data import counts, demo_bundle, transactions
 
-    cohort = build_cohort()
+    bundle = demo_bundle()
     console = Console()
     totals = Table(title="demo trial: resources")
     totals.add_column("resource type")
     totals.add_column("count", justify="right")
-    for rtype, n in counts(cohort).items():
+    for rtype, n in counts(bundle).items():
         totals.add_row(rtype, str(n))
     console.print(totals)
-    arms = Table(title="per arm")
-    for column in ("arm", "dose", "subjects", "withdrawn", "results (baseline / wk 4 / wk 12)", "adverse events"):
+    bundles = transactions(bundle)
+    titles = {e["fullUrl"]: e["resource"]["title"] for e in bundles[0]["entry"]}
+    per: dict[tuple[str, str], list[int]] = {}
+    for t in bundles[1:-1]:
+        resources = [e["resource"] for e in t["entry"]]
+        subject = next(r for r in resources if r["resourceType"] == "ResearchSubject")
+        row = per.setdefault((titles[subject["study"]["reference"]], subject["assignedArm"]), [0] * 5)
+        for i, n in enumerate((1, "start" in (subject.get("period") or {}), subject["status"] == "withdrawn",
+                               sum(r["resourceType"] == "Observation" for r in resources),
+                               sum(r["resourceType"] == "AdverseEvent" for r in resources))):
+            row[i] += int(n)
+    arms = Table(title="per study and arm")
+    for column in ("study", "arm", "subjects", "dosed", "withdrawn", "results", "adverse events"):
         arms.add_column(column)
-    for arm, dose in ARMS:
-        members = [s for s in cohort.subjects if s.subject.arm == arm]
-        per_visit = [sum(1 for s in members for m in s.measurements if m.record.visit == v)
-                     for v in ("baseline", "week-4", "week-12")]
-        arms.add_row(arm, dose, str(len(members)), str(sum(s.subject.status == "withdrawn" for s in members)),
-                     " / ".join(map(str, per_visit)), str(sum(len(s.adverse_events) for s in members)))
+    for (title, arm), row in per.items():
+        arms.add_row(title.split(" dermatitis, ")[-1].split(" (")[0], arm, *map(str, row))
     console.print(arms)
-    shape = outcome_shape(cohort)
-    outcome = Table(title="week 12: EASI-50 rate and mean % change from baseline")
-    outcome.add_column("measure")
-    for arm, _ in ARMS:
-        outcome.add_column(arm, justify="right")
-    for key in shape[ARMS[0][0]]:
-        cells = [f"{shape[arm][key]:.0%}" if key == "EASI-50" else
-                 str(shape[arm][key]) if key == "n" else f"{shape[arm][key]:+.1f}" for arm, _ in ARMS]
-        outcome.add_row(key, *cells)
-    console.print(outcome)
+    console.print(f"later updates (preliminary made final, a correction): {len(bundles[-1]['entry'])}; the figures: "
+                  "`trial-fhir demo load`, then `trial-fhir summary NCT01927705`")

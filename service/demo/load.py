@@ -1,10 +1,12 @@
-"""Load the demo cohort through the one ingest path: FHIR transaction Bundles.
+"""Load the shipped demo trial (`service.demo.data`) through the one ingest path: FHIR transaction Bundles.
 
-The study goes first (one entry, `ifNoneExist` on its NCT identifier); then one transaction per subject
-holding its Patient, ResearchSubject, Observations and AdverseEvents, each a conditional create
-(`ifNoneExist: identifier=…`). Loading twice therefore adds nothing, and a load interrupted half-way
-resumes where it stopped (each subject is all-or-nothing). A subject whose resources are all there
-already (one look-up of the demo identifiers) is not sent again: that only saves time.
+The file's transaction Bundles go in order: the two studies, one per subject (Patient, ResearchSubject,
+Observations, AdverseEvents), then the later updates. Every create is conditional (`ifNoneExist:
+identifier=…`) and every update a conditional update by identifier whose content, sent again, is no change
+(no new version). Loading twice therefore adds nothing, and a load interrupted half-way resumes where it stopped
+(each Bundle is all-or-nothing). A reference to a resource of an earlier Bundle (`urn:uuid:…`) is rewritten to
+its server id. A subject whose resources are all there already (one look-up of the demo identifiers) is not
+sent again: that only saves time.
 """
 
 from collections import Counter
@@ -17,65 +19,60 @@ from sqlalchemy.engine import Engine
 
 from service.bundle.service import transaction
 from service.db import read_session, write_session
-from service.demo.cohort import (
+from service.demo.data import (
     ADVERSE_EVENT_SYSTEM,
     OBSERVATION_SYSTEM,
     PATIENT_SYSTEM,
+    REGISTRY,
+    STUDY_SYSTEM,
     SUBJECT_SYSTEM,
-    DemoCohort,
-    build_cohort,
-    study_resource,
-    subject_resources,
+    TYPES,
+    bundle_name,
+    transactions,
 )
 from service.store.models import IdentifierRecord, table_of
 from service.trial.models import StudyRecord
 
 DEFAULT_BASE = "http://localhost/fhir"
-DEMO_SYSTEMS = (PATIENT_SYSTEM, SUBJECT_SYSTEM, OBSERVATION_SYSTEM, ADVERSE_EVENT_SYSTEM)
-#: progress(done, total, what): called after the study and after each subject
+DEMO_SYSTEMS = (REGISTRY[0], STUDY_SYSTEM, PATIENT_SYSTEM, SUBJECT_SYSTEM, OBSERVATION_SYSTEM, ADVERSE_EVENT_SYSTEM)
+#: progress(done, total, what): called after each Bundle
 Progress = Callable[[int, int, str], None]
 
 
 def load_demo(engine: Engine, progress: Progress | None = None, *, base_url: str | None = None,
-              max_entries: int = 10_000, cohort: DemoCohort | None = None) -> dict[str, Any]:
-    """Load the demo trial; returns `{"created": {type: n}, "existing": {type: n}}` (existing = matched by
-    its identifier, left as it was)."""
-    cohort = cohort or build_cohort()
+              max_entries: int = 10_000, bundles: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Load the demo trial; returns `{"created": {type: n}, "existing": {type: n}, "updated": n}` (existing =
+    matched by its identifier, left as it was; updated = conditional updates sent, a no-op when already made)."""
+    bundles = bundles if bundles is not None else transactions()
     base = (base_url or DEFAULT_BASE).rstrip("/")
     created: Counter[str] = Counter()
     existing: Counter[str] = Counter()
-    total = len(cohort.subjects) + 1
-
-    def send(resources: list[dict], local: dict[str, str]) -> list[str]:
-        entries = [_entry(r, local) for r in resources]
-        with write_session(engine) as session:
-            response = orjson.loads(transaction(session, {"resourceType": "Bundle", "type": "transaction",
-                                                          "entry": entries}, base, max_entries=max_entries))
-        locations = []
-        for request, item in zip(entries, response["entry"], strict=True):
-            rtype = request["request"]["url"]
-            (created if item["response"]["status"].startswith("201") else existing)[rtype] += 1
-            locations.append(item["response"]["location"])
-        return locations
-
+    updated = 0
+    resolved: dict[str, str] = {}  # urn:uuid:… of an earlier Bundle -> Type/server id
     present = _present_identifiers(engine)
-    study = study_resource(cohort)
-    location = send([study], {})[0]
-    study_id = location[len(base) + 1:].split("/")[1]  # {base}/ResearchStudy/{id}/_history/{n}
-    if progress:
-        progress(1, total, "study")
-    study_ref = {f"ResearchStudy/{study['id']}": f"ResearchStudy/{study_id}"}
-    for done, subject in enumerate(cohort.subjects, start=2):
-        resources = subject_resources(cohort, subject)
-        if all(_identifier_key(r) in present for r in resources):
-            existing.update(r["resourceType"] for r in resources)
+
+    for done, bundle in enumerate(bundles, start=1):
+        entries = bundle["entry"]
+        keys = [_condition(e) for e in entries]
+        if all(e["request"]["method"] == "POST" for e in entries) and all(k in present for k in keys):
+            existing.update(e["resource"]["resourceType"] for e in entries)
+            resolved.update({e["fullUrl"]: f"{k[0]}/{present[k]}" for e, k in zip(entries, keys, strict=True)})
         else:
-            send(resources, {**study_ref, **{f"{r['resourceType']}/{r['id']}": f"urn:uuid:{r['id']}"
-                                             for r in resources}})
+            body = {**bundle, "entry": [_rewrite(e, resolved) for e in entries]}
+            with write_session(engine) as session:
+                response = orjson.loads(transaction(session, body, base, max_entries=max_entries))
+            for entry, item in zip(entries, response["entry"], strict=True):
+                rtype = entry["resource"]["resourceType"]
+                if entry["request"]["method"] == "PUT":
+                    updated += 1
+                else:
+                    (created if item["response"]["status"].startswith("201") else existing)[rtype] += 1
+                server_id = item["response"]["location"][len(base) + 1:].split("/")[1]  # {base}/Type/{id}/_history/n
+                resolved[entry["fullUrl"]] = f"{rtype}/{server_id}"
         if progress:
-            progress(done, total, subject.key)
-    types = ("ResearchStudy", "Patient", "ResearchSubject", "Observation", "AdverseEvent")
-    return {"created": {t: created[t] for t in types}, "existing": {t: existing[t] for t in types}}
+            progress(done, len(bundles), bundle_name(bundle))
+    return {"created": {t: created[t] for t in TYPES}, "existing": {t: existing[t] for t in TYPES},
+            "updated": updated}
 
 
 def load_demo_if_empty(engine: Engine, progress: Progress | None = None) -> dict[str, Any] | None:
@@ -86,35 +83,28 @@ def load_demo_if_empty(engine: Engine, progress: Progress | None = None) -> dict
     return load_demo(engine, progress)
 
 
-def _identifier_key(resource: dict) -> tuple[str, str, str]:
-    identifier = resource["identifier"]
-    first = identifier if isinstance(identifier, dict) else identifier[0]
-    return resource["resourceType"], first["system"], first["value"]
+def _condition(entry: dict) -> tuple[str, str, str]:
+    """(type, system, value) of the identifier an entry's create or update is conditional on."""
+    request = entry["request"]
+    query = request.get("ifNoneExist") or request["url"].split("?", 1)[1]
+    system, value = query.removeprefix("identifier=").split("|", 1)
+    return entry["resource"]["resourceType"], system, value
 
 
-def _present_identifiers(engine: Engine) -> set[tuple[str, str, str]]:
-    """(type, system, value) of every stored identifier in the demo systems."""
+def _present_identifiers(engine: Engine) -> dict[tuple[str, str, str], str]:
+    """(type, system, value) -> resource id of every stored identifier in the demo systems."""
     with read_session(engine) as session:
         identifiers = table_of(IdentifierRecord)
-        rows = session.execute(select(identifiers.c.resource_type, identifiers.c.system, identifiers.c.value)
+        rows = session.execute(select(identifiers.c.resource_type, identifiers.c.system, identifiers.c.value,
+                                      identifiers.c.resource_id)
                                .where(identifiers.c.system.in_(DEMO_SYSTEMS))).all()
-    return {tuple(row) for row in rows}
+    return {(row[0], row[1], row[2]): row[3] for row in rows}
 
 
-def _entry(resource: dict, local: dict[str, str]) -> dict:
-    """A conditional-create entry: its fullUrl is the resource's local id as a urn:uuid; references to
-    other resources of the load become their urn:uuid (or the study's server id)."""
-    body = _rewrite({k: v for k, v in resource.items() if k != "id"}, local)
-    _, system, value = _identifier_key(resource)
-    return {"fullUrl": f"urn:uuid:{resource['id']}", "resource": body,
-            "request": {"method": "POST", "url": resource["resourceType"],
-                        "ifNoneExist": f"identifier={system}|{value}"}}
-
-
-def _rewrite(node: Any, local: dict[str, str]) -> Any:
+def _rewrite(node: Any, resolved: dict[str, str]) -> Any:
     if isinstance(node, dict):
-        return {k: (local.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, local))
+        return {k: (resolved.get(v, v) if k == "reference" and isinstance(v, str) else _rewrite(v, resolved))
                 for k, v in node.items()}
     if isinstance(node, list):
-        return [_rewrite(v, local) for v in node]
+        return [_rewrite(v, resolved) for v in node]
     return node

@@ -171,8 +171,9 @@ def _bar_chart(summary: StudySummary, key: str) -> str:
     def y(value: float) -> float:
         return TOP + (100 - value) / 100 * (HEIGHT - TOP - BOTTOM)
 
-    parts = _frame(f"{key}: responder rate by visit", f"{study_label(summary)} · bars: rate · whiskers: 95% "
-                   "Wilson interval", "responders (%)", ticks, y)
+    population = next((r.population for r in rates.values()), "observed")
+    parts = _frame(f"{key}: responder rate by visit", f"{study_label(summary)} · {population} · bars: rate · "
+                   "whiskers: 95% Wilson interval", "responders (%)", ticks, y)
     plot_w = WIDTH - LEFT - RIGHT
     group_w = plot_w / max(len(visits), 1)
     bar_w = min(48.0, group_w * 0.7 / max(len(arms), 1))

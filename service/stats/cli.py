@@ -12,6 +12,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(low: float | None, high: float | None, digits: int = 2) -> str:
+    return "–" if low is None or high is None else f"{low:.{digits}f} – {high:.{digits}f}"
+
+
 @app.callback(invoke_without_command=True, context_settings={"allow_interspersed_args": True}, subcommand_metavar="")
 def summary(
     study_id: str = typer.Argument(None, metavar="STUDY", help="The study: its id or its NCT number (default: the "
@@ -80,8 +84,9 @@ def _print_tables(result) -> None:
         arms.add_row(a.name, a.dose or "", str(a.enrolled), str(a.completed), str(a.withdrawn))
     console.print(arms)
 
-    efficacy = Table(title="Efficacy by visit (counted results; change from baseline)")
-    for col in ("measure", "unit", "arm", "visit", "n", "mean", "sd", "median", "min", "max", "Δ mean", "Δ%"):
+    efficacy = Table(title="Efficacy by visit (observed: counted results; change from baseline, its 95% CI)")
+    for col in ("measure", "unit", "arm", "visit", "n", "mean", "sd", "median", "min", "max", "Δ mean", "95% CI",
+                "Δ%"):
         efficacy.add_column(col, justify="left" if col in ("measure", "unit", "arm", "visit") else "right")
     for m in result.measures:
         for a in result.arms:
@@ -89,18 +94,20 @@ def _print_tables(result) -> None:
                 if s.measure == m.key:
                     efficacy.add_row(m.key, m.unit_display or m.unit, a.name, s.visit, str(s.n), _fmt(s.mean),
                                      _fmt(s.sd), _fmt(s.median), _fmt(s.min), _fmt(s.max), _fmt(s.mean_change),
+                                     _interval(s.mean_change_ci_low, s.mean_change_ci_high),
                                      _fmt(s.mean_pct_change, 1))
         efficacy.add_section()
     console.print(efficacy)
 
     responders = Table(title="Responders (95% Wilson interval)")
-    for col in ("responder", "arm", "visit", "n", "responders", "rate", "95% CI"):
-        responders.add_column(col, justify="left" if col in ("responder", "arm", "visit") else "right")
+    for col in ("responder", "population", "arm", "visit", "n", "observed", "responders", "rate", "95% CI"):
+        responders.add_column(col, justify="left" if col in ("responder", "population", "arm", "visit") else "right")
     for a in result.arms:
         for r in a.responders:
             ci = "–" if r.ci_low is None else f"{100 * r.ci_low:.1f}–{100 * r.ci_high:.1f}%"
             rate = "–" if r.rate is None else f"{100 * r.rate:.1f}%"
-            responders.add_row(r.measure, a.name, r.visit, str(r.n), str(r.responders), rate, ci)
+            responders.add_row(r.measure, "NRI" if r.population == "non-responder-imputation" else r.population,
+                               a.name, r.visit, str(r.n), str(r.n_observed), str(r.responders), rate, ci)
     console.print(responders)
 
     safety = Table(title="Safety (actual adverse events): subjects / events")

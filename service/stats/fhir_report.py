@@ -10,6 +10,7 @@
 | one figure (key, statistic)     | group.stratifier: code = [measure key (+ its LOINC/ad-scores coding),     |
 |                                 |   statistic]; one stratum per visit (`all` for safety), measureScore      |
 | a suppressed figure (k-anon.)   | measureScore / population `_count` with data-absent-reason `masked`       |
+| the figure's analysis population| the statistic code's text: `rate (non-responder-imputation)`, `mean (observed)` |
 """
 
 from fhir_mappings import fhir
@@ -22,7 +23,7 @@ VISIT_SYSTEM = "https://trial-fhir.org/CodeSystem/visit"
 KEY_SYSTEM = "https://trial-fhir.org/CodeSystem/summary-measure"
 STATISTIC_SYSTEM = "https://trial-fhir.org/CodeSystem/summary-statistic"
 POPULATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/measure-population"
-COUNTS = {"n", "n_change", "n_pct_change", "responders", "subjects", "events"}
+COUNTS = {"n", "n_observed", "n_change", "n_pct_change", "responders", "subjects", "events"}
 #: a suppressed figure (de-identified view: fewer than k subjects behind it)
 MASKED = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "masked"}
 
@@ -52,13 +53,19 @@ def _score(value: float | int | str, statistic: str, unit: str) -> dict:
     return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
-def summary_measure_report(summary: StudySummary, tidy: list[tuple]) -> dict:
-    """The MeasureReport of `summary`; `tidy` are its (arm, visit, measure, statistic, value) rows."""
+def summary_measure_report(summary: StudySummary, tidy: list[tuple],
+                           populations: dict[tuple[str, str], str] | None = None) -> dict:
+    """The MeasureReport of `summary`; `tidy` are its (arm, visit, measure, statistic, value) rows, `populations` the
+    analysis population of each responder key (by visit, key; `observed` otherwise, `enrolled` for safety)."""
+    populations = populations or {}
+    safety = {s.measure for arm in summary.arms for s in arm.safety}
     catalogue = load_catalogue(summary.catalogue)
     units = {m.key: m.unit for m in summary.measures}
     codings = {m.key: [{"system": s, "code": c} for s, c in m.codes] for m in catalogue.measures}
     by_arm: dict[str, dict[tuple[str, str], list[dict]]] = {}
+    population_of: dict[str, str] = {}
     for arm, visit, key, statistic, value in tidy:
+        population_of[key] = "enrolled" if key in safety else populations.get((visit, key), "observed")
         strata = by_arm.setdefault(arm, {}).setdefault((key, statistic), [])
         strata.append({"value": _concept(VISIT_SYSTEM, visit, visit),
                        "measureScore": _score(value, statistic, units.get(key, "1"))})
@@ -67,7 +74,8 @@ def summary_measure_report(summary: StudySummary, tidy: list[tuple]) -> dict:
         stratifiers = []
         for (key, statistic), strata in by_arm.get(arm.name, {}).items():
             key_concept = {"coding": [{"system": KEY_SYSTEM, "code": key}, *codings.get(key, [])], "text": key}
-            stratifiers.append({"code": [key_concept, _concept(STATISTIC_SYSTEM, statistic, statistic)],
+            stratifiers.append({"code": [key_concept, _concept(STATISTIC_SYSTEM, statistic,
+                                                               f"{statistic} ({population_of[key]})")],
                                 "stratum": strata})
         groups.append({
             "code": _concept(ARM_SYSTEM, arm.name, arm.dose or arm.name),

@@ -24,6 +24,17 @@ def _num(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _interval(low: float | None, high: float | None) -> str:
+    return "–" if low is None or high is None else f"{low:.2f} – {high:.2f}"
+
+
+POPULATION_TEXT = {
+    "observed": "observed cases (n: subjects judged from their baseline and visit values)",
+    "non-responder-imputation": "non-responder imputation (n: every dosed subject expected at the visit; "
+                                "those without the values, the observed column's rest, count as non-responders)",
+}
+
+
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}%"
 
@@ -64,9 +75,13 @@ def report_html(summary: StudySummary) -> str:
         f'<nav><a href="/studies/{sid}/summary">JSON</a><a href="/studies/{sid}/summary.csv">CSV</a>'
         f'<a href="/fhir/ResearchStudy/{sid}/$summary">FHIR MeasureReport</a></nav></header>',
         '<p class="note">Counted: results with status ' + escape(", ".join(summary.counted_statuses))
-        + " at the visits below (the value closest to the target day; on a tie the later one). Change and % change"
-        " from baseline over subjects with both values (% change only where baseline &gt; 0). Safety counts"
-        " actual adverse events only. Figures are rounded for display; the JSON and CSV carry them unrounded."
+        + " at the visits below (the value closest to the target day; on a tie the later one). Population of the"
+        " efficacy tables: observed (n subjects with a value; change and % change from baseline over subjects with"
+        " both values, % change only where baseline &gt; 0), the 95% confidence interval of the mean change from"
+        " the t-distribution. Each responder table names its population: observed, or non-responder imputation"
+        " (n: every dosed subject expected at the visit; those without the values count as non-responders)."
+        " Safety counts actual adverse events of every enrolled subject. Figures are rounded for display; the JSON"
+        " and CSV carry them unrounded."
         + (f" De-identified view: a count of fewer than {summary.min_cell} subjects shows as &lt;{summary.min_cell}"
            " and the figures behind it are left out." if summary.min_cell else "") + "</p>",
         "<h2>Arms</h2>",
@@ -78,30 +93,36 @@ def report_html(summary: StudySummary) -> str:
     ]
     for m in summary.measures:
         rows = [[arm.name, s.visit, _count(s.n, summary), _num(s.mean), _num(s.sd), _num(s.median), _num(s.min),
-                 _num(s.max), _num(s.mean_change), _num(s.mean_pct_change, 1)]
+                 _num(s.max), _num(s.mean_change), _interval(s.mean_change_ci_low, s.mean_change_ci_high),
+                 _num(s.mean_pct_change, 1)]
                 for arm in summary.arms for s in arm.measures if s.measure == m.key]
         unit = m.unit_display or m.unit
         parts.append(f'<section class="measure" id="measure-{escape(m.key)}"><h3>{escape(m.display)} '
                      f"({escape(unit)})</h3>")
         parts.append(f'<figure>{chart_svg(summary, m.key)}<figcaption>{escape(m.display)}: mean ± SD per visit, '
                      "one line per arm.</figcaption></figure>")
-        parts.append(_table(f"table-{m.key}", f"{m.display} ({unit})",
+        parts.append(_table(f"table-{m.key}", f"{m.display} ({unit}), population: observed",
                             ["Arm", "Visit", "n", "Mean", "SD", "Median", "Min", "Max", "Mean change",
-                             "Mean % change"], rows, left=2))
+                             "95% CI of mean change", "Mean % change"], rows, left=2))
         parts.append("</section>")
 
     keys = list(dict.fromkeys(r.measure for arm in summary.arms for r in arm.responders))
     if keys:
         parts.append("<h2>Responders</h2>")
     for key in keys:
-        rows = [[arm.name, r.visit, _count(r.n, summary), _count(r.responders, summary), _pct(r.rate),
+        rows = [[arm.name, r.visit, _count(r.n, summary), _count(r.n_observed, summary),
+                 _count(r.responders, summary), _pct(r.rate),
                  "–" if r.ci_low is None or r.ci_high is None else f"{100 * r.ci_low:.1f}% – {100 * r.ci_high:.1f}%"]
                 for arm in summary.arms for r in arm.responders if r.measure == key]
         parts.append(f'<section class="responder" id="responder-{escape(key)}"><h3>{escape(key)}</h3>')
         parts.append(f"<figure>{chart_svg(summary, key)}<figcaption>{escape(key)}: responder rate with its 95% "
                      "Wilson interval.</figcaption></figure>")
-        parts.append(_table(f"table-{key}", key, ["Arm", "Visit", "n", "Responders", "Rate", "95% CI (Wilson)"],
-                            rows, left=2))
+        population = next((r.population for arm in summary.arms for r in arm.responders if r.measure == key),
+                          "observed")
+        parts.append(f'<p class="note population">Population: {escape(POPULATION_TEXT.get(population, population))}'
+                     "</p>")
+        parts.append(_table(f"table-{key}", f"{key}, population: {population}",
+                            ["Arm", "Visit", "n", "Observed", "Responders", "Rate", "95% CI (Wilson)"], rows, left=2))
         parts.append("</section>")
 
     parts.append("<h2>Safety</h2>")

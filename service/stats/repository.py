@@ -89,19 +89,23 @@ def find_visit_values(session: Session, study_id: str, visits: Sequence[tuple[st
 
 def find_summary_rows(session: Session, study_id: str, visits: Sequence[tuple[str, int]], measures: Sequence[str],
                       counted: Sequence[str], completed_statuses: Sequence[str],
-                      last_visit: str | None) -> tuple[dict, list[tuple]]:
-    """(`find_visit_values`, `count_subjects_by_arm`): one statement on PostgreSQL, two on SQLite."""
+                      last_visit: str | None) -> tuple[dict, list[tuple], dict | None]:
+    """(`find_visit_values`, `count_subjects_by_arm`, per arm the (day 0, status, period end) of the subjects
+    behind the rows of its columns, or None): one statement on PostgreSQL (whose columns hold every subject of the
+    arm, so non-responder imputation needs no query of its own), two on SQLite (None: its columns hold only the
+    subjects with a value; `find_subjects_missing_values` answers)."""
     if session.get_bind().dialect.name == "postgresql" and last_visit is not None:
         return summary_rows_postgres(session, study_id, visits, measures, counted, completed_statuses, last_visit)
     subject_rows = count_subjects_by_arm(session, study_id, last_visit, counted, completed_statuses)
-    return find_visit_values(session, study_id, visits, counted), subject_rows
+    return find_visit_values(session, study_id, visits, counted), subject_rows, None
 
 
 def summary_rows_postgres(session: Session, study_id: str, visits: Sequence[tuple[str, int]],
                           measures: Sequence[str], counted: Sequence[str], completed_statuses: Sequence[str],
-                          last_visit: str) -> tuple[dict, list[tuple]]:
+                          last_visit: str) -> tuple[dict, list[tuple], dict]:
     """PostgreSQL, one statement: what `find_visit_values` and `count_subjects_by_arm` return (`last_visit`,
-    one of `visits`, is the one that makes a subject completed; `measures` are the catalogue's keys).
+    one of `visits`, is the one that makes a subject completed; `measures` are the catalogue's keys), and per arm
+    the (day 0, status, period end) of the subject behind each row of its columns (every subject of the arm).
 
     The per-subject pass reads the covering index ix_measurement_summary in subject order and folds each
     subject's rows into one row of measures × visits columns as it streams (no hash table, no sort, no heap
@@ -136,7 +140,9 @@ def summary_rows_postgres(session: Session, study_id: str, visits: Sequence[tupl
             GROUP BY m.subject_id)
         SELECT s.arm, count(*), count(*) FILTER (WHERE s.status = 'withdrawn'),
                count(*) FILTER (WHERE s.status <> 'withdrawn' AND (s.status = ANY(:completed) OR {done})),
-               min(s.day0), max(s.day0){"".join(", " + c for c in columns)}
+               min(s.day0), max(s.day0),
+               json_agg(s.day0)::text, json_agg(s.status)::text, json_agg(s.end_date)::text
+               {"".join(", " + c for c in columns)}
         FROM research_subject s LEFT JOIN p ON p.subject_id = s.id
         WHERE s.study_id = :study AND s.arm IS NOT NULL
         GROUP BY s.arm""")
@@ -144,15 +150,17 @@ def summary_rows_postgres(session: Session, study_id: str, visits: Sequence[tupl
     # of the group count is far too low)
     session.execute(text("SET LOCAL enable_hashagg = off"))
     session.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves on this one-off query
-    values, counts = {}, []
+    values, counts, subjects = {}, [], {}
     width = len(visits)
     for row in session.execute(sql, params):
         counts.append((row[0], int(row[1]), int(row[2]), int(row[3]), _as_date(row[4]), _as_date(row[5])))
+        subjects[row[0]] = list(zip([_as_date(d) for d in orjson.loads(row[6])], orjson.loads(row[7]),
+                                    [_as_date(d) for d in orjson.loads(row[8])], strict=True))
         for j, key in enumerate(measures):
-            values[(row[0], key)] = [orjson.loads(col) for col in row[6 + j * width:6 + (j + 1) * width]]
+            values[(row[0], key)] = [orjson.loads(col) for col in row[9 + j * width:9 + (j + 1) * width]]
     session.execute(text("RESET enable_hashagg"))
     session.execute(text("RESET jit"))
-    return values, counts
+    return values, counts, subjects
 
 
 def count_adverse_events_by_arm(session: Session, study_id: str) -> list[tuple]:
@@ -217,3 +225,28 @@ def count_adverse_events_by_seriousness(session: Session, study_id: str) -> list
 def latest_result_time(session: Session, study_id: str) -> Any:
     """When the study's latest result was obtained (its greatest `effective`), or None."""
     return session.execute(select(func.max(M.c.effective)).where(M.c.study_id == study_id)).scalar()
+
+
+
+def find_subjects_missing_values(session: Session, study_id: str, measure: str, visits: Sequence[str],
+                                 counted: Sequence[str], low: float | None,
+                                 high: float | None) -> list[tuple[str, str, date | None, str, date | None, set[str]]]:
+    """For non-responder imputation: (id, arm, day 0, status, period end, visits with a value) of the study's dosed
+    subjects (an arm and a day 0) without a counted value of `measure` within [low, high] at one or more of `visits`
+    (the plausibility limits the summary's figures keep to: a value outside, or not finite, is no value). One
+    aggregate over the subjects left-joined to their values (the covering index ix_measurement_summary); only the
+    subjects missing something come back, usually few."""
+    on = [M.c.subject_id == S.c.id, M.c.study_id == study_id, M.c.measure == measure, M.c.visit.in_(list(visits)),
+          M.c.status.in_(list(counted))]
+    if low is not None:
+        on.append(M.c.value >= low)
+    if high is not None:
+        on.append(M.c.value <= high)
+    flags = [func.max(case((M.c.visit == name, 1), else_=0)) for name in visits]
+    query = (select(S.c.id, S.c.arm, S.c.day0, S.c.status, S.c.end_date, *flags)
+             .select_from(S.outerjoin(M, and_(*on)))
+             .where(S.c.study_id == study_id, S.c.arm.is_not(None), S.c.day0.is_not(None))
+             .group_by(S.c.id, S.c.arm, S.c.day0, S.c.status, S.c.end_date)
+             .having(sum(flags, start=0) < len(visits)))  # type: ignore[arg-type]
+    return [(r[0], r[1], _as_date(r[2]), r[3], _as_date(r[4]),
+             {name for name, flag in zip(visits, r[5:], strict=True) if flag}) for r in session.execute(query)]

@@ -29,14 +29,16 @@ SUMMARY_EXAMPLE: dict[str, Any] = {
         "name": "high-dose", "dose": "5.0 × 10^7 hUCB-MSCs, one subcutaneous administration",
         "enrolled": 11, "completed": 10, "withdrawn": 1,
         "measures": [
-            {"visit": "baseline", "measure": "EASI", "unit": "{score}", "n": 11, "mean": 26.4, "sd": 7.9,
-             "median": 24.8, "min": 16.2, "max": 41.0, "n_change": 0, "mean_change": None, "n_pct_change": 0,
-             "mean_pct_change": None},
-            {"visit": "week-12", "measure": "EASI", "unit": "{score}", "n": 10, "mean": 12.1, "sd": 6.3,
-             "median": 11.5, "min": 3.2, "max": 24.0, "n_change": 10, "mean_change": -14.6, "n_pct_change": 10,
+            {"visit": "baseline", "measure": "EASI", "unit": "{score}", "population": "observed", "n": 11,
+             "mean": 26.4, "sd": 7.9, "median": 24.8, "min": 16.2, "max": 41.0, "n_change": 0, "mean_change": None,
+             "mean_change_ci_low": None, "mean_change_ci_high": None, "n_pct_change": 0, "mean_pct_change": None},
+            {"visit": "week-12", "measure": "EASI", "unit": "{score}", "population": "observed", "n": 10,
+             "mean": 12.1, "sd": 6.3, "median": 11.5, "min": 3.2, "max": 24.0, "n_change": 10, "mean_change": -14.6,
+             "mean_change_ci_low": -19.1, "mean_change_ci_high": -10.1, "n_pct_change": 10,
              "mean_pct_change": -54.9}],
-        "responders": [{"visit": "week-12", "measure": "EASI-50", "n": 10, "responders": 6, "rate": 0.6,
-                        "ci_low": 0.3127, "ci_high": 0.8318}],
+        "responders": [{"visit": "week-12", "measure": "EASI-50", "population": "non-responder-imputation",
+                        "n": 11, "n_observed": 10, "responders": 6, "rate": 0.5455, "ci_low": 0.2801,
+                        "ci_high": 0.7872}],
         "safety": [{"measure": "AE-ANY", "subjects": 4, "events": 6},
                    {"measure": "AE-SERIOUS", "subjects": 0, "events": 0}],
     }],
@@ -73,6 +75,8 @@ class MeasureStats(BaseModel):
     visit: str
     measure: str
     unit: str
+    population: str = Field("observed", description="Analysis population of these figures: `observed` (each figure "
+                            "over the subjects with the values it needs: n, n_change, n_pct_change)")
     n: int | None = Field(description="Subjects with a counted value at this visit (null: suppressed)")
     mean: float | None = None
     sd: float | None = Field(None, description="Sample standard deviation (n−1); null for fewer than 2 values")
@@ -82,6 +86,9 @@ class MeasureStats(BaseModel):
     n_change: int | None = Field(0, description="Subjects with both a baseline and a value at this visit (0 at "
                                  "baseline)")
     mean_change: float | None = Field(None, description="Mean of (visit − baseline) over the n_change subjects")
+    mean_change_ci_low: float | None = Field(None, description="95% confidence interval of mean_change, lower end: "
+                                             "mean ± t(0.975, n_change − 1) × SD / √n_change; null below 2 subjects")
+    mean_change_ci_high: float | None = Field(None, description="95% confidence interval of mean_change, upper end")
     n_pct_change: int | None = Field(0, description="Those of the n_change subjects whose baseline is > 0")
     mean_pct_change: float | None = Field(None, description="Mean of 100 × (visit − baseline) / baseline")
     suppressed: bool = Field(False, description="De-identified view: fewer than `min_cell` subjects behind this "
@@ -93,8 +100,13 @@ class ResponderStats(BaseModel):
 
     visit: str
     measure: str = Field(description="Responder key: `EASI-50`, `EASI-75`, `EASI-90`, `IGA-SUCCESS`")
-    n: int | None = Field(description="Subjects the response can be judged for (both values; for EASI-x, "
-                          "baseline > 0)")
+    population: str = Field("observed", description="Analysis population: `observed` (n = subjects judged from their "
+                            "values) or `non-responder-imputation` (n = every dosed subject expected at the visit; "
+                            "those not judged from values count as non-responders)")
+    n: int | None = Field(description="The rate's denominator: subjects the response can be judged for (both values; "
+                          "for a % change, baseline > 0), and with non-responder imputation also the dosed subjects "
+                          "expected at the visit without them")
+    n_observed: int | None = Field(None, description="Subjects judged from their values (equal to n for `observed`)")
     responders: int | None
     rate: float | None = Field(None, description="responders / n; null when n = 0")
     ci_low: float | None = None

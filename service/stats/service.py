@@ -6,12 +6,16 @@ Definitions (../shared/DOMAIN.md, "Summary statistics"):
 - only results whose status the catalogue counts (final, amended, corrected), only at the catalogue's visits
   (never `unscheduled`); with several values of one measure in one window, the one closest to the target day,
   on a tie the later one (chosen in SQL, see repository.find_visit_values);
-- per visit and measure: n, mean, sample SD, median, min, max over subjects with a value; `mean_change` over
-  subjects with both a baseline and a visit value; `mean_pct_change` over those with baseline > 0. Change is
-  not reported at the baseline visit itself (it would be 0 by construction);
-- responders at each post-baseline visit: EASI-50/75/90 = % change ≤ −50/−75/−90, among subjects whose %
-  change exists (both values, baseline > 0); IGA-SUCCESS = IGA 0 or 1 at the visit and at least 2 points
-  below baseline, among subjects with both values. Rate with a 95% Wilson score interval;
+- per visit and measure (population `observed`): n, mean, sample SD, median, min, max over subjects with a value;
+  `mean_change` over subjects with both a baseline and a visit value, with its 95% confidence interval
+  (t-distribution, n − 1 degrees of freedom; from 2 subjects); `mean_pct_change` over those with baseline > 0.
+  Change is not reported at the baseline visit itself (it would be 0 by construction);
+- responders at each post-baseline visit, each definition with its analysis population: EASI-50/75/90 = % change
+  ≤ −50/−75/−90 with non-responder imputation (`non-responder-imputation`: the denominator is every dosed subject,
+  i.e. with a day 0, expected at the visit, and who is not judged from values (no visit value, no baseline, or a
+  baseline of 0) counts as a non-responder; see `nri_expected`); IGA-SUCCESS = IGA 0 or 1 at the visit and at
+  least 2 points below baseline, among subjects with both values (`observed`). Rate with a 95% Wilson score
+  interval;
 - safety per arm over `actuality = actual` events: subjects with ≥ 1 event and events, for any, serious,
   severe, related and leading to withdrawal;
 - enrolled = the study's ResearchSubjects in the arm; withdrawn = status `withdrawn`; completed = not
@@ -29,6 +33,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from itertools import combinations
 from typing import TextIO
 
@@ -58,15 +63,22 @@ BASELINE = "baseline"
 COMPLETED_STATUSES = ("off-study", "follow-up")
 SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
+#: analysis populations: `observed` (subjects with the values a figure needs), `non-responder-imputation` (every
+#: dosed subject expected at the visit; those without the values count as non-responders), `enrolled` (subject
+#: counts and safety: every subject of the arm)
+OBSERVED, NRI, ENROLLED = "observed", "non-responder-imputation", "enrolled"
+POPULATIONS = (OBSERVED, NRI)
 #: the first five as before; `unit` as people write it (empty for counts, proportions and p-values); `versus` the
 #: other arm of a between-arm comparison row (empty elsewhere)
-CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value", "unit", "versus")
+#: `population` the analysis population the figure is over (`observed`, `non-responder-imputation`, `enrolled`)
+CSV_COLUMNS = ("arm", "visit", "measure", "statistic", "value", "unit", "versus", "population")
 SUBJECTS = "SUBJECTS"  # the measure key of the per-arm subject counts in the CSV
 SUBJECT_STATISTICS = ("enrolled", "completed", "withdrawn")
 RESPONDER_COMPARISON_STATISTICS = ("rate_difference", "odds_ratio", "p_value")
 CHANGE_COMPARISON_STATISTICS = ("n", "n_versus", "pct_change_difference", "u_statistic", "p_value")
-MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change")
-RESPONDER_STATISTICS = ("n", "responders", "rate", "ci_low", "ci_high")
+MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_change_ci_low",
+                      "mean_change_ci_high", "mean_pct_change")
+RESPONDER_STATISTICS = ("n", "n_observed", "responders", "rate", "ci_low", "ci_high")
 SAFETY_STATISTICS = ("subjects", "events")
 
 
@@ -79,12 +91,15 @@ class Responder:
     pct_change_at_most: float | None = None  # responder when % change ≤ this
     value_at_most: float | None = None  # … or when the visit value ≤ this
     drop_at_least: float | None = None  # … and baseline − visit ≥ this
+    population: str = OBSERVED  # observed | non-responder-imputation (POPULATIONS)
 
 
+#: EASI-50/75/90 with non-responder imputation, as atopic dermatitis trials report them; IGA success over the
+#: observed cases (the published trial reports IGA as a mean change, not as a success rate)
 RESPONDERS = (
-    Responder("EASI-50", "EASI", pct_change_at_most=-50),
-    Responder("EASI-75", "EASI", pct_change_at_most=-75),
-    Responder("EASI-90", "EASI", pct_change_at_most=-90),
+    Responder("EASI-50", "EASI", pct_change_at_most=-50, population=NRI),
+    Responder("EASI-75", "EASI", pct_change_at_most=-75, population=NRI),
+    Responder("EASI-90", "EASI", pct_change_at_most=-90, population=NRI),
     Responder("IGA-SUCCESS", "IGA", value_at_most=1, drop_at_least=2),
 )
 
@@ -96,6 +111,49 @@ def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float | None, float | None]:
+    """Confidence interval of the mean of `values` (2 or more, finite) from the t-distribution with n − 1 degrees
+    of freedom: mean ± t(1 − α/2, n − 1) × SD / √n; (None, None) when it overflows."""
+    n = int(values.size)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, sd = float(np.mean(values)), float(np.std(values, ddof=1))
+        half = _t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    low, high = _finite(mean - half), _finite(mean + half)
+    return (low, high) if low is not None and high is not None else (None, None)
+
+
+@lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    from scipy.stats import t  # scipy is slow to import: only once a mean change has 2 values
+
+    return float(t.ppf(q, df))
+
+
+@dataclass(frozen=True)
+class NriSubject:
+    """What non-responder imputation needs to know of an enrolled subject."""
+
+    id: str
+    arm: str
+    day0: date | None
+    status: str
+    end_date: date | None
+
+
+def nri_expected(subject: NriSubject, first_day: int, last_day: int, today: date) -> bool:
+    """Whether a subject belongs to a visit's non-responder-imputation denominator: dosed (a day 0), not finished
+    with the study (status other than withdrawn, period.end) before the visit window opened (a subject whose
+    protocol ends earlier, like phase I at week 12, is not missing the visit), and either withdrawn (never coming)
+    or with the window closed by `today` (an open window is not missed yet). A subject judged from values counts
+    whatever this says."""
+    if subject.day0 is None:
+        return False
+    opens = subject.day0 + timedelta(days=first_day)
+    if subject.status != "withdrawn" and subject.end_date is not None and subject.end_date < opens:
+        return False
+    return subject.status == "withdrawn" or subject.day0 + timedelta(days=last_day) < today
 
 
 def _ordered_visits(catalogue: Catalogue) -> list:
@@ -148,6 +206,8 @@ def _describe(visit: str, measure: str, unit: str, values: np.ndarray, base: np.
             stats.n_change = int(change.size)
             if change.size:
                 stats.mean_change = _finite(np.mean(change))
+            if change.size > 1 and stats.mean_change is not None:
+                stats.mean_change_ci_low, stats.mean_change_ci_high = t_interval(change)
             positive = both & (base > 0)
             pct = _pct_change(values[positive], base[positive])
             stats.n_pct_change = int(pct.size)
@@ -160,10 +220,16 @@ def _pct_change(values: np.ndarray, base: np.ndarray) -> np.ndarray:
     return 100.0 * (values - base) / base
 
 
-def _responders(rule: Responder, visit: str, values: np.ndarray, base: np.ndarray) -> ResponderStats:
+def _responders(rule: Responder, visit: str, values: np.ndarray, base: np.ndarray,
+                imputed: int = 0) -> ResponderStats:
+    """Responders among subjects with both values (for a % change, baseline > 0); with non-responder imputation,
+    `imputed` more subjects (expected at the visit, not judged from values) count as non-responders."""
     both = ~np.isnan(values) & ~np.isnan(base)
     if rule.pct_change_at_most is not None:
-        both &= base > 0
+        judged = both & (base > 0)
+        if rule.population == NRI:
+            imputed += int((both & ~judged).sum())  # a baseline of 0: no % change, so no response
+        both = judged
         hit = _pct_change(values[both], base[both]) <= rule.pct_change_at_most
     else:
         v, b = values[both], base[both]
@@ -172,8 +238,10 @@ def _responders(rule: Responder, visit: str, values: np.ndarray, base: np.ndarra
             hit &= v <= rule.value_at_most
         if rule.drop_at_least is not None:
             hit &= (b - v) >= rule.drop_at_least
-    n, k = int(both.sum()), int(hit.sum())
-    stats = ResponderStats(visit=visit, measure=rule.key, n=n, responders=k)
+    observed, k = int(both.sum()), int(hit.sum())
+    n = observed + (imputed if rule.population == NRI else 0)
+    stats = ResponderStats(visit=visit, measure=rule.key, population=rule.population, n=n, n_observed=observed,
+                           responders=k)
     if n:
         stats.rate = k / n
         stats.ci_low, stats.ci_high = wilson_interval(k, n)
@@ -199,8 +267,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
     arms: dict[str, str | None] = dict(repository.find_arms(session, study_id))
     visit_days = [(v.name, v.target_day) for v in visits]
     # one pass: per (arm, measure) a matrix subjects × visits of the counted values (NaN = none)
-    values, subject_rows = repository.find_summary_rows(session, study_id, visit_days, [m.key for m in measures],
-                                                        counted, COMPLETED_STATUSES, last_visit)
+    values, subject_rows, row_subjects = repository.find_summary_rows(
+        session, study_id, visit_days, [m.key for m in measures], counted, COMPLETED_STATUSES, last_visit)
     counts = {row[0]: row[1:4] for row in subject_rows}
     for name in sorted(set(counts) - set(arms)):
         arms[name] = None
@@ -209,6 +277,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
     excluded = _exclude_implausible(matrices, {m.key: m for m in measures})
 
     safety = {row[0]: row[1:] for row in repository.count_adverse_events_by_arm(session, study_id)}
+    imputed = (_imputed_from_rows(row_subjects, matrices, visits, responders) if row_subjects is not None
+               else _imputed(session, study_id, catalogue, visits, responders, counted))
 
     arm_summaries = []
     for name, dose in arms.items():
@@ -221,7 +291,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
         for j, visit in enumerate(visit_names[1:], start=1):
             for rule in responders:
                 matrix = matrices.get((name, rule.measure), empty)
-                responder_stats.append(_responders(rule, visit, matrix[:, j], matrix[:, 0]))
+                responder_stats.append(_responders(rule, visit, matrix[:, j], matrix[:, 0],
+                                                   imputed.get((name, rule.measure, visit), 0)))
         figures = safety.get(name, (0,) * (2 * len(SAFETY_KEYS)))
         safety_stats = [SafetyStats(measure=key, subjects=figures[2 * i], events=figures[2 * i + 1])
                         for i, key in enumerate(SAFETY_KEYS)]
@@ -241,6 +312,52 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
                               excluded=excluded.get(m.key, 0)) for m in measures],
         arms=arm_summaries, comparisons=comparisons)
     return summary if min_cell is None else suppress(summary, min_cell)
+
+
+def _imputed(session: Session, study_id: str, catalogue: Catalogue, visits: list, responders: list[Responder],
+             counted: list[str]) -> dict[tuple[str, str, str], int]:
+    """(arm, measure, visit) -> subjects of the non-responder-imputation denominator without both values (a counted,
+    plausible value at the baseline and at the visit): the non-responders imputed. Only for the measures an NRI
+    definition uses: one query per such measure, returning only the dosed subjects who miss a value."""
+    measures = sorted({r.measure for r in responders if r.population == NRI})
+    if not measures or len(visits) < 2:
+        return {}
+    today = datetime.now(UTC).date()
+    base = visits[0].name
+    out: dict[tuple[str, str, str], int] = {}
+    for key in measures:
+        measure = catalogue.measure(key)
+        missing = repository.find_subjects_missing_values(
+            session, study_id, key, [v.name for v in visits], counted,
+            None if measure.min is None else float(measure.min), None if measure.max is None else float(measure.max))
+        for sid, arm, day0, status, end, have in missing:
+            s = NriSubject(sid, arm, day0, status, end)
+            for v in visits[1:]:
+                if not (base in have and v.name in have) and nri_expected(s, v.first_day, v.last_day, today):
+                    out[(s.arm, key, v.name)] = out.get((s.arm, key, v.name), 0) + 1
+    return out
+
+
+def _imputed_from_rows(row_subjects: dict, matrices: dict, visits: list,
+                       responders: list[Responder]) -> dict[tuple[str, str, str], int]:
+    """What `_imputed` counts, from the summary's own matrices when their rows are every subject of the arm (the
+    PostgreSQL pass): `row_subjects` per arm the (day 0, status, period end) behind each row."""
+    measures = sorted({r.measure for r in responders if r.population == NRI})
+    today = datetime.now(UTC).date()
+    out: dict[tuple[str, str, str], int] = {}
+    for key in measures:
+        for arm, subjects in row_subjects.items():
+            matrix = matrices.get((arm, key))
+            if matrix is None or len(visits) < 2:
+                continue
+            missing = np.isnan(matrix[:, [0]]) | np.isnan(matrix[:, 1:])  # subjects × post-baseline visits
+            for i in np.flatnonzero(missing.any(axis=1)):
+                day0, status, end = subjects[i]
+                s = NriSubject("", arm, day0, status, end)
+                for j, v in enumerate(visits[1:]):
+                    if missing[i, j] and nri_expected(s, v.first_day, v.last_day, today):
+                        out[(arm, key, v.name)] = out.get((arm, key, v.name), 0) + 1
+    return out
 
 
 def study_progress(session: Session, study_id: str, *, today: date | None = None,
@@ -323,15 +440,17 @@ def suppress(summary: StudySummary, k: int) -> StudySummary:
             if whole or small(m.n):
                 m.n = m.n_change = m.n_pct_change = None
                 m.mean = m.sd = m.median = m.mean_change = m.mean_pct_change = None
+                m.mean_change_ci_low = m.mean_change_ci_high = None
                 m.suppressed = True
                 continue
             if small(m.n_change):
                 m.n_change, m.mean_change, m.suppressed = None, None, True
+                m.mean_change_ci_low = m.mean_change_ci_high = None
             if small(m.n_pct_change):
                 m.n_pct_change, m.mean_pct_change, m.suppressed = None, None, True
         for r in arm.responders:
             if whole or small(r.n):
-                r.n = r.responders = None
+                r.n = r.responders = r.n_observed = None
                 r.rate = r.ci_low = r.ci_high = None
                 r.suppressed = True
             elif r.n is not None and r.responders is not None and (small(r.responders)
@@ -339,6 +458,8 @@ def suppress(summary: StudySummary, k: int) -> StudySummary:
                 r.responders = None
                 r.rate = r.ci_low = r.ci_high = None
                 r.suppressed = True
+            if r.n is not None and r.n_observed is not None and (small(r.n_observed) or small(r.n - r.n_observed)):
+                r.n_observed, r.suppressed = None, True  # the observed and the imputed would be a small count
         for safety in arm.safety:
             if whole or small(safety.subjects):
                 safety.subjects = safety.events = None
@@ -418,7 +539,7 @@ def _finite(value) -> float | None:
 # --- tidy form -------------------------------------------------------------------------------------------
 
 Figure = int | float | str  # a str: a suppressed count, "<k" (de-identified views)
-COUNT_STATISTICS = frozenset({"n", "responders", "subjects", "events"})
+COUNT_STATISTICS = frozenset({"n", "n_observed", "responders", "subjects", "events"})
 
 
 def suppressed_count(summary: StudySummary) -> str:
@@ -476,48 +597,58 @@ def statistic_unit(summary: StudySummary, measure: str, statistic: str) -> str:
     (proportions 0–1), odds ratios, U statistics and p-values have none."""
     if statistic in ("mean_pct_change", "pct_change_difference"):
         return "%"
-    if statistic in ("mean", "sd", "median", "min", "max", "mean_change"):
+    if statistic in ("mean", "sd", "median", "min", "max", "mean_change", "mean_change_ci_low", "mean_change_ci_high"):
         return next((m.unit_display or m.unit for m in summary.measures if m.key == measure), "")
     return ""
 
 
-CsvRow = tuple[str, str, str, str, Figure, str, str]
+CsvRow = tuple[str, str, str, str, Figure, str, str, str]
+
+
+def populations(summary: StudySummary) -> dict[tuple[str, str], str]:
+    """(visit, key) -> the analysis population of a responder definition's figures (the same in every arm)."""
+    return {(r.visit, r.measure): r.population for arm in summary.arms for r in arm.responders}
 
 
 def csv_rows(summary: StudySummary) -> Iterator[CsvRow]:
     """The CSV's rows (CSV_COLUMNS): each arm's subject counts (measure `SUBJECTS`, visit `all`: enrolled, completed,
     withdrawn), then every figure of `tidy_rows` with its unit, then the between-arm comparisons (`versus` the other
-    arm: responder rate difference, odds ratio and Fisher's p; % change n, n_versus, difference, U and p). A
-    suppressed count is `<k`; a figure with nothing behind it is left out."""
+    arm: responder rate difference, odds ratio and Fisher's p; % change n, n_versus, difference, U and p); each with
+    its analysis population. A suppressed count is `<k`; a figure with nothing behind it is left out."""
     hidden = suppressed_count(summary)
+    responder_population = populations(summary)
     for arm in summary.arms:
         for name in SUBJECT_STATISTICS:
             value = getattr(arm, name)
-            yield arm.name, "all", SUBJECTS, name, hidden if value is None else value, "", ""
+            yield arm.name, "all", SUBJECTS, name, hidden if value is None else value, "", "", ENROLLED
     for arm_name, visit, measure, statistic, figure in tidy_rows(summary):
-        yield arm_name, visit, measure, statistic, figure, statistic_unit(summary, measure, statistic), ""
+        population = ENROLLED if visit == "all" and measure in SAFETY_KEYS else responder_population.get(
+            (visit, measure), OBSERVED)
+        yield (arm_name, visit, measure, statistic, figure, statistic_unit(summary, measure, statistic), "",
+               population)
     for c in summary.comparisons:
         for r in c.responders:
             for name in RESPONDER_COMPARISON_STATISTICS:
                 value = getattr(r, name)
                 if value is not None:
-                    yield c.arm, r.visit, r.measure, name, value, "", c.versus
+                    yield (c.arm, r.visit, r.measure, name, value, "", c.versus,
+                           responder_population.get((r.visit, r.measure), OBSERVED))
         for change in c.pct_change:
             for name in CHANGE_COMPARISON_STATISTICS:
                 value = getattr(change, name)
                 if value is not None:
                     yield (c.arm, change.visit, change.measure, name, value,
-                           statistic_unit(summary, change.measure, name), c.versus)
+                           statistic_unit(summary, change.measure, name), c.versus, OBSERVED)
                 elif name in ("n", "n_versus") and change.suppressed:
-                    yield c.arm, change.visit, change.measure, name, hidden, "", c.versus
+                    yield c.arm, change.visit, change.measure, name, hidden, "", c.versus, OBSERVED
 
 
 def write_csv(summary: StudySummary, out: TextIO) -> None:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
-    for arm, visit, measure, statistic, value, unit, versus in csv_rows(summary):
+    for arm, visit, measure, statistic, value, unit, versus, population in csv_rows(summary):
         writer.writerow((csv_text(arm), csv_text(visit), csv_text(measure), csv_text(statistic),
-                         format_value(value), csv_text(unit), csv_text(versus)))
+                         format_value(value), csv_text(unit), csv_text(versus), population))
 
 
 def summary_csv(summary: StudySummary) -> str:
@@ -536,7 +667,7 @@ def study_measure_report(session: Session, study_id: str, *, min_cell: int | Non
     from service.stats.fhir_report import summary_measure_report
 
     summary = summarize_study(session, study_id, min_cell=min_cell)
-    return summary_measure_report(summary, list(tidy_rows(summary)))
+    return summary_measure_report(summary, list(tidy_rows(summary)), populations(summary))
 
 
 def study_chart(session: Session, study_id: str, key: str, *, min_cell: int | None = None) -> str:

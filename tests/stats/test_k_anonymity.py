@@ -130,8 +130,9 @@ def test_demo_trial_with_the_default_k(client, engine):
 def _demo_study(engine) -> str:
     from sqlalchemy import select
 
-    from service.store.models import table_of
-    from service.trial.models import StudyRecord
+    from service.store.models import IdentifierRecord, table_of
 
-    with read_session(engine) as session:
-        return session.execute(select(table_of(StudyRecord).c.id)).scalar_one()
+    identifiers = table_of(IdentifierRecord)
+    with read_session(engine) as session:  # the phase IIa study (the demo's other study is its phase I)
+        return session.execute(select(identifiers.c.resource_id).where(
+            identifiers.c.resource_type == "ResearchStudy", identifiers.c.value == "NCT01927705")).scalar_one()

@@ -15,7 +15,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 from fhir.resources.R4B.measurereport import MeasureReport
-from scipy.stats import fisher_exact, mannwhitneyu
+from scipy.stats import fisher_exact, mannwhitneyu, t as student_t
 
 from tests.factories import adverse_event, created, observation, patient, study, subject
 
@@ -153,6 +153,10 @@ def expected_measure(arm: str, measure: str, visit: str) -> dict:
         both = pairs(arm, measure, visit)
         if both:
             out["mean_change"] = statistics.mean(v - b for b, v in both)
+        if len(both) > 1:  # 95% CI of the mean change: t-distribution, n − 1 degrees of freedom
+            changes = [v - b for b, v in both]
+            half = student_t.ppf(0.975, len(changes) - 1) * statistics.stdev(changes) / math.sqrt(len(changes))
+            out["mean_change_ci_low"], out["mean_change_ci_high"] = out["mean_change"] - half, out["mean_change"] + half
         pct = pct_changes(arm, measure, visit)
         if pct:
             out["mean_pct_change"] = statistics.mean(pct)
@@ -160,14 +164,19 @@ def expected_measure(arm: str, measure: str, visit: str) -> dict:
 
 
 def expected_responders(arm: str, key: str, visit: str) -> dict:
+    """EASI-x with non-responder imputation: every subject of the arm is dosed (a day 0), none has finished before
+    the window, and every window closed long ago, so n is the arm's subjects and those not judged from values (no
+    value, a zero baseline) are non-responders; IGA success over the observed cases."""
     if key.startswith("EASI-"):
         threshold = -int(key.split("-")[1])
         pct = pct_changes(arm, "EASI", visit)
-        n, k = len(pct), sum(1 for p in pct if p <= threshold)
+        observed, k = len(pct), sum(1 for p in pct if p <= threshold)
+        n = sum(1 for s in ARM_OF if ARM_OF[s] == arm)
     else:
         both = pairs(arm, "IGA", visit)
         n, k = len(both), sum(1 for b, v in both if v <= 1 and b - v >= 2)
-    out = {"n": n, "responders": k}
+        observed = n
+    out = {"n": n, "n_observed": observed, "responders": k}
     if n:
         out["rate"] = k / n
         out["ci_low"], out["ci_high"] = wilson(k, n)
@@ -191,13 +200,14 @@ def expected_rows() -> list[tuple[str, str, str, str, float]]:
         for visit in VISITS:
             for m in MEASURES:
                 figures = expected_measure(arm, m, visit)
-                for stat in ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change"):
+                for stat in ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_change_ci_low",
+                             "mean_change_ci_high", "mean_pct_change"):
                     if stat in figures:
                         rows.append((arm, visit, m, stat, figures[stat]))
         for visit in VISITS[1:]:
             for key in RESPONDER_KEYS:
                 figures = expected_responders(arm, key, visit)
-                for stat in ("n", "responders", "rate", "ci_low", "ci_high"):
+                for stat in ("n", "n_observed", "responders", "rate", "ci_low", "ci_high"):
                     if stat in figures:
                         rows.append((arm, visit, key, stat, figures[stat]))
         for key in SAFETY:
@@ -277,7 +287,9 @@ def test_summary_json_matches_hand_computed_figures(client, cohort):
             for m in MEASURES:
                 expected = expected_measure(arm_name, m, visit)
                 got = stats[(visit, m)]
-                for key in ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_pct_change"):
+                assert got["population"] == "observed"
+                for key in ("n", "mean", "sd", "median", "min", "max", "mean_change", "mean_change_ci_low",
+                            "mean_change_ci_high", "mean_pct_change"):
                     if key in expected:
                         assert got[key] == approx(expected[key]), (arm_name, visit, m, key)
                     else:
@@ -286,7 +298,8 @@ def test_summary_json_matches_hand_computed_figures(client, cohort):
         assert set(responders) == {(v, k) for v in VISITS[1:] for k in RESPONDER_KEYS}
         for (visit, key), got in responders.items():
             expected = expected_responders(arm_name, key, visit)
-            for stat in ("n", "responders", "rate", "ci_low", "ci_high"):
+            assert got["population"] == ("non-responder-imputation" if key.startswith("EASI-") else "observed")
+            for stat in ("n", "n_observed", "responders", "rate", "ci_low", "ci_high"):
                 assert got[stat] == (approx(expected[stat]) if stat in expected else None), (arm_name, visit, key)
         assert {s["measure"]: {"subjects": s["subjects"], "events": s["events"]} for s in arm["safety"]} == {
             key: expected_safety(arm_name, key) for key in SAFETY}
@@ -303,6 +316,15 @@ def test_summary_json_matches_hand_computed_figures(client, cohort):
     assert low[("week-12", "EASI")]["max"] == approx(12.0)  # deleted 3 is gone, unscheduled 1 left out
     iga = {(r["visit"], r["measure"]): r for r in arms["high-dose"]["responders"]}[("week-12", "IGA-SUCCESS")]
     assert (iga["n"], iga["responders"]) == (3, 2)
+    # EASI-50 at week 12 with non-responder imputation: H1 (−70%) responds; H2 (−64%) too; H3 (zero baseline) and
+    # H4 (withdrawn after week 4, no week-12 value) count as non-responders: 2 of 4, where the observed cases say 2/2
+    easi50 = {(r["visit"], r["measure"]): r for r in arms["high-dose"]["responders"]}[("week-12", "EASI-50")]
+    assert (easi50["n"], easi50["n_observed"], easi50["responders"]) == (4, 2, 2)
+    # changes −14, −18, 0: mean −32/3; with 2 degrees of freedom the t quantile has a closed form,
+    # t_p = (2p − 1) / √(2p(1 − p)), 4.3027 for p = 0.975
+    change = high[("week-12", "EASI")]
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * statistics.stdev([-14, -18, 0]) / math.sqrt(3)
+    assert (change["mean_change_ci_low"], change["mean_change_ci_high"]) == approx((-32 / 3 - half, -32 / 3 + half))
 
 
 def test_dose_comparison_uses_fisher_and_mann_whitney(client, cohort):
@@ -341,20 +363,22 @@ def test_summary_csv_has_exactly_the_tidy_rows(client, cohort):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(response.text)))
-    assert rows[0] == ["arm", "visit", "measure", "statistic", "value", "unit", "versus"]
-    assert all(len(r) == 7 for r in rows)
+    assert rows[0] == ["arm", "visit", "measure", "statistic", "value", "unit", "versus", "population"]
+    assert all(len(r) == 8 for r in rows)
     subjects = [r for r in rows[1:] if r[2] == "SUBJECTS"]
     comparisons = [r for r in rows[1:] if r[6]]
     figures = [r for r in rows[1:] if r[2] != "SUBJECTS" and not r[6]]
     assert rows[1:] == subjects + figures + comparisons  # subject counts first, comparisons last
     # n enrolled / completed / withdrawn per arm, as the JSON (checked against hand-computed figures above) says
     summary = client.get(f"/studies/{cohort}/summary").json()
-    assert subjects == [[a["name"], "all", "SUBJECTS", stat, str(a[stat]), "", ""]
+    assert subjects == [[a["name"], "all", "SUBJECTS", stat, str(a[stat]), "", "", "enrolled"]
                         for a in summary["arms"] for stat in ("enrolled", "completed", "withdrawn")]
     expected = expected_rows()
     assert [tuple(r[:4]) for r in figures] == [e[:4] for e in expected]
     for row, (_, _, _, stat, value) in zip(figures, expected, strict=True):
-        if stat in ("n", "responders", "subjects", "events"):
+        assert row[7] == ("enrolled" if row[1] == "all" else "non-responder-imputation" if row[2].startswith("EASI-")
+                          else "observed"), row
+        if stat in ("n", "n_observed", "responders", "subjects", "events"):
             assert row[4] == str(value)
         else:
             assert float(row[4]) == approx(value) and row[4] == repr(float(row[4]))  # unrounded repr
@@ -362,12 +386,13 @@ def test_summary_csv_has_exactly_the_tidy_rows(client, cohort):
     units = {(r[2], r[3]): r[5] for r in figures}
     assert units[("EASI", "mean")] == units[("EASI", "sd")] == "score"
     assert units[("IGE", "mean")] == units[("IGE", "mean_change")] == "IU/mL"
+    assert units[("EASI", "mean_change_ci_low")] == units[("EASI", "mean_change_ci_high")] == "score"
     assert units[("EOSINOPHILS", "median")] == "×10³/µL"
     assert units[("IGE", "mean_pct_change")] == "%"
     assert units[("EASI", "n")] == units[("EASI-50", "rate")] == units[("AE-ANY", "events")] == ""
     # zero counts are figures; statistics with nothing behind them are absent
-    assert ["low-dose", "all", "AE-SERIOUS", "events", "0", "", ""] in rows
-    assert ["low-dose", "week-4", "SCORAD", "n", "0", "", ""] in rows
+    assert ["low-dose", "all", "AE-SERIOUS", "events", "0", "", "", "enrolled"] in rows
+    assert ["low-dose", "week-4", "SCORAD", "n", "0", "", "", "observed"] in rows
     assert not any(r[:4] == ["high-dose", "week-12", "EOSINOPHILS", "sd"] for r in rows)
     assert not any(r[:4] == ["high-dose", "baseline", "EASI", "mean_change"] for r in rows)
     # the between-arm comparisons the JSON has, every figure of them, `versus` naming the other arm
@@ -385,7 +410,8 @@ def test_summary_csv_has_exactly_the_tidy_rows(client, cohort):
     for row, want in zip(comparisons, wanted, strict=True):
         assert (*row[:4], row[5], row[6]) == (*want[:4], want[5], want[6])
         assert float(row[4]) == approx(want[4])
-    assert ["high-dose", "week-12", "EASI", "n", "2", "", "low-dose"] in comparisons
+    assert ["high-dose", "week-12", "EASI", "n", "2", "", "low-dose", "observed"] in comparisons
+    assert {r[7] for r in comparisons if r[2] == "EASI-50"} == {"non-responder-imputation"}
 
 
 def test_summary_measure_report_is_valid_fhir_with_the_same_figures(client, cohort):
@@ -457,8 +483,8 @@ def test_study_without_results_has_zero_counts_and_no_statistics(client):
     assert [(c["arm"], c["versus"]) for c in body["comparisons"]] == [
         ("arm-a", "arm-b"), ("arm-a", "arm-c"), ("arm-b", "arm-c")]
     rows = list(csv.reader(io.StringIO(client.get(f"/studies/{study_id}/summary.csv").text)))
-    assert {r[3] for r in rows[1:]} == {"n", "responders", "subjects", "events", "enrolled", "completed",
-                                        "withdrawn", "n_versus"}
+    assert {r[3] for r in rows[1:]} == {"n", "n_observed", "responders", "subjects", "events", "enrolled",
+                                        "completed", "withdrawn", "n_versus"}
     assert {r[4] for r in rows[1:]} == {"0"}
     MeasureReport.model_validate(client.get(f"/fhir/ResearchStudy/{study_id}/$summary").json())
     assert client.get(f"/studies/{study_id}/charts/EASI.svg").status_code == 200
