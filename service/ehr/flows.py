@@ -587,11 +587,11 @@ class Sync:
                 await self._keep()
         except UpstreamError as exc:
             log.info("sync %s: no Group search upstream (%s): searching", self.source.name, exc)
-            self.counts.fallback = f"the upstream's Group search failed ({exc})"
+            self.counts.fallback = self.counts.fallback or f"the upstream's Group search failed ({exc})"
             return None, set()
         ranked = sorted(((-len(held), size, gid) for gid, (held, size) in candidates.items() if held))
         if not ranked:
-            self.counts.fallback = "no upstream Group holds a matched patient"
+            self.counts.fallback = self.counts.fallback or "no upstream Group holds a matched patient"
             return None, set()
         gid = ranked[0][2]
         return gid, candidates[gid][0]

@@ -3,8 +3,6 @@ AdverseEvent searches by patient with `_lastUpdated=ge…`, `_sort=_lastUpdated`
 reads (404 when deleted), Groups (read, `Group?member=`) with Bulk Data Group `$export` (kick-off, status, NDJSON
 files of `per_file` resources each, DELETE; a job it `forget`s answers 404), and failures to order."""
 
-import orjson
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
