@@ -264,6 +264,7 @@ class Sync:
                 self.counts.bulk_offered = offered
                 if offered:
                     self.counts.fallback = "this source's mode is search"
+                await self._abandon_export()
                 await self._search(types, enrolled, identifiers)
         except BaseException as exc:
             self.counts.seconds = round(time.monotonic() - clock, 3)
@@ -528,7 +529,15 @@ class Sync:
                 await self._record(discovered_group=None)
         self.counts.mode, self.counts.group, self.counts.group_found = "search", None, None
         self.counts.bulk_offered = True
+        await self._abandon_export()
         await self._search_found(types, enrolled, patients)
+
+    async def _abandon_export(self) -> None:
+        """This sync searches: an export an earlier sync left under way is deleted upstream, not resumed."""
+        state = ExportState.from_json(self.source.export_state)
+        if state is not None:
+            await self.client.delete_export(state.status_url)
+            await self._save(None)
 
     async def _choose_group(self, patients: dict[str, str], gone: set[str]) -> tuple[str | None, set[str]]:
         """The Group to export and the matched upstream patients it holds; (None, ∅): search them all."""
@@ -625,8 +634,7 @@ class Sync:
         if state is not None and (state.group != group or state.types != types):
             log.info("sync %s: the interrupted export of Group/%s is not this one's: deleted", self.source.name,
                      state.group)
-            await self.client.delete_export(state.status_url)
-            await self._save(None)
+            await self._abandon_export()
             state = None
         since = state.since if state is not None else self.source.transaction_time
         marks = await self._read(lambda s: repository.watermarks(s, self.source.name))

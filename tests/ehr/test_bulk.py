@@ -298,3 +298,24 @@ def test_sources_add_takes_no_bulk_and_refuses_a_group_with_search_mode(cli):
     assert {s["name"]: s["mode"] for s in orjson.loads(out)} == {"a": "auto", "b": "search"}
     code, out, _ = cli("sources", "add", "--help")
     assert code == 0 and "--no-bulk" in out and "--mode" in out and "--group" in out
+
+
+def test_an_interrupted_export_whose_group_is_gone_is_deleted_upstream_and_the_sync_searches(
+        client, engine, settings, two, ehr):
+    ehr.groups = {"trial": ["up-1", "up-2"]}
+    ehr.per_file = 1
+    for i in range(3):
+        ehr.observation(f"a{i}", "up-1", value=10.0 + i)
+
+    def die_after_first_file(done: int, total: int, what: str) -> None:
+        if what == "export files" and done == 1:
+            raise Killed()
+    with ehr.mocked(), pytest.raises(Killed):
+        run_sync(engine, settings, "ehr", progress=die_after_first_file)
+    del ehr.groups["trial"]  # the upstream dropped the Group; no other holds our patients
+    with ehr.mocked():
+        counts = run_sync(engine, settings, "ehr")
+    assert (counts.mode, counts.bulk_offered, counts.kick_offs) == ("search", True, 0)
+    assert ehr.deleted_jobs == ["1"] and _state(engine) is None  # the left export: deleted, not resumed
+    assert sorted(_stored(client, two[0]["patient"])) == ["a0", "a1", "a2"]
+    assert list_sources(engine)[0]["discovered_group"] is None
