@@ -5,10 +5,13 @@ bearer token is never printed."""
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    from service.ehr.flows import SyncCounts
 
 sources_app = typer.Typer(help="Upstream FHIR servers (EHRs) this service pulls results from.", no_args_is_help=True)
 sync_app = typer.Typer(help="Pull from the registered EHRs now, or see how their syncs went.", no_args_is_help=True)
@@ -101,6 +104,14 @@ def remove(name: str = typer.Argument(..., help="The source's name")) -> None:
     typer.echo(f"source '{name}' removed")
 
 
+def how_pulled(counts: "SyncCounts") -> str:
+    if counts.group:
+        how = f"Bulk Data of Group/{counts.group} ({counts.group_found}"
+        how += ", resumed" if counts.resumed else ""
+        return how + (f"; {counts.by_search} patients searched)" if counts.by_search else ")")
+    return "searched" + (f" ({counts.fallback})" if counts.fallback else "")
+
+
 @sync_app.command("run")
 def run(name: str = typer.Argument(None, help="The source to pull (default: every source)")) -> None:
     """Pull now: each source in turn, with a progress bar. Exit 1 when a sync failed."""
@@ -135,7 +146,7 @@ def run(name: str = typer.Argument(None, help="The source to pull (default: ever
             typer.echo(f"{source}: {counts.pulled} pulled in {counts.seconds:.1f} s — {counts.created} created, "
                           f"{counts.updated} updated, {counts.unchanged} unchanged, {counts.deleted} deleted, "
                           f"{counts.refused} refused; {counts.patients - counts.not_found - counts.ambiguous} of "
-                          f"{counts.patients} patients found upstream")
+                          f"{counts.patients} patients found upstream; {how_pulled(counts)}")
     if failed:
         raise typer.Exit(1)
 

@@ -285,6 +285,23 @@ def test_a_patient_enrolled_after_an_export_gets_their_earlier_results_by_search
     assert (third.by_search, third.created) == (0, 0)  # covered by the export now
 
 
+def test_sync_run_and_status_say_which_group_was_exported(cli, client, two):
+    ehr = FakeEhr(export=True)
+    ehr.add_patient("up-1", MRN, "MRN-1")
+    ehr.groups = {"trial": ["up-1"]}
+    ehr.observation("a1", "up-1")
+    assert cli("sources", "add", "ehr", "--base", EHR)[0] == 0
+    with ehr.mocked():
+        code, out, err = cli("sync", "run")
+    assert code == 0, err
+    assert "1 created" in out and "Bulk Data of Group/trial (discovered)" in out
+    code, out, _ = cli("sources", "list")
+    assert code == 0 and "Group/trial found" in out
+    code, out, _ = cli("sync", "status", "--json")
+    [report] = orjson.loads(out)
+    assert (report["group"], report["counts"]["group_found"], report["export"]) == ("trial", "discovered", None)
+
+
 def test_sources_add_takes_no_bulk_and_refuses_a_group_with_search_mode(cli):
     code, out, _ = cli("sources", "add", "a", "--base", EHR)
     assert code == 0 and "auto: bulk when offered" in out
