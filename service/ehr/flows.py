@@ -510,7 +510,9 @@ class Sync:
         patients = await self._upstream_patients(enrolled, identifiers)
         await self._keep()
         gone: set[str] = set()
-        for _ in range(2):  # a Group found gone: one more look for another
+        if not patients:
+            self.counts.fallback = "no enrolled patient found upstream: nothing to export"
+        for _ in range(2 if patients else 0):  # a Group found gone: one more look for another
             group, held = await self._choose_group(patients, gone)
             if group is None:
                 break
@@ -527,6 +529,7 @@ class Sync:
                 if self.source.group_id:
                     break
                 await self._record(discovered_group=None)
+                self.source.discovered_group = None
         self.counts.mode, self.counts.group, self.counts.group_found = "search", None, None
         self.counts.bulk_offered = True
         await self._abandon_export()
