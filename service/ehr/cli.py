@@ -5,10 +5,13 @@ bearer token is never printed."""
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from sqlalchemy.engine import Engine
+
+if TYPE_CHECKING:
+    from service.ehr.flows import SyncCounts
 
 sources_app = typer.Typer(help="Upstream FHIR servers (EHRs) this service pulls results from.", no_args_is_help=True)
 sync_app = typer.Typer(help="Pull from the registered EHRs now, or see how their syncs went.", no_args_is_help=True)
@@ -42,18 +45,29 @@ def add(name: str = typer.Argument(..., help="A short name for the source, e.g. 
         bearer: str = typer.Option(None, "--bearer", help="bearer: the static token (stored, never printed)"),
         scope: str = typer.Option("system/Patient.rs system/Observation.rs system/AdverseEvent.rs", "--scope",
                                   help="smart: the scopes asked for"),
-        group: str = typer.Option(None, "--group", help="an upstream Group id: pull with Bulk Data Group/{id}/$export "
-                                  "instead of searches")) -> None:
-    """Register an upstream FHIR server to pull from."""
+        group: str = typer.Option(None, "--group", help="an upstream Group id: always pull with Bulk Data "
+                                  "Group/{id}/$export (default: the Group holding the matched patients is found "
+                                  "upstream by itself)"),
+        mode: str = typer.Option("auto", "--mode", help="auto: Bulk Data when the upstream offers Group $export and "
+                                 "a Group holds the patients, else searches | search: searches only"),
+        no_bulk: bool = typer.Option(False, "--no-bulk", help="never Bulk Data (the same as --mode search)")) -> None:
+    """Register an upstream FHIR server to pull from.
+
+    Each sync finds our enrolled patients upstream by identifier. Where the upstream offers Bulk Data (Group
+    $export) it exports the upstream Group that holds them (found by `Group?member=`, remembered, looked for again
+    when it stops holding them or is gone) and pulls the patients it does not hold by search; an interrupted export
+    is resumed by the next sync. Otherwise, or with --mode search, it searches per patient."""
     from service.ehr.service import SourceInvalid, add_source
 
+    pull_mode = "search" if no_bulk else mode
     with _engine() as engine:
         try:
             add_source(engine, name, base, auth=auth, token_url=token_url, client_id=client_id, key_file=key,
-                       bearer=bearer, scope=scope if auth == "smart" else None, group_id=group)
+                       bearer=bearer, scope=scope if auth == "smart" else None, group_id=group, pull_mode=pull_mode)
         except SourceInvalid as exc:
             _fail(str(exc))
-    typer.echo(f"source '{name}' added ({auth}, {'bulk Group/' + group if group else 'search'}): {base}")
+    how = f"bulk Group/{group}" if group else "search" if pull_mode == "search" else "auto: bulk when offered"
+    typer.echo(f"source '{name}' added ({auth}, {how}): {base}")
 
 
 @sources_app.command("list")
@@ -73,7 +87,9 @@ def list_(as_json: bool = typer.Option(False, "--json", help="Print JSON")) -> N
     for column in ("name", "base URL", "auth", "mode"):
         table.add_column(column)
     for s in sources:
-        table.add_row(s["name"], s["base_url"], s["auth"], s["mode"] + (f" (Group/{s['group']})" if s["group"] else ""))
+        group = s["group"] or s["discovered_group"]
+        found = " found" if not s["group"] and group else ""
+        table.add_row(s["name"], s["base_url"], s["auth"], s["mode"] + (f" (Group/{group}{found})" if group else ""))
     Console().print(table)
 
 
@@ -86,6 +102,14 @@ def remove(name: str = typer.Argument(..., help="The source's name")) -> None:
         if not remove_source(engine, name):
             _fail(f"no source named '{name}'")
     typer.echo(f"source '{name}' removed")
+
+
+def how_pulled(counts: "SyncCounts") -> str:
+    if counts.group:
+        how = f"Bulk Data of Group/{counts.group} ({counts.group_found}"
+        how += ", resumed" if counts.resumed else ""
+        return how + (f"; {counts.by_search} patients searched)" if counts.by_search else ")")
+    return "searched" + (f" ({counts.fallback})" if counts.fallback else "")
 
 
 @sync_app.command("run")
@@ -122,7 +146,7 @@ def run(name: str = typer.Argument(None, help="The source to pull (default: ever
             typer.echo(f"{source}: {counts.pulled} pulled in {counts.seconds:.1f} s — {counts.created} created, "
                           f"{counts.updated} updated, {counts.unchanged} unchanged, {counts.deleted} deleted, "
                           f"{counts.refused} refused; {counts.patients - counts.not_found - counts.ambiguous} of "
-                          f"{counts.patients} patients found upstream")
+                          f"{counts.patients} patients found upstream; {how_pulled(counts)}")
     if failed:
         raise typer.Exit(1)
 
@@ -146,15 +170,25 @@ def status(name: str = typer.Argument(None, help="One source (default: all)"),
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="EHR syncs")
-    for column in ("source", "last sync", "finished", "pulled", "created", "updated", "unchanged", "deleted",
+    for column in ("source", "last sync", "finished", "how", "pulled", "created", "updated", "unchanged", "deleted",
                    "refused", "error"):
         table.add_column(column)
     for r in rows:
         c = r["counts"] or {}
-        table.add_row(r["name"], r["status"], r["finished"] or "", *(str(c.get(k, "")) for k in (
+        how = c.get("mode", "")
+        if c.get("group"):
+            how += f" Group/{c['group']}" + (" (resumed)" if c.get("resumed") else "")
+        elif c.get("fallback"):
+            how += f" ({c['fallback']})"
+        table.add_row(r["name"], r["status"], r["finished"] or "", how, *(str(c.get(k, "")) for k in (
             "pulled", "created", "updated", "unchanged", "deleted", "refused")), r["error"] or "")
     console = Console()
     console.print(table)
+    for r in rows:
+        if r["export"]:
+            e = r["export"]
+            typer.echo(f"{r['name']}: export of Group/{e['group']} under way ({e['files_done']} files stored); the "
+                       f"next sync resumes it")
     for r in rows:
         for item in r["latest_issues"]:
             problems = "; ".join(f"{', '.join(i.get('expression') or [])}: {i.get('diagnostics', i.get('code'))}"

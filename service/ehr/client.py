@@ -49,6 +49,10 @@ class UpstreamError(Exception):
         self.status = status
 
 
+class ExportRefused(UpstreamError):
+    """The Bulk Data kick-off was not accepted (its status: 404 or 410 when the Group is not, or no longer, there)."""
+
+
 class _Retry(Exception):
     """A retryable answer (429, 5xx): `wait_s` from its Retry-After, when it had one."""
 
@@ -344,6 +348,24 @@ class EhrClient:
                 return None, len(found)
         return None, 0
 
+    async def groups_with(self, upstream_patient: str) -> list[dict[str, Any]]:
+        """`Group?member=Patient/<id>`: the Groups the upstream lists for one of its Patients. What a Group holds is
+        for the caller to check (`group_members`): a server that ignores `member` lists every Group."""
+        found: list[dict[str, Any]] = []
+        async for page in self.search("Group", [("member", f"Patient/{upstream_patient}")]):
+            found += [g for g in page if g.get("resourceType") == "Group" and isinstance(g.get("id"), str)]
+        return found
+
+    async def read_group(self, group_id: str) -> dict[str, Any] | None:
+        """`Group/{id}`; None when the upstream answers 404 or 410 (no such Group, or no longer)."""
+        try:
+            group = await self.get_json(f"Group/{group_id}")
+        except UpstreamError as exc:
+            if exc.status in (404, 410):
+                return None
+            raise
+        return group if group.get("resourceType") == "Group" else None
+
     # -- Bulk Data --------------------------------------------------------------------------------------------
 
     async def kick_off_export(self, group_id: str, types: list[str], since: str | None) -> str:
@@ -353,7 +375,7 @@ class EhrClient:
                                     headers={"Accept": FHIR_JSON, "Prefer": "respond-async"})
         location = response.headers.get("Content-Location")
         if response.status_code != 202 or not location:
-            raise UpstreamError(f"the export kick-off at {where(str(response.url))} answered "
+            raise ExportRefused(f"the export kick-off at {where(str(response.url))} answered "
                                 f"{response.status_code}" + ("" if response.status_code != 202 else
                                                               " without Content-Location"), response.status_code)
         return urljoin(self.base + "/", location)
@@ -423,6 +445,19 @@ class EhrClient:
             await self._send("DELETE", status_url)
         except UpstreamError as exc:
             log.warning("could not delete the export at %s: %s", where(status_url), exc)
+
+
+def group_members(group: dict[str, Any]) -> set[str]:
+    """The upstream Patient ids a Group's `member` entries name (relative or absolute references; inactive members
+    too: a Group export covers them)."""
+    members = set()
+    for member in group.get("member") or []:
+        reference = ((member or {}).get("entity") or {}).get("reference") if isinstance(member, dict) else None
+        if isinstance(reference, str):
+            tail = reference.split("/_history/", 1)[0].rstrip("/").split("/")
+            if len(tail) >= 2 and tail[-2] == "Patient" and tail[-1]:
+                members.add(tail[-1])
+    return members
 
 
 def _manifest(response: httpx.Response) -> Manifest:

@@ -2,12 +2,13 @@
 
 - `ehr_source`: one registered upstream: its base URL and how we authenticate (none, a static bearer, or SMART
   Backend Services with our signed assertion: token URL, client id and the path of our private key file), the
-  options of its pulls (a Bulk Data Group), the last Bulk Data manifest's `transactionTime` (the next export's
-  `_since`), counters and the last error of its last sync, and the lease that lets one sync of a source run at a
-  time (whichever replica or command line runs it).
+  options of its pulls (`pull_mode` auto or search; a Bulk Data Group the operator named, or the one a sync
+  found upstream), the Bulk Data export under way (`export_state`, which an interrupted sync resumes), the last
+  Bulk Data manifest's `transactionTime` (the next export's `_since`), counters and the last error of its last
+  sync, and the lease that lets one sync of a source run at a time (whichever replica or command line runs it).
 - `ehr_watermark`: per (source, our patient, resource type) the upstream `meta.lastUpdated` reached so far (the
-  next search's `_lastUpdated`), and the patient's id upstream; committed per page, so an interrupted sync resumes
-  from there.
+  next search's `_lastUpdated`; after a Bulk Data export, its transactionTime for the Group's members), and the
+  patient's id upstream; committed per page, so an interrupted sync resumes from there.
 - `ehr_sync_issue`: the upstream resources the core refused (each with its OperationOutcome), kept for
   `sync status`; the issues of a source's previous syncs are replaced by the next sync's.
 """
@@ -30,7 +31,15 @@ class EhrSourceRecord(SQLModel, table=True):
     # a static bearer token, when `auth` is bearer: a secret, never printed nor logged
     bearer: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     scope: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # scopes asked of a SMART server
-    group_id: str | None = Field(default=None, max_length=255)  # upstream Group for Bulk Data `$export`
+    group_id: str | None = Field(default=None, max_length=255)  # upstream Group for Bulk Data `$export` (forced)
+    # auto: Bulk Data when the upstream offers Group `$export` and a Group holds every matched patient, else search;
+    # search: never Bulk Data (unless `group_id` forces it, which `sources add` refuses together with search)
+    pull_mode: str = Field(default="auto", max_length=16)
+    # the upstream Group a sync found holding the study's patients (auto mode, no `group_id`); re-checked each sync
+    discovered_group: str | None = Field(default=None, max_length=255)
+    # the Bulk Data export under way (JSON: its status URL, group, types, `_since`, and the files fully imported),
+    # committed as it goes so that an interrupted sync resumes it; None when none is
+    export_state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime
     # the previous Bulk Data manifest's transactionTime (upstream's clock): the next export's `_since`
     transaction_time: str | None = Field(default=None, max_length=64)

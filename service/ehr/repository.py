@@ -69,6 +69,12 @@ def record_sync(session: Session, name: str, **values: Any) -> None:
     session.execute(update(S).where(S.c.name == name).values(**values))
 
 
+def record_held(session: Session, name: str, holder: str, **values: Any) -> bool:
+    """Set columns of the source (its export state, its discovered Group, …) only while `holder` holds its lease:
+    False when another sync took it (this one must stop, not overwrite what the other records)."""
+    return _rowcount(session.execute(update(S).where(S.c.name == name, S.c.holder == holder).values(**values))) == 1
+
+
 def enrolled(session: Session) -> list[tuple[str, str]]:
     """(patient id, catalogue name) of every enrolment whose subject is not withdrawn from a study."""
     rows = session.execute(select(SUBJECT.c.patient_id, STUDY.c.catalogue)

@@ -23,7 +23,7 @@ from service.core.interactions import Core
 from service.db import read_session, write_session
 from service.ehr import repository
 from service.ehr.client import Auth, BearerAuth, EhrClient, SmartAuth, UpstreamError, load_private_key
-from service.ehr.flows import Progress, Sync, SyncBusy, SyncCounts, SyncLost
+from service.ehr.flows import ExportState, Progress, Sync, SyncBusy, SyncCounts, SyncLost
 from service.ehr.models import EhrSourceRecord
 from service.jobs.models import JobRecord
 from service.jobs.repository import enqueue
@@ -34,6 +34,7 @@ from service.store.models import table_of
 log = logging.getLogger("trial_fhir.ehr")
 KIND = "ehr-sync"
 AUTH_KINDS = ("none", "bearer", "smart")
+PULL_MODES = ("auto", "search")
 J = table_of(JobRecord)
 SOURCE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -48,10 +49,11 @@ def utcnow() -> datetime:
 
 def add_source(engine: Engine, name: str, base_url: str, *, auth: str = "none", token_url: str | None = None,
                client_id: str | None = None, key_file: str | None = None, bearer: str | None = None,
-               scope: str | None = None, group_id: str | None = None) -> EhrSourceRecord:
+               scope: str | None = None, group_id: str | None = None, pull_mode: str = "auto") -> EhrSourceRecord:
     """Register an upstream FHIR server. SMART needs the token URL, our client id and our private key file (read
     now, to refuse a bad one; its path is stored, not the key); a bearer needs the token (stored: it is a secret,
-    never printed)."""
+    never printed). `pull_mode` auto uses Bulk Data when the upstream offers it (the Group found by itself),
+    search never does; `group_id` forces Bulk Data of that Group."""
     problems = []
     if not name or len(name) > 64 or not set(name) <= SOURCE_NAME_CHARS:
         problems.append("NAME: 1-64 letters, digits, '-', '_' or '.'")
@@ -71,6 +73,10 @@ def add_source(engine: Engine, name: str, base_url: str, *, auth: str = "none", 
                 load_private_key(key_file)
             except (OSError, ValueError) as exc:
                 problems.append(f"--key: cannot use {key_file} ({type(exc).__name__})")
+    if pull_mode not in PULL_MODES:
+        problems.append(f"--mode: one of {', '.join(PULL_MODES)}")
+    elif pull_mode == "search" and group_id:
+        problems.append("--group forces Bulk Data: not with --mode search (or --no-bulk)")
     if auth == "bearer" and not bearer:
         problems.append("--bearer: the token (auth bearer)")
     if auth != "bearer" and bearer:
@@ -79,7 +85,8 @@ def add_source(engine: Engine, name: str, base_url: str, *, auth: str = "none", 
         raise SourceInvalid("; ".join(problems))
     record = EhrSourceRecord(name=name, base_url=base_url.rstrip("/"), auth=auth, token_url=token_url,
                              client_id=client_id, key_file=os.path.abspath(key_file) if key_file else None,
-                             bearer=bearer, scope=scope, group_id=group_id, created_at=utcnow())
+                             bearer=bearer, scope=scope, group_id=group_id, pull_mode=pull_mode,
+                             created_at=utcnow())
     with write_session(engine) as session:
         if repository.get_source(session, name) is not None:
             raise SourceInvalid(f"a source named '{name}' exists; remove it first")
@@ -95,11 +102,26 @@ def remove_source(engine: Engine, name: str) -> bool:
     return done
 
 
+def mode_of(source: EhrSourceRecord) -> str:
+    """bulk (a configured Group), search (opted out of Bulk Data) or auto (Bulk Data when offered and a Group holds
+    the patients: the Group the last sync found is `discovered_group`)."""
+    return "bulk" if source.group_id else "search" if source.pull_mode == "search" else "auto"
+
+
+def export_of(source: EhrSourceRecord) -> dict[str, Any] | None:
+    """The Bulk Data export under way (an interrupted sync's, which the next one resumes), as status shows it."""
+    state = ExportState.from_json(source.export_state)
+    if state is None:
+        return None
+    return {"group": state.group, "status_url": state.status_url, "since": state.since, "files_done": len(state.done)}
+
+
 def describe(source: EhrSourceRecord) -> dict[str, Any]:
     """A source as `sources list` shows it: never its bearer token (only whether there is one)."""
     return {"name": source.name, "base_url": source.base_url, "auth": source.auth, "token_url": source.token_url,
             "client_id": source.client_id, "key_file": source.key_file, "bearer": "***" if source.bearer else None,
-            "scope": source.scope, "group": source.group_id, "mode": "bulk" if source.group_id else "search"}
+            "scope": source.scope, "group": source.group_id, "discovered_group": source.discovered_group,
+            "mode": mode_of(source)}
 
 
 def list_sources(engine: Engine) -> list[dict[str, Any]]:
@@ -121,7 +143,8 @@ def status(engine: Engine, name: str | None = None, *, issues: int = 20) -> list
                            "started": s.last_started.isoformat() if s.last_started else None,
                            "finished": s.last_finished.isoformat() if s.last_finished else None,
                            "counts": orjson.loads(s.last_counts) if s.last_counts else None,
-                           "error": s.last_error, "since": s.transaction_time, "issues": total,
+                           "error": s.last_error, "since": s.transaction_time, "mode": mode_of(s),
+                           "group": s.group_id or s.discovered_group, "export": export_of(s), "issues": total,
                            "latest_issues": [{"resource": i.resource, "at": i.at.isoformat(),
                                               "outcome": orjson.loads(i.outcome)} for i in latest]})
     return report

@@ -56,7 +56,7 @@ def test_sync_pulls_from_a_second_instance_then_changes_nothing_then_takes_a_cor
     _post(upstream, observation(up_patient, "EASI", 9.0, "2024-02-07"))
     # here: the trial's enrolment of that person
     ours = enrol(client, mrn=mrn)
-    add_source(engine, "hospital", upstream)
+    add_source(engine, "hospital", upstream, pull_mode="search")  # searches (test_bulk_end_to_end: Bulk Data)
 
     first = run_sync(engine, settings, "hospital")
     assert (first.patients, first.not_found, first.pulled, first.created, first.refused) == (1, 0, 3, 3, 0)

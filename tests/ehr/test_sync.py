@@ -139,6 +139,7 @@ def test_patients_not_found_or_ambiguous_upstream_are_counted_and_adverse_events
         counts = run_sync(engine, settings, "ehr")
     assert (counts.patients, counts.not_found, counts.ambiguous) == (3, 1, 1)
     assert counts.bulk_offered  # its CapabilityStatement declares Group $export: status says so
+    assert counts.mode == "search" and counts.fallback == "no upstream Group holds a matched patient"
     assert counts.by_type == {"AdverseEvent": 1} and (counts.created, counts.refused) == (1, 0)
     events = client.get(f"/fhir/AdverseEvent?subject=Patient/{ours['patient']}").json()["entry"]
     assert [e["resource"]["meta"]["source"] for e in events] == [f"{EHR}/AdverseEvent/ae1"]
@@ -165,6 +166,7 @@ def test_a_sync_of_a_source_already_syncing_elsewhere_is_refused(engine, setting
 def test_bulk_mode_exports_the_group_since_the_last_manifest_and_applies_deletions(client, engine, settings, ours):
     ehr = FakeEhr()
     ehr.add_patient("up-1", MRN, "MRN-1")
+    ehr.groups["trial-group"] = ["up-1", "someone-else"]
     add_source(engine, "bulk", EHR, group_id="trial-group")
     obs = [ehr.observation(f"o{i}", "up-1", value=float(i)) for i in range(3)]
     stranger = ehr.observation("x1", "someone-else")
@@ -178,7 +180,7 @@ def test_bulk_mode_exports_the_group_since_the_last_manifest_and_applies_deletio
         {"transactionTime": "2026-11-29T11:00:00Z", "requiresAccessToken": True, "output": [], "error": [],
          "deleted": [{"type": "Bundle", "url": "https://files.example.net/2.ndjson"}]}]
     with ehr.mocked() as router:
-        kick = router.get("/Group/trial-group/$export").mock(side_effect=[
+        kick = router["kick_off"].mock(side_effect=[
             httpx.Response(202, headers={"Content-Location": f"{EHR}/status/1"}),
             httpx.Response(202, headers={"Content-Location": f"{EHR}/status/2"})])
         router.get("/status/1").mock(side_effect=[httpx.Response(202, headers={"Retry-After": "0"}),
@@ -190,6 +192,7 @@ def test_bulk_mode_exports_the_group_since_the_last_manifest_and_applies_deletio
         first = run_sync(engine, settings, "bulk")
         second = run_sync(engine, settings, "bulk")
     assert first.mode == "bulk" and (first.created, first.skipped) == (3, 2) and not first.bulk_offered
+    assert (first.group, first.group_found, first.by_search) == ("trial-group", "configured", 0)
     assert "_since" not in kick.calls[0].request.url.params
     assert kick.calls[1].request.url.params["_since"] == "2026-11-29T10:00:00Z"  # the manifest's, not our clock
     assert kick.calls[0].request.url.params["_type"] == "Observation"
