@@ -194,7 +194,7 @@ def test_cohort_rows_equal_an_independent_computation(client, engine, cohort):  
     qs, lb = rows(dataset(client, cohort, "QS")), rows(dataset(client, cohort, "LB"))
     studyid = rows(dataset(client, cohort, "DM"))[0]["STUDYID"]
     expected = Counter()
-    for code, measure, when, value, unit, status in POSTED:
+    for code, measure, when, _value, _unit, status in POSTED:
         if status in COUNTED_STATUSES and (code, measure, when) not in DELETED:
             expected[(code, measure)] += 1
     got = Counter((code_of[r["USUBJID"].removeprefix(studyid + "-")], r[p + "CAT"]) for p, rs in (("QS", qs),
