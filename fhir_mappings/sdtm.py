@@ -72,7 +72,7 @@ class Variable:
     origin: str = "Collected"  # Define-XML origin: Collected | Derived | Assigned
 
 
-def _v(spec: str) -> tuple[Variable, ...]:
+def variables(spec: str) -> tuple[Variable, ...]:
     """Variables from lines `NAME|label|type|key|origin` (type, key and origin optional)."""
     out = []
     for line in spec.strip().splitlines():
@@ -115,7 +115,7 @@ def _finding(prefix: str, extra: str, tail: str = "") -> str:
 
 
 DOMAINS: dict[str, tuple[str, tuple[Variable, ...]]] = {
-    "DM": ("Demographics", _v(f"""{_ID}
+    "DM": ("Demographics", variables(f"""{_ID}
 SUBJID|Subject Identifier for the Study|||Assigned
 RFSTDTC|Subject Reference Start Date/Time
 RFENDTC|Subject Reference End Date/Time
@@ -134,7 +134,7 @@ ACTARMCD|Actual Arm Code|||Assigned
 ACTARM|Description of Actual Arm|||Assigned
 ARMNRS|Reason Arm and/or Actual Arm is Null|||Derived
 COUNTRY|Country""")),
-    "SV": ("Subject Visits", _v(f"""{_ID}
+    "SV": ("Subject Visits", variables(f"""{_ID}
 SVSPID|Sponsor-Defined Identifier|||Assigned
 VISITNUM|Visit Number|float|3|Derived
 VISIT|Visit Name|||Derived
@@ -144,14 +144,14 @@ SVENDTC|End Date/Time of Visit|||Derived
 SVSTDY|Study Day of Start of Visit|integer||Derived
 SVENDY|Study Day of End of Visit|integer||Derived
 SVUPDES|Description of Unplanned Visit|||Derived""")),
-    "QS": ("Questionnaires", _v(_finding("QS", "QSSCAT|Subcategory for Question|||Assigned"))),
-    "LB": ("Laboratory Test Results", _v(_finding("LB", "LBLOINC|LOINC Code", """
+    "QS": ("Questionnaires", variables(_finding("QS", "QSSCAT|Subcategory for Question|||Assigned"))),
+    "LB": ("Laboratory Test Results", variables(_finding("LB", "LBLOINC|LOINC Code", """
 LBORNRLO|Reference Range Lower Limit in Orig Unit
 LBORNRHI|Reference Range Upper Limit in Orig Unit
 LBSTNRLO|Reference Range Lower Limit-Std Units|float||Derived
 LBSTNRHI|Reference Range Upper Limit-Std Units|float||Derived
 LBNRIND|Reference Range Indicator|||Derived"""))),
-    "AE": ("Adverse Events", _v(f"""{_ID}
+    "AE": ("Adverse Events", variables(f"""{_ID}
 AESEQ|Sequence Number|integer||Derived
 AESPID|Sponsor-Defined Identifier|||Assigned
 AETERM|Reported Term for the Adverse Event
@@ -174,7 +174,7 @@ AESTDTC|Start Date/Time of Adverse Event||4
 AEENDTC|End Date/Time of Adverse Event
 AESTDY|Study Day of Start of Adverse Event|integer||Derived
 AEENDY|Study Day of End of Adverse Event|integer||Derived""")),
-    "DS": ("Disposition", _v(f"""{_ID}
+    "DS": ("Disposition", variables(f"""{_ID}
 DSSEQ|Sequence Number|integer||Derived
 DSSPID|Sponsor-Defined Identifier|||Assigned
 DSTERM|Reported Term for the Disposition Event
@@ -183,7 +183,7 @@ DSCAT|Category for Disposition Event||3|Assigned
 EPOCH|Epoch|||Derived
 DSSTDTC|Start Date/Time of Disposition Event||5
 DSSTDY|Study Day of Start of Disposition Event|integer||Derived""")),
-    "EX": ("Exposure", _v(f"""{_ID}
+    "EX": ("Exposure", variables(f"""{_ID}
 EXSEQ|Sequence Number|integer||Derived
 EXSPID|Sponsor-Defined Identifier|||Assigned
 EXTRT|Name of Treatment||3
@@ -194,7 +194,7 @@ EXROUTE|Route of Administration
 EPOCH|Epoch|||Derived
 EXSTDTC|Start Date/Time of Treatment||4
 EXSTDY|Study Day of Start of Treatment|integer||Derived""")),
-    "TA": ("Trial Arms", _v("""STUDYID|Study Identifier||1|Assigned
+    "TA": ("Trial Arms", variables("""STUDYID|Study Identifier||1|Assigned
 DOMAIN|Domain Abbreviation|||Assigned
 ARMCD|Planned Arm Code||2|Assigned
 ARM|Description of Planned Arm|||Assigned
@@ -202,27 +202,27 @@ TAETORD|Planned Order of Element within Arm|integer|3|Assigned
 ETCD|Element Code|||Assigned
 ELEMENT|Description of Element|||Assigned
 EPOCH|Epoch|||Assigned""")),
-    "TE": ("Trial Elements", _v("""STUDYID|Study Identifier||1|Assigned
+    "TE": ("Trial Elements", variables("""STUDYID|Study Identifier||1|Assigned
 DOMAIN|Domain Abbreviation|||Assigned
 ETCD|Element Code||2|Assigned
 ELEMENT|Description of Element|||Assigned
 TESTRL|Rule for Start of Element|||Assigned
 TEENRL|Rule for End of Element|||Assigned""")),
-    "TV": ("Trial Visits", _v("""STUDYID|Study Identifier||1|Assigned
+    "TV": ("Trial Visits", variables("""STUDYID|Study Identifier||1|Assigned
 DOMAIN|Domain Abbreviation|||Assigned
 VISITNUM|Visit Number|float|2|Assigned
 VISIT|Visit Name|||Assigned
 VISITDY|Planned Study Day of Visit|integer||Assigned
 TVSTRL|Visit Start Rule|||Assigned
 TVENRL|Visit End Rule|||Assigned""")),
-    "TS": ("Trial Summary", _v("""STUDYID|Study Identifier||1|Assigned
+    "TS": ("Trial Summary", variables("""STUDYID|Study Identifier||1|Assigned
 DOMAIN|Domain Abbreviation|||Assigned
 TSSEQ|Sequence Number|integer|3|Assigned
 TSPARMCD|Trial Summary Parameter Short Name||2|Assigned
 TSPARM|Trial Summary Parameter|||Assigned
 TSVAL|Parameter Value|||Assigned""")),
 }
-_SUPP = _v("""STUDYID|Study Identifier||1|Assigned
+_SUPP = variables("""STUDYID|Study Identifier||1|Assigned
 RDOMAIN|Related Domain Abbreviation||2|Assigned
 USUBJID|Unique Subject Identifier||3|Derived
 IDVAR|Identifying Variable||4|Assigned
@@ -484,6 +484,8 @@ class SubjectRows:
     rows: dict[str, list[Row]]
     completed: bool
     rfstdtc: str
+    #: id() of each Result -> (domain, --SEQ) of its row: ADaM's SRCDOM/SRCSEQ
+    seq_of: dict[int, tuple[str, int]] = field(default_factory=dict)
 
 
 def subject_rows(design: Design, subject: Subject) -> SubjectRows:
@@ -496,7 +498,8 @@ def subject_rows(design: Design, subject: Subject) -> SubjectRows:
     out: dict[str, list[Row]] = {d: [] for d in SUBJECT_DOMAINS}
 
     # findings (QS, LB) and the visits they make (SV)
-    findings, visits, has_last = _findings(design, subject, base, rfstdtc)
+    seq_of: dict[int, tuple[str, int]] = {}
+    findings, visits, has_last = _findings(design, subject, base, rfstdtc, seq_of)
     for row in findings:
         out[row["DOMAIN"]].append(row)
     out["SV"] = visits
@@ -539,7 +542,7 @@ def subject_rows(design: Design, subject: Subject) -> SubjectRows:
     for domain, rows in out.items():
         for row in rows:
             row.setdefault("DOMAIN", domain)
-    return SubjectRows(out, completed, rfstdtc)
+    return SubjectRows(out, completed, rfstdtc, seq_of)
 
 
 def _supp(base: Row, rdomain: str, idvar: str, idvarval: Any) -> Row:
@@ -547,12 +550,12 @@ def _supp(base: Row, rdomain: str, idvar: str, idvarval: Any) -> Row:
             "IDVARVAL": "" if idvarval == "" else str(idvarval)}
 
 
-def _effective(content: dict[str, Any]) -> str:
+def effective_dtc(content: dict[str, Any]) -> str:
     return dtc(content.get("effectiveDateTime") or (content.get("effectivePeriod") or {}).get("start")
                or content.get("effectiveInstant"))
 
 
-def _choice_key(result: Result, target: int) -> tuple[float, ...]:
+def choice_key(result: Result, target: int) -> tuple[float, ...]:
     """The summaries' choice among several values in a window: closest to the target day, on a tie the later
     (day, then instant), on the very same instant the smaller value; smallest key wins."""
     day = result.study_day if result.study_day is not None else 10**6
@@ -560,7 +563,8 @@ def _choice_key(result: Result, target: int) -> tuple[float, ...]:
     return (abs(day - target), -day, -stamp, result.value)
 
 
-def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tuple[list[Row], list[Row], bool]:
+def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of: dict[int, tuple[str, int]]
+              ) -> tuple[list[Row], list[Row], bool]:
     """QS and LB rows (a result, then its components), the SV rows of the visits they make, and whether the
     subject has a counted result at the last planned visit."""
     catalogue = design.catalogue
@@ -576,8 +580,8 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tupl
     if baseline is not None:
         best: dict[str, Result] = {}
         for r in subject.results:
-            if r.visit == baseline and (r.measure not in best or _choice_key(r, targets[baseline])
-                                        < _choice_key(best[r.measure], targets[baseline])):
+            if r.visit == baseline and (r.measure not in best or choice_key(r, targets[baseline])
+                                        < choice_key(best[r.measure], targets[baseline])):
                 best[r.measure] = r
         flagged = {id(r) for r in best.values()}
 
@@ -586,7 +590,7 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tupl
     per_prev: dict[int, list[str]] = {}
     for r in subject.results:
         if r.visit == UNSCHEDULED:
-            on = _effective(r.source.content)[:10]
+            on = effective_dtc(r.source.content)[:10]
             prev = sum(1 for v in catalogue.visits if r.study_day is not None and v.target_day <= r.study_day)
             if on not in per_prev.setdefault(prev, []):
                 per_prev[prev].append(on)
@@ -598,14 +602,14 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tupl
         if r.visit in numbers:
             return float(numbers[r.visit]), r.visit.replace("-", " ").upper()
         prev = sum(1 for v in catalogue.visits if r.study_day is not None and v.target_day <= r.study_day)
-        num = unscheduled[f"{prev}|{_effective(r.source.content)[:10]}"]
+        num = unscheduled[f"{prev}|{effective_dtc(r.source.content)[:10]}"]
         return num, f"UNSCHEDULED {num:.2f}"
 
     rows: list[Row] = []
     sv: dict[float, Row] = {}
     has_last = False
     ordered = sorted(subject.results, key=lambda r: (design.domain_of(catalogue.measure(r.measure)),
-                                                     order.get(r.measure, 99), _effective(r.source.content),
+                                                     order.get(r.measure, 99), effective_dtc(r.source.content),
                                                      r.source.id))
     seq = {"QS": 0, "LB": 0}
     for r in ordered:
@@ -613,7 +617,7 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tupl
         domain = design.domain_of(measure)
         p = domain
         content = r.source.content
-        when = _effective(content)
+        when = effective_dtc(content)
         day = study_day(when, rfstdtc)
         visitnum, visit = visit_of(r)
         has_last |= r.visit == last
@@ -621,6 +625,7 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str) -> tupl
                   f"{p}BLFL": "Y" if id(r) in flagged else "", "VISITNUM": visitnum, "VISIT": visit,
                   "EPOCH": epoch(day, finding=True), f"{p}DTC": when, f"{p}DY": day}
         seq[domain] += 1
+        seq_of[id(r)] = (domain, seq[domain])
         row = {**common, f"{p}SEQ": seq[domain], f"{p}TESTCD": codes[measure.key], f"{p}TEST": measure.display[:40],
                f"{p}ORRES": r.original_value, f"{p}ORRESU": _unit(r.original_unit), f"{p}STRESC": number(r.value),
                f"{p}STRESN": r.value, f"{p}STRESU": _unit(r.unit)}

@@ -664,19 +664,20 @@ class Core:
         return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
                                    resources_named=_named("ResearchStudy", study_id))
 
-    async def sdtm_datasets(self, ctx: Context, key: str) -> dict[str, Any]:
-        """The study's SDTM datasets with their record counts."""
-        return await self._sdtm(ctx, key, "sdtm", lambda engine, sid, deid: sdtm.list_datasets(
-            engine, sid, deid=deid))
+    async def sdtm_datasets(self, ctx: Context, key: str, standard: str = "SDTM") -> dict[str, Any]:
+        """The study's SDTM (or ADaM) datasets with their record counts."""
+        return await self._sdtm(ctx, key, standard.lower(), lambda engine, sid, deid: sdtm.list_datasets(
+            engine, sid, standard=standard, deid=deid))
 
-    async def sdtm_file(self, ctx: Context, key: str, name: str, out_dir: Path) -> Path:
-        """One SDTM file of the study written into `out_dir`: `DM.json`, `DM.xpt`, …, or `define.xml`."""
-        if name.lower() == "define.xml":
+    async def sdtm_file(self, ctx: Context, key: str, name: str, out_dir: Path, standard: str = "SDTM") -> Path:
+        """One SDTM (or ADaM) file of the study written into `out_dir`: `DM.json`, `DM.xpt`, …, or (SDTM)
+        `define.xml`."""
+        if name.lower() == "define.xml" and standard == "SDTM":
             return await self._sdtm(ctx, key, "sdtm-define", lambda engine, sid, deid: sdtm.write_define(
                 engine, sid, out_dir, deid=deid))
         domain, fmt = sdtm.parse_dataset_name(name)
-        return await self._sdtm(ctx, key, "sdtm-dataset", lambda engine, sid, deid: sdtm.write_dataset(
-            engine, sid, domain, fmt, out_dir, deid=deid))
+        return await self._sdtm(ctx, key, f"{standard.lower()}-dataset", lambda engine, sid, deid: sdtm.write_dataset(
+            engine, sid, domain, fmt, out_dir, deid=deid, standard=standard))
 
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""

@@ -16,7 +16,7 @@ from xml.etree import ElementTree as ET
 
 import orjson
 
-from fhir_mappings.sdtm import DOMAINS, Row, Variable, row_values
+from fhir_mappings.sdtm import DOMAINS, Row, Variable
 
 DATASET_JSON_VERSION = "1.1.0"
 ORIGINATOR = "trial-fhir"
@@ -29,20 +29,19 @@ class Dataset:
     """One dataset as it is being made: rows in a scratch file, the longest value (bytes) of each column."""
 
     domain: str
+    label: str = ""
+    variables: tuple[Variable, ...] = ()
+    standard: str = "SDTM"  # SDTM | ADaM
     scratch: IO[bytes] | None = None
     records: int = 0
     lengths: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def variables(self) -> tuple[Variable, ...]:
-        return DOMAINS[self.domain][1]
-
-    @property
-    def label(self) -> str:
-        return DOMAINS[self.domain][0]
+    def __post_init__(self) -> None:
+        if not self.variables:
+            self.label, self.variables = DOMAINS[self.domain]
 
     def add(self, row: Row) -> None:
-        values = row_values(self.domain, row)
+        values = [row.get(v.name) for v in self.variables]
         for variable, value in zip(self.variables, values, strict=True):
             if variable.type == "string":
                 size = len(value.encode()) if isinstance(value, str) else 0

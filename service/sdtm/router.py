@@ -47,11 +47,46 @@ async def read_sdtm(study_id: StudyId, core: CoreDep, ctx: Ctx,
     `define.xml` (Define-XML 2.1 of every dataset). The same store state gives the same bytes: rows sorted by
     USUBJID and the domain's keys, `--SEQ` numbered in that order, and the creation time the latest
     `meta.lastUpdated` of what the datasets come from. 404 for a name that is not one of these."""
+    return await _file(core, ctx, study_id, dataset, "SDTM")
+
+
+async def _file(core: Any, ctx: Any, study_id: str, dataset: str, standard: str) -> FileResponse:
     out_dir = service.scratch_dir()
     try:
-        path = await core.sdtm_file(ctx, study_id, dataset, out_dir)
+        path = await core.sdtm_file(ctx, study_id, dataset, out_dir, standard)
     except BaseException:
         service.remove(out_dir)
         raise
     media = "application/xml" if path.suffix == ".xml" else MEDIA[path.suffix.lstrip(".")]
     return FileResponse(path, media_type=media, filename=path.name, background=BackgroundTask(service.remove, out_dir))
+
+
+ADAM_EXAMPLE = {"study": "7069a300-4611-42ff-bf39-cd6449e5302d", "studyid": "NCT01927705",
+                "created": "2024-05-01T08:00:00+00:00",
+                "datasets": [{"name": "ADSL", "label": "Subject-Level Analysis Dataset", "records": 34},
+                             {"name": "ADEASI", "label": "Eczema Area and Severity Index Analysis Data",
+                              "records": 99}]}
+
+
+@router.get("/studies/{study_id}/adam", name="list_adam", summary="ADaM datasets of a study, with record counts",
+            responses={200: {"content": {"application/json": {"example": ADAM_EXAMPLE}}}, **error_docs(404)})
+async def list_adam(study_id: StudyId, core: CoreDep, ctx: Ctx) -> dict[str, Any]:
+    """The CDISC ADaM datasets made from the same pass as the SDTM ones: ADSL (one row per subject: arms,
+    population flags ITTFL/SAFFL/EFFFL/COMPLFL, dates, reason for discontinuation) and one BDS dataset per measure
+    of the study's catalogue (`AD` + its test code: AVAL, BASE, CHG, PCHG, AVISIT, ABLFL, and CRITy/CRITyFL for the
+    study's responder definitions), whose figures are the summaries' (`/studies/{id}/summary`). Each at
+    `/studies/{id}/adam/{NAME}.json` or `.xpt`. Access as for SDTM."""
+    return await core.sdtm_datasets(ctx, study_id, "ADaM")
+
+
+@router.get("/studies/{study_id}/adam/{dataset}", name="read_adam", summary="One ADaM dataset",
+            response_class=FileResponse,
+            responses={200: {"description": "Dataset-JSON v1.1 or SAS XPORT v5", "content": {
+                "application/json": {"schema": {"type": "object"}}, "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"}}}}, **error_docs(404)})
+async def read_adam(study_id: StudyId, core: CoreDep, ctx: Ctx,
+                    dataset: Annotated[str, Path(description="`ADSL.json`, `ADEASI.xpt`, …",
+                                                 examples=["ADSL.json"])]) -> FileResponse:
+    """One ADaM dataset as Dataset-JSON v1.1 (`.json`) or SAS XPORT v5 (`.xpt`); 404 for a name the study has
+    not (the BDS names follow its catalogue's measures)."""
+    return await _file(core, ctx, study_id, dataset, "ADaM")

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from sqlalchemy.engine import Connection, Engine
 
+from fhir_mappings.adam import ADSL, ADSL_LABEL, Criterion, adam_rows, bds_names, bds_variables
 from fhir_mappings.sdtm import (
     ALL_DOMAINS,
     DESIGN_DOMAINS,
@@ -54,11 +55,12 @@ def catalogue_of(study_catalogue: str) -> Catalogue:
     return load_catalogue(study_catalogue)
 
 
-def responders_of(catalogue: Catalogue) -> list[Any]:
+def responders_of(catalogue: Catalogue) -> list[Criterion]:
     """The study's responder definitions (those on one of its catalogue's measures): the ONE place they come from."""
     from service.stats.service import RESPONDERS
     keys = {m.key for m in catalogue.measures}
-    return [r for r in RESPONDERS if r.measure in keys]
+    return [Criterion(r.key, r.measure, r.pct_change_at_most, r.value_at_most, r.drop_at_least)
+            for r in RESPONDERS if r.measure in keys]
 
 
 @dataclass
@@ -103,15 +105,19 @@ class _Merged:
         return taken
 
 
-def build(engine: Engine, study_id: str, *, domains: tuple[str, ...] = ALL_DOMAINS,
+STANDARDS = ("SDTM", "ADaM")
+
+
+def build(engine: Engine, study_id: str, *, domains: tuple[str, ...] | None = None, standard: str = "SDTM",
           deid: Deidentifier | None = None, progress: Progress | None = None, batch: int = BATCH) -> Built:
-    """Every dataset of `domains` of the study, made in one pass in one read snapshot (404 for an unknown study)."""
+    """The datasets `domains` of the study (None: every dataset of `standard`, SDTM or ADaM), made in one pass in
+    one read snapshot (404 for an unknown study, or a dataset name it has not)."""
     with snapshot_connection(engine) as conn:
-        return _build(conn, study_id, domains, deid, progress, batch)
+        return _build(conn, study_id, domains, standard, deid, progress, batch)
 
 
-def _build(conn: Connection, study_id: str, domains: tuple[str, ...], deid: Deidentifier | None,
-           progress: Progress | None, batch: int) -> Built:
+def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, standard: str,
+           deid: Deidentifier | None, progress: Progress | None, batch: int) -> Built:
     found = repository.get_study(conn, study_id)
     if found is None:
         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
@@ -124,9 +130,29 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...], deid: Deid
     latest = repository.last_modified(conn, study_id, counted) or study.last_updated
     if deid is not None:  # when the server wrote its data says when visits were: a de-identified client gets the year
         latest = datetime(latest.year, 1, 1)
-    datasets = {d: Dataset(d) for d in domains}
+    bds = bds_names(design)
+    criteria: dict[str, list[Criterion]] = {}
+    for c in responders_of(catalogue):
+        criteria.setdefault(c.measure, []).append(c)
+    adam = ("ADSL", *bds)
+    if domains is None:
+        domains = ALL_DOMAINS if standard == "SDTM" else adam
+    unknown = [d for d in domains if d not in ALL_DOMAINS and d not in adam]
+    if unknown:
+        raise NotFound(f"No dataset '{unknown[0]}' for this study: SDTM {', '.join(ALL_DOMAINS)}; ADaM "
+                       f"{', '.join(adam)}", expression="dataset")
+    datasets: dict[str, Dataset] = {}
+    for d in domains:
+        if d == "ADSL":
+            datasets[d] = Dataset(d, ADSL_LABEL, ADSL, "ADaM")
+        elif d in bds:
+            label = f"{catalogue.measure(bds[d]).display[:27]} Analysis Data"
+            datasets[d] = Dataset(d, label[:40], bds_variables(criteria.get(bds[d], [])), "ADaM")
+        else:
+            datasets[d] = Dataset(d)
     wanted = set(domains)
-    subject_rows_needed = bool(wanted & set(SUBJECT_DOMAINS)) or bool(wanted & {"TS"})
+    adam_needed = bool(wanted & set(adam))
+    subject_rows_needed = bool(wanted & set(SUBJECT_DOMAINS)) or bool(wanted & {"TS"}) or adam_needed
     total = 0
     if progress is not None:
         from sqlalchemy import func, select
@@ -164,6 +190,12 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...], deid: Deid
                 if target is not None:
                     for r_ in rows:
                         target.add(r_)
+            if adam_needed:
+                for domain, rows in adam_rows(design, subject, made, criteria).items():
+                    target = datasets.get(domain)
+                    if target is not None:
+                        for r_ in rows:
+                            target.add(r_)
             if progress is not None:
                 progress(subjects, total)
     if wanted & set(DESIGN_DOMAINS):
@@ -185,9 +217,10 @@ def _utc(value: Any) -> datetime | None:
 
 # -- use cases --------------------------------------------------------------------------------------------------
 
-def list_datasets(engine: Engine, study_id: str, *, deid: Deidentifier | None = None) -> dict[str, Any]:
-    """The study's datasets with their record counts (every dataset, empty ones included)."""
-    built = build(engine, study_id, deid=deid)
+def list_datasets(engine: Engine, study_id: str, *, standard: str = "SDTM",
+                  deid: Deidentifier | None = None) -> dict[str, Any]:
+    """The study's datasets of `standard` (SDTM or ADaM) with their record counts (empty ones included)."""
+    built = build(engine, study_id, standard=standard, deid=deid)
     try:
         return {"study": study_id, "studyid": built.studyid, "created": built.created.isoformat(),
                 "datasets": [{"name": d, "label": ds.label, "records": ds.records}
@@ -197,19 +230,23 @@ def list_datasets(engine: Engine, study_id: str, *, deid: Deidentifier | None = 
 
 
 def parse_dataset_name(name: str) -> tuple[str, str]:
-    """`DM.json` -> ('DM', 'json'); 404 naming the dataset for one that is not made here."""
+    """`DM.json` -> ('DM', 'json'); 404 naming the dataset for a format that is not made here (the name itself is
+    checked against the study's datasets when they are made)."""
     stem, _, fmt = name.rpartition(".")
-    domain = stem.upper()
-    if domain not in ALL_DOMAINS or fmt.lower() not in FORMATS:
-        raise NotFound(f"No SDTM dataset '{name}': the datasets are {', '.join(ALL_DOMAINS)}, each as .json "
-                       "(Dataset-JSON v1.1) or .xpt (SAS XPORT v5)", expression="dataset")
-    return domain, fmt.lower()
+    if not stem or fmt.lower() not in FORMATS:
+        raise NotFound(f"No dataset '{name}': each dataset is NAME.json (Dataset-JSON v1.1) or NAME.xpt (SAS "
+                       "XPORT v5)", expression="dataset")
+    return stem.upper(), fmt.lower()
 
 
 def write_dataset(engine: Engine, study_id: str, domain: str, fmt: str, out_dir: Path, *,
-                  deid: Deidentifier | None = None) -> Path:
-    """One dataset as a file in `out_dir`: Dataset-JSON (`<domain>.json`) or XPORT v5 (`<domain>.xpt`)."""
+                  deid: Deidentifier | None = None, standard: str = "SDTM") -> Path:
+    """One dataset as a file in `out_dir`: Dataset-JSON (`<domain>.json`) or XPORT v5 (`<domain>.xpt`); 404 for
+    a dataset of the other standard."""
     built = build(engine, study_id, domains=(domain,), deid=deid)
+    if built.datasets[domain].standard != standard:
+        built.close()
+        raise NotFound(f"No {standard} dataset '{domain}'", expression="dataset")
     try:
         return _write(built, built.datasets[domain], fmt, out_dir)
     finally:
@@ -227,7 +264,7 @@ def _write(built: Built, ds: Dataset, fmt: str, out_dir: Path) -> Path:
 
 
 def write_define(engine: Engine, study_id: str, out_dir: Path, *, deid: Deidentifier | None = None) -> Path:
-    built = build(engine, study_id, deid=deid)
+    built = build(engine, study_id, deid=deid)  # the SDTM datasets
     try:
         path = out_dir / "define.xml"
         path.write_bytes(define_xml(list(built.datasets[d] for d in sorted(built.datasets)),
@@ -239,18 +276,28 @@ def write_define(engine: Engine, study_id: str, out_dir: Path, *, deid: Deidenti
 
 def export_all(engine: Engine, study_id: str, out_dir: Path, *, deid: Deidentifier | None = None,
                progress: Progress | None = None, on_file: Callable[[str], None] | None = None) -> list[Path]:
-    """Every dataset as Dataset-JSON and XPORT v5, and define.xml, into `out_dir` (one pass, one snapshot)."""
+    """Every SDTM and ADaM dataset as Dataset-JSON and XPORT v5, and the SDTM define.xml, into `out_dir` (one pass,
+    one snapshot; ADaM's in `out_dir/adam`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    built = build(engine, study_id, deid=deid, progress=progress)
+    (out_dir / "adam").mkdir(exist_ok=True)
+    with snapshot_connection(engine) as conn:
+        found = repository.get_study(conn, study_id)
+        if found is None:
+            raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+        design = Design("", Source("ResearchStudy", study_id, 1, datetime.now(UTC), {}), catalogue_of(found[0]), ())
+    domains = (*ALL_DOMAINS, "ADSL", *bds_names(design))
+    built = build(engine, study_id, domains=domains, deid=deid, progress=progress)
     written = []
     try:
         for domain in sorted(built.datasets):
+            ds = built.datasets[domain]
             for fmt in FORMATS:
-                written.append(_write(built, built.datasets[domain], fmt, out_dir))
+                written.append(_write(built, ds, fmt, out_dir if ds.standard == "SDTM" else out_dir / "adam"))
                 if on_file is not None:
                     on_file(written[-1].name)
         define = out_dir / "define.xml"
-        define.write_bytes(define_xml([built.datasets[d] for d in sorted(built.datasets)],
+        define.write_bytes(define_xml([built.datasets[d] for d in sorted(built.datasets)
+                                       if built.datasets[d].standard == "SDTM"],
                                       study_oid=built.studyid, title=built.title, created=built.created))
         written.append(define)
     finally:

@@ -318,3 +318,90 @@ def test_a_deidentified_client_gets_deidentified_datasets(core, cohort, tmp_path
     assert [(r["QSDY"], r["QSSTRESN"], r["VISIT"]) for r in qs] == [(r["QSDY"], r["QSSTRESN"], r["VISIT"])
                                                                     for r in qs_deid]
     assert [r["QSDTC"] for r in qs] != [r["QSDTC"] for r in qs_deid]
+
+
+# -- ADaM ----------------------------------------------------------------------------------------------------------
+
+def adam(client, study: str, name: str) -> list[dict]:
+    response = client.get(f"/studies/{study}/adam/{name}.json")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert not list(VALIDATOR.iter_errors(body)), name
+    assert body["records"] == len(body["rows"])
+    return rows(body)
+
+
+@pytest.mark.parametrize("which", ["demo", "cohort"])
+def test_the_summary_recomputed_from_adam_equals_the_summary(client, engine, which, request):
+    study = request.getfixturevalue(which)
+    summary = client.get(f"/studies/{study}/summary").json()
+    listing = client.get(f"/studies/{study}/adam").json()["datasets"]
+    names = {d["name"] for d in listing}
+    adsl = adam(client, study, "ADSL")
+    arm_of = {r["USUBJID"]: r["TRT01A"].split(" (")[0] for r in adsl if r["TRT01A"]}
+    for arm in summary["arms"]:
+        mine = [r for r in adsl if arm_of.get(r["USUBJID"]) == arm["name"]]
+        assert len(mine) == arm["enrolled"]
+        assert sum(r["COMPLFL"] == "Y" for r in mine) == arm["completed"]
+        assert sum(bool(r["DCSREAS"]) for r in mine) == arm["withdrawn"]
+    bds = {}
+    for name in sorted(names - {"ADSL"}):
+        for r in adam(client, study, name):
+            bds.setdefault(r["PARAMCD"], []).append(r)
+    # measure key -> PARAMCD, from the SDTM results' category (the measure) and test code (the totals' rows)
+    measure_code = {r["QSCAT"]: r["QSTESTCD"] for r in rows(dataset(client, study, "QS")) if not r["QSSCAT"]}
+    measure_code |= {r["LBCAT"]: r["LBTESTCD"] for r in rows(dataset(client, study, "LB"))}
+    assert set(measure_code.values()) <= set(bds)
+    checked = 0
+    for arm in summary["arms"]:
+        for figure in arm["measures"]:
+            code = measure_code.get(figure["measure"])
+            got = [r for r in bds.get(code, ()) if arm_of.get(r["USUBJID"]) == arm["name"]
+                   and r["AVISIT"] == figure["visit"].replace("-", " ").upper()]
+            values = [r["AVAL"] for r in got]
+            assert len(values) == figure["n"], (arm["name"], figure["measure"], figure["visit"])
+            if values:
+                assert sum(values) / len(values) == pytest.approx(figure["mean"], rel=1e-9, abs=1e-9)
+                assert (min(values), max(values)) == (figure["min"], figure["max"])
+            changes = [r["CHG"] for r in got if r["CHG"] is not None]
+            if figure["visit"] != "baseline" and changes:
+                assert sum(changes) / len(changes) == pytest.approx(figure["mean_change"], rel=1e-9, abs=1e-9)
+            pct = [r["PCHG"] for r in got if r["PCHG"] is not None]
+            if figure["visit"] != "baseline" and pct:
+                assert sum(pct) / len(pct) == pytest.approx(figure["mean_pct_change"], rel=1e-9, abs=1e-9)
+            checked += 1
+        for figure in arm["responders"]:
+            found = [(r, i) for rs in bds.values() for r in rs for i in range(1, 5)
+                     if r.get(f"CRIT{i}", "").startswith(figure["measure"] + ":")
+                     and arm_of.get(r["USUBJID"]) == arm["name"]
+                     and r["AVISIT"] == figure["visit"].replace("-", " ").upper()]
+            assert len(found) == figure["n"], (arm["name"], figure["measure"], figure["visit"])
+            assert sum(r[f"CRIT{i}FL"] == "Y" for r, i in found) == figure["responders"]
+            checked += 1
+    assert checked > 20
+
+
+def test_adam_xpt_reads_back_and_names_follow_the_catalogue(client, demo):
+    listing = {d["name"] for d in client.get(f"/studies/{demo}/adam").json()["datasets"]}
+    assert "ADSL" in listing and len(listing) == 1 + 7  # one BDS dataset per measure of the catalogue
+    assert all(len(n) <= 8 for n in listing)
+    for name in ("ADSL", sorted(listing - {"ADSL"})[0]):
+        response = client.get(f"/studies/{demo}/adam/{name}.xpt")
+        assert response.status_code == 200
+        frame = pd.read_sas(io.BytesIO(response.content), format="xport", encoding="ascii")
+        assert len(frame) == len(adam(client, demo, name))
+    assert client.get(f"/studies/{demo}/adam/DM.json").status_code == 404  # an SDTM dataset
+    assert client.get(f"/studies/{demo}/sdtm/ADSL.json").status_code == 404  # an ADaM one
+
+
+def test_cli_writes_every_dataset_with_the_same_bytes_as_the_routes(cli, client, demo, tmp_path):
+    code, _, err = cli("sdtm", "export", "NCT01927705", str(tmp_path / "out"))
+    assert code == 0, err
+    for name in ("DM", "QS", "AE"):
+        assert (tmp_path / "out" / f"{name.lower()}.json").read_bytes() == client.get(
+            f"/studies/{demo}/sdtm/{name}.json").content
+    assert (tmp_path / "out" / "define.xml").read_bytes() == client.get(f"/studies/{demo}/sdtm/define.xml").content
+    assert (tmp_path / "out" / "adam" / "adsl.xpt").read_bytes() == client.get(
+        f"/studies/{demo}/adam/ADSL.xpt").content
+    code, _, err = cli("sdtm", "export", "NCT-NOPE", str(tmp_path / "x"))
+    assert code == 1 and "no study" in err
