@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
+from functools import cached_property
 from typing import Any
 
 from fhir_mappings.terminology import LOINC, MEDDRA, UNSCHEDULED, Catalogue, Measure
@@ -324,8 +325,25 @@ class Design:
         return found.name
 
     def visit_numbers(self) -> dict[str, int]:
+        return self._numbers
+
+    @cached_property
+    def _numbers(self) -> dict[str, int]:
         ordered = sorted(self.catalogue.visits, key=lambda v: (v.target_day, v.name))
         return {v.name: i + 1 for i, v in enumerate(ordered)}
+
+    @cached_property
+    def measures(self) -> dict[str, Measure]:
+        return {m.key: m for m in self.catalogue.measures}
+
+    @cached_property
+    def domains(self) -> dict[str, str]:
+        """Measure key -> QS or LB."""
+        return {m.key: self.domain_of(m) for m in self.catalogue.measures}
+
+    @cached_property
+    def displays(self) -> dict[str, str]:
+        return {c["code"]: c.get("display", c["code"]) for c in self.catalogue.code_system.get("concept", ())}
 
     def domain_of(self, measure: Measure) -> str:
         """LB for a laboratory measure (a LOINC code, or the category `laboratory`), else QS."""
@@ -335,6 +353,10 @@ class Design:
 
     def test_codes(self) -> dict[str, str]:
         """Every measure key and component code of the catalogue -> its --TESTCD (unique 8-character SAS name)."""
+        return self._codes
+
+    @cached_property
+    def _codes(self) -> dict[str, str]:
         names = [m.key for m in self.catalogue.measures]
         names += [c["code"] for c in self.catalogue.code_system.get("concept", ()) if c["code"] not in names]
         return sas_names(names)
@@ -572,8 +594,10 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of:
     targets = {v.name: v.target_day for v in catalogue.visits}
     codes = design.test_codes()
     order = {m.key: i for i, m in enumerate(catalogue.measures)}
-    displays = {c["code"]: c.get("display", c["code"]) for c in catalogue.code_system.get("concept", ())}
+    displays = design.displays
+    domains = design.domains
     last = max(catalogue.visits, key=lambda v: v.target_day).name if catalogue.visits else None
+    when_of = {id(r): effective_dtc(r.source.content) for r in subject.results}
 
     # the baseline result of each measure (its --BLFL)
     baseline, flagged = design.baseline, set()
@@ -590,7 +614,7 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of:
     per_prev: dict[int, list[str]] = {}
     for r in subject.results:
         if r.visit == UNSCHEDULED:
-            on = effective_dtc(r.source.content)[:10]
+            on = when_of[id(r)][:10]
             prev = sum(1 for v in catalogue.visits if r.study_day is not None and v.target_day <= r.study_day)
             if on not in per_prev.setdefault(prev, []):
                 per_prev[prev].append(on)
@@ -602,22 +626,21 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of:
         if r.visit in numbers:
             return float(numbers[r.visit]), r.visit.replace("-", " ").upper()
         prev = sum(1 for v in catalogue.visits if r.study_day is not None and v.target_day <= r.study_day)
-        num = unscheduled[f"{prev}|{effective_dtc(r.source.content)[:10]}"]
+        num = unscheduled[f"{prev}|{when_of[id(r)][:10]}"]
         return num, f"UNSCHEDULED {num:.2f}"
 
     rows: list[Row] = []
     sv: dict[float, Row] = {}
     has_last = False
-    ordered = sorted(subject.results, key=lambda r: (design.domain_of(catalogue.measure(r.measure)),
-                                                     order.get(r.measure, 99), effective_dtc(r.source.content),
+    ordered = sorted(subject.results, key=lambda r: (domains[r.measure], order.get(r.measure, 99), when_of[id(r)],
                                                      r.source.id))
     seq = {"QS": 0, "LB": 0}
     for r in ordered:
-        measure = catalogue.measure(r.measure)
-        domain = design.domain_of(measure)
+        measure = design.measures[r.measure]
+        domain = domains[r.measure]
         p = domain
         content = r.source.content
-        when = effective_dtc(content)
+        when = when_of[id(r)]
         day = study_day(when, rfstdtc)
         visitnum, visit = visit_of(r)
         has_last |= r.visit == last

@@ -39,17 +39,21 @@ class Dataset:
     def __post_init__(self) -> None:
         if not self.variables:
             self.label, self.variables = DOMAINS[self.domain]
+        self._names = [v.name for v in self.variables]
+        self._strings = [v.name for v in self.variables if v.type == "string"]
+        self.lengths = dict.fromkeys(self._strings, 0)
 
     def add(self, row: Row) -> None:
-        values = [row.get(v.name) for v in self.variables]
-        for variable, value in zip(self.variables, values, strict=True):
-            if variable.type == "string":
-                size = len(value.encode()) if isinstance(value, str) else 0
-                if size > self.lengths.get(variable.name, 0):
-                    self.lengths[variable.name] = size
+        lengths = self.lengths
+        for name in self._strings:
+            value = row.get(name)
+            if value and isinstance(value, str):
+                size = len(value) if value.isascii() else len(value.encode())
+                if size > lengths[name]:
+                    lengths[name] = size
         if self.scratch is None:
             self.scratch = tempfile.TemporaryFile()
-        self.scratch.write(orjson.dumps(values) + b"\n")
+        self.scratch.write(orjson.dumps([row.get(n) for n in self._names]) + b"\n")
         self.records += 1
 
     def rows(self) -> Iterator[list[Any]]:
