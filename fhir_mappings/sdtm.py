@@ -242,14 +242,14 @@ ALL_DOMAINS = tuple(sorted(SUBJECT_DOMAINS + DESIGN_DOMAINS))
 
 # -- inputs -----------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Source:
-    """One stored resource version a row comes from."""
+    """One stored resource version a row comes from (`last_updated`: read only where it is needed)."""
 
     resource_type: str
     id: str
     version: int
-    last_updated: datetime
+    last_updated: datetime | None
     content: dict[str, Any]
 
     @property
@@ -257,7 +257,7 @@ class Source:
         return f"{self.resource_type}/{self.id}/_history/{self.version}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Result:
     """A counted result: its Observation and the facts of its typed row (measurement)."""
 
@@ -272,7 +272,7 @@ class Result:
     effective: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Event:
     """An actual adverse event and the facts of its typed row."""
 
@@ -281,7 +281,7 @@ class Event:
     caused_withdrawal: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Dosing:
     """A completed MedicationAdministration or Procedure."""
 
@@ -429,6 +429,12 @@ def number(value: Any) -> str:
     """A number as --ORRES/--STRESC text: as short as it reads (1016.5, 7, 0.35)."""
     if value is None:
         return ""
+    if isinstance(value, float) and value == value:  # the common case, without Decimal
+        text = repr(value)
+        if "e" not in text and "n" not in text:
+            return text[:-2] if text.endswith(".0") else text
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
     try:
         text = format(Decimal(str(value)).normalize(), "f")
     except InvalidOperation:
@@ -585,6 +591,11 @@ def choice_key(result: Result, target: int) -> tuple[float, ...]:
     return (abs(day - target), -day, -stamp, result.value)
 
 
+#: the findings domains' prefixed variable names (QSSEQ, LBSEQ, …), made once
+_KEYS = {p: {k: f"{p}{k}" for k in ("SEQ", "SPID", "TESTCD", "TEST", "CAT", "SCAT", "ORRES", "ORRESU", "STRESC",
+                                     "STRESN", "STRESU", "BLFL", "DTC", "DY")} for p in ("QS", "LB")}
+
+
 def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of: dict[int, tuple[str, int]]
               ) -> tuple[list[Row], list[Row], bool]:
     """QS and LB rows (a result, then its components), the SV rows of the visits they make, and whether the
@@ -638,20 +649,20 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of:
     for r in ordered:
         measure = design.measures[r.measure]
         domain = domains[r.measure]
-        p = domain
+        K = _KEYS[domain]
         content = r.source.content
         when = when_of[id(r)]
         day = study_day(when, rfstdtc)
         visitnum, visit = visit_of(r)
         has_last |= r.visit == last
-        common = {**base, "DOMAIN": domain, f"{p}SPID": r.source.spid, f"{p}CAT": measure.key,
-                  f"{p}BLFL": "Y" if id(r) in flagged else "", "VISITNUM": visitnum, "VISIT": visit,
-                  "EPOCH": epoch(day, finding=True), f"{p}DTC": when, f"{p}DY": day}
+        common = {**base, "DOMAIN": domain, K["SPID"]: r.source.spid, K["CAT"]: measure.key,
+                  K["BLFL"]: "Y" if id(r) in flagged else "", "VISITNUM": visitnum, "VISIT": visit,
+                  "EPOCH": epoch(day, finding=True), K["DTC"]: when, K["DY"]: day}
         seq[domain] += 1
         seq_of[id(r)] = (domain, seq[domain])
-        row = {**common, f"{p}SEQ": seq[domain], f"{p}TESTCD": codes[measure.key], f"{p}TEST": measure.display[:40],
-               f"{p}ORRES": r.original_value, f"{p}ORRESU": _unit(r.original_unit), f"{p}STRESC": number(r.value),
-               f"{p}STRESN": r.value, f"{p}STRESU": _unit(r.unit)}
+        row = {**common, K["SEQ"]: seq[domain], K["TESTCD"]: codes[measure.key], K["TEST"]: measure.display[:40],
+               K["ORRES"]: r.original_value, K["ORRESU"]: _unit(r.original_unit), K["STRESC"]: number(r.value),
+               K["STRESN"]: r.value, K["STRESU"]: _unit(r.unit)}
         if domain == "LB":
             row.update(_lab(measure, content, r))
         else:
@@ -666,10 +677,10 @@ def _findings(design: Design, subject: Subject, base: Row, rfstdtc: str, seq_of:
                 continue
             seq[domain] += 1
             unit = _unit(quantity.get("code") or quantity.get("unit"))
-            crow = {**common, f"{p}SEQ": seq[domain], f"{p}TESTCD": codes.get(code) or sas_names([code])[code],
-                    f"{p}TEST": str(displays.get(code) or coding.get("display") or code)[:40],
-                    f"{p}ORRES": number(value), f"{p}ORRESU": unit, f"{p}STRESC": number(value),
-                    f"{p}STRESN": float(value), f"{p}STRESU": unit}
+            crow = {**common, K["SEQ"]: seq[domain], K["TESTCD"]: codes.get(code) or sas_names([code])[code],
+                    K["TEST"]: str(displays.get(code) or coding.get("display") or code)[:40],
+                    K["ORRES"]: number(value), K["ORRESU"]: unit, K["STRESC"]: number(value),
+                    K["STRESN"]: float(value), K["STRESU"]: unit}
             if domain == "LB":
                 crow.update({"LBLOINC": coding.get("code", "") if coding.get("system") == LOINC else "",
                              "LBORNRLO": "", "LBORNRHI": "", "LBSTNRLO": None, "LBSTNRHI": None, "LBNRIND": ""})

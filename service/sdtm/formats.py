@@ -40,27 +40,41 @@ class Dataset:
         if not self.variables:
             self.label, self.variables = DOMAINS[self.domain]
         self._names = [v.name for v in self.variables]
-        self._strings = [v.name for v in self.variables if v.type == "string"]
-        self.lengths = dict.fromkeys(self._strings, 0)
+        self._string_columns = [(i, v.name) for i, v in enumerate(self.variables) if v.type == "string"]
+        self.lengths = {name: 0 for _, name in self._string_columns}
 
     def add(self, row: Row) -> None:
+        self.add_many([row])
+
+    def add_many(self, rows: Sequence[Row]) -> None:
+        """Rows (dicts by variable name) appended in the variables' order; the longest string (UTF-8 bytes) of
+        each column kept, a column at a time."""
+        if not rows:
+            return
+        names = self._names
+        values = [[row.get(n) for n in names] for row in rows]
         lengths = self.lengths
-        for name in self._strings:
-            value = row.get(name)
-            if value and isinstance(value, str):
-                size = len(value) if value.isascii() else len(value.encode())
-                if size > lengths[name]:
-                    lengths[name] = size
+        for i, name in self._string_columns:
+            column = [v[i] for v in values if v[i]]
+            if column:
+                longest = max(map(len, map(str.encode, map(str, column))))
+                if longest > lengths[name]:
+                    lengths[name] = longest
         if self.scratch is None:
             self.scratch = tempfile.TemporaryFile()
-        self.scratch.write(orjson.dumps([row.get(n) for n in self._names]) + b"\n")
-        self.records += 1
+        self.scratch.write(b"\n".join(map(orjson.dumps, values)) + b"\n")
+        self.records += len(rows)
 
-    def rows(self) -> Iterator[list[Any]]:
+    def lines(self) -> Iterator[bytes]:
+        """Each row as the JSON array it was written as (no line break)."""
         if self.scratch is None:
             return
         self.scratch.seek(0)
         for line in self.scratch:
+            yield line.rstrip(b"\n")
+
+    def rows(self) -> Iterator[list[Any]]:
+        for line in self.lines():
             yield orjson.loads(line)
 
     def close(self) -> None:
@@ -92,8 +106,8 @@ def write_dataset_json(dataset: Dataset, out: IO[bytes], *, study_oid: str, crea
             "label": dataset.label, "columns": columns}
     text = orjson.dumps(head)
     out.write(text[:-1] + b',"rows":[')
-    for i, values in enumerate(dataset.rows()):
-        out.write((b",\n" if i else b"\n") + orjson.dumps(values))
+    for i, line in enumerate(dataset.lines()):
+        out.write((b",\n" if i else b"\n") + line)
     out.write(b"]}\n")
 
 

@@ -58,8 +58,7 @@ def stream_subjects(conn: Connection, study_id: str, batch: int) -> Iterator[Any
 def stream_results(conn: Connection, study_id: str, counted: Sequence[str], batch: int) -> Iterator[Any]:
     """The study's counted results (typed row and Observation version), by subject then id."""
     query = (select(M.c.subject_id, M.c.id, M.c.measure, M.c.value, M.c.unit, M.c.original_value,
-                    M.c.original_unit, M.c.study_day, M.c.visit, M.c.effective, R.c.version_id, R.c.last_updated,
-                    R.c.content)
+                    M.c.original_unit, M.c.study_day, M.c.visit, M.c.effective, R.c.version_id, R.c.content)
              .select_from(M.join(R, and_(R.c.resource_type == "Observation", R.c.id == M.c.id)))
              .where(M.c.study_id == study_id, M.c.status.in_(list(counted)))
              .order_by(_bytewise(conn, M.c.subject_id), _bytewise(conn, M.c.id)))
@@ -68,8 +67,7 @@ def stream_results(conn: Connection, study_id: str, counted: Sequence[str], batc
 
 def stream_events(conn: Connection, study_id: str, batch: int) -> Iterator[Any]:
     """The study's actual adverse events (typed row and AdverseEvent version), by subject then id."""
-    query = (select(AE.c.subject_id, AE.c.id, AE.c.related, AE.c.caused_withdrawal, R.c.version_id,
-                    R.c.last_updated, R.c.content)
+    query = (select(AE.c.subject_id, AE.c.id, AE.c.related, AE.c.caused_withdrawal, R.c.version_id, R.c.content)
              .select_from(AE.join(R, and_(R.c.resource_type == "AdverseEvent", R.c.id == AE.c.id)))
              .where(AE.c.study_id == study_id, AE.c.actuality == "actual")
              .order_by(_bytewise(conn, AE.c.subject_id), _bytewise(conn, AE.c.id)))
@@ -87,7 +85,7 @@ def stream_dosings(conn: Connection, study_id: str, batch: int) -> Iterator[Any]
             .where(PR.c.study_id == study_id, PR.c.status == "completed"))
     both = union_all(given, done).subquery("dosing")
     query = (select(both.c.subject_id, both.c.rtype, both.c.id, both.c.dose_value, both.c.dose_unit,
-                    both.c.route_code, R.c.version_id, R.c.last_updated, R.c.content)
+                    both.c.route_code, R.c.version_id, R.c.content)
              .select_from(both.join(R, and_(R.c.resource_type == both.c.rtype, R.c.id == both.c.id)))
              .order_by(_bytewise(conn, both.c.subject_id), both.c.rtype, _bytewise(conn, both.c.id)))
     return _stream(conn, query, batch)

@@ -77,7 +77,7 @@ class Built:
             ds.close()
 
 
-def _source(rtype: str, id: str, version: int, updated: datetime | str, text: str | None,
+def _source(rtype: str, id: str, version: int, updated: datetime | str | None, text: str | None,
             deid: Deidentifier | None, patient: str | None) -> Source:
     content = orjson.loads(text) if text else {}
     if deid is not None:
@@ -86,7 +86,7 @@ def _source(rtype: str, id: str, version: int, updated: datetime | str, text: st
             id = deid.pseudonym(id)
     if isinstance(updated, str):
         updated = datetime.fromisoformat(updated)
-    return Source(rtype, id, int(version), updated, content)
+    return Source(rtype, id, version, updated, content)
 
 
 class _Merged:
@@ -128,6 +128,7 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, sta
     design = Design(studyid_of(study.content) or study_id, study, catalogue, arms)
     counted = sorted(catalogue.counted_statuses)
     latest = repository.last_modified(conn, study_id, counted) or study.last_updated
+    assert latest is not None, "a stored ResearchStudy has its lastUpdated"
     if deid is not None:  # when the server wrote its data says when visits were: a de-identified client gets the year
         latest = datetime(latest.year, 1, 1)
     bds = bds_names(design)
@@ -173,13 +174,13 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, sta
                 status=row[2], assigned_arm=row[3], actual_arm=row[4])
             for r in results.take(sid):
                 subject.results.append(Result(
-                    _source("Observation", r[1], r[10], r[11], r[12], deid, patient_id), r[2], float(r[3]), r[4],
+                    _source("Observation", r[1], r[10], None, r[11], deid, patient_id), r[2], float(r[3]), r[4],
                     r[5], r[6], r[7], r[8], _utc(r[9])))
             for e in events.take(sid):
-                subject.events.append(Event(_source("AdverseEvent", e[1], e[4], e[5], e[6], deid, patient_id),
+                subject.events.append(Event(_source("AdverseEvent", e[1], e[4], None, e[5], deid, patient_id),
                                             bool(e[2]), bool(e[3])))
             for d in dosings.take(sid):
-                subject.dosings.append(Dosing(_source(d[1], d[2], d[6], d[7], d[8], deid, patient_id),
+                subject.dosings.append(Dosing(_source(d[1], d[2], d[6], None, d[7], deid, patient_id),
                                               d[3], d[4], d[5]))
             made = subject_rows(design, subject)
             subjects += 1
@@ -188,14 +189,12 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, sta
             for domain, rows in made.rows.items():
                 target = datasets.get(domain)
                 if target is not None:
-                    for r_ in rows:
-                        target.add(r_)
+                    target.add_many(rows)
             if adam_needed:
                 for domain, rows in adam_rows(design, subject, made, criteria).items():
                     target = datasets.get(domain)
                     if target is not None:
-                        for r_ in rows:
-                            target.add(r_)
+                        target.add_many(rows)
             if progress is not None:
                 progress(subjects, total)
     if wanted & set(DESIGN_DOMAINS):
