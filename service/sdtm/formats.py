@@ -84,7 +84,8 @@ class Dataset:
 
 
 def iso(at: datetime) -> str:
-    return at.strftime("%Y-%m-%dT%H:%M:%S")
+    """A creation time in UTC, to the second (`at`: UTC, naive or aware)."""
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def write_dataset_json(dataset: Dataset, out: IO[bytes], *, study_oid: str, created: datetime) -> None:

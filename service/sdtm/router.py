@@ -15,7 +15,7 @@ from service.stats.router import StudyId
 router = APIRouter(tags=["SDTM"], responses=ANY_ERROR)
 
 LIST_EXAMPLE = {"study": "7069a300-4611-42ff-bf39-cd6449e5302d", "studyid": "NCT01927705",
-                "created": "2024-05-01T08:00:00+00:00",
+                "created": "2024-05-01T08:00:00Z",
                 "datasets": [{"name": "DM", "label": "Demographics", "records": 34},
                              {"name": "QS", "label": "Questionnaires", "records": 760}]}
 MEDIA = {"json": "application/json", "xpt": "application/octet-stream"}
@@ -62,7 +62,7 @@ async def _file(core: Any, ctx: Any, study_id: str, dataset: str, standard: str)
 
 
 ADAM_EXAMPLE = {"study": "7069a300-4611-42ff-bf39-cd6449e5302d", "studyid": "NCT01927705",
-                "created": "2024-05-01T08:00:00+00:00",
+                "created": "2024-05-01T08:00:00Z",
                 "datasets": [{"name": "ADSL", "label": "Subject-Level Analysis Dataset", "records": 34},
                              {"name": "ADEASI", "label": "Eczema Area and Severity Index Analysis Data",
                               "records": 99}]}

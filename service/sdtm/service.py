@@ -43,7 +43,7 @@ from service.db import snapshot_connection
 from service.deid.deidentify import Deidentifier
 from service.errors import NotFound
 from service.sdtm import repository
-from service.sdtm.formats import Dataset, define_xml, write_dataset_json, write_xpt
+from service.sdtm.formats import Dataset, define_xml, iso, write_dataset_json, write_xpt
 
 BATCH = 2000
 FORMATS = ("json", "xpt")
@@ -129,6 +129,8 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, sta
     counted = sorted(catalogue.counted_statuses)
     latest = repository.last_modified(conn, study_id, counted) or study.last_updated
     assert latest is not None, "a stored ResearchStudy has its lastUpdated"
+    if latest.tzinfo is not None:  # PostgreSQL: an aware instant in the session's time zone
+        latest = latest.astimezone(UTC).replace(tzinfo=None)
     if deid is not None:  # when the server wrote its data says when visits were: a de-identified client gets the year
         latest = datetime(latest.year, 1, 1)
     bds = bds_names(design)
@@ -221,7 +223,7 @@ def list_datasets(engine: Engine, study_id: str, *, standard: str = "SDTM",
     """The study's datasets of `standard` (SDTM or ADaM) with their record counts (empty ones included)."""
     built = build(engine, study_id, standard=standard, deid=deid)
     try:
-        return {"study": study_id, "studyid": built.studyid, "created": built.created.isoformat(),
+        return {"study": study_id, "studyid": built.studyid, "created": iso(built.created),
                 "datasets": [{"name": d, "label": ds.label, "records": ds.records}
                              for d, ds in sorted(built.datasets.items())]}
     finally:
