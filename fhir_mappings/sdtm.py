@@ -507,7 +507,7 @@ Row = dict[str, Any]
 
 @dataclass
 class SubjectRows:
-    """One subject's rows per domain, and the latest lastUpdated of what they came from."""
+    """One subject's rows per domain, whether the subject completed, and its RFSTDTC."""
 
     rows: dict[str, list[Row]]
     completed: bool
