@@ -168,7 +168,7 @@ def _register_subcommands() -> None:
     for module, name in (("service.demo.cli", "demo"), ("service.export.cli", "export"),
                          ("service.stats.cli", "summary"), ("service.auth.cli", "clients"),
                          ("service.audit.cli", "audit"), ("service.ehr.cli", "sources"), ("service.ehr.cli", "sync"),
-                         ("service.hl7.cli", "mllp")):
+                         ("service.hl7.cli", "mllp"), ("service.sdtm.cli", "sdtm")):
         try:
             sub = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -40,6 +40,7 @@ from service.ops.layer import Observe
 from service.ops.logs import install_default_handler
 from service.ops.router import migration_heads, router as ops_router
 from service.replica import ReadRouter
+from service.sdtm.router import router as sdtm_router
 from service.settings import Settings, get_settings
 from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
 
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export_router)
     app.include_router(group_router)
     app.include_router(hl7_router)
+    app.include_router(sdtm_router)
     app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
     app.include_router(dashboard_router)  # the study dashboard at /
     for router in build_routers():

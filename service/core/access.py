@@ -24,6 +24,9 @@ from service.search import compiler
 
 #: what the study's figures (summary, CSV, MeasureReport, charts, report) are computed from
 FIGURES_READ = ("Observation", "AdverseEvent", "ResearchSubject")
+#: what the study's CDISC SDTM datasets are made from (each row is a subject's data, not an aggregate)
+SDTM_READ = ("ResearchStudy", "Patient", "ResearchSubject", "Observation", "AdverseEvent", "MedicationAdministration",
+             "Procedure")
 
 
 def require(caller: Caller, resource_type: str, letters: str, *, expression: str | None = None) -> None:

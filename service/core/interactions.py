@@ -62,6 +62,7 @@ from service.errors import BadRequest, FhirError, Forbidden, Gone, NotFound
 from service.export import service as exports
 from service.group import service as groups
 from service.replica import ReadRouter
+from service.sdtm import service as sdtm
 from service.search.compiler import study_condition
 from service.search.service import plan_search, resolve_study, run_search, run_search_async
 from service.settings import Settings
@@ -657,6 +658,45 @@ class Core:
         """The human-readable report (HTML)."""
         return await self._figures(ctx, study_id, "report", lambda s, sid: stats.study_report(
             s, sid, min_cell=self._min_cell(ctx)))
+
+    # -- CDISC SDTM ---------------------------------------------------------------------------------------------
+
+    async def _sdtm(self, ctx: Context, key: str, operation: str,
+                    work: Callable[[Engine, str, Deidentifier | None], T]) -> T:
+        """`work` (on a read engine, the study's id and the caller's de-identifier, if it gets de-identified data)
+        on a study's SDTM datasets: the study named by its id or registry number, for a caller that may read every
+        type they are made from (403 naming the scope) in that study (404 for another study's, as for an unknown
+        one); audited as an operation on the study."""
+        study_id = await self.resolve_study_id(ctx, key)
+
+        async def run() -> T:
+            for resource_type in access.SDTM_READ:
+                access.require(ctx.caller, resource_type, "r")
+            if not ctx.caller.unrestricted:
+                for resource_type in access.SDTM_READ:
+                    studies = ctx.caller.studies_for(resource_type, "r")
+                    if studies is not None and study_id not in studies:
+                        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+            deid = await self._deidentifier() if ctx.caller.deidentified else None
+            return await to_thread.run_sync(self.reads.run, self._read_engine(ctx),
+                                            lambda engine: work(engine, study_id, deid))
+        return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
+                                   resources_named=_named("ResearchStudy", study_id))
+
+    async def sdtm_datasets(self, ctx: Context, key: str, standard: str = "SDTM") -> dict[str, Any]:
+        """The study's SDTM (or ADaM) datasets with their record counts."""
+        return await self._sdtm(ctx, key, standard.lower(), lambda engine, sid, deid: sdtm.list_datasets(
+            engine, sid, standard=standard, deid=deid))
+
+    async def sdtm_file(self, ctx: Context, key: str, name: str, out_dir: Path, standard: str = "SDTM") -> Path:
+        """One SDTM (or ADaM) file of the study written into `out_dir`: `DM.json`, `DM.xpt`, …, or (SDTM)
+        `define.xml`."""
+        if name.lower() == "define.xml" and standard == "SDTM":
+            return await self._sdtm(ctx, key, "sdtm-define", lambda engine, sid, deid: sdtm.write_define(
+                engine, sid, out_dir, deid=deid))
+        domain, fmt = sdtm.parse_dataset_name(name)
+        return await self._sdtm(ctx, key, f"{standard.lower()}-dataset", lambda engine, sid, deid: sdtm.write_dataset(
+            engine, sid, domain, fmt, out_dir, deid=deid, standard=standard))
 
     def _min_cell(self, ctx: Context) -> int | None:
         """k of the k-anonymous figures a de-identified client gets (cells of fewer subjects suppressed)."""

@@ -360,6 +360,12 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("GET", f"/studies/{STUDY}/charts/NOPE.svg", 404)
     send("GET", f"/studies/{STUDY}/report", 200)
     send("GET", f"/studies/{STUDY}/progress", 200)
+    # CDISC datasets (one subject: one order); XPT files carry no zone in their stamps, so JSON here
+    send("GET", f"/studies/{STUDY}/sdtm", 200)
+    send("GET", f"/studies/{STUDY}/sdtm/DM.json", 200)
+    send("GET", f"/studies/{STUDY}/sdtm/XX.json", 404)
+    send("GET", f"/studies/{STUDY}/adam", 200)
+    send("GET", f"/studies/{STUDY}/adam/ADSL.json", 200)
     send("GET", "/studies/unknown-study/progress", 404)
     send("GET", "/", 200)
     send("GET", "/dashboard/studies", 200)

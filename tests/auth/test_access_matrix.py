@@ -234,6 +234,13 @@ def _figures(path: str) -> Row:
                ("Observation.r", "AdverseEvent.r", "ResearchSubject.r"))
 
 
+def _sdtm(path: str) -> Row:
+    """The study's CDISC datasets: subject-level data of every type they are made from."""
+    return Row(lambda s, k: s.send("GET", path.format(study=s.ids[k]["ResearchStudy"])),
+               ("ResearchStudy.r", "Patient.r", "ResearchSubject.r", "Observation.r", "AdverseEvent.r",
+                "MedicationAdministration.r", "Procedure.r"))
+
+
 def _public(path: str) -> Row:
     return Row(lambda s, k: s.send("GET", path), public=True)
 
@@ -291,6 +298,10 @@ ROWS: dict[str, Row] = {
     "read_chart": _figures("/studies/{study}/charts/EASI.svg"),
     "read_report": _figures("/studies/{study}/report"),
     "read_progress": _figures("/studies/{study}/progress"),
+    "list_sdtm": _sdtm("/studies/{study}/sdtm"),
+    "read_sdtm": _sdtm("/studies/{study}/sdtm/DM.json"),
+    "list_adam": _sdtm("/studies/{study}/adam"),
+    "read_adam": _sdtm("/studies/{study}/adam/ADSL.json"),
     # the dashboard's page and assets carry no data without a token (tests/dashboard: what a token shows)
     "dashboard": _public("/"),
     "dashboard_asset": _public("/dashboard/assets/dashboard.js"),
