@@ -1,0 +1,312 @@
+"""The outbox: which subscriptions a committed unit of work concerns, and their event rows, written in that unit's
+own transaction (service/core/resources.py `commit_unit`, the one place every write of every path commits).
+
+Matching is cheap: the active subscriptions come from a per-process cache (per database), refreshed when a
+Subscription is written in this process, and otherwise when the database's subscription generation (one row,
+bumped by every Subscription write of any replica) changed, looked at no more often than every
+`TRIAL_FHIR_SUBSCRIPTION_CACHE_S`. Topics are matched in memory from the typed rows the write made; classic
+criteria (`Type?search`) by the search machinery, one query per subscription and type for the whole unit.
+
+Event numbers are per subscription, taken from its state row in the writing transaction (`UPDATE … RETURNING`,
+subscriptions locked in id order): gapless, and in commit order.
+"""
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlmodel import Session
+
+from fhir_mappings.subscription import SubscriptionSpec, read_subscription
+from service.auth.scopes import parse_scopes
+from service.core.context import Caller
+from service.errors import FhirError
+from service.store.models import ResourceRecord, table_of
+from service.store.unit_of_work import Change
+from service.subscription.models import (
+    SubscriptionEvent,
+    SubscriptionGeneration,
+    SubscriptionRecord,
+    SubscriptionState,
+)
+
+log = logging.getLogger("trial_fhir")
+SUB = table_of(SubscriptionRecord)
+ST = table_of(SubscriptionState)
+EV = table_of(SubscriptionEvent)
+GEN = table_of(SubscriptionGeneration)
+R = table_of(ResourceRecord)
+#: the statuses whose subscriptions get events (an errored one keeps them, to resume from when re-enabled)
+LIVE = ("requested", "active", "error")
+COUNTED = ("final", "amended", "corrected")
+
+
+@dataclass(frozen=True)
+class Active:
+    """A live subscription as matching needs it."""
+
+    id: str
+    spec: SubscriptionSpec
+    owner: Caller
+
+
+@dataclass
+class _Cache:
+    generation: int
+    by_type: dict[str, list[Active]]
+    checked_at: float
+    stale: bool = False
+
+
+_caches: dict[str, _Cache] = {}
+_ttl = [1.0]
+_wakers: list[Callable[[], None]] = []
+_lock = threading.Lock()
+
+
+def configure(cache_s: float) -> None:
+    """How long a process trusts its cache of active subscriptions without looking at the generation."""
+    _ttl[0] = cache_s
+
+
+def add_waker(wake: Callable[[], None]) -> None:
+    """`wake()` (thread-safe, quick) is called after a commit that wrote events: an in-process sender starts now."""
+    with _lock:
+        _wakers.append(wake)
+
+
+def remove_waker(wake: Callable[[], None]) -> None:
+    with _lock:
+        if wake in _wakers:
+            _wakers.remove(wake)
+
+
+def changed() -> None:
+    """A Subscription was written in this process: every cache reloads on its next use."""
+    for cache in list(_caches.values()):
+        cache.stale = True
+
+
+def after_commit(session: Session, written: Sequence[str]) -> None:
+    if "Subscription" in written:
+        changed()
+    if session.info.pop("subscription_events", False) or "Subscription" in written:
+        for wake in list(_wakers):
+            wake()
+
+
+def owner_caller(row: Any) -> Caller:
+    """The client a subscription acts for, from its state row."""
+    scopes = parse_scopes(row.owner_scopes) if row.owner_scopes is not None else None
+    studies = frozenset(orjson.loads(row.owner_studies)) if row.owner_studies is not None else None
+    return Caller(name=row.owner, scopes=scopes, studies=studies, deidentified=row.owner_deidentified)
+
+
+def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, list[Active]]:
+    """The live subscriptions by the type they watch (the process's cache, refreshed as the module says)."""
+    key = session.get_bind().engine.url.render_as_string(hide_password=True)
+    cache = _caches.get(key)
+    now = time.monotonic()
+    if cache is not None and not cache.stale and now - cache.checked_at < _ttl[0]:
+        return cache.by_type
+    generation = session.execute(select(GEN.c.generation).where(GEN.c.id == 1)).scalar() or 0
+    if cache is not None and not cache.stale and cache.generation == generation:
+        cache.checked_at = now
+        return cache.by_type
+    by_type: dict[str, list[Active]] = defaultdict(list)
+    rows = session.execute(
+        select(SUB.c.id, R.c.content, ST.c.owner, ST.c.owner_scopes, ST.c.owner_studies, ST.c.owner_deidentified)
+        .join(R, (R.c.resource_type == "Subscription") & (R.c.id == SUB.c.id))
+        .join(ST, ST.c.id == SUB.c.id).where(SUB.c.status.in_(LIVE)).order_by(SUB.c.id)).all()
+    for row in rows:
+        spec, _ = read_subscription(orjson.loads(row.content), allow_http_loopback=True, stored_types=stored_types)
+        if spec is not None:
+            by_type[spec.resource_type].append(Active(row.id, spec, owner_caller(row)))
+    _caches[key] = _Cache(generation, dict(by_type), now)
+    return _caches[key].by_type
+
+
+def bump_generation(session: Session) -> None:
+    """Every process's cache is stale (a Subscription written, in this transaction)."""
+    done = session.execute(update(GEN).where(GEN.c.id == 1).values(generation=GEN.c.generation + 1))
+    if not done.rowcount:  # type: ignore[attr-defined]
+        session.execute(insert(GEN).values(id=1, generation=1))
+
+
+def record(session: Session, changes: Sequence[Change], flush: Callable[[], None]) -> None:
+    """Write the events `changes` (one unit of work's versions) cause, in its transaction."""
+    from service.core.registry import TYPES  # (the registry imports the domains, one of which is Subscription)
+    by_type = active(session, tuple(TYPES))
+    relevant = [c for c in changes if c.resource_type in by_type and c.body is not None]
+    if not relevant:
+        return
+    now = datetime.now(UTC)
+    lookups = _Lookups(session)
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for resource_type in {c.resource_type for c in relevant}:
+        mine = [c for c in relevant if c.resource_type == resource_type]
+        for sub in by_type[resource_type]:
+            if not sub.owner.may(resource_type, "s"):
+                continue
+            matched: list[tuple[Change, Any]]
+            if sub.spec.topic is None:
+                matched = list(_classic(session, sub, mine, flush))
+            else:
+                matched = [(c, onset) for c in mine if (onset := _topic(sub, c, lookups)) is not False]
+            for change, onset in matched:
+                if not _readable(sub.owner, change):
+                    continue
+                found[sub.id].append({"subscription_id": sub.id, "occurred_at": now,
+                                      "focus_type": change.resource_type, "focus_id": change.id,
+                                      "focus_version": change.version_id,
+                                      "onset": onset if isinstance(onset, datetime) else None})
+    if not found:
+        return
+    for sub_id in sorted(found):  # locked in one order: two writers never wait for each other's subscriptions
+        rows = found[sub_id]
+        top = session.execute(update(ST).where(ST.c.id == sub_id).values(
+            events_since_start=ST.c.events_since_start + len(rows)).returning(ST.c.events_since_start)).scalar()
+        if top is None:
+            continue
+        for i, row in enumerate(rows):
+            row["event_number"] = top - len(rows) + 1 + i
+        session.execute(insert(EV), rows)
+    session.info["subscription_events"] = True
+
+
+def _readable(owner: Caller, change: Change) -> bool:
+    """Could the subscriber read this resource (its studies)? A notification never carries what it could not."""
+    studies = owner.studies_for(change.resource_type, "s")
+    if studies is None:
+        return True
+    study = (change.row or {}).get("study_id")
+    return study is not None and study in studies
+
+
+def _classic(session: Session, sub: Active, changes: list[Change], flush: Callable[[], None]
+             ) -> list[tuple[Change, None]]:
+    """Classic criteria: the search machinery decides which of the written resources match (one query)."""
+    from service.search.service import match_ids
+    flush()
+    ids = sorted({c.id for c in changes})
+    try:
+        matched = set(match_ids(session, sub.spec.resource_type, [*sub.spec.classic, ("_id", ",".join(ids))],
+                                where="Subscription.criteria", caller=sub.owner, limit=len(ids)))
+    except FhirError as exc:  # criteria that no longer compile (checked when stored): no events, said once
+        log.warning("subscription %s: its criteria can't be matched: %s", sub.id, exc)
+        return []
+    return [(c, None) for c in changes if c.id in matched]
+
+
+class _Lookups:
+    """What topic matching reads beyond the typed rows, once per unit of work (an arm, a baseline)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.arms: dict[str, str | None] = {}
+
+    def arm(self, subject_id: str) -> str | None:
+        if subject_id not in self.arms:
+            from service.trial.models import SubjectRecord
+            s = table_of(SubjectRecord)
+            self.arms[subject_id] = self.session.execute(select(s.c.arm).where(s.c.id == subject_id)).scalar()
+        return self.arms[subject_id]
+
+    def baseline(self, subject_id: str, measure: str) -> float | None:
+        """The subject's counted baseline value of `measure` (the one closest to day 0, later on a tie)."""
+        from service.observation.models import MeasurementRecord
+        m = table_of(MeasurementRecord)
+        return self.session.execute(
+            select(m.c.value).where(m.c.subject_id == subject_id, m.c.measure == measure, m.c.visit == "baseline",
+                                    m.c.status.in_(COUNTED))
+            .order_by(m.c.study_day.desc(), m.c.effective.desc()).limit(1)).scalar()
+
+
+def _in(values: tuple[str, ...] | None, value: Any) -> bool:
+    return values is None or (value is not None and str(value) in values)
+
+
+def _coded(content: str | None, element: str) -> str | None:
+    if content is None:
+        return None
+    try:
+        codings = (orjson.loads(content).get(element) or {}).get("coding") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return next((c.get("code") for c in codings if isinstance(c, dict) and c.get("code")), None)
+
+
+def _topic(sub: Active, change: Change, lookups: _Lookups) -> datetime | None | bool:
+    """False when `change` is no event of the subscription's topic; else the onset to carry (or None)."""
+    row = change.row
+    topic = sub.spec.topic
+    if row is None or topic is None:
+        return False
+    f = sub.spec.filters.get
+    if not _in(f("study"), row.get("study_id")):
+        return False
+    key = topic.key
+    if key in ("measurement", "responder"):
+        if not (_in(f("code"), row.get("code")) or _in(f("code"), f"{row.get('code_system')}|{row.get('code')}")):
+            return False
+        if not _in(f("visit"), row.get("visit")):
+            return False
+        if f("arm") is not None and not _in(f("arm"), lookups.arm(row["subject_id"])):
+            return False
+        if key == "responder":
+            return None if _responds(row, f("responder"), lookups) else False
+        return None
+    if key == "adverse-event":
+        related = "related" if row.get("related") else "not-related"
+        ok = _in(f("seriousness"), row.get("seriousness")) and _in(f("severity"), row.get("severity")) \
+            and _in(f("relatedness"), related)
+        return None if ok else False
+    if key == "serious-adverse-event":
+        if row.get("seriousness") != "serious" or not _in(f("severity"), row.get("severity")):
+            return False
+        if change.previous is not None and _coded(change.previous, "seriousness") == "serious":
+            return False  # serious already: the desk heard of it then
+        onset = row.get("onset")
+        return onset if isinstance(onset, datetime) else None
+    if key == "enrolment":
+        status = row.get("status")
+        if not _in(f("status"), status):
+            return False
+        if change.previous is None:
+            return None
+        before = orjson.loads(change.previous).get("status") if change.previous else None
+        return None if status == "withdrawn" and before != "withdrawn" else False
+    return False
+
+
+def responder_definitions(study_id: str) -> tuple[Any, ...]:
+    """The responder definitions of a study (one place, so that they can come from the study's catalogue)."""
+    from service.stats.service import RESPONDERS
+    return RESPONDERS
+
+
+def _responds(row: dict[str, Any], wanted: tuple[str, ...] | None, lookups: _Lookups) -> bool:
+    """Does this counted result at a (non-baseline) visit meet a responder definition against the baseline?"""
+    if row.get("status") not in COUNTED or row.get("visit") in ("baseline", "unscheduled", None):
+        return False
+    value = row.get("value")
+    for definition in responder_definitions(row["study_id"]):
+        if definition.measure != row.get("measure") or (wanted is not None and definition.key not in wanted):
+            continue
+        baseline = lookups.baseline(row["subject_id"], definition.measure)
+        if baseline is None or value is None:
+            continue
+        if definition.pct_change_at_most is not None:
+            if baseline > 0 and 100 * (value - baseline) / baseline <= definition.pct_change_at_most:
+                return True
+        elif definition.value_at_most is not None and value <= definition.value_at_most and (
+                definition.drop_at_least is None or baseline - value >= definition.drop_at_least):
+            return True
+    return False

@@ -1,0 +1,322 @@
+"""The sender: an asyncio task in each replica that delivers notifications (rest-hook, httpx), never losing one.
+
+- **Claims** subscriptions with work due (an undelivered event, a handshake, a heartbeat) by a lease on their
+  state row (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so replicas never claim the same one; SQLite: one process). The
+  holder of the lease is the only one delivering that subscription: in order, a batch of at most `max-count` events
+  after the last acknowledged one.
+- **Acknowledged** (2xx): `delivered` moves to the batch's last event number. A crash between the POST and that
+  update sends the batch again once its lease runs out: at most one duplicate, visible by its event numbers.
+- **Failed** (network error, time-out, non-2xx): retried after an exponential back-off with jitter, or the
+  endpoint's `Retry-After` when it asks for longer; after `TRIAL_FHIR_SUBSCRIPTION_MAX_FAILURES` failures in a row the
+  Subscription goes to `error` (its events keep accumulating: re-enabled, it resumes at the first undelivered one).
+- **Handshake** when a Subscription is `requested`: success makes it `active`, failure `error` with the reason.
+- **Heartbeats** on active subscriptions with a heartbeat period and nothing to send.
+- Every message is signed (Standard Webhooks: `webhook-id`, `webhook-timestamp`, `webhook-signature`, HMAC-SHA256 with
+  the subscription's secret); its `channel.header` values are sent as headers.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+from anyio import to_thread
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from standardwebhooks.webhooks import Webhook
+
+from fhir_mappings.subscription import notification_bundle, read_subscription
+from service.core import resources
+from service.core.context import SYSTEM
+from service.db import write_session
+from service.settings import Settings
+from service.store.models import ResourceVersion, table_of
+from service.subscription import events
+from service.subscription.service import (
+    SERVER_WRITE,
+    _instant,
+    load_events,
+    notification_entries,
+    notification_events,
+    status_of,
+    status_parameters_of,
+)
+
+log = logging.getLogger("trial_fhir")
+SUB, ST = events.SUB, events.ST
+V = table_of(ResourceVersion)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Delivery:
+    id: str
+    kind: str  # handshake | heartbeat | event-notification
+    endpoint: str
+    body: bytes
+    headers: dict[str, str]
+    timeout: float
+    last: int  # the last event number it carries (the acknowledged one, for a heartbeat or handshake)
+    heartbeat_s: int | None
+
+
+class Sender:
+    """The notification sender of one process (see the module)."""
+
+    def __init__(self, engine: Engine, settings: Settings, *, http: httpx.AsyncClient | None = None,
+                 name: str | None = None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self.http = http
+        self._own_http = http is None
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deid: Any = None
+        self.sent = self.failed = 0  # counts, for tests and benchmarks
+
+    # -- life ------------------------------------------------------------------------------------------------
+    async def start(self) -> "Sender":
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        if self.http is None:
+            self.http = httpx.AsyncClient(follow_redirects=False)
+        events.add_waker(self.wake)
+        self._task = asyncio.create_task(self._run(), name="subscription-sender")
+        return self
+
+    def wake(self) -> None:
+        """From any thread: deliver now (events were committed in this process)."""
+        if self._loop is not None and self._wakeup is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def stop(self) -> None:
+        events.remove_waker(self.wake)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await to_thread.run_sync(self._release_all)
+        if self._own_http and self.http is not None:
+            await self.http.aclose()
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            try:
+                busy = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away (a 503 elsewhere): try again at the next poll
+                log.exception("subscription sender: a round failed")
+                busy = 0
+            if busy:
+                continue
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.settings.subscription_poll_s)
+            except TimeoutError:
+                pass
+
+    async def run_once(self) -> int:
+        """Claim what is due and deliver it; the number of subscriptions claimed."""
+        claimed: list[str] = await to_thread.run_sync(self._claim)
+        if claimed:
+            await asyncio.gather(*(self._deliver(id) for id in claimed))
+        return len(claimed)
+
+    # -- claims ----------------------------------------------------------------------------------------------
+    def _claim(self) -> list[str]:
+        now = utcnow()
+        with write_session(self.engine) as session:
+            due = (select(ST.c.id).join(SUB, SUB.c.id == ST.c.id)
+                   .where(SUB.c.status.in_(("requested", "active")), ST.c.next_attempt_at <= now,
+                          or_(ST.c.lease_until.is_(None), ST.c.lease_until < now),
+                          or_(ST.c.delivered < ST.c.events_since_start, SUB.c.status == "requested",
+                              ST.c.heartbeat_at <= now))
+                   .order_by(ST.c.next_attempt_at, ST.c.id).limit(self.settings.subscription_concurrency))
+            if session.get_bind().dialect.name == "postgresql":
+                due = due.with_for_update(of=ST, skip_locked=True)
+            ids = list(session.execute(due).scalars())
+            if ids:
+                lease = now + timedelta(seconds=self.settings.subscription_timeout_s * 2 + 30)
+                session.execute(update(ST).where(ST.c.id.in_(ids)).values(lease_owner=self.name, lease_until=lease))
+            session.commit()
+        return ids
+
+    def _release_all(self) -> None:
+        with write_session(self.engine) as session:
+            session.execute(update(ST).where(ST.c.lease_owner == self.name).values(lease_owner=None,
+                                                                                  lease_until=None))
+            session.commit()
+
+    # -- one subscription ------------------------------------------------------------------------------------
+    async def _deliver(self, id: str) -> None:
+        try:
+            delivery = await to_thread.run_sync(self._prepare, id)
+        except Exception:
+            log.exception("subscription %s: its notification could not be built", id)
+            await to_thread.run_sync(self._release, id)
+            return
+        if delivery is None:
+            await to_thread.run_sync(self._release, id)
+            return
+        assert self.http is not None
+        reason, retry_after = None, None
+        try:
+            answer = await self.http.post(delivery.endpoint, content=delivery.body, headers=delivery.headers,
+                                          timeout=delivery.timeout)
+            if not 200 <= answer.status_code < 300:
+                reason = f"the endpoint answered {answer.status_code}"
+                retry_after = retry_after_s(answer.headers.get("Retry-After"))
+        except httpx.TimeoutException:
+            reason = f"no answer within {delivery.timeout:g} s"
+        except httpx.HTTPError as exc:
+            reason = f"the endpoint could not be reached ({type(exc).__name__})"
+        if reason is None:
+            self.sent += 1
+            await to_thread.run_sync(self._done, delivery)
+        else:
+            self.failed += 1
+            log.info("subscription %s: %s failed: %s", id, delivery.kind, reason)
+            await to_thread.run_sync(self._failed, delivery, reason, retry_after)
+
+    def _deidentifier(self) -> Any:
+        if self._deid is None:
+            from service.deid.service import deidentifier_from
+            self._deid = deidentifier_from(self.settings, self.engine)
+        return self._deid
+
+    def _prepare(self, id: str) -> Delivery | None:
+        now = utcnow()
+        with Session(self.engine) as session:
+            sub, state = status_of(session, id)
+            if sub is None or state is None or state.lease_owner != self.name:
+                return None
+            content = session.execute(select(V.c.content).where(
+                V.c.resource_type == "Subscription", V.c.id == id).order_by(V.c.version_id.desc()).limit(1)).scalar()
+            spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True, stored_types=())
+            if spec is None:
+                return None
+            rows: list[Any] = []
+            if sub.status == "requested":
+                kind = "handshake"
+            elif state.delivered < state.events_since_start:
+                kind = "event-notification"
+                limit = min(spec.max_count or self.settings.subscription_max_count,
+                            self.settings.subscription_max_count)
+                rows = load_events(session, id, state.delivered, limit)
+            else:
+                kind = "heartbeat"
+            owner = events.owner_caller(state)
+            deid = self._deidentifier() if owner.deidentified and spec.content == "full-resource" else None
+            entries = notification_entries(session, rows, spec.content, self.settings.base_url, deid)
+            parameters = status_parameters_of(sub, state, kind, notification_events(rows, spec.content, now))
+        bundle_id = f"{id}-{kind}-{rows[-1].event_number if rows else state.delivered}"
+        body = orjson.dumps(notification_bundle(bundle_id, _instant(now), parameters, entries))
+        msg_id = f"{id}-{rows[0].event_number}-{rows[-1].event_number}" if rows else f"{id}-{kind}-{now.timestamp()}"
+        headers = dict(spec.headers)
+        headers["Content-Type"] = "application/fhir+json"
+        if state.secret:
+            headers.update({"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                            "webhook-signature": Webhook(state.secret).sign(msg_id, now, body.decode())})
+        timeout = float(min(spec.timeout_s or self.settings.subscription_timeout_s,
+                            self.settings.subscription_timeout_s * 2))
+        return Delivery(id, kind, spec.endpoint, body, headers, timeout,
+                        rows[-1].event_number if rows else state.delivered, spec.heartbeat_s)
+
+    def _release(self, id: str) -> None:
+        with write_session(self.engine) as session:
+            session.execute(update(ST).where(ST.c.id == id, ST.c.lease_owner == self.name)
+                            .values(lease_owner=None, lease_until=None))
+            session.commit()
+
+    def _done(self, d: Delivery) -> None:
+        now = utcnow()
+        with write_session(self.engine) as session:
+            values: dict[str, Any] = {"attempts": 0, "lease_owner": None, "lease_until": None,
+                                      "next_attempt_at": now, "last_error": None,
+                                      "heartbeat_at": now + timedelta(seconds=d.heartbeat_s) if d.heartbeat_s
+                                      else None}
+            if d.kind == "event-notification":
+                values["delivered"] = d.last
+            session.execute(update(ST).where(ST.c.id == d.id, ST.c.lease_owner == self.name).values(**values))
+            session.commit()
+        if d.kind == "handshake":
+            self._set_status(d.id, "active", None)
+
+    def _failed(self, d: Delivery, reason: str, retry_after: float | None) -> None:
+        now = utcnow()
+        settings = self.settings
+        with write_session(self.engine) as session:
+            attempts = (session.execute(select(ST.c.attempts).where(ST.c.id == d.id)).scalar() or 0) + 1
+            give_up = d.kind == "handshake" or attempts >= settings.subscription_max_failures
+            delay = backoff_s(attempts, settings.subscription_backoff_s, settings.subscription_backoff_max_s)
+            if retry_after is not None:
+                delay = max(delay, min(retry_after, settings.subscription_backoff_max_s))
+            session.execute(update(ST).where(ST.c.id == d.id, ST.c.lease_owner == self.name).values(
+                attempts=attempts, lease_owner=None, lease_until=None, last_error=reason,
+                next_attempt_at=now + timedelta(seconds=delay)))
+            session.commit()
+        if give_up:
+            what = "the handshake failed" if d.kind == "handshake" else f"{attempts} deliveries failed in a row"
+            self._set_status(d.id, "error", f"{what}: {reason}")
+
+    def _set_status(self, id: str, status: str, error: str | None) -> None:
+        """A new version of the Subscription with the status the server sets (through the one write path)."""
+        def work(uow: Any) -> None:
+            current = resources.read(uow.session, "Subscription", id)
+            body = orjson.loads(current.content or "{}")
+            if body.get("status") not in ("requested", "active"):
+                return  # the client changed it meanwhile (off, or re-enabled after this failure): theirs stands
+            body["status"] = status
+            if error:
+                body["error"] = error
+            else:
+                body.pop("error", None)
+            body.pop("meta", None)
+            uow.cache[SERVER_WRITE] = True
+            resources.update(uow, "Subscription", id, body)
+        try:
+            with write_session(self.engine) as session:
+                resources.run_write(session, work, caller=SYSTEM)
+        except Exception:
+            log.exception("subscription %s: its status could not be set to %s", id, status)
+
+
+def backoff_s(attempts: int, base: float, ceiling: float) -> float:
+    """Exponential back-off with jitter: a random delay between half and all of base·2^(attempts−1), at most
+    `ceiling` (replicas retrying one endpoint spread out; none retries sooner than half its step)."""
+    top = min(ceiling, base * 2 ** min(attempts - 1, 30))
+    return random.uniform(top / 2, top)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """`Retry-After` in seconds (delta-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - utcnow()).total_seconds())
