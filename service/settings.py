@@ -138,6 +138,10 @@ class Settings(BaseSettings):
     subscription_timeout_s: float = Field(
         10.0, gt=0, description="Time-out of one notification POST (a Subscription's backport-timeout may ask for "
         "up to twice this).")
+    subscription_lease_s: float = Field(
+        60.0, gt=0, description="How long a sender holds a subscription it claimed: if its process dies "
+        "mid-delivery, another sender takes the subscription over after this and sends the unacknowledged events "
+        "again (at most once more, with the same event numbers). Keep it above twice TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S.")
     subscription_max_failures: int = Field(
         10, ge=1, description="Failed deliveries in a row after which a Subscription goes to `error` (with the "
         "back-off below: about 20 minutes of retries); re-enabled, it resumes at its first undelivered event.")
@@ -232,6 +236,10 @@ class Settings(BaseSettings):
             raise ValueError(f"TRIAL_FHIR_JOB_HEARTBEAT_S ({self.job_heartbeat_s}) must be shorter than "
                              f"TRIAL_FHIR_JOB_LEASE_S ({self.job_lease_s}): a job's lease would run out between two "
                              "heartbeats and it would be run again while it runs")
+        if self.subscription_lease_s <= 2 * self.subscription_timeout_s:
+            raise ValueError(f"TRIAL_FHIR_SUBSCRIPTION_LEASE_S ({self.subscription_lease_s}) must be longer than twice "
+                             f"TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S ({self.subscription_timeout_s}): a subscription "
+                             "would be taken over while its notification is still being sent")
         return self
 
     def check(self) -> None:

@@ -301,9 +301,11 @@ class Core:
     async def _real_id(self, ctx: Context, resource_type: str, id: str) -> str:
         """The id a request names, as stored: a de-identified client names a Patient by its pseudonym (an id
         that is none names nothing)."""
-        if not (ctx.caller.deidentified and resource_type == "Patient"):
+        if not ctx.caller.deidentified:
             return id
-        deid = await self._deidentifier()
+        deid = await self._deidentifier()  # (made here for `_shown` too, whatever the type)
+        if resource_type != "Patient":
+            return id
         real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, id), ctx)
         return real or deid.nothing
 

@@ -36,6 +36,7 @@ from standardwebhooks.webhooks import Webhook
 from fhir_mappings.subscription import notification_bundle, read_subscription
 from service.core import resources
 from service.core.context import SYSTEM
+from service.core.registry import TYPES
 from service.db import write_session
 from service.settings import Settings
 from service.store.models import ResourceVersion, table_of
@@ -154,7 +155,7 @@ class Sender:
                 due = due.with_for_update(of=ST, skip_locked=True)
             ids = list(session.execute(due).scalars())
             if ids:
-                lease = now + timedelta(seconds=self.settings.subscription_timeout_s * 2 + 30)
+                lease = now + timedelta(seconds=self.settings.subscription_lease_s)
                 session.execute(update(ST).where(ST.c.id.in_(ids)).values(lease_owner=self.name, lease_until=lease))
             session.commit()
         return ids
@@ -210,7 +211,8 @@ class Sender:
                 return None
             content = session.execute(select(V.c.content).where(
                 V.c.resource_type == "Subscription", V.c.id == id).order_by(V.c.version_id.desc()).limit(1)).scalar()
-            spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True, stored_types=())
+            spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True,
+                                        stored_types=tuple(TYPES))
             if spec is None:
                 return None
             rows: list[Any] = []
@@ -266,6 +268,9 @@ class Sender:
         with write_session(self.engine) as session:
             attempts = (session.execute(select(ST.c.attempts).where(ST.c.id == d.id)).scalar() or 0) + 1
             give_up = d.kind == "handshake" or attempts >= settings.subscription_max_failures
+            if give_up:
+                what = "the handshake failed" if d.kind == "handshake" else f"{attempts} deliveries failed in a row"
+                reason = f"{what}: {reason}"
             delay = backoff_s(attempts, settings.subscription_backoff_s, settings.subscription_backoff_max_s)
             if retry_after is not None:
                 delay = max(delay, min(retry_after, settings.subscription_backoff_max_s))
@@ -274,8 +279,7 @@ class Sender:
                 next_attempt_at=now + timedelta(seconds=delay)))
             session.commit()
         if give_up:
-            what = "the handshake failed" if d.kind == "handshake" else f"{attempts} deliveries failed in a row"
-            self._set_status(d.id, "error", f"{what}: {reason}")
+            self._set_status(d.id, "error", reason)
 
     def _set_status(self, id: str, status: str, error: str | None) -> None:
         """A new version of the Subscription with the status the server sets (through the one write path)."""

@@ -20,6 +20,7 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3qW8ZGYqNwE="
 class Received:
     headers: dict[str, str]
     body: bytes
+    status: int = 0  # what the receiver answered
 
     @property
     def bundle(self) -> dict[str, Any]:
@@ -59,9 +60,10 @@ class Receiver:
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def notifications(self, subscription: str | None = None) -> list[Received]:
+    def notifications(self, subscription: str | None = None, *, refused: bool = False) -> list[Received]:
+        """The event notifications received (acknowledged ones; `refused`: those answered with an error)."""
         return [r for r in list(self.received) if r.kind == "event-notification"
-                and (subscription is None or r.subscription == subscription)]
+                and (subscription is None or r.subscription == subscription) and (r.status >= 300) == refused]
 
     def wait_for(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
         end = time.monotonic() + timeout
@@ -90,6 +92,7 @@ def receiver() -> Iterator[Receiver]:
                 if me.delay_s:
                     time.sleep(me.delay_s)
                 status, headers = me.answer(got)
+                got.status = status
                 with me.lock:
                     me.received.append(got)
             finally:
@@ -118,7 +121,7 @@ def settings(database_url, tmp_path) -> Settings:
     return Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off", _env_file=None,
                     export_worker=False, subscription_allow_http_loopback=True, subscription_poll_s=0.05,
                     subscription_backoff_s=0.05, subscription_backoff_max_s=0.5, subscription_max_failures=3,
-                    subscription_timeout_s=2.0, subscription_cache_s=0.0)
+                    subscription_timeout_s=2.0, subscription_lease_s=5.0, subscription_cache_s=0.0)
 
 
 def topic_subscription(endpoint: str, topic: str, *filters: str, content: str = "full-resource",
