@@ -141,7 +141,8 @@ class Settings(BaseSettings):
     subscription_lease_s: float = Field(
         60.0, gt=0, description="How long a sender holds a subscription it claimed: if its process dies "
         "mid-delivery, another sender takes the subscription over after this and sends the unacknowledged events "
-        "again (at most once more, with the same event numbers). Keep it above twice TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S.")
+        "again (at most once more, with the same event numbers). Keep it above twice "
+        "TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S.")
     subscription_max_failures: int = Field(
         10, ge=1, description="Failed deliveries in a row after which a Subscription goes to `error` (with the "
         "back-off below: about 20 minutes of retries); re-enabled, it resumes at its first undelivered event.")
