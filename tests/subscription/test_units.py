@@ -15,7 +15,7 @@ from fhir_mappings.subscription import (
     valid_secret,
     without_secret,
 )
-from service.core.context import Caller
+from service.core.context import ANONYMOUS, Caller
 from service.store.unit_of_work import Change
 from service.subscription import events
 from service.subscription.sender import backoff_s, retry_after_s
@@ -113,7 +113,7 @@ def test_retry_after_in_seconds_or_as_a_date():
     assert retry_after_s("soon") is None and retry_after_s(None) is None
 
 
-def active(topic, *filters, owner=Caller()):
+def active(topic, *filters, owner=ANONYMOUS):
     spec, issues = read(topic_subscription("https://x.example.org", topic, *filters))
     assert spec is not None, issues
     return events.Active("s", spec, owner)
