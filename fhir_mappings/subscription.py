@@ -63,6 +63,9 @@ TOPICS: dict[str, Topic] = {t.url: t for t in (
     Topic("responder", "Observation", ("study", "arm", "visit", "responder"),
           "A subject reaching a responder threshold of the study at a visit (EASI-75 at week-12: the visit's "
           "counted value against baseline)"),
+    Topic("visit-window", "ResearchSubject", ("study", "visit", "code"),
+          "A visit's window closed with no counted result (of the filtered codes) for a subject still on study "
+          "(checked periodically; windows that close after the subscription was made)"),
 )}
 
 

@@ -155,6 +155,9 @@ class Settings(BaseSettings):
         "fewer).")
     subscription_concurrency: int = Field(
         16, ge=1, description="Subscriptions one sender delivers at once.")
+    subscription_window_check_s: float = Field(
+        300.0, gt=0, description="How often a sender checks for visit windows that closed with no result (the "
+        "visit-window topic).")
     subscription_allow_http_loopback: bool = Field(
         False, description="Accept http:// endpoints on loopback (development and tests); otherwise https only.")
     export_retention_hours: float = Field(24.0, description="Finished exports (files and job) are removed after this.")

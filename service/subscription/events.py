@@ -17,11 +17,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 from sqlmodel import Session
 
 from fhir_mappings.subscription import SubscriptionSpec, read_subscription
@@ -35,6 +35,7 @@ from service.subscription.models import (
     SubscriptionGeneration,
     SubscriptionRecord,
     SubscriptionState,
+    SubscriptionWindow,
 )
 
 log = logging.getLogger("trial_fhir")
@@ -42,6 +43,7 @@ SUB = table_of(SubscriptionRecord)
 ST = table_of(SubscriptionState)
 EV = table_of(SubscriptionEvent)
 GEN = table_of(SubscriptionGeneration)
+WIN = table_of(SubscriptionWindow)
 R = table_of(ResourceRecord)
 #: the statuses whose subscriptions get events (an errored one keeps them, to resume from when re-enabled)
 LIVE = ("requested", "active", "error")
@@ -167,6 +169,11 @@ def record(session: Session, changes: Sequence[Change], flush: Callable[[], None
                                       "focus_type": change.resource_type, "focus_id": change.id,
                                       "focus_version": change.version_id,
                                       "onset": onset if isinstance(onset, datetime) else None})
+    write_events(session, found)
+
+
+def write_events(session: Session, found: dict[str, list[dict[str, Any]]]) -> None:
+    """Insert the outbox rows `found` (per subscription, in order), numbered from each subscription's state row."""
     if not found:
         return
     for sub_id in sorted(found):  # locked in one order: two writers never wait for each other's subscriptions
@@ -179,6 +186,61 @@ def record(session: Session, changes: Sequence[Change], flush: Callable[[], None
             row["event_number"] = top - len(rows) + 1 + i
         session.execute(insert(EV), rows)
     session.info["subscription_events"] = True
+
+
+def check_visit_windows(session: Session, today: date) -> int:
+    """The periodic check of the `visit-window` topic: for each such live subscription, each subject still on study
+    (not withdrawn, with a day 0) of its studies whose visit's window closed before `today`, after the subscription
+    was made, with no counted result (of its `code` filter, else of any measure) at that visit: one event (focus:
+    the ResearchSubject), once (subscription_window). In the caller's transaction; the number of events."""
+    from fhir_mappings.terminology import load_catalogue
+    from service.core.registry import TYPES
+    from service.observation.models import MeasurementRecord
+    from service.trial.models import StudyRecord, SubjectRecord
+    subs = [a for a in active(session, tuple(TYPES)).get("ResearchSubject", [])
+            if a.spec.topic is not None and a.spec.topic.key == "visit-window"]
+    if not subs:
+        return 0
+    s, st, m = table_of(SubjectRecord), table_of(StudyRecord), table_of(MeasurementRecord)
+    now = datetime.now(UTC)
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for sub in subs:
+        created = session.execute(select(ST.c.created_at).where(ST.c.id == sub.id)).scalar()
+        if created is None:
+            continue
+        since = (created if created.tzinfo else created.replace(tzinfo=UTC)).date()
+        query = (select(s.c.id, s.c.study_id, s.c.day0, st.c.catalogue, R.c.version_id)
+                 .join(st, st.c.id == s.c.study_id)
+                 .join(R, (R.c.resource_type == "ResearchSubject") & (R.c.id == s.c.id))
+                 .where(s.c.status != "withdrawn", s.c.day0.is_not(None)))
+        studies = sub.spec.filters.get("study")
+        limited = sub.owner.studies_for("ResearchSubject", "s")
+        if studies is not None:
+            query = query.where(s.c.study_id.in_(studies))
+        if limited is not None:
+            query = query.where(s.c.study_id.in_(sorted(limited)))
+        told = {(row.subject_id, row.visit) for row in session.execute(
+            select(WIN.c.subject_id, WIN.c.visit).where(WIN.c.subscription_id == sub.id))}
+        codes = sub.spec.filters.get("code")
+        for subject_id, _, day0, catalogue_name, version in session.execute(query.order_by(s.c.id)).all():
+            catalogue = load_catalogue(catalogue_name)
+            for visit in catalogue.visits:
+                closed = day0 + timedelta(days=visit.last_day)  # its last day; closed once that day is over
+                if not since <= closed < today or (subject_id, visit.name) in told:
+                    continue
+                if not _in(sub.spec.filters.get("visit"), visit.name):
+                    continue
+                results = select(m.c.id).where(m.c.subject_id == subject_id, m.c.visit == visit.name,
+                                               m.c.status.in_(sorted(catalogue.counted_statuses)))
+                if codes is not None:
+                    results = results.where(or_(m.c.code.in_(codes), (m.c.code_system + "|" + m.c.code).in_(codes)))
+                if session.execute(results.limit(1)).first() is not None:
+                    continue
+                session.execute(insert(WIN).values(subscription_id=sub.id, subject_id=subject_id, visit=visit.name))
+                found[sub.id].append({"subscription_id": sub.id, "occurred_at": now, "focus_type": "ResearchSubject",
+                                      "focus_id": subject_id, "focus_version": version, "onset": None})
+    write_events(session, found)
+    return sum(len(v) for v in found.values())
 
 
 def _readable(owner: Caller, change: Change) -> bool:

@@ -48,6 +48,7 @@ class SubscriptionState(SQLModel, table=True):
     lease_until: datetime | None = None
     heartbeat_at: datetime | None = None  # when a heartbeat is due (idle active subscriptions with a period)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime  # when the subscription was made (visit windows closing after it are events)
 
 
 class SubscriptionEvent(SQLModel, table=True):
@@ -62,6 +63,16 @@ class SubscriptionEvent(SQLModel, table=True):
     focus_id: str = Field(max_length=64)
     focus_version: int
     onset: datetime | None = None  # serious adverse events: when it began (the reporting clock)
+
+
+class SubscriptionWindow(SQLModel, table=True):
+    """The visit windows a `visit-window` subscription was told of (each once, whichever replica checked)."""
+
+    __tablename__ = "subscription_window"
+
+    subscription_id: str = Field(primary_key=True, max_length=64)
+    subject_id: str = Field(primary_key=True, max_length=64)
+    visit: str = Field(primary_key=True, max_length=32)
 
 
 class SubscriptionGeneration(SQLModel, table=True):

@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -30,6 +31,7 @@ import orjson
 from anyio import to_thread
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from standardwebhooks.webhooks import Webhook
 
@@ -118,8 +120,12 @@ class Sender:
 
     async def _run(self) -> None:
         assert self._wakeup is not None
+        checked = 0.0
         while True:
             try:
+                if time.monotonic() - checked >= self.settings.subscription_window_check_s:
+                    checked = time.monotonic()
+                    await to_thread.run_sync(self.check_windows)
                 busy = await self.run_once()
             except asyncio.CancelledError:
                 raise
@@ -140,6 +146,18 @@ class Sender:
         if claimed:
             await asyncio.gather(*(self._deliver(id) for id in claimed))
         return len(claimed)
+
+    def check_windows(self) -> int:
+        """The visit-window topic's periodic check (service/subscription/events.py); the events it wrote. Two
+        replicas checking at once: one commits, the other's insert of the same window is refused and rolled back."""
+        with write_session(self.engine) as session:
+            try:
+                written = events.check_visit_windows(session, utcnow().date())
+                session.commit()
+            except IntegrityError:
+                session.rollback()
+                return 0
+        return written
 
     # -- claims ----------------------------------------------------------------------------------------------
     def _claim(self) -> list[str]:

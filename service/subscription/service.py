@@ -105,7 +105,7 @@ def index_subscription(uow: UnitOfWork, payload: dict[str, Any], id: str, replac
             owner["secret"] = spec.secret
         if state is None:
             session.execute(ST.insert().values(id=id, events_since_start=0, delivered=0, attempts=0,
-                                               next_attempt_at=now, **owner))
+                                               next_attempt_at=now, created_at=now, **owner))
         else:
             again = {"attempts": 0, "next_attempt_at": now, "last_error": None} if status == "requested" else {}
             session.execute(update(ST).where(ST.c.id == id).values(**owner, **again))

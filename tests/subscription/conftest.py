@@ -121,7 +121,8 @@ def settings(database_url, tmp_path) -> Settings:
     return Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off", _env_file=None,
                     export_worker=False, subscription_allow_http_loopback=True, subscription_poll_s=0.05,
                     subscription_backoff_s=0.05, subscription_backoff_max_s=0.5, subscription_max_failures=3,
-                    subscription_timeout_s=2.0, subscription_lease_s=5.0, subscription_cache_s=0.0)
+                    subscription_timeout_s=2.0, subscription_lease_s=5.0, subscription_cache_s=0.0,
+                    subscription_window_check_s=3600.0)
 
 
 def topic_subscription(endpoint: str, topic: str, *filters: str, content: str = "full-resource",

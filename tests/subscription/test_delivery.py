@@ -1,6 +1,6 @@
 """Delivery over HTTP to a real local receiver: handshake, events in order, signatures, payloads, filters."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from standardwebhooks.webhooks import Webhook
 
@@ -180,3 +180,30 @@ def test_classic_criteria_match_with_the_search_parameters(client, receiver):
     bad = client.post("/fhir/Subscription", json=classic_subscription(receiver.url, "Observation?colour=red"))
     assert bad.status_code == 400
     assert "Subscription.criteria" in bad.json()["issue"][0]["expression"]
+
+
+def test_a_visit_window_closing_with_no_result_is_an_event_once(client, receiver):
+    from datetime import date, timedelta
+
+    from service.subscription.sender import Sender
+    # day 0 eight weeks ago: the baseline (−30…0) and week-4 (21…35) windows have closed since, week-12 has not
+    day0 = (date.today() - timedelta(days=56)).isoformat()
+    ids = enrol(client, day0=day0)
+    seen = enrol(client, day0=day0, study_id=ids["study"])
+    # the subscription is made before those windows closed (as if ten weeks ago)
+    sub = active(client, receiver, topic_subscription(receiver.url, "visit-window", f"study={ids['study']}",
+                                                      "visit=week-4", "code=EASI"))
+    from sqlalchemy import update
+
+    from service.subscription.events import ST
+    with client.app.state.engine.begin() as conn:
+        conn.execute(update(ST).values(created_at=datetime.now(UTC) - timedelta(days=70)))
+    week4 = (date.today() - timedelta(days=56 - 28)).isoformat()
+    created(client.post("/fhir/Observation", json=observation(seen["patient"], date=week4)))  # has its EASI
+    created(client.post("/fhir/Observation", json=observation(ids["patient"], "IGA", 2, date=week4)))  # not EASI
+    sender = Sender(client.app.state.engine, client.app.state.settings)
+    assert sender.check_windows() == 1
+    assert sender.check_windows() == 0  # told once
+    got = receiver.wait_for(lambda: receiver.notifications(sub))
+    focus = got[0].bundle["entry"][1]["resource"]
+    assert focus["resourceType"] == "ResearchSubject" and focus["id"] == ids["subject"]

@@ -1,5 +1,5 @@
 """subscriptions: Subscription as a stored type (subscription), its delivery state, the outbox of its events and
-the generation row of the active-subscription caches
+the generation row of the active-subscription caches, the visit windows told of
 
 Revision ID: 0016_subscriptions
 Revises: 0015_hl7
@@ -47,6 +47,7 @@ def upgrade() -> None:
                     sa.Column('lease_until', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
                     sa.Column('heartbeat_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
                     sa.Column('last_error', sa.Text(), nullable=True),
+                    sa.Column('created_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
                     sa.PrimaryKeyConstraint('id'))
     with op.batch_alter_table('subscription_state', schema=None) as batch_op:
         batch_op.create_index('ix_subscription_state_due', ['next_attempt_at', 'id'], unique=False)
@@ -59,6 +60,11 @@ def upgrade() -> None:
                     sa.Column('focus_version', sa.Integer(), nullable=False),
                     sa.Column('onset', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True),
                     sa.PrimaryKeyConstraint('subscription_id', 'event_number'))
+    op.create_table('subscription_window',
+                    sa.Column('subscription_id', _string(64), nullable=False),
+                    sa.Column('subject_id', _string(64), nullable=False),
+                    sa.Column('visit', _string(32), nullable=False),
+                    sa.PrimaryKeyConstraint('subscription_id', 'subject_id', 'visit'))
     op.create_table('subscription_generation',
                     sa.Column('id', sa.Integer(), nullable=False),
                     sa.Column('generation', sa.Integer(), nullable=False),
@@ -67,5 +73,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ('subscription_generation', 'subscription_event', 'subscription_state', 'subscription'):
+    for table in ('subscription_generation', 'subscription_window', 'subscription_event', 'subscription_state',
+                  'subscription'):
         op.drop_table(table)
