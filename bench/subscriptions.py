@@ -152,6 +152,7 @@ def wait_for_events(receiver: Receiver, expected: int, label: str, timeout: floa
             time.sleep(0.2)
             progress.update(task, completed=receiver.events,
                             rate=f"{receiver.events / (time.perf_counter() - start):,.0f}")
+        progress.update(task, completed=receiver.events)
 
 
 def expected_events(client: httpx.Client, ids: list[str]) -> int:
