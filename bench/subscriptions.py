@@ -37,8 +37,6 @@ from typing import Any
 
 import httpx
 import orjson
-from rich.table import Table
-
 from ingest import (  # bench/ingest.py: the cohort, the server, the posting threads and their progress bar
     FHIR_JSON,
     STUDY_ID,
@@ -52,6 +50,7 @@ from ingest import (  # bench/ingest.py: the cohort, the server, the posting thr
     running_service,
     scratch_database,
 )
+from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TOPIC = "https://trial-fhir.org/SubscriptionTopic/measurement"
@@ -233,6 +232,10 @@ def write_svg(path: Path, runs: list[dict[str, Any]]) -> None:
     path.write_text("\n".join(parts))
 
 
+def ms(seconds: float | None) -> str:
+    return f"{seconds * 1000:,.0f}" if seconds is not None else "–"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--databases", default="sqlite,postgres")
@@ -247,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     table = Table("database", "phase", "subs", "obs/s", "slowed", "events", "p50 ms", "p99 ms")
     for r in runs:
         for p in r["phases"]:
-            ms = (lambda v: f"{v * 1000:,.0f}" if v is not None else "–")
             table.add_row(r["database"], p["phase"], str(p["subscriptions"]), f"{p['rate']:,.0f}",
                           f"{p['slowed_pct']:+.1f}%", str(p["events"]), ms(p["latency_p50_s"]), ms(p["latency_p99_s"]))
     console.print(table)

@@ -216,11 +216,12 @@ def commit_unit(session: Session, uow: UnitOfWork, records: Sequence[AuditRecord
     Every write of every path (REST, write groups, Bundles, HL7 v2, EHR pulls) commits here: the events `changes`
     cause for the active subscriptions are written first, in this same transaction (the outbox,
     service/subscription/events.py), so a write that rolls back leaves none."""
-    if changes:
-        subscription_events.record(session, changes, uow.flush)
+    found = subscription_events.match(session, changes, uow.flush) if changes else {}
     if one_trip:
-        uow.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
+        statements = subscription_events.pipeline_statements(session, found)
+        uow.commit([*statements, (APPEND_SQL, {"events": events_json(records)})] if records else statements)
     else:
+        subscription_events.write_events(session, found)
         append(session, records)
     session.commit()
     subscription_events.after_commit(session, written)

@@ -7,8 +7,9 @@ bumped by every Subscription write of any replica) changed, looked at no more of
 `TRIAL_FHIR_SUBSCRIPTION_CACHE_S`. Topics are matched in memory from the typed rows the write made; classic
 criteria (`Type?search`) by the search machinery, one query per subscription and type for the whole unit.
 
-Event numbers are per subscription, taken from its state row in the writing transaction (`UPDATE … RETURNING`,
-subscriptions locked in id order): gapless, and in commit order.
+Event numbers are per subscription, taken from its count row in the writing transaction (locked in id order):
+gapless, and in commit order. On PostgreSQL the numbering and the inserts are one statement in the commit's own
+pipeline (no round trip of their own); elsewhere a few statements before the commit.
 """
 
 import logging
@@ -31,6 +32,7 @@ from service.errors import FhirError
 from service.store.models import ResourceRecord, table_of
 from service.store.unit_of_work import Change
 from service.subscription.models import (
+    SubscriptionCount,
     SubscriptionEvent,
     SubscriptionGeneration,
     SubscriptionRecord,
@@ -42,6 +44,7 @@ log = logging.getLogger("trial_fhir")
 SUB = table_of(SubscriptionRecord)
 ST = table_of(SubscriptionState)
 EV = table_of(SubscriptionEvent)
+CNT = table_of(SubscriptionCount)
 GEN = table_of(SubscriptionGeneration)
 WIN = table_of(SubscriptionWindow)
 R = table_of(ResourceRecord)
@@ -142,16 +145,16 @@ def bump_generation(session: Session) -> None:
         session.execute(insert(GEN).values(id=1, generation=1))
 
 
-def record(session: Session, changes: Sequence[Change], flush: Callable[[], None]) -> None:
-    """Write the events `changes` (one unit of work's versions) cause, in its transaction."""
+def match(session: Session, changes: Sequence[Change], flush: Callable[[], None]) -> dict[str, list[dict[str, Any]]]:
+    """The events `changes` (one unit of work's versions) cause: outbox rows (not numbered yet) per subscription."""
     from service.core.registry import TYPES  # (the registry imports the domains, one of which is Subscription)
     by_type = active(session, tuple(TYPES))
     relevant = [c for c in changes if c.resource_type in by_type and c.body is not None]
+    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if not relevant:
-        return
+        return found
     now = datetime.now(UTC)
     lookups = _Lookups(session)
-    found: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for resource_type in {c.resource_type for c in relevant}:
         mine = [c for c in relevant if c.resource_type == resource_type]
         for sub in by_type[resource_type]:
@@ -169,23 +172,55 @@ def record(session: Session, changes: Sequence[Change], flush: Callable[[], None
                                       "focus_type": change.resource_type, "focus_id": change.id,
                                       "focus_version": change.version_id,
                                       "onset": onset if isinstance(onset, datetime) else None})
-    write_events(session, found)
+    return found
 
 
 def write_events(session: Session, found: dict[str, list[dict[str, Any]]]) -> None:
-    """Insert the outbox rows `found` (per subscription, in order), numbered from each subscription's state row."""
+    """Insert the outbox rows `found` (per subscription, in order), numbered from each subscription's count row
+    (locked in id order: two writers never wait for each other in a cycle)."""
     if not found:
         return
-    for sub_id in sorted(found):  # locked in one order: two writers never wait for each other's subscriptions
+    for sub_id in sorted(found):
         rows = found[sub_id]
-        top = session.execute(update(ST).where(ST.c.id == sub_id).values(
-            events_since_start=ST.c.events_since_start + len(rows)).returning(ST.c.events_since_start)).scalar()
+        top = session.execute(update(CNT).where(CNT.c.id == sub_id).values(
+            events_since_start=CNT.c.events_since_start + len(rows)).returning(CNT.c.events_since_start)).scalar()
         if top is None:
             continue
         for i, row in enumerate(rows):
             row["event_number"] = top - len(rows) + 1 + i
         session.execute(insert(EV), rows)
     session.info["subscription_events"] = True
+
+
+#: PostgreSQL: numbering and inserting every event of a transaction in one statement, sent in the pipeline that
+#: holds its audit append and COMMIT (service/store/driver.py add_rows_and_commit): no round trip of its own. The
+#: count rows are locked in id order (`locked`) before they are incremented.
+EVENTS_SQL = """
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(events)s::jsonb) AS e(subscription_id text, ord int, occurred_at timestamptz,
+                                                             focus_type text, focus_id text, focus_version int,
+                                                             onset timestamptz)),
+counts AS (SELECT subscription_id, count(*)::int AS n FROM input GROUP BY subscription_id),
+locked AS (SELECT c.id FROM subscription_count c WHERE c.id IN (SELECT subscription_id FROM counts)
+           ORDER BY c.id FOR UPDATE),
+bumped AS (UPDATE subscription_count c SET events_since_start = c.events_since_start + counts.n
+           FROM counts, locked WHERE c.id = counts.subscription_id AND locked.id = c.id
+           RETURNING c.id, c.events_since_start AS top, counts.n)
+INSERT INTO subscription_event (subscription_id, event_number, occurred_at, focus_type, focus_id, focus_version,
+                                onset)
+SELECT i.subscription_id, b.top - b.n + i.ord, i.occurred_at, i.focus_type, i.focus_id, i.focus_version, i.onset
+FROM input i JOIN bumped b ON b.id = i.subscription_id"""
+
+
+def pipeline_statements(session: Session, found: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The statement (PostgreSQL, in the commit's pipeline) that numbers and inserts the events `found`."""
+    if not found:
+        return []
+    events = [{**row, "ord": i, "occurred_at": row["occurred_at"].isoformat(),
+               "onset": row["onset"].isoformat() if row["onset"] is not None else None}
+              for sub_id in sorted(found) for i, row in enumerate(found[sub_id], 1)]
+    session.info["subscription_events"] = True
+    return [(EVENTS_SQL, {"events": orjson.dumps(events).decode()})]
 
 
 def check_visit_windows(session: Session, today: date) -> int:

@@ -27,9 +27,8 @@ class SubscriptionRecord(SQLModel, table=True):
 class SubscriptionState(SQLModel, table=True):
     """Delivery state of a Subscription (not a version's: it lives as long as the subscription's id).
 
-    `events_since_start` numbers its events (incremented in the transaction that writes them, so the numbers are
-    gapless and in commit order); `delivered` is the last one its endpoint acknowledged. The sender that holds
-    `lease_owner` until `lease_until` is the only one delivering it."""
+    `delivered` is the last event number its endpoint acknowledged (the numbers are in SubscriptionCount). The
+    sender that holds `lease_owner` until `lease_until` is the only one delivering it."""
 
     __tablename__ = "subscription_state"
     __table_args__ = (Index("ix_subscription_state_due", "next_attempt_at", "id"),)
@@ -40,7 +39,6 @@ class SubscriptionState(SQLModel, table=True):
     owner_studies: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON list; None: any
     owner_deidentified: bool = False
     secret: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    events_since_start: int = 0
     delivered: int = 0
     attempts: int = 0  # failures in a row
     next_attempt_at: datetime
@@ -49,6 +47,17 @@ class SubscriptionState(SQLModel, table=True):
     heartbeat_at: datetime | None = None  # when a heartbeat is due (idle active subscriptions with a period)
     last_error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     created_at: datetime  # when the subscription was made (visit windows closing after it are events)
+
+
+class SubscriptionCount(SQLModel, table=True):
+    """The number of a subscription's last event: incremented (row locked) in the transaction that writes events,
+    so the numbers are gapless and in commit order. A row of its own, apart from the state row the senders lock and
+    update, so writers and senders never wait for each other."""
+
+    __tablename__ = "subscription_count"
+
+    id: str = Field(primary_key=True, max_length=64)
+    events_since_start: int = 0
 
 
 class SubscriptionEvent(SQLModel, table=True):

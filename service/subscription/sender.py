@@ -54,7 +54,7 @@ from service.subscription.service import (
 )
 
 log = logging.getLogger("trial_fhir")
-SUB, ST = events.SUB, events.ST
+SUB, ST, CNT = events.SUB, events.ST, events.CNT
 V = table_of(ResourceVersion)
 
 
@@ -163,10 +163,10 @@ class Sender:
     def _claim(self) -> list[str]:
         now = utcnow()
         with write_session(self.engine) as session:
-            due = (select(ST.c.id).join(SUB, SUB.c.id == ST.c.id)
+            due = (select(ST.c.id).join(SUB, SUB.c.id == ST.c.id).join(CNT, CNT.c.id == ST.c.id)
                    .where(SUB.c.status.in_(("requested", "active")), ST.c.next_attempt_at <= now,
                           or_(ST.c.lease_until.is_(None), ST.c.lease_until < now),
-                          or_(ST.c.delivered < ST.c.events_since_start, SUB.c.status == "requested",
+                          or_(ST.c.delivered < CNT.c.events_since_start, SUB.c.status == "requested",
                               ST.c.heartbeat_at <= now))
                    .order_by(ST.c.next_attempt_at, ST.c.id).limit(self.settings.subscription_concurrency))
             if session.get_bind().dialect.name == "postgresql":

@@ -104,8 +104,9 @@ def index_subscription(uow: UnitOfWork, payload: dict[str, Any], id: str, replac
         if spec.secret is not None:
             owner["secret"] = spec.secret
         if state is None:
-            session.execute(ST.insert().values(id=id, events_since_start=0, delivered=0, attempts=0,
-                                               next_attempt_at=now, created_at=now, **owner))
+            session.execute(ST.insert().values(id=id, delivered=0, attempts=0, next_attempt_at=now, created_at=now,
+                                               **owner))
+            session.execute(events.CNT.insert().values(id=id, events_since_start=0))
         else:
             again = {"attempts": 0, "next_attempt_at": now, "last_error": None} if status == "requested" else {}
             session.execute(update(ST).where(ST.c.id == id).values(**owner, **again))
@@ -166,7 +167,8 @@ def notification_events(rows: list[Any], content: str, now: datetime, deid: Any 
 def status_of(session: Session, id: str) -> tuple[Any, Any]:
     """(typed row, state row) of a stored Subscription (None, None when there is none)."""
     sub = session.execute(select(SUB).where(SUB.c.id == id)).first()
-    state = session.execute(select(ST).where(ST.c.id == id)).first()
+    state = session.execute(select(ST, events.CNT.c.events_since_start).join(events.CNT, events.CNT.c.id == ST.c.id)
+                            .where(ST.c.id == id)).first()
     return sub, state
 
 

@@ -1,5 +1,5 @@
-"""subscriptions: Subscription as a stored type (subscription), its delivery state, the outbox of its events and
-the generation row of the active-subscription caches, the visit windows told of
+"""subscriptions: Subscription as a stored type (subscription), its delivery state, its event count, the outbox of
+its events, the generation row of the active-subscription caches, the visit windows told of
 
 Revision ID: 0016_subscriptions
 Revises: 0015_hl7
@@ -39,7 +39,6 @@ def upgrade() -> None:
                     sa.Column('owner_studies', sa.Text(), nullable=True),
                     sa.Column('owner_deidentified', sa.Boolean(), nullable=False),
                     sa.Column('secret', sa.Text(), nullable=True),
-                    sa.Column('events_since_start', sa.Integer(), nullable=False),
                     sa.Column('delivered', sa.Integer(), nullable=False),
                     sa.Column('attempts', sa.Integer(), nullable=False),
                     sa.Column('next_attempt_at', sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
@@ -51,6 +50,10 @@ def upgrade() -> None:
                     sa.PrimaryKeyConstraint('id'))
     with op.batch_alter_table('subscription_state', schema=None) as batch_op:
         batch_op.create_index('ix_subscription_state_due', ['next_attempt_at', 'id'], unique=False)
+    op.create_table('subscription_count',
+                    sa.Column('id', _string(64), nullable=False),
+                    sa.Column('events_since_start', sa.Integer(), nullable=False),
+                    sa.PrimaryKeyConstraint('id'))
     op.create_table('subscription_event',
                     sa.Column('subscription_id', _string(64), nullable=False),
                     sa.Column('event_number', sa.Integer(), nullable=False),
@@ -73,6 +76,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ('subscription_generation', 'subscription_window', 'subscription_event', 'subscription_state',
-                  'subscription'):
+    for table in ('subscription_generation', 'subscription_window', 'subscription_event', 'subscription_count',
+                  'subscription_state', 'subscription'):
         op.drop_table(table)
