@@ -154,7 +154,7 @@ class Settings(BaseSettings):
         100, ge=1, description="Most events in one notification (a Subscription's backport-max-count may ask for "
         "fewer).")
     subscription_concurrency: int = Field(
-        16, ge=1, description="Subscriptions one sender delivers at once.")
+        64, ge=1, description="Subscriptions one sender delivers at once.")
     subscription_window_check_s: float = Field(
         300.0, gt=0, description="How often a sender checks for visit windows that closed with no result (the "
         "visit-window topic).")

@@ -31,7 +31,7 @@ import orjson
 from anyio import to_thread
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 from standardwebhooks.webhooks import Webhook
 
@@ -144,7 +144,9 @@ class Sender:
         """Claim what is due and deliver it; the number of subscriptions claimed."""
         claimed: list[str] = await to_thread.run_sync(self._claim)
         if claimed:
-            await asyncio.gather(*(self._deliver(id) for id in claimed))
+            deliveries: list[Delivery] = await to_thread.run_sync(self._prepare_all, claimed)
+            outcomes = await asyncio.gather(*(self._post(d) for d in deliveries))
+            await to_thread.run_sync(self._settle, outcomes)
         return len(claimed)
 
     def check_windows(self) -> int:
@@ -179,22 +181,18 @@ class Sender:
         return ids
 
     def _release_all(self) -> None:
-        with write_session(self.engine) as session:
-            session.execute(update(ST).where(ST.c.lease_owner == self.name).values(lease_owner=None,
-                                                                                  lease_until=None))
-            session.commit()
+        """At a clean stop, give back what this sender holds (others take it at once, not after the lease)."""
+        try:
+            with write_session(self.engine) as session:
+                session.execute(update(ST).where(ST.c.lease_owner == self.name).values(lease_owner=None,
+                                                                                      lease_until=None))
+                session.commit()
+        except DBAPIError:  # the database away (or never migrated): the leases run out by themselves
+            log.warning("subscription sender: its leases could not be given back at stop")
 
     # -- one subscription ------------------------------------------------------------------------------------
-    async def _deliver(self, id: str) -> None:
-        try:
-            delivery = await to_thread.run_sync(self._prepare, id)
-        except Exception:
-            log.exception("subscription %s: its notification could not be built", id)
-            await to_thread.run_sync(self._release, id)
-            return
-        if delivery is None:
-            await to_thread.run_sync(self._release, id)
-            return
+    async def _post(self, delivery: Delivery) -> tuple[Delivery, str | None, float | None]:
+        """POST one notification: (it, why it failed or None, the Retry-After it asked for)."""
         assert self.http is not None
         reason, retry_after = None, None
         try:
@@ -209,11 +207,70 @@ class Sender:
             reason = f"the endpoint could not be reached ({type(exc).__name__})"
         if reason is None:
             self.sent += 1
-            await to_thread.run_sync(self._done, delivery)
         else:
             self.failed += 1
-            log.info("subscription %s: %s failed: %s", id, delivery.kind, reason)
-            await to_thread.run_sync(self._failed, delivery, reason, retry_after)
+            log.info("subscription %s: %s failed: %s", delivery.id, delivery.kind, reason)
+        return delivery, reason, retry_after
+
+    def _prepare_all(self, ids: list[str]) -> list[Delivery]:
+        """The notifications of the subscriptions claimed (one session); those with nothing to send (or that could
+        not be built) are given back."""
+        found: list[Delivery] = []
+        idle: list[str] = []
+        with Session(self.engine) as session:
+            for id in ids:
+                try:
+                    delivery = self._prepare(session, id)
+                except Exception:
+                    log.exception("subscription %s: its notification could not be built", id)
+                    session.rollback()
+                    delivery = None
+                if delivery is None:
+                    idle.append(id)
+                else:
+                    found.append(delivery)
+        if idle:
+            with write_session(self.engine) as session:
+                session.execute(update(ST).where(ST.c.id.in_(idle), ST.c.lease_owner == self.name)
+                                .values(lease_owner=None, lease_until=None))
+                session.commit()
+        return found
+
+    def _settle(self, outcomes: list[tuple[Delivery, str | None, float | None]]) -> None:
+        """Record what the endpoints said, in one transaction; then the status changes (each its own write)."""
+        now = utcnow()
+        settings = self.settings
+        changes: list[tuple[str, str, str | None]] = []
+        with write_session(self.engine) as session:
+            for d, reason, retry_after in outcomes:
+                mine = (ST.c.id == d.id) & (ST.c.lease_owner == self.name)
+                if reason is None:
+                    values: dict[str, Any] = {"attempts": 0, "lease_owner": None, "lease_until": None,
+                                              "next_attempt_at": now, "last_error": None,
+                                              "heartbeat_at": now + timedelta(seconds=d.heartbeat_s)
+                                              if d.heartbeat_s else None}
+                    if d.kind == "event-notification":
+                        values["delivered"] = d.last
+                    session.execute(update(ST).where(mine).values(**values))
+                    if d.kind == "handshake":
+                        changes.append((d.id, "active", None))
+                    continue
+                attempts = (session.execute(select(ST.c.attempts).where(ST.c.id == d.id)).scalar() or 0) + 1
+                give_up = d.kind == "handshake" or attempts >= settings.subscription_max_failures
+                if give_up:
+                    what = "the handshake failed" if d.kind == "handshake" else \
+                        f"{attempts} deliveries failed in a row"
+                    reason = f"{what}: {reason}"
+                    changes.append((d.id, "error", reason))
+                delay = backoff_s(attempts, settings.subscription_backoff_s, settings.subscription_backoff_max_s)
+                if retry_after is not None:
+                    delay = max(delay, min(retry_after, settings.subscription_backoff_max_s))
+                session.execute(update(ST).where(mine).values(
+                    attempts=attempts, lease_owner=None, lease_until=None, last_error=reason,
+                    next_attempt_at=now + timedelta(seconds=delay)))
+            session.commit()
+        for id, status, error in changes:
+            self._set_status(id, status, error)
 
     def _deidentifier(self) -> Any:
         if self._deid is None:
@@ -221,32 +278,31 @@ class Sender:
             self._deid = deidentifier_from(self.settings, self.engine)
         return self._deid
 
-    def _prepare(self, id: str) -> Delivery | None:
+    def _prepare(self, session: Session, id: str) -> Delivery | None:
         now = utcnow()
-        with Session(self.engine) as session:
-            sub, state = status_of(session, id)
-            if sub is None or state is None or state.lease_owner != self.name:
-                return None
-            content = session.execute(select(V.c.content).where(
-                V.c.resource_type == "Subscription", V.c.id == id).order_by(V.c.version_id.desc()).limit(1)).scalar()
-            spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True,
-                                        stored_types=tuple(TYPES))
-            if spec is None:
-                return None
-            rows: list[Any] = []
-            if sub.status == "requested":
-                kind = "handshake"
-            elif state.delivered < state.events_since_start:
-                kind = "event-notification"
-                limit = min(spec.max_count or self.settings.subscription_max_count,
-                            self.settings.subscription_max_count)
-                rows = load_events(session, id, state.delivered, limit)
-            else:
-                kind = "heartbeat"
-            owner = events.owner_caller(state)
-            deid = self._deidentifier() if owner.deidentified and spec.content == "full-resource" else None
-            entries = notification_entries(session, rows, spec.content, self.settings.base_url, deid)
-            parameters = status_parameters_of(sub, state, kind, notification_events(rows, spec.content, now))
+        sub, state = status_of(session, id)
+        if sub is None or state is None or state.lease_owner != self.name:
+            return None
+        content = session.execute(select(V.c.content).where(
+            V.c.resource_type == "Subscription", V.c.id == id).order_by(V.c.version_id.desc()).limit(1)).scalar()
+        spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True,
+                                    stored_types=tuple(TYPES))
+        if spec is None:
+            return None
+        rows: list[Any] = []
+        if sub.status == "requested":
+            kind = "handshake"
+        elif state.delivered < state.events_since_start:
+            kind = "event-notification"
+            limit = min(spec.max_count or self.settings.subscription_max_count,
+                        self.settings.subscription_max_count)
+            rows = load_events(session, id, state.delivered, limit)
+        else:
+            kind = "heartbeat"
+        owner = events.owner_caller(state)
+        deid = self._deidentifier() if owner.deidentified and spec.content == "full-resource" else None
+        entries = notification_entries(session, rows, spec.content, self.settings.base_url, deid)
+        parameters = status_parameters_of(sub, state, kind, notification_events(rows, spec.content, now))
         bundle_id = f"{id}-{kind}-{rows[-1].event_number if rows else state.delivered}"
         body = orjson.dumps(notification_bundle(bundle_id, _instant(now), parameters, entries))
         msg_id = f"{id}-{rows[0].event_number}-{rows[-1].event_number}" if rows else f"{id}-{kind}-{now.timestamp()}"
@@ -259,45 +315,6 @@ class Sender:
                             self.settings.subscription_timeout_s * 2))
         return Delivery(id, kind, spec.endpoint, body, headers, timeout,
                         rows[-1].event_number if rows else state.delivered, spec.heartbeat_s)
-
-    def _release(self, id: str) -> None:
-        with write_session(self.engine) as session:
-            session.execute(update(ST).where(ST.c.id == id, ST.c.lease_owner == self.name)
-                            .values(lease_owner=None, lease_until=None))
-            session.commit()
-
-    def _done(self, d: Delivery) -> None:
-        now = utcnow()
-        with write_session(self.engine) as session:
-            values: dict[str, Any] = {"attempts": 0, "lease_owner": None, "lease_until": None,
-                                      "next_attempt_at": now, "last_error": None,
-                                      "heartbeat_at": now + timedelta(seconds=d.heartbeat_s) if d.heartbeat_s
-                                      else None}
-            if d.kind == "event-notification":
-                values["delivered"] = d.last
-            session.execute(update(ST).where(ST.c.id == d.id, ST.c.lease_owner == self.name).values(**values))
-            session.commit()
-        if d.kind == "handshake":
-            self._set_status(d.id, "active", None)
-
-    def _failed(self, d: Delivery, reason: str, retry_after: float | None) -> None:
-        now = utcnow()
-        settings = self.settings
-        with write_session(self.engine) as session:
-            attempts = (session.execute(select(ST.c.attempts).where(ST.c.id == d.id)).scalar() or 0) + 1
-            give_up = d.kind == "handshake" or attempts >= settings.subscription_max_failures
-            if give_up:
-                what = "the handshake failed" if d.kind == "handshake" else f"{attempts} deliveries failed in a row"
-                reason = f"{what}: {reason}"
-            delay = backoff_s(attempts, settings.subscription_backoff_s, settings.subscription_backoff_max_s)
-            if retry_after is not None:
-                delay = max(delay, min(retry_after, settings.subscription_backoff_max_s))
-            session.execute(update(ST).where(ST.c.id == d.id, ST.c.lease_owner == self.name).values(
-                attempts=attempts, lease_owner=None, lease_until=None, last_error=reason,
-                next_attempt_at=now + timedelta(seconds=delay)))
-            session.commit()
-        if give_up:
-            self._set_status(d.id, "error", reason)
 
     def _set_status(self, id: str, status: str, error: str | None) -> None:
         """A new version of the Subscription with the status the server sets (through the one write path)."""

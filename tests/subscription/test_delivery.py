@@ -207,3 +207,19 @@ def test_a_visit_window_closing_with_no_result_is_an_event_once(client, receiver
     got = receiver.wait_for(lambda: receiver.notifications(sub))
     focus = got[0].bundle["entry"][1]["resource"]
     assert focus["resourceType"] == "ResearchSubject" and focus["id"] == ids["subject"]
+
+
+def test_an_idle_active_subscription_gets_heartbeats(client, receiver):
+    sid = active(client, receiver, topic_subscription(receiver.url, "measurement", heartbeat=1))
+    beats = receiver.wait_for(lambda: [r for r in receiver.received if r.kind == "heartbeat"], timeout=10)
+    assert beats[0].subscription == sid
+    assert beats[0].bundle["entry"][0]["resource"]["parameter"][2] == {"name": "status", "valueCode": "active"}
+
+
+def test_the_capability_statement_advertises_the_topics_and_operations(client):
+    statement = client.get("/fhir/metadata").json()
+    entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    topics = {e["valueCanonical"] for e in entry["extension"]
+              if e["url"].endswith("capabilitystatement-subscriptiontopic-canonical")}
+    assert "https://trial-fhir.org/SubscriptionTopic/serious-adverse-event" in topics and len(topics) == 6
+    assert {"status", "events"} <= {o["name"] for o in entry["operation"]}
