@@ -84,6 +84,8 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
+        # one receiver stands for every subscriber: a backlog for the sender's concurrent connections
+        ThreadingHTTPServer.request_queue_size = 256
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"

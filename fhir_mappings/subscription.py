@@ -12,6 +12,7 @@ Subscription resource asks for (`read_subscription`), and the notification Bundl
 | signing secret        | `Subscription.channel.extension(https://trial-fhir.org/…/subscription-secret)` (kept apart, never stored in the resource) |
 """  # noqa: E501
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,9 +262,11 @@ def status_parameters(*, subscription: str, topic: str | None, status: str, kind
     return {"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]}, "parameter": params}
 
 
-def notification_bundle(bundle_id: str, timestamp: str, parameters: dict[str, Any],
+def notification_bundle(key: str, timestamp: str, parameters: dict[str, Any],
                         entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """A notification: a `history` Bundle whose first entry is the status Parameters, then `entries`."""
+    """A notification: a `history` Bundle whose first entry is the status Parameters, then `entries`. `key` names
+    the message (subscription, kind, last event): its ids are a UUID made from it, the same for a resend."""
+    bundle_id = str(uuid.uuid5(uuid.NAMESPACE_URL, key))
     first = {"fullUrl": f"urn:uuid:{bundle_id}", "resource": {**parameters, "id": bundle_id},
              "request": {"method": "GET", "url": parameters["parameter"][0]["valueReference"]["reference"]
                          + "/$status"},

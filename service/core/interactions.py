@@ -25,6 +25,7 @@ primary's.
 import asyncio
 import base64
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -536,7 +537,7 @@ class Core:
 
         params = await self._audited(ctx, "operation", self._read(run), _nothing, operation="status",
                                      resources_named=[f"Subscription/{id}"])
-        found: dict[str, Any] = orjson.loads(bundle("searchset", [{"fullUrl": f"urn:uuid:{id}-status",
+        found: dict[str, Any] = orjson.loads(bundle("searchset", [{"fullUrl": f"urn:uuid:{uuid.uuid4()}",
                                                                    "resource": params, "search": {"mode": "match"}}],
                                                      total=1))
         return found
