@@ -29,33 +29,32 @@ from typing import Any
 import httpx
 import orjson
 from anyio import to_thread
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import Session
 from standardwebhooks.webhooks import Webhook
 
-from fhir_mappings.subscription import notification_bundle, read_subscription
+from fhir_mappings.subscription import SubscriptionSpec, notification_bundle, read_subscription
 from service.core import resources
 from service.core.context import SYSTEM
 from service.core.registry import TYPES
 from service.db import write_session
 from service.settings import Settings
-from service.store.models import ResourceVersion, table_of
+from service.store.models import ResourceRecord, table_of
 from service.subscription import events
 from service.subscription.service import (
     SERVER_WRITE,
     _instant,
-    load_events,
     notification_entries,
     notification_events,
-    status_of,
     status_parameters_of,
 )
 
 log = logging.getLogger("trial_fhir")
 SUB, ST, CNT = events.SUB, events.ST, events.CNT
-V = table_of(ResourceVersion)
+R = table_of(ResourceRecord)
+EV = events.EV
 
 
 def utcnow() -> datetime:
@@ -88,6 +87,7 @@ class Sender:
         self._wakeup: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deid: Any = None
+        self._specs: dict[str, tuple[str | None, SubscriptionSpec | None]] = {}
         self.sent = self.failed = 0  # counts, for tests and benchmarks
 
     # -- life ------------------------------------------------------------------------------------------------
@@ -213,14 +213,36 @@ class Sender:
         return delivery, reason, retry_after
 
     def _prepare_all(self, ids: list[str]) -> list[Delivery]:
-        """The notifications of the subscriptions claimed (one session); those with nothing to send (or that could
-        not be built) are given back."""
+        """The notifications of the subscriptions claimed, read in one session with a few statements for the whole
+        round (not a few per subscription); those with nothing to send (or that could not be built) are given
+        back."""
         found: list[Delivery] = []
         idle: list[str] = []
         with Session(self.engine) as session:
+            subs = {row.id: row for row in session.execute(select(SUB).where(SUB.c.id.in_(ids)))}
+            states = {row.id: row for row in session.execute(
+                select(ST, CNT.c.events_since_start).join(CNT, CNT.c.id == ST.c.id).where(ST.c.id.in_(ids)))}
+            contents = {row.id: row.content for row in session.execute(
+                select(R.c.id, R.c.content).where(R.c.resource_type == "Subscription", R.c.id.in_(ids)))}
+            specs = {id: self._spec(id, contents.get(id)) for id in ids}
+            ranges = []  # the events each one sends: numbers are gapless, so a range after the acknowledged one
+            for id in ids:
+                sub, state, spec = subs.get(id), states.get(id), specs[id]
+                if sub is not None and state is not None and spec is not None and sub.status == "active" \
+                        and state.delivered < state.events_since_start:
+                    top = state.delivered + min(spec.max_count or self.settings.subscription_max_count,
+                                                self.settings.subscription_max_count)
+                    ranges.append(and_(EV.c.subscription_id == id, EV.c.event_number > state.delivered,
+                                       EV.c.event_number <= top))
+            pending: dict[str, list[Any]] = {}
+            if ranges:
+                for row in session.execute(select(EV).where(or_(*ranges)).order_by(EV.c.subscription_id,
+                                                                                      EV.c.event_number)):
+                    pending.setdefault(row.subscription_id, []).append(row)
             for id in ids:
                 try:
-                    delivery = self._prepare(session, id)
+                    delivery = self._prepare(session, id, subs.get(id), states.get(id), specs[id],
+                                             pending.get(id, []))
                 except Exception:
                     log.exception("subscription %s: its notification could not be built", id)
                     session.rollback()
@@ -235,6 +257,17 @@ class Sender:
                                 .values(lease_owner=None, lease_until=None))
                 session.commit()
         return found
+
+    def _spec(self, id: str, content: str | None) -> SubscriptionSpec | None:
+        """What a Subscription asks for, read again only when its stored version changed."""
+        known = self._specs.get(id)
+        if known is not None and known[0] == content:
+            return known[1]
+        spec = None
+        if content is not None:
+            spec, _ = read_subscription(orjson.loads(content), allow_http_loopback=True, stored_types=tuple(TYPES))
+        self._specs[id] = (content, spec)
+        return spec
 
     def _settle(self, outcomes: list[tuple[Delivery, str | None, float | None]]) -> None:
         """Record what the endpoints said, in one transaction; then the status changes (each its own write)."""
@@ -278,25 +311,15 @@ class Sender:
             self._deid = deidentifier_from(self.settings, self.engine)
         return self._deid
 
-    def _prepare(self, session: Session, id: str) -> Delivery | None:
+    def _prepare(self, session: Session, id: str, sub: Any, state: Any, spec: SubscriptionSpec | None,
+                 rows: list[Any]) -> Delivery | None:
         now = utcnow()
-        sub, state = status_of(session, id)
-        if sub is None or state is None or state.lease_owner != self.name:
+        if sub is None or state is None or spec is None or state.lease_owner != self.name:
             return None
-        content = session.execute(select(V.c.content).where(
-            V.c.resource_type == "Subscription", V.c.id == id).order_by(V.c.version_id.desc()).limit(1)).scalar()
-        spec, _ = read_subscription(orjson.loads(content or "{}"), allow_http_loopback=True,
-                                    stored_types=tuple(TYPES))
-        if spec is None:
-            return None
-        rows: list[Any] = []
         if sub.status == "requested":
-            kind = "handshake"
-        elif state.delivered < state.events_since_start:
+            kind, rows = "handshake", []
+        elif rows:
             kind = "event-notification"
-            limit = min(spec.max_count or self.settings.subscription_max_count,
-                        self.settings.subscription_max_count)
-            rows = load_events(session, id, state.delivered, limit)
         else:
             kind = "heartbeat"
         owner = events.owner_caller(state)
