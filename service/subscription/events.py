@@ -89,13 +89,14 @@ class _Cache:
     generation: int
     by_type: dict[str, Watchers]
     checked_at: float
-    stale: bool = False
+    epoch: int  # `_epoch` when its load began: a Subscription written in this process since makes it stale
 
 
 _caches: dict[str, _Cache] = {}
 _ttl = [1.0]
 _wakers: list[Callable[[], None]] = []
 _lock = threading.Lock()
+_epoch = [0]  # Subscription writes committed in this process
 
 
 def configure(cache_s: float) -> None:
@@ -116,9 +117,10 @@ def remove_waker(wake: Callable[[], None]) -> None:
 
 
 def changed() -> None:
-    """A Subscription was written in this process: every cache reloads on its next use."""
-    for cache in list(_caches.values()):
-        cache.stale = True
+    """A Subscription was written in this process: every cache reloads on its next use (one being loaded
+    meanwhile too: it began before this epoch)."""
+    with _lock:
+        _epoch[0] += 1
 
 
 def after_commit(session: Session, written: Sequence[str]) -> None:
@@ -141,10 +143,12 @@ def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, Watcher
     key = session.get_bind().engine.url.render_as_string(hide_password=True)
     cache = _caches.get(key)
     now = time.monotonic()
-    if cache is not None and not cache.stale and now - cache.checked_at < _ttl[0]:
+    epoch = _epoch[0]
+    fresh = cache is not None and cache.epoch == epoch
+    if cache is not None and fresh and now - cache.checked_at < _ttl[0]:
         return cache.by_type
     generation = session.execute(select(GEN.c.generation).where(GEN.c.id == 1)).scalar() or 0
-    if cache is not None and not cache.stale and cache.generation == generation:
+    if cache is not None and fresh and cache.generation == generation:
         cache.checked_at = now
         return cache.by_type
     by_type: dict[str, list[Active]] = defaultdict(list)
@@ -156,8 +160,9 @@ def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, Watcher
         spec, _ = read_subscription(orjson.loads(row.content), allow_http_loopback=True, stored_types=stored_types)
         if spec is not None:
             by_type[spec.resource_type].append(Active(row.id, spec, owner_caller(row)))
-    _caches[key] = _Cache(generation, {t: Watchers(subs) for t, subs in by_type.items()}, now)
-    return _caches[key].by_type
+    loaded = _Cache(generation, {t: Watchers(subs) for t, subs in by_type.items()}, now, epoch)
+    _caches[key] = loaded
+    return loaded.by_type
 
 
 def bump_generation(session: Session) -> None:
