@@ -251,10 +251,11 @@ class Sender:
                     idle.append(id)
                 else:
                     found.append(delivery)
-        if idle:
+        if idle:  # (not claimed again before the next poll: one that can't be built never spins the loop)
+            later = utcnow() + timedelta(seconds=self.settings.subscription_poll_s)
             with write_session(self.engine) as session:
                 session.execute(update(ST).where(ST.c.id.in_(idle), ST.c.lease_owner == self.name)
-                                .values(lease_owner=None, lease_until=None))
+                                .values(lease_owner=None, lease_until=None, next_attempt_at=later))
                 session.commit()
         return found
 
