@@ -1,11 +1,12 @@
 """The outbox: which subscriptions a committed unit of work concerns, and their event rows, written in that unit's
 own transaction (service/core/resources.py `commit_unit`, the one place every write of every path commits).
 
-Matching is cheap: the active subscriptions come from a per-process cache (per database), refreshed when a
-Subscription is written in this process, and otherwise when the database's subscription generation (one row,
-bumped by every Subscription write of any replica) changed, looked at no more often than every
-`TRIAL_FHIR_SUBSCRIPTION_CACHE_S`. Topics are matched in memory from the typed rows the write made; classic
-criteria (`Type?search`) by the search machinery, one query per subscription and type for the whole unit.
+Matching is cheap: the active subscriptions come from a per-process cache (per database), reloaded when a
+Subscription is written in this process, and when the database's subscription generation (one row, bumped by every
+Subscription write of any replica) changed, which a refresher thread reads every `TRIAL_FHIR_SUBSCRIPTION_CACHE_S`
+on its own connection: the write path itself reads memory only. Topics are matched in memory from the typed rows
+the write made; classic criteria (`Type?search`) by the search machinery, one query per subscription and type for
+the whole unit.
 
 Event numbers are per subscription, taken from its count row in the writing transaction (locked in id order):
 gapless, and in commit order. On PostgreSQL the numbering and the inserts are one statement in the commit's own
@@ -15,6 +16,7 @@ pipeline (no round trip of their own); elsewhere a few statements before the com
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import insert, or_, select, update
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fhir_mappings.subscription import SubscriptionSpec, read_subscription
@@ -86,14 +89,18 @@ class Watchers:
 
 @dataclass
 class _Cache:
-    generation: int
+    generation: int  # the database's subscription generation it was loaded at
     by_type: dict[str, Watchers]
-    checked_at: float
     epoch: int  # `_epoch` when its load began: a Subscription written in this process since makes it stale
+    seen: int = -1  # the generation the refresher last read (-1: not yet); another than `generation`: stale
+
+    @property
+    def fresh(self) -> bool:
+        return self.epoch == _epoch[0] and self.seen in (-1, self.generation)
 
 
 _caches: dict[str, _Cache] = {}
-_ttl = [1.0]
+_ttl = [1.0]  # TRIAL_FHIR_SUBSCRIPTION_CACHE_S
 _wakers: list[Callable[[], None]] = []
 _lock = threading.Lock()
 _epoch = [0]  # Subscription writes committed in this process
@@ -139,18 +146,17 @@ def owner_caller(row: Any) -> Caller:
 
 
 def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, Watchers]:
-    """The live subscriptions by the type they watch (the process's cache, refreshed as the module says)."""
-    key = session.get_bind().engine.url.render_as_string(hide_password=True)
+    """The live subscriptions by the type they watch: the process's cache, read from memory on the write path. It is
+    loaded (two statements, in the writing transaction) the first time, after a Subscription write in this process,
+    and after the refresher thread saw the database's generation change (another replica wrote one): never a query
+    per write."""
+    engine = session.get_bind().engine
+    key = engine.url.render_as_string(hide_password=True)
     cache = _caches.get(key)
-    now = time.monotonic()
+    if cache is not None and cache.fresh:
+        return cache.by_type
     epoch = _epoch[0]
-    fresh = cache is not None and cache.epoch == epoch
-    if cache is not None and fresh and now - cache.checked_at < _ttl[0]:
-        return cache.by_type
     generation = session.execute(select(GEN.c.generation).where(GEN.c.id == 1)).scalar() or 0
-    if cache is not None and fresh and cache.generation == generation:
-        cache.checked_at = now
-        return cache.by_type
     by_type: dict[str, list[Active]] = defaultdict(list)
     rows = session.execute(
         select(SUB.c.id, R.c.content, ST.c.owner, ST.c.owner_scopes, ST.c.owner_studies, ST.c.owner_deidentified)
@@ -160,9 +166,49 @@ def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, Watcher
         spec, _ = read_subscription(orjson.loads(row.content), allow_http_loopback=True, stored_types=stored_types)
         if spec is not None:
             by_type[spec.resource_type].append(Active(row.id, spec, owner_caller(row)))
-    loaded = _Cache(generation, {t: Watchers(subs) for t, subs in by_type.items()}, now, epoch)
+    loaded = _Cache(generation, {t: Watchers(subs) for t, subs in by_type.items()}, epoch)
     _caches[key] = loaded
+    _watch(key, engine)
     return loaded.by_type
+
+
+_refreshers: dict[str, threading.Thread] = {}
+
+
+def _watch(key: str, engine: Engine) -> None:
+    """Start the process's refresher of the cache of `key`'s database, unless one runs."""
+    with _lock:
+        running = _refreshers.get(key)
+        if running is not None and running.is_alive():
+            return
+        thread = threading.Thread(target=_refresh, args=(key, weakref.ref(engine)), daemon=True,
+                                  name="subscription-cache")
+        _refreshers[key] = thread
+        thread.start()
+
+
+def _refresh(key: str, engine_ref: "weakref.ReferenceType[Engine]") -> None:
+    """Every TRIAL_FHIR_SUBSCRIPTION_CACHE_S, read the database's subscription generation (its own connection, off
+    the write path) into the cache: a change makes the next write reload it. Ends with its engine, or when the
+    database stays away (the cache is dropped then: the next write loads it again, and starts a refresher)."""
+    failures = 0
+    while True:
+        time.sleep(max(_ttl[0], 0.05))
+        engine = engine_ref()
+        cache = _caches.get(key)
+        if engine is None or cache is None:
+            return
+        try:
+            with engine.connect() as conn:
+                cache.seen = conn.execute(select(GEN.c.generation).where(GEN.c.id == 1)).scalar() or 0
+            failures = 0
+        except Exception:  # the database away, or gone (a test's): a few tries, then give the cache up
+            failures += 1
+            if failures >= 3:
+                _caches.pop(key, None)
+                return
+        finally:
+            del engine
 
 
 def bump_generation(session: Session) -> None:
