@@ -132,9 +132,9 @@ class Settings(BaseSettings):
         1.0, gt=0, description="How often an idle sender looks for due notifications written by other processes "
         "(events written in its own process wake it at once).")
     subscription_cache_s: float = Field(
-        1.0, ge=0, description="Longest a process trusts its cache of active subscriptions before checking the "
-        "database's subscription generation: a Subscription written on another replica gets events from that "
-        "replica's writes within this time (on its own replica at once).")
+        1.0, ge=0, description="How often each process's refresher thread reads the database's subscription "
+        "generation (off the write path): a Subscription written on another replica gets events from this replica's "
+        "writes within about this time (on its own replica at once).")
     subscription_timeout_s: float = Field(
         10.0, gt=0, description="Time-out of one notification POST (a Subscription's backport-timeout may ask for "
         "up to twice this).")

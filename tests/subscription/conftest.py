@@ -65,7 +65,7 @@ class Receiver:
         return [r for r in list(self.received) if r.kind == "event-notification"
                 and (subscription is None or r.subscription == subscription) and (r.status >= 300) == refused]
 
-    def wait_for(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    def wait_for(self, check: Callable[[], Any], timeout: float = 40.0) -> Any:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             found = check()
