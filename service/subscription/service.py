@@ -7,8 +7,6 @@ subscription then belongs to that study: only the study's clients read it). The 
 Subscription is the one it acts for: its scopes, studies and de-identification decide every notification.
 """
 
-import base64
-import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,10 +42,6 @@ SERVER_WRITE = "subscription.server-write"  # UnitOfWork.cache key: the sender c
 
 def configure(*, allow_http_loopback: bool) -> None:
     _config["allow_http_loopback"] = allow_http_loopback
-
-
-def new_secret() -> str:
-    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 def index_subscription(uow: UnitOfWork, payload: dict[str, Any], id: str, replacing: bool) -> None:
