@@ -148,7 +148,8 @@ def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, d
         "Procedure": procedure(ids["patient"]),
         "Provenance": provenance(f"Patient/{ids['patient']}"),
         "ConceptMap": concept_map(),
-        "Subscription": subscription(f"study=ResearchStudy/{ids['study']}"),
+        # (off: nothing changes it under a test, as the sender's failed handshake would)
+        "Subscription": subscription(f"study=ResearchStudy/{ids['study']}", status="off"),
     }
 
 

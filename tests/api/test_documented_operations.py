@@ -520,10 +520,15 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("POST", "/fhir/Provenance/<Provenance_example>/$validate", 200, json_body={**by_id, "language": "fr"})
 
     # -- Subscription (issue 17): its interactions, $validate, $status and $events -----------------------------
-    subscription = examples["Subscription"]
+    subscription = request_example(app, "POST", "/fhir/Subscription")
     pair.learn("Subscription", send("POST", "/fhir/Subscription", 201, json_body=subscription),
                lambda r: r.json()["id"])
     send("POST", "/fhir/Subscription", 422, json_body={**subscription, "criteria": "https://example.org/nothing"})
+    send("GET", "/fhir/Subscription?status=requested", 200)
+    send("GET", "/fhir/Subscription/<Subscription>", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/_history", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/_history/1", 200)
+    send("GET", "/fhir/Subscription/_history", 200)
     send("GET", "/fhir/Subscription/<Subscription>/$status", 200)
     send("GET", "/fhir/Subscription/<Subscription>/$events?eventsSinceNumber=1", 200)
     send("GET", "/fhir/Subscription/<Subscription>/$events?content=everything", 400)
