@@ -40,6 +40,7 @@ from fhir.resources.R4B.researchstudy import ResearchStudy, ResearchStudyArm
 from fhir.resources.R4B.researchsubject import ResearchSubject
 from fhir.resources.R4B.resource import Resource
 from fhir.resources.R4B.searchparameter import SearchParameter
+from fhir.resources.R4B.subscription import Subscription
 
 FHIR_VERSION = "4.0.1"
 
@@ -63,5 +64,5 @@ __all__ = [
     "HumanName", "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
     "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "Procedure", "Provenance", "Quantity",
     "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject", "Resource", "SearchParameter",
-    "BundleEntryRequest", "resource_class",
+    "Subscription", "BundleEntryRequest", "resource_class",
 ]

@@ -127,6 +127,30 @@ CONCEPT_MAP = {
                             "target": [{"code": "19113-0", "equivalence": "equivalent"}]}]}],
 }
 
+SUBSCRIPTION = {
+    "resourceType": "Subscription",
+    "status": "requested",
+    "reason": "The safety desk hears of each serious adverse event of the study",
+    "criteria": "https://trial-fhir.org/SubscriptionTopic/serious-adverse-event",
+    "_criteria": {"extension": [{
+        "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria",
+        "valueString": "AdverseEvent?study=ResearchStudy/hucbmsc-ad-phase-1-2a"}]},
+    "channel": {
+        "type": "rest-hook",
+        "endpoint": "https://safety.example.org/fhir-notifications",
+        "header": ["Authorization: Bearer secret-token-of-the-desk"],
+        "extension": [
+            {"url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-heartbeat-period",
+             "valueUnsignedInt": 3600},
+            {"url": "https://trial-fhir.org/StructureDefinition/subscription-secret",
+             "valueString": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3qW8ZGYqNwE="}],
+        "payload": "application/fhir+json",
+        "_payload": {"extension": [{
+            "url": "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-payload-content",
+            "valueCode": "full-resource"}]},
+    },
+}
+
 TRANSACTION = {
     "resourceType": "Bundle",
     "type": "transaction",

@@ -43,6 +43,8 @@ from service.replica import ReadRouter
 from service.sdtm.router import router as sdtm_router
 from service.settings import Settings, get_settings
 from service.stats.router import CAPABILITY as STATS_CAPABILITY, router as stats_router
+from service.subscription import events as subscription_events, service as subscription_service
+from service.subscription.router import CAPABILITY as SUBSCRIPTION_CAPABILITY, router as subscription_router
 
 log = logging.getLogger("trial_fhir")
 
@@ -107,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.read_database_url, echo=settings.sql_echo, statement_timeout_ms=settings.statement_timeout_ms)
     reads = ReadRouter(engine, replica, max_lag_s=settings.read_max_lag_s)
     faults.configure(settings.retry_after_s)
+    subscription_events.configure(settings.subscription_cache_s)
+    subscription_service.configure(allow_http_loopback=settings.subscription_allow_http_loopback)
     core = Core(engine, settings, reads)
 
     @asynccontextmanager
@@ -122,6 +126,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # the background jobs' runner (exports); None when TRIAL_FHIR_EXPORT_WORKER=false
         app.state.job_runner = app.state.export_worker = start_job_runner(engine, settings, reads)
         await core.start()
+        app.state.subscription_sender = None
+        if settings.subscription_sender:  # notifications (service/subscription/sender.py)
+            from service.subscription.sender import Sender
+            app.state.subscription_sender = await Sender(engine, settings).start()
         app.state.mllp = None
         if settings.mllp_port is not None:  # the HL7 v2 MLLP listener beside the HTTP service, on its loop
             from service.hl7.mllp import start_listener
@@ -133,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         if app.state.mllp is not None:
             await app.state.mllp.stop()
+        if app.state.subscription_sender is not None:
+            await app.state.subscription_sender.stop()
         await core.stop()
         if app.state.export_worker is not None:
             app.state.export_worker.stop()
@@ -151,7 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.core = core
     app.state.authenticator = Authenticator(engine, settings)
-    app.state.capability_contributions = (EXPORT_CAPABILITY, GROUP_CAPABILITY, STATS_CAPABILITY)
+    app.state.capability_contributions = (EXPORT_CAPABILITY, GROUP_CAPABILITY, STATS_CAPABILITY,
+                                           SUBSCRIPTION_CAPABILITY)
     register_error_handlers(app)
     app.add_middleware(FhirFormatMiddleware, max_body_bytes=settings.max_body_bytes,
                        max_repeats=settings.max_param_repeats, max_values=settings.max_or_values)
@@ -173,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(group_router)
     app.include_router(hl7_router)
     app.include_router(sdtm_router)
+    app.include_router(subscription_router)
     app.include_router(stats_router)  # before the generic FHIR routes (ResearchStudy/{id}/$summary)
     app.include_router(dashboard_router)  # the study dashboard at /
     for router in build_routers():

@@ -125,6 +125,41 @@ class Settings(BaseSettings):
     job_retention_hours: float = Field(
         168.0, gt=0, description="Ended background jobs are removed from the job table after this (an export's own "
         "files and status follow TRIAL_FHIR_EXPORT_RETENTION_HOURS).")
+    subscription_sender: bool = Field(
+        True, description="Run the subscription notification sender in this process (an asyncio task; replicas "
+        "share the work through leases in the database); turn off on API-only replicas.")
+    subscription_poll_s: float = Field(
+        1.0, gt=0, description="How often an idle sender looks for due notifications written by other processes "
+        "(events written in its own process wake it at once).")
+    subscription_cache_s: float = Field(
+        1.0, ge=0, description="How often each process's refresher thread reads the database's subscription "
+        "generation (off the write path): a Subscription written on another replica gets events from this replica's "
+        "writes within about this time (on its own replica at once).")
+    subscription_timeout_s: float = Field(
+        10.0, gt=0, description="Time-out of one notification POST (a Subscription's backport-timeout may ask for "
+        "up to twice this).")
+    subscription_lease_s: float = Field(
+        60.0, gt=0, description="How long a sender holds a subscription it claimed: if its process dies "
+        "mid-delivery, another sender takes the subscription over after this and sends the unacknowledged events "
+        "again (at most once more, with the same event numbers). Keep it above twice "
+        "TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S.")
+    subscription_max_failures: int = Field(
+        10, ge=1, description="Failed deliveries in a row after which a Subscription goes to `error` (with the "
+        "back-off below: about 20 minutes of retries); re-enabled, it resumes at its first undelivered event.")
+    subscription_backoff_s: float = Field(
+        1.0, gt=0, description="First retry delay after a failed delivery; doubled at each failure, with jitter.")
+    subscription_backoff_max_s: float = Field(
+        300.0, gt=0, description="Longest retry delay (also the most an endpoint's Retry-After is honoured).")
+    subscription_max_count: int = Field(
+        100, ge=1, description="Most events in one notification (a Subscription's backport-max-count may ask for "
+        "fewer).")
+    subscription_concurrency: int = Field(
+        64, ge=1, description="Subscriptions one sender delivers at once.")
+    subscription_window_check_s: float = Field(
+        300.0, gt=0, description="How often a sender checks for visit windows that closed with no result (the "
+        "visit-window topic).")
+    subscription_allow_http_loopback: bool = Field(
+        False, description="Accept http:// endpoints on loopback (development and tests); otherwise https only.")
     export_retention_hours: float = Field(24.0, description="Finished exports (files and job) are removed after this.")
     export_batch_rows: int = Field(2000, description="Rows an export fetches per round trip (server-side cursor).")
     retry_after_s: int = Field(
@@ -205,6 +240,10 @@ class Settings(BaseSettings):
             raise ValueError(f"TRIAL_FHIR_JOB_HEARTBEAT_S ({self.job_heartbeat_s}) must be shorter than "
                              f"TRIAL_FHIR_JOB_LEASE_S ({self.job_lease_s}): a job's lease would run out between two "
                              "heartbeats and it would be run again while it runs")
+        if self.subscription_lease_s <= 2 * self.subscription_timeout_s:
+            raise ValueError(f"TRIAL_FHIR_SUBSCRIPTION_LEASE_S ({self.subscription_lease_s}) must be longer than twice "
+                             f"TRIAL_FHIR_SUBSCRIPTION_TIMEOUT_S ({self.subscription_timeout_s}): a subscription "
+                             "would be taken over while its notification is still being sent")
         return self
 
     def check(self) -> None:

@@ -115,6 +115,25 @@ def concept_map(url: str = "https://lab.example.org/ConceptMap/lab-to-loinc", **
             **extra}
 
 
+def subscription(*filters: str, endpoint: str = "https://127.0.0.1:9/hook", topic: str = "measurement",
+                 **extra) -> dict:
+    """A topic Subscription (Backport IG) with its signing secret; by default to an endpoint that refuses
+    connections (its handshake fails: status error)."""
+    backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    body = {"resourceType": "Subscription", "status": "requested", "reason": "tests",
+            "criteria": f"https://trial-fhir.org/SubscriptionTopic/{topic}",
+            "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
+                        "_payload": {"extension": [{"url": backport + "backport-payload-content",
+                                                    "valueCode": "id-only"}]},
+                        "extension": [{"url": "https://trial-fhir.org/StructureDefinition/subscription-secret",
+                                       "valueString": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw3qW8ZGYqNwE="}]},
+            **extra}
+    if filters:
+        body["_criteria"] = {"extension": [{"url": backport + "backport-filter-criteria", "valueString": f}
+                                           for f in filters]}
+    return body
+
+
 def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, dict]:
     """One valid resource of each writable stored type, about the study and enrolled patient of `ids` (`enrol`); the
     ResearchSubject enrols `unenrolled_patient`. A new stored type gets its line here."""
@@ -129,6 +148,8 @@ def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, d
         "Procedure": procedure(ids["patient"]),
         "Provenance": provenance(f"Patient/{ids['patient']}"),
         "ConceptMap": concept_map(),
+        # (off: nothing changes it under a test, as the sender's failed handshake would)
+        "Subscription": subscription(f"study=ResearchStudy/{ids['study']}", status="off"),
     }
 
 

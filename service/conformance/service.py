@@ -46,6 +46,8 @@ class Contribution:
 
     operations: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
     resources: tuple[dict[str, Any], ...] = ()
+    #: extensions on a resource type's entry (the Subscription topics' canonical URLs)
+    resource_extensions: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
 
 
 def code_systems() -> dict[str, dict[str, Any]]:
@@ -358,6 +360,9 @@ def capability_statement(base: str, contributions: Sequence[Contribution] = (), 
         ops = operations.get(rtype)
         if ops:
             entry["operation"] = ops
+        extensions = [e for c in contributions for e in c.resource_extensions.get(rtype, ())]
+        if extensions:
+            entry = {"extension": extensions, **entry}
         resources.append(entry)
     stored_names = {t.name for t in REGISTRY}
     for rtype in found.types:

@@ -25,10 +25,11 @@ primary's.
 import asyncio
 import base64
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -46,6 +47,7 @@ from fhir_mappings.outcome import Issue, issue, outcome
 from fhir_mappings.parameters import ParametersInvalid, operation_inputs, single
 from fhir_mappings.references import ID_RE
 from fhir_mappings.search import Malformed, date_range
+from fhir_mappings.subscription import notification_bundle
 from service.audit.events import AuditRecord, event_for, outcome_for, patients_of, touched
 from service.audit.log import AuditLog
 from service.bundle import service as bundles
@@ -71,6 +73,7 @@ from service.stats.schemas import StudyProgress, StudySummary
 from service.store import repository
 from service.store.driver import AsyncReadPool, async_read_pool
 from service.store.unit_of_work import UnitOfWork
+from service.subscription import service as subscriptions
 
 log = logging.getLogger("trial_fhir")
 
@@ -173,12 +176,12 @@ class Core:
         return await to_thread.run_sync(run)
 
     async def _write(self, ctx: Context, subtype: str, work: Callable[[UnitOfWork], T], *,
-                     grouped: bool = False, conditional: bool = False) -> T:
+                     grouped: bool = False, conditional: bool = False, resource_type: str | None = None) -> T:
         """`work` in one unit of work, committed with its AuditEvent (run again after a write race), in a worker
         thread. `grouped` (a single create): committed with the other creates waiting at the same moment, when
         write groups are on (service/core/write_groups.py); `conditional`: it looks for a match first."""
         async def run() -> T:
-            _no_deidentified_writes(ctx)
+            _no_deidentified_writes(ctx, resource_type)
             try:
                 if grouped and self.write_groups is not None:
                     outcome = await self.write_groups.run(Member(work, ctx.caller, ctx.base_url,
@@ -196,13 +199,14 @@ class Core:
                      if_none_exist: str | None = None) -> Stored:
         """POST [base]/{type}: 201 with a new id, or the one existing match of `If-None-Exist` (200)."""
         return await self._write(ctx, "create", lambda uow: resources.create(
-            uow, resource_type, body, if_none_exist=if_none_exist), grouped=True, conditional=bool(if_none_exist))
+            uow, resource_type, body, if_none_exist=if_none_exist), grouped=True, conditional=bool(if_none_exist),
+            resource_type=resource_type)
 
     async def update(self, ctx: Context, resource_type: str, id: str, body: dict[str, Any], *,
                      if_match: str | None = None, if_none_match: str | None = None) -> Stored:
         """PUT [base]/{type}/{id}: a new version, or the resource itself with the client's id (201)."""
         return await self._write(ctx, "update", lambda uow: resources.update(
-            uow, resource_type, id, body, if_match=if_match, if_none_match=if_none_match))
+            uow, resource_type, id, body, if_match=if_match, if_none_match=if_none_match), resource_type=resource_type)
 
     async def conditional_update(self, ctx: Context, resource_type: str, query: str, body: dict[str, Any], *,
                                  if_match: str | None = None) -> Stored:
@@ -214,7 +218,7 @@ class Core:
                      if_match: str | None = None) -> Stored | None:
         """DELETE [base]/{type}/{id}: the tombstone version, or None when there was nothing to delete."""
         return await self._write(ctx, "delete", lambda uow: resources.delete(
-            uow, resource_type, id, if_match=if_match))
+            uow, resource_type, id, if_match=if_match), resource_type=resource_type)
 
     async def conditional_delete(self, ctx: Context, resource_type: str, query: str) -> list[Stored]:
         """DELETE [base]/{type}?search: delete the one match (412 when several)."""
@@ -318,9 +322,11 @@ class Core:
     async def _real_id(self, ctx: Context, resource_type: str, id: str) -> str:
         """The id a request names, as stored: a de-identified client names a Patient by its pseudonym (an id
         that is none names nothing)."""
-        if not (ctx.caller.deidentified and resource_type == "Patient"):
+        if not ctx.caller.deidentified:
             return id
-        deid = await self._deidentifier()
+        deid = await self._deidentifier()  # (made here for `_shown` too, whatever the type)
+        if resource_type != "Patient":
+            return id
         real: str | None = await self._read(lambda s: resolve_pseudonym(s, deid, id), ctx)
         return real or deid.nothing
 
@@ -538,6 +544,52 @@ class Core:
             following = encode_everything_page(stage + 1, "") if stage == 0 else encode_everything_page(stage, last_id)
             links.append(("next", f"{here}&_page={following}"))
         return bundle("searchset", entries, total=None if page or more else len(entries), links=links)
+
+    # -- Subscription/$status and $events -----------------------------------------------------------------------
+
+    async def subscription_status(self, ctx: Context, id: str) -> dict[str, Any]:
+        """GET [base]/Subscription/{id}/$status: a searchset Bundle of its status Parameters (type query-status):
+        status, events since its start, the error that stopped it. Needs `r` on Subscription and its study."""
+        def run(session: Session) -> dict[str, Any]:
+            resources.read(session, "Subscription", id, caller=ctx.caller)  # 403, 404 (another study's), 410
+            sub, state = subscriptions.status_of(session, id)
+            return subscriptions.status_parameters_of(sub, state, "query-status")
+
+        params = await self._audited(ctx, "operation", self._read(run), _nothing, operation="status",
+                                     resources_named=[f"Subscription/{id}"])
+        found: dict[str, Any] = orjson.loads(bundle("searchset", [{"fullUrl": f"urn:uuid:{uuid.uuid4()}",
+                                                                   "resource": params, "search": {"mode": "match"}}],
+                                                     total=1))
+        return found
+
+    async def subscription_events(self, ctx: Context, id: str, *, since: int | None, upto: int | None,
+                                  content: str | None) -> dict[str, Any]:
+        """GET [base]/Subscription/{id}/$events: its past events (`eventsSinceNumber`, `eventsUntilNumber`, at most
+        TRIAL_FHIR_SUBSCRIPTION_MAX_COUNT), as a history Bundle whose first entry is the status Parameters (type
+        query-event), then their resources as `content` (default the subscription's) says. The resources only for a
+        caller that may read them (else id-only), de-identified for a de-identified caller."""
+        def run(session: Session) -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+            resources.read(session, "Subscription", id, caller=ctx.caller)
+            sub, state = subscriptions.status_of(session, id)
+            rows = subscriptions.load_events(session, id, (since or 1) - 1, self.settings.subscription_max_count,
+                                             upto)
+            mode = content or sub.content
+            if mode == "full-resource" and not all(ctx.caller.may(r.focus_type, "r") for r in rows):
+                mode = "id-only"
+            deid = self.deidentifier() if ctx.caller.deidentified and mode == "full-resource" else None
+            now = datetime.now(UTC)
+            params = subscriptions.status_parameters_of(sub, state, "query-event",
+                                                        subscriptions.notification_events(rows, mode, now))
+            entries = subscriptions.notification_entries(session, rows, mode, ctx.base_url, deid)
+            return params, entries, [f"{r.focus_type}/{r.focus_id}/_history/{r.focus_version}" for r in rows]
+
+        if content is not None and content not in ("empty", "id-only", "full-resource"):
+            raise BadRequest("content is empty, id-only or full-resource", expression="content")
+        params, entries, named = await self._audited(
+            ctx, "operation", self._read(run), lambda done: ([], done[2]), operation="events",
+            resources_named=[f"Subscription/{id}"])
+        now_id = f"{id}-events-{since or 1}"
+        return notification_bundle(now_id, fhir_instant(datetime.now(UTC)), params, entries)
 
     # -- the study's cohort (Group, derived from its research subjects) ------------------------------------
 
@@ -863,7 +915,8 @@ def _nothing(_: object) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def _no_deidentified_writes(ctx: Context) -> None:
-    """A de-identified client sees pseudonyms and shifted dates only: what it wrote could not mean what it says."""
-    if ctx.caller.deidentified:
+def _no_deidentified_writes(ctx: Context, resource_type: str | None = None) -> None:
+    """A de-identified client sees pseudonyms and shifted dates only: what it wrote could not mean what it says.
+    A Subscription is the exception: it names topics, studies and codes, never a patient's data."""
+    if ctx.caller.deidentified and resource_type != "Subscription":
         raise Forbidden("A client registered for de-identified data can't write", expression="Authorization")

@@ -9,13 +9,14 @@ from service.clinical.service import ENCOUNTER, MEDICATION_ADMINISTRATION, PROCE
 from service.core.stored_type import StoredType
 from service.errors import NotFound
 from service.observation.service import OBSERVATION
+from service.subscription.service import SUBSCRIPTION
 from service.terminology.service import CONCEPT_MAP
 from service.trial.service import PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT
 
 #: every stored type, in the order they are documented (CapabilityStatement, OpenAPI) and exported
 REGISTRY: tuple[StoredType, ...] = (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT, OBSERVATION, ADVERSE_EVENT,
                                    ENCOUNTER, MEDICATION_ADMINISTRATION, PROCEDURE, PROVENANCE, CONCEPT_MAP,
-                                   AUDIT_EVENT)
+                                   SUBSCRIPTION, AUDIT_EVENT)
 
 TYPES: dict[str, StoredType] = {t.name: t for t in REGISTRY}
 #: what a client would send, per type (the OpenAPI examples)

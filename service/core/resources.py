@@ -43,7 +43,8 @@ from service.search.service import match_ids
 from service.store import repository
 from service.store.models import ResourceRecord, ResourceVersion, table_of
 from service.store.repository import CurrentRow, VersionRow
-from service.store.unit_of_work import UnitOfWork
+from service.store.unit_of_work import Change, UnitOfWork
+from service.subscription import events as subscription_events
 
 log = logging.getLogger("trial_fhir")
 R = table_of(ResourceRecord)
@@ -177,7 +178,7 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
                 access.check_studies(uow.session, uow.caller, uow.study_checks)
             records = audit(uow) if audit is not None else ()
             committing = True
-            commit_unit(session, uow, records, one_trip=one_trip, written=uow.written)
+            commit_unit(session, uow, records, one_trip=one_trip, written=uow.written, changes=uow.changes)
             return result
         except DBAPIError as exc:
             session.rollback()
@@ -207,15 +208,23 @@ def run_write(session: Session, work: Callable[[UnitOfWork], T], *, base_url: st
 
 
 def commit_unit(session: Session, uow: UnitOfWork, records: Sequence[AuditRecord], *, one_trip: bool,
-                written: Sequence[str]) -> None:
+                written: Sequence[str], changes: Sequence[Change] = ()) -> None:
     """Commit what `uow` gathered with `records` appended to the audit chain: on PostgreSQL, once the transaction
     reached the server (`one_trip`), the rows, the append and the COMMIT in one round trip; else the append after the
-    rows were flushed, then the COMMIT. Then the AFTER_COMMIT listeners hear the types `written`."""
+    rows were flushed, then the COMMIT. Then the AFTER_COMMIT listeners hear the types `written`.
+
+    Every write of every path (REST, write groups, Bundles, HL7 v2, EHR pulls) commits here: the events `changes`
+    cause for the active subscriptions are written first, in this same transaction (the outbox,
+    service/subscription/events.py), so a write that rolls back leaves none."""
+    found = subscription_events.match(session, changes, uow.flush) if changes else {}
     if one_trip:
-        uow.commit([(APPEND_SQL, {"events": events_json(records)})] if records else [])
+        statements = subscription_events.pipeline_statements(session, found)
+        uow.commit([*statements, (APPEND_SQL, {"events": events_json(records)})] if records else statements)
     else:
+        subscription_events.write_events(session, found)
         append(session, records)
     session.commit()
+    subscription_events.after_commit(session, written)
     for listener in AFTER_COMMIT:
         listener(written)
 
@@ -442,6 +451,7 @@ def delete(uow: UnitOfWork, resource_type: str, id: str, *, if_match: str | None
     uow.add(V, {"resource_type": resource_type, "id": id, "version_id": version, "last_updated": uow.now,
                 "method": "DELETE", "content": None})
     uow.mark_written(resource_type, id, alive=False)
+    uow.changes.append(Change(resource_type, id, version, None, current.content, None))
     uow.touched.append((f"{resource_type}/{id}/_history/{version}",
                         patients_of(resource_type, orjson.loads(current.content)) if current.content else []))
     return Stored(resource_type, id, version, uow.now, None)
@@ -574,6 +584,8 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     uow.add(V, {"resource_type": resource_type, "id": id, "version_id": version, "last_updated": uow.now,
                 "method": method, "content": content})
     uow.mark_written(resource_type, id)
+    uow.changes.append(Change(resource_type, id, version, body, current.content if current is not None else None,
+                              uow.last_row(handler.table, id)))
     created = current is None or current.deleted
     stored = Stored(resource_type, id, version, uow.now, content, status=201 if created else 200, created=created)
     uow.touched.append((stored.location, patients_of(resource_type, body)))

@@ -127,7 +127,8 @@ def _run(session: Session, members: Sequence[Member], enforce_rules: bool) -> li
         if one_trip:
             for uow, _ in done:
                 lead.absorb(uow)
-        commit_unit(session, lead, records, one_trip=one_trip, written=[t for uow, _ in done for t in uow.written])
+        commit_unit(session, lead, records, one_trip=one_trip, written=[t for uow, _ in done for t in uow.written],
+                    changes=[c for uow, _ in done for c in uow.changes])
     except (IntegrityError, IdentifierTaken) as exc:  # refused: nothing was committed
         raise _GiveUp from exc
     except OperationalError as exc:

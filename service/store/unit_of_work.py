@@ -6,6 +6,7 @@ end), so a transaction Bundle of 100 Observations costs a handful of statements,
 
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, cast, overload
 
@@ -43,6 +44,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A version a unit of work wrote, as the subscriptions' matching reads it (service/subscription): the resource
+    as stored (None: a deletion), the content it replaced, and the typed row its index wrote (None: none)."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    body: dict[str, Any] | None
+    previous: str | None
+    row: dict[str, Any] | None
+
+
 class UnitOfWork:
     def __init__(self, session: Session, *, base_url: str = "", enforce_rules: bool = True,
                  caller: Caller = SYSTEM, out_of_scope: str = "reject") -> None:
@@ -51,6 +65,8 @@ class UnitOfWork:
         #: what this unit wrote or read (`Type/id/_history/v`, the Patients it concerns): its audit event's entities
         self.touched: list[tuple[str, list[str]]] = []
         self.written: list[str] = []  # the type of each version this unit writes (a new version or a deletion)
+        self.changes: list[Change] = []  # each version this unit writes, for the subscriptions' events
+        self._last: dict[Table, dict[str, Any]] = {}  # the last row gathered per table (`last_row`)
         #: what a caller limited to studies wrote: (type, id, letter, entry), checked once its rows are sent
         self.study_checks: list[tuple[str, str, str, str]] = []
         self.now = utcnow()
@@ -104,6 +120,12 @@ class UnitOfWork:
 
     def add(self, table: Table, row: dict[str, Any]) -> None:
         self._pending[table].append(row)
+        self._last[table] = row
+
+    def last_row(self, table: Table, id: str) -> dict[str, Any] | None:
+        """The row of `id` last gathered for `table` (a typed row its index just wrote), if that is the last one."""
+        row = self._last.get(table)
+        return row if row is not None and row.get("id") == id else None
 
     def claim_identifier(self, resource_type: str, id: str, system: str, value: str, expression: str) -> None:
         key = (resource_type, system, value)

@@ -168,7 +168,8 @@ def location_id(location: str) -> str:
 
 @pytest.fixture
 def pair(settings, another_database_url, tmp_path):
-    common = {"export_worker": False, "max_body_bytes": LIMIT}
+    # (no notification sender: a Subscription's status would change under the test, at each side's own moment)
+    common = {"export_worker": False, "max_body_bytes": LIMIT, "subscription_sender": False}
     front_app = create_app(settings.model_copy(update={**common, "front_door": True,
                                                        "export_dir": tmp_path / "export-front"}))
     routed_app = create_app(settings.model_copy(update={**common, "front_door": False,
@@ -524,6 +525,31 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     by_id = {**request_example(app, "PUT", "/fhir/Provenance/{id}"), "id": "<Provenance_example>"}
     send("POST", "/fhir/Provenance/<Provenance_example>/$validate", 200, json_body={**by_id, "language": "fr"})
 
+    # -- Subscription (issue 17): its interactions, $validate, $status and $events -----------------------------
+    subscription = request_example(app, "POST", "/fhir/Subscription")
+    pair.learn("Subscription", send("POST", "/fhir/Subscription", 201, json_body=subscription),
+               lambda r: r.json()["id"])
+    send("POST", "/fhir/Subscription", 422, json_body={**subscription, "criteria": "https://example.org/nothing"})
+    send("GET", "/fhir/Subscription?status=requested", 200)
+    send("GET", "/fhir/Subscription/<Subscription>", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/_history", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/_history/1", 200)
+    send("GET", "/fhir/Subscription/_history", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/$status", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/$events?eventsSinceNumber=1", 200)
+    send("GET", "/fhir/Subscription/<Subscription>/$events?content=everything", 400)
+    send("GET", "/fhir/Subscription/unknown-id/$status", 404)
+    send("POST", "/fhir/Subscription/_search", 200, data={"status": "requested"})
+    renamed = {**subscription, "id": "<Subscription>", "reason": "renamed"}
+    send("PUT", "/fhir/Subscription/<Subscription>", 200, json_body=renamed)
+    send("PUT", "/fhir/Subscription?_id=<Subscription>", 200, json_body={**renamed, "reason": "again"})
+    send("PATCH", "/fhir/Subscription/<Subscription>", 200,
+         json_body=[{"op": "replace", "path": "/reason", "value": "patched"}], headers=json_patch)
+    send("PATCH", "/fhir/Subscription?_id=<Subscription>", 200, json_body={"reason": "merged"},
+         headers={"Content-Type": "application/merge-patch+json"})
+    send("POST", "/fhir/Subscription/$validate", 200, json_body=subscription)
+    send("POST", "/fhir/Subscription/<Subscription>/$validate", 200, json_body=renamed)
+
     # -- deletes, dependants first ---------------------------------------------------------------------------
     send("DELETE", "/fhir/$export-status/<group_job>", 202)
     send("GET", "/fhir/$export-status/<group_job>", 404)
@@ -532,6 +558,8 @@ def test_every_documented_operation_answers_alike_with_and_without_the_front_doo
     send("DELETE", "/fhir/Patient?name=Kim", 400)  # Patient has no name parameter: a condition never ignores one
     send("DELETE", "/fhir/Patient?gender=female", 412)  # any search criteria select; several matches: 412
     send("DELETE", "/fhir/Provenance?_id=<Provenance_example>", 204)
+    send("DELETE", "/fhir/Subscription?_id=<Subscription>", 204)
+    send("DELETE", "/fhir/Subscription/<Subscription>", 200)  # deleted already: idempotent
     for t in NO_IDENTIFIER_TYPES:
         send("DELETE", f"/fhir/{t}/<{t}>", 200)
         send("GET", f"/fhir/{t}/<{t}>", 410)

@@ -20,6 +20,7 @@ from tests.factories import (
     provenance,
     study,
     subject,
+    subscription,
     valid_resources,
 )
 
@@ -47,6 +48,7 @@ def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
         "Provenance": (provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
         "ConceptMap": (concept_map(group=[{"target": "http://loinc.org", "element": [{"code": "A"}]}]),
                        "ConceptMap.group[0].source"),
+        "Subscription": ({**subscription(), "criteria": "https://example.org/nothing"}, "Subscription.criteria"),
     }
     return {t: (good[t], *bad[t]) for t in bad}
 
