@@ -41,7 +41,7 @@ import orjson
 
 from fhir_mappings import fhir
 from fhir_mappings.adverse_event import adverse_event_to_fhir
-from fhir_mappings.observation import EASI_REGIONS, EASI_SIGNS, observation_to_fhir
+from fhir_mappings.observation import observation_to_fhir
 from fhir_mappings.patient import patient_to_fhir
 from fhir_mappings.research_study import research_study_to_fhir
 from fhir_mappings.research_subject import research_subject_to_fhir
@@ -50,6 +50,10 @@ from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
+#: the demo's EASI regions (adult weights) and signs: its data generator's own copy (the catalogue's
+#: ObservationDefinition ad-easi holds the formula the service checks)
+EASI_REGIONS = {"HN": Decimal("0.1"), "UL": Decimal("0.2"), "TR": Decimal("0.3"), "LL": Decimal("0.4")}
+EASI_SIGNS = ("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION")
 SEED = 20140113
 CATALOGUE = "atopic-dermatitis"
 STUDY_IDENTIFIER = ("https://clinicaltrials.gov", "NCT01927705")

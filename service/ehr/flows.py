@@ -40,7 +40,7 @@ from anyio import to_thread
 from sqlalchemy.engine import Engine
 
 from fhir_mappings import ehr as mapping
-from fhir_mappings.terminology import load_catalogue
+from service.catalogue.compiled import catalogue_named
 from service.core.context import SYSTEM, Context
 from service.core.interactions import Core
 from service.db import read_session, write_session
@@ -237,7 +237,7 @@ class Sync:
         """Each enrolled patient's codes (those of every study they are enrolled in), and their identifiers."""
         codes: dict[str, set[tuple[str, str]]] = {}
         for patient_id, catalogue in repository.enrolled(session):
-            measures = load_catalogue(catalogue).measures
+            measures = catalogue_named(session, catalogue).measures
             codes.setdefault(patient_id, set()).update(c for m in measures for c in m.codes)
         return codes, repository.identifiers_of(session, "Patient", codes)
 

@@ -56,6 +56,8 @@ def test_create_read_vread_update_delete_history_of_every_type(client, resource_
         changed["recorded"] = "2024-03-01T00:00:00Z"
     elif resource_type == "ConceptMap":
         changed["status"] = "retired"
+    elif resource_type in ("ObservationDefinition", "PlanDefinition"):
+        changed["title" if resource_type == "PlanDefinition" else "preferredReportName"] = "Renamed"
     else:
         changed["severity"]["coding"][0]["code"] = "moderate"
     update = client.put(f"/fhir/{resource_type}/{rid}", json=changed)

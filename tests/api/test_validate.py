@@ -15,12 +15,15 @@ from tests.factories import (
     enrol,
     medication_administration,
     observation,
+    observation_definition,
     patient,
+    plan_definition,
     procedure,
     provenance,
     study,
     subject,
     valid_resources,
+    with_definition,
 )
 
 WRITABLE = [t for t, stored in TYPES.items() if stored.writable]
@@ -32,7 +35,7 @@ def counts(client) -> dict[str, int]:
 
 def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
     """Per type: a valid resource, an invalid one, and the element the invalid one gets wrong."""
-    ids = enrol(client)
+    ids = with_definition(client, enrol(client))
     good = valid_resources(ids, created(client.post("/fhir/Patient", json=patient()))["id"])
     bad = {
         "Patient": ({**patient(), "gender": "bogus"}, "Patient.gender"),
@@ -47,6 +50,10 @@ def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
         "Provenance": (provenance(f"Patient/{ids['patient']}", recorded="soon"), "Provenance.recorded"),
         "ConceptMap": (concept_map(group=[{"target": "http://loinc.org", "element": [{"code": "A"}]}]),
                        "ConceptMap.group[0].source"),
+        "ObservationDefinition": (observation_definition(unit="furlongs"),
+                                  "ObservationDefinition.quantitativeDetails.unit.coding[0].code"),
+        "PlanDefinition": (plan_definition(ids["definition"], visits=(("week-0", 0, -14, 0), ("week-1", 7, 0, 10))),
+                           "PlanDefinition.action[1].timingRange"),
     }
     return {t: (good[t], *bad[t]) for t in bad}
 
