@@ -1,8 +1,8 @@
 """The `catalogue-recompute` job: after a study's catalogue changed (a new version of its PlanDefinition, or of a
 measure it lists, or the study's protocol itself), each of its results whose visit, canonical value, unit or
-measure the new catalogue gives otherwise is written again through the one write path (a batch of PUTs of its
-current content, as the server): its index assigns the visit and converts the value with the new catalogue, and
-its `meta.tag` says the new visit. A result the new catalogue refuses (its unit no longer accepted, its value out
+measure the new catalogue gives otherwise is written again through the one write path (the core's `reindex`, as
+the server, like the re-assignment after a moved day 0): its index assigns the visit and converts the value with
+the new catalogue, and its `meta.tag` says the new visit. A result the new catalogue refuses (its unit no longer accepted, its value out
 of a narrowed range) keeps its version and is counted as refused, with the first reasons, in the job's result.
 
 Progress (`{"done", "total", "rewritten", "refused"}`) is written on the job row at each heartbeat; a run that
@@ -19,10 +19,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from fhir_mappings.terminology import Catalogue
-from service.bundle.service import batch
 from service.catalogue.compiled import catalogue_named
 from service.catalogue.service import RECOMPUTE
+from service.core import resources
 from service.db import read_session, write_session
+from service.errors import FhirError
 from service.jobs.models import JobRecord
 from service.jobs.runner import Done, JobContext, JobKind
 from service.observation.models import MeasurementRecord
@@ -55,6 +56,25 @@ def _differs(catalogue: Catalogue, row: Any) -> bool:
     return visit != row.visit
 
 
+def _rewrite(engine: Engine, ids: list[str], figures: dict[str, Any]) -> None:
+    """Write the results of `ids` again through the core (one transaction; when one is refused, one each)."""
+    try:
+        with write_session(engine) as session:
+            resources.run_write(session, lambda uow: resources.reindex(uow, "Observation", ids), base_url=BASE)
+        figures["rewritten"] += len(ids)
+        return
+    except FhirError:
+        if len(ids) == 1:
+            raise
+    for one in ids:
+        try:
+            _rewrite(engine, [one], figures)
+        except FhirError as refused:
+            figures["refused"] += 1
+            if len(figures["reasons"]) < 10:
+                figures["reasons"].append(f"Observation/{one}: {refused}")
+
+
 def _progress(job_id: str, figures: dict[str, Any]):
     def write(session: Session) -> None:
         session.execute(update(J).where(J.c.id == job_id).values(result=orjson.dumps(figures).decode()))
@@ -83,21 +103,9 @@ def recompute_study(engine: Engine, study_id: str, ctx: JobContext | None = None
             last = rows[-1].id
             changed = [r.id for r in rows if _differs(catalogue, r)]
             contents = {i: store.get_current(session, "Observation", i) for i in changed}
-        entries = [{"resource": orjson.loads(c.content), "request": {"method": "PUT", "url": f"Observation/{i}"}}
-                   for i, c in contents.items() if c is not None and not c.deleted and c.content]
-        if entries:
-            with write_session(engine) as session:
-                response = orjson.loads(batch(session, {"resourceType": "Bundle", "type": "batch",
-                                                        "entry": entries}, BASE, max_entries=len(entries)))
-            for item in response.get("entry", []):
-                status = item.get("response", {}).get("status", "")
-                if status.startswith("2"):
-                    figures["rewritten"] += 1
-                else:
-                    figures["refused"] += 1
-                    issues = item["response"].get("outcome", {}).get("issue", [])
-                    if issues and len(figures["reasons"]) < 10:
-                        figures["reasons"].append(issues[0].get("diagnostics", ""))
+        live = [i for i, c in contents.items() if c is not None and not c.deleted]
+        if live:
+            _rewrite(engine, live, figures)
         figures["done"] += len(rows)
         if ctx is not None:
             ctx.heartbeat(_progress(ctx.job_id, figures))
