@@ -108,10 +108,10 @@ def ucum_problem(code: str) -> str | None:
 
 # -- ObservationDefinition ---------------------------------------------------------------------------------------
 
-def _units(payload: dict[str, Any]) -> list[tuple[str, Any, str | None, str, str]]:
+def _units(payload: dict[str, Any]) -> list[tuple[Any, Any, Any, str, str]]:
     """(unit code, conversion factor, system, display, where) of every unit a measure accepts, canonical first."""
     qd = payload.get("quantitativeDetails") or {}
-    found = []
+    found: list[tuple[Any, Any, Any, str, str]] = []
     unit = (qd.get("unit") or {})
     coding = ((unit.get("coding") or [{}])[0]) or {}
     found.append((coding.get("code"), 1, coding.get("system"), unit.get("text") or coding.get("display") or "",
@@ -422,10 +422,11 @@ def compile_catalogue(plan: dict[str, Any], definitions: dict[str, dict[str, Any
             if display:
                 displays.setdefault(code, display)
     visits = tuple(sorted((v for _, v, _ in _visits(plan) if v is not None), key=lambda v: v.first_day))
-    safety = tuple(e.get("valueCode") for _, e in _extensions(plan, SAFETY_KEY_EXT))
+    safety = tuple(str(e.get("valueCode")) for _, e in _extensions(plan, SAFETY_KEY_EXT))
     return Catalogue(
         name=plan["id"], title=plan.get("title") or plan.get("name") or plan["id"], measures=tuple(measures),
-        visits=visits, counted_statuses=frozenset(e.get("valueCode") for _, e in _extensions(plan, COUNTED_STATUS_EXT)),
+        visits=visits,
+        counted_statuses=frozenset(str(e.get("valueCode")) for _, e in _extensions(plan, COUNTED_STATUS_EXT)),
         code_system=code_system or {}, unit_displays=displays,
         responders=tuple(_responders(plan, measures)[0]),
         safety_keys=tuple(k for k in SAFETY_KEYS if k in safety) if safety else SAFETY_KEYS, version=version)

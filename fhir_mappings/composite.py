@@ -9,6 +9,7 @@ compiled once, and evaluated per Observation with its components' values (~30 µ
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
@@ -22,11 +23,12 @@ PART_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 BUILT_IN = frozenset({"context", "resource", "rootResource", "ucum", "sct", "loinc"})
 
 
-class _Errors(ErrorListener):
+class _Errors(ErrorListener):  # type: ignore[misc]  # (antlr4 is untyped)
     def __init__(self) -> None:
         self.found: list[str] = []
 
-    def syntaxError(self, recognizer, offendingSymbol, line, column, msg, e) -> None:  # noqa: N802 (ANTLR's name)
+    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str,  # noqa: N802, N803
+                    e: Any) -> None:  # (ANTLR's names)
         self.found.append(f"at character {column + 1}: {msg.split(' expecting ')[0]}")
 
 

@@ -2,8 +2,9 @@
 measure it lists, or the study's protocol itself), each of its results whose visit, canonical value, unit or
 measure the new catalogue gives otherwise is written again through the one write path (the core's `reindex`, as
 the server, like the re-assignment after a moved day 0): its index assigns the visit and converts the value with
-the new catalogue, and its `meta.tag` says the new visit. A result the new catalogue refuses (its unit no longer accepted, its value out
-of a narrowed range) keeps its version and is counted as refused, with the first reasons, in the job's result.
+the new catalogue, and its `meta.tag` says the new visit. A result the new catalogue refuses (its unit no
+longer accepted, its value out of a narrowed range) keeps its version and is counted as refused, with the first
+reasons, in the job's result.
 
 Progress (`{"done", "total", "rewritten", "refused"}`) is written on the job row at each heartbeat; a run that
 starts over (its worker died) checks every result again and rewrites only those still differing, so it is

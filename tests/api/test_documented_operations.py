@@ -104,7 +104,7 @@ class Side:
         text = self._text(response.content.decode(), since)
         if ctype.startswith("text/plain; version=0.0.4"):  # /metrics: each app's own counts (tests/ops)
             body = "<metrics>"
-            # … of its own length too: one side's may pass the gzip threshold (TRIAL_FHIR_GZIP_MIN_BYTES), not the other's
+            # … of its own length too: one side's may pass the gzip threshold (gzip_min_bytes), not the other's
             headers = [(n, v) for n, v in headers if n not in ("content-encoding", "vary", "etag")]
         elif ctype.startswith("application/fhir+ndjson"):
             body = [json.loads(line) for line in text.splitlines()]

@@ -23,9 +23,9 @@ VISITS = (("week-0", 0, -14, 0), ("week-4", 28, 21, 35), ("week-12", 84, 77, 91)
 
 
 def part(name: str, code: str, high: int) -> dict:
-    return {"url": "part", "extension": [{"url": "name", "valueString": name},
-                                         {"url": "code", "valueCoding": {"system": PSO, "code": code}},
-                                         {"url": "range", "valueRange": {"low": {"value": 0}, "high": {"value": high}}}]}
+    return {"url": "part", "extension": [
+        {"url": "name", "valueString": name}, {"url": "code", "valueCoding": {"system": PSO, "code": code}},
+        {"url": "range", "valueRange": {"low": {"value": 0}, "high": {"value": high}}}]}
 
 
 def pasi_definition(expression: str | None = None, parts: list | None = None) -> dict:
@@ -96,8 +96,8 @@ def plan(definitions: list[str], visits=VISITS) -> dict:
             "name": "Psoriasis", "title": "Psoriasis (PASI, sPGA, CRP)", "status": "active",
             "extension": [*({"url": SD + "counted-status", "valueCode": s} for s in ("final", "amended", "corrected")),
                           {"url": SD + "day-zero", "valueCode": "research-subject-period-start"},
-                          *({"url": SD + "catalogue-measure", "valueReference": {"reference": f"ObservationDefinition/{d}"}}
-                            for d in definitions)],
+                          *({"url": SD + "catalogue-measure",
+                             "valueReference": {"reference": f"ObservationDefinition/{d}"}} for d in definitions)],
             "action": [visit(*v) for v in visits],
             "goal": [goal(f"PASI-{p}", target("PASI", "percent-change", -p)) for p in (50, 75, 90)]
             + [goal("SPGA-SUCCESS", target("SPGA", "value", 1), target("SPGA", "change", -2))]}
