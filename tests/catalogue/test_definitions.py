@@ -104,7 +104,8 @@ def test_check_expression_lists_the_variables_it_reads():
     (lambda d: d["quantitativeDetails"]["unit"]["coding"][0].pop("system"),
      "ObservationDefinition.quantitativeDetails.unit.coding[0].code"),
     (lambda d: d.update(permittedDataType=["string"]), "ObservationDefinition.permittedDataType"),
-    (lambda d: d["qualifiedInterval"][0]["range"]["low"].update(value=900), "ObservationDefinition.qualifiedInterval[0].range"),
+    (lambda d: d["qualifiedInterval"][0]["range"]["low"].update(value=900),
+     "ObservationDefinition.qualifiedInterval[0].range"),
     (lambda d: d["code"]["coding"][0].pop("system"), "ObservationDefinition.code.coding"),
 ])
 def test_a_bad_measure_is_refused_naming_its_element(change, where):
