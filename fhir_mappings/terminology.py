@@ -1,10 +1,12 @@
-"""Code systems, value sets and the measure catalogue: the trial's rules as data.
+"""Code systems, value sets and the compiled measure catalogue: the trial's rules as data.
 
-A catalogue (one JSON file in `catalogue/`) lists a study's measures (codes, canonical UCUM unit, accepted
-units with their conversion, valid range, integer or not), its visit windows and which result statuses
-count, and `unit_display`: each unit as people write it (`[IU]/mL` is `IU/mL`, `10*3/uL` is `×10³/µL`), which
-the charts, the report, the dashboard, the CSV and `trial-fhir summary` show instead of the UCUM code.
-The atopic dermatitis catalogue is the default; another disease is another file, not new code.
+A study's catalogue is FHIR resources (ObservationDefinitions and a PlanDefinition: fhir_mappings/
+catalogue_definition.py maps them), stored on the server and compiled into `Catalogue`: its measures (codes,
+canonical UCUM unit, accepted units with their conversion, valid range, integer or not, composite scores), its
+visit windows, which result statuses count, its responder definitions and safety keys, and each unit as people
+write it (`[IU]/mL` is `IU/mL`, `10*3/uL` is `×10³/µL`), which the charts, the report, the dashboard, the CSV
+and `trial-fhir summary` show instead of the UCUM code. The atopic dermatitis catalogue ships as such resources
+in `catalogue/atopic-dermatitis/` and is the default; another disease is other resources, not new code.
 """
 
 import json
@@ -59,13 +61,23 @@ AE_ACTUALITY = frozenset({"actual", "potential"})
 AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # lower-cased code -> canonical
 AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})
 AE_OUTCOME_CODES = frozenset({"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"})
-#: NCIt relatedness codes of the AE research IG, and whether each counts as related
-RELATEDNESS = {"C53256": False, "C53257": False, "C53258": True, "C53259": True, "C53260": True}
 AE_CAUSALITY_ASSESS = "http://terminology.hl7.org/CodeSystem/adverse-event-causality-assess"
+RELATEDNESS_SYSTEM = "https://trial-fhir.org/CodeSystem/relatedness"
+
+
+def _relatedness(source: str) -> dict[str, bool]:
+    """{causality code of `source`: counts as related} from the shipped ConceptMap `ae-relatedness` (data, not
+    code: catalogue/ConceptMap-ae-relatedness.json)."""
+    concept_map = json.loads((Path(__file__).parent / "catalogue" / "ConceptMap-ae-relatedness.json").read_text())
+    return {e["code"]: e["target"][0]["code"] == "related" for g in concept_map["group"] if g["source"] == source
+            for e in g["element"]}
+
+
+#: NCIt relatedness codes of the AE research IG, and whether each counts as related
+RELATEDNESS = _relatedness(NCIT)
 #: R4's own WHO-UMC causality scale, and whether each counts as related: Conditional-Classified and
 #: Unassessable-Unclassifiable do, the conservative reading safety reviewers use (DOMAIN.md)
-WHO_UMC_RELATEDNESS = {"Certain": True, "Probably-Likely": True, "Possible": True, "Unlikely": False,
-                       "Conditional-Classified": True, "Unassessable-Unclassifiable": True}
+WHO_UMC_RELATEDNESS = _relatedness(AE_CAUSALITY_ASSESS)
 
 
 @dataclass(frozen=True, slots=True)
