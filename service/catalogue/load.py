@@ -5,7 +5,7 @@ already (a catalogue a trial team changed since) is left as it is. The CodeSyste
 
 import logging
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import inspect, select, tuple_
 from sqlalchemy.engine import Engine
 
 from fhir_mappings.terminology import DEFAULT_CATALOGUE, shipped_resources
@@ -21,7 +21,11 @@ BASE = "http://localhost/fhir"
 
 def load_catalogue_if_absent(engine: Engine, name: str = DEFAULT_CATALOGUE) -> int:
     """PUT the shipped catalogue's resources that the database does not hold (deleted ones stay deleted); how
-    many were stored."""
+    many were stored. A database without the schema (TRIAL_FHIR_MIGRATE_ON_STARTUP=false, not migrated yet) is
+    left alone: the default catalogue is compiled from the package until it is stored."""
+    if not inspect(engine).has_table("plan_definition"):
+        log.warning("the schema is not migrated: the shipped catalogue %s is not stored", name)
+        return 0
     resources = [r for r in shipped_resources(name) if r["resourceType"] in STORED]
     keys = [(r["resourceType"], r["id"]) for r in resources]
     with read_session(engine) as session:
