@@ -29,9 +29,11 @@ from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.measurereport import MeasureReport
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.observation import Observation, ObservationComponent
+from fhir.resources.R4B.observationdefinition import ObservationDefinition
 from fhir.resources.R4B.operationoutcome import OperationOutcome, OperationOutcomeIssue
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.period import Period
+from fhir.resources.R4B.plandefinition import PlanDefinition
 from fhir.resources.R4B.procedure import Procedure
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.quantity import Quantity
@@ -62,7 +64,9 @@ __all__ = [
     "BundleEntry", "BundleEntryResponse", "BundleEntrySearch", "BundleLink", "CapabilityStatement",
     "CodeSystem", "CodeableConcept", "Coding", "ConceptMap", "Encounter", "Extension", "FHIR_VERSION", "Group",
     "HumanName", "Identifier", "MeasureReport", "MedicationAdministration", "Observation", "ObservationComponent",
-    "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "Procedure", "Provenance", "Quantity",
+    "ObservationDefinition",
+    "OperationOutcome", "OperationOutcomeIssue", "Patient", "Period", "PlanDefinition",
+    "Procedure", "Provenance", "Quantity",
     "Reference", "ResearchStudy", "ResearchStudyArm", "ResearchSubject", "Resource", "SearchParameter",
     "Subscription", "BundleEntryRequest", "resource_class",
 ]

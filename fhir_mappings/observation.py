@@ -5,7 +5,7 @@
 | `id`                         | `Observation.id`                             |                                             |
 | `patient_id`                 | `Observation.subject`                        | Reference(Patient): literal, conditional or by identifier |
 | `study_id`, `subject_id`     | extension `workflow-researchStudy`, else the patient's enrolment | R4 core extension http://hl7.org/fhir/StructureDefinition/workflow-researchStudy |
-| `measure`                    | `Observation.code.coding[]`                  | catalogue: ad-scores#EASI/SCORAD/IGA/PRURITUS-NRS, LOINC 19113-0, 711-2/26449-9, 713-8/26450-7 |
+| `measure`                    | `Observation.code.coding[]`                  | a code of one of the study catalogue's ObservationDefinitions |
 | `code_system`, `code`        | the matching `Observation.code.coding`       |                                             |
 | `category`                   | `Observation.category[0].coding[0].code`     | observation-category (survey, laboratory)   |
 | `status`                     | `Observation.status`                         | http://hl7.org/fhir/observation-status (required) |
@@ -14,7 +14,7 @@
 | `effective`, `local_date`    | `Observation.effectiveDateTime` or `effectivePeriod.start` | instant in UTC; date as written |
 | `study_day`, `visit`         | derived: local date − day 0 (`ResearchSubject.period.start`) | baseline / week-4 / week-12 / unscheduled |
 | `visit`, `study_day` (out)  | `Observation.meta.tag` (added by the server) | https://trial-fhir.org/CodeSystem/visit `week-4`; https://trial-fhir.org/CodeSystem/study-day `28` |
-| EASI / SCORAD parts          | `Observation.component[]` (ad-scores#EASI-HN-AREA …, SCORAD-A/B/C) | checked against the total (±0.05) |
+| parts of a composite score   | `Observation.component[]` (the codes of the ObservationDefinition's `composite-score` parts) | the total checked against its FHIRPath expression (±0.05) |
 """  # noqa: E501 (the mapping table is wider than the code)
 
 from collections.abc import Sequence
@@ -25,21 +25,18 @@ from fhir_mappings import fhir
 from fhir_mappings.dates import parse_datetime
 from fhir_mappings.outcome import Issue, issue
 from fhir_mappings.terminology import (
-    AD_SCORES,
     OBSERVATION_STATUS,
     RESEARCH_STUDY_EXT,
     STUDY_DAY_SYSTEM,
     UCUM,
     VISIT_SYSTEM,
     Catalogue,
+    Composite,
     Measure,
 )
 from service.observation.models import MeasurementRecord
 from service.trial.models import Enrolment
 
-EASI_REGIONS = {"HN": Decimal("0.1"), "UL": Decimal("0.2"), "TR": Decimal("0.3"), "LL": Decimal("0.4")}
-EASI_SIGNS = ("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION")
-SCORAD_PARTS = {"SCORAD-A": Decimal(100), "SCORAD-B": Decimal(18), "SCORAD-C": Decimal(20)}
 TOLERANCE = Decimal("0.05")
 
 
@@ -127,57 +124,47 @@ def _check_value(measure: Measure, value: Decimal, canonical: Decimal, where: st
     return []
 
 
-def _component_values(components: list[dict[str, Any]]
+def _component_values(components: list[dict[str, Any]], composite: Composite
                       ) -> tuple[dict[str, tuple[int, Decimal | None]], list[Issue]]:
+    """{part name: (component index, value)} of the components that are parts of `composite`."""
+    names = {(p.system, p.code): p.name for p in composite.parts}
     values: dict[str, tuple[int, Decimal | None]] = {}
     for i, comp in enumerate(components):
         for coding in (comp.get("code") or {}).get("coding") or []:
-            if coding.get("system") == AD_SCORES and coding.get("code"):
+            name = names.get((coding.get("system"), coding.get("code")))
+            if name is not None:
                 raw = (comp.get("valueQuantity") or {}).get("value", comp.get("valueInteger"))
-                values[coding["code"]] = (i, _decimal(raw))
-    missing = [issue("required", f"Component {code} has no value", f"Observation.component[{i}].value[x]")
-               for code, (i, v) in values.items() if v is None]
+                values[name] = (i, _decimal(raw))
+    codes = {p.name: p.code for p in composite.parts}
+    missing = [issue("required", f"Component {codes[name]} has no value", f"Observation.component[{i}].value[x]")
+               for name, (i, v) in values.items() if v is None]
     return values, missing
 
 
-def _part(values: dict[str, tuple[int, Decimal | None]], code: str, low: int, high: int | Decimal,
-          issues: list[Issue]) -> Decimal:
-    i, v = values[code]
-    if v is not None and not (low <= v <= high):
-        issues.append(issue("value", f"{code} must be within {low}…{high}, got {v}",
-                            f"Observation.component[{i}].valueQuantity.value"))
-    return v or Decimal(0)
-
-
 def _check_parts(measure: Measure, total: Decimal, components: list[dict[str, Any]]) -> list[Issue]:
-    values, issues = _component_values(components)
+    """The parts sent as components against the total: all of them or none, each within its range, and the
+    total as the catalogue's expression computes it from them (±TOLERANCE)."""
+    composite = measure.parts
+    if composite is None:
+        return []
+    values, issues = _component_values(components, composite)
+    if issues or not values:
+        return issues
+    missing = [p.code for p in composite.parts if p.name not in values]
+    if missing:
+        return [issue("required", f"{measure.key} components are incomplete, missing: {', '.join(missing)}",
+                      "Observation.component")]
+    for part in composite.parts:
+        i, v = values[part.name]
+        if v is not None and ((part.min is not None and v < part.min) or (part.max is not None and v > part.max)):
+            issues.append(issue("value", f"{part.code} must be within {part.min}…{part.max}, got {v}",
+                                f"Observation.component[{i}].valueQuantity.value"))
     if issues:
         return issues
-    if measure.parts == "EASI":
-        wanted = [f"EASI-{r}-{p}" for r in EASI_REGIONS for p in ("AREA", *EASI_SIGNS)]
-        if not any(code in values for code in wanted):
-            return []
-        missing = [c for c in wanted if c not in values]
-        if missing:
-            return [issue("required", f"EASI components are incomplete, missing: {', '.join(missing)}",
-                          "Observation.component")]
-        computed = Decimal(0)
-        for region, weight in EASI_REGIONS.items():
-            area = _part(values, f"EASI-{region}-AREA", 0, 6, issues)
-            signs = sum(_part(values, f"EASI-{region}-{s}", 0, 3, issues) for s in EASI_SIGNS)
-            computed += signs * area * weight
-    elif measure.parts == "SCORAD":
-        if not any(code in values for code in SCORAD_PARTS):
-            return []
-        missing = [c for c in SCORAD_PARTS if c not in values]
-        if missing:
-            return [issue("required", f"SCORAD components are incomplete, missing: {', '.join(missing)}",
-                          "Observation.component")]
-        a, b, c = (_part(values, code, 0, high, issues) for code, high in SCORAD_PARTS.items())
-        computed = a / 5 + 7 * b / 2 + c
-    else:
-        return []
-    if not issues and abs(computed - total) > TOLERANCE:
+    computed = composite.evaluate({name: v or Decimal(0) for name, (_, v) in values.items()})
+    if computed is None:
+        return [issue("value", f"{measure.key} can't be computed from its components", "Observation.component")]
+    if abs(computed - total) > TOLERANCE:
         issues.append(issue("value", f"{measure.key} total {total} does not match its components ({computed:.2f})",
                             "Observation.valueQuantity.value"))
     return issues
@@ -227,6 +214,12 @@ def with_derived_tags(meta: dict[str, Any] | None, visit: str, study_day: int | 
     return {**(meta or {}), "tag": tags}
 
 
+def _part_system(measure: Measure, code: str) -> str:
+    """The code system of the part of `measure` coded `code` (that of the measure's own code, for none)."""
+    parts = measure.parts.parts if measure.parts else ()
+    return next((p.system for p in parts if p.code == code), measure.codes[0][0])
+
+
 def observation_to_fhir(record: MeasurementRecord, measure: Measure, effective: str | None = None,
                         components: Sequence[tuple[str, float]] = ()) -> fhir.Observation:
     """An Observation for a measurement (the demo cohort is built this way)."""
@@ -246,7 +239,7 @@ def observation_to_fhir(record: MeasurementRecord, measure: Measure, effective: 
         valueQuantity=fhir.Quantity(value=record.original_value, unit=record.original_unit, system=UCUM,
                                     code=record.original_unit),
         component=[fhir.ObservationComponent(
-            code=fhir.CodeableConcept(coding=[fhir.Coding(system=AD_SCORES, code=c)]),
+            code=fhir.CodeableConcept(coding=[fhir.Coding(system=_part_system(measure, c), code=c)]),
             valueQuantity=fhir.Quantity(value=v, unit="{score}", system=UCUM, code="{score}"))
             for c, v in components] or None,
     )

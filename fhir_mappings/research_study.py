@@ -5,7 +5,7 @@
 | `study.id`                 | `ResearchStudy.id`                          |                                        |
 | `study.title`              | `ResearchStudy.title`                       |                                        |
 | `study.status`             | `ResearchStudy.status`                      | http://hl7.org/fhir/research-study-status (required) |
-| `study.catalogue`          | `ResearchStudy.extension[measure-catalogue].valueCode` | trial-fhir catalogue name; default `atopic-dermatitis` |
+| `study.catalogue`          | `ResearchStudy.protocol[0]` (Reference(PlanDefinition)): its id | the study's catalogue; absent: `atopic-dermatitis` (the shipped one). The old extension `measure-catalogue` (valueCode `atopic-dermatitis`) is still read |
 | `study.out_of_scope`       | `ResearchStudy.extension[out-of-scope-policy].valueCode` | `reject` or `skip`; absent: the server's setting |
 | `study_arm.name`           | `ResearchStudy.arm[].name`                  | unique within the study                |
 | `study_arm.description`    | `ResearchStudy.arm[].description`           | the dose, e.g. 2.5 × 10^7 cells        |
@@ -61,16 +61,20 @@ def check_research_study(payload: dict[str, Any]) -> list[Issue]:
         issues.append(issue("code-invalid", f"The out-of-scope policy is a valueCode, one of "
                             f"{', '.join(OUT_OF_SCOPE_POLICIES)}", f"ResearchStudy.extension[{policy[0]}]"))
     catalogue = study_catalogue(payload)
-    if catalogue not in catalogue_names():
-        issues.append(issue("code-invalid", f"Unknown measure catalogue '{catalogue}': one of {catalogue_names()}",
+    if catalogue not in catalogue_names():  # the old way to name a catalogue: one shipped in the package
+        issues.append(issue("code-invalid", f"Unknown measure catalogue '{catalogue}': one of {catalogue_names()}; "
+                            "a study names its own by ResearchStudy.protocol (a PlanDefinition)",
                             "ResearchStudy.extension"))
     return issues
 
 
-def research_study_from_fhir(payload: dict[str, Any], id: str) -> tuple[StudyRecord, list[ArmRecord]]:
+def research_study_from_fhir(payload: dict[str, Any], id: str, plan_id: str | None = None
+                             ) -> tuple[StudyRecord, list[ArmRecord]]:
+    """The study's rows; `plan_id` is the PlanDefinition its `protocol` names (resolved by the caller), else the
+    old extension's catalogue name, else the default."""
     policy = study_out_of_scope(payload)
     study = StudyRecord(id=id, title=payload.get("title"), status=payload["status"],
-                        catalogue=study_catalogue(payload), out_of_scope=policy[1] if policy else None)
+                        catalogue=plan_id or study_catalogue(payload), out_of_scope=policy[1] if policy else None)
     arms = [ArmRecord(study_id=id, name=a["name"], description=a.get("description")) for a in payload.get("arm") or []]
     return study, arms
 
@@ -82,10 +86,10 @@ def research_study_to_fhir(study: StudyRecord, arms: list[ArmRecord], identifier
         identifier=[fhir.Identifier(system=s, value=v) for s, v in identifiers] or None,
         title=study.title,
         status=study.status,
-        extension=[*([] if study.catalogue == DEFAULT_CATALOGUE
-                     else [fhir.Extension(url=CATALOGUE_EXT, valueCode=study.catalogue)]),
-                   *([fhir.Extension(url=OUT_OF_SCOPE_EXT, valueCode=study.out_of_scope)] if study.out_of_scope
-                     else [])] or None,
+        protocol=None if study.catalogue == DEFAULT_CATALOGUE
+        else [fhir.Reference(reference=f"PlanDefinition/{study.catalogue}")],
+        extension=[fhir.Extension(url=OUT_OF_SCOPE_EXT, valueCode=study.out_of_scope)] if study.out_of_scope
+        else None,
         arm=[fhir.ResearchStudyArm(name=a.name, description=a.description) for a in arms] or None,
         enrollment=[fhir.Reference(reference=f"Group/{group_id}")] if group_id else None,
     )

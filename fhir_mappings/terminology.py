@@ -1,13 +1,16 @@
-"""Code systems, value sets and the measure catalogue: the trial's rules as data.
+"""Code systems, value sets and the compiled measure catalogue: the trial's rules as data.
 
-A catalogue (one JSON file in `catalogue/`) lists a study's measures (codes, canonical UCUM unit, accepted
-units with their conversion, valid range, integer or not), its visit windows and which result statuses
-count, and `unit_display`: each unit as people write it (`[IU]/mL` is `IU/mL`, `10*3/uL` is `×10³/µL`), which
-the charts, the report, the dashboard, the CSV and `trial-fhir summary` show instead of the UCUM code.
-The atopic dermatitis catalogue is the default; another disease is another file, not new code.
+A study's catalogue is FHIR resources (ObservationDefinitions and a PlanDefinition: fhir_mappings/
+catalogue_definition.py maps them), stored on the server and compiled into `Catalogue`: its measures (codes,
+canonical UCUM unit, accepted units with their conversion, valid range, integer or not, composite scores), its
+visit windows, which result statuses count, its responder definitions and safety keys, and each unit as people
+write it (`[IU]/mL` is `IU/mL`, `10*3/uL` is `×10³/µL`), which the charts, the report, the dashboard, the CSV
+and `trial-fhir summary` show instead of the UCUM code. The atopic dermatitis catalogue ships as such resources
+in `catalogue/atopic-dermatitis/` and is the default; another disease is other resources, not new code.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
@@ -58,13 +61,23 @@ AE_ACTUALITY = frozenset({"actual", "potential"})
 AE_SERIOUSNESS_CODES = {"serious": "serious", "non-serious": "non-serious"}  # lower-cased code -> canonical
 AE_SEVERITY_CODES = frozenset({"mild", "moderate", "severe"})
 AE_OUTCOME_CODES = frozenset({"resolved", "recovering", "ongoing", "resolvedWithSequelae", "fatal", "unknown"})
-#: NCIt relatedness codes of the AE research IG, and whether each counts as related
-RELATEDNESS = {"C53256": False, "C53257": False, "C53258": True, "C53259": True, "C53260": True}
 AE_CAUSALITY_ASSESS = "http://terminology.hl7.org/CodeSystem/adverse-event-causality-assess"
+RELATEDNESS_SYSTEM = "https://trial-fhir.org/CodeSystem/relatedness"
+
+
+def _relatedness(source: str) -> dict[str, bool]:
+    """{causality code of `source`: counts as related} from the shipped ConceptMap `ae-relatedness` (data, not
+    code: catalogue/ConceptMap-ae-relatedness.json)."""
+    concept_map = json.loads((Path(__file__).parent / "catalogue" / "ConceptMap-ae-relatedness.json").read_text())
+    return {e["code"]: e["target"][0]["code"] == "related" for g in concept_map["group"] if g["source"] == source
+            for e in g["element"]}
+
+
+#: NCIt relatedness codes of the AE research IG, and whether each counts as related
+RELATEDNESS = _relatedness(NCIT)
 #: R4's own WHO-UMC causality scale, and whether each counts as related: Conditional-Classified and
 #: Unassessable-Unclassifiable do, the conservative reading safety reviewers use (DOMAIN.md)
-WHO_UMC_RELATEDNESS = {"Certain": True, "Probably-Likely": True, "Possible": True, "Unlikely": False,
-                       "Conditional-Classified": True, "Unassessable-Unclassifiable": True}
+WHO_UMC_RELATEDNESS = _relatedness(AE_CAUSALITY_ASSESS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,28 @@ class Visit:
     target_day: int
     first_day: int
     last_day: int
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a composite score: its variable in the expression (`%name`), its code in
+    `Observation.component`, and its valid range."""
+
+    name: str
+    system: str
+    code: str
+    min: Decimal | None
+    max: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class Composite:
+    """A total computed from its parts: a FHIRPath expression over the parts' values (`%name`), compiled once
+    (fhir_mappings/composite.py)."""
+
+    expression: str
+    parts: tuple[Part, ...]
+    evaluate: Callable[[dict[str, Decimal]], Decimal | None] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +121,9 @@ class Measure:
     max: Decimal | None
     integer: bool
     max_decimals: int | None
-    parts: str | None
+    parts: Composite | None
     category: str
-    unit_display: str = ""  # the canonical unit as people write it (`IU/mL`, `×10³/µL`); the catalogue's `unit_display`
+    unit_display: str = ""  # the canonical unit as people write it (`IU/mL`, `×10³/µL`): its unit's `text`
 
     def to_canonical(self, value: Decimal, unit: str) -> Decimal | None:
         """`value` in `unit` converted to the canonical unit; None for a unit this measure does not accept."""
@@ -100,6 +135,25 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class Responder:
+    """A responder (or success) definition on one catalogue measure (a `PlanDefinition.goal`): responder at a
+    visit when every criterion set holds; `population` is the analysis population its rate is reported for."""
+
+    key: str
+    measure: str
+    pct_change_at_most: float | None = None  # responder when % change ≤ this
+    value_at_most: float | None = None  # … or when the visit value ≤ this
+    drop_at_least: float | None = None  # … and baseline − visit ≥ this
+    population: str = "observed"  # observed | non-responder-imputation
+
+
+#: the safety table's rows a catalogue may list (`PlanDefinition` extension `safety-key`), in this order
+SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
+#: the day-0 rules a catalogue may name (extension `day-zero`): day 0 is the ResearchSubject's `period.start`
+DAY_ZERO_RULES = ("research-subject-period-start",)
+
+
+@dataclass(frozen=True)
 class Catalogue:
     name: str
     title: str
@@ -108,10 +162,15 @@ class Catalogue:
     counted_statuses: frozenset[str]
     code_system: dict[str, Any]
     unit_displays: dict[str, str] = field(default_factory=dict)  # UCUM code -> how people write it
+    responders: tuple[Responder, ...] = ()
+    safety_keys: tuple[str, ...] = SAFETY_KEYS
+    #: which version of the catalogue this is: the PlanDefinition's version id in this server (`1`, `2`, …);
+    #: `shipped` when compiled from the package's files (the default catalogue not stored yet)
+    version: str = "shipped"
 
     def unit_display(self, unit: str | None) -> str:
         """`unit` (a UCUM code) as people write it (`[IU]/mL` -> `IU/mL`, `10*3/uL` -> `×10³/µL`), from the
-        catalogue's `unit_display`; a unit it does not name is shown as it is."""
+        catalogue's unit texts; a unit it does not name is shown as it is."""
         return self.unit_displays.get(unit or "", unit or "")
 
     def measure_for(self, system: str | None, code: str | None) -> Measure | None:
@@ -120,12 +179,12 @@ class Catalogue:
     def measure(self, key: str) -> Measure:
         return next(m for m in self.measures if m.key == key)
 
-    @cache  # noqa: B019 (no leak: every Catalogue is kept by load_catalogue's cache anyway)
+    @cache  # noqa: B019 (no leak: every Catalogue is kept by its cache anyway)
     def _by_code(self) -> dict[tuple[str, str], Measure]:
         return {code: m for m in self.measures for code in m.codes}
 
     def __hash__(self) -> int:
-        return hash(self.name)
+        return hash((self.name, self.version))
 
     def visit_for_day(self, day: int | None) -> str:
         """The visit whose window holds `day` (days since day 0), else `unscheduled`."""
@@ -144,39 +203,35 @@ _CATALOGUE_DIR = Path(__file__).parent / "catalogue"
 DEFAULT_CATALOGUE = "atopic-dermatitis"
 
 
-def _decimal(value: float | int | None) -> Decimal | None:
-    return None if value is None else Decimal(str(value))
+def shipped_resources(name: str = DEFAULT_CATALOGUE) -> list[dict[str, Any]]:
+    """The FHIR resources of a catalogue shipped in the package (`catalogue/<name>/*.json`): its CodeSystem,
+    ObservationDefinitions and PlanDefinition (whose id is `name`)."""
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((_CATALOGUE_DIR / name).glob("*.json"))]
 
 
 @cache
 def load_catalogue(name: str = DEFAULT_CATALOGUE) -> Catalogue:
-    data = json.loads((_CATALOGUE_DIR / f"{name}.json").read_text(encoding="utf-8"))
-    displays: dict[str, str] = data.get("unit_display", {})
-    measures = tuple(
-        Measure(
-            key=m["key"], display=m["display"], codes=tuple(tuple(c) for c in m["codes"]), unit=m["unit"],
-            units={u: (Decimal(str(f[0])), Decimal(str(f[1]))) for u, f in m["units"].items()},
-            min=_decimal(m.get("min")), max=_decimal(m.get("max")), integer=m.get("integer", False),
-            max_decimals=m.get("max_decimals"), parts=m.get("parts"), category=m.get("category", "survey"),
-            unit_display=displays.get(m["unit"], m["unit"]),
-        )
-        for m in data["measures"]
-    )
-    visits = tuple(Visit(**v) for v in data["visits"])
-    return Catalogue(
-        name=data["name"], title=data["title"], measures=measures, visits=visits,
-        counted_statuses=frozenset(data["counted_statuses"]), code_system=data["code_system"],
-        unit_displays=dict(displays),
-    )
+    """A shipped catalogue compiled from its resources in the package (the default one, before it is stored)."""
+    from fhir_mappings.catalogue_definition import compile_catalogue
+
+    resources = shipped_resources(name)
+    plan = next(r for r in resources if r["resourceType"] == "PlanDefinition")
+    definitions = {f"ObservationDefinition/{r['id']}": r for r in resources
+                   if r["resourceType"] == "ObservationDefinition"}
+    code_system = next((r for r in resources if r["resourceType"] == "CodeSystem"), {})
+    return compile_catalogue(plan, definitions, version="shipped", code_system=code_system)
 
 
 def catalogue_names() -> list[str]:
-    return sorted(p.stem for p in _CATALOGUE_DIR.glob("*.json"))
+    """The catalogues shipped in the package."""
+    return sorted(p.name for p in _CATALOGUE_DIR.iterdir() if p.is_dir())
 
 
 def code_system_resource(catalogue: Catalogue) -> dict[str, Any]:
     """The catalogue's own CodeSystem as an R4 CodeSystem resource (dict)."""
     cs = catalogue.code_system
+    if cs.get("resourceType") == "CodeSystem":
+        return cs
     return {
         "resourceType": "CodeSystem",
         "id": cs["url"].rstrip("/").rsplit("/", 1)[-1],

@@ -151,6 +151,42 @@ SUBSCRIPTION = {
     },
 }
 
+OBSERVATION_DEFINITION = {
+    "resourceType": "ObservationDefinition",
+    "identifier": [{"system": "https://trial-fhir.org/NamingSystem/measure-key", "value": "PGA"}],
+    "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                              "code": "survey"}]}],
+    "code": {"coding": [{"system": "https://trial-fhir.org/CodeSystem/pso-scores", "code": "SPGA"}],
+             "text": "sPGA"},
+    "permittedDataType": ["Quantity", "integer"],
+    "preferredReportName": "Static Physician's Global Assessment",
+    "quantitativeDetails": {"unit": {"coding": [{"system": "http://unitsofmeasure.org", "code": "{score}"}],
+                                     "text": "score"}, "decimalPrecision": 0},
+    "qualifiedInterval": [{"category": "absolute", "range": {"low": {"value": 0}, "high": {"value": 4}}}],
+}
+
+_SD = "https://trial-fhir.org/StructureDefinition/"
+PLAN_DEFINITION = {
+    "resourceType": "PlanDefinition",
+    "identifier": [{"system": "https://trial-fhir.org/NamingSystem/catalogue", "value": "psoriasis"}],
+    "url": "https://trial-fhir.org/PlanDefinition/psoriasis",
+    "name": "Psoriasis",
+    "title": "Psoriasis (PASI, sPGA)",
+    "status": "active",
+    "extension": [{"url": _SD + "counted-status", "valueCode": "final"},
+                  {"url": _SD + "day-zero", "valueCode": "research-subject-period-start"},
+                  {"url": _SD + "catalogue-measure", "valueReference": {"reference": "ObservationDefinition/spga"}}],
+    "action": [{"code": [{"coding": [{"system": "https://trial-fhir.org/CodeSystem/visit", "code": "week-0"}]}],
+                "extension": [{"url": _SD + "target-day", "valueInteger": 0}],
+                "timingRange": {"low": {"value": -14, "code": "d"}, "high": {"value": 0, "code": "d"}}}],
+    "goal": [{"description": {"text": "SPGA-SUCCESS"},
+              "extension": [{"url": _SD + "analysis-population", "valueCode": "observed"}],
+              "target": [{"extension": [{"url": _SD + "criterion", "valueCode": "value"}],
+                          "measure": {"coding": [{"system": "https://trial-fhir.org/CodeSystem/pso-scores",
+                                                  "code": "SPGA"}]},
+                          "detailRange": {"high": {"value": 1}}}]}],
+}
+
 TRANSACTION = {
     "resourceType": "Bundle",
     "type": "transaction",

@@ -119,6 +119,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("access control is OFF (TRIAL_FHIR_AUTH=off): every request is answered without a token")
         if settings.migrate_on_startup:
             await once_the_database_answers(partial(migrate, engine), settings.startup_wait_s)
+        if settings.load_catalogue_on_startup:
+            from service.catalogue.load import load_catalogue_if_absent
+            await once_the_database_answers(partial(load_catalogue_if_absent, engine), settings.startup_wait_s)
         if settings.load_demo_on_startup:
             from service.demo.load import load_demo_if_empty
             await once_the_database_answers(partial(load_demo_if_empty, engine), settings.startup_wait_s)

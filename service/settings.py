@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     load_demo_on_startup: bool = Field(
         False, description="Load the synthetic demo trial at start-up when the database holds no study."
     )
+    load_catalogue_on_startup: bool = Field(
+        True, description="Store the shipped atopic dermatitis catalogue (PlanDefinition `atopic-dermatitis` and "
+        "its ObservationDefinitions) at start-up when the database does not hold it yet."
+    )
     enforce_trial_rules: bool = Field(
         True, description="Reject (422) resources that break the trial's rules; when off, violations are logged."
     )

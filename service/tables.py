@@ -3,6 +3,7 @@
 from service.adverse_event.models import AdverseEventRecord
 from service.audit.models import AuditEntityRecord, AuditEventRecord
 from service.auth.models import ClientRecord, SeenAssertionRecord, SigningKeyRecord
+from service.catalogue.models import ObservationDefinitionRecord, PlanDefinitionRecord, PlanMeasureRecord
 from service.clinical.models import (
     AdministrationRecord,
     EncounterRecord,
@@ -25,7 +26,7 @@ __all__ = [
     "AdministrationRecord", "AdverseEventRecord", "ArmRecord", "AuditEntityRecord", "AuditEventRecord", "ClientRecord",
     "ConceptMapElementRecord", "ConceptMapRecord", "DeidSecretRecord", "EhrSourceRecord", "EhrSyncIssueRecord",
     "EhrWatermarkRecord", "EncounterRecord", "ExportJobRecord", "Hl7MessageRecord", "IdentifierRecord", "JobRecord",
-    "MeasurementRecord",
+    "MeasurementRecord", "ObservationDefinitionRecord", "PlanDefinitionRecord", "PlanMeasureRecord",
     "PatientRecord", "ProcedureRecord", "ProvenanceRecord", "ProvenanceTargetRecord", "ResourceRecord",
     "ResourceVersion", "SeenAssertionRecord", "SigningKeyRecord", "StudyRecord", "SubjectRecord",
 ]

@@ -103,8 +103,10 @@ def another_database_url(database_template, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def settings(database_url, tmp_path) -> Settings:
     """No access control: these tests are about FHIR behaviour; tests/auth runs the same app with
-    TRIAL_FHIR_AUTH=smart."""
-    return Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off", _env_file=None)
+    TRIAL_FHIR_AUTH=smart. The database starts empty (no shipped catalogue stored at start-up: the default one is
+    compiled from the package's files until it is; tests/catalogue stores it)."""
+    return Settings(database_url=database_url, export_dir=tmp_path / "export", auth="off",
+                    load_catalogue_on_startup=False, _env_file=None)
 
 
 @pytest.fixture

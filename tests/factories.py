@@ -134,6 +134,38 @@ def subscription(*filters: str, endpoint: str = "https://127.0.0.1:9/hook", topi
     return body
 
 
+SD = "https://trial-fhir.org/StructureDefinition/"
+
+
+def observation_definition(system: str = "https://trial-fhir.org/CodeSystem/pso-scores", code: str = "SPGA",
+                           unit: str = "{score}", low: float = 0, high: float = 4, **extra) -> dict:
+    """A measure: a whole-number score `low`…`high` in `unit` (no measure key: its code is its key)."""
+    return {"resourceType": "ObservationDefinition", "code": {"coding": [{"system": system, "code": code}]},
+            "permittedDataType": ["Quantity", "integer"],
+            "quantitativeDetails": {"unit": {"coding": [{"system": UCUM, "code": unit}], "text": "score"}},
+            "qualifiedInterval": [{"category": "absolute", "range": {"low": {"value": low}, "high": {"value": high}}}],
+            **extra}
+
+
+def visit_action(name: str, target: int, first: int, last: int) -> dict:
+    return {"code": [{"coding": [{"system": "https://trial-fhir.org/CodeSystem/visit", "code": name}]}],
+            "extension": [{"url": SD + "target-day", "valueInteger": target}],
+            "timingRange": {"low": {"value": first, "system": UCUM, "code": "d"},
+                            "high": {"value": last, "system": UCUM, "code": "d"}}}
+
+
+def plan_definition(*definitions: str, visits: tuple = (("week-0", 0, -14, 0), ("week-4", 28, 21, 35)),
+                    **extra) -> dict:
+    """A catalogue's plan listing the ObservationDefinitions of ids `definitions`, with `visits`
+    ((name, target day, first day, last day), …)."""
+    return {"resourceType": "PlanDefinition", "status": "active", "title": "A test catalogue",
+            "extension": [{"url": SD + "counted-status", "valueCode": "final"},
+                          {"url": SD + "day-zero", "valueCode": "research-subject-period-start"},
+                          *({"url": SD + "catalogue-measure",
+                             "valueReference": {"reference": f"ObservationDefinition/{d}"}} for d in definitions)],
+            "action": [visit_action(*v) for v in visits], **extra}
+
+
 def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, dict]:
     """One valid resource of each writable stored type, about the study and enrolled patient of `ids` (`enrol`); the
     ResearchSubject enrols `unenrolled_patient`. A new stored type gets its line here."""
@@ -150,10 +182,18 @@ def valid_resources(ids: dict[str, str], unenrolled_patient: str) -> dict[str, d
         "ConceptMap": concept_map(),
         # (off: nothing changes it under a test, as the sender's failed handshake would)
         "Subscription": subscription(f"study=ResearchStudy/{ids['study']}", status="off"),
+        "ObservationDefinition": observation_definition(),
+        "PlanDefinition": plan_definition(ids["definition"]),
     }
+
+
+def with_definition(client, ids: dict[str, str]) -> dict[str, str]:
+    """`ids` with `definition`: a stored ObservationDefinition (what a PlanDefinition lists)."""
+    return {**ids, "definition": created(client.post("/fhir/ObservationDefinition",
+                                                     json=observation_definition()))["id"]}
 
 
 def payloads(client) -> dict[str, dict]:
     """One valid payload per stored type, their patient enrolled (`enrol`) and another patient to enrol created."""
-    ids = enrol(client)
+    ids = with_definition(client, enrol(client))
     return valid_resources(ids, created(client.post("/fhir/Patient", json=patient()))["id"])

@@ -5,6 +5,7 @@ declares its StoredType, and one entry here (plus the migration of its table).""
 from fhir_mappings.search import Include, SearchSpec
 from service.adverse_event.service import ADVERSE_EVENT
 from service.audit.service import AUDIT_EVENT
+from service.catalogue.service import OBSERVATION_DEFINITION, PLAN_DEFINITION
 from service.clinical.service import ENCOUNTER, MEDICATION_ADMINISTRATION, PROCEDURE, PROVENANCE
 from service.core.stored_type import StoredType
 from service.errors import NotFound
@@ -16,7 +17,7 @@ from service.trial.service import PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT
 #: every stored type, in the order they are documented (CapabilityStatement, OpenAPI) and exported
 REGISTRY: tuple[StoredType, ...] = (PATIENT, RESEARCH_STUDY, RESEARCH_SUBJECT, OBSERVATION, ADVERSE_EVENT,
                                    ENCOUNTER, MEDICATION_ADMINISTRATION, PROCEDURE, PROVENANCE, CONCEPT_MAP,
-                                   SUBSCRIPTION, AUDIT_EVENT)
+                                   SUBSCRIPTION, OBSERVATION_DEFINITION, PLAN_DEFINITION, AUDIT_EVENT)
 
 TYPES: dict[str, StoredType] = {t.name: t for t in REGISTRY}
 #: what a client would send, per type (the OpenAPI examples)

@@ -595,6 +595,18 @@ def _store(uow: UnitOfWork, resource_type: str, id: str, payload: dict[str, Any]
     return stored
 
 
+def reindex(uow: UnitOfWork, resource_type: str, ids: Sequence[str]) -> None:
+    """The server writes each of `ids` again as it is: a new version through its type's index, so that what the
+    index derives changes with what it reads (an Observation's visit, canonical value and `meta.tag` under a
+    changed catalogue: service/catalogue/recompute.py). One gone or deleted is passed over."""
+    uow.follow_ups.extend((resource_type, i, _unchanged_payload) for i in ids)
+    _apply_follow_ups(uow)
+
+
+def _unchanged_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    return payload
+
+
 def _apply_follow_ups(uow: UnitOfWork) -> None:
     while uow.follow_ups:
         resource_type, id, change = uow.follow_ups.pop(0)

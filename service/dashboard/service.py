@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from fhir_mappings.terminology import Catalogue, load_catalogue
+from service.catalogue.compiled import compiled_catalogue
 from service.core.context import Context
 from service.core.interactions import Core
 from service.errors import FhirError
@@ -79,7 +80,8 @@ async def _card(core: Core, ctx: Context, study: dict[str, Any]) -> StudyCard:
         card.progress = await core.study_progress(ctx, sid)
     except FhirError as refused:
         card.refused.append(f"Figures: {refused}")
-    catalogue = load_catalogue(card.summary.catalogue) if card.summary else load_catalogue()
+    catalogue = compiled_catalogue(card.summary.catalogue, card.summary.catalogue_version) if card.summary \
+        else load_catalogue()
     if card.summary is not None:
         units = {m.key: m.unit_display or m.unit for m in card.summary.measures}
         card.charts = [(key, f"{key} ({units[key]})" if key in units else key) for key in chart_keys(card.summary)]

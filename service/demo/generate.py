@@ -48,7 +48,7 @@ import orjson
 
 from fhir_mappings import fhir
 from fhir_mappings.adverse_event import adverse_event_to_fhir
-from fhir_mappings.observation import EASI_REGIONS, EASI_SIGNS, observation_to_fhir
+from fhir_mappings.observation import observation_to_fhir
 from fhir_mappings.patient import patient_to_fhir
 from fhir_mappings.research_study import research_study_to_fhir
 from fhir_mappings.research_subject import research_subject_to_fhir
@@ -68,6 +68,10 @@ from service.demo.data import (
 from service.observation.models import MeasurementRecord
 from service.trial.models import ArmRecord, PatientRecord, StudyRecord, SubjectRecord
 
+#: the EASI score's regions (adult weights) and signs, as the shipped catalogue's EASI ObservationDefinition lists its
+#: parts (fhir_mappings/catalogue/atopic-dermatitis/): the demo's EASI components are generated to add up to it
+EASI_REGIONS = {"HN": Decimal("0.1"), "UL": Decimal("0.2"), "TR": Decimal("0.3"), "LL": Decimal("0.4")}
+EASI_SIGNS = ("ERYTHEMA", "OEDEMA", "EXCORIATION", "LICHENIFICATION")
 SEED = 20140113
 CATALOGUE = "atopic-dermatitis"
 PHASE_SYSTEM = "http://terminology.hl7.org/CodeSystem/research-study-phase"

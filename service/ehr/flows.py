@@ -60,7 +60,7 @@ from anyio import to_thread
 from sqlalchemy.engine import Engine
 
 from fhir_mappings import ehr as mapping
-from fhir_mappings.terminology import load_catalogue
+from service.catalogue.compiled import catalogue_named
 from service.core.context import SYSTEM, Context
 from service.core.interactions import Core
 from service.db import read_session, write_session
@@ -298,9 +298,11 @@ class Sync:
     def _enrolled(self, session: Any) -> tuple[dict[str, set[tuple[str, str]]], dict[str, list[tuple[str, str]]]]:
         """Each enrolled patient's codes (those of every study they are enrolled in), and their identifiers."""
         codes: dict[str, set[tuple[str, str]]] = {}
+        by_plan: dict[str, set[tuple[str, str]]] = {}  # each study catalogue's codes, looked up once
         for patient_id, catalogue in repository.enrolled(session):
-            measures = load_catalogue(catalogue).measures
-            codes.setdefault(patient_id, set()).update(c for m in measures for c in m.codes)
+            if catalogue not in by_plan:
+                by_plan[catalogue] = {c for m in catalogue_named(session, catalogue).measures for c in m.codes}
+            codes.setdefault(patient_id, set()).update(by_plan[catalogue])
         return codes, repository.identifiers_of(session, "Patient", codes)
 
     def _tick(self, done: int, total: int, what: str) -> None:

@@ -44,8 +44,9 @@ def export_kind(engine: Engine, settings: Settings, reads: ReadRouter | None = N
 
 def job_kinds(engine: Engine, settings: Settings, reads: ReadRouter | None = None) -> list[JobKind]:
     """Every kind of background job this service runs."""
+    from service.catalogue.recompute import recompute_kind
     from service.ehr.service import sync_kind
-    return [export_kind(engine, settings, reads), sync_kind(engine, settings)]
+    return [export_kind(engine, settings, reads), sync_kind(engine, settings), recompute_kind(engine)]
 
 
 class ExportWorker(JobRunner):

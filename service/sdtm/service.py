@@ -18,10 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session
 
 from fhir_mappings.adam import ADSL, ADSL_LABEL, Criterion, adam_rows, bds_names, bds_variables
 from fhir_mappings.sdtm import (
@@ -38,7 +39,7 @@ from fhir_mappings.sdtm import (
     studyid_of,
     subject_rows,
 )
-from fhir_mappings.terminology import Catalogue, load_catalogue
+from fhir_mappings.terminology import Catalogue
 from service.db import snapshot_connection
 from service.deid.deidentify import Deidentifier
 from service.errors import NotFound
@@ -50,17 +51,19 @@ FORMATS = ("json", "xpt")
 Progress = Callable[[int, int], None]  # (subjects done, subjects in the study)
 
 
-def catalogue_of(study_catalogue: str) -> Catalogue:
-    """The study's measure catalogue (visits, measures): the ONE place the SDTM datasets get it from."""
-    return load_catalogue(study_catalogue)
+def catalogue_of(conn: Connection, study_catalogue: str | None) -> Catalogue:
+    """The study's measure catalogue (visits, measures, responders) as its summaries see it (its PlanDefinition's
+    current version, compiled once per version): the ONE place the SDTM datasets get it from."""
+    from service.catalogue.compiled import catalogue_named
+    return catalogue_named(cast(Session, conn), study_catalogue)
 
 
 def responders_of(catalogue: Catalogue) -> list[Criterion]:
-    """The study's responder definitions (those on one of its catalogue's measures): the ONE place they come from."""
-    from service.stats.service import RESPONDERS
+    """The study's responder definitions (its catalogue's `PlanDefinition.goal`s, on its measures): the ONE place
+    they come from."""
     keys = {m.key for m in catalogue.measures}
     return [Criterion(r.key, r.measure, r.pct_change_at_most, r.value_at_most, r.drop_at_least)
-            for r in RESPONDERS if r.measure in keys]
+            for r in catalogue.responders if r.measure in keys]
 
 
 @dataclass
@@ -121,7 +124,7 @@ def _build(conn: Connection, study_id: str, domains: tuple[str, ...] | None, sta
     found = repository.get_study(conn, study_id)
     if found is None:
         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-    catalogue = catalogue_of(found[0])
+    catalogue = catalogue_of(conn, found[0])
     study = _source("ResearchStudy", study_id, found[1], found[2], found[3], deid, None)
     arms = tuple((str(a.get("name")), a.get("description")) for a in study.content.get("arm") or ()
                  if a.get("name"))
@@ -285,7 +288,8 @@ def export_all(engine: Engine, study_id: str, out_dir: Path, *, deid: Deidentifi
         found = repository.get_study(conn, study_id)
         if found is None:
             raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-        design = Design("", Source("ResearchStudy", study_id, 1, datetime.now(UTC), {}), catalogue_of(found[0]), ())
+        design = Design("", Source("ResearchStudy", study_id, 1, datetime.now(UTC), {}),
+                        catalogue_of(conn, found[0]), ())
     domains = (*ALL_DOMAINS, "ADSL", *bds_names(design))
     built = build(engine, study_id, domains=domains, deid=deid, progress=progress)
     written = []

@@ -14,7 +14,8 @@
 """
 
 from fhir_mappings import fhir
-from fhir_mappings.terminology import RESEARCH_STUDY_EXT, UCUM, load_catalogue
+from fhir_mappings.terminology import RESEARCH_STUDY_EXT, UCUM
+from service.catalogue.compiled import compiled_catalogue
 from service.stats.schemas import StudySummary
 
 MEASURE_BASE = "https://trial-fhir.org/Measure"
@@ -59,7 +60,7 @@ def summary_measure_report(summary: StudySummary, tidy: list[tuple],
     analysis population of each responder key (by visit, key; `observed` otherwise, `enrolled` for safety)."""
     populations = populations or {}
     safety = {s.measure for arm in summary.arms for s in arm.safety}
-    catalogue = load_catalogue(summary.catalogue)
+    catalogue = compiled_catalogue(summary.catalogue, summary.catalogue_version)
     units = {m.key: m.unit for m in summary.measures}
     codings = {m.key: [{"system": s, "code": c} for s, c in m.codes] for m in catalogue.measures}
     by_arm: dict[str, dict[tuple[str, str], list[dict]]] = {}

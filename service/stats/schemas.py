@@ -17,6 +17,7 @@ SUMMARY_EXAMPLE: dict[str, Any] = {
     "study_id": "nct01927705",
     "title": "hUCB-MSCs in moderate-to-severe atopic dermatitis (Phase I/IIa)",
     "catalogue": "atopic-dermatitis",
+    "catalogue_version": "1",
     "period_start": "2024-01-10",
     "period_end": "2024-04-30",
     "generated": "2024-05-01T08:00:00Z",
@@ -175,7 +176,10 @@ class StudySummary(BaseModel):
 
     study_id: str
     title: str | None = None
-    catalogue: str = Field(description="The study's measure catalogue, e.g. `atopic-dermatitis`")
+    catalogue: str = Field(description="The study's measure catalogue: the id of its PlanDefinition "
+                           "(`ResearchStudy.protocol`), e.g. `atopic-dermatitis`")
+    catalogue_version: str = Field("shipped", description="The version of the catalogue the figures used: the "
+                                   "PlanDefinition's versionId (`shipped`: the package's own, not stored)")
     period_start: date | None = Field(None, description="Opening of the first subject's baseline window "
                                       "(earliest day 0 − 30 days)")
     period_end: date | None = Field(None, description="Close of the last subject's last visit window (latest "

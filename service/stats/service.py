@@ -10,12 +10,13 @@ Definitions (../shared/DOMAIN.md, "Summary statistics"):
   `mean_change` over subjects with both a baseline and a visit value, with its 95% confidence interval
   (t-distribution, n − 1 degrees of freedom; from 2 subjects); `mean_pct_change` over those with baseline > 0.
   Change is not reported at the baseline visit itself (it would be 0 by construction);
-- responders at each post-baseline visit, each definition with its analysis population: EASI-50/75/90 = % change
-  ≤ −50/−75/−90 with non-responder imputation (`non-responder-imputation`: the denominator is every dosed subject,
-  i.e. with a day 0, expected at the visit, and who is not judged from values (no visit value, no baseline, or a
-  baseline of 0) counts as a non-responder; see `nri_expected`); IGA-SUCCESS = IGA 0 or 1 at the visit and at
-  least 2 points below baseline, among subjects with both values (`observed`). Rate with a 95% Wilson score
-  interval;
+- responders at each post-baseline visit, as the study's catalogue defines them (`PlanDefinition.goal`:
+  fhir_mappings/catalogue_definition.py): % change ≤ a bound, or a value ≤ a bound with a drop of at least so many
+  points from baseline, each with its analysis population: `observed` (subjects with both values; for % change,
+  baseline > 0) or `non-responder-imputation` (the denominator is every dosed subject, i.e. with a day 0, expected
+  at the visit, and who is not judged from values counts as a non-responder; see `nri_expected`). The shipped
+  atopic dermatitis catalogue: EASI-50/75/90 with non-responder imputation, IGA success observed. Rate with a 95%
+  Wilson score interval;
 - safety per arm over `actuality = actual` events: subjects with ≥ 1 event and events, for any, serious,
   severe, related and leading to withdrawal;
 - enrolled = the study's ResearchSubjects in the arm; withdrawn = status `withdrawn`; completed = not
@@ -40,7 +41,8 @@ from typing import TextIO
 import numpy as np
 from sqlmodel import Session
 
-from fhir_mappings.terminology import Catalogue, load_catalogue
+from fhir_mappings.terminology import SAFETY_KEYS, Catalogue, Responder
+from service.catalogue.compiled import catalogue_named
 from service.errors import NotFound
 from service.stats import repository
 from service.stats.schemas import (
@@ -61,7 +63,6 @@ from service.stats.schemas import (
 
 BASELINE = "baseline"
 COMPLETED_STATUSES = ("off-study", "follow-up")
-SAFETY_KEYS = ("AE-ANY", "AE-SERIOUS", "AE-SEVERE", "AE-RELATED", "AE-WITHDRAWAL")
 WILSON_Z = 1.959963984540054  # two-sided 95%: the 0.975 quantile of the standard normal
 #: analysis populations: `observed` (subjects with the values a figure needs), `non-responder-imputation` (every
 #: dosed subject expected at the visit; those without the values count as non-responders), `enrolled` (subject
@@ -80,28 +81,6 @@ MEASURE_STATISTICS = ("n", "mean", "sd", "median", "min", "max", "mean_change", 
                       "mean_change_ci_high", "mean_pct_change")
 RESPONDER_STATISTICS = ("n", "n_observed", "responders", "rate", "ci_low", "ci_high")
 SAFETY_STATISTICS = ("subjects", "events")
-
-
-@dataclass(frozen=True)
-class Responder:
-    """A responder definition on one catalogue measure; applied when the study's catalogue has the measure."""
-
-    key: str
-    measure: str
-    pct_change_at_most: float | None = None  # responder when % change ≤ this
-    value_at_most: float | None = None  # … or when the visit value ≤ this
-    drop_at_least: float | None = None  # … and baseline − visit ≥ this
-    population: str = OBSERVED  # observed | non-responder-imputation (POPULATIONS)
-
-
-#: EASI-50/75/90 with non-responder imputation, as atopic dermatitis trials report them; IGA success over the
-#: observed cases (the published trial reports IGA as a mean change, not as a success rate)
-RESPONDERS = (
-    Responder("EASI-50", "EASI", pct_change_at_most=-50, population=NRI),
-    Responder("EASI-75", "EASI", pct_change_at_most=-75, population=NRI),
-    Responder("EASI-90", "EASI", pct_change_at_most=-90, population=NRI),
-    Responder("IGA-SUCCESS", "IGA", value_at_most=1, drop_at_least=2),
-)
 
 
 def wilson_interval(k: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
@@ -254,13 +233,13 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
     study = repository.get_study(session, study_id)
     if study is None:
         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-    catalogue = load_catalogue(study.catalogue)
+    catalogue = catalogue_named(session, study.catalogue)
     visits = _ordered_visits(catalogue)
     visit_names = [v.name for v in visits]
     counted = sorted(catalogue.counted_statuses)
     measures = list(catalogue.measures)
     measure_keys = {m.key for m in measures}
-    responders = [r for r in RESPONDERS if r.measure in measure_keys]
+    responders = [r for r in catalogue.responders if r.measure in measure_keys]
     last_visit = max(catalogue.visits, key=lambda v: v.target_day).name if catalogue.visits else None
 
     # arms: the study's own (by name), then any other arm a subject names
@@ -295,7 +274,7 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
                                                    imputed.get((name, rule.measure, visit), 0)))
         figures = safety.get(name, (0,) * (2 * len(SAFETY_KEYS)))
         safety_stats = [SafetyStats(measure=key, subjects=figures[2 * i], events=figures[2 * i + 1])
-                        for i, key in enumerate(SAFETY_KEYS)]
+                        for i, key in enumerate(SAFETY_KEYS) if key in catalogue.safety_keys]
         arm_summaries.append(ArmSummary(name=name, dose=dose, enrolled=enrolled, completed=completed,
                                         withdrawn=withdrawn, measures=measure_stats, responders=responder_stats,
                                         safety=safety_stats))
@@ -304,7 +283,8 @@ def summarize_study(session: Session, study_id: str, *, min_cell: int | None = N
                    for a, b in combinations(arm_summaries, 2)]
     start, end = _period(catalogue, [r[4] for r in subject_rows if r[4]], [r[5] for r in subject_rows if r[5]])
     summary = StudySummary(
-        study_id=study.id, title=study.title, catalogue=catalogue.name, period_start=start, period_end=end,
+        study_id=study.id, title=study.title, catalogue=catalogue.name,
+        catalogue_version=catalogue.version, period_start=start, period_end=end,
         generated=datetime.now(UTC), counted_statuses=counted,
         visits=[VisitInfo(name=v.name, target_day=v.target_day, first_day=v.first_day, last_day=v.last_day)
                 for v in visits],
@@ -368,7 +348,7 @@ def study_progress(session: Session, study_id: str, *, today: date | None = None
     study = repository.get_study(session, study_id)
     if study is None:
         raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
-    catalogue = load_catalogue(study.catalogue)
+    catalogue = catalogue_named(session, study.catalogue)
     today = today or datetime.now(UTC).date()
     keys = [m.key for m in catalogue.measures]
     counted = sorted(catalogue.counted_statuses)

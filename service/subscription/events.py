@@ -383,6 +383,17 @@ class _Lookups:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.arms: dict[str, str | None] = {}
+        self._responders: dict[str, tuple[Any, ...]] = {}
+
+    def responders(self, study_id: str) -> tuple[Any, ...]:
+        """The responder definitions of the study's catalogue (its PlanDefinition's current version)."""
+        if study_id not in self._responders:
+            from service.catalogue.compiled import catalogue_named
+            from service.trial.models import StudyRecord
+            st = table_of(StudyRecord)
+            plan = self.session.execute(select(st.c.catalogue).where(st.c.id == study_id)).scalar()
+            self._responders[study_id] = tuple(catalogue_named(self.session, plan).responders)
+        return self._responders[study_id]
 
     def arm(self, subject_id: str) -> str | None:
         if subject_id not in self.arms:
@@ -458,10 +469,9 @@ def _topic(sub: Active, change: Change, lookups: _Lookups) -> datetime | None | 
     return False
 
 
-def responder_definitions(study_id: str) -> tuple[Any, ...]:
-    """The responder definitions of a study (one place, so that they can come from the study's catalogue)."""
-    from service.stats.service import RESPONDERS
-    return RESPONDERS
+def responder_definitions(study_id: str, lookups: "_Lookups") -> tuple[Any, ...]:
+    """The responder definitions of a study: its catalogue's (`PlanDefinition.goal`s), compiled once per version."""
+    return lookups.responders(study_id)
 
 
 def _responds(row: dict[str, Any], wanted: tuple[str, ...] | None, lookups: _Lookups) -> bool:
@@ -469,7 +479,7 @@ def _responds(row: dict[str, Any], wanted: tuple[str, ...] | None, lookups: _Loo
     if row.get("status") not in COUNTED or row.get("visit") in ("baseline", "unscheduled", None):
         return False
     value = row.get("value")
-    for definition in responder_definitions(row["study_id"]):
+    for definition in responder_definitions(row["study_id"], lookups):
         if definition.measure != row.get("measure") or (wanted is not None and definition.key not in wanted):
             continue
         baseline = lookups.baseline(row["subject_id"], definition.measure)

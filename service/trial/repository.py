@@ -7,7 +7,7 @@ from sqlmodel import Session
 from service.adverse_event.models import AdverseEventRecord
 from service.observation.models import MeasurementRecord
 from service.store.driver import driver_rows
-from service.store.models import table_of
+from service.store.models import ResourceRecord, table_of
 from service.trial.models import ArmRecord, StudyRecord, SubjectRecord
 
 S = table_of(SubjectRecord)
@@ -15,13 +15,19 @@ ST = table_of(StudyRecord)
 A = table_of(ArmRecord)
 M = table_of(MeasurementRecord)
 AE = table_of(AdverseEventRecord)
+R = table_of(ResourceRecord)
+#: the current version of the study's plan (its catalogue), beside each enrolment: NULL when it is not stored
+_PLAN = R.alias("plan")
+_PLAN_JOIN = (_PLAN.c.resource_type == "PlanDefinition") & (_PLAN.c.id == ST.c.catalogue) & _PLAN.c.deleted.is_(False)
 
 
 def find_enrolments(session: Session, patient_id: str):
-    """(subject id, study id, day0, arm, status, catalogue, out-of-scope policy) of each of the patient's
-    enrolments."""
-    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue, ST.c.out_of_scope)
-            .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id == patient_id).order_by(S.c.study_id))
+    """(subject id, study id, day0, arm, status, catalogue, out-of-scope policy, catalogue version) of each of the
+    patient's enrolments."""
+    stmt = (select(S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue, ST.c.out_of_scope,
+                   _PLAN.c.version_id)
+            .join(ST, ST.c.id == S.c.study_id).outerjoin(_PLAN, _PLAN_JOIN)
+            .where(S.c.patient_id == patient_id).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
@@ -31,14 +37,16 @@ def find_enrolments_of(session: Session, patient_ids: list[str]):
     if session.get_bind().dialect.name == "postgresql":  # one JSON parameter: see resource.repository
         return driver_rows(session, _ENROLMENTS_POSTGRES, {"patients": orjson.dumps(list(patient_ids)).decode()})
     stmt = (select(S.c.patient_id, S.c.id, S.c.study_id, S.c.day0, S.c.arm, S.c.status, ST.c.catalogue,
-                   ST.c.out_of_scope)
-            .join(ST, ST.c.id == S.c.study_id).where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
+                   ST.c.out_of_scope, _PLAN.c.version_id)
+            .join(ST, ST.c.id == S.c.study_id).outerjoin(_PLAN, _PLAN_JOIN)
+            .where(S.c.patient_id.in_(patient_ids)).order_by(S.c.study_id))
     return session.execute(stmt).all()
 
 
 _ENROLMENTS_POSTGRES = """
-    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope
+    SELECT s.patient_id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope, pl.version_id
     FROM research_subject s JOIN study st ON st.id = s.study_id
+    LEFT JOIN resource pl ON pl.resource_type = 'PlanDefinition' AND pl.id = st.catalogue AND NOT pl.deleted
     WHERE s.patient_id = ANY(ARRAY(SELECT json_array_elements_text(%(patients)s::json)))
     ORDER BY s.study_id"""
 
@@ -51,9 +59,10 @@ def find_live_patients_enrolments(session: Session, patient_ids: list[str]):
 
 
 _LIVE_ENROLMENTS_POSTGRES = """
-    SELECT p.id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope
+    SELECT p.id, s.id, s.study_id, s.day0, s.arm, s.status, st.catalogue, st.out_of_scope, pl.version_id
     FROM resource p
     LEFT JOIN (research_subject s JOIN study st ON st.id = s.study_id) ON s.patient_id = p.id
+    LEFT JOIN resource pl ON pl.resource_type = 'PlanDefinition' AND pl.id = st.catalogue AND NOT pl.deleted
     WHERE p.resource_type = 'Patient' AND NOT p.deleted
       AND p.id = ANY(ARRAY(SELECT json_array_elements_text(%(patients)s::json)))
     ORDER BY s.study_id"""

@@ -11,9 +11,10 @@ from fhir_mappings.patient import check_patient, patient_from_fhir
 from fhir_mappings.references import parse_reference
 from fhir_mappings.research_study import check_research_study, research_study_from_fhir
 from fhir_mappings.research_subject import check_research_subject, research_subject_from_fhir
-from fhir_mappings.terminology import Catalogue, load_catalogue
+from fhir_mappings.terminology import Catalogue
 from service import examples
 from service.adverse_event.models import AdverseEventRecord
+from service.catalogue.compiled import catalogue_for
 from service.core.stored_type import StoredType, param
 from service.errors import Conflict, OutOfScope, RuleViolation, raise_for_issues
 from service.observation.models import MeasurementRecord
@@ -37,9 +38,10 @@ def enrolments(uow: UnitOfWork, patient_id: str) -> list[Enrolment]:
             uow.flush()
         uow.cache[key] = [
             Enrolment(study_id=study_id, subject_id=sid, patient_id=patient_id, day0=day0,
-                      catalogue=load_catalogue(catalogue), arm=arm, status=status, out_of_scope=policy)
-            for sid, study_id, day0, arm, status, catalogue, policy in repository.find_enrolments(uow.session,
-                                                                                                   patient_id)
+                      catalogue=catalogue_for(uow.session, catalogue, version), arm=arm, status=status,
+                      out_of_scope=policy)
+            for sid, study_id, day0, arm, status, catalogue, policy, version in repository.find_enrolments(
+                uow.session, patient_id)
         ]
     return uow.cache[key]
 
@@ -62,13 +64,13 @@ def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
         for start in range(0, len(unknown), 500):
             chunk = unknown[start:start + 500]
             live: dict[str, list[Enrolment]] = {}
-            for pid, sid, study_id, day0, arm, status, catalogue, policy in \
+            for pid, sid, study_id, day0, arm, status, catalogue, policy, version in \
                     repository.find_live_patients_enrolments(uow.session, chunk):
                 items = live.setdefault(pid, [])
                 if sid is not None:
                     items.append(Enrolment(study_id=study_id, subject_id=sid, patient_id=pid, day0=day0,
-                                           catalogue=load_catalogue(catalogue), arm=arm, status=status,
-                                           out_of_scope=policy))
+                                           catalogue=catalogue_for(uow.session, catalogue, version), arm=arm,
+                                           status=status, out_of_scope=policy))
             uow.learn_exists("Patient", {p: p in live for p in chunk})
             for pid, items in live.items():
                 uow.cache.setdefault(("enrolments", pid), items)
@@ -79,11 +81,11 @@ def prefetch_subjects(uow: UnitOfWork, payloads: list[dict]) -> None:
         uow.flush()
     found: dict[str, list[Enrolment]] = {p: [] for p in wanted}
     for start in range(0, len(wanted), 500):
-        for pid, sid, study_id, day0, arm, status, catalogue, policy in repository.find_enrolments_of(
+        for pid, sid, study_id, day0, arm, status, catalogue, policy, version in repository.find_enrolments_of(
                 uow.session, wanted[start:start + 500]):
             found[pid].append(Enrolment(study_id=study_id, subject_id=sid, patient_id=pid, day0=day0,
-                                        catalogue=load_catalogue(catalogue), arm=arm, status=status,
-                                        out_of_scope=policy))
+                                        catalogue=catalogue_for(uow.session, catalogue, version), arm=arm,
+                                        status=status, out_of_scope=policy))
     for pid, items in found.items():
         uow.cache[("enrolments", pid)] = items
 
@@ -121,7 +123,18 @@ def index_research_study(uow: UnitOfWork, payload: dict, id: str, replacing: boo
     raise_for_issues(check_research_study(payload))
     if not payload.get("enrollment"):  # the study's cohort Group (service/group), unless the client names one
         payload["enrollment"] = [{"reference": f"Group/{group_id_for_study(id)}"}]
-    study, arms = research_study_from_fhir(payload, id)
+    plan_id = None
+    for i, ref in enumerate(payload.get("protocol") or []):  # its catalogue: the (one) PlanDefinition it names
+        found = uow.resolve(ref, "PlanDefinition", f"ResearchStudy.protocol[{i}]")
+        if plan_id is not None and found != plan_id:
+            raise RuleViolation("A study follows one protocol (PlanDefinition): its catalogue",
+                                expression=f"ResearchStudy.protocol[{i}]")
+        plan_id = found
+    study, arms = research_study_from_fhir(payload, id, plan_id)
+    old = repository.get_study(uow.session, id) if replacing else None
+    if old is not None and old.catalogue != study.catalogue:
+        from service.catalogue.service import enqueue_recompute  # its results go to the new catalogue's visits
+        enqueue_recompute(uow, id)
     if replacing:
         missing = repository.find_arms_in_use(uow.session, id) - {a.name for a in arms}
         if missing:

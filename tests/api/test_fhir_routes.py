@@ -62,6 +62,8 @@ def test_create_read_vread_update_delete_history_of_every_type(client, resource_
         changed["status"] = "retired"
     elif resource_type == "Subscription":
         changed["reason"] = "renamed"
+    elif resource_type in ("ObservationDefinition", "PlanDefinition"):
+        changed["title" if resource_type == "PlanDefinition" else "preferredReportName"] = "Renamed"
     else:
         changed["severity"]["coding"][0]["code"] = "moderate"
     update = client.put(f"/fhir/{resource_type}/{rid}", json=changed)

@@ -15,13 +15,16 @@ from tests.factories import (
     enrol,
     medication_administration,
     observation,
+    observation_definition,
     patient,
+    plan_definition,
     procedure,
     provenance,
     study,
     subject,
     subscription,
     valid_resources,
+    with_definition,
 )
 
 WRITABLE = [t for t, stored in TYPES.items() if stored.writable]
@@ -33,7 +36,7 @@ def counts(client) -> dict[str, int]:
 
 def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
     """Per type: a valid resource, an invalid one, and the element the invalid one gets wrong."""
-    ids = enrol(client)
+    ids = with_definition(client, enrol(client))
     good = valid_resources(ids, created(client.post("/fhir/Patient", json=patient()))["id"])
     bad = {
         "Patient": ({**patient(), "gender": "bogus"}, "Patient.gender"),
@@ -49,6 +52,10 @@ def valid_and_invalid(client) -> dict[str, tuple[dict, dict, str]]:
         "ConceptMap": (concept_map(group=[{"target": "http://loinc.org", "element": [{"code": "A"}]}]),
                        "ConceptMap.group[0].source"),
         "Subscription": ({**subscription(), "criteria": "https://example.org/nothing"}, "Subscription.criteria"),
+        "ObservationDefinition": (observation_definition(unit="furlongs"),
+                                  "ObservationDefinition.quantitativeDetails.unit.coding[0].code"),
+        "PlanDefinition": (plan_definition(ids["definition"], visits=(("week-0", 0, -14, 0), ("week-1", 7, 0, 10))),
+                           "PlanDefinition.action[1].timingRange"),
     }
     return {t: (good[t], *bad[t]) for t in bad}
 
