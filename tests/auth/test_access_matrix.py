@@ -30,11 +30,14 @@ from tests.factories import (
     encounter,
     medication_administration,
     observation,
+    observation_definition,
     patient,
+    plan_definition,
     procedure,
     provenance,
     study,
     subject,
+    subscription,
 )
 from tests.hl7.messages import oru
 
@@ -81,7 +84,9 @@ class Scene:
             ae = self.make("AdverseEvent", adverse_event(pid, sid))
             self.ids[name] = {"ResearchStudy": sid, "Patient": pid, "ResearchSubject": subj, "Observation": obs,
                               "AdverseEvent": ae, "Group": sid}
-            for rtype in ("Encounter", "MedicationAdministration", "Procedure", "Provenance", "ConceptMap"):
+            for rtype in ("Encounter", "MedicationAdministration", "Procedure", "Provenance", "ConceptMap",
+                          "ObservationDefinition", "PlanDefinition",  # (the plan lists the definition)
+                          "Subscription"):
                 self.ids[name][rtype] = self.make(rtype, self.body_of(rtype, name))
         with self.engine.connect() as conn:  # an event of the trail these requests wrote (it belongs to no study)
             event = conn.execute(text("SELECT id FROM resource WHERE resource_type = 'AuditEvent' LIMIT 1")).scalar()
@@ -122,7 +127,10 @@ class Scene:
                 "Observation": observation(pid), "AdverseEvent": adverse_event(pid, sid),
                 "Encounter": encounter(pid), "MedicationAdministration": medication_administration(pid),
                 "Procedure": procedure(pid), "Provenance": provenance(f"Observation/{self.ids[key]['Observation']}"),
-                "ConceptMap": concept_map()}[rtype]
+                "ConceptMap": concept_map(), "ObservationDefinition": observation_definition(),
+                "PlanDefinition": plan_definition(self.ids[key].get("ObservationDefinition", "")),
+                # (off: no handshake changes it under the test)
+                "Subscription": subscription(f"study=ResearchStudy/{sid}", status="off")}[rtype]
 
     def fresh(self, rtype: str, key: str) -> str:
         """A resource to delete: a new one in study A (a Patient enrolled nowhere, a study of its own), or B's."""
@@ -209,11 +217,24 @@ def per_type(rtype: str) -> dict[str, Row]:
 
 PER_TYPE: dict[str, Row] = {name: row for rtype in TYPES if TYPES[rtype].writable
                             for name, row in per_type(rtype).items()}
-for _name, _row in per_type("ConceptMap").items():  # terminology: of no study, so a client limited to studies sees
-    PER_TYPE[_name] = replace(_row, unlimited=True, other=None)  # none; any client with the scope reads and writes it
+for _rtype in ("ConceptMap", "ObservationDefinition", "PlanDefinition"):  # terminology and catalogues: of no study,
+    for _name, _row in per_type(_rtype).items():  # so a client limited to studies sees none; any client with the
+        PER_TYPE[_name] = replace(_row, unlimited=True, other=None)  # scope reads and writes them
 for _name, _row in per_type("AuditEvent").items():  # the trail: read and searched with AuditEvent scopes only, by a
     if _name.startswith(("read_", "vread_", "history_", "search_")):  # client not limited to studies (it belongs to
         PER_TYPE[_name] = replace(_row, unlimited=True, other=None)     # none)
+
+
+for _name, _row in per_type("Subscription").items():  # subscribing to a topic needs the search scope of its type
+    if _name in ("create_Subscription", "validate_Subscription"):  # (Observation here)
+        _row = replace(_row, needs=(*_row.needs, "Observation.s"))
+    if _name in ("create_Subscription", "update_Subscription", "delete_Subscription"):  # a de-identified client
+        _row = replace(_row, deid=None)  # may subscribe and unsubscribe (its notifications are de-identified)
+    PER_TYPE[_name] = _row
+PER_TYPE["status_Subscription"] = Row(lambda s, k: s.send("GET", f"/fhir/Subscription/{s.ids[k]['Subscription']}"
+                                                          "/$status"), ("Subscription.r",))
+PER_TYPE["events_Subscription"] = Row(lambda s, k: s.send("GET", f"/fhir/Subscription/{s.ids[k]['Subscription']}"
+                                                          "/$events"), ("Subscription.r",))
 
 
 def _transaction(scene: Scene, key: str) -> Any:

@@ -34,14 +34,16 @@ def test_patient_level_writes_the_compartment_types_and_refuses_others():
 @pytest.mark.parametrize("value,expected", [
     ("Observation.code", {"Observation": ("code",)}),
     ("status", {t: ("status",) for t in ("Observation", "ResearchStudy", "ResearchSubject", "Encounter",
-                                         "MedicationAdministration", "Procedure", "ConceptMap")}),
+                                         "MedicationAdministration", "Procedure", "ConceptMap", "PlanDefinition")}),
     ("id", {t: ("id",) for t in service.EXPORT_TYPES}),
     ("Observation.code,status,Patient.gender", {"Observation": ("status", "code"), "ResearchStudy": ("status",),
                                                 "ResearchSubject": ("status",), "Encounter": ("status",),
                                                 "MedicationAdministration": ("status",), "Procedure": ("status",),
-                                                "ConceptMap": ("status",), "Patient": ("gender",)}),
+                                                "ConceptMap": ("status",), "PlanDefinition": ("status",),
+                                                "Patient": ("gender",)}),
     ("Observation.value", {"Observation": ("value",)}),  # a choice element by its base name
-    (" code , Observation.code ", {"Observation": ("code",), "Procedure": ("code",)}),
+    (" code , Observation.code ", {"Observation": ("code",), "Procedure": ("code",),
+                                   "ObservationDefinition": ("code",)}),
 ])
 def test_elements_are_read_per_type(value, expected):
     got = spec([("_elements", value)]).elements

@@ -9,7 +9,10 @@ from service.db import read_session
 from service.stats import service as stats
 from tests.factories import adverse_event, created, observation, patient, study, subject
 
-TODAY = datetime.now(UTC).date()
+
+def today():
+    """Today (UTC) when asked: a module-level constant went stale in a run that crossed midnight."""
+    return datetime.now(UTC).date()
 
 
 def _day(day0: date, offset: int) -> str:
@@ -32,7 +35,7 @@ def progress_study(client) -> dict:
     for name, arm, offset, extra in (("S1", "high-dose", 100, {}), ("S2", "low-dose", 25, {}),
                                      ("S3", "high-dose", 100, {"status": "withdrawn"}), ("S4", "high-dose", 0, {})):
         pid = created(client.post("/fhir/Patient", json=patient()))["id"]
-        day0 = TODAY - timedelta(days=offset)
+        day0 = today() - timedelta(days=offset)
         created(client.post("/fhir/ResearchSubject", json=subject(sid, pid, arm, day0.isoformat(), **extra)))
         ids[name] = (pid, day0)
 
@@ -58,7 +61,7 @@ def test_completeness_per_visit_is_counted_against_the_windows(client, progress_
     response = client.get(f"/studies/{progress_study['study']}/progress")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["as_of"] == TODAY.isoformat() and body["measures"] == 7 and body["title"] == "Progress study"
+    assert body["as_of"] == today().isoformat() and body["measures"] == 7 and body["title"] == "Progress study"
     got = {v["visit"]: (v["due"], v["expected"], v["received"], v["overdue"], v["awaiting"]) for v in body["visits"]}
     assert got == {"baseline": (4, 28, 4, 0, 1),  # S1 (2 results), S2, S3 (withdrawn, came), S4 (open, nothing)
                    "week-4": (2, 14, 1, 0, 1),  # S1 (1), S2 (open: its preliminary result does not count)
