@@ -48,8 +48,10 @@ def test_the_shipped_catalogue_is_valid_and_compiles_to_its_measures_visits_and_
     assert catalogue.counted_statuses == {"final", "amended", "corrected"}
     assert [(r.key, r.measure, r.pct_change_at_most, r.value_at_most, r.drop_at_least, r.population)
             for r in catalogue.responders] == [
-        ("EASI-50", "EASI", -50, None, None, "observed"), ("EASI-75", "EASI", -75, None, None, "observed"),
-        ("EASI-90", "EASI", -90, None, None, "observed"), ("IGA-SUCCESS", "IGA", None, 1, 2, "observed")]
+        ("EASI-50", "EASI", -50, None, None, "non-responder-imputation"),
+        ("EASI-75", "EASI", -75, None, None, "non-responder-imputation"),
+        ("EASI-90", "EASI", -90, None, None, "non-responder-imputation"),
+        ("IGA-SUCCESS", "IGA", None, 1, 2, "observed")]
     ige = catalogue.measure("IGE")
     assert ige.to_canonical(Decimal("24"), "ng/mL") == Decimal(10)  # 2.4 ng/mL per IU/mL
     assert catalogue.measure("EOSINOPHILS").to_canonical(Decimal(450), "/uL") == Decimal("0.45")
