@@ -73,7 +73,7 @@ from service.stats.schemas import StudyProgress, StudySummary
 from service.store import repository
 from service.store.driver import AsyncReadPool, async_read_pool
 from service.store.unit_of_work import UnitOfWork
-from service.subscription import service as subscriptions
+from service.subscription import events as subscription_events, service as subscriptions
 
 log = logging.getLogger("trial_fhir")
 
@@ -132,6 +132,7 @@ class Core:
         await to_thread.run_sync(self.reads.stop)
         await self.audit_log.stop()  # what is queued is written first
         self.search_threads.shutdown(wait=True)
+        subscription_events.forget(self.engine)  # its refresher thread of the subscription cache ends
 
     # -- audit ---------------------------------------------------------------------------------------------
 

@@ -175,6 +175,13 @@ def active(session: Session, stored_types: tuple[str, ...]) -> dict[str, Watcher
 _refreshers: dict[str, threading.Thread] = {}
 
 
+def forget(engine: Engine) -> None:
+    """The process stops using `engine` (the interaction core stopping): its database's cache is dropped, so its
+    refresher thread ends at its next tick; a later write on it loads the cache again. (Without this, a process that
+    opens many databases, as the test suite does, kept one refresher thread per database for good.)"""
+    _caches.pop(engine.url.render_as_string(hide_password=True), None)
+
+
 def _watch(key: str, engine: Engine) -> None:
     """Start the process's refresher of the cache of `key`'s database, unless one runs."""
     with _lock:
