@@ -671,13 +671,7 @@ class Core:
         study_id = await self.resolve_study_id(ctx, key)
 
         async def run() -> T:
-            for resource_type in access.FIGURES_READ:
-                access.require(ctx.caller, resource_type, "r")
-            if not ctx.caller.unrestricted:
-                for resource_type in access.FIGURES_READ:
-                    studies = ctx.caller.studies_for(resource_type, "r")
-                    if studies is not None and study_id not in studies:
-                        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+            _may_read_study(ctx, study_id, access.FIGURES_READ)
             return await self._read(lambda s: work(s, study_id), ctx)
         return await self._audited(ctx, "operation", run(), _nothing, operation=operation,
                                    resources_named=_named("ResearchStudy", study_id))
@@ -723,13 +717,7 @@ class Core:
         study_id = await self.resolve_study_id(ctx, key)
 
         async def run() -> T:
-            for resource_type in access.SDTM_READ:
-                access.require(ctx.caller, resource_type, "r")
-            if not ctx.caller.unrestricted:
-                for resource_type in access.SDTM_READ:
-                    studies = ctx.caller.studies_for(resource_type, "r")
-                    if studies is not None and study_id not in studies:
-                        raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
+            _may_read_study(ctx, study_id, access.SDTM_READ)
             deid = await self._deidentifier() if ctx.caller.deidentified else None
             return await to_thread.run_sync(self.reads.run, self._read_engine(ctx),
                                             lambda engine: work(engine, study_id, deid))
@@ -875,6 +863,19 @@ def _validate_inputs(resource_type: str, body: dict[str, Any] | None, query: lis
         raise BadRequest(f"This server validates against the base R4 profile only ({base_profile}), not "
                          f"'{profile}'", expression=where)
     return resource, mode
+
+
+def _may_read_study(ctx: Context, study_id: str, types: Iterable[str]) -> None:
+    """The caller may read every one of `types` (403 naming the scope), each in study `study_id` (404 for another
+    study's, as for an unknown one): what a study's figures and datasets are made from."""
+    types = tuple(types)
+    for resource_type in types:
+        access.require(ctx.caller, resource_type, "r")
+    if not ctx.caller.unrestricted:
+        for resource_type in types:
+            studies = ctx.caller.studies_for(resource_type, "r")
+            if studies is not None and study_id not in studies:
+                raise NotFound(f"ResearchStudy/{study_id} is not known", expression="ResearchStudy.id")
 
 
 def _unique(items: Iterable[str]) -> list[str]:
