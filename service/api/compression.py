@@ -29,24 +29,6 @@ def _weak_etags(message: Message) -> None:
                               else (name, value) for name, value in headers]
 
 
-class WeakETagWhenEncoded:
-    """Makes a strong ETag weak on an answer that went out with a Content-Encoding (in front of a compressor)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_weak(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                _weak_etags(message)
-            await send(message)
-
-        await self.app(scope, receive, send_weak)
-
-
 def _small_or_encoded(start: Message, minimum_size: int) -> bool:
     """Whether an answer goes out as it is, from its start message: encoded already, or a Content-Length below
     the threshold."""
